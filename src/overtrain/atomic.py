@@ -1,0 +1,86 @@
+"""Atomic writes: a file or folder either appears whole under its final name, or not at all.
+
+Everything is first written under a temporary sibling name and then renamed, which is atomic on POSIX
+file systems. A crash (even SIGKILL) can leave a ``.tmp-*`` sibling behind, never a half-written file
+under the final name; :func:`remove_stale_temporaries` sweeps those up on the next run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+TEMPORARY_MARK = ".tmp-"
+
+
+@contextlib.contextmanager
+def atomic_directory(final_path: Path) -> Iterator[Path]:
+    """Yield a temporary folder; on success it is renamed to ``final_path``, on error it is removed."""
+    final_path = Path(final_path)
+    final_path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = Path(tempfile.mkdtemp(prefix=final_path.name + TEMPORARY_MARK, dir=final_path.parent))
+    try:
+        yield temporary
+        _fsync_tree(temporary)
+        os.replace(temporary, final_path) if not final_path.exists() else _replace_directory(temporary, final_path)
+    except BaseException:
+        shutil.rmtree(temporary, ignore_errors=True)
+        raise
+
+
+def _replace_directory(temporary: Path, final_path: Path) -> None:
+    # os.replace cannot overwrite a non-empty folder: move the old one aside first, then drop it.
+    doomed = final_path.with_name(final_path.name + TEMPORARY_MARK + "old")
+    shutil.rmtree(doomed, ignore_errors=True)
+    os.replace(final_path, doomed)
+    os.replace(temporary, final_path)
+    shutil.rmtree(doomed, ignore_errors=True)
+
+
+def _fsync_tree(folder: Path) -> None:
+    for path in folder.rglob("*"):
+        if path.is_file():
+            with open(path, "rb") as handle:
+                os.fsync(handle.fileno())
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    descriptor, temporary = tempfile.mkstemp(prefix=path.name + TEMPORARY_MARK, dir=path.parent)
+    try:
+        with os.fdopen(descriptor, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: Path, data: Any) -> None:
+    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def remove_stale_temporaries(folder: Path) -> list[Path]:
+    """Delete ``*.tmp-*`` leftovers of killed writers directly inside ``folder``; returns what was removed."""
+    removed = []
+    if not Path(folder).is_dir():
+        return removed
+    for path in Path(folder).iterdir():
+        if TEMPORARY_MARK in path.name:
+            shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed

@@ -1,0 +1,14 @@
+"""Test-wide settings: no network, deterministic and small thread pools.
+
+The Hugging Face libraries are told they are offline before anything imports them, so a test that would
+reach the Hub fails loudly instead of hanging on this machine's closed network.
+"""
+
+from __future__ import annotations
+
+import os
+
+for _offline_variable in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
+    os.environ[_offline_variable] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("MPLBACKEND", "Agg")

@@ -1,0 +1,87 @@
+"""Configs: YAML + dotted overrides, unknown keys and bad values rejected with a fix."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from overtrain.config import apply_overrides, parse_override
+from overtrain.errors import OvertrainError
+from overtrain.pretrain import load_pretrain_config, plan_ladder
+from overtrain.schedules import lr_at, wsd_branch_start_tokens
+
+
+def test_override_values_are_typed() -> None:
+    assert parse_override("train.lr=1e-3") == (["train", "lr"], 0.001)
+    assert parse_override("train.max_tokens=1_000_000") == (["train", "max_tokens"], 1_000_000)
+    assert parse_override("ladder.budgets_tokens=[1e6,2e6]") == (["ladder", "budgets_tokens"], [1e6, 2e6])
+    assert apply_overrides({"a": {"b": 1}}, ["a.c=x"]) == {"a": {"b": 1, "c": "x"}}
+
+
+def test_yaml_file_and_overrides(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("model: {preset: nano}\ntrain: {max_tokens: 2e6, lr: 1e-3}\n")
+    config = load_pretrain_config(path, ["train.lr=2e-3"])
+    assert config.train.max_tokens == 2_000_000 and isinstance(config.train.max_tokens, int)
+    assert config.train.lr == 2e-3
+    assert config.model.d_model == 64  # from the preset
+
+
+def test_unknown_key_suggests_the_right_one() -> None:
+    with pytest.raises(OvertrainError, match="did you mean train.lr"):
+        load_pretrain_config(None, ["train.lrr=1e-3"])
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("train.max_tokens=0", "train.max_tokens"),
+        ("train.max_tokens=-5", "train.max_tokens"),
+        ("train.max_tokens=100", "smaller than one optimizer step"),
+        ("train.lr=fast", "must be a number"),
+        ("train.batch_size=2.5", "whole number"),
+        ("train.schedule=exponential", "use one of"),
+        ("model.preset=huge", "unknown model preset"),
+        ("train.warmup_tokens=5e6", "never anneal"),
+    ],
+)
+def test_bad_values_name_the_key_and_the_fix(override: str, message: str) -> None:
+    with pytest.raises(OvertrainError, match=message) as caught:
+        load_pretrain_config(None, [override])
+    assert caught.value.fix
+
+
+def test_missing_config_file_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(OvertrainError, match="does not exist"):
+        load_pretrain_config(tmp_path / "nope.yaml")
+
+
+def test_cosine_anneals_to_zero_at_the_budget() -> None:
+    config = load_pretrain_config(None, ["train.max_tokens=409600", "train.warmup_tokens=40960"])
+    train = config.train
+    assert train.total_steps == 100
+    assert lr_at(0, train) == pytest.approx(train.lr / 10)
+    assert lr_at(9, train) == pytest.approx(train.lr)
+    assert lr_at(train.total_steps - 1, train) == pytest.approx(0.0, abs=1e-12)
+    assert all(lr_at(s, train) >= lr_at(s + 1, train) for s in range(10, 99))
+
+
+def test_wsd_stable_phase_is_the_same_for_every_budget() -> None:
+    short = load_pretrain_config(None, ["train.schedule=wsd", "train.max_tokens=409600", "train.warmup_tokens=40960"]).train
+    long = load_pretrain_config(None, ["train.schedule=wsd", "train.max_tokens=819200", "train.warmup_tokens=40960"]).train
+    branch_step = wsd_branch_start_tokens(short.max_tokens, short) // short.tokens_per_step
+    assert branch_step == 80
+    assert [lr_at(s, short) for s in range(branch_step)] == [lr_at(s, long) for s in range(branch_step)]
+    assert lr_at(short.total_steps - 1, short) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_wsd_ladder_branches_from_the_trunk() -> None:
+    config = load_pretrain_config(
+        None, ["ladder.mode=wsd-branches", "ladder.budgets_tokens=[409600,819200,1638400]", "train.warmup_tokens=40960"]
+    )
+    rungs = plan_ladder(config)
+    trunk = rungs[0]
+    assert trunk.budget_tokens == 1638400 and trunk.branch_from_tokens is None
+    assert sorted(r.branch_from_tokens for r in rungs[1:]) == [327680, 655360]
+    assert set(trunk.config.train.checkpoint_at_tokens) >= {327680, 655360}

@@ -1,0 +1,186 @@
+"""Pre-training end to end: HF checkpoints, exact resumption after SIGKILL, ladders, DDP, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from overtrain.checkpoints import list_checkpoints, load_model
+from overtrain.cli import main as cli_main
+from overtrain.data import heldout_windows, open_token_data
+from overtrain.errors import OvertrainError
+from overtrain.evaluate import mean_token_loss
+from overtrain.pretrain import run_ladder
+from overtrain.train import train_run
+
+from helpers import tiny_pretrain_config, write_stdlib_text_corpus
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_stdlib_text_corpus(tmp_path_factory.mktemp("corpus"))
+
+
+def _overrides_for(config) -> list[str]:
+    """The same config as command-line overrides (for runs in a subprocess)."""
+    c = config
+    return [
+        f"out_dir={c.out_dir}", f"data.corpus={c.data.corpus}", f"data.cache_dir={c.data.cache_dir}",
+        f"data.vocab_size={c.data.vocab_size}", f"data.heldout_fraction={c.data.heldout_fraction}",
+        f"model.d_model={c.model.d_model}", f"model.n_layers={c.model.n_layers}", f"model.n_heads={c.model.n_heads}",
+        f"train.batch_size={c.train.batch_size}", f"train.seq_len={c.train.seq_len}", f"train.max_tokens={c.train.max_tokens}",
+        f"train.warmup_tokens={c.train.warmup_tokens}", f"train.eval_every_tokens={c.train.eval_every_tokens}",
+        f"train.eval_tokens={c.train.eval_tokens}", f"train.lr={c.train.lr}", f"train.threads={c.train.threads}",
+        f"train.checkpoint_every_tokens={c.train.checkpoint_every_tokens}", f"train.dtype={c.train.dtype}",
+    ]
+
+
+def test_checkpoint_loads_in_transformers_with_the_same_loss(tmp_path: Path, corpus: Path) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    config = tiny_pretrain_config(tmp_path, corpus, "train.dtype=fp32")
+    result = train_run(config, log=lambda *_: None)
+    folder = result.final_checkpoint
+    hf_model = AutoModelForCausalLM.from_pretrained(folder).eval()
+    hf_tokenizer = AutoTokenizer.from_pretrained(folder)
+    ours, info = load_model(folder)
+    assert info.tokens_seen == result.tokens_seen == 8192
+
+    data = open_token_data(next((tmp_path / "cache").iterdir()))
+    inputs, targets = heldout_windows(data, 2048, 32)
+    ours_loss = mean_token_loss(ours, inputs, targets, dtype="fp32").loss
+    theirs_loss = mean_token_loss(hf_model, inputs, targets, dtype="fp32").loss
+    assert ours_loss == pytest.approx(theirs_loss, rel=1e-5)
+    assert ours_loss == pytest.approx(result.final_heldout_loss, rel=1e-5)
+    assert ours_loss < 6.2  # ln(512) = 6.24: it learned something
+
+    text = "def main():\n    return 42\n"
+    assert hf_tokenizer.decode(hf_tokenizer(text)["input_ids"]) == text
+    assert hf_tokenizer.eos_token == "<|endoftext|>"
+
+
+def test_metrics_are_logged_in_tokens(tmp_path: Path, corpus: Path) -> None:
+    train_run(tiny_pretrain_config(tmp_path, corpus), log=lambda *_: None)
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["tokens_seen"] for r in records] == [4096, 8192]
+    assert all(r["heldout_loss"] > 0 and r["tokens_per_second"] > 0 for r in records)
+
+
+def test_sigkilled_run_resumes_to_the_same_weights(tmp_path: Path, corpus: Path) -> None:
+    settings = ("train.max_tokens=32768", "train.checkpoint_every_tokens=4096", "train.dtype=fp32")
+    reference = tiny_pretrain_config(tmp_path / "reference", corpus, *settings, f"data.cache_dir={tmp_path / 'cache'}")
+    reference_result = train_run(reference, log=lambda *_: None)
+
+    killed = tiny_pretrain_config(tmp_path / "killed", corpus, *settings, f"data.cache_dir={tmp_path / 'cache'}")
+    process = subprocess.Popen([sys.executable, "-m", "overtrain", "pretrain", *_overrides_for(killed)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while len(list_checkpoints(Path(killed.out_dir))) < 2 and time.time() < deadline and process.poll() is None:
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    survivors = list_checkpoints(Path(killed.out_dir))
+    assert 2 <= len(survivors) < len(list_checkpoints(Path(reference.out_dir))), "kill the run mid-way"
+
+    resumed = train_run(killed, log=lambda *_: None)
+    expected = load_file(reference_result.final_checkpoint / "model.safetensors")
+    actual = load_file(resumed.final_checkpoint / "model.safetensors")
+    assert expected.keys() == actual.keys()
+    assert all(torch.equal(expected[name], actual[name]) for name in expected)
+    logged = [json.loads(line)["tokens_seen"] for line in (Path(killed.out_dir) / "metrics.jsonl").read_text().splitlines()]
+    assert logged == sorted(set(logged)), "no step is logged twice after resuming"
+
+
+def test_ladder_losses_fall_with_budget(tmp_path: Path, corpus: Path) -> None:
+    budgets = [2048, 4096, 8192, 16384, 32768]
+    config = tiny_pretrain_config(tmp_path, corpus, f"ladder.budgets_tokens={budgets}", "train.warmup_tokens=512")
+    results = run_ladder(config, log=lambda *_: None)
+    assert [r.tokens_seen for r in results] == budgets
+    losses = [r.final_heldout_loss for r in results]
+    assert all(later < earlier for earlier, later in zip(losses, losses[1:])), losses
+
+
+def test_wsd_branch_equals_a_standalone_wsd_run(tmp_path: Path, corpus: Path) -> None:
+    cache = f"data.cache_dir={tmp_path / 'cache'}"
+    ladder = tiny_pretrain_config(tmp_path / "ladder", corpus, "ladder.mode=wsd-branches", "ladder.budgets_tokens=[8192,16384]",
+                                  "train.dtype=fp32", "train.warmup_tokens=512", cache)
+    branch = [r for r in run_ladder(ladder, log=lambda *_: None) if r.tokens_seen == 8192][0]
+    alone = tiny_pretrain_config(tmp_path / "alone", corpus, "train.schedule=wsd", "train.max_tokens=8192",
+                                 "train.dtype=fp32", "train.warmup_tokens=512", cache)
+    alone_result = train_run(alone, log=lambda *_: None)
+    expected = load_file(alone_result.final_checkpoint / "model.safetensors")
+    actual = load_file(branch.final_checkpoint / "model.safetensors")
+    assert all(torch.equal(expected[name], actual[name]) for name in expected)
+
+
+@pytest.mark.slow
+def test_two_process_ddp_follows_the_single_process_loss_curve(tmp_path: Path, corpus: Path) -> None:
+    cache = f"data.cache_dir={tmp_path / 'cache'}"
+    single = tiny_pretrain_config(tmp_path / "one", corpus, "train.dtype=fp32", "train.eval_every_tokens=2048", cache)
+    train_run(single, log=lambda *_: None)
+    double = tiny_pretrain_config(tmp_path / "two", corpus, "train.dtype=fp32", "train.eval_every_tokens=2048", cache)
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517",
+               "-m", "overtrain", "pretrain", *_overrides_for(double)]
+    completed = subprocess.run(command, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert completed.returncode == 0, completed.stderr[-3000:]
+
+    def curve(run: Path) -> list[tuple[int, float, float]]:
+        lines = (run / "metrics.jsonl").read_text().splitlines()
+        return [(r["tokens_seen"], r["train_loss"], r["heldout_loss"]) for r in map(json.loads, lines)]
+
+    one, two = curve(Path(single.out_dir)), curve(Path(double.out_dir))
+    assert [t for t, _, _ in one] == [t for t, _, _ in two] == [2048, 4096, 6144, 8192]
+    for (_, train_a, held_a), (_, train_b, held_b) in zip(one, two):
+        assert train_a == pytest.approx(train_b, rel=1e-4)
+        assert held_a == pytest.approx(held_b, rel=1e-4)
+
+
+def test_corrupted_checkpoint_is_named_with_the_fix(tmp_path: Path, corpus: Path) -> None:
+    config = tiny_pretrain_config(tmp_path, corpus)
+    result = train_run(config, log=lambda *_: None)
+    weights = result.final_checkpoint / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])  # truncated
+    with pytest.raises(OvertrainError, match="corrupted") as caught:
+        train_run(config, log=lambda *_: None)
+    assert str(result.final_checkpoint) in str(caught.value)
+    with pytest.raises(OvertrainError, match="corrupted"):
+        load_model(result.final_checkpoint)
+
+
+def test_diverging_loss_stops_with_advice_and_no_half_written_checkpoint(tmp_path: Path, corpus: Path) -> None:
+    config = tiny_pretrain_config(tmp_path, corpus, "train.lr=50", "train.grad_clip=0", "train.checkpoint_every_tokens=512")
+    with pytest.raises(OvertrainError, match="diverged") as caught:
+        train_run(config, log=lambda *_: None)
+    assert "train.lr" in caught.value.fix
+    leftovers = [p for p in (Path(config.out_dir) / "checkpoints").glob("*") if ".tmp-" in p.name]
+    assert leftovers == []
+
+
+def test_cli_reports_bad_input_without_a_traceback(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli_main(["pretrain", f"out_dir={tmp_path}", "train.lrr=1"]) == 2
+    assert cli_main(["pretrain", f"out_dir={tmp_path}", f"data.corpus={tmp_path / 'missing'}", f"data.cache_dir={tmp_path}"]) == 2
+    error = capsys.readouterr().err
+    assert "did you mean train.lr" in error and "Traceback" not in error
+    assert "missing" in error
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def test_dry_run_prints_token_arithmetic(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli_main(["pretrain", "model.preset=nano", "train.max_tokens=4e6", "--dry-run"]) == 0
+    assert "plan: 976 steps of 4,096 tokens" in capsys.readouterr().out
+
+
+def test_help_teaches_the_config_keys(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        cli_main(["pretrain", "--help"])
+    text = capsys.readouterr().out
+    assert "train.*" in text and "max_tokens" in text and "--dry-run" in text
