@@ -246,7 +246,7 @@ def _is_saved_hf_dataset(folder: Path) -> bool:
 
 def _parse_hf_reference(reference: str) -> tuple[str, str | None]:
     """``"allenai/c4:en"`` -> ``("allenai/c4", "en")``; an existing local path is kept whole."""
-    if Path(reference).expanduser().exists():
+    if reference and Path(reference).expanduser().exists():
         return str(Path(reference).expanduser()), None
     name, _, config = reference.partition(":")
     if not name:
