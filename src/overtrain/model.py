@@ -116,8 +116,16 @@ class LlamaLM(nn.Module):
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
 
+    def _grow_rotary_tables(self, seq_len: int) -> None:
+        """RoPE works at any length; fine-tuning may use longer sequences than pre-training did."""
+        head_dim = self.config.d_model // self.config.n_heads
+        cos, sin = rotary_cos_sin(seq_len, head_dim, self.config.rope_theta, self.rope_cos.device)
+        self.rope_cos, self.rope_sin = cos, sin
+
     def hidden_states(self, input_ids: torch.Tensor) -> torch.Tensor:
         seq_len = input_ids.shape[1]
+        if seq_len > self.rope_cos.shape[0]:
+            self._grow_rotary_tables(seq_len)
         cos, sin = self.rope_cos[:seq_len], self.rope_sin[:seq_len]
         x = self.model.embed_tokens(input_ids)  # (B, T, C)
         for layer in self.model.layers:
