@@ -91,9 +91,21 @@ def command_theory(args: argparse.Namespace) -> int:
     return run_theory_cli(list(args.overrides), Path(args.out), dry_run=args.dry_run)
 
 
+def _probe_commands():
+    from overtrain import cli_probes
+
+    return cli_probes
+
+
 COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], str]] = {
+    "demo": (lambda args: _probe_commands().command_demo(args), "run the whole study on the embedded corpus and write the report"),
     "pretrain": (command_pretrain, "train one model to a token budget (resumes a killed run)"),
     "pretrain-ladder": (command_pretrain_ladder, "train one run per token budget, or WSD decay branches"),
+    "noise": (lambda args: _probe_commands().command_noise(args), "Gaussian probe: loss after init-scaled noise, per checkpoint"),
+    "finetune": (lambda args: _probe_commands().command_finetune(args), "fine-tuning probe: ID gain and forgetting, per checkpoint and LR"),
+    "sweep": (lambda args: _probe_commands().command_sweep(args), "expand a sweep spec into jobs, run the missing ones, write the report"),
+    "report": (lambda args: _probe_commands().command_report(args), "figures, HTML and markdown from a results store"),
+    "tasks": (lambda args: _probe_commands().command_tasks(args), "list the fine-tuning tasks"),
     "theory": (command_theory, "simulate the two-layer linear model of catastrophic overtraining"),
 }
 
@@ -111,12 +123,63 @@ def build_parser() -> argparse.ArgumentParser:
         sub = verbs.add_parser(name, help=summary, description=summary + ".\n\n" + CONFIG_KEYS_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
         _add_config_arguments(sub, "YAML config (see configs/demo/); omitted: all defaults")
         sub.set_defaults(function=function)
+    _add_probe_parsers(verbs)
     theory = verbs.add_parser("theory", help=COMMANDS["theory"][1], description=COMMANDS["theory"][1])
     theory.add_argument("overrides", nargs="*", metavar="key=value", help="settings of the simulator, e.g. n_dim=32")
     theory.add_argument("--out", default="runs/theory", help="folder for figures and numbers (default runs/theory)")
     theory.add_argument("--dry-run", action="store_true", help="print the resolved settings only")
     theory.set_defaults(function=command_theory)
     return parser
+
+
+NOISE_HELP = """\
+Adds N(0, (gamma * init_std)^2) noise to every tensor (none to norm gains), measures the held-out
+pre-training loss, and restores the weights bitwise. Settings: gammas=[0.5,1,2] seeds=2 (or [0,1])
+mode=init|relative|absolute eval_tokens=65536. Example:
+  overtrain noise runs/nano_ladder gammas=[1,2,4] seeds=3"""
+
+FINETUNE_HELP = """\
+Fine-tunes each checkpoint (weights restored after each run) and reports ID task loss/accuracy and
+OOD forgetting (pre-training loss after minus before). Settings: task=NAME (see `overtrain tasks`)
+lrs=[1e-4,1e-3] seeds=2 steps=100 batch_size=16 reg_lambda=0 warmup_fraction=0.1 schedule=cosine
+max_train=2000 max_heldout=200 max_len=256 data_path=DIR eval_tokens=65536. Example:
+  overtrain finetune runs/nano_ladder task=kjv-to-web lrs=[1e-3,3e-3] steps=100"""
+
+
+def _add_probe_parsers(verbs) -> None:
+    for name, text in (("noise", NOISE_HELP), ("finetune", FINETUNE_HELP)):
+        sub = verbs.add_parser(name, help=COMMANDS[name][1], description=COMMANDS[name][1] + ".\n\n" + text,
+                               formatter_class=argparse.RawDescriptionHelpFormatter)
+        sub.add_argument("arguments", nargs="+", metavar="CHECKPOINT|key=value", help="checkpoint, run or ladder folders, then settings")
+        sub.add_argument("--out", default=f"runs/{name}_records.json", help="where to write the JSON records")
+        sub.add_argument("--dry-run", action="store_true", help="print the plan only")
+        sub.set_defaults(function=COMMANDS[name][0])
+    sweep = verbs.add_parser("sweep", help=COMMANDS["sweep"][1], description=COMMANDS["sweep"][1] + ".\n\n" + SWEEP_HELP,
+                             formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_config_arguments(sweep, "sweep spec YAML (see configs/)")
+    sweep.set_defaults(function=COMMANDS["sweep"][0])
+    demo = verbs.add_parser("demo", help=COMMANDS["demo"][1], description=COMMANDS["demo"][1] + ".\n\n" + DEMO_HELP,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
+    demo.add_argument("overrides", nargs="*", metavar="key=value", help="overrides of the demo sweep, e.g. out_dir=runs/demo2")
+    demo.add_argument("--dry-run", action="store_true", help="print the plan and the time estimate only")
+    demo.set_defaults(function=COMMANDS["demo"][0])
+    report = verbs.add_parser("report", help=COMMANDS["report"][1])
+    report.add_argument("store", help="results.sqlite of a sweep, or the sweep's out_dir")
+    report.add_argument("--out", default=None, help="folder for the report (default: next to the store)")
+    report.set_defaults(function=COMMANDS["report"][0])
+    tasks = verbs.add_parser("tasks", help=COMMANDS["tasks"][1])
+    tasks.set_defaults(function=COMMANDS["tasks"][0])
+
+
+SWEEP_HELP = """\
+A sweep spec has: out_dir, pretrain (a pretrain-ladder config), checkpoints (existing folders), noise
+(gammas, seeds, mode, eval_tokens), finetune (tasks, lrs, seeds, reg_lambdas, steps, batch_size, ...),
+executor (kind: in-process|processes|ray, workers, threads_per_worker, ray_address), report.
+Jobs already in out_dir/results.sqlite are skipped: re-running resumes a killed sweep."""
+
+DEMO_HELP = """\
+Pre-trains a ladder of token budgets of a small model on the embedded corpus, runs the noise probe and
+fixed-LR fine-tuning on two offline tasks, and writes runs/demo/report/report.html. Resumes if killed."""
 
 
 CONFIG_KEYS_HELP = """\

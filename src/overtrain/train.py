@@ -89,8 +89,12 @@ def milestone_tokens(config: PretrainConfig) -> set[int]:
     return milestones
 
 
-def train_run(config: PretrainConfig, init_from: Path | None = None, log=print) -> RunResult:
-    """Train (or resume) the run in ``config.out_dir`` to ``config.train.max_tokens`` tokens."""
+def train_run(config: PretrainConfig, init_from: Path | None = None, log=print, stop_at_tokens: int | None = None) -> RunResult:
+    """Train (or resume) the run in ``config.out_dir`` to ``config.train.max_tokens`` tokens.
+
+    ``stop_at_tokens`` pauses the run early at a checkpoint milestone (the schedule still ends at
+    ``max_tokens``): a sweep trains a WSD trunk in segments so decay branches can start while it goes on.
+    """
     validate_pretrain_config(config)
     context = distributed_context()
     device = resolve_device(config.device) if context.world_size == 1 else context.device
@@ -105,7 +109,10 @@ def train_run(config: PretrainConfig, init_from: Path | None = None, log=print) 
     if context.is_main:
         _write_run_files(config, out_dir, model, data, device, log)
     loop = _TrainingLoop(config, model, optimizer, data, init_std, state, context, device, log)
-    return loop.run(out_dir)
+    if stop_at_tokens is not None:
+        per_step = config.train.tokens_per_step
+        loop.milestones.add(math.ceil(stop_at_tokens / per_step) * per_step)
+    return loop.run(out_dir, stop_at_tokens)
 
 
 def _silent(*_args: Any, **_kwargs: Any) -> None:
@@ -188,16 +195,17 @@ class _TrainingLoop:
         self.milestones = milestone_tokens(config)
         self.flops_per_token = estimate_flops_per_token(config.model, data.vocab_size, self.train_config.seq_len)
 
-    def run(self, out_dir: Path) -> RunResult:
+    def run(self, out_dir: Path, stop_at_tokens: int | None = None) -> RunResult:
         train = self.train_config
+        stop_step = train.total_steps if stop_at_tokens is None else min(train.total_steps, -(-stop_at_tokens // train.tokens_per_step))
         progress = TokenProgress(train.max_tokens, self.state.tokens_seen, enabled=self.context.is_main, label=out_dir.name)
         started, start_tokens = time.perf_counter(), self.state.tokens_seen
         last_eval_tokens = self.state.tokens_seen
         heldout = float("nan")
-        while self.state.step < train.total_steps:
+        while self.state.step < stop_step:
             loss = self._step()
             progress.update(train.tokens_per_step, loss=loss, lr=lr_at(self.state.step - 1, train))
-            at_end = self.state.step == train.total_steps
+            at_end = self.state.step == stop_step
             if at_end or self.state.tokens_seen - last_eval_tokens >= train.eval_every_tokens:
                 heldout = self._evaluate_and_log(out_dir, started, start_tokens, progress)
                 last_eval_tokens = self.state.tokens_seen

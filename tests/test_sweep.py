@@ -1,0 +1,110 @@
+"""Sweeps end to end on a tiny ladder: plan, run, store, resume, analysis and report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from overtrain.analysis import inflection_point, spearman
+from overtrain.cli import main as cli_main
+from overtrain.executors import InProcessExecutor, run_jobs
+from overtrain.report import write_report
+from overtrain.results import ResultStore
+from overtrain.sweep import load_sweep_config, plan_jobs
+
+from helpers import write_stdlib_text_corpus
+
+
+def tiny_sweep_overrides(root: Path, corpus: Path) -> list[str]:
+    return [
+        f"out_dir={root / 'sweep'}",
+        f"pretrain.data.corpus={corpus}",
+        f"pretrain.data.cache_dir={root / 'cache'}",
+        "pretrain.data.vocab_size=512",
+        "pretrain.data.heldout_fraction=0.15",
+        "pretrain.model.d_model=32",
+        "pretrain.model.n_layers=2",
+        "pretrain.model.n_heads=2",
+        "pretrain.train.batch_size=8",
+        "pretrain.train.seq_len=32",
+        "pretrain.train.warmup_tokens=512",
+        "pretrain.train.eval_tokens=1024",
+        "pretrain.train.threads=1",
+        "pretrain.train.dtype=fp32",
+        "pretrain.ladder.budgets_tokens=[4096,8192,16384]",
+        "pretrain.ladder.mode=wsd-branches",
+        "noise.gammas=[1.0,4.0]",
+        "noise.seeds=[0,1]",
+        "noise.eval_tokens=1024",
+        "finetune.tasks=[wordnet-class]",
+        "finetune.lrs=[1e-3,1e-2]",
+        "finetune.seeds=[0]",
+        "finetune.steps=5",
+        "finetune.batch_size=4",
+        "finetune.max_train=50",
+        "finetune.max_heldout=9",
+        "finetune.eval_tokens=1024",
+    ]
+
+
+@pytest.fixture(scope="module")
+def finished_sweep(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[str]]:
+    root = tmp_path_factory.mktemp("sweep")
+    overrides = tiny_sweep_overrides(root, write_stdlib_text_corpus(root / "corpus"))
+    assert cli_main(["sweep", *overrides]) == 0
+    return root, overrides
+
+
+def test_sweep_stores_one_row_per_job_and_writes_the_report(finished_sweep: tuple[Path, list[str]]) -> None:
+    root, overrides = finished_sweep
+    config = load_sweep_config(None, overrides)
+    jobs = plan_jobs(config)
+    assert [job.kind for job in jobs].count("pretrain") == 5  # 2 trunk segments, 2 branches, the trunk's end
+    with ResultStore(config.store_path) as store:
+        assert store.finished_keys() == {job.key for job in jobs}
+        noise_rows = store.rows(kind="noise")
+        assert sorted(row.metrics["tokens_seen"] for row in noise_rows) == [4096, 8192, 16384]
+        assert all(len(row.metrics["draws"]) == 4 for row in noise_rows)
+        assert all(row.provenance.get("checkpoint_sha256") for row in noise_rows)
+    report = root / "sweep" / "report"
+    for name in ("report.html", "summary.md", "noise.png", "noise.svg", "finetune.png"):
+        assert (report / name).is_file(), name
+    html = (report / "report.html").read_text()
+    assert "data:image/png;base64," in html and "gamma=4" in html
+
+
+def test_rerunning_a_finished_sweep_runs_no_job(finished_sweep: tuple[Path, list[str]]) -> None:
+    _, overrides = finished_sweep
+    config = load_sweep_config(None, overrides)
+    with ResultStore(config.store_path) as store:
+        summary = run_jobs(plan_jobs(config), store, InProcessExecutor(), progress=False)
+    assert summary.done == 0 and summary.skipped == summary.total
+
+
+def test_report_can_be_rebuilt_from_the_store(finished_sweep: tuple[Path, list[str]], tmp_path: Path) -> None:
+    root, _ = finished_sweep
+    report = write_report(root / "sweep" / "results.sqlite", tmp_path)
+    assert report.headlines and any(line.startswith("noise gamma=4") for line in report.headlines)
+
+
+def test_inflection_point_finds_an_interior_minimum() -> None:
+    tokens = [1, 2, 4, 8, 16]
+    losses = [[5.0, 4.0, 3.5, 3.9, 4.8], [5.1, 4.1, 3.6, 3.8, 4.9]]
+    inflection = inflection_point(tokens, losses)
+    assert inflection.interior and 2 < inflection.tokens < 8
+    assert inflection.low <= inflection.tokens <= inflection.high
+    monotone = inflection_point(tokens, [[5, 4, 3, 2, 1]])
+    assert not monotone.interior and monotone.tokens == 16
+
+
+def test_spearman_is_a_rank_correlation() -> None:
+    assert spearman([1, 2, 3, 4], [10, 20, 30, 1000]) == pytest.approx(1.0)
+    assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+
+
+def test_sweep_without_checkpoints_is_explained() -> None:
+    from overtrain.errors import OvertrainError
+
+    with pytest.raises(OvertrainError, match="names no checkpoints"):
+        load_sweep_config(None, ["noise.gammas=[1]"])
