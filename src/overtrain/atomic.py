@@ -19,12 +19,21 @@ from typing import Any
 TEMPORARY_MARK = ".tmp-"
 
 
+def _default_mode(requested: int = 0o666) -> int:
+    """``requested`` less the umask: what open() or mkdir() would give (mkstemp and mkdtemp give 0o600
+    and 0o700, which would hide results from the other users of a shared machine)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return requested & ~umask
+
+
 @contextlib.contextmanager
 def atomic_directory(final_path: Path) -> Iterator[Path]:
     """Yield a temporary folder; on success it is renamed to ``final_path``, on error it is removed."""
     final_path = Path(final_path)
     final_path.parent.mkdir(parents=True, exist_ok=True)
     temporary = Path(tempfile.mkdtemp(prefix=final_path.name + TEMPORARY_MARK, dir=final_path.parent))
+    temporary.chmod(_default_mode(0o777))
     try:
         yield temporary
         _fsync_tree(temporary)
@@ -55,6 +64,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     descriptor, temporary = tempfile.mkstemp(prefix=path.name + TEMPORARY_MARK, dir=path.parent)
     try:
+        os.fchmod(descriptor, _default_mode())
         with os.fdopen(descriptor, "wb") as handle:
             handle.write(data)
             handle.flush()

@@ -28,7 +28,7 @@ EPILOG = """\
 examples:
   overtrain pretrain configs/demo/nano.yaml                 train one run to its token budget
   overtrain pretrain-ladder configs/demo/nano_ladder.yaml   one cosine-to-zero run per budget
-  overtrain theory ft.rate=0.03                             the two-layer linear model, with figures
+  overtrain theory finetune.lrs=[0.03]                      the two-layer linear model, with figures
 A killed run resumes where it stopped: run the same command again.
 """
 
@@ -125,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
         sub.set_defaults(function=function)
     _add_probe_parsers(verbs)
     theory = verbs.add_parser("theory", help=COMMANDS["theory"][1], description=COMMANDS["theory"][1])
-    theory.add_argument("overrides", nargs="*", metavar="key=value", help="settings of the simulator, e.g. n_dim=32")
+    theory.add_argument("overrides", nargs="*", metavar="key=value", help="settings of the simulator, e.g. network.hidden_dim=32 (an unknown key lists them all)")
     theory.add_argument("--out", default="runs/theory", help="folder for figures and numbers (default runs/theory)")
     theory.add_argument("--dry-run", action="store_true", help="print the resolved settings only")
     theory.set_defaults(function=command_theory)

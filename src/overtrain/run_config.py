@@ -158,25 +158,12 @@ class PretrainConfig:
 def validate_pretrain_config(config: PretrainConfig) -> None:
     """Reject settings that would fail later, deep inside torch, with a message that says what to fix."""
     train, model = config.train, config.model
-    _require(train.max_tokens > 0, "train.max_tokens", train.max_tokens, "a positive token budget, e.g. 2e6")
     for name in ("batch_size", "seq_len", "grad_accum"):
         _require(getattr(train, name) > 0, f"train.{name}", getattr(train, name), "a positive whole number")
     _require(train.lr > 0, "train.lr", train.lr, "a positive learning rate, e.g. 3e-3")
     _require(train.warmup_tokens >= 0, "train.warmup_tokens", train.warmup_tokens, "0 or more tokens")
     _require(0 < train.decay_fraction <= 1, "train.decay_fraction", train.decay_fraction, "a fraction in (0, 1]")
     _require(0 <= train.min_lr_ratio <= 1, "train.min_lr_ratio", train.min_lr_ratio, "a fraction in [0, 1]")
-    if train.max_tokens < train.tokens_per_step:
-        raise OvertrainError(
-            f"train.max_tokens={train.max_tokens:,} is smaller than one optimizer step "
-            f"(batch_size {train.batch_size} x seq_len {train.seq_len} = {train.tokens_per_step:,} tokens)",
-            "raise train.max_tokens or lower train.batch_size / train.seq_len",
-        )
-    if train.warmup_tokens >= train.max_tokens:
-        raise OvertrainError(
-            f"train.warmup_tokens={train.warmup_tokens:,} is not below the budget train.max_tokens={train.max_tokens:,}, "
-            "so the learning rate would never anneal",
-            "lower train.warmup_tokens (a few percent of the smallest budget is typical)",
-        )
     if train.batch_size % train.grad_accum:
         raise OvertrainError(
             f"train.batch_size={train.batch_size} is not divisible by train.grad_accum={train.grad_accum}",
@@ -187,9 +174,27 @@ def validate_pretrain_config(config: PretrainConfig) -> None:
     _require((model.d_model // model.n_heads) % 2 == 0, "model.d_model", model.d_model, "d_model / n_heads even (RoPE)")
     _require(config.data.vocab_size >= 259, "data.vocab_size", config.data.vocab_size, "at least 259 (256 bytes + specials)")
     _require(config.data.vocab_size <= 65_535 + 1, "data.vocab_size", config.data.vocab_size, "at most 65536")
-    for budget in config.ladder.budgets_tokens:
-        _require(budget >= train.tokens_per_step, "ladder.budgets_tokens", budget, f">= one step ({train.tokens_per_step:,} tokens)")
-        _require(budget > train.warmup_tokens, "ladder.budgets_tokens", budget, f"budgets above train.warmup_tokens={train.warmup_tokens:,}")
+    if config.ladder.budgets_tokens:  # a ladder's budgets replace train.max_tokens
+        for budget in config.ladder.budgets_tokens:
+            _check_budget(budget, "ladder.budgets_tokens", train)
+    else:
+        _check_budget(train.max_tokens, "train.max_tokens", train)
+
+
+def _check_budget(budget: int, key: str, train: TrainConfig) -> None:
+    _require(budget > 0, key, budget, "a positive token budget, e.g. 2e6")
+    if budget < train.tokens_per_step:
+        raise OvertrainError(
+            f"{key}={budget:,} is smaller than one optimizer step "
+            f"(batch_size {train.batch_size} x seq_len {train.seq_len} = {train.tokens_per_step:,} tokens)",
+            f"raise {key} or lower train.batch_size / train.seq_len",
+        )
+    if train.warmup_tokens >= budget:
+        raise OvertrainError(
+            f"train.warmup_tokens={train.warmup_tokens:,} is not below the budget {key}={budget:,}, "
+            "so the learning rate would never anneal",
+            "lower train.warmup_tokens (a few percent of the smallest budget is typical)",
+        )
 
 
 def _require(condition: bool, key: str, value: object, allowed: str) -> None:
