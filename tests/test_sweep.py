@@ -108,3 +108,16 @@ def test_sweep_without_checkpoints_is_explained() -> None:
 
     with pytest.raises(OvertrainError, match="names no checkpoints"):
         load_sweep_config(None, ["noise.gammas=[1]"])
+
+
+def test_demo_recipe_is_valid_and_big_enough(capsys: pytest.CaptureFixture[str]) -> None:
+    from overtrain.cli_probes import demo_spec_path
+
+    config = load_sweep_config(demo_spec_path())
+    jobs = plan_jobs(config)
+    assert len(config.pretrain.ladder.budgets_tokens) >= 5
+    assert len(config.noise.gammas) >= 3 and len(config.noise.seeds) >= 2
+    assert len(config.finetune.lrs) >= 2 and len(config.finetune.tasks) >= 2 and len(config.finetune.seeds) >= 2
+    assert {job.kind for job in jobs} == {"pretrain", "noise", "finetune"}
+    assert cli_main(["demo", "--dry-run"]) == 0
+    assert "estimate on this machine" in capsys.readouterr().out
