@@ -84,6 +84,8 @@ class Panel:
     """Small text in the lower-left corner of the axes (e.g. the parameters held fixed)."""
     y_limits: tuple[float, float] | None = None
     """Fixed (bottom, top) of the y axis, to zoom on the bottom of a U; None lets matplotlib choose."""
+    x_in_tokens: bool = False
+    """Label x ticks as token counts (500k, 1M, 16M) at the data's x values instead of powers of ten."""
 
 
 def plot_curves(
@@ -190,6 +192,8 @@ def _draw_panel(ax: Any, panel: Panel) -> None:
             _draw_inflection(ax, mark, x, y, color, panel.log_x)
     ax.set_xscale("log" if panel.log_x else "linear")
     ax.set_yscale("log" if panel.log_y else "linear")
+    if panel.x_in_tokens:
+        _token_ticks(ax, panel.curves)
     if panel.y_limits is not None:
         ax.set_ylim(*panel.y_limits)
     ax.set_xlabel(panel.x_label)
@@ -202,6 +206,18 @@ def _draw_panel(ax: Any, panel: Panel) -> None:
         # Outside on the right when there are many settings, so no line is ever hidden by the legend.
         many = sum(curve.show_in_legend for curve in panel.curves) > 4
         ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False) if many else ax.legend(loc="best", framealpha=0.85)
+
+
+def _token_ticks(ax: Any, curves: Sequence[Curve]) -> None:
+    """Ticks at the budgets themselves, labelled like the logs (1M, 2M, ...)."""
+    from matplotlib.ticker import FixedLocator, NullLocator
+
+    from overtrain.progress import format_tokens
+
+    budgets = sorted({float(value) for curve in curves for value in curve.x})
+    ax.xaxis.set_major_locator(FixedLocator(budgets))
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.set_xticklabels([format_tokens(value) for value in budgets])
 
 
 def _draw_inflection(ax: Any, mark: InflectionMark, x: np.ndarray, y: np.ndarray, color: Any, log_x: bool) -> None:

@@ -63,9 +63,9 @@ def _noise_section(noise: pd.DataFrame, report: Report) -> None:
     marks = {s.name: _mark(s) for s in summaries if s.inflection.interior}
     panels = [
         Panel([base_curve, *_curves(summaries)], TOKENS_LABEL, "held-out pre-training loss (nats/token)",
-              "Gaussian perturbation: loss after noise", inflections=marks),
+              "Gaussian perturbation: loss after noise", inflections=marks, x_in_tokens=True),
         Panel([Curve(s.name, s.tokens, s.damage_mean, marker="o") for s in summaries], TOKENS_LABEL,
-              "loss increase from noise (nats/token)", "Progressive sensitivity", log_y=True),
+              "loss increase from noise (nats/token)", "Progressive sensitivity", log_y=True, x_in_tokens=True),
     ]
     report.figures += plot_panels(panels, title="Noise probe", out_stem=report.folder / "noise")
     report.headlines += ["noise " + _inflection_text(s) for s in summaries]
@@ -85,8 +85,9 @@ def _finetune_section(finetune: pd.DataFrame, report: Report) -> None:
         base_curve = Curve("before fine-tuning", list(base.index), list(base.values), color="black", line_style="--", marker="s")
         marks = {s.name: _mark(s) for s in summaries if s.inflection.interior}
         panels.append(Panel([base_curve, *_curves(summaries)], TOKENS_LABEL, "pre-training loss after fine-tuning",
-                            f"{task}: forgetting (OOD)", inflections=marks))
-        panels.append(Panel(_curves(id_by_task[task]), TOKENS_LABEL, "task held-out loss after fine-tuning", f"{task}: ID"))
+                            f"{task}: forgetting (OOD)", inflections=marks, x_in_tokens=True))
+        panels.append(Panel(_curves(id_by_task[task]), TOKENS_LABEL, "task held-out loss after fine-tuning", f"{task}: ID",
+                            x_in_tokens=True))
         report.headlines += [f"fine-tune {task} OOD " + _inflection_text(s) for s in summaries]
     report.figures += plot_panels(panels, title="Fine-tuning probe", out_stem=report.folder / "finetune")
     report.tables["Recommended checkpoint per fine-tuning setting"] = analysis.recommend_checkpoints(finetune)
