@@ -31,7 +31,7 @@ def run_pretrain_job(spec: Mapping[str, Any]) -> JobOutput:
 
     config = build_dataclass(PretrainConfig, dict(spec["config"]))
     branch_from = Path(spec["branch_from"]) if spec.get("branch_from") else None
-    result = train_run(config, init_from=branch_from, log=_quiet, stop_at_tokens=spec.get("stop_at_tokens"))
+    result = train_run(config, init_from=branch_from, log=_quiet, stop_at_tokens=spec.get("stop_at_tokens"), show_progress=False)
     metrics = {
         "tokens_seen": result.tokens_seen,
         "budget_tokens": config.train.max_tokens,

@@ -89,11 +89,14 @@ def milestone_tokens(config: PretrainConfig) -> set[int]:
     return milestones
 
 
-def train_run(config: PretrainConfig, init_from: Path | None = None, log=print, stop_at_tokens: int | None = None) -> RunResult:
+def train_run(
+    config: PretrainConfig, init_from: Path | None = None, log=print, stop_at_tokens: int | None = None, show_progress: bool = True
+) -> RunResult:
     """Train (or resume) the run in ``config.out_dir`` to ``config.train.max_tokens`` tokens.
 
     ``stop_at_tokens`` pauses the run early at a checkpoint milestone (the schedule still ends at
     ``max_tokens``): a sweep trains a WSD trunk in segments so decay branches can start while it goes on.
+    ``show_progress=False`` silences the per-run bar and log lines (a sweep shows one bar for all jobs).
     """
     validate_pretrain_config(config)
     context = distributed_context()
@@ -108,7 +111,7 @@ def train_run(config: PretrainConfig, init_from: Path | None = None, log=print, 
     state = _restore_or_start(config, model, optimizer, out_dir, init_from, context, log)
     if context.is_main:
         _write_run_files(config, out_dir, model, data, device, log)
-    loop = _TrainingLoop(config, model, optimizer, data, init_std, state, context, device, log)
+    loop = _TrainingLoop(config, model, optimizer, data, init_std, state, context, device, log, show_progress)
     if stop_at_tokens is not None:
         per_step = config.train.tokens_per_step
         loop.milestones.add(math.ceil(stop_at_tokens / per_step) * per_step)
@@ -182,10 +185,11 @@ def _write_run_files(config: PretrainConfig, out_dir: Path, model: LlamaLM, data
 class _TrainingLoop:
     """The step loop; one object so the many pieces of per-run state need not be passed around."""
 
-    def __init__(self, config, model, optimizer, data, init_std, state, context: DistributedContext, device, log) -> None:
+    def __init__(self, config, model, optimizer, data, init_std, state, context: DistributedContext, device, log, show_progress) -> None:
         self.config, self.train_config = config, config.train
         self.model, self.optimizer, self.data = model, optimizer, data
         self.init_std, self.state, self.context, self.device, self.log = init_std, state, context, device, log
+        self.show_progress = show_progress and context.is_main
         self.forward_model = model
         if self.train_config.compile:
             self.forward_model = torch.compile(model)
@@ -198,7 +202,7 @@ class _TrainingLoop:
     def run(self, out_dir: Path, stop_at_tokens: int | None = None) -> RunResult:
         train = self.train_config
         stop_step = train.total_steps if stop_at_tokens is None else min(train.total_steps, -(-stop_at_tokens // train.tokens_per_step))
-        progress = TokenProgress(train.max_tokens, self.state.tokens_seen, enabled=self.context.is_main, label=out_dir.name)
+        progress = TokenProgress(train.max_tokens, self.state.tokens_seen, enabled=self.show_progress, label=out_dir.name)
         started, start_tokens = time.perf_counter(), self.state.tokens_seen
         last_eval_tokens = self.state.tokens_seen
         heldout = float("nan")
