@@ -15,7 +15,7 @@ import torch
 from overtrain.jobs import Job
 from overtrain.progress import format_seconds
 
-FINETUNE_TOKENS_PER_EXAMPLE = 100  # typical prompt + completion of the offline tasks
+FINETUNE_TOKENS_PER_EXAMPLE = 250  # typical prompt + completion of the offline tasks at a byte-level vocabulary
 
 
 def measure_train_tokens_per_second(config, threads: int) -> float:
@@ -48,7 +48,10 @@ def estimate_sweep_seconds(config, jobs: list[Job]) -> dict[str, float]:
     workers = config.executor.workers if config.executor.kind != "in-process" else 1
     from overtrain.sweep import pretrain_tokens_by_job
 
-    seconds = {"pretrain": sum(pretrain_tokens_by_job(jobs).values()) / rate, "noise": 0.0, "finetune": 0.0}
+    tokens_by_job = pretrain_tokens_by_job(jobs)
+    # A WSD trunk's segments run one after another: the trunk is a floor under the parallel estimate.
+    trunk_tokens = sum(tokens for job in jobs if job.kind == "pretrain" and "stop_at_tokens" in job.spec for tokens in [tokens_by_job[job.key]])
+    seconds = {"pretrain": 0.0, "noise": 0.0, "finetune": 0.0}
     for job in jobs:
         if job.kind == "noise":
             evaluations = 1 + len(job.spec["gammas"]) * len(job.spec["seeds"])
@@ -58,7 +61,9 @@ def estimate_sweep_seconds(config, jobs: list[Job]) -> dict[str, float]:
             train_tokens = finetune["steps"] * finetune["batch_size"] * FINETUNE_TOKENS_PER_EXAMPLE
             eval_tokens = 2 * job.spec["eval_tokens"] + 2 * (finetune["max_heldout"] or 200) * FINETUNE_TOKENS_PER_EXAMPLE
             seconds["finetune"] += train_tokens / rate + eval_tokens / (3 * rate)
-    return {kind: value / workers for kind, value in seconds.items()} | {"train_tokens_per_second": rate}
+    parallel = {kind: value / workers for kind, value in seconds.items()}
+    parallel["pretrain"] = max(sum(tokens_by_job.values()) / rate / workers, trunk_tokens / rate)
+    return parallel | {"train_tokens_per_second": rate}
 
 
 def format_estimate(seconds: dict[str, float]) -> str:
