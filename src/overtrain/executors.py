@@ -160,7 +160,13 @@ class LocalProcessExecutor(Executor):
 
     def _submit(self, job: Job, import_path: str) -> None:
         assert self._pool is not None, "_start() runs before _submit()"
-        future = self._pool.submit(execute_job, import_path, job.spec, self.threads_per_worker)
+        try:
+            future = self._pool.submit(execute_job, import_path, job.spec, self.threads_per_worker)
+        except BrokenProcessPool:
+            # A worker died before its failure was collected: the jobs in flight on the old pool fail
+            # when collected; this job goes to a fresh pool.
+            self._restart_broken_pool()
+            future = self._pool.submit(execute_job, import_path, job.spec, self.threads_per_worker)
         self._futures[future] = (job, self._pool)
 
     def _next_completed(self) -> JobResult:
