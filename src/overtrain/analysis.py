@@ -139,13 +139,6 @@ def finetune_summary(frame: pd.DataFrame, value: str = "ood_loss_after") -> dict
     return result
 
 
-def tuned_frame(frame: pd.DataFrame, metric: str = "id_loss_after") -> pd.DataFrame:
-    """Per (task, checkpoint, seed, reg_lambda), the row of the LR with the best ID ``metric``."""
-    ascending = not metric.startswith("id_accuracy")
-    ordered = frame.sort_values(metric, ascending=ascending)
-    return ordered.groupby(["task", "checkpoint", "seed", "reg_lambda"], as_index=False).head(1)
-
-
 def recommend_checkpoints(frame: pd.DataFrame) -> pd.DataFrame:
     """Per (task, lr, reg_lambda): the budget with the best mean ID loss after fine-tuning, and with the
     least pre-training loss after fine-tuning (what is kept of the base model)."""

@@ -15,7 +15,6 @@ from safetensors, everything else from JSON.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import re
 import shutil
@@ -32,6 +31,7 @@ import overtrain
 from overtrain.atomic import atomic_directory
 from overtrain.errors import OvertrainError
 from overtrain.model import LlamaLM
+from overtrain.provenance import file_sha256
 from overtrain.run_config import ModelConfig
 
 CHECKPOINT_NAME = re.compile(r"^step-(\d+)-tokens-(\d+)$")
@@ -58,14 +58,6 @@ class CheckpointInfo:
 
 def checkpoint_folder_name(step: int, tokens_seen: int) -> str:
     return f"step-{step:06d}-tokens-{tokens_seen}"
-
-
-def sha256_of_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def hf_llama_config(model: LlamaLM, end_of_text_id: int):
@@ -145,7 +137,7 @@ def save_checkpoint(
         save_file({"torch_cpu": torch.get_rng_state()}, staging / "rng.safetensors")
         for item in Path(tokenizer_folder).iterdir():
             shutil.copy2(item, staging / item.name)
-        checksums = {name: sha256_of_file(staging / name) for name in TENSOR_FILES if (staging / name).exists()}
+        checksums = {name: file_sha256(staging / name) for name in TENSOR_FILES if (staging / name).exists()}
         metadata = {
             "step": step,
             "tokens_seen": tokens_seen,
@@ -180,7 +172,7 @@ def verify_checkpoint(info: CheckpointInfo) -> None:
     """Compare every tensor file with its recorded sha256; a truncated or altered file is named."""
     for name, expected in info.checksums.items():
         path = info.folder / name
-        if not path.is_file() or sha256_of_file(path) != expected:
+        if not path.is_file() or file_sha256(path) != expected:
             raise OvertrainError(
                 f"checkpoint {info.folder} is corrupted: {name} is missing or does not match its recorded checksum",
                 f"delete {info.folder} (a run then resumes from its previous checkpoint) or restore the file",
