@@ -15,7 +15,7 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from overtrain.results import ResultStore
+from overtrain.results.store import ResultStore
 
 
 def phase_table(store_path: Path) -> list[tuple[str, int, float, float, float]]:

@@ -22,9 +22,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from overtrain.executors import LocalProcessExecutor, run_jobs
-from overtrain.jobs import Job, JobOutput, register_job_kind
-from overtrain.results import ResultStore
+from overtrain.results.records import Job, JobOutput
+from overtrain.results.store import ResultStore
+from overtrain.sweep.driver import run_jobs
+from overtrain.sweep.executors import LocalProcessExecutor
+from overtrain.sweep.workers import register_job_kind
 
 BATCH, SEQUENCE = 16, 64  # 1,024 tokens per step, like the CPU presets
 LAYERS = 4

@@ -21,8 +21,8 @@ from overtrain.probes.target import load_probe_target
 
 
 def small_checkpoint(folder: Path) -> Path:
-    from overtrain.pretrain import load_pretrain_config
-    from overtrain.train import train_run
+    from overtrain.pretrain.config import load_pretrain_config
+    from overtrain.pretrain.loop import train_run
 
     config = load_pretrain_config(None, [f"out_dir={folder}", "model.preset=nano", "data.vocab_size=512", "train.max_tokens=1e6",
                                          "train.warmup_tokens=1e5", "train.threads=1"])

@@ -16,10 +16,10 @@ import time
 
 import torch
 
-from overtrain.checkpoints import hf_llama_config
-from overtrain.evaluate import autocast_context, resolve_dtype
-from overtrain.model import build_model, estimate_flops_per_token
-from overtrain.run_config import ModelConfig
+from overtrain.checkpoints.folder import hf_llama_config
+from overtrain.model.config import ModelConfig
+from overtrain.model.llama import build_model, estimate_flops_per_token
+from overtrain.precision import autocast_context, resolve_dtype
 
 
 def matmul_peak_flops(dtype: str, size: int = 2048, repeats: int = 10) -> float:

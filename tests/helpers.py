@@ -5,8 +5,7 @@ from __future__ import annotations
 import sysconfig
 from pathlib import Path
 
-from overtrain.pretrain import load_pretrain_config
-from overtrain.run_config import PretrainConfig
+from overtrain.pretrain.config import PretrainConfig, load_pretrain_config
 
 
 def write_stdlib_text_corpus(folder: Path, documents: int = 60) -> Path:

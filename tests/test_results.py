@@ -15,9 +15,9 @@ import pytest
 from jobs_for_tests import subprocess_environment
 
 from overtrain.errors import OvertrainError
-from overtrain.jobs import Job, JobOutput, job_key
 from overtrain.provenance import collect_provenance, file_sha256, folder_content_hash
-from overtrain.results import ResultStore
+from overtrain.results.records import Job, JobOutput, job_key
+from overtrain.results.store import ResultStore
 
 NOISE_SPEC = {"checkpoint": {"path": "/ckpt/tokens-1M", "sha256": "ab"}, "gamma": 0.5, "seed": 3}
 
@@ -132,8 +132,8 @@ def test_another_applications_database_is_refused(tmp_path: Path) -> None:
 
 WRITER = """
 import sys
-from overtrain.jobs import Job, JobOutput
-from overtrain.results import ResultStore
+from overtrain.results.records import Job, JobOutput
+from overtrain.results.store import ResultStore
 store = ResultStore(sys.argv[1])
 print("ready", flush=True)
 for i in range(int(sys.argv[3])):

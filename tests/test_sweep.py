@@ -5,15 +5,16 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
-from overtrain.analysis import inflection_point, spearman
-from overtrain.cli import main as cli_main
-from overtrain.executors import InProcessExecutor, run_jobs
-from overtrain.report import write_report
-from overtrain.results import ResultStore
-from overtrain.sweep import load_sweep_config, plan_jobs
-
 from helpers import write_stdlib_text_corpus
+
+from overtrain.cli import main as cli_main
+from overtrain.results.analysis import spearman
+from overtrain.results.report import write_report
+from overtrain.results.store import ResultStore
+from overtrain.sweep.config import load_sweep_config
+from overtrain.sweep.driver import run_jobs
+from overtrain.sweep.executors import InProcessExecutor
+from overtrain.sweep.plan import plan_jobs
 
 
 def tiny_sweep_overrides(root: Path, corpus: Path) -> list[str]:
@@ -88,16 +89,6 @@ def test_report_can_be_rebuilt_from_the_store(finished_sweep: tuple[Path, list[s
     assert report.headlines and any(line.startswith("noise gamma=4") for line in report.headlines)
 
 
-def test_inflection_point_finds_an_interior_minimum() -> None:
-    tokens = [1, 2, 4, 8, 16]
-    losses = [[5.0, 4.0, 3.5, 3.9, 4.8], [5.1, 4.1, 3.6, 3.8, 4.9]]
-    inflection = inflection_point(tokens, losses)
-    assert inflection.interior and 2 < inflection.tokens < 8
-    assert inflection.low <= inflection.tokens <= inflection.high
-    monotone = inflection_point(tokens, [[5, 4, 3, 2, 1]])
-    assert not monotone.interior and monotone.tokens == 16
-
-
 def test_spearman_is_a_rank_correlation() -> None:
     assert spearman([1, 2, 3, 4], [10, 20, 30, 1000]) == pytest.approx(1.0)
     assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
@@ -111,7 +102,7 @@ def test_sweep_without_checkpoints_is_explained() -> None:
 
 
 def test_demo_recipe_is_valid_and_big_enough(capsys: pytest.CaptureFixture[str]) -> None:
-    from overtrain.cli_probes import demo_spec_path
+    from overtrain.cli.sweep import demo_spec_path
 
     config = load_sweep_config(demo_spec_path())
     jobs = plan_jobs(config)

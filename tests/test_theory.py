@@ -14,13 +14,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from overtrain.cli.theory import load_theory_config, run_theory_cli
 from overtrain.errors import OvertrainError
-from overtrain.theory.cli import load_theory_config, run_theory_cli
+from overtrain.results.inflection import find_inflection
 from overtrain.theory.closed_form import half_learning_time, sigmoid_mode_strength
 from overtrain.theory.experiments import TheoryResults, check_claims, grows_with_time, run_sweeps, sensitivity
 from overtrain.theory.finetuning import finetune_sweeps
 from overtrain.theory.incremental import ALIGNED, RANDOM, compare_with_closed_form
-from overtrain.theory.inflection import find_inflection
 from overtrain.theory.sweeps import expected_noise_damage, run_pretraining, sampled_noise_losses
 from overtrain.theory.targets import make_finetune_target, make_pretrain_target
 
@@ -57,7 +57,7 @@ def modes(run):
 
 def inflection_times(sweep) -> list[float]:
     marks = sweep.inflections()
-    return [marks[setting.label].time for setting in sorted(sweep.settings, key=lambda setting: setting.value)]
+    return [marks[setting.label].at for setting in sorted(sweep.settings, key=lambda setting: setting.value)]
 
 
 # --- closed form and incremental learning ---------------------------------------------------------
@@ -142,7 +142,7 @@ def test_boundary_sensitivity_saturates_once_the_whole_spectrum_is_learned():
     damage = sensitivity(sweep)["std=0.05"]
     late = sweep.times >= 16
     assert np.ptp(damage[late]) / damage[late].mean() < 1e-3
-    assert find_inflection(sweep.times, sweep.settings[0].after_loss).rise < 1e-3  # no U worth the name
+    assert find_inflection(sweep.times, sweep.settings[0].after_loss).relative_rise < 1e-3  # no U worth the name
 
 
 # --- inflection -----------------------------------------------------------------------------------
@@ -162,7 +162,7 @@ def test_finetuning_gives_a_U_whose_minimum_moves_earlier_with_larger_rate(sweep
     # 100 steps on the population loss of A_ft = A_pre + a rank-2 map orthogonal to A_pre's top modes.
     marks = sweeps["finetune"].inflections()
     assert all(mark.interior for mark in marks.values())
-    assert marks["lr=0.03"].rise > 0.05  # a clear U: the longest T is >5% worse than the best
+    assert marks["lr=0.03"].relative_rise > 0.05  # a clear U: the longest T is >5% worse than the best
     times = inflection_times(sweeps["finetune"])
     assert times[0] > times[1] > times[2]
 
@@ -182,7 +182,7 @@ def test_boundary_no_U_when_finetuning_converges(run, config):
     converged = load_theory_config(FAST + ["finetune.lrs=[0.1]", "finetune.lambdas=[0]"])
     sweep, _ = finetune_sweeps(run, converged)
     assert sweep.settings[0].task_loss[:, -1].mean() < 0.01
-    assert find_inflection(sweep.times, sweep.settings[0].after_loss).rise < 1e-3
+    assert find_inflection(sweep.times, sweep.settings[0].after_loss).relative_rise < 1e-3
 
 
 def test_boundary_noiseless_finite_sample_gives_no_U(run):
@@ -209,7 +209,7 @@ def test_boundary_noisy_sample_regularization_lowers_the_new_task_loss(run):
     )
     _, sweep = finetune_sweeps(run, sample)
     marks = sweep.inflections()
-    assert marks["lambda=0"].interior and marks["lambda=0"].time < marks["lambda=0.3"].time
+    assert marks["lambda=0"].interior and marks["lambda=0"].at < marks["lambda=0.3"].at
     no_penalty, penalty = sorted(sweep.settings, key=lambda setting: setting.value)
     assert penalty.train_loss[:, -1].mean() > no_penalty.train_loss[:, -1].mean()
     assert penalty.task_loss[:, -1].mean() < no_penalty.task_loss[:, -1].mean()
@@ -220,7 +220,7 @@ def test_inflection_finder_refines_a_parabola_in_log_time_and_flags_monotone_cur
     losses = (np.log(times) - np.log(23.0)) ** 2 + 1.0
     mark = find_inflection(times, losses)
     # The lowest grid point is 32; the interval is its two neighbours, the vertex is exact.
-    assert mark.interior and mark.time == pytest.approx(23.0) and mark.low == 16 and mark.high == 64
+    assert mark.interior and mark.at == pytest.approx(23.0) and mark.low == 16 and mark.high == 64
     assert not find_inflection(times, -losses[::-1].cumsum()).interior
 
 
@@ -266,7 +266,7 @@ def test_dry_run_prints_the_plan_and_computes_nothing(tmp_path, capsys):
 def test_cli_writes_json_and_figures_and_prints_a_table(tmp_path, capsys, monkeypatch):
     drawn = []
     # Figures are drawn by overtrain.plots (tested in test_plots.py); here only their request is checked.
-    monkeypatch.setattr("overtrain.theory.cli.write_figures", lambda results, out_dir: drawn.append(out_dir) or [])
+    monkeypatch.setattr("overtrain.cli.theory.write_figures", lambda results, out_dir: drawn.append(out_dir) or [])
     overrides = [
         "network.input_dim=8",
         "network.hidden_dim=8",

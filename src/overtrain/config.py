@@ -1,7 +1,7 @@
 """Typed configuration: YAML files plus dotted command-line overrides, validated once.
 
-A config is a tree of dataclasses. :func:`load_config` reads a YAML file, applies overrides such as
-``train.lr=1e-3`` or ``ladder.budgets_tokens=[1e6,2e6]``, and builds the dataclasses, rejecting unknown
+A config is a tree of dataclasses. :func:`read_yaml` reads a YAML file, :func:`apply_overrides` applies overrides such as
+``train.lr=1e-3`` or ``ladder.budgets_tokens=[1e6,2e6]``, and :func:`build_dataclass` builds the dataclasses, rejecting unknown
 keys (with the closest known key as a suggestion) and values of the wrong type. Every later stage takes
 the typed object, never a dict.
 """
@@ -203,11 +203,6 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def load_config(cls: type[ConfigT], path: str | Path | None, overrides: list[str] | None = None) -> ConfigT:
-    """Read ``path`` (optional), apply dotted overrides, and build a validated ``cls``."""
-    tree = read_yaml(path) if path is not None else {}
-    tree = apply_overrides(tree, overrides or [])
-    return build_dataclass(cls, tree)
 
 
 def config_to_dict(config: Any) -> dict[str, Any]:

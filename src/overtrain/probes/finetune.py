@@ -18,12 +18,20 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from overtrain.data.tokenizer import load_tokenizer
 from overtrain.errors import OvertrainError
-from overtrain.evaluate import IGNORE_INDEX, autocast_context, logits_of
+from overtrain.model.loss import IGNORE_INDEX, logits_of
+from overtrain.precision import autocast_context
+from overtrain.pretrain.schedules import lr_multiplier
 from overtrain.probes.target import ProbeTarget
-from overtrain.probes.task_batches import EncodedExample, check_nonempty, completion_losses, encode_example, pad_batch, sample_rows
-from overtrain.schedules import lr_multiplier
-from overtrain.tokenizer import load_tokenizer
+from overtrain.probes.task_batches import (
+    EncodedExample,
+    check_nonempty,
+    completion_losses,
+    encode_example,
+    pad_batch,
+    sample_rows,
+)
 
 
 @dataclass

@@ -11,13 +11,13 @@ from pathlib import Path
 
 import torch
 
-from overtrain.checkpoints import CheckpointInfo, load_model
+from overtrain.checkpoints.folder import CheckpointInfo, load_model
 from overtrain.config import build_dataclass
-from overtrain.data import TokenData, heldout_windows, prepare_token_data
+from overtrain.data.config import DataConfig
+from overtrain.data.tokens import TokenData, heldout_windows, prepare_token_data
 from overtrain.errors import OvertrainError
-from overtrain.evaluate import LossResult, mean_token_loss
-from overtrain.model import LlamaLM
-from overtrain.run_config import DataConfig
+from overtrain.model.llama import LlamaLM
+from overtrain.model.loss import LossResult, mean_token_loss
 
 DEFAULT_EVAL_TOKENS = 65_536
 

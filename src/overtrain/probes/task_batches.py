@@ -15,7 +15,8 @@ import numpy as np
 import torch
 
 from overtrain.errors import OvertrainError
-from overtrain.evaluate import IGNORE_INDEX, autocast_context, logits_of
+from overtrain.model.loss import IGNORE_INDEX, logits_of
+from overtrain.precision import autocast_context
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import random
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -185,9 +185,3 @@ def require_existing_path(path: Path, task_name: str, what: str) -> Path:
             f"pass data_path= pointing at {what}.",
         )
     return path
-
-
-def map_rows(rows: Iterable[dict], to_example: Callable[[dict], TaskExample | None]) -> list[TaskExample]:
-    """Convert rows to examples, dropping rows the converter rejects (returns None)."""
-    examples = (to_example(row) for row in rows)
-    return [example for example in examples if example is not None]

@@ -72,7 +72,7 @@ def halving_check(config: TheoryConfig, run: PretrainRun, modes: ModeLearning, s
     for name, sweep in sweeps.items():
         pairs = zip(sweep.settings, half_sweeps[name].settings)
         differences[name] = max(_max_relative_difference(one.after_loss, two.after_loss) for one, two in pairs)
-    inflections = {name: {label: mark.time for label, mark in sweep.inflections().items()} for name, sweep in half_sweeps.items()}
+    inflections = {name: {label: mark.at for label, mark in sweep.inflections().items()} for name, sweep in half_sweeps.items()}
     half_modes = compare_with_closed_form(half_run)
     learned = modes.learned_modes()
     half_times, half_half_times = modes.simulated_half_times[0, learned], half_modes.simulated_half_times[0, learned]
@@ -138,14 +138,14 @@ def _inflection_claim(sweep: Sweep, expect_earlier_for_larger: bool) -> dict[str
     """
     ordered = sorted(sweep.settings, key=lambda setting: setting.value)
     marks = sweep.inflections()
-    times = [marks[setting.label].time for setting in ordered]
+    times = [marks[setting.label].at for setting in ordered]
     steps = np.diff(times)
     moves_as_expected = bool(np.all(steps <= 0) if expect_earlier_for_larger else np.all(steps >= 0))
-    beyond_sweep = {s.label: bool(not marks[s.label].interior and marks[s.label].time == sweep.times[-1]) for s in ordered}
-    every_curve_has_its_minimum = all(marks[s.label].interior or beyond_sweep[s.label] for s in ordered)
+    beyond_sweep = {s.label: bool(not marks[s.label].interior and marks[s.label].at == sweep.times[-1]) for s in ordered}
+    every_curve_has_its_minimum = all(marks[s.label].u_shaped or beyond_sweep[s.label] for s in ordered)
     return {
-        "holds": moves_as_expected and every_curve_has_its_minimum and any(marks[s.label].interior for s in ordered),
-        "u_shaped": {setting.label: marks[setting.label].interior for setting in ordered},
+        "holds": moves_as_expected and every_curve_has_its_minimum and any(marks[s.label].u_shaped for s in ordered),
+        "u_shaped": {setting.label: marks[setting.label].u_shaped for setting in ordered},
         "beyond_sweep": beyond_sweep,
         "moves_as_expected": moves_as_expected,
         "inflections": {setting.label: marks[setting.label].to_dict() for setting in ordered},

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from overtrain.plots import Curve, InflectionMark, Panel, plot_panels
+from overtrain.results.plots import Curve, InflectionMark, Panel, plot_panels
 from overtrain.theory.experiments import TheoryResults, sensitivity
 from overtrain.theory.incremental import ALIGNED, RANDOM, ModeLearning
 from overtrain.theory.sweeps import Sweep
@@ -74,7 +74,7 @@ def mode_panels(modes: ModeLearning) -> list[Panel]:
 
 def sweep_panels(sweep: Sweep) -> list[Panel]:
     """Loss after the change, the same relative to its minimum, the increase, and the new-task loss."""
-    marks = {label: InflectionMark(mark.time, mark.low, mark.high) for label, mark in sweep.inflections().items()}
+    marks = {label: InflectionMark(mark.at, mark.low, mark.high) for label, mark in sweep.inflections().items()}
     after = [_band_curve(setting.label, sweep.times, setting.after_loss, setting.after_samples) for setting in sweep.settings]
     before = Curve("before the change", sweep.times, sweep.base_loss, line_style="--", color="black")
     panels = [

@@ -55,8 +55,8 @@ def summary_table(results: TheoryResults) -> str:
         for label, mark in sweep.inflections().items():
             interval = f"[{mark.low:.3g}, {mark.high:.3g}]"
             lines.append(
-                f"{name:<12} {label:<14} {mark.time:>12.3g} {interval:>19} {'yes' if mark.interior else 'no':>4} "
-                f"{100 * mark.rise:>7.2f}%"
+                f"{name:<12} {label:<14} {mark.at:>12.3g} {interval:>19} {'yes' if mark.u_shaped else 'no':>4} "
+                f"{100 * mark.relative_rise:>7.2f}%"
             )
     modes = results.modes.summary()
     errors = modes["random_half_time_relative_errors"]

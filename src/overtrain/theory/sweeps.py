@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from overtrain.results.inflection import Inflection, find_inflection
 from overtrain.theory.closed_form import aligned_balanced_init, effective_initial_strengths
 from overtrain.theory.config import TheoryConfig
 from overtrain.theory.dynamics import (
@@ -28,7 +29,6 @@ from overtrain.theory.dynamics import (
     snap_to_steps,
     stack_weights,
 )
-from overtrain.theory.inflection import Inflection, find_inflection
 from overtrain.theory.targets import LinearTarget, make_finetune_target, make_pretrain_target, population_loss, population_task
 
 
@@ -95,14 +95,17 @@ class Sweep:
 
     def inflections(self) -> dict[str, Inflection]:
         """Inflection of each setting's after-change pre-training loss, by label."""
-        # Noise curves are exact expectations: their only uncertainty is the grid, so no bootstrap.
-        use_samples = self.name != "noise"
-        return {
-            setting.label: find_inflection(self.times, setting.after_loss, setting.after_samples if use_samples else None)
-            for setting in self.settings
-        }
+        return {setting.label: self._inflection(setting) for setting in self.settings}
+
+    def _inflection(self, setting: Setting) -> Inflection:
+        tolerance = RELATIVE_RISE_TOLERANCE * float(setting.after_loss.min())
+        if self.name == "noise":  # exact expectations: their only uncertainty is the grid
+            return find_inflection(self.times, setting.after_loss, resampled="exact expectations", tolerance=tolerance)
+        return find_inflection(self.times, setting.after_samples, resampled="fine-tuning data samples", tolerance=tolerance)
 
 
+RELATIVE_RISE_TOLERANCE = 1e-3
+"""A theory curve is U-shaped only if the longest T is at least 0.1% worse than its minimum."""
 TRACE_POINTS_PER_OCTAVE = 16
 """Density of the mode trace; fine enough to read each mode's half-learning time to ~1%."""
 

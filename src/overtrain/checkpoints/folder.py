@@ -1,0 +1,196 @@
+"""Checkpoints: Hugging Face folders that also carry everything needed to resume and to probe.
+
+A checkpoint folder ``step-000120-tokens-1966080`` holds
+
+- ``config.json`` + ``model.safetensors``: a ``LlamaForCausalLM`` that transformers loads as it is;
+- ``tokenizer.json`` and its config files: ``AutoTokenizer.from_pretrained(folder)`` works;
+- ``overtrain.json``: tokens_seen, step, the resolved run config, each tensor's init std (the Gaussian
+  probe scales its noise by it), and sha256 checksums of the tensor files;
+- ``optimizer.safetensors`` and ``rng.safetensors``: AdamW moments and RNG state, for exact resumption.
+
+Folders are written atomically and never overwritten. Nothing is unpickled when loading: tensors come
+from safetensors, everything else from JSON.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+import overtrain
+from overtrain.atomic import atomic_directory
+from overtrain.checkpoints.names import checkpoint_folder_name
+from overtrain.errors import OvertrainError
+from overtrain.model.config import ModelConfig
+from overtrain.model.llama import LlamaLM
+from overtrain.provenance import file_sha256
+
+METADATA_FILE = "overtrain.json"
+TENSOR_FILES = ("model.safetensors", "optimizer.safetensors", "rng.safetensors")
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    """What ``overtrain.json`` says about a checkpoint."""
+
+    folder: Path
+    step: int
+    tokens_seen: int
+    run_config: dict[str, Any]
+    init_std: dict[str, float]
+    checksums: dict[str, str]
+
+    @property
+    def model_config(self) -> ModelConfig:
+        fields = {f.name for f in dataclasses.fields(ModelConfig)}
+        return ModelConfig(**{k: v for k, v in self.run_config["model"].items() if k in fields})
+
+
+def hf_llama_config(model: LlamaLM, end_of_text_id: int):
+    """The ``transformers.LlamaConfig`` that describes ``model`` exactly."""
+    from transformers import LlamaConfig
+
+    config = model.config
+    return LlamaConfig(
+        vocab_size=model.vocab_size,
+        hidden_size=config.d_model,
+        intermediate_size=config.ff_width,
+        num_hidden_layers=config.n_layers,
+        num_attention_heads=config.n_heads,
+        num_key_value_heads=config.kv_heads,
+        head_dim=config.d_model // config.n_heads,
+        max_position_embeddings=model.max_seq_len,
+        rms_norm_eps=config.norm_eps,
+        rope_theta=config.rope_theta,
+        tie_word_embeddings=config.tie_embeddings,
+        initializer_range=config.init_std,
+        bos_token_id=end_of_text_id,
+        eos_token_id=end_of_text_id,
+        pad_token_id=end_of_text_id,
+        attention_bias=False,
+        mlp_bias=False,
+        hidden_act="silu",
+        dtype="float32",
+    )
+
+
+def model_tensors(model: LlamaLM) -> dict[str, torch.Tensor]:
+    """State dict for safetensors: contiguous copies, the tied ``lm_head`` left out as transformers does."""
+    state = {name: tensor.detach().contiguous() for name, tensor in model.state_dict().items()}
+    if model.config.tie_embeddings:
+        state.pop("lm_head.weight", None)
+    return state
+
+
+def optimizer_tensors(model: LlamaLM, optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
+    """AdamW state keyed by parameter name (``exp_avg.<name>``, ``exp_avg_sq.<name>``, ``step.<name>``)."""
+    name_of = {id(param): name for name, param in model.named_parameters()}
+    tensors = {}
+    for param, state in optimizer.state.items():
+        for key, value in state.items():
+            tensors[f"{key}.{name_of[id(param)]}"] = torch.as_tensor(value).detach().clone().contiguous()
+    return tensors
+
+
+def restore_optimizer(model: LlamaLM, optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor]) -> None:
+    for name, param in model.named_parameters():
+        state = {key.split(".", 1)[0]: value for key, value in tensors.items() if key.split(".", 1)[1] == name}
+        if state:
+            optimizer.state[param] = {key: value.clone() for key, value in state.items()}
+
+
+def save_checkpoint(
+    run_folder: Path,
+    *,
+    model: LlamaLM,
+    optimizer: torch.optim.Optimizer | None,
+    step: int,
+    tokens_seen: int,
+    run_config: dict[str, Any],
+    init_std: dict[str, float],
+    tokenizer_folder: Path,
+    end_of_text_id: int,
+) -> Path:
+    """Write a permanent checkpoint under ``run_folder/checkpoints``; an existing one is kept as it is."""
+    final = Path(run_folder) / "checkpoints" / checkpoint_folder_name(step, tokens_seen)
+    if final.exists():
+        return final
+    with atomic_directory(final) as staging:
+        save_file(model_tensors(model), staging / "model.safetensors", metadata={"format": "pt"})
+        hf_llama_config(model, end_of_text_id).save_pretrained(staging)
+        if optimizer is not None:
+            save_file(optimizer_tensors(model, optimizer), staging / "optimizer.safetensors")
+        save_file({"torch_cpu": torch.get_rng_state()}, staging / "rng.safetensors")
+        for item in Path(tokenizer_folder).iterdir():
+            shutil.copy2(item, staging / item.name)
+        checksums = {name: file_sha256(staging / name) for name in TENSOR_FILES if (staging / name).exists()}
+        metadata = {
+            "step": step,
+            "tokens_seen": tokens_seen,
+            "run_config": run_config,
+            "init_std": init_std,
+            "checksums": checksums,
+            "overtrain_version": overtrain.__version__,
+            "created_unix": time.time(),
+        }
+        (staging / METADATA_FILE).write_text(json.dumps(metadata, indent=2))
+    return final
+
+
+def read_checkpoint_info(folder: Path) -> CheckpointInfo:
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise OvertrainError(f"checkpoint folder {folder} does not exist", "pass a folder under RUN/checkpoints/")
+    path = folder / METADATA_FILE
+    if not path.is_file():
+        raise OvertrainError(
+            f"{folder} has no {METADATA_FILE}, so it is not an overtrain checkpoint",
+            "pass a folder written by `overtrain pretrain`, or use the absolute/relative noise modes for foreign models",
+        )
+    try:
+        meta = json.loads(path.read_text())
+        return CheckpointInfo(folder, meta["step"], meta["tokens_seen"], meta["run_config"], meta["init_std"], meta["checksums"])
+    except (json.JSONDecodeError, KeyError) as error:
+        raise OvertrainError(f"{path} is corrupted ({error})", f"delete {folder}; a run resumes from the previous checkpoint") from None
+
+
+def verify_checkpoint(info: CheckpointInfo) -> None:
+    """Compare every tensor file with its recorded sha256; a truncated or altered file is named."""
+    for name, expected in info.checksums.items():
+        path = info.folder / name
+        if not path.is_file() or file_sha256(path) != expected:
+            raise OvertrainError(
+                f"checkpoint {info.folder} is corrupted: {name} is missing or does not match its recorded checksum",
+                f"delete {info.folder} (a run then resumes from its previous checkpoint) or restore the file",
+            )
+
+
+def load_tensors(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as error:
+        raise OvertrainError(f"cannot read {path}: {error}", f"the file is damaged; delete {path.parent} or restore it") from None
+
+
+def load_model(folder: Path, max_seq_len: int | None = None, verify: bool = True) -> tuple[LlamaLM, CheckpointInfo]:
+    """Our fast model from an overtrain checkpoint (weights checked against their checksums)."""
+    info = read_checkpoint_info(folder)
+    if verify:
+        verify_checkpoint(info)
+    state = load_tensors(info.folder / "model.safetensors")
+    vocab_size = state["model.embed_tokens.weight"].shape[0]
+    seq_len = max_seq_len or info.run_config["train"]["seq_len"]
+    model = LlamaLM(info.model_config, vocab_size, seq_len)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if unexpected or [name for name in missing if name != "lm_head.weight"]:
+        raise OvertrainError(f"{folder} does not match its own config (missing {missing}, unexpected {unexpected})", "re-create the checkpoint")
+    return model, info

@@ -1,0 +1,160 @@
+"""The ``overtrain`` command line: ``overtrain <verb> [CONFIG] [key=value ...] [--dry-run]``.
+
+The CLI only parses, prints the plan, and calls the typed functions that do the work; every verb is a
+function you can also call from Python. Errors a user can fix are printed as one message with the fix,
+without a traceback, and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from overtrain.cli.arguments import add_config_arguments
+from overtrain.errors import OvertrainError
+
+DESCRIPTION = """\
+Measure catastrophic overtraining: pre-train language models to many token budgets, perturb and
+fine-tune each checkpoint, and see where more pre-training starts to hurt.
+
+Every verb takes an optional YAML config and dotted overrides, e.g.
+  overtrain pretrain configs/demo/nano.yaml train.lr=1e-3 train.max_tokens=4e6
+  overtrain pretrain-ladder configs/demo/nano.yaml ladder.budgets_tokens=[1e6,2e6,4e6] --dry-run
+Durations are in tokens (1e6 and 1_000_000 both work). --dry-run prints the resolved config and plan.
+"""
+
+EPILOG = """\
+examples:
+  overtrain pretrain configs/demo/nano.yaml                 train one run to its token budget
+  overtrain pretrain-ladder configs/demo/nano_ladder.yaml   one cosine-to-zero run per budget
+  overtrain theory finetune.lrs=[0.03]                      the two-layer linear model, with figures
+A killed run resumes where it stopped: run the same command again.
+"""
+
+
+COMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("overtrain.cli.sweep:command_demo", "run the whole study on the embedded corpus and write the report"),
+    "pretrain": ("overtrain.cli.pretrain:command_pretrain", "train one model to a token budget (resumes a killed run)"),
+    "pretrain-ladder": ("overtrain.cli.pretrain:command_pretrain_ladder", "train one run per token budget, or WSD decay branches"),
+    "noise": ("overtrain.cli.probes:command_noise", "Gaussian probe: loss after init-scaled noise, per checkpoint"),
+    "finetune": ("overtrain.cli.probes:command_finetune", "fine-tuning probe: ID gain and forgetting, per checkpoint and LR"),
+    "sweep": ("overtrain.cli.sweep:command_sweep", "expand a sweep spec into jobs, run the missing ones, write the report"),
+    "report": ("overtrain.cli.sweep:command_report", "figures, HTML and markdown from a results store"),
+    "tasks": ("overtrain.cli.sweep:command_tasks", "list the fine-tuning tasks"),
+    "theory": ("overtrain.cli.theory:command_theory", "simulate the two-layer linear model of catastrophic overtraining"),
+}
+"""Verb -> (``module:function`` run for it, one-line summary). Verb modules are imported only when used,
+so ``overtrain --help`` stays fast and a verb module never imports this one."""
+
+
+def _run_verb(args: argparse.Namespace) -> int:
+    module_name, _, function_name = COMMANDS[args.verb][0].partition(":")
+    return getattr(importlib.import_module(module_name), function_name)(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="overtrain", description=DESCRIPTION, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    from overtrain import __version__
+
+    parser.add_argument("--version", action="version", version=f"overtrain {__version__}")
+    verbs = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
+    for name in ("pretrain", "pretrain-ladder"):
+        summary = COMMANDS[name][1]
+        sub = verbs.add_parser(name, help=summary, description=summary + ".\n\n" + CONFIG_KEYS_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+        add_config_arguments(sub, "YAML config (see configs/demo/); omitted: all defaults")
+        sub.set_defaults(function=_run_verb)
+    _add_probe_parsers(verbs)
+    theory = verbs.add_parser("theory", help=COMMANDS["theory"][1], description=COMMANDS["theory"][1])
+    theory.add_argument("overrides", nargs="*", metavar="key=value", help="settings of the simulator, e.g. network.hidden_dim=32 (an unknown key lists them all)")
+    theory.add_argument("--out", default="runs/theory", help="folder for figures and numbers (default runs/theory)")
+    theory.add_argument("--dry-run", action="store_true", help="print the resolved settings only")
+    theory.set_defaults(function=_run_verb)
+    return parser
+
+
+NOISE_HELP = """\
+Adds N(0, (gamma * init_std)^2) noise to every tensor (none to norm gains), measures the held-out
+pre-training loss, and restores the weights bitwise. Settings: gammas=[0.5,1,2] seeds=2 (or [0,1])
+mode=init|relative|absolute eval_tokens=65536. Example:
+  overtrain noise runs/nano_ladder gammas=[1,2,4] seeds=3"""
+
+FINETUNE_HELP = """\
+Fine-tunes each checkpoint (weights restored after each run) and reports ID task loss/accuracy and
+OOD forgetting (pre-training loss after minus before). Settings: task=NAME (see `overtrain tasks`)
+lrs=[1e-4,1e-3] seeds=2 steps=100 batch_size=16 reg_lambda=0 warmup_fraction=0.1 schedule=cosine
+max_train=2000 max_heldout=200 max_len=256 data_path=DIR eval_tokens=65536. Example:
+  overtrain finetune runs/nano_ladder task=kjv-to-web lrs=[1e-3,3e-3] steps=100"""
+
+
+def _add_probe_parsers(verbs) -> None:
+    for name, text in (("noise", NOISE_HELP), ("finetune", FINETUNE_HELP)):
+        sub = verbs.add_parser(name, help=COMMANDS[name][1], description=COMMANDS[name][1] + ".\n\n" + text,
+                               formatter_class=argparse.RawDescriptionHelpFormatter)
+        sub.add_argument("arguments", nargs="+", metavar="CHECKPOINT|key=value", help="checkpoint, run or ladder folders, then settings")
+        sub.add_argument("--out", default=f"runs/{name}_records.json", help="where to write the JSON records")
+        sub.add_argument("--dry-run", action="store_true", help="print the plan only")
+        sub.set_defaults(function=_run_verb)
+    sweep = verbs.add_parser("sweep", help=COMMANDS["sweep"][1], description=COMMANDS["sweep"][1] + ".\n\n" + SWEEP_HELP,
+                             formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_config_arguments(sweep, "sweep spec YAML (see configs/)")
+    sweep.set_defaults(function=_run_verb)
+    demo = verbs.add_parser("demo", help=COMMANDS["demo"][1], description=COMMANDS["demo"][1] + ".\n\n" + DEMO_HELP,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
+    demo.add_argument("overrides", nargs="*", metavar="key=value", help="overrides of the demo sweep, e.g. out_dir=runs/demo2")
+    demo.add_argument("--dry-run", action="store_true", help="print the plan and the time estimate only")
+    demo.set_defaults(function=_run_verb)
+    report = verbs.add_parser("report", help=COMMANDS["report"][1])
+    report.add_argument("store", help="results.sqlite of a sweep, or the sweep's out_dir")
+    report.add_argument("--out", default=None, help="folder for the report (default: next to the store)")
+    report.set_defaults(function=_run_verb)
+    tasks = verbs.add_parser("tasks", help=COMMANDS["tasks"][1])
+    tasks.set_defaults(function=_run_verb)
+
+
+SWEEP_HELP = """\
+A sweep spec has: out_dir, pretrain (a pretrain-ladder config), checkpoints (existing folders), noise
+(gammas, seeds, mode, eval_tokens), finetune (tasks, lrs, seeds, reg_lambdas, steps, batch_size, ...),
+executor (kind: in-process|processes|ray, workers, threads_per_worker, ray_address), report.
+Jobs already in out_dir/results.sqlite are skipped: re-running resumes a killed sweep."""
+
+DEMO_HELP = """\
+Pre-trains a ladder of token budgets of a small model on the embedded corpus, runs the noise probe and
+fixed-LR fine-tuning on two offline tasks, and writes runs/demo/report/report.html. Resumes if killed."""
+
+
+CONFIG_KEYS_HELP = """\
+config sections (each key settable as section.key=value):
+  model.*   preset (nano, tiny, small, base-cpu, olmo-15m/20m/30m/60m/90m), d_model, n_layers, n_heads,
+            n_kv_heads, d_ff, tie_embeddings, init_std, init_std_overrides
+  data.*    corpus (embedded | path to .txt/.jsonl/folder | hf:allenai/c4:en), vocab_size,
+            heldout_fraction, max_documents, cache_dir
+  train.*   max_tokens, batch_size, seq_len, grad_accum, lr, warmup_tokens, schedule
+            (cosine|linear|constant|wsd), decay_fraction, min_lr_ratio, weight_decay, grad_clip,
+            dtype (bf16|fp32), compile, seed, eval_every_tokens, eval_tokens,
+            checkpoint_every_tokens, checkpoint_at_tokens, threads
+  ladder.*  budgets_tokens, mode (cosine-per-budget | wsd-branches)
+  out_dir, device (auto|cpu|cuda)
+Data-parallel: torchrun --nproc_per_node N -m overtrain pretrain CONFIG (same global batch)."""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.function(args)
+    except OvertrainError as error:
+        print(f"error: {error.problem}", file=sys.stderr)
+        if error.fix:
+            print(f"  fix: {error.fix}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted; run the same command again to resume from the last checkpoint", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

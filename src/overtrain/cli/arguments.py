@@ -1,0 +1,21 @@
+"""Argument shapes shared by the verbs: ``VERB [CONFIG] [key=value ...] [--dry-run]``."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, config_help: str) -> None:
+    parser.add_argument("config", nargs="?", help=config_help)
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. train.lr=1e-3")
+    parser.add_argument("--dry-run", action="store_true", help="print the resolved config and the plan; train nothing")
+
+
+def split_config_and_overrides(args: argparse.Namespace) -> tuple[str | None, list[str]]:
+    """argparse cannot tell ``CONFIG`` from a first ``key=value``; an argument with '=' is an override."""
+    config, overrides = args.config, list(args.overrides)
+    if config is not None and "=" in config and not Path(config).exists():
+        overrides.insert(0, config)
+        config = None
+    return config, overrides

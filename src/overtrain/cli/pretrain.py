@@ -1,0 +1,47 @@
+"""``overtrain pretrain`` and ``overtrain pretrain-ladder``: one run to a token budget, or a ladder of them."""
+
+from __future__ import annotations
+
+import argparse
+
+from overtrain.cli.arguments import split_config_and_overrides
+from overtrain.errors import OvertrainError
+
+
+def command_pretrain(args: argparse.Namespace) -> int:
+    from overtrain.config import dump_yaml
+    from overtrain.pretrain.config import load_pretrain_config
+    from overtrain.pretrain.loop import train_run
+
+    path, overrides = split_config_and_overrides(args)
+    config = load_pretrain_config(path, overrides)
+    if config.ladder.budgets_tokens:
+        raise OvertrainError("this config has ladder.budgets_tokens", "run it with `overtrain pretrain-ladder`")
+    print(dump_yaml(config))
+    if args.dry_run:
+        train = config.train
+        print(f"plan: {train.total_steps:,} steps of {train.tokens_per_step:,} tokens into {config.out_dir}")
+        return 0
+    result = train_run(config)
+    print(f"done: {result.tokens_seen:,} tokens, held-out loss {result.final_heldout_loss:.4f}, checkpoint {result.final_checkpoint}")
+    return 0
+
+
+def command_pretrain_ladder(args: argparse.Namespace) -> int:
+    from overtrain.config import dump_yaml
+    from overtrain.pretrain.config import load_pretrain_config
+    from overtrain.pretrain.ladder import describe_ladder, plan_ladder, run_ladder
+
+    path, overrides = split_config_and_overrides(args)
+    config = load_pretrain_config(path, overrides)
+    rungs = plan_ladder(config)
+    print(dump_yaml(config))
+    print(f"ladder ({config.ladder.mode}), {len(rungs)} runs:\n{describe_ladder(rungs)}")
+    if args.dry_run:
+        return 0
+    results = run_ladder(config)
+    print("\nbudget (tokens)   held-out loss   checkpoint")
+    for result in results:
+        print(f"{result.tokens_seen:>15,}   {result.final_heldout_loss:>13.4f}   {result.final_checkpoint}")
+    return 0
+

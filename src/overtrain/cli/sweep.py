@@ -1,0 +1,45 @@
+"""``overtrain sweep``, ``demo``, ``report`` and ``tasks``: whole studies, their reports, and the task list."""
+
+from __future__ import annotations
+
+import argparse
+from importlib import resources
+from pathlib import Path
+
+from overtrain.cli.arguments import split_config_and_overrides
+from overtrain.sweep.driver import run_sweep_file
+
+
+def command_sweep(args: argparse.Namespace) -> int:
+    path, overrides = split_config_and_overrides(args)
+    return run_sweep_file(path, overrides, args.dry_run)
+
+
+def demo_spec_path() -> Path:
+    return Path(str(resources.files("overtrain") / "recipes" / "demo.yaml"))
+
+
+def command_demo(args: argparse.Namespace) -> int:
+    print(f"demo: the sweep in {demo_spec_path()} (overrides: {' '.join(args.overrides) or 'none'})")
+    return run_sweep_file(str(demo_spec_path()), list(args.overrides), args.dry_run)
+
+
+def command_report(args: argparse.Namespace) -> int:
+    from overtrain.results.report import write_report
+
+    store = Path(args.store)
+    if store.is_dir():
+        store = store / "results.sqlite"
+    report = write_report(store, Path(args.out) if args.out else store.parent / "report")
+    print("\n".join(report.headlines))
+    print(f"report: {report.html_path.resolve()}")
+    return 0
+
+
+def command_tasks(args: argparse.Namespace) -> int:
+    from overtrain.tasks import list_tasks, task_info
+
+    for name in list_tasks():
+        info = task_info(name)
+        print(f"{name:<18} {'(Hub or data_path)' if info.needs_network else '(offline)':<19} {info.summary}")
+    return 0

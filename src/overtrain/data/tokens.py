@@ -1,0 +1,188 @@
+"""Token data: a corpus tokenized once into memory-mapped files, and deterministic batches drawn from it.
+
+``prepare_token_data(config.data)`` reads the corpus, splits documents into train and held-out by a
+hash of their text (so the split does not depend on order or on the seed), trains the BPE on the train
+documents, and writes ``train.bin`` / ``heldout.bin`` (uint16 or uint32 token ids, documents separated by
+``<|endoftext|>``) with ``meta.json`` and the tokenizer, all under a folder named by a hash of the
+settings. A second call with the same settings reuses the folder.
+
+Batches are a pure function of (seed, step): a killed run that resumes at step s draws exactly the
+batches it would have drawn, and every data-parallel process can cut its share of the same global batch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from overtrain.atomic import atomic_directory
+from overtrain.data.config import DataConfig
+from overtrain.data.tokenizer import end_of_text_id, save_hf_tokenizer, train_bpe_tokenizer
+from overtrain.errors import OvertrainError
+
+DATA_FORMAT_VERSION = 1
+ENCODE_CHUNK_DOCUMENTS = 256
+
+
+@dataclass(frozen=True)
+class TokenData:
+    """Tokenized corpus on disk; ``train`` and ``heldout`` are read-only memmaps of token ids."""
+
+    folder: Path
+    train: np.ndarray
+    heldout: np.ndarray
+    vocab_size: int
+    end_of_text_id: int
+    meta: dict
+
+    @property
+    def tokenizer_folder(self) -> Path:
+        return self.folder / "tokenizer"
+
+
+def is_heldout_document(text: str, heldout_fraction: float) -> bool:
+    """Stable split: a document is held out when the hash of its text falls in the first fraction."""
+    digest = hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest()
+    return int.from_bytes(digest, "little") / 2**64 < heldout_fraction
+
+
+def corpus_identity(config: DataConfig) -> str:
+    """What the cache key knows of the corpus: a file's size and mtime, or the dataset name."""
+    source = config.corpus
+    path = Path(source)
+    if source != "embedded" and not source.startswith("hf:") and path.exists():
+        files = sorted(path.rglob("*")) if path.is_dir() else [path]
+        return source + "".join(f"|{f.name}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files if f.is_file())
+    return source
+
+
+def data_cache_key(config: DataConfig) -> str:
+    fields = [corpus_identity(config), config.text_field, config.vocab_size, config.heldout_fraction]
+    fields += [config.max_documents, DATA_FORMAT_VERSION]
+    return hashlib.sha256(json.dumps(fields, default=str).encode()).hexdigest()[:16]
+
+
+def prepare_token_data(config: DataConfig, log=print) -> TokenData:
+    """Tokenize the corpus once (cached by a hash of ``config``) and open the memmaps."""
+    folder = Path(config.cache_dir) / f"tokens-{data_cache_key(config)}"
+    if not (folder / "meta.json").is_file():
+        started = time.perf_counter()
+        log(f"tokenizing corpus {config.corpus!r} with a {config.vocab_size}-token BPE into {folder} ...")
+        with atomic_directory(folder) as staging:
+            _write_token_data(config, staging)
+        log(f"tokenized in {time.perf_counter() - started:.1f} s")
+    return open_token_data(folder)
+
+
+def open_token_data(folder: Path) -> TokenData:
+    meta = json.loads((folder / "meta.json").read_text())
+    dtype = np.dtype(meta["dtype"])
+    train = np.memmap(folder / "train.bin", dtype=dtype, mode="r")
+    heldout = np.memmap(folder / "heldout.bin", dtype=dtype, mode="r")
+    return TokenData(folder, train, heldout, meta["vocab_size"], meta["end_of_text_id"], meta)
+
+
+def _split_documents(config: DataConfig) -> tuple[list[str], list[str]]:
+    from overtrain.data.corpus import iter_documents
+
+    train_docs, heldout_docs = [], []
+    for text in iter_documents(config.corpus, text_field=config.text_field, max_documents=config.max_documents):
+        (heldout_docs if is_heldout_document(text, config.heldout_fraction) else train_docs).append(text)
+    if not train_docs:
+        raise OvertrainError(f"corpus {config.corpus!r} has no training documents", "point data.corpus at a corpus with text")
+    if not heldout_docs:
+        # Tiny corpora may hash every document into train; hold out the last one so evaluation exists.
+        heldout_docs.append(train_docs.pop())
+        if not train_docs:
+            raise OvertrainError(f"corpus {config.corpus!r} has a single document", "give it at least two documents")
+    return train_docs, heldout_docs
+
+
+def _write_token_data(config: DataConfig, staging: Path) -> None:
+    train_docs, heldout_docs = _split_documents(config)
+    tokenizer = train_bpe_tokenizer(iter(train_docs), config.vocab_size)
+    save_hf_tokenizer(tokenizer, staging / "tokenizer")
+    eot = end_of_text_id(tokenizer)
+    vocab_size = tokenizer.get_vocab_size()
+    dtype = np.uint16 if vocab_size <= 2**16 else np.uint32
+    counts = {}
+    for split, documents in (("train", train_docs), ("heldout", heldout_docs)):
+        counts[split] = _encode_to_file(tokenizer, documents, eot, dtype, staging / f"{split}.bin")
+    train_bytes = sum(len(doc.encode("utf-8")) for doc in train_docs)
+    meta = {
+        "corpus": config.corpus,
+        "vocab_size": vocab_size,
+        "end_of_text_id": eot,
+        "dtype": np.dtype(dtype).name,
+        "documents": {"train": len(train_docs), "heldout": len(heldout_docs)},
+        "tokens": counts,
+        "bytes_per_token": round(train_bytes / max(counts["train"], 1), 3),
+        "config": {k: getattr(config, k) for k in ("corpus", "text_field", "vocab_size", "heldout_fraction", "max_documents")},
+        "format_version": DATA_FORMAT_VERSION,
+    }
+    (staging / "meta.json").write_text(json.dumps(meta, indent=2))
+
+
+def _encode_to_file(tokenizer, documents: list[str], eot: int, dtype, path: Path) -> int:
+    total = 0
+    with open(path, "wb") as handle:
+        for start in range(0, len(documents), ENCODE_CHUNK_DOCUMENTS):
+            batch = tokenizer.encode_batch(documents[start : start + ENCODE_CHUNK_DOCUMENTS])
+            for encoding in batch:
+                ids = np.asarray(encoding.ids + [eot], dtype=dtype)
+                handle.write(ids.tobytes())
+                total += ids.size
+    return total
+
+
+# --------------------------------------------------------------------------------------------------
+# Batches
+# --------------------------------------------------------------------------------------------------
+
+
+def batch_offsets(num_tokens: int, batch_size: int, seq_len: int, seed: int, step: int) -> np.ndarray:
+    """Start positions of the ``batch_size`` windows of step ``step``: a pure function of (seed, step)."""
+    if num_tokens <= seq_len + 1:
+        raise OvertrainError(
+            f"the training split has {num_tokens:,} tokens, fewer than one sequence of {seq_len + 1}",
+            "use a bigger corpus or a smaller train.seq_len",
+        )
+    rng = np.random.default_rng([seed, step])
+    return rng.integers(0, num_tokens - seq_len - 1, size=batch_size)
+
+
+def windows(tokens: np.ndarray, offsets: np.ndarray, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inputs and next-token targets, both (B, T) int64, cut from ``tokens`` at ``offsets``."""
+    rows = np.stack([np.asarray(tokens[start : start + seq_len + 1], dtype=np.int64) for start in offsets])
+    block = torch.from_numpy(rows)
+    return block[:, :-1], block[:, 1:]
+
+
+def train_batch(
+    data: TokenData, batch_size: int, seq_len: int, seed: int, step: int, rows: slice = slice(None)
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The global batch of ``step`` (or the ``rows`` of it that this process or micro-batch owns)."""
+    offsets = batch_offsets(len(data.train), batch_size, seq_len, seed, step)[rows]
+    return windows(data.train, offsets, seq_len)
+
+
+EVAL_SEED = 1234  # fixed: every checkpoint of every run is evaluated on the same held-out windows
+
+
+def heldout_windows(data: TokenData, eval_tokens: int, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A fixed set of non-overlapping held-out windows covering about ``eval_tokens`` target tokens."""
+    available = len(data.heldout) // (seq_len + 1)
+    if available == 0:
+        raise OvertrainError(
+            f"the held-out split has {len(data.heldout):,} tokens, fewer than one sequence of {seq_len + 1}",
+            "raise data.heldout_fraction or use a bigger corpus",
+        )
+    count = max(1, min(available, eval_tokens // seq_len))
+    chosen = np.sort(np.random.default_rng(EVAL_SEED).choice(available, size=count, replace=False))
+    return windows(data.heldout, chosen * (seq_len + 1), seq_len)

@@ -1,0 +1,200 @@
+"""A decoder-only language model with the Llama architecture, written to be read and to run fast.
+
+The module tree and parameter names are exactly those of ``transformers.LlamaForCausalLM`` (RMSNorm,
+rotary position embeddings in the "rotate half" layout, SwiGLU, no biases), so a state dict moves between
+the two without renaming and every checkpoint loads with ``AutoModelForCausalLM.from_pretrained``.
+What differs is the code path: fused scaled-dot-product attention, no attention-mask tensors (training
+sequences are packed and causal), and a loss computed in one place.
+
+Shapes: B batch, T sequence length, C d_model, H heads, K kv heads, D head dim, V vocabulary.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from overtrain.model.config import ModelConfig
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, width: int, eps: float) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(width))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Normalize in fp32 like Llama, then return to the activation dtype before the gain.
+        x_fp32 = x.float()
+        x_fp32 = x_fp32 * torch.rsqrt(x_fp32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x_fp32.to(x.dtype)
+
+
+def rotary_cos_sin(seq_len: int, head_dim: int, theta: float, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin tables of shape (T, D) in Llama's layout (the frequency block repeated twice)."""
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, device=device, dtype=torch.float32) / head_dim))
+    angles = torch.outer(torch.arange(seq_len, device=device, dtype=torch.float32), inv_freq)  # (T, D/2)
+    angles = torch.cat((angles, angles), dim=-1)  # (T, D)
+    return angles.cos(), angles.sin()
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate (B, H, T, D) queries or keys; ``rotate_half`` pairs dimension i with i + D/2."""
+    half = x.shape[-1] // 2
+    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    return x * cos.to(x.dtype) + rotated * sin.to(x.dtype)
+
+
+class Attention(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.n_heads, self.n_kv_heads = config.n_heads, config.kv_heads
+        self.head_dim = config.d_model // config.n_heads
+        self.q_proj = nn.Linear(config.d_model, self.n_heads * self.head_dim, bias=False)
+        self.k_proj = nn.Linear(config.d_model, self.n_kv_heads * self.head_dim, bias=False)
+        self.v_proj = nn.Linear(config.d_model, self.n_kv_heads * self.head_dim, bias=False)
+        self.o_proj = nn.Linear(self.n_heads * self.head_dim, config.d_model, bias=False)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        batch, seq_len, _ = x.shape  # (B, T, C)
+        q = self.q_proj(x).view(batch, seq_len, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, D)
+        k = self.k_proj(x).view(batch, seq_len, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, K, T, D)
+        v = self.v_proj(x).view(batch, seq_len, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, K, T, D)
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=self.n_kv_heads != self.n_heads)
+        return self.o_proj(out.transpose(1, 2).reshape(batch, seq_len, -1))  # (B, T, C)
+
+
+class MLP(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.gate_proj = nn.Linear(config.d_model, config.ff_width, bias=False)
+        self.up_proj = nn.Linear(config.d_model, config.ff_width, bias=False)
+        self.down_proj = nn.Linear(config.ff_width, config.d_model, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.input_layernorm = RMSNorm(config.d_model, config.norm_eps)
+        self.self_attn = Attention(config)
+        self.post_attention_layernorm = RMSNorm(config.d_model, config.norm_eps)
+        self.mlp = MLP(config)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class Backbone(nn.Module):
+    """Named ``model`` inside :class:`LlamaLM`, as in transformers, so parameter names match."""
+
+    def __init__(self, config: ModelConfig, vocab_size: int) -> None:
+        super().__init__()
+        self.embed_tokens = nn.Embedding(vocab_size, config.d_model)
+        self.layers = nn.ModuleList(DecoderLayer(config) for _ in range(config.n_layers))
+        self.norm = RMSNorm(config.d_model, config.norm_eps)
+
+
+class LlamaLM(nn.Module):
+    """Causal language model; ``forward(input_ids)`` gives logits (B, T, V)."""
+
+    def __init__(self, config: ModelConfig, vocab_size: int, max_seq_len: int) -> None:
+        super().__init__()
+        self.config, self.vocab_size, self.max_seq_len = config, vocab_size, max_seq_len
+        self.model = Backbone(config, vocab_size)
+        self.lm_head = nn.Linear(config.d_model, vocab_size, bias=False)
+        if config.tie_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+        cos, sin = rotary_cos_sin(max_seq_len, config.d_model // config.n_heads, config.rope_theta, torch.device("cpu"))
+        self.register_buffer("rope_cos", cos, persistent=False)
+        self.register_buffer("rope_sin", sin, persistent=False)
+
+    def _grow_rotary_tables(self, seq_len: int) -> None:
+        """RoPE works at any length; fine-tuning may use longer sequences than pre-training did."""
+        head_dim = self.config.d_model // self.config.n_heads
+        cos, sin = rotary_cos_sin(seq_len, head_dim, self.config.rope_theta, self.rope_cos.device)
+        self.rope_cos, self.rope_sin = cos, sin
+
+    def hidden_states(self, input_ids: torch.Tensor) -> torch.Tensor:
+        seq_len = input_ids.shape[1]
+        if seq_len > self.rope_cos.shape[0]:
+            self._grow_rotary_tables(seq_len)
+        cos, sin = self.rope_cos[:seq_len], self.rope_sin[:seq_len]
+        x = self.model.embed_tokens(input_ids)  # (B, T, C)
+        for layer in self.model.layers:
+            x = layer(x, cos, sin)
+        return self.model.norm(x)
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.lm_head(self.hidden_states(input_ids))  # (B, T, V)
+
+    def loss(self, input_ids: torch.Tensor, targets: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
+        """Mean next-token cross-entropy (nats) over targets != ignore_index; logits are upcast to fp32."""
+        logits = self(input_ids)
+        return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=ignore_index)
+
+    def num_parameters(self, exclude_embeddings: bool = False) -> int:
+        unique = {id(p): p for p in self.parameters()}
+        total = sum(p.numel() for p in unique.values())
+        if exclude_embeddings:
+            total -= self.model.embed_tokens.weight.numel()
+            if not self.config.tie_embeddings:
+                total -= self.lm_head.weight.numel()
+        return total
+
+
+def init_std_by_name(model: LlamaLM) -> dict[str, float]:
+    """Each parameter's initialization std (Hugging Face names); 0.0 marks constant-initialized norm gains."""
+    config = model.config
+    stds = {}
+    for name, param in model.named_parameters():
+        std = 0.0 if param.ndim == 1 else config.init_std
+        for pattern, override in config.init_std_overrides.items():
+            if fnmatch.fnmatch(name, pattern):
+                std = override
+        stds[name] = std
+    return stds
+
+
+@torch.no_grad()
+def initialize_weights(model: LlamaLM, generator: torch.Generator) -> dict[str, float]:
+    """Draw every matrix from N(0, std^2) and set norm gains to one; returns the std of each tensor."""
+    stds = init_std_by_name(model)
+    for name, param in model.named_parameters():
+        if stds[name] == 0.0:
+            param.fill_(1.0)
+        else:
+            param.normal_(0.0, stds[name], generator=generator)
+    return stds
+
+
+def build_model(config: ModelConfig, vocab_size: int, max_seq_len: int, seed: int) -> tuple[LlamaLM, dict[str, float]]:
+    """A freshly initialized model and its per-tensor init stds, deterministic in ``seed``."""
+    model = LlamaLM(config, vocab_size, max_seq_len)
+    generator = torch.Generator().manual_seed(seed)
+    stds = initialize_weights(model, generator)
+    return model, stds
+
+
+def estimate_flops_per_token(config: ModelConfig, vocab_size: int, seq_len: int) -> float:
+    """Training FLOPs per token (forward + backward = 3x forward), counting matmuls and attention."""
+    head_dim = config.d_model // config.n_heads
+    attn_proj = 2 * config.d_model * (config.n_heads + 2 * config.kv_heads) * head_dim + 2 * config.d_model * config.d_model
+    mlp = 2 * 3 * config.d_model * config.ff_width
+    attention_scores = 2 * 2 * seq_len * config.d_model / 2  # QK^T and AV, causal half
+    forward = config.n_layers * (attn_proj + mlp + attention_scores) + 2 * config.d_model * vocab_size
+    return 3.0 * forward
+
+
+def describe_size(model: LlamaLM) -> str:
+    total = model.num_parameters()
+    non_embedding = model.num_parameters(exclude_embeddings=True)
+    return f"{total / 1e6:.2f}M parameters ({non_embedding / 1e6:.2f}M non-embedding)"
+

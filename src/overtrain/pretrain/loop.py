@@ -1,0 +1,306 @@
+"""The pre-training loop: AdamW to a token budget, held-out loss in tokens, permanent checkpoints.
+
+:func:`train_run` is the whole of one run. It resumes from the newest checkpoint in its folder (or starts
+from ``init_from``, which is how WSD decay branches begin), and because batches are a pure function of
+(seed, step), a resumed run reaches the same weights as an uninterrupted one. Under ``torchrun`` it runs
+data-parallel: every process computes its rows of the same global batch, so the loss curve does not
+depend on the number of processes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from overtrain.atomic import atomic_write_text, remove_stale_temporaries
+from overtrain.checkpoints.discovery import list_checkpoints
+from overtrain.checkpoints.folder import load_tensors, read_checkpoint_info, restore_optimizer, save_checkpoint, verify_checkpoint
+from overtrain.config import config_to_dict, dump_yaml
+from overtrain.data.tokens import TokenData, heldout_windows, prepare_token_data, train_batch
+from overtrain.errors import OvertrainError
+from overtrain.model.llama import LlamaLM, build_model, describe_size, estimate_flops_per_token
+from overtrain.model.loss import mean_token_loss
+from overtrain.precision import autocast_context, resolve_dtype
+from overtrain.pretrain.config import PretrainConfig, validate_pretrain_config
+from overtrain.pretrain.distributed import DistributedContext, all_reduce_mean, distributed_context
+from overtrain.pretrain.schedules import lr_at
+from overtrain.progress import TokenProgress
+from overtrain.units import format_tokens
+
+LOSS_SPIKE_FACTOR = 2.0  # a loss above twice the first step's loss means the run has diverged
+
+
+@dataclass
+class RunState:
+    """What changes as a run advances (and what a checkpoint restores)."""
+
+    step: int = 0
+    tokens_seen: int = 0
+    first_loss: float | None = None
+    train_losses: list[float] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class RunResult:
+    out_dir: Path
+    final_checkpoint: Path
+    final_heldout_loss: float
+    tokens_seen: int
+    seconds: float
+    tokens_per_second: float
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise OvertrainError("device=cuda was asked for but torch sees no GPU", "use device=cpu or device=auto")
+    return torch.device(name)
+
+
+def build_optimizer(model: LlamaLM, config: PretrainConfig) -> torch.optim.AdamW:
+    """AdamW with weight decay on matrices only (norm gains are never decayed)."""
+    train = config.train
+    matrices = [p for p in model.parameters() if p.ndim >= 2]
+    vectors = [p for p in model.parameters() if p.ndim < 2]
+    groups = [{"params": matrices, "weight_decay": train.weight_decay}, {"params": vectors, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=train.lr, betas=(train.beta1, train.beta2), eps=train.eps)
+
+
+def milestone_tokens(config: PretrainConfig) -> set[int]:
+    """Token counts (rounded up to whole steps) at which a permanent checkpoint is written."""
+    train = config.train
+    per_step = train.tokens_per_step
+    milestones = {train.total_steps * per_step}
+    if train.checkpoint_every_tokens > 0:
+        every = max(1, round(train.checkpoint_every_tokens / per_step)) * per_step
+        milestones |= set(range(every, train.total_steps * per_step + 1, every))
+    milestones |= {math.ceil(t / per_step) * per_step for t in train.checkpoint_at_tokens if 0 < t <= train.max_tokens}
+    return milestones
+
+
+def train_run(
+    config: PretrainConfig, init_from: Path | None = None, log=print, stop_at_tokens: int | None = None, show_progress: bool = True
+) -> RunResult:
+    """Train (or resume) the run in ``config.out_dir`` to ``config.train.max_tokens`` tokens.
+
+    ``stop_at_tokens`` pauses the run early at a checkpoint milestone (the schedule still ends at
+    ``max_tokens``): a sweep trains a WSD trunk in segments so decay branches can start while it goes on.
+    ``show_progress=False`` silences the per-run bar and log lines (a sweep shows one bar for all jobs).
+    """
+    validate_pretrain_config(config)
+    context = distributed_context()
+    device = resolve_device(config.device) if context.world_size == 1 else context.device
+    if config.train.threads > 0:
+        torch.set_num_threads(config.train.threads)
+    out_dir = Path(config.out_dir)
+    data = prepare_token_data(config.data, log=log if context.is_main else _silent)
+    model, init_std = build_model(config.model, data.vocab_size, config.train.seq_len, config.train.seed)
+    model.to(device)
+    optimizer = build_optimizer(model, config)
+    state = _restore_or_start(config, model, optimizer, out_dir, init_from, context, log)
+    if context.is_main:
+        _write_run_files(config, out_dir, model, data, device, log)
+    loop = _TrainingLoop(config, model, optimizer, data, init_std, state, context, device, log, show_progress)
+    if stop_at_tokens is not None:
+        per_step = config.train.tokens_per_step
+        loop.milestones.add(math.ceil(stop_at_tokens / per_step) * per_step)
+    return loop.run(out_dir, stop_at_tokens)
+
+
+def _silent(*_args: Any, **_kwargs: Any) -> None:
+    return None
+
+
+def _restore_or_start(config, model, optimizer, out_dir: Path, init_from: Path | None, context, log) -> RunState:
+    if context.is_main:
+        remove_stale_temporaries(out_dir / "checkpoints")
+    existing = list_checkpoints(out_dir)
+    source = existing[-1] if existing else init_from
+    if source is None:
+        return RunState()
+    info = read_checkpoint_info(source)
+    verify_checkpoint(info)
+    _check_same_setup(info.run_config, config, source)
+    model.load_state_dict(load_tensors(source / "model.safetensors"), strict=False)
+    optimizer_path = source / "optimizer.safetensors"
+    if optimizer_path.exists():
+        restore_optimizer(model, optimizer, load_tensors(optimizer_path))
+    torch.set_rng_state(load_tensors(source / "rng.safetensors")["torch_cpu"])
+    if context.is_main:
+        verb = "resuming" if existing else "branching"
+        log(f"{verb} from {source} at {format_tokens(info.tokens_seen)} tokens (step {info.step})")
+        _truncate_metrics(out_dir / "metrics.jsonl", info.tokens_seen)
+    return RunState(step=info.step, tokens_seen=info.tokens_seen)
+
+
+def _check_same_setup(saved: dict[str, Any], config: PretrainConfig, source: Path) -> None:
+    current = config_to_dict(config)
+    for section in ("model", "data"):
+        if saved.get(section) != current[section]:
+            raise OvertrainError(
+                f"{source} was trained with a different {section} section than this config",
+                "use a new out_dir for a different model or corpus, or restore the original config",
+            )
+    for key in ("seed", "batch_size", "seq_len"):
+        if saved["train"].get(key) != current["train"][key]:
+            raise OvertrainError(
+                f"{source} used train.{key}={saved['train'].get(key)}, this config says {current['train'][key]}",
+                "resuming needs the same seed, batch_size and seq_len; use a new out_dir to change them",
+            )
+
+
+def _truncate_metrics(path: Path, tokens_seen: int) -> None:
+    """Drop log lines written after the checkpoint a run resumes from, so no step is logged twice."""
+    if not path.exists():
+        return
+    kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["tokens_seen"] <= tokens_seen]
+    atomic_write_text(path, "".join(line + "\n" for line in kept))
+
+
+def _write_run_files(config: PretrainConfig, out_dir: Path, model: LlamaLM, data: TokenData, device: torch.device, log) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out_dir / "config.yaml", dump_yaml(config))
+    train = config.train
+    log(
+        f"model: {describe_size(model)}; data: {format_tokens(len(data.train))} train tokens, "
+        f"{data.meta['bytes_per_token']} bytes/token; matmuls in {resolve_dtype(train.dtype, device)} on {device}\n"
+        f"tokens/step = {train.batch_size} x {train.seq_len} = {train.tokens_per_step:,}; "
+        f"budget {format_tokens(train.max_tokens)} -> {train.total_steps:,} steps "
+        f"({train.max_tokens / max(model.num_parameters(), 1):.0f} tokens/parameter, "
+        f"{train.max_tokens / max(len(data.train), 1):.1f} epochs)"
+    )
+
+
+class _TrainingLoop:
+    """The step loop; one object so the many pieces of per-run state need not be passed around."""
+
+    def __init__(self, config, model, optimizer, data, init_std, state, context: DistributedContext, device, log, show_progress) -> None:
+        self.config, self.train_config = config, config.train
+        self.model, self.optimizer, self.data = model, optimizer, data
+        self.init_std, self.state, self.context, self.device, self.log = init_std, state, context, device, log
+        self.show_progress = show_progress and context.is_main
+        self.forward_model = model
+        if self.train_config.compile:
+            self.forward_model = torch.compile(model)
+        if context.world_size > 1:
+            self.forward_model = context.wrap(self.forward_model)
+        self.eval_inputs, self.eval_targets = heldout_windows(data, self.train_config.eval_tokens, self.train_config.seq_len)
+        self.milestones = milestone_tokens(config)
+        self.flops_per_token = estimate_flops_per_token(config.model, data.vocab_size, self.train_config.seq_len)
+
+    def run(self, out_dir: Path, stop_at_tokens: int | None = None) -> RunResult:
+        train = self.train_config
+        stop_step = train.total_steps if stop_at_tokens is None else min(train.total_steps, -(-stop_at_tokens // train.tokens_per_step))
+        progress = TokenProgress(train.max_tokens, self.state.tokens_seen, enabled=self.show_progress, label=out_dir.name)
+        started, start_tokens = time.perf_counter(), self.state.tokens_seen
+        last_eval_tokens = self.state.tokens_seen
+        heldout = float("nan")
+        while self.state.step < stop_step:
+            loss = self._step()
+            progress.update(train.tokens_per_step, loss=loss, lr=lr_at(self.state.step - 1, train))
+            at_end = self.state.step == stop_step
+            if at_end or self.state.tokens_seen - last_eval_tokens >= train.eval_every_tokens:
+                heldout = self._evaluate_and_log(out_dir, started, start_tokens, progress)
+                last_eval_tokens = self.state.tokens_seen
+            if self.state.tokens_seen in self.milestones:
+                self._checkpoint(out_dir)
+        progress.close()
+        seconds = time.perf_counter() - started
+        if math.isnan(heldout):  # resumed at the very end: nothing was trained, measure once
+            heldout = self._heldout_loss()
+        final = list_checkpoints(out_dir)[-1] if self.context.is_main else out_dir
+        rate = (self.state.tokens_seen - start_tokens) / max(seconds, 1e-9)
+        return RunResult(out_dir, final, heldout, self.state.tokens_seen, seconds, rate)
+
+    def _step(self) -> float:
+        train, context = self.train_config, self.context
+        lr = lr_at(self.state.step, train)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        rows_per_process = train.batch_size // context.world_size
+        rows_per_micro = rows_per_process // train.grad_accum
+        loss_sum = 0.0
+        for micro in range(train.grad_accum):
+            first = context.rank * rows_per_process + micro * rows_per_micro
+            inputs, targets = train_batch(self.data, train.batch_size, train.seq_len, train.seed, self.state.step, slice(first, first + rows_per_micro))
+            with context.no_sync_unless(self.forward_model, micro == train.grad_accum - 1), autocast_context(self.device, train.dtype):
+                loss = self.model_loss(inputs.to(self.device), targets.to(self.device))
+            (loss / train.grad_accum).backward()
+            loss_sum += float(loss.detach())
+        loss_value = all_reduce_mean(loss_sum / train.grad_accum, context)
+        self._check_loss(loss_value, lr)
+        if train.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), train.grad_clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.state.step += 1
+        self.state.tokens_seen += train.tokens_per_step
+        self.state.train_losses.append(loss_value)
+        return loss_value
+
+    def model_loss(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        logits = self.forward_model(inputs)
+        return torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
+
+    def _check_loss(self, loss: float, lr: float) -> None:
+        if self.state.first_loss is None:
+            self.state.first_loss = loss
+        diverged = not math.isfinite(loss) or loss > LOSS_SPIKE_FACTOR * self.state.first_loss
+        if diverged:
+            raise OvertrainError(
+                f"training diverged: loss {loss:.4g} at step {self.state.step} "
+                f"({format_tokens(self.state.tokens_seen)} tokens, lr {lr:.3g}); first loss was {self.state.first_loss:.4g}",
+                f"lower train.lr (now {self.train_config.lr:g}), raise train.warmup_tokens, or keep train.grad_clip > 0; "
+                "the run folder keeps its last good checkpoint",
+            )
+
+    def _heldout_loss(self) -> float:
+        return mean_token_loss(self.model, self.eval_inputs, self.eval_targets, batch_size=16, dtype=self.train_config.dtype).loss
+
+    def _evaluate_and_log(self, out_dir: Path, started: float, start_tokens: int, progress: TokenProgress) -> float:
+        heldout = self._heldout_loss()
+        if not self.context.is_main:
+            return heldout
+        seconds = time.perf_counter() - started
+        rate = (self.state.tokens_seen - start_tokens) / max(seconds, 1e-9)
+        recent = self.state.train_losses[-50:]
+        record = {
+            "tokens_seen": self.state.tokens_seen,
+            "step": self.state.step,
+            "train_loss": sum(recent) / max(len(recent), 1),
+            "heldout_loss": heldout,
+            "lr": lr_at(self.state.step - 1, self.train_config),
+            "tokens_per_second": rate,
+            "model_flops_per_second": rate * self.flops_per_token,
+            "elapsed_seconds": seconds,
+        }
+        with open(out_dir / "metrics.jsonl", "a") as handle:
+            handle.write(json.dumps(record) + "\n")
+        progress.note(
+            f"{format_tokens(self.state.tokens_seen)}/{format_tokens(self.train_config.max_tokens)} tokens | "
+            f"train {record['train_loss']:.3f} | heldout {heldout:.3f} | {format_tokens(rate)} tok/s"
+        )
+        return heldout
+
+    def _checkpoint(self, out_dir: Path) -> None:
+        if not self.context.is_main:
+            return
+        save_checkpoint(
+            out_dir,
+            model=self.model,
+            optimizer=self.optimizer,
+            step=self.state.step,
+            tokens_seen=self.state.tokens_seen,
+            run_config=config_to_dict(self.config),
+            init_std=self.init_std,
+            tokenizer_folder=self.data.tokenizer_folder,
+            end_of_text_id=self.data.end_of_text_id,
+        )
+

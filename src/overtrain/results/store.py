@@ -1,0 +1,286 @@
+"""The results store: one SQLite row per finished job, keyed by :attr:`overtrain.results.records.Job.key`.
+
+SQLite in WAL mode with full synchronous commits: every :meth:`ResultStore.put` is one transaction, so a
+crash (even SIGKILL) or a second writer can lose at most the row being written, never corrupt the file.
+Concurrent writers wait for each other (``busy_timeout``) instead of failing. Rows hold the job's full
+spec, its metrics, artifacts and provenance as JSON; :meth:`ResultStore.to_dataframe` flattens them into
+``spec.*`` and ``metrics.*`` columns for analysis.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import sqlite3
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, final
+
+from overtrain.atomic import atomic_write_bytes
+from overtrain.errors import OvertrainError
+from overtrain.results.records import Job, JobOutput
+
+if TYPE_CHECKING:
+    import pandas
+
+SQLITE_HEADER = b"SQLite format 3\x00"
+APPLICATION_ID = 0x4F565452  # "OVTR" in the SQLite header marks a file as an overtrain store
+SCHEMA_VERSION = 1
+BUSY_TIMEOUT_SECONDS = 60.0
+COLUMNS = (
+    "key", "kind", "label", "spec_json", "metrics_json", "artifacts_json", "provenance_json",
+    "seconds", "finished_at", "overtrain_version", "git_commit",
+)  # fmt: skip
+CREATE_TABLE = """
+CREATE TABLE IF NOT EXISTS results (
+    key TEXT PRIMARY KEY, kind TEXT NOT NULL, label TEXT NOT NULL, spec_json TEXT NOT NULL,
+    metrics_json TEXT NOT NULL, artifacts_json TEXT NOT NULL, provenance_json TEXT NOT NULL,
+    seconds REAL NOT NULL, finished_at TEXT NOT NULL, overtrain_version TEXT, git_commit TEXT
+)"""
+
+
+@dataclass(frozen=True)
+class ResultRow:
+    """One finished job as stored, with the JSON columns parsed."""
+
+    key: str
+    kind: str
+    label: str
+    spec: dict[str, Any]
+    metrics: dict[str, Any]
+    artifacts: dict[str, str]
+    provenance: dict[str, Any]
+    seconds: float
+    finished_at: str
+    overtrain_version: str | None
+    git_commit: str | None
+
+
+@final
+class ResultStore:
+    """An SQLite file of finished jobs; safe against crashes and concurrent writers.
+
+    Use as a context manager or call :meth:`close`. Opening a file that is not an overtrain store
+    (or is damaged) raises :class:`OvertrainError` naming the file and what to do.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        _refuse_non_sqlite_file(self.path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._connection = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_SECONDS, isolation_level=None)
+        try:
+            _prepare(self._connection, self.path)
+        except sqlite3.DatabaseError as error:
+            self._connection.close()
+            raise _damaged_store_error(self.path, error) from error
+        except BaseException:
+            self._connection.close()
+            raise
+
+    def __enter__(self) -> ResultStore:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the connection (the data is already on disk after every put)."""
+        self._connection.close()
+
+    def __len__(self) -> int:
+        return self._connection.execute("SELECT COUNT(*) FROM results").fetchone()[0]
+
+    def has(self, key: str) -> bool:
+        """Whether a job with this key has finished."""
+        row = self._connection.execute("SELECT 1 FROM results WHERE key = ?", (key,)).fetchone()
+        return row is not None
+
+    def finished_keys(self) -> set[str]:
+        """Keys of all finished jobs."""
+        return {key for (key,) in self._connection.execute("SELECT key FROM results")}
+
+    def put(self, job: Job, output: JobOutput, provenance: Mapping[str, Any], seconds: float) -> None:
+        """Store a finished job in one transaction (a re-run of the same key replaces the row)."""
+        values = _row_values(job, output, provenance, seconds)
+        placeholders = ", ".join("?" for _ in COLUMNS)
+        connection = self._connection
+        connection.execute("BEGIN IMMEDIATE")
+        try:
+            connection.execute(f"INSERT OR REPLACE INTO results ({', '.join(COLUMNS)}) VALUES ({placeholders})", values)
+            connection.execute("COMMIT")
+        except BaseException:
+            connection.execute("ROLLBACK")
+            raise
+
+    def get(self, key: str) -> ResultRow | None:
+        """The row of a finished job, or ``None``."""
+        cursor = self._connection.execute(f"SELECT {', '.join(COLUMNS)} FROM results WHERE key = ?", (key,))
+        row = cursor.fetchone()
+        return None if row is None else _parse_row(row)
+
+    def rows(self, kind: str | None = None) -> list[ResultRow]:
+        """All rows (or those of one job kind), oldest first."""
+        query = f"SELECT {', '.join(COLUMNS)} FROM results"
+        parameters: tuple[str, ...] = ()
+        if kind is not None:
+            query, parameters = query + " WHERE kind = ?", (kind,)
+        return [_parse_row(row) for row in self._connection.execute(query + " ORDER BY finished_at, key", parameters)]
+
+    def to_dataframe(self, kind: str | None = None) -> pandas.DataFrame:
+        """One line per row; nested spec and metrics flattened to ``spec.a.b`` / ``metrics.x`` columns."""
+        import pandas
+
+        records = [_flat_record(row) for row in self.rows(kind)]
+        columns = ["key", "kind", "label", "seconds", "finished_at", "overtrain_version", "git_commit"]
+        frame = pandas.DataFrame.from_records(records)
+        return frame if records else pandas.DataFrame(columns=columns)
+
+    def export(self, path: str | Path, kind: str | None = None) -> Path:
+        """Write the table as ``.csv`` or ``.parquet`` (chosen by suffix), atomically; returns the path."""
+        path = Path(path)
+        writers = {".csv": _csv_bytes, ".parquet": _parquet_bytes}
+        if path.suffix.lower() not in writers:
+            raise OvertrainError(
+                f"cannot export results to {path}: unknown file type {path.suffix or '(none)'!r}",
+                "name the output file *.csv or *.parquet",
+            )
+        frame = _json_encode_nested_cells(self.to_dataframe(kind)).convert_dtypes()
+        atomic_write_bytes(path, writers[path.suffix.lower()](frame))
+        return path
+
+
+def _refuse_non_sqlite_file(path: Path) -> None:
+    if not path.exists() or path.stat().st_size == 0:
+        return
+    if path.is_dir():
+        raise OvertrainError(f"results store {path} is a folder", "point the store at a file, e.g. results.sqlite")
+    with open(path, "rb") as handle:
+        header = handle.read(len(SQLITE_HEADER))
+    if header != SQLITE_HEADER:
+        raise OvertrainError(
+            f"{path} is not an SQLite file, so it cannot be an overtrain results store",
+            "choose another path for the store, or move this file aside if it was damaged (finished jobs are then run again)",
+        )
+
+
+def _prepare(connection: sqlite3.Connection, path: Path) -> None:
+    connection.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_SECONDS * 1000)}")
+    connection.execute("PRAGMA journal_mode = WAL")
+    connection.execute("PRAGMA synchronous = FULL")
+    if connection.execute("PRAGMA quick_check").fetchone()[0] != "ok":
+        raise sqlite3.DatabaseError("quick_check found damage")
+    connection.execute("BEGIN IMMEDIATE")
+    try:
+        _create_or_check_schema(connection, path)
+        connection.execute("COMMIT")
+    except BaseException:
+        connection.execute("ROLLBACK")
+        raise
+
+
+def _create_or_check_schema(connection: sqlite3.Connection, path: Path) -> None:
+    application_id = connection.execute("PRAGMA application_id").fetchone()[0]
+    tables = {name for (name,) in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    if application_id == 0 and not tables:
+        connection.execute(CREATE_TABLE)
+        connection.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+        connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        return
+    columns = {row[1] for row in connection.execute("PRAGMA table_info(results)")}
+    if application_id != APPLICATION_ID or not set(COLUMNS) <= columns:
+        raise OvertrainError(
+            f"{path} is an SQLite database but not an overtrain results store (tables: {sorted(tables)})",
+            "choose another path for the results store; overtrain does not write into other databases",
+        )
+
+
+def _damaged_store_error(path: Path, error: sqlite3.DatabaseError) -> OvertrainError:
+    return OvertrainError(
+        f"results store {path} cannot be read ({error}); it is damaged or not an SQLite file",
+        f"move {path} (and any {path.name}-wal / {path.name}-shm next to it) aside and rerun: finished jobs are then run again",
+    )
+
+
+def _row_values(job: Job, output: JobOutput, provenance: Mapping[str, Any], seconds: float) -> tuple[Any, ...]:
+    finished_at = datetime.now(timezone.utc).isoformat(timespec="microseconds")
+    return (
+        job.key,
+        job.kind,
+        job.label,
+        json.dumps(job.spec, sort_keys=True),
+        json.dumps(output.metrics, sort_keys=True),
+        json.dumps(output.artifacts, sort_keys=True),
+        json.dumps(dict(provenance), sort_keys=True, default=str),
+        float(seconds),
+        finished_at,
+        provenance.get("overtrain_version"),
+        provenance.get("git_commit"),
+    )
+
+
+def _parse_row(row: tuple[Any, ...]) -> ResultRow:
+    values = dict(zip(COLUMNS, row, strict=True))
+    return ResultRow(
+        key=values["key"],
+        kind=values["kind"],
+        label=values["label"],
+        spec=json.loads(values["spec_json"]),
+        metrics=json.loads(values["metrics_json"]),
+        artifacts=json.loads(values["artifacts_json"]),
+        provenance=json.loads(values["provenance_json"]),
+        seconds=values["seconds"],
+        finished_at=values["finished_at"],
+        overtrain_version=values["overtrain_version"],
+        git_commit=values["git_commit"],
+    )
+
+
+def _flat_record(row: ResultRow) -> dict[str, Any]:
+    record: dict[str, Any] = {
+        "key": row.key, "kind": row.kind, "label": row.label, "seconds": row.seconds,
+        "finished_at": row.finished_at, "overtrain_version": row.overtrain_version, "git_commit": row.git_commit,
+    }  # fmt: skip
+    record.update(_flatten(row.spec, "spec"))
+    record.update(_flatten(row.metrics, "metrics"))
+    return record
+
+
+def _flatten(value: Mapping[str, Any], prefix: str) -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for name, item in value.items():
+        column = f"{prefix}.{name}"
+        if isinstance(item, Mapping) and item:
+            flat.update(_flatten(item, column))
+        else:
+            flat[column] = item
+    return flat
+
+
+def _json_encode_nested_cells(frame: pandas.DataFrame) -> pandas.DataFrame:
+    """Lists/dicts become JSON text, and mixed-type columns become text, so CSV and Parquet can hold them."""
+    frame = frame.copy()
+    for column in frame.columns:
+        if frame[column].dtype != object:
+            continue
+        cells = frame[column].map(lambda cell: json.dumps(cell) if isinstance(cell, list | dict) else cell)
+        kinds = {type(cell) for cell in cells if cell is not None and not _is_nan(cell)}
+        frame[column] = cells.map(lambda cell: None if cell is None else str(cell)) if len(kinds) > 1 else cells
+    return frame
+
+
+def _is_nan(cell: Any) -> bool:
+    return isinstance(cell, float) and math.isnan(cell)
+
+
+def _csv_bytes(frame: pandas.DataFrame) -> bytes:
+    return frame.to_csv(index=False).encode("utf-8")
+
+
+def _parquet_bytes(frame: pandas.DataFrame) -> bytes:
+    buffer = io.BytesIO()
+    frame.to_parquet(buffer, index=False, engine="pyarrow")
+    return buffer.getvalue()

@@ -1,0 +1,173 @@
+"""The sweep driver: plan a sweep, skip what the store already holds, run the rest on an executor, and
+write each result to the store the moment it arrives.
+
+The driver alone writes the store, so killing a sweep (even with SIGKILL) loses only the jobs in flight,
+and running it again does only what is missing.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from overtrain.provenance import collect_provenance
+from overtrain.results.records import Job, JobFailure, JobOutput
+from overtrain.results.store import ResultStore
+from overtrain.sweep.executors import BLOCKED_ERROR_TYPE, Executor, InProcessExecutor, Outcome
+from overtrain.sweep.workers import job_function_path, resolve_job_function
+
+
+@dataclass
+class RunSummary:
+    """What :func:`run_jobs` did: counts, the failures with their messages, and the wall-clock time."""
+
+    total: int
+    skipped: int = 0
+    """Jobs already in the store, not run again."""
+    done: int = 0
+    failed: int = 0
+    """Jobs that raised; they are not stored and run again next time."""
+    blocked: int = 0
+    """Jobs not run because a dependency failed or is missing."""
+    failures: dict[str, str] = field(default_factory=dict)
+    """Job key -> 'label: message' for every failed or blocked job."""
+    seconds: float = 0.0
+
+    def __str__(self) -> str:
+        text = f"{self.done} run, {self.skipped} already stored, {self.failed} failed"
+        text += f", {self.blocked} blocked" if self.blocked else ""
+        return f"{text} (of {self.total} jobs) in {self.seconds:.1f} s"
+
+
+def run_jobs(jobs: Iterable[Job], store: ResultStore, executor: Executor | None = None, *, progress: bool = True) -> RunSummary:
+    """Run the jobs not yet in ``store`` on ``executor`` (in-process by default); store each as it ends.
+
+    One progress bar covers the whole sweep. A job that raises is counted as failed with its message,
+    is not stored (so the next run retries it), and does not stop the others.
+    """
+    start_seconds = time.perf_counter()
+    unique_jobs = list({job.key: job for job in jobs}.values())
+    finished_keys = store.finished_keys()
+    to_run = [job for job in unique_jobs if job.key not in finished_keys]
+    summary = RunSummary(total=len(unique_jobs), skipped=len(unique_jobs) - len(to_run))
+    if not to_run:
+        _say(progress, f"all {summary.total} jobs are already in {store.path}; nothing to run")
+        return summary
+    _check_job_functions(to_run)
+    base_provenance = collect_provenance()
+    bar = _SweepProgress(summary, enabled=progress)
+    try:
+        for job, outcome, seconds in (executor or InProcessExecutor()).map_unordered(to_run, finished_keys):
+            _record(job, outcome, seconds, store, base_provenance, summary)
+            bar.advance(job, outcome)
+    finally:
+        bar.close()
+    summary.seconds = time.perf_counter() - start_seconds
+    _say(progress, f"sweep: {summary} -> {store.path}")
+    return summary
+
+
+def _check_job_functions(jobs: list[Job]) -> None:
+    """Fail before running anything if a job kind is unregistered or its function cannot be imported."""
+    for kind in sorted({job.kind for job in jobs}):
+        resolve_job_function(job_function_path(kind))
+
+
+def _record(job: Job, outcome: Outcome, seconds: float, store: ResultStore, base: dict[str, Any], summary: RunSummary) -> None:
+    if isinstance(outcome, JobOutput):
+        provenance = {**base, "job_key": job.key, "seed": job.spec.get("seed"), **outcome.provenance}
+        store.put(job, outcome, provenance, seconds)
+        summary.done += 1
+        return
+    summary.failures[job.key] = f"{job.label}: {outcome.message}"
+    if outcome.error_type == BLOCKED_ERROR_TYPE:
+        summary.blocked += 1
+    else:
+        summary.failed += 1
+
+
+class _SweepProgress:
+    """One bar over the whole sweep (jobs, with ETA) on a terminal; a log line per job elsewhere."""
+
+    def __init__(self, summary: RunSummary, enabled: bool) -> None:
+        self.summary, self.enabled = summary, enabled
+        self.started, self.finished = time.perf_counter(), summary.skipped
+        self.bar = None
+        if enabled and sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=summary.total, initial=summary.skipped, unit="job", desc="sweep", dynamic_ncols=True)
+
+    def advance(self, job: Job, outcome: Outcome) -> None:
+        self.finished += 1
+        if isinstance(outcome, JobFailure):
+            self._line(f"FAILED {job.label}: {outcome.message}")
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix_str(f"failed={self.summary.failed + self.summary.blocked} last={job.label}")
+        elif self.enabled:
+            print(f"[sweep] {self.finished}/{self.summary.total} {job.label} | eta {self._eta()}", file=sys.stderr)
+
+    def _eta(self) -> str:
+        from overtrain.units import format_seconds
+
+        ran = self.finished - self.summary.skipped
+        rate = ran / max(time.perf_counter() - self.started, 1e-9)
+        return format_seconds((self.summary.total - self.finished) / max(rate, 1e-9))
+
+    def _line(self, message: str) -> None:
+        if self.bar is not None:
+            self.bar.write(message, file=sys.stderr)
+        elif self.enabled:
+            print(message, file=sys.stderr)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _say(enabled: bool, message: str) -> None:
+    if enabled:
+        print(message, file=sys.stderr)
+
+
+def build_executor(config):
+    from overtrain.sweep.executors import InProcessExecutor, LocalProcessExecutor, RayExecutor
+
+    if config.kind == "processes":
+        return LocalProcessExecutor(workers=config.workers, threads_per_worker=config.threads_per_worker)
+    if config.kind == "ray":
+        return RayExecutor(address=config.ray_address, num_cpus_per_job=config.threads_per_worker)
+    return InProcessExecutor()
+
+
+def run_sweep_file(path: str | None, overrides: list[str], dry_run: bool) -> int:
+    from overtrain.config import dump_yaml
+    from overtrain.results.report import write_report
+    from overtrain.results.store import ResultStore
+    from overtrain.sweep.config import load_sweep_config
+    from overtrain.sweep.driver import run_jobs
+    from overtrain.sweep.plan import describe_plan, plan_jobs
+
+    config = load_sweep_config(path, overrides)
+    jobs = plan_jobs(config)
+    print(dump_yaml(config))
+    print(f"plan: {describe_plan(jobs)}; executor {config.executor.kind}; store {config.store_path}")
+    if dry_run:
+        from overtrain.sweep.estimate import estimate_sweep_seconds, format_estimate
+
+        print(format_estimate(estimate_sweep_seconds(config, jobs)))
+        return 0
+    config.store_path.parent.mkdir(parents=True, exist_ok=True)
+    with ResultStore(config.store_path) as store:
+        summary = run_jobs(jobs, store, build_executor(config.executor))
+    if summary.failures:
+        print("failed jobs:\n" + "\n".join(f"  {line}" for line in summary.failures.values()))
+    if config.report:
+        report = write_report(config.store_path, config.report_dir)
+        print("\n".join(["", "headlines:", *[f"  {line}" for line in report.headlines]]))
+        print(f"\nreport: {report.html_path.resolve()}")
+    return 1 if summary.failed or summary.blocked else 0

@@ -1,0 +1,74 @@
+"""How long will a sweep take here? A calibration of a few training steps, then token arithmetic.
+
+The estimate times three optimizer steps of the sweep's model on this machine (with the worker's thread
+count), then counts tokens: pre-training tokens at that rate, evaluation tokens at ~3x that rate (a
+forward pass is about a third of a training step), fine-tuning tokens at the training rate. Jobs run
+``workers`` at a time. It is a plan, not a promise: it ignores start-up and tokenizing the corpus.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from overtrain.results.records import Job
+from overtrain.units import format_seconds
+
+FINETUNE_TOKENS_PER_EXAMPLE = 250  # typical prompt + completion of the offline tasks at a byte-level vocabulary
+
+
+def measure_train_tokens_per_second(config, threads: int) -> float:
+    from overtrain.model.llama import build_model
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(max(1, threads))
+    try:
+        train = config.train
+        model, _ = build_model(config.model, config.data.vocab_size, train.seq_len, seed=0)
+        optimizer = torch.optim.AdamW(model.parameters())
+        inputs = torch.randint(0, config.data.vocab_size, (train.batch_size, train.seq_len))
+        timings = []
+        for _ in range(4):
+            started = time.perf_counter()
+            model.loss(inputs, inputs).backward()
+            optimizer.step()
+            optimizer.zero_grad()
+            timings.append(time.perf_counter() - started)
+        return train.tokens_per_step / min(timings[1:])
+    finally:
+        torch.set_num_threads(previous)
+
+
+def estimate_sweep_seconds(config, jobs: list[Job]) -> dict[str, float]:
+    """Seconds per job kind, for a sweep whose checkpoints come from its own ``pretrain`` section."""
+    if config.pretrain is None:
+        return {}
+    rate = measure_train_tokens_per_second(config.pretrain, config.executor.threads_per_worker)
+    workers = config.executor.workers if config.executor.kind != "in-process" else 1
+    from overtrain.sweep.plan import pretrain_tokens_by_job
+
+    tokens_by_job = pretrain_tokens_by_job(jobs)
+    # A WSD trunk's segments run one after another: the trunk is a floor under the parallel estimate.
+    trunk_tokens = sum(tokens for job in jobs if job.kind == "pretrain" and "stop_at_tokens" in job.spec for tokens in [tokens_by_job[job.key]])
+    seconds = {"pretrain": 0.0, "noise": 0.0, "finetune": 0.0}
+    for job in jobs:
+        if job.kind == "noise":
+            evaluations = 1 + len(job.spec["gammas"]) * len(job.spec["seeds"])
+            seconds["noise"] += evaluations * job.spec["eval_tokens"] / (3 * rate)
+        elif job.kind == "finetune":
+            finetune = job.spec["finetune"]
+            train_tokens = finetune["steps"] * finetune["batch_size"] * FINETUNE_TOKENS_PER_EXAMPLE
+            eval_tokens = 2 * job.spec["eval_tokens"] + 2 * (finetune["max_heldout"] or 200) * FINETUNE_TOKENS_PER_EXAMPLE
+            seconds["finetune"] += train_tokens / rate + eval_tokens / (3 * rate)
+    parallel = {kind: value / workers for kind, value in seconds.items()}
+    parallel["pretrain"] = max(sum(tokens_by_job.values()) / rate / workers, trunk_tokens / rate)
+    return parallel | {"train_tokens_per_second": rate}
+
+
+def format_estimate(seconds: dict[str, float]) -> str:
+    if not seconds:
+        return "estimate: needs a pretrain section (the model to calibrate on)"
+    rate = seconds.pop("train_tokens_per_second")
+    parts = ", ".join(f"{kind} {format_seconds(value)}" for kind, value in seconds.items())
+    return f"estimate on this machine ({rate:,.0f} training tokens/s per worker): {parts}; total {format_seconds(sum(seconds.values()))}"

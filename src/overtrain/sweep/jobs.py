@@ -1,0 +1,73 @@
+"""The job functions a sweep runs: ``fn(spec) -> JobOutput``, importable by name in any worker.
+
+They receive paths and numbers only (never model objects), load what they need, and return JSON
+metrics; the driver stores them. Pre-training jobs resume from their own checkpoints when re-run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from overtrain.config import build_dataclass
+from overtrain.pretrain.config import PretrainConfig
+from overtrain.probes.finetune import FinetuneConfig
+from overtrain.results.records import JobOutput
+
+
+def _quiet(*_args: Any, **_kwargs: Any) -> None:
+    return None
+
+
+def _checkpoint_provenance(folder: Path) -> dict[str, Any]:
+    from overtrain.checkpoints.folder import read_checkpoint_info
+
+    info = read_checkpoint_info(folder)
+    return {"checkpoint": str(folder), "checkpoint_sha256": info.checksums.get("model.safetensors"), "tokens_seen": info.tokens_seen}
+
+
+def run_pretrain_job(spec: Mapping[str, Any]) -> JobOutput:
+    from overtrain.pretrain.loop import train_run
+
+    config = build_dataclass(PretrainConfig, dict(spec["config"]))
+    branch_from = Path(spec["branch_from"]) if spec.get("branch_from") else None
+    result = train_run(config, init_from=branch_from, log=_quiet, stop_at_tokens=spec.get("stop_at_tokens"), show_progress=False)
+    metrics = {
+        "tokens_seen": result.tokens_seen,
+        "budget_tokens": config.train.max_tokens,
+        "trunk_segment": spec.get("stop_at_tokens") is not None,
+        "final_heldout_loss": result.final_heldout_loss,
+        "tokens_per_second": result.tokens_per_second,
+        "train_seconds": result.seconds,
+    }
+    return JobOutput(metrics, {"checkpoint": str(result.final_checkpoint)}, _checkpoint_provenance(result.final_checkpoint))
+
+
+def run_noise_job(spec: Mapping[str, Any]) -> JobOutput:
+    from overtrain.probes.noise import run_noise_probe
+    from overtrain.probes.target import load_probe_target
+
+    target = load_probe_target(Path(spec["checkpoint"]), eval_tokens=int(spec["eval_tokens"]), log=_quiet)
+    records = run_noise_probe(target, list(spec["gammas"]), list(spec["seeds"]), mode=spec["mode"])
+    metrics = {
+        "tokens_seen": target.tokens_seen,
+        "base_loss": records[0].base_loss if records else target.pretraining_loss().loss,
+        "draws": [{"gamma": r.gamma, "seed": r.seed, "perturbed_loss": r.perturbed_loss, "delta": r.delta} for r in records],
+    }
+    return JobOutput(metrics, {}, _checkpoint_provenance(target.info.folder))
+
+
+def run_finetune_job(spec: Mapping[str, Any]) -> JobOutput:
+    from overtrain.probes.finetune import run_finetune_probe
+    from overtrain.probes.target import load_probe_target
+
+    target = load_probe_target(Path(spec["checkpoint"]), eval_tokens=int(spec["eval_tokens"]), log=_quiet)
+    record = run_finetune_probe(target, finetune_config_of(dict(spec)))
+    return JobOutput(record.as_dict(), {}, _checkpoint_provenance(target.info.folder))
+
+
+def finetune_config_of(spec: dict[str, Any]) -> FinetuneConfig:
+    fields = {f.name for f in dataclasses.fields(FinetuneConfig)}
+    return FinetuneConfig(**{k: v for k, v in spec["finetune"].items() if k in fields})
