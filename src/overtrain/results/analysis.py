@@ -13,31 +13,66 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from overtrain.results.inflection import Inflection, find_inflection
 from overtrain.results.store import ResultStore
+from overtrain.units import format_tokens
+
+
+PRETRAIN_SEED_FACTOR = "train.seed"
+FACTOR_PREFIX = "pretrain."
+"""Columns of pre-training factors other than the seed are named ``pretrain.<dotted key>``."""
+
+
+def factor_columns(factors: dict[str, Any]) -> dict[str, Any]:
+    """A row's pre-training factors as columns: ``pretrain_seed`` and ``pretrain.<key>`` for the others."""
+    columns = {f"{FACTOR_PREFIX}{key}": value for key, value in factors.items() if key != PRETRAIN_SEED_FACTOR}
+    if PRETRAIN_SEED_FACTOR in factors:
+        columns["pretrain_seed"] = factors[PRETRAIN_SEED_FACTOR]
+    return columns
 
 
 def noise_frame(store: ResultStore) -> pd.DataFrame:
-    """Columns: checkpoint, tokens_seen, gamma, seed, base_loss, perturbed_loss, delta."""
+    """Columns: checkpoint, tokens_seen, mode, base_loss, gamma, seed, perturbed_loss, delta, and the factors."""
     rows = []
     for row in store.rows(kind="noise"):
+        factors = factor_columns(row.metrics.get("factors", {}))
         for draw in row.metrics["draws"]:
             rows.append({"checkpoint": row.spec["checkpoint"], "tokens_seen": row.metrics["tokens_seen"], "mode": row.spec["mode"],
-                         "base_loss": row.metrics["base_loss"], **draw})
-    return pd.DataFrame(rows, columns=["checkpoint", "tokens_seen", "mode", "base_loss", "gamma", "seed", "perturbed_loss", "delta"])
+                         "base_loss": row.metrics["base_loss"], **draw, **factors})
+    columns = ["checkpoint", "tokens_seen", "mode", "base_loss", "gamma", "seed", "perturbed_loss", "delta"]
+    frame = pd.DataFrame(rows)
+    return frame if not frame.empty else pd.DataFrame(columns=columns)
 
 
 def finetune_frame(store: ResultStore) -> pd.DataFrame:
-    return pd.DataFrame([row.metrics for row in store.rows(kind="finetune")])
+    """One row per fine-tuning run: its record and its pre-training factors."""
+    return pd.DataFrame([_without_factors(row.metrics) | factor_columns(row.metrics.get("factors", {})) for row in store.rows(kind="finetune")])
 
 
 def pretrain_frame(store: ResultStore) -> pd.DataFrame:
     """Finished pre-training runs (the segments of a WSD trunk are left out: they are not budgets)."""
-    return pd.DataFrame([row.metrics for row in store.rows(kind="pretrain") if not row.metrics.get("trunk_segment")])
+    return pd.DataFrame([_without_factors(row.metrics) | factor_columns(row.metrics.get("factors", {}))
+                         for row in store.rows(kind="pretrain") if not row.metrics.get("trunk_segment")])
+
+
+def _without_factors(metrics: dict[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in metrics.items() if key != "factors"}
+
+
+def factor_names(frame: pd.DataFrame) -> list[str]:
+    """The pre-training factor columns (other than the seed) that take more than one value in ``frame``."""
+    return [c for c in frame.columns if c.startswith(FACTOR_PREFIX) and frame[c].nunique(dropna=True) > 1]
+
+
+def factor_label(frame: pd.DataFrame, values: tuple[Any, ...] | Any, names: list[str]) -> str:
+    values = values if isinstance(values, tuple) else (values,)
+    return " ".join(f"{name.rsplit('.', 1)[-1]}={value:g}" if isinstance(value, float) else f"{name.rsplit('.', 1)[-1]}={value}"
+                    for name, value in zip(names, values))
 
 
 def spearman(x: np.ndarray, y: np.ndarray) -> float:
@@ -96,17 +131,26 @@ def _summarize(name: str, frame: pd.DataFrame, value: str, damage: str, probe_un
 
 
 def noise_summary(frame: pd.DataFrame) -> list[SettingSummary]:
-    """Per gamma: perturbed loss vs tokens, its inflection, Spearman(delta, tokens)."""
-    return [_summarize(f"gamma={gamma:g}", group, "perturbed_loss", "delta", "noise seeds") for gamma, group in frame.groupby("gamma")]
+    """Per pre-training factor value and gamma: perturbed loss vs tokens, its inflection, Spearman(delta, tokens)."""
+    factors = factor_names(frame)
+    summaries = []
+    for values, group in frame.groupby([*factors, "gamma"]):
+        values = values if isinstance(values, tuple) else (values,)
+        name = " ".join(filter(None, [factor_label(frame, values[:-1], factors), f"gamma={values[-1]:g}"]))
+        summaries.append(_summarize(name, group, "perturbed_loss", "delta", "noise seeds"))
+    return summaries
 
 
 def finetune_summary(frame: pd.DataFrame, value: str = "ood_loss_after") -> dict[str, list[SettingSummary]]:
     """Per task, per (lr, reg_lambda): ``value`` vs tokens, its inflection, Spearman(forgetting, tokens)."""
     result: dict[str, list[SettingSummary]] = {}
+    factors = factor_names(frame)
     for task, by_task in frame.groupby("task"):
         summaries = []
-        for (lr, reg_lambda), group in by_task.groupby(["lr", "reg_lambda"]):
-            name = f"lr={lr:g}" + (f", lambda={reg_lambda:g}" if reg_lambda else "")
+        for values, group in by_task.groupby([*factors, "lr", "reg_lambda"]):
+            *factor_values, lr, reg_lambda = values
+            name = " ".join(filter(None, [factor_label(frame, tuple(factor_values), factors), f"lr={lr:g}"]))
+            name += f", lambda={reg_lambda:g}" if reg_lambda else ""
             summaries.append(_summarize(name, group, value, "forgetting", "fine-tuning seeds"))
         result[str(task)] = summaries
     return result
@@ -139,3 +183,66 @@ def noise_predicts_forgetting(noise: pd.DataFrame, finetune: pd.DataFrame) -> pd
                 rows.append({"gamma": gamma, "task": task, "lr": lr, "budgets": len(joined),
                              "spearman": spearman(joined.iloc[:, 0].to_numpy(), joined.iloc[:, 1].to_numpy())})
     return pd.DataFrame(rows)
+
+
+@dataclass(frozen=True)
+class Claim:
+    """One of the paper's claims (a)-(d), whether this sweep shows it, and the numbers that say so."""
+
+    label: str
+    holds: bool
+    evidence: str
+
+    def headline(self) -> str:
+        return f"claim {self.label}: {'SHOWN' if self.holds else 'not shown'} - {self.evidence}"
+
+
+def paper_claims(noise: pd.DataFrame, finetune: pd.DataFrame) -> list[Claim]:
+    """The demo's claims, within each curve family: for the noise probe (a) damage grows with tokens, (b) the
+    perturbed loss is U-shaped, (c) a larger gamma has an earlier minimum; for fixed-LR fine-tuning (d) the
+    same three on the pre-training loss after fine-tuning, with the LR as the size of the change."""
+    claims = []
+    if not noise.empty:
+        summaries = noise_summary(noise)
+        claims += _family_claims("noise", "gamma", summaries, NOISE_LABELS)
+    if not finetune.empty:
+        for task, summaries in finetune_summary(finetune[finetune["reg_lambda"] == 0], "ood_loss_after").items():
+            claims += _family_claims(f"fine-tuning {task}", "lr", summaries, FINETUNE_LABELS)
+    return claims
+
+
+NOISE_LABELS = ("(a) noise damage grows with tokens", "(b) perturbed loss is U-shaped", "(c) larger gamma, earlier minimum")
+FINETUNE_LABELS = ("(d) forgetting grows with tokens", "(d) loss after fine-tuning is U-shaped", "(d) larger LR, earlier minimum")
+
+
+def _family_claims(probe: str, knob: str, summaries: list[SettingSummary], labels: tuple[str, str, str]) -> list[Claim]:
+    """Claims over one probe's settings; summaries are named '<factors> <knob>=<value>'."""
+    families: dict[str, list[tuple[float, SettingSummary]]] = {}
+    for summary in summaries:
+        prefix, _, value = summary.name.rpartition(f"{knob}=")
+        families.setdefault(prefix.strip(), []).append((float(value.split(",")[0]), summary))
+    claims = []
+    for family, members in families.items():
+        members.sort(key=lambda pair: pair[0])
+        where = f"{probe}{' ' + family if family else ''}"
+        rho = ", ".join(f"{s.sensitivity_spearman:+.2f}" for _, s in members)
+        knobs = "/".join(f"{v:g}" for v, _ in members)
+        claims.append(Claim(labels[0], all(s.sensitivity_spearman > 0 for _, s in members),
+                            f"{where}: Spearman(damage, tokens) {rho} at {knob} {knobs}"))
+        u_shaped = [(v, s) for v, s in members if s.inflection.u_shaped]
+        minima = "; ".join(f"{knob} {v:g}: {s.inflection.describe()}" for v, s in members)
+        claims.append(Claim(labels[1], bool(u_shaped), f"{where}: {minima}"))
+        claims.append(_earlier_claim(labels[2], where, knob, members))
+    return claims
+
+
+def _earlier_claim(label: str, where: str, knob: str, members: list[tuple[float, SettingSummary]]) -> Claim:
+    """Larger change, earlier minimum: among U-shaped settings the minima fall as the knob grows, and a
+    setting without a U (still improving at the largest budget) sits only below those with one."""
+    u_points = [(v, s.inflection.at) for v, s in members if s.inflection.u_shaped]
+    ordered = all(later <= earlier for (_, earlier), (_, later) in zip(u_points, u_points[1:]))
+    no_u_values = [v for v, s in members if not s.inflection.u_shaped and not s.inflection.interior]
+    consistent = all(v < min(u for u, _ in u_points) for v in no_u_values) if u_points else False
+    holds = len(u_points) >= 2 and ordered and consistent
+    text = ", ".join(f"{knob} {v:g} -> {format_tokens(at)}" for v, at in u_points) or "fewer than two U-shaped settings"
+    return Claim(label, holds, f"{where}: {text}")

@@ -89,6 +89,22 @@ def _finetune_section(finetune: pd.DataFrame, report: Report) -> None:
     report.tables["Fine-tuning runs"] = finetune[columns].sort_values(["task", "lr", "reg_lambda", "tokens_seen", "seed"])
 
 
+def _weight_norm_section(pretrain: pd.DataFrame, report: Report) -> None:
+    """The weights' L2 norm against tokens, one curve per pre-training run (seed and factor values)."""
+    if "weight_norm" not in pretrain:
+        return
+    keys = [c for c in pretrain.columns if c.startswith(analysis.FACTOR_PREFIX)] + (["pretrain_seed"] if "pretrain_seed" in pretrain else [])
+    groups = pretrain.groupby(keys) if keys else [((), pretrain)]
+    curves = []
+    for values, group in groups:
+        values = values if isinstance(values, tuple) else (values,)
+        label = " ".join(f"{k.rsplit('.', 1)[-1].replace('pretrain_seed', 'seed')}={v}" for k, v in zip(keys, values)) or "weights"
+        ordered = group.sort_values("tokens_seen")
+        curves.append(Curve(label, list(ordered["tokens_seen"]), list(ordered["weight_norm"]), marker="o"))
+    panel = Panel(curves, TOKENS_LABEL, "L2 norm of all weights", "Weight norm after pre-training", x_in_tokens=True)
+    report.figures += plot_panels([panel], title="Weights", out_stem=report.folder / "weight_norm")
+
+
 def write_report(store_path: Path, out_dir: Path) -> Report:
     """Write figures, report.html and summary.md for the results in ``store_path``."""
     if not Path(store_path).is_file():
@@ -98,8 +114,10 @@ def write_report(store_path: Path, out_dir: Path) -> Report:
     with ResultStore(store_path) as store:
         noise, finetune = analysis.noise_frame(store), analysis.finetune_frame(store)
         pretrain = analysis.pretrain_frame(store)
+    report.headlines += [claim.headline() for claim in analysis.paper_claims(noise, finetune)]
     if not pretrain.empty:
         report.tables["Pre-training runs"] = pretrain.sort_values("tokens_seen")
+        _weight_norm_section(pretrain, report)
     if not noise.empty:
         _noise_section(noise, report)
     if not finetune.empty:

@@ -16,11 +16,13 @@ that writes their checkpoint, and name that checkpoint by its path (computable b
 
 from __future__ import annotations
 
+import copy
+import itertools
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from overtrain.config import apply_overrides, build_dataclass, read_yaml
+from overtrain.config import apply_overrides, build_dataclass, config_to_dict, read_yaml
 from overtrain.errors import OvertrainError
 from overtrain.model.presets import apply_preset
 from overtrain.pretrain.config import PretrainConfig, validate_pretrain_config
@@ -74,6 +76,11 @@ class ExecutorConfig:
 class SweepConfig:
     out_dir: str = "runs/sweep"
     pretrain: PretrainConfig | None = None
+    pretrain_axes: dict[str, Any] = field(default_factory=dict)
+    """Pre-training factors to cross, shaped like the ``pretrain:`` section with a list of values per key,
+    e.g. ``{train: {seed: [0, 1, 2], weight_decay: [0.1, 1.0]}}`` (override: ``pretrain_axes.train.seed=[0,1,2]``).
+    Every combination is its own ladder, in ``out_dir/pretrain/<key=value,...>``; the report draws one curve
+    family per value of the factors other than the seed, with intervals over pre-training seeds."""
     checkpoints: list[str] = field(default_factory=list)
     noise: NoiseSweep | None = None
     finetune: FinetuneSweep | None = None
@@ -101,8 +108,71 @@ def load_sweep_config(path: str | Path | None, overrides: list[str] | None = Non
     config = build_dataclass(SweepConfig, tree)
     if config.pretrain is not None:
         validate_pretrain_config(config.pretrain)
+    pretrain_variants(config)  # every factor combination is a valid pre-training config, checked now
     if config.pretrain is None and not config.checkpoints:
         raise OvertrainError("the sweep names no checkpoints", "add a `pretrain:` ladder section or a `checkpoints:` list")
     if config.noise is None and config.finetune is None and config.pretrain is None:
         raise OvertrainError("the sweep has nothing to do", "add a `noise:` or `finetune:` section")
     return config
+
+
+@dataclass(frozen=True)
+class PretrainVariant:
+    """One combination of the pre-training factors: its values (dotted key -> value) and its ladder."""
+
+    factors: dict[str, Any]
+    config: PretrainConfig
+
+
+def pretrain_axes_flat(axes: dict[str, Any], prefix: str = "") -> dict[str, list[Any]]:
+    """``{train: {seed: [0, 1]}}`` -> ``{"train.seed": [0, 1]}``; each leaf must be a non-empty list of distinct values."""
+    flat: dict[str, list[Any]] = {}
+    for key, value in axes.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(pretrain_axes_flat(value, dotted + "."))
+            continue
+        values = value if isinstance(value, list) else [value]
+        if not values:
+            raise OvertrainError(f"pretrain_axes.{dotted} is an empty list", f"give it at least one value, e.g. pretrain_axes.{dotted}=[0,1,2]")
+        if len({repr(v) for v in values}) != len(values):
+            raise OvertrainError(f"pretrain_axes.{dotted} = {values} repeats a value", "list each value once")
+        flat[dotted] = values
+    return flat
+
+
+def pretrain_variants(config: SweepConfig) -> list[PretrainVariant]:
+    """The sweep's ladders: one per combination of ``pretrain_axes`` (just ``pretrain`` when there are none)."""
+    if config.pretrain is None:
+        if config.pretrain_axes:
+            raise OvertrainError("pretrain_axes is set but the sweep has no `pretrain:` section", "add a pretrain ladder, or remove pretrain_axes")
+        return []
+    axes = pretrain_axes_flat(config.pretrain_axes)
+    if not axes:
+        return [PretrainVariant({}, config.pretrain)]
+    base_tree = config_to_dict(config.pretrain)
+    variants = []
+    for values in itertools.product(*axes.values()):
+        factors = dict(zip(axes, values))
+        tree = copy.deepcopy(base_tree)
+        for key, value in factors.items():
+            _set_dotted(tree, key, value)
+        tree["out_dir"] = str(Path(config.pretrain.out_dir) / variant_folder_name(factors))
+        variant = build_dataclass(PretrainConfig, tree, "pretrain.")
+        validate_pretrain_config(variant)
+        variants.append(PretrainVariant(factors, variant))
+    return variants
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    *sections, leaf = dotted.split(".")
+    for section in sections:
+        tree = tree.setdefault(section, {})
+        if not isinstance(tree, dict):
+            raise OvertrainError(f"pretrain_axes.{dotted}: {section} is a value, not a section", "name a key such as train.seed")
+    tree[leaf] = value
+
+
+def variant_folder_name(factors: dict[str, Any]) -> str:
+    """``{"train.weight_decay": 1.0, "train.seed": 2}`` -> ``weight_decay=1.0,seed=2``."""
+    return ",".join(f"{key.rsplit('.', 1)[-1]}={value}" for key, value in factors.items())

@@ -28,6 +28,17 @@ def _checkpoint_provenance(folder: Path) -> dict[str, Any]:
     return {"checkpoint": str(folder), "checkpoint_sha256": info.checksums.get("model.safetensors"), "tokens_seen": info.tokens_seen}
 
 
+def weight_norm(weights_file: Path) -> float:
+    """L2 norm of all weights in a safetensors file (a tied embedding is stored, and counted, once)."""
+    from safetensors import safe_open
+
+    total = 0.0
+    with safe_open(str(weights_file), framework="pt") as handle:
+        for name in handle.keys():
+            total += float(handle.get_tensor(name).double().pow(2).sum())
+    return total**0.5
+
+
 def run_pretrain_job(spec: Mapping[str, Any]) -> JobOutput:
     from overtrain.pretrain.loop import train_run
 
@@ -41,6 +52,8 @@ def run_pretrain_job(spec: Mapping[str, Any]) -> JobOutput:
         "final_heldout_loss": result.final_heldout_loss,
         "tokens_per_second": result.tokens_per_second,
         "train_seconds": result.seconds,
+        "weight_norm": weight_norm(result.final_checkpoint / "model.safetensors"),
+        "factors": dict(spec.get("factors", {})),
     }
     return JobOutput(metrics, {"checkpoint": str(result.final_checkpoint)}, _checkpoint_provenance(result.final_checkpoint))
 
@@ -55,6 +68,7 @@ def run_noise_job(spec: Mapping[str, Any]) -> JobOutput:
         "tokens_seen": target.tokens_seen,
         "base_loss": records[0].base_loss if records else target.pretraining_loss().loss,
         "draws": [{"gamma": r.gamma, "seed": r.seed, "perturbed_loss": r.perturbed_loss, "delta": r.delta} for r in records],
+        "factors": dict(spec.get("factors", {})),
     }
     return JobOutput(metrics, {}, _checkpoint_provenance(target.info.folder))
 
@@ -65,7 +79,7 @@ def run_finetune_job(spec: Mapping[str, Any]) -> JobOutput:
 
     target = load_probe_target(Path(spec["checkpoint"]), eval_tokens=int(spec["eval_tokens"]), log=_quiet)
     record = run_finetune_probe(target, finetune_config_of(dict(spec)))
-    return JobOutput(record.as_dict(), {}, _checkpoint_provenance(target.info.folder))
+    return JobOutput({**record.as_dict(), "factors": dict(spec.get("factors", {}))}, {}, _checkpoint_provenance(target.info.folder))
 
 
 def finetune_config_of(spec: dict[str, Any]) -> FinetuneConfig:

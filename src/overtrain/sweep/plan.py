@@ -4,15 +4,17 @@ job per checkpoint and setting, each depending on the pre-training job that writ
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from overtrain.checkpoints.names import checkpoint_folder_name, parse_checkpoint_name
 from overtrain.config import config_to_dict
 from overtrain.pretrain.ladder import plan_ladder
 from overtrain.probes.finetune import FinetuneConfig
 from overtrain.results.records import Job
-from overtrain.sweep.config import SweepConfig
+from overtrain.pretrain.config import PretrainConfig
+from overtrain.sweep.config import SweepConfig, pretrain_variants
 from overtrain.units import format_tokens
 
 
@@ -22,6 +24,8 @@ class PlannedCheckpoint:
     tokens_seen: int | None
     made_by: str | None
     """Key of the pretrain job that writes it (None: it exists already)."""
+    factors: dict[str, Any] = field(default_factory=dict)
+    """The pre-training factor values it was trained with (``pretrain_axes``), e.g. ``{"train.seed": 1}``."""
 
 
 def plan_jobs(config: SweepConfig) -> list[Job]:
@@ -34,55 +38,75 @@ def plan_jobs(config: SweepConfig) -> list[Job]:
 
 
 def _pretrain_jobs(config: SweepConfig) -> tuple[list[Job], list[PlannedCheckpoint]]:
-    if config.pretrain is None:
-        return [], []
-    rungs = plan_ladder(config.pretrain)
-    if config.pretrain.ladder.mode == "wsd-branches":
-        return _wsd_jobs(rungs)
     jobs, checkpoints = [], []
-    for rung in rungs:
-        job = Job("pretrain", {"config": config_to_dict(rung.config), "branch_from": None}, label=f"pretrain {format_tokens(rung.budget_tokens)}")
-        jobs.append(job)
-        checkpoints.append(_final_checkpoint(rung, job.key))
+    for variant in pretrain_variants(config):
+        variant_jobs, variant_checkpoints = _ladder_jobs(variant.config, variant.factors)
+        jobs += variant_jobs
+        checkpoints += variant_checkpoints
     return jobs, checkpoints
 
 
-def _final_checkpoint(rung, job_key: str) -> PlannedCheckpoint:
+def _ladder_jobs(pretrain: PretrainConfig, factors: dict[str, Any]) -> tuple[list[Job], list[PlannedCheckpoint]]:
+    rungs = plan_ladder(pretrain)
+    where = "".join(f" {key.rsplit('.', 1)[-1]}={value}" for key, value in factors.items())
+    tagged = {"factors": factors} if factors else {}
+    if pretrain.ladder.mode == "wsd-branches":
+        return _wsd_jobs(rungs, factors, where)
+    jobs, checkpoints = [], []
+    for rung in rungs:
+        job = Job("pretrain", {"config": config_to_dict(rung.config), "branch_from": None, **tagged}, label=f"pretrain {format_tokens(rung.budget_tokens)}{where}")
+        jobs.append(job)
+        checkpoints.append(_final_checkpoint(rung, job.key, factors))
+    return jobs, checkpoints
+
+
+def _final_checkpoint(rung, job_key: str, factors: dict[str, Any]) -> PlannedCheckpoint:
     train = rung.config.train
     tokens = train.total_steps * train.tokens_per_step
-    return PlannedCheckpoint(str(Path(rung.config.out_dir) / "checkpoints" / checkpoint_folder_name(train.total_steps, tokens)), tokens, job_key)
+    folder = Path(rung.config.out_dir) / "checkpoints" / checkpoint_folder_name(train.total_steps, tokens)
+    return PlannedCheckpoint(str(folder), tokens, job_key, factors)
 
 
-def _wsd_jobs(rungs) -> tuple[list[Job], list[PlannedCheckpoint]]:
+def _wsd_jobs(rungs, factors: dict[str, Any], where: str) -> tuple[list[Job], list[PlannedCheckpoint]]:
     """The trunk in segments, one per branch point, so each branch (and its probes) starts as soon as
     the trunk passes its branch point, in parallel with the rest of the trunk."""
     trunk, branches = rungs[0], sorted(rungs[1:], key=lambda rung: rung.branch_from_tokens)
     trunk_spec = config_to_dict(trunk.config)
+    tagged = {"factors": factors} if factors else {}
     tokens_per_step = trunk.config.train.tokens_per_step
     jobs, checkpoints, previous = [], [], ()
     for rung in branches:
         start = rung.branch_from_tokens
-        segment = Job("pretrain", {"config": trunk_spec, "stop_at_tokens": start}, depends_on=previous,
-                      label=f"pretrain trunk to {format_tokens(start)}")
+        segment = Job("pretrain", {"config": trunk_spec, "stop_at_tokens": start, **tagged}, depends_on=previous,
+                      label=f"pretrain trunk to {format_tokens(start)}{where}")
         branch_from = str(Path(trunk.config.out_dir) / "checkpoints" / checkpoint_folder_name(start // tokens_per_step, start))
-        branch = Job("pretrain", {"config": config_to_dict(rung.config), "branch_from": branch_from}, depends_on=(segment.key,),
-                     label=f"pretrain {format_tokens(rung.budget_tokens)} (decay branch)")
+        branch = Job("pretrain", {"config": config_to_dict(rung.config), "branch_from": branch_from, **tagged}, depends_on=(segment.key,),
+                     label=f"pretrain {format_tokens(rung.budget_tokens)} (decay branch){where}")
         jobs += [segment, branch]
-        checkpoints.append(_final_checkpoint(rung, branch.key))
+        checkpoints.append(_final_checkpoint(rung, branch.key, factors))
         previous = (segment.key,)
-    final = Job("pretrain", {"config": trunk_spec, "stop_at_tokens": None}, depends_on=previous, label=f"pretrain {format_tokens(trunk.budget_tokens)}")
+    final = Job("pretrain", {"config": trunk_spec, "stop_at_tokens": None, **tagged}, depends_on=previous, label=f"pretrain {format_tokens(trunk.budget_tokens)}{where}")
     jobs.append(final)
-    checkpoints.append(_final_checkpoint(trunk, final.key))
+    checkpoints.append(_final_checkpoint(trunk, final.key, factors))
     return jobs, checkpoints
 
 
 def _noise_jobs(config: SweepConfig, checkpoint: PlannedCheckpoint) -> list[Job]:
     if config.noise is None:
         return []
-    spec = {"checkpoint": checkpoint.path, **config_to_dict(config.noise)}
+    spec = {"checkpoint": checkpoint.path, **config_to_dict(config.noise), **_factors_of(checkpoint)}
     depends = (checkpoint.made_by,) if checkpoint.made_by else ()
-    label = f"noise @ {format_tokens(checkpoint.tokens_seen) if checkpoint.tokens_seen else Path(checkpoint.path).name}"
-    return [Job("noise", spec, depends_on=depends, label=label)]
+    return [Job("noise", spec, depends_on=depends, label=f"noise @ {_where(checkpoint)}")]
+
+
+def _factors_of(checkpoint: PlannedCheckpoint) -> dict[str, Any]:
+    """The spec entry that carries the pre-training factors into the probe's row (none without axes)."""
+    return {"factors": checkpoint.factors} if checkpoint.factors else {}
+
+
+def _where(checkpoint: PlannedCheckpoint) -> str:
+    where = format_tokens(checkpoint.tokens_seen) if checkpoint.tokens_seen else Path(checkpoint.path).name
+    return where + "".join(f" {key.rsplit('.', 1)[-1]}={value}" for key, value in checkpoint.factors.items())
 
 
 def _finetune_jobs(config: SweepConfig, checkpoint: PlannedCheckpoint) -> list[Job]:
@@ -91,7 +115,6 @@ def _finetune_jobs(config: SweepConfig, checkpoint: PlannedCheckpoint) -> list[J
         return []
     shared = {k: v for k, v in config_to_dict(sweep).items() if k not in ("tasks", "lrs", "seeds", "reg_lambdas", "eval_tokens")}
     depends = (checkpoint.made_by,) if checkpoint.made_by else ()
-    where = format_tokens(checkpoint.tokens_seen) if checkpoint.tokens_seen else Path(checkpoint.path).name
     jobs = []
     for task in sweep.tasks:
         for lr in sweep.lrs:
@@ -99,8 +122,8 @@ def _finetune_jobs(config: SweepConfig, checkpoint: PlannedCheckpoint) -> list[J
                 for reg_lambda in sweep.reg_lambdas:
                     finetune = {**shared, "task": task, "lr": lr, "seed": seed, "reg_lambda": reg_lambda}
                     FinetuneConfig(**finetune).validate()
-                    spec = {"checkpoint": checkpoint.path, "eval_tokens": sweep.eval_tokens, "finetune": finetune}
-                    label = f"finetune {task} lr={lr:g} seed={seed} @ {where}"
+                    spec = {"checkpoint": checkpoint.path, "eval_tokens": sweep.eval_tokens, "finetune": finetune, **_factors_of(checkpoint)}
+                    label = f"finetune {task} lr={lr:g} seed={seed} @ {_where(checkpoint)}"
                     jobs.append(Job("finetune", spec, depends_on=depends, label=label))
     return jobs
 

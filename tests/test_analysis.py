@@ -1,0 +1,67 @@
+"""Analysis on frames with known structure: pre-training seeds as units, factor families, the paper's claims."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from overtrain.results import analysis
+from overtrain.sweep.config import load_sweep_config, pretrain_variants
+from overtrain.sweep.plan import plan_jobs
+
+TOKENS = [250_000, 500_000, 1_000_000, 2_000_000, 4_000_000, 8_000_000]
+
+
+def _u_curve(minimum_at: float, depth: float = 0.2) -> np.ndarray:
+    x = np.log(np.asarray(TOKENS, dtype=float))
+    return 2.0 + depth * (x - np.log(minimum_at)) ** 2
+
+
+def _finetune_rows(lr: float, minimum_at: float, pretrain_seeds: int) -> list[dict]:
+    rows = []
+    for pretrain_seed in range(pretrain_seeds):
+        curve = _u_curve(minimum_at) + 0.01 * pretrain_seed
+        for index, (tokens, after) in enumerate(zip(TOKENS, curve)):
+            before = after - 0.1 * (index + 1)  # forgetting grows with tokens by construction
+            rows.append({"task": "t", "lr": lr, "reg_lambda": 0.0, "seed": 0, "pretrain_seed": pretrain_seed,
+                         "tokens_seen": tokens, "ood_loss_before": before, "ood_loss_after": after,
+                         "forgetting": after - before, "id_loss_after": 1.0})
+    return rows
+
+
+def test_intervals_are_over_pretraining_seeds_when_there_are_several() -> None:
+    frame = pd.DataFrame(_finetune_rows(1e-2, 1_000_000, pretrain_seeds=3))
+    (summary,) = analysis.finetune_summary(frame)["t"]
+    assert summary.inflection.units == 3 and summary.inflection.resampled == "pre-training seeds"
+    assert summary.inflection.interval_kind == "bootstrap 95%"
+    single = pd.DataFrame(_finetune_rows(1e-2, 1_000_000, pretrain_seeds=1))
+    (one,) = analysis.finetune_summary(single)["t"]
+    assert one.inflection.resampled == "fine-tuning seeds (one pre-training seed)" and one.inflection.units == 1
+
+
+def test_claims_read_a_larger_lr_moving_the_minimum_earlier() -> None:
+    frame = pd.DataFrame(_finetune_rows(3e-3, 2_000_000, 3) + _finetune_rows(1e-2, 700_000, 3))
+    claims = {claim.label: claim for claim in analysis.paper_claims(pd.DataFrame(), frame)}
+    assert claims["(d) loss after fine-tuning is U-shaped"].holds
+    assert claims["(d) larger LR, earlier minimum"].holds
+    assert claims["(d) forgetting grows with tokens"].holds
+    swapped = pd.DataFrame(_finetune_rows(3e-3, 700_000, 3) + _finetune_rows(1e-2, 2_000_000, 3))
+    claims = {claim.label: claim for claim in analysis.paper_claims(pd.DataFrame(), swapped)}
+    assert not claims["(d) larger LR, earlier minimum"].holds
+
+
+def test_factor_families_get_their_own_curves() -> None:
+    rows = [dict(r, **{"pretrain.train.weight_decay": 0.1}) for r in _finetune_rows(1e-2, 4_000_000, 3)]
+    rows += [dict(r, **{"pretrain.train.weight_decay": 1.0}) for r in _finetune_rows(1e-2, 500_000, 3)]
+    names = [summary.name for summary in analysis.finetune_summary(pd.DataFrame(rows))["t"]]
+    assert names == ["weight_decay=0.1 lr=0.01", "weight_decay=1 lr=0.01"]
+
+
+def test_pretrain_axes_plan_one_ladder_per_combination() -> None:
+    config = load_sweep_config("src/overtrain/recipes/demo.yaml", ["out_dir=runs/x", "pretrain_axes.train.seed=[0,1,2]"])
+    variants = pretrain_variants(config)
+    assert [v.config.train.seed for v in variants] == [0, 1, 2]
+    assert len({v.config.out_dir for v in variants}) == 3
+    jobs = plan_jobs(config)
+    probe_factors = {tuple(job.spec["factors"].items()) for job in jobs if job.kind != "pretrain"}
+    assert probe_factors == {(("train.seed", seed),) for seed in (0, 1, 2)}
