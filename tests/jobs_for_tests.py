@@ -33,6 +33,7 @@ def register_test_kinds() -> None:
         "read_text": "read_text_job",
         "threads": "threads_job",
         "die": "dying_job",
+        "write_checkpoint": "write_checkpoint_job",
     }.items():
         register_job_kind(kind, f"jobs_for_tests:{function}")
 
@@ -65,6 +66,22 @@ def write_text_job(spec: Mapping[str, Any]) -> JobOutput:
     """Writes a file, like a pretrain job writing a checkpoint."""
     Path(spec["path"]).write_text(spec["text"])
     return JobOutput(metrics={"length": len(spec["text"])}, artifacts={"file": spec["path"]})
+
+
+def write_checkpoint_job(spec: Mapping[str, Any]) -> JobOutput:
+    """Writes a folder shaped like a checkpoint (weights + overtrain.json with their sha256), like pretrain."""
+    import hashlib
+    import json
+
+    folder = Path(spec["folder"])
+    folder.mkdir(parents=True, exist_ok=True)
+    weights = bytes(range(256)) * int(spec.get("kilobytes", 4)) * 4
+    (folder / "model.safetensors").write_bytes(weights)
+    checksums = {"model.safetensors": hashlib.sha256(weights).hexdigest()}
+    (folder / "overtrain.json").write_text(json.dumps({"checksums": checksums}))
+    _log_run(spec.get("index", -1))
+    return JobOutput(metrics={"bytes": len(weights)}, artifacts={"checkpoint": str(folder)},
+                     provenance={"checkpoint_sha256": checksums["model.safetensors"]})
 
 
 def read_text_job(spec: Mapping[str, Any]) -> JobOutput:
@@ -115,8 +132,12 @@ def main(argv: list[str]) -> None:
     executor = LocalProcessExecutor(workers=2) if argv[2:] == ["processes"] else InProcessExecutor()
     iterations = int(os.environ.get("OVERTRAIN_TEST_ITERATIONS", "12"))
     register_test_kinds()
-    with ResultStore(store_path) as store:
-        summary = run_jobs(integer_work_jobs(count, iterations=iterations), store, executor, progress=False)
+    try:
+        with ResultStore(store_path) as store:
+            summary = run_jobs(integer_work_jobs(count, iterations=iterations), store, executor, progress=False)
+    except OvertrainError as error:  # as the CLI does: the message alone, status 2
+        print(error, file=sys.stderr)
+        raise SystemExit(2) from None
     print(f"done={summary.done} skipped={summary.skipped} failed={summary.failed}")
 
 

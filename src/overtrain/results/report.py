@@ -9,12 +9,15 @@ from __future__ import annotations
 import base64
 import html
 import math
+import os
+import shutil
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
-from overtrain.atomic import atomic_write_text
+from overtrain.atomic import TEMPORARY_MARK, atomic_write_text
 from overtrain.errors import OvertrainError
 from overtrain.results import analysis
 from overtrain.results.plots import Curve, InflectionMark, Panel, plot_panels
@@ -106,14 +109,59 @@ def _weight_norm_section(pretrain: pd.DataFrame, report: Report) -> None:
 
 
 def write_report(store_path: Path, out_dir: Path) -> Report:
-    """Write figures, report.html and summary.md for the results in ``store_path``."""
-    if not Path(store_path).is_file():
+    """Write figures, report.html and summary.md for the results in ``store_path``.
+
+    Raises :class:`OvertrainError` (and writes nothing) when the store is missing, empty or holds no
+    row a report can show ("nothing to report"), or when ``out_dir`` cannot be written. The report is
+    built in a temporary sibling folder and moved into ``out_dir`` only when complete, so a failed
+    report leaves neither an empty nor a half-written folder behind.
+    """
+    store_path, final = Path(store_path), Path(out_dir)
+    frames = _read_store(store_path)
+    staging = _staging_folder(final)
+    try:
+        report = _build_report(frames, Report(staging))
+        _publish(staging, final)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    report.folder = final
+    report.figures = [final / path.name for path in report.figures]
+    return report
+
+
+@dataclass
+class _Frames:
+    noise: pd.DataFrame
+    finetune: pd.DataFrame
+    pretrain: pd.DataFrame
+
+
+def _nothing_to_report(store_path: Path, why: str) -> OvertrainError:
+    return OvertrainError(
+        f"nothing to report: the results store {store_path} {why}",
+        "run `overtrain sweep SPEC.yaml` until jobs finish (it writes the report itself), then `overtrain report` again",
+    )
+
+
+def _read_store(store_path: Path) -> _Frames:
+    """The three frames of a store that has something to report; the store is not written to."""
+    if store_path.is_dir():
+        raise OvertrainError(f"results store {store_path} is a folder", f"pass the store file, e.g. {store_path / 'results.sqlite'}")
+    if not store_path.is_file():
         raise OvertrainError(f"no results store at {store_path}", "run `overtrain sweep SPEC.yaml` first, or pass the path of results.sqlite")
-    report = Report(Path(out_dir))
-    report.folder.mkdir(parents=True, exist_ok=True)
+    if store_path.stat().st_size == 0:
+        raise _nothing_to_report(store_path, "is an empty file")
     with ResultStore(store_path) as store:
-        noise, finetune = analysis.noise_frame(store), analysis.finetune_frame(store)
-        pretrain = analysis.pretrain_frame(store)
+        if len(store) == 0:
+            raise _nothing_to_report(store_path, "holds no finished job")
+        frames = _Frames(analysis.noise_frame(store), analysis.finetune_frame(store), analysis.pretrain_frame(store))
+    if frames.noise.empty and frames.finetune.empty and frames.pretrain.empty:
+        raise _nothing_to_report(store_path, "holds no pre-training, noise or fine-tuning result")
+    return frames
+
+
+def _build_report(frames: _Frames, report: Report) -> Report:
+    noise, finetune, pretrain = frames.noise, frames.finetune, frames.pretrain
     report.headlines += [claim.headline() for claim in analysis.paper_claims(noise, finetune)]
     if not pretrain.empty:
         report.tables["Pre-training runs"] = pretrain.sort_values("tokens_seen")
@@ -127,6 +175,39 @@ def write_report(store_path: Path, out_dir: Path) -> Report:
     atomic_write_text(report.html_path, render_html(report))
     atomic_write_text(report.folder / "summary.md", render_markdown(report))
     return report
+
+
+def _unwritable_report_folder(folder: Path, reason: str) -> OvertrainError:
+    return OvertrainError(f"cannot write the report to {folder} ({reason})", "pass --out a folder you can write (or make this one writable)")
+
+
+def _staging_folder(final: Path) -> Path:
+    """A fresh temporary folder beside ``final`` (in its nearest existing ancestor), refusing unusable targets."""
+    if final.exists() and not final.is_dir():
+        raise _unwritable_report_folder(final, "it is a file, not a folder")
+    ancestor = next((folder for folder in [final.parent, *final.parent.parents] if folder.exists()), Path("."))
+    if not ancestor.is_dir():
+        raise _unwritable_report_folder(final, f"{ancestor} is a file, not a folder")
+    try:
+        if final.is_dir():  # an existing report folder must take new files
+            tempfile.TemporaryFile(dir=final).close()
+        return Path(tempfile.mkdtemp(prefix=final.name + TEMPORARY_MARK, dir=ancestor))
+    except OSError as error:
+        raise _unwritable_report_folder(final, error.strerror or str(error)) from None
+
+
+def _publish(staging: Path, final: Path) -> None:
+    """Move the finished files into ``final`` (figures first, report.html last); create it only now."""
+    created = not final.exists()
+    files = sorted(staging.iterdir(), key=lambda path: (path.name in ("summary.md", "report.html"), path.name))
+    try:
+        final.mkdir(parents=True, exist_ok=True)
+        for path in files:
+            os.replace(path, final / path.name)
+    except OSError as error:
+        if created and final.is_dir() and not any(final.iterdir()):
+            final.rmdir()
+        raise _unwritable_report_folder(final, error.strerror or str(error)) from None
 
 
 def _format_cell(value) -> str:

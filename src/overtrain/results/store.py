@@ -9,11 +9,12 @@ spec, its metrics, artifacts and provenance as JSON; :meth:`ResultStore.to_dataf
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import math
 import sqlite3
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -70,12 +71,13 @@ class ResultStore:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         _refuse_non_sqlite_file(self.path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._connection = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_SECONDS, isolation_level=None)
+        self._connection = _connect(self.path)
         try:
             _prepare(self._connection, self.path)
         except sqlite3.DatabaseError as error:
             self._connection.close()
+            if _is_access_error(error):
+                raise _unwritable_store_error(self.path, error) from None
             raise _damaged_store_error(self.path, error) from error
         except BaseException:
             self._connection.close()
@@ -107,10 +109,31 @@ class ResultStore:
         """Store a finished job in one transaction (a re-run of the same key replaces the row)."""
         values = _row_values(job, output, provenance, seconds)
         placeholders = ", ".join("?" for _ in COLUMNS)
+        with self._transaction() as connection:
+            connection.execute(f"INSERT OR REPLACE INTO results ({', '.join(COLUMNS)}) VALUES ({placeholders})", values)
+
+    def delete(self, keys: Iterable[str]) -> int:
+        """Remove the rows of ``keys`` in one transaction (their jobs then count as not run); returns how many."""
+        keys = list(keys)
+        with self._transaction() as connection:
+            removed = sum(connection.execute("DELETE FROM results WHERE key = ?", (key,)).rowcount for key in keys)
+        return removed
+
+    def update_provenance(self, key: str, entries: Mapping[str, Any]) -> None:
+        """Merge ``entries`` into the provenance of the row ``key`` (no-op if there is no such row)."""
+        with self._transaction() as connection:
+            row = connection.execute("SELECT provenance_json FROM results WHERE key = ?", (key,)).fetchone()
+            if row is not None:
+                merged = {**json.loads(row[0]), **dict(entries)}
+                text = json.dumps(merged, sort_keys=True, default=str)
+                connection.execute("UPDATE results SET provenance_json = ? WHERE key = ?", (text, key))
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
         connection = self._connection
         connection.execute("BEGIN IMMEDIATE")
         try:
-            connection.execute(f"INSERT OR REPLACE INTO results ({', '.join(COLUMNS)}) VALUES ({placeholders})", values)
+            yield connection
             connection.execute("COMMIT")
         except BaseException:
             connection.execute("ROLLBACK")
@@ -148,16 +171,26 @@ class ResultStore:
                 f"cannot export results to {path}: unknown file type {path.suffix or '(none)'!r}",
                 "name the output file *.csv or *.parquet",
             )
+        if path.is_dir():
+            raise OvertrainError(f"cannot export results to {path}: it is a folder", f"name a file, e.g. {path / 'results.csv'}")
         frame = _json_encode_nested_cells(self.to_dataframe(kind)).convert_dtypes()
-        atomic_write_bytes(path, writers[path.suffix.lower()](frame))
+        try:
+            atomic_write_bytes(path, writers[path.suffix.lower()](frame))
+        except OSError as error:
+            raise OvertrainError(
+                f"cannot write {path} ({error.strerror or error})", f"make {path.parent} writable, or export to another path"
+            ) from None
         return path
 
 
 def _refuse_non_sqlite_file(path: Path) -> None:
+    if path.is_dir():
+        raise OvertrainError(
+            f"results store {path} is a folder, not a file",
+            f"point the store at a file, e.g. {path / 'results.sqlite'}",
+        )
     if not path.exists() or path.stat().st_size == 0:
         return
-    if path.is_dir():
-        raise OvertrainError(f"results store {path} is a folder", "point the store at a file, e.g. results.sqlite")
     with open(path, "rb") as handle:
         header = handle.read(len(SQLITE_HEADER))
     if header != SQLITE_HEADER:
@@ -165,6 +198,29 @@ def _refuse_non_sqlite_file(path: Path) -> None:
             f"{path} is not an SQLite file, so it cannot be an overtrain results store",
             "choose another path for the store, or move this file aside if it was damaged (finished jobs are then run again)",
         )
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    """Open (or create) the SQLite file; a folder that cannot hold it becomes one clear message."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return sqlite3.connect(path, timeout=BUSY_TIMEOUT_SECONDS, isolation_level=None)
+    except (OSError, sqlite3.OperationalError) as error:
+        raise _unwritable_store_error(path, error) from None
+
+
+def _is_access_error(error: sqlite3.DatabaseError) -> bool:
+    """SQLite's words for a file or folder it may not write (as opposed to a damaged file)."""
+    text = str(error).lower()
+    return any(words in text for words in ("readonly", "read-only", "unable to open", "disk i/o error", "permission"))
+
+
+def _unwritable_store_error(path: Path, error: BaseException) -> OvertrainError:
+    reason = getattr(error, "strerror", None) or str(error)
+    return OvertrainError(
+        f"cannot open the results store {path} for writing ({reason})",
+        f"make {path.parent} and {path.name} writable, or choose another out_dir / store path",
+    )
 
 
 def _prepare(connection: sqlite3.Connection, path: Path) -> None:

@@ -2,13 +2,18 @@
 write each result to the store the moment it arrives.
 
 The driver alone writes the store, so killing a sweep (even with SIGKILL) loses only the jobs in flight,
-and running it again does only what is missing.
+and running it again does only what is missing. One driver at a time: :func:`run_jobs` holds the
+store's lock (:mod:`overtrain.sweep.lock`) and a second driver on the same store is refused, naming the
+first. Before planning, the artefacts that stored rows point to (checkpoints) are checked
+(:mod:`overtrain.sweep.artifacts`): a job whose output was deleted or damaged loses its row and runs again.
 """
 
 from __future__ import annotations
 
 import sys
 import time
+from datetime import datetime, timezone
+from pathlib import Path
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,7 +21,9 @@ from typing import Any
 from overtrain.provenance import collect_provenance
 from overtrain.results.records import Job, JobFailure, JobOutput
 from overtrain.results.store import ResultStore
+from overtrain.sweep.artifacts import FINGERPRINT_KEY, check_artifacts, fingerprint_artifacts
 from overtrain.sweep.executors import BLOCKED_ERROR_TYPE, Executor, InProcessExecutor, Outcome
+from overtrain.sweep.lock import driver_lock
 from overtrain.sweep.workers import job_function_path, resolve_job_function
 
 
@@ -34,11 +41,14 @@ class RunSummary:
     """Jobs not run because a dependency failed or is missing."""
     failures: dict[str, str] = field(default_factory=dict)
     """Job key -> 'label: message' for every failed or blocked job."""
+    repaired: dict[str, str] = field(default_factory=dict)
+    """Job key -> 'label: problem' for every stored job whose artefact was missing or damaged (run again)."""
     seconds: float = 0.0
 
     def __str__(self) -> str:
         text = f"{self.done} run, {self.skipped} already stored, {self.failed} failed"
         text += f", {self.blocked} blocked" if self.blocked else ""
+        text += f", {len(self.repaired)} re-run for a missing or damaged artefact" if self.repaired else ""
         return f"{text} (of {self.total} jobs) in {self.seconds:.1f} s"
 
 
@@ -46,13 +56,21 @@ def run_jobs(jobs: Iterable[Job], store: ResultStore, executor: Executor | None 
     """Run the jobs not yet in ``store`` on ``executor`` (in-process by default); store each as it ends.
 
     One progress bar covers the whole sweep. A job that raises is counted as failed with its message,
-    is not stored (so the next run retries it), and does not stop the others.
+    is not stored (so the next run retries it), and does not stop the others. The store's driver lock
+    is held throughout: a second driver on the same store raises :class:`OvertrainError` naming this one.
+    Stored jobs whose artefacts are missing or damaged are re-planned first (:func:`repair_damaged_jobs`).
     """
+    with driver_lock(store.path):
+        return _run_locked(list(jobs), store, executor, progress)
+
+
+def _run_locked(jobs: list[Job], store: ResultStore, executor: Executor | None, progress: bool) -> RunSummary:
     start_seconds = time.perf_counter()
     unique_jobs = list({job.key: job for job in jobs}.values())
+    repaired = repair_damaged_jobs(unique_jobs, store, progress)
     finished_keys = store.finished_keys()
     to_run = [job for job in unique_jobs if job.key not in finished_keys]
-    summary = RunSummary(total=len(unique_jobs), skipped=len(unique_jobs) - len(to_run))
+    summary = RunSummary(total=len(unique_jobs), skipped=len(unique_jobs) - len(to_run), repaired=repaired)
     if not to_run:
         _say(progress, f"all {summary.total} jobs are already in {store.path}; nothing to run")
         return summary
@@ -70,6 +88,39 @@ def run_jobs(jobs: Iterable[Job], store: ResultStore, executor: Executor | None 
     return summary
 
 
+def repair_damaged_jobs(jobs: list[Job], store: ResultStore, progress: bool = True) -> dict[str, str]:
+    """Delete the rows of ``jobs`` whose artefacts are missing or damaged, so they run again; say which.
+
+    A damaged artefact is moved aside (``NAME.damaged-TIME``, kept for inspection, never read again)
+    so that its job can write it anew. Intact artefacts whose file times changed get fresh fingerprints.
+    Returns job key -> 'label: problem' for every job re-planned.
+    """
+    planned = {job.key for job in jobs}
+    repaired: dict[str, str] = {}
+    for row in store.rows():
+        if row.key not in planned or not row.artifacts:
+            continue
+        check = check_artifacts(row.artifacts, row.provenance)
+        if check.problem is None:
+            if check.refreshed is not None:
+                store.update_provenance(row.key, {FINGERPRINT_KEY: check.refreshed})
+            continue
+        moved = [_move_aside(Path(path)) for path in row.artifacts.values() if Path(path).exists()]
+        store.delete([row.key])
+        repaired[row.key] = f"{row.label}: {check.problem}"
+        where = "".join(f"; the damaged copy is kept as {path}" for path in moved)
+        _say(progress, f"re-running {row.label}: {check.problem}{where}")
+    return repaired
+
+
+def _move_aside(path: Path) -> Path:
+    """Rename a damaged artefact out of the way (its name no longer parses as a checkpoint)."""
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
+    target = path.with_name(f"{path.name}.damaged-{stamp}")
+    path.rename(target)
+    return target
+
+
 def _check_job_functions(jobs: list[Job]) -> None:
     """Fail before running anything if a job kind is unregistered or its function cannot be imported."""
     for kind in sorted({job.kind for job in jobs}):
@@ -79,6 +130,8 @@ def _check_job_functions(jobs: list[Job]) -> None:
 def _record(job: Job, outcome: Outcome, seconds: float, store: ResultStore, base: dict[str, Any], summary: RunSummary) -> None:
     if isinstance(outcome, JobOutput):
         provenance = {**base, "job_key": job.key, "seed": job.spec.get("seed"), **outcome.provenance}
+        if outcome.artifacts:
+            provenance[FINGERPRINT_KEY] = fingerprint_artifacts(outcome.artifacts)
         store.put(job, outcome, provenance, seconds)
         summary.done += 1
         return
@@ -161,8 +214,7 @@ def run_sweep_file(path: str | None, overrides: list[str], dry_run: bool) -> int
 
         print(format_estimate(estimate_sweep_seconds(config, jobs)))
         return 0
-    config.store_path.parent.mkdir(parents=True, exist_ok=True)
-    with ResultStore(config.store_path) as store:
+    with ResultStore(config.store_path) as store:  # creates its folder, or says why it cannot
         summary = run_jobs(jobs, store, build_executor(config.executor))
     if summary.failures:
         print("failed jobs:\n" + "\n".join(f"  {line}" for line in summary.failures.values()))
