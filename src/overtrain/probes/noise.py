@@ -6,14 +6,15 @@ initialized to a constant (norm gains, std 0) get none; gamma is the same for ev
 For models whose initialization is unknown there are two more modes: ``relative`` (std = gamma times the
 tensor's current RMS) and ``absolute`` (std = gamma).
 
-Each draw is undone by copying the tensors back from the checkpoint's own safetensors file: the file on
-disk is already a copy of the weights, so no second copy is held in memory, and the restored weights are
-bitwise equal to the originals.
+Each draw is undone by copying the tensors back from the checkpoint's own safetensors files, one tensor at
+a time: the files on disk are already a copy of the weights, so the probe holds at most one extra tensor
+(the noise being added, or the tensor being read back), never a second state dict, and the restored
+weights are bitwise equal to the loaded ones.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,17 +44,25 @@ def check_gamma(gamma: float) -> None:
 
 
 def noise_std_per_tensor(
-    named_parameters: Mapping[str, torch.Tensor], mode: str, gamma: float, init_std: Mapping[str, float] | None
+    named_parameters: Mapping[str, torch.Tensor],
+    mode: str,
+    gamma: float,
+    init_std: Mapping[str, float] | None,
+    init_std_source: str = "this checkpoint records none",
 ) -> dict[str, float]:
-    """Std of the noise added to each tensor under ``mode`` (0 means the tensor is left alone)."""
+    """Std of the noise added to each tensor under ``mode`` (0 means the tensor is left alone).
+
+    ``init_std_source`` says why ``init_std`` is missing, for the error of mode=init.
+    """
     check_gamma(gamma)
     if mode not in NOISE_MODES:
         raise OvertrainError(f"unknown noise mode {mode!r}", f"use one of {', '.join(NOISE_MODES)}")
     if mode == "init":
         if init_std is None:
             raise OvertrainError(
-                "this checkpoint records no initialization std, so init-scaled noise (mode=init) is undefined",
-                "use mode=relative (noise scaled by each tensor's RMS) or mode=absolute (the same std everywhere)",
+                f"init-scaled noise (mode=init) needs each tensor's initialization std, and {init_std_source}",
+                "use mode=relative (noise scaled by each tensor's RMS) or mode=absolute (the same std everywhere), "
+                "or give init std rules such as init_std_rules={'*': 0.02}",
             )
         missing = [name for name in named_parameters if name not in init_std]
         if missing:
@@ -76,29 +85,48 @@ def perturb_(named_parameters: Mapping[str, torch.Tensor], std_by_name: Mapping[
 
 
 @torch.no_grad()
-def restore_from_safetensors(named_parameters: Mapping[str, torch.Tensor], weights_file: Path) -> None:
-    """Copy every tensor back from the checkpoint file (bitwise restore, one tensor in memory at a time)."""
-    with safe_open(str(weights_file), framework="pt") as handle:
-        stored = set(handle.keys())
-        for name, param in named_parameters.items():
-            if name not in stored:
-                raise OvertrainError(f"{weights_file} has no tensor {name}", "the checkpoint does not match the model")
-            param.copy_(handle.get_tensor(name))
+def restore_from_safetensors(
+    named_parameters: Mapping[str, torch.Tensor],
+    weights: Path | Sequence[Path],
+    keys: Mapping[str, str] | None = None,
+) -> None:
+    """Copy every tensor back from the weight file(s) (bitwise restore, one tensor in memory at a time).
+
+    ``keys`` maps a parameter name to its key in the files where they differ (a tied ``lm_head`` stored as
+    the embedding); by default the names are the keys.
+    """
+    files = [Path(weights)] if isinstance(weights, (str, Path)) else [Path(file) for file in weights]
+    wanted = {name: (keys or {}).get(name, name) for name in named_parameters}
+    remaining = dict(wanted)
+    for file in files:
+        with safe_open(str(file), framework="pt") as handle:
+            stored = set(handle.keys())
+            for name, key in list(remaining.items()):
+                if key in stored:
+                    named_parameters[name].copy_(handle.get_tensor(key))
+                    del remaining[name]
+    if remaining:
+        raise OvertrainError(f"{', '.join(map(str, files))} hold no tensor {sorted(remaining.values())[:3]}", "the checkpoint does not match the model")
 
 
 @contextmanager
 def perturbed(
-    model: torch.nn.Module, draw: NoiseDraw, init_std: Mapping[str, float] | None, weights_file: Path
+    model: torch.nn.Module,
+    draw: NoiseDraw,
+    init_std: Mapping[str, float] | None,
+    weights: Path | Sequence[Path],
+    keys: Mapping[str, str] | None = None,
+    init_std_source: str = "this checkpoint records none",
 ) -> Iterator[torch.nn.Module]:
     """``with perturbed(model, draw, ...) as noisy:`` evaluates ``noisy``; the weights are restored after."""
     named = dict(model.named_parameters())  # tied tensors are listed once, so they get noise once
-    std_by_name = noise_std_per_tensor(named, draw.mode, draw.gamma, init_std)
+    std_by_name = noise_std_per_tensor(named, draw.mode, draw.gamma, init_std, init_std_source)
     generator = torch.Generator().manual_seed(draw.seed)
     try:
         perturb_(named, std_by_name, generator)
         yield model
     finally:
-        restore_from_safetensors(named, weights_file)
+        restore_from_safetensors(named, weights, keys)
 
 
 @dataclass(frozen=True)
@@ -106,7 +134,9 @@ class NoiseRecord:
     """The probe's read-out for one (checkpoint, gamma, seed): losses in nats per token."""
 
     checkpoint: str
-    tokens_seen: int
+    """The reference probed: a checkpoint folder or hf:ORG/NAME@REVISION (its identity: ``target.identity``)."""
+    tokens_seen: int | None
+    """Pre-training tokens, ``None`` for a foreign model whose count is unknown."""
     gamma: float
     seed: int
     mode: str
@@ -129,14 +159,16 @@ def run_noise_probe(target, gammas: list[float], seeds: list[int], mode: str = "
     """
     for gamma in gammas:
         check_gamma(gamma)
-    init_std = target.info.init_std if mode == "init" else None
+    init_std = target.init_std if mode == "init" else None
+    noise_std_per_tensor(dict(target.model.named_parameters()), mode, 0.0, init_std, target.init_std_source)  # fail before any loss
     base = target.pretraining_loss().loss
     records = []
     for gamma in gammas:
         for seed in seeds:
-            with perturbed(target.model, NoiseDraw(gamma, seed, mode), init_std, target.weights_file) as noisy:
+            draw = NoiseDraw(gamma, seed, mode)
+            with perturbed(target.model, draw, init_std, target.weight_files, target.parameter_keys, target.init_std_source) as noisy:
                 loss = target.pretraining_loss(noisy).loss
-            records.append(NoiseRecord(str(target.info.folder), target.tokens_seen, gamma, seed, mode, base, loss))
+            records.append(NoiseRecord(target.reference, target.tokens_seen, gamma, seed, mode, base, loss))
             if on_draw is not None:
                 on_draw(records[-1])
     return records
