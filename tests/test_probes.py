@@ -109,24 +109,6 @@ def test_bad_finetune_input_is_explained(checkpoint: Path) -> None:
         run_finetune_probe(target, FinetuneConfig(task="wordnet-clas"))
 
 
-def test_cli_noise_and_finetune_write_records(checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    import json
-
-    from overtrain.cli import main as cli_main
-
-    run_folder = checkpoint.parent.parent  # a run folder stands for its newest checkpoint
-    noise_out, finetune_out = tmp_path / "noise.json", tmp_path / "finetune.json"
-    assert cli_main(["noise", str(run_folder), "gammas=[1,2]", "seeds=2", "eval_tokens=1024", "--out", str(noise_out)]) == 0
-    records = json.loads(noise_out.read_text())
-    assert [(r["gamma"], r["seed"]) for r in records] == [(1.0, 0), (1.0, 1), (2.0, 0), (2.0, 1)]
-    arguments = ["finetune", str(checkpoint), "task=wordnet-class", "lrs=[1e-3]", "steps=3", "batch_size=4",
-                 "max_train=20", "max_heldout=5", "eval_tokens=1024", "--out", str(finetune_out)]
-    assert cli_main(arguments) == 0
-    assert json.loads(finetune_out.read_text())[0]["task"] == "wordnet-class"
-    assert "forgetting" in capsys.readouterr().out
-    assert cli_main(["noise", str(checkpoint), "gammas=[-1]"]) == 2
-
-
 def test_tokenizer_mismatch_is_explained(checkpoint: Path, tmp_path: Path) -> None:
     from overtrain.data.tokenizer import save_hf_tokenizer, train_bpe_tokenizer
     from overtrain.probes.target import check_same_tokenizer

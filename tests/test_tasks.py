@@ -377,3 +377,62 @@ def test_a_dataset_dict_saved_to_disk_loads_split_by_split(tmp_path):
     datasets.DatasetDict(splits).save_to_disk(str(tmp_path))  # train/ and test/: arrow + state.json + dataset_info.json
     loaded = load_task("mr", data_path=tmp_path)
     assert (len(loaded.train), len(loaded.heldout)) == (6, 4) and loaded.heldout[0].prompt.startswith("Review: b movie")
+
+
+# ---------------------------------------------------------------- task=file:PATH, the user's own JSONL
+
+
+def _prompt_rows(count: int) -> list[dict]:
+    return [{"prompt": f"Q{i}: what is {i} plus one?\nA:", "completion": f" {i + 1}"} for i in range(count)]
+
+
+def test_file_task_reads_three_formats_and_trains_on_the_right_text(tmp_path):
+    rows = _prompt_rows(30) + [{"text": f"plain document number {i}"} for i in range(10)]
+    rows += [{"messages": [{"role": "user", "content": f"hi {i}"}, {"role": "assistant", "content": f"hello {i}"}]} for i in range(10)]
+    path = write_jsonl(tmp_path / "mine.jsonl", rows)
+    splits = load_task(f"file:{path}", seed=0)
+    everything = splits.train + splits.heldout
+    assert len(everything) == 50 and splits.train and splits.heldout
+    plain = [ex for ex in everything if ex.completion.startswith("plain document")]
+    assert plain and all(ex.prompt == "" for ex in plain)  # loss on every token
+    chat = [ex for ex in everything if ex.messages is not None]
+    assert len(chat) == 10 and all(ex.prompt.endswith("Assistant: ") and ex.completion.startswith("hello") for ex in chat)
+
+
+def test_file_task_heldout_is_fixed_by_a_hash_of_each_record_not_the_file_order(tmp_path):
+    rows = _prompt_rows(60)
+    forward = load_task(f"file:{write_jsonl(tmp_path / 'a.jsonl', rows)}", seed=0)
+    backward = load_task(f"file:{write_jsonl(tmp_path / 'b.jsonl', rows[::-1])}", seed=5)
+    assert forward.heldout == backward.heldout
+    assert set(forward.train) == set(backward.train) and not set(forward.train) & set(forward.heldout)
+    assert load_task(f"file:{tmp_path / 'a.jsonl'}", seed=1).train != forward.train  # the seed shuffles train only
+
+
+def test_a_tiny_file_still_holds_one_record_out(tmp_path):
+    splits = load_task(f"file:{write_jsonl(tmp_path / 'two.jsonl', _prompt_rows(2))}")
+    assert len(splits.train) == 1 and len(splits.heldout) == 1
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ('{"prompt": "a", "completion": "b"}\n{"prompt": "a", "completion": \n', "line 2: not valid JSON"),
+        ('{"question": "a", "answer": "b"}\n', "unknown record format with keys ['answer', 'question']"),
+        ('{"messages": [{"role": "user", "content": "only a question"}]}\n', "no assistant turn"),
+        ('{"messages": [{"role": "robot", "content": "x"}]}\n', "message 0 must be"),
+        ('[1, 2]\n', "must be a JSON object"),
+        ("\n\n", "holds no records"),
+    ],
+)
+def test_bad_task_files_are_explained_with_the_line(tmp_path, content, message):
+    path = tmp_path / "bad.jsonl"
+    path.write_text(content, encoding="utf-8")
+    with pytest.raises(OvertrainError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        load_task(f"file:{path}")
+
+
+def test_missing_task_file_is_explained(tmp_path):
+    with pytest.raises(OvertrainError, match="does not exist"):
+        load_task(f"file:{tmp_path / 'nope.jsonl'}")
+    with pytest.raises(OvertrainError, match="not a file"):
+        load_task(f"file:{tmp_path}")

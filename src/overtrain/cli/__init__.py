@@ -76,30 +76,66 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-NOISE_HELP = """\
-Adds N(0, (gamma * init_std)^2) noise to every tensor (none to norm gains), measures the held-out
-pre-training loss, and restores the weights bitwise. Settings: gammas=[0.5,1,2] seeds=2 (or [0,1])
-mode=init|relative|absolute eval_tokens=65536. Example:
-  overtrain noise runs/nano_ladder gammas=[1,2,4] seeds=3"""
+PROBE_USAGE = {
+    "noise": """\
+Adds Gaussian noise to every tensor (none to norm gains), measures the held-out pre-training loss, and
+restores the weights bitwise. Runs as a sweep into --out DIR (DIR/results.sqlite, DIR/report; run it
+again to resume; `overtrain report DIR` rebuilds the report). Examples:
+  overtrain noise runs/nano_ladder gammas=[1,2,4] seeds=3 --out runs/noise
+  overtrain noise MODEL_FOLDER gammas=[0.01,0.03] seeds=2 mode=relative eval_data=text.txt --out runs/noise_hf""",
+    "finetune": """\
+Fine-tunes each checkpoint (weights restored after each run) and stores ID task loss/accuracy and OOD
+forgetting (pre-training loss after minus before), one job per task x lr x seed x reg_lambda. Runs as a
+sweep into --out DIR, like `overtrain noise`. Examples:
+  overtrain finetune runs/nano_ladder task=kjv-to-web lrs=[1e-3,3e-3] steps=100 seeds=2
+  overtrain finetune runs/nano_ladder task=file:my_data.jsonl lr=1e-3 --out runs/ft_mine""",
+}
 
-FINETUNE_HELP = """\
-Fine-tunes each checkpoint (weights restored after each run) and reports ID task loss/accuracy and
-OOD forgetting (pre-training loss after minus before). Settings: task=NAME (see `overtrain tasks`)
-lrs=[1e-4,1e-3] seeds=2 steps=100 batch_size=16 reg_lambda=0 warmup_fraction=0.1 schedule=cosine
-max_train=2000 max_heldout=200 max_len=256 data_path=DIR eval_tokens=65536. Example:
-  overtrain finetune runs/nano_ladder task=kjv-to-web lrs=[1e-3,3e-3] steps=100"""
+
+class _LazyHelp(argparse.Action):
+    """``-h``: builds the description only when asked (it imports the settings classes, and with them torch)."""
+
+    def __init__(self, option_strings, dest, describe, **kwargs) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, help="show this help message and exit")
+        self.describe = describe
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        parser.description = self.describe()
+        parser.print_help()
+        parser.exit()
+
+
+def add_lazy_help(parser: argparse.ArgumentParser, describe) -> None:
+    parser.add_argument("-h", "--help", action=_LazyHelp, describe=describe)
+
+
+def probe_help(name: str) -> str:
+    """A probe verb's description: its usage and every key, generated from the settings dataclasses."""
+    from overtrain.cli.help import keys_help
+    from overtrain.sweep.config import ExecutorConfig, FinetuneSweep, NoiseSweep
+
+    section = NoiseSweep if name == "noise" else FinetuneSweep
+    return (f"{PROBE_USAGE[name]}\n\nsettings (key=value):\n{keys_help(section)}\n\n"
+            f"sweep settings:\n{keys_help(ExecutorConfig, 'executor.')}\n  report=true\n      write DIR/report when done")
+
+
+def sweep_help() -> str:
+    from overtrain.cli.help import keys_help
+    from overtrain.sweep.config import SweepConfig
+
+    return SWEEP_HELP + "\n\nkeys (section.key=value):\n" + keys_help(SweepConfig, expand=("noise", "finetune", "executor"))
 
 
 def _add_probe_parsers(verbs) -> None:
-    for name, text in (("noise", NOISE_HELP), ("finetune", FINETUNE_HELP)):
-        sub = verbs.add_parser(name, help=COMMANDS[name][1], description=COMMANDS[name][1] + ".\n\n" + text,
-                               formatter_class=argparse.RawDescriptionHelpFormatter)
+    for name in ("noise", "finetune"):
+        sub = verbs.add_parser(name, help=COMMANDS[name][1], add_help=False, formatter_class=argparse.RawDescriptionHelpFormatter)
+        add_lazy_help(sub, lambda name=name: COMMANDS[name][1] + ".\n\n" + probe_help(name))
         sub.add_argument("arguments", nargs="+", metavar="CHECKPOINT|key=value", help="checkpoint, run or ladder folders, then settings")
-        sub.add_argument("--out", default=f"runs/{name}_records.json", help="where to write the JSON records")
-        sub.add_argument("--dry-run", action="store_true", help="print the plan only")
+        sub.add_argument("--out", default=f"runs/{name}", help=f"folder of the store (results.sqlite) and the report (default runs/{name})")
+        sub.add_argument("--dry-run", action="store_true", help="print the plan and validate every setting; run nothing")
         sub.set_defaults(function=_run_verb)
-    sweep = verbs.add_parser("sweep", help=COMMANDS["sweep"][1], description=COMMANDS["sweep"][1] + ".\n\n" + SWEEP_HELP,
-                             formatter_class=argparse.RawDescriptionHelpFormatter)
+    sweep = verbs.add_parser("sweep", help=COMMANDS["sweep"][1], add_help=False, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_lazy_help(sweep, lambda: COMMANDS["sweep"][1] + ".\n\n" + sweep_help())
     add_config_arguments(sweep, "sweep spec YAML (see configs/)")
     sweep.set_defaults(function=_run_verb)
     demo = verbs.add_parser("demo", help=COMMANDS["demo"][1], description=COMMANDS["demo"][1] + ".\n\n" + DEMO_HELP,
@@ -116,10 +152,10 @@ def _add_probe_parsers(verbs) -> None:
 
 
 SWEEP_HELP = """\
-A sweep spec has: out_dir, pretrain (a pretrain-ladder config), checkpoints (existing folders), noise
-(gammas, seeds, mode, eval_tokens), finetune (tasks, lrs, seeds, reg_lambdas, steps, batch_size, ...),
-executor (kind: in-process|processes|ray, workers, threads_per_worker, ray_address), report.
-Jobs already in out_dir/results.sqlite are skipped: re-running resumes a killed sweep."""
+A sweep spec is a YAML of the keys below (see configs/demo/sweep_small.yaml); any key can be overridden
+on the command line (noise.gammas=[1,2]). Every setting of every job is checked before anything runs.
+Jobs already in out_dir/results.sqlite are skipped: re-running resumes a killed sweep.
+Lists: seeds=N means N seeds (0..N-1) everywhere, seeds=[4,7] those seeds; lr=X means lrs=[X]."""
 
 DEMO_HELP = """\
 Pre-trains a ladder of token budgets of a small model on the embedded corpus, runs the noise probe and

@@ -1,99 +1,112 @@
-"""``overtrain noise`` and ``overtrain finetune``: the two probes on checkpoints named on the command line.
+"""``overtrain noise`` and ``overtrain finetune``: one probe on the checkpoints named on the command line,
+run as a small sweep into a store.
 
-Checkpoint arguments may be a checkpoint folder, a run folder (its newest checkpoint), or a ladder folder
-(the final checkpoint of every budget), so ``overtrain noise runs/nano_ladder`` probes a whole ladder.
+``overtrain noise CHECKPOINT... [key=value ...] --out DIR`` is the sweep ``{out_dir: DIR, checkpoints:
+[CHECKPOINT...], noise: {key: value}}``: the same jobs, job keys, rows and progress bar as ``overtrain
+sweep``, stored in DIR/results.sqlite (resumable: run it again and only missing jobs run), with the
+report in DIR/report; ``overtrain report DIR`` rebuilds it. A checkpoint argument may be a checkpoint
+folder, a run folder (its newest checkpoint), or a ladder folder (the final checkpoint of every budget).
+Settings are the probe section's keys (``gammas=[1,2]``, ``lrs=[1e-3]``); ``executor.KEY=VALUE`` and
+``report=false`` set the sweep's own keys.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
-from overtrain.atomic import atomic_write_json
-from overtrain.checkpoints.discovery import expand_checkpoints
-from overtrain.config import apply_overrides, build_dataclass
+from overtrain.config import parse_override
 from overtrain.errors import OvertrainError
 from overtrain.units import format_tokens
 
+SWEEP_KEYS = ("executor", "report")
+"""Top-level sweep keys the probe verbs accept as they are; every other key belongs to the probe."""
+
 
 def split_paths_and_overrides(arguments: list[str]) -> tuple[list[str], list[str]]:
+    """Arguments with '=' are settings unless they name an existing path."""
     paths = [a for a in arguments if "=" not in a or Path(a).exists()]
     return paths, [a for a in arguments if a not in paths]
 
 
-def _seed_list(value) -> list[int]:
-    """``seeds=3`` means seeds 0, 1, 2; ``seeds=[4,5]`` means those."""
-    return list(range(int(value))) if isinstance(value, (int, float)) else [int(v) for v in value]
+def probe_overrides(probe: str, references: list[str], settings: list[str], out_dir: str) -> list[str]:
+    """The sweep overrides a probe verb stands for: out_dir, the checkpoints, and ``probe.KEY=VALUE``."""
+    overrides = [f"out_dir={json.dumps(out_dir)}", f"checkpoints={json.dumps(references)}", f"{probe}={{}}"]
+    for text in settings:
+        keys, _ = parse_override(text)
+        if keys[0] in SWEEP_KEYS:
+            overrides.append(text)
+        elif keys[0] == probe and len(keys) > 1:
+            overrides.append(text)
+        else:
+            overrides.append(f"{probe}.{text.strip()}")
+    return overrides
 
 
-def _settings(overrides: list[str], defaults: dict, allowed: set[str]) -> dict:
-    settings = apply_overrides(defaults, overrides)
-    unknown = set(settings) - allowed
-    if unknown:
-        raise OvertrainError(f"unknown setting(s) {', '.join(sorted(unknown))}", f"use {', '.join(sorted(allowed))}")
-    return settings
+def check_out_dir(out: str) -> str:
+    path = Path(out)
+    if path.exists() and not path.is_dir():
+        raise OvertrainError(f"--out {out} is a file", "--out names a folder (it will hold results.sqlite and report/), e.g. --out runs/noise")
+    return out
+
+
+def run_probe_verb(probe: str, args: argparse.Namespace) -> int:
+    """Run one probe verb as a sweep through the sweep driver; print the rows it stored."""
+    from overtrain.sweep.config import load_sweep_config
+    from overtrain.sweep.driver import run_sweep_file
+    from overtrain.sweep.plan import plan_jobs
+
+    references, settings = split_paths_and_overrides(args.arguments)
+    if not references:
+        raise OvertrainError(f"`overtrain {probe}` names no checkpoint", f"pass checkpoint, run or ladder folders first, e.g. overtrain {probe} runs/nano_ladder")
+    overrides = probe_overrides(probe, references, settings, check_out_dir(args.out))
+    code = run_sweep_file(None, overrides, args.dry_run)
+    if not args.dry_run:
+        config = load_sweep_config(None, overrides)
+        print_rows(probe, config.store_path, {job.key for job in plan_jobs(config)})
+    return code
+
+
+def print_rows(probe: str, store_path: Path, keys: set[str]) -> None:
+    """The stored rows of this invocation's jobs, one line per noise draw or fine-tuning run."""
+    from overtrain.results.store import ResultStore
+
+    if not store_path.is_file():
+        return
+    with ResultStore(store_path) as store:
+        rows = [row for row in store.rows(kind=probe) if row.key in keys]
+    lines = _noise_lines(rows) if probe == "noise" else _finetune_lines(rows)
+    print("\n".join(lines))
+
+
+def _where(row) -> str:
+    tokens = row.metrics.get("tokens_seen")
+    return format_tokens(tokens) if tokens else Path(str(row.spec["checkpoint"])).name
+
+
+def _noise_lines(rows) -> list[str]:
+    lines = [f"\n{'checkpoint':>12} {'gamma':>6} {'seed':>4} {'base':>8} {'perturbed':>10} {'delta':>8}"]
+    for row in sorted(rows, key=lambda row: (row.metrics.get("tokens_seen") or 0, row.spec["checkpoint"])):
+        for draw in row.metrics["draws"]:
+            lines.append(f"{_where(row):>12} {draw['gamma']:>6g} {draw['seed']:>4} {row.metrics['base_loss']:>8.4f} "
+                         f"{draw['perturbed_loss']:>10.4f} {draw['delta']:>+8.4f}")
+    return lines
+
+
+def _finetune_lines(rows) -> list[str]:
+    lines = [f"\n{'checkpoint':>12} {'task':>14} {'lr':>8} {'seed':>4} {'ID before':>10} {'ID after':>9} "
+             f"{'OOD before':>11} {'OOD after':>10} {'forgetting':>11}"]
+    for row in sorted(rows, key=lambda row: (row.metrics.get("tokens_seen") or 0, row.spec["checkpoint"], row.metrics["lr"])):
+        m = row.metrics
+        lines.append(f"{_where(row):>12} {m['task'][-14:]:>14} {m['lr']:>8g} {m['seed']:>4} {m['id_loss_before']:>10.4f} "
+                     f"{m['id_loss_after']:>9.4f} {m['ood_loss_before']:>11.4f} {m['ood_loss_after']:>10.4f} {m['forgetting']:>+11.4f}")
+    return lines
 
 
 def command_noise(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
-    from overtrain.probes.noise import check_gamma, run_noise_probe
-    from overtrain.probes.target import load_probe_target
-
-    paths, overrides = split_paths_and_overrides(args.arguments)
-    settings = _settings(overrides, {"gammas": [0.5, 1.0, 2.0], "seeds": 2, "mode": "init", "eval_tokens": 65536}, {"gammas", "seeds", "mode", "eval_tokens"})
-    gammas, seeds = [float(g) for g in settings["gammas"]], _seed_list(settings["seeds"])
-    for gamma in gammas:
-        check_gamma(gamma)
-    checkpoints = expand_checkpoints(paths)
-    print(f"noise probe: {len(checkpoints)} checkpoints x {len(gammas)} gammas x {len(seeds)} seeds, mode {settings['mode']}")
-    if args.dry_run:
-        return 0
-    records = []
-    with tqdm(total=len(checkpoints) * len(gammas) * len(seeds), unit="draw") as bar:
-        for folder in checkpoints:
-            target = load_probe_target(folder, int(settings["eval_tokens"]), log=bar.write)
-            records += run_noise_probe(target, gammas, seeds, settings["mode"], on_draw=lambda _: bar.update(1))
-    print(f"\n{'tokens':>10} {'gamma':>6} {'seed':>4} {'base':>8} {'perturbed':>10} {'delta':>8}")
-    for r in records:
-        print(f"{format_tokens(r.tokens_seen):>10} {r.gamma:>6g} {r.seed:>4} {r.base_loss:>8.4f} {r.perturbed_loss:>10.4f} {r.delta:>+8.4f}")
-    atomic_write_json(Path(args.out), [r.as_dict() for r in records])
-    print(f"records: {args.out}")
-    return 0
+    return run_probe_verb("noise", args)
 
 
 def command_finetune(args: argparse.Namespace) -> int:
-    import dataclasses
-
-    from tqdm import tqdm
-
-    from overtrain.probes.finetune import FinetuneConfig, run_finetune_probe
-    from overtrain.probes.target import load_probe_target
-
-    paths, overrides = split_paths_and_overrides(args.arguments)
-    fields = {f.name for f in dataclasses.fields(FinetuneConfig)}
-    settings = _settings(overrides, {"lrs": [1e-3], "seeds": 1, "eval_tokens": 65536}, fields | {"lrs", "seeds", "eval_tokens"})
-    lrs, seeds = [float(v) for v in settings.pop("lrs")], _seed_list(settings.pop("seeds"))
-    eval_tokens = int(settings.pop("eval_tokens"))
-    base = build_dataclass(FinetuneConfig, settings)
-    configs = [dataclasses.replace(base, lr=lr, seed=seed) for lr in lrs for seed in seeds]
-    for config in configs:
-        config.validate()
-    checkpoints = expand_checkpoints(paths)
-    print(f"fine-tuning probe: {len(checkpoints)} checkpoints x {len(lrs)} lrs x {len(seeds)} seeds on {base.task}, {base.steps} steps")
-    if args.dry_run:
-        return 0
-    records = []
-    with tqdm(total=len(checkpoints) * len(configs), unit="run") as bar:
-        for folder in checkpoints:
-            target = load_probe_target(folder, eval_tokens, log=bar.write)
-            for config in configs:
-                records.append(run_finetune_probe(target, config))
-                bar.update(1)
-    print(f"\n{'tokens':>10} {'lr':>8} {'seed':>4} {'ID before':>10} {'ID after':>9} {'OOD before':>11} {'OOD after':>10} {'forgetting':>11}")
-    for r in records:
-        print(f"{format_tokens(r.tokens_seen):>10} {r.lr:>8g} {r.seed:>4} {r.id_loss_before:>10.4f} {r.id_loss_after:>9.4f} "
-              f"{r.ood_loss_before:>11.4f} {r.ood_loss_after:>10.4f} {r.forgetting:>+11.4f}")
-    atomic_write_json(Path(args.out), [r.as_dict() for r in records])
-    print(f"records: {args.out}")
-    return 0
+    return run_probe_verb("finetune", args)

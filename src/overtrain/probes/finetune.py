@@ -13,6 +13,7 @@ checkpoint, the LR with the best ID result (:func:`select_tuned`).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
@@ -26,11 +27,15 @@ from overtrain.pretrain.schedules import lr_multiplier
 from overtrain.probes.target import ProbeTarget
 from overtrain.probes.task_batches import (
     EncodedExample,
+    chat_segments,
+    chat_template_of,
     check_nonempty,
     completion_losses,
     encode_example,
+    encode_segments,
     pad_batch,
     sample_rows,
+    special_tokens_of,
 )
 
 
@@ -39,40 +44,108 @@ class FinetuneConfig:
     """Hyper-parameters of one fine-tuning run; the same for every checkpoint of a ladder."""
 
     task: str = "python-code"
-    """A name from ``overtrain tasks`` (offline: python-code, gsm-symbolic, wordnet-class, kjv-to-web)."""
+    """A name from ``overtrain tasks`` (offline: python-code, gsm-symbolic, wordnet-class, kjv-to-web), or
+    ``file:PATH`` for your own JSONL (prompt/completion, chat messages or plain text; docs/tasks.md)."""
     lr: float = 1e-3
-    """Peak learning rate."""
+    """Peak learning rate (> 0)."""
     steps: int = 100
-    """Optimizer steps."""
+    """Optimizer steps (>= 1)."""
     batch_size: int = 16
-    """Examples per step."""
+    """Examples per step (>= 1)."""
     warmup_fraction: float = 0.1
-    """Share of the steps spent in linear warmup."""
+    """Share of the steps spent in linear warmup, in [0, 1)."""
     schedule: str = "cosine"
     """cosine | linear | constant (cosine and linear anneal to zero at the last step)."""
     weight_decay: float = 0.0
+    """AdamW decoupled weight decay (>= 0)."""
     grad_clip: float = 1.0
+    """Clip the global gradient norm to this value; 0 disables clipping."""
     seed: int = 0
     """Seeds the order of fine-tuning batches (the held-out split never depends on it)."""
     reg_lambda: float = 0.0
-    """Weight of the L2 pull toward the pre-trained weights, lambda * ||theta - theta_0||^2."""
+    """Weight of the L2 pull toward the pre-trained weights, lambda * ||theta - theta_0||^2 (>= 0; 0 disables it)."""
     max_train: int | None = 2000
+    """Train examples kept (after the seeded shuffle); null keeps all."""
     max_heldout: int | None = 200
+    """Held-out examples scored before and after; null keeps all."""
     max_len: int = 256
-    """Longest fine-tuning sequence in tokens (the prompt is cut from the left beyond it)."""
+    """Longest fine-tuning sequence in tokens, >= 2 (the prompt is cut from the left beyond it)."""
     data_path: str | None = None
     """Local copy of a Hub task (same schema), for machines without network."""
     eval_batch_size: int = 32
+    """Sequences per forward pass when scoring (memory only; results do not depend on it)."""
 
     def validate(self) -> None:
-        if not self.lr > 0:
-            raise OvertrainError(f"lr={self.lr!r} must be positive", "use a learning rate > 0, e.g. lrs=[1e-4,1e-3]")
-        if self.steps < 1 or self.batch_size < 1:
-            raise OvertrainError(f"steps={self.steps} and batch_size={self.batch_size} must be >= 1", "set both to whole numbers >= 1")
-        if self.reg_lambda < 0:
-            raise OvertrainError(f"reg_lambda={self.reg_lambda} is negative", "use reg_lambda >= 0 (0 disables the pull)")
-        if self.schedule not in ("cosine", "linear", "constant"):
-            raise OvertrainError(f"unknown schedule {self.schedule!r}", "use cosine, linear or constant")
+        """Raise one :class:`OvertrainError` naming every invalid setting (the task name included)."""
+        problems = SettingProblems()
+        self.collect_problems(problems, prefix="")
+        problems.raise_if_any()
+
+    def collect_problems(self, problems: SettingProblems, prefix: str) -> None:
+        """Add every invalid setting to ``problems``, keys written as ``prefix + name``."""
+        need = problems.require
+        need(_finite(self.lr) and self.lr > 0, f"{prefix}lr", self.lr, "a learning rate > 0, e.g. lrs=[1e-4,1e-3]")
+        need(self.steps >= 1, f"{prefix}steps", self.steps, "a whole number >= 1")
+        need(self.batch_size >= 1, f"{prefix}batch_size", self.batch_size, "a whole number >= 1")
+        need(_finite(self.warmup_fraction) and 0 <= self.warmup_fraction < 1, f"{prefix}warmup_fraction", self.warmup_fraction,
+             "a fraction in [0, 1), e.g. 0.1")
+        need(self.schedule in SCHEDULES, f"{prefix}schedule", self.schedule, " | ".join(SCHEDULES))
+        need(_finite(self.weight_decay) and self.weight_decay >= 0, f"{prefix}weight_decay", self.weight_decay, "a number >= 0")
+        need(_finite(self.grad_clip) and self.grad_clip >= 0, f"{prefix}grad_clip", self.grad_clip, "a number >= 0 (0 disables clipping)")
+        need(self.seed >= 0, f"{prefix}seed", self.seed, "a whole number >= 0")
+        need(_finite(self.reg_lambda) and self.reg_lambda >= 0, f"{prefix}reg_lambda", self.reg_lambda, "a number >= 0 (0 disables the pull)")
+        for name in ("max_train", "max_heldout"):
+            value = getattr(self, name)
+            need(value is None or value >= 1, f"{prefix}{name}", value, "a whole number >= 1, or null for all examples")
+        need(self.max_len >= 2, f"{prefix}max_len", self.max_len,
+             "a sequence length >= 2 tokens (one to read, one to predict), e.g. 256")
+        need(self.eval_batch_size >= 1, f"{prefix}eval_batch_size", self.eval_batch_size, "a whole number >= 1")
+        try:
+            check_task_name(self.task)
+        except OvertrainError as error:
+            problems.add_text(f"{prefix}task: {error.problem}", error.fix or "")
+
+
+SCHEDULES = ("cosine", "linear", "constant")
+
+
+def _finite(value: float) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def check_task_name(task: str) -> None:
+    """A known task name, or ``file:PATH`` naming a readable file; raises otherwise (no data is read)."""
+    from overtrain.tasks import task_info
+    from overtrain.tasks.user_file import FILE_PREFIX, check_task_file
+
+    if str(task).startswith(FILE_PREFIX):
+        check_task_file(task)
+    else:
+        task_info(task)
+
+
+class SettingProblems:
+    """Collects every invalid setting so that one error names them all."""
+
+    def __init__(self) -> None:
+        self.messages: list[str] = []
+        self.fixes: list[str] = []
+
+    def require(self, condition: bool, key: str, value: object, allowed: str) -> None:
+        if not condition:
+            self.add_text(f"{key}={value!r} is invalid", f"{key}: use {allowed}")
+
+    def add_text(self, message: str, fix: str) -> None:
+        if message not in self.messages:
+            self.messages.append(message)
+            self.fixes.append(fix)
+
+    def raise_if_any(self) -> None:
+        if len(self.messages) == 1:
+            raise OvertrainError(self.messages[0], self.fixes[0])
+        if self.messages:
+            listed = "".join(f"\n  - {message}" for message in self.messages)
+            raise OvertrainError(f"{len(self.messages)} invalid settings:{listed}", "; ".join(fix for fix in self.fixes if fix))
 
 
 @dataclass(frozen=True)
@@ -118,8 +191,9 @@ class EncodedTask:
         tokenizer = load_tokenizer(target.info.folder)
         eot = target.data.end_of_text_id
         self.pad_id = eot
-        self.train = [encode_example(tokenizer, ex.prompt, ex.completion, eot, config.max_len) for ex in splits.train]
-        self.heldout = [encode_example(tokenizer, ex.prompt, ex.completion, eot, config.max_len) for ex in splits.heldout]
+        encode = _example_encoder(tokenizer, target.info.folder, eot, config.max_len)
+        self.train = [encode(ex) for ex in splits.train]
+        self.heldout = [encode(ex) for ex in splits.heldout]
         self.choice_sets = _encode_choices(tokenizer, splits.heldout, eot, config.max_len)
         self.labels = [ex.label for ex in splits.heldout]
 
@@ -140,6 +214,20 @@ class EncodedTask:
             position += len(choices)
             correct += int(min(range(len(scores)), key=scores.__getitem__) == label)
         return correct / len(self.choice_sets)
+
+
+def _example_encoder(tokenizer, folder, eot: int, max_len: int):
+    """Prompt/completion examples as before; chat examples through the folder's chat template (if any)."""
+    template = chat_template_of(folder)
+    special = special_tokens_of(folder)
+
+    def encode(example) -> EncodedExample:
+        if example.messages is None:
+            return encode_example(tokenizer, example.prompt, example.completion, eot, max_len)
+        segments = chat_segments(example.messages, template, special)
+        return encode_segments(tokenizer, segments, None if template else eot, max_len)
+
+    return encode
 
 
 def _encode_choices(tokenizer, heldout, eot: int, max_len: int) -> list[list[EncodedExample]] | None:
@@ -166,6 +254,8 @@ def finetune_in_place(model: torch.nn.Module, task: EncodedTask, config: Finetun
         loss = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), targets.to(device).flatten(), ignore_index=IGNORE_INDEX)
         if anchors is not None:
             loss = loss + config.reg_lambda * sum(((p - a) ** 2).sum() for p, a in zip(model.parameters(), anchors))
+        if not bool((targets != IGNORE_INDEX).any()):
+            raise OvertrainError(f"fine-tuning batch {step} has no completion tokens to train on", "raise max_len, or check the task's completions")
         if not torch.isfinite(loss):
             raise OvertrainError(f"fine-tuning loss became {float(loss)} at step {step} (lr {config.lr:g})", "lower the fine-tuning lr")
         loss.backward()

@@ -4,12 +4,18 @@ An example becomes ``tokens(prompt) + tokens(completion) + <|endoftext|>``; targ
 of the completion and the end-of-text token, every other position is ``IGNORE_INDEX``. Prompt and
 completion are tokenized separately so the boundary between them is exact. Sequences longer than
 ``max_len`` lose tokens from the start of the prompt (the completion is what is measured).
+
+Chat examples (``TaskExample.messages``) become segments of text, each trained or not: the assistant
+turns are trained, everything else is context. They are rendered with the checkpoint's chat template
+when its tokenizer folder has one, else with the plain template of :mod:`overtrain.tasks.user_file`.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -75,3 +81,125 @@ def completion_losses(model: torch.nn.Module, encoded: Sequence[EncodedExample],
 def check_nonempty(examples: Sequence, split: str, task: str) -> None:
     if not examples:
         raise OvertrainError(f"task {task!r} has no {split} examples", f"raise max_{split} or check the task's data")
+
+
+Segment = tuple[str, bool]
+"""A piece of a sequence's text and whether the loss is on its tokens."""
+
+
+def encode_segments(tokenizer, segments: Sequence[Segment], end_of_text_id: int | None, max_len: int) -> EncodedExample:
+    """Tokenize each segment on its own (exact boundaries), end with ``end_of_text_id`` (trained) when given,
+    and cut from the left to ``max_len + 1`` tokens; a leading trained segment gets end-of-text as context."""
+    ids: list[int] = []
+    trained: list[bool] = []
+    for text, is_trained in segments:
+        pieces = _encode_plain(tokenizer, text)
+        ids += pieces
+        trained += [is_trained] * len(pieces)
+    if end_of_text_id is not None:
+        ids.append(end_of_text_id)
+        trained.append(True)
+    if not trained or trained[0]:
+        ids.insert(0, end_of_text_id if end_of_text_id is not None else ids[0])
+        trained.insert(0, False)
+    ids, trained = ids[-(max_len + 1):], trained[-(max_len + 1):]
+    targets = [token if is_trained else IGNORE_INDEX for token, is_trained in zip(ids[1:], trained[1:])]
+    return EncodedExample(ids[:-1], targets)
+
+
+def _encode_plain(tokenizer, text: str) -> list[int]:
+    """Token ids of ``text`` without special tokens added around it (a BOS per segment would be wrong)."""
+    try:
+        return list(tokenizer.encode(text, add_special_tokens=False).ids)
+    except TypeError:
+        return list(tokenizer.encode(text).ids)
+
+
+def chat_template_of(folder: Path) -> str | None:
+    """The tokenizer's chat template (tokenizer_config.json ``chat_template`` or chat_template.jinja), if any."""
+    folder = Path(folder)
+    template_file = folder / "chat_template.jinja"
+    if template_file.is_file():
+        return template_file.read_text(encoding="utf-8")
+    config_file = folder / "tokenizer_config.json"
+    if not config_file.is_file():
+        return None
+    template = json.loads(config_file.read_text(encoding="utf-8")).get("chat_template")
+    if isinstance(template, list):  # [{"name": "default", "template": ...}, ...]
+        template = next((item.get("template") for item in template if item.get("name") == "default"), None)
+    return template if isinstance(template, str) else None
+
+
+def chat_segments(messages: Sequence[tuple[str, str]], template: str | None, special_tokens: dict[str, str] | None = None) -> list[Segment]:
+    """A conversation as segments, the assistant turns trained. With a template, each assistant turn is
+    what rendering it adds after the generation prompt; a template whose renderings of longer prefixes do
+    not extend the shorter ones is refused (its assistant turns cannot be located)."""
+    if template is None:
+        from overtrain.tasks.user_file import plain_turn_header, render_plain_turn
+
+        segments: list[Segment] = []
+        for role, content in messages:
+            if role == "assistant":
+                segments += [(plain_turn_header(role), False), (content + "\n", True)]
+            else:
+                segments.append((render_plain_turn(role, content), False))
+        return segments
+    return _templated_segments(messages, template, special_tokens or {})
+
+
+def _templated_segments(messages: Sequence[tuple[str, str]], template: str, special_tokens: dict[str, str]) -> list[Segment]:
+    render = _chat_renderer(template, special_tokens)
+    segments: list[Segment] = []
+    done = ""
+    for index, (role, _) in enumerate(messages):
+        if role != "assistant":
+            continue
+        prompt, full = render(messages[:index], True), render(messages[: index + 1], False)
+        if not (prompt.startswith(done) and full.startswith(prompt)):
+            raise OvertrainError(
+                "the tokenizer's chat template does not render conversations incrementally, so assistant turns cannot be located",
+                "remove chat_template from tokenizer_config.json to use the plain User:/Assistant: template, or use prompt/completion records",
+            )
+        segments += [(prompt[len(done):], False), (full[len(prompt):], True)]
+        done = full
+    whole = render(messages, False)
+    if whole.startswith(done) and len(whole) > len(done):
+        segments.append((whole[len(done):], False))
+    return [segment for segment in segments if segment[0]]
+
+
+def _chat_renderer(template: str, special_tokens: dict[str, str]):
+    from jinja2.exceptions import TemplateError
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    def raise_exception(message: str) -> None:
+        raise TemplateError(message)
+
+    environment = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+    environment.filters["tojson"] = lambda value, **kwargs: json.dumps(value, ensure_ascii=False, **kwargs)
+    environment.globals["raise_exception"] = raise_exception
+    compiled = environment.from_string(template)
+
+    def render(turns: Sequence[tuple[str, str]], add_generation_prompt: bool) -> str:
+        conversation = [{"role": role, "content": content} for role, content in turns]
+        try:
+            return compiled.render(messages=conversation, add_generation_prompt=add_generation_prompt, **special_tokens)
+        except TemplateError as error:
+            raise OvertrainError(f"the tokenizer's chat template refused a conversation: {error}", "check the records' roles and order") from None
+
+    return render
+
+
+def special_tokens_of(folder: Path) -> dict[str, str]:
+    """``bos_token``/``eos_token`` strings from tokenizer_config.json, for chat templates that use them."""
+    config_file = Path(folder) / "tokenizer_config.json"
+    if not config_file.is_file():
+        return {}
+    config = json.loads(config_file.read_text(encoding="utf-8"))
+    found = {}
+    for name in ("bos_token", "eos_token", "pad_token", "unk_token"):
+        value = config.get(name)
+        value = value.get("content") if isinstance(value, dict) else value
+        if isinstance(value, str):
+            found[name] = value
+    return found

@@ -3,11 +3,20 @@
 ```yaml
 out_dir: runs/demo                 # results.sqlite, pretrain/ and report/ go here
 pretrain: {...}                    # a pretrain-ladder config (model, data, train, ladder); optional
-checkpoints: [path, ...]           # existing overtrain checkpoints; optional
-noise: {gammas: [...], seeds: [...], mode: init, eval_tokens: 65536}
-finetune: {tasks: [...], lrs: [...], seeds: [...], reg_lambdas: [0.0], steps: 100, ...}
+checkpoints: [path, ...]           # existing checkpoints, runs or ladders (or Hugging Face models); optional
+noise: {gammas: [...], seeds: 2, mode: init, eval_tokens: 65536}
+finetune: {tasks: [...], lrs: [...], seeds: 2, reg_lambdas: [0.0], steps: 100, ...}
 executor: {kind: processes, workers: 2, threads_per_worker: 1}
 ```
+
+Each stage's settings are one dataclass: the ``finetune:`` section is :class:`FinetuneConfig`'s fields
+with the swept ones (``task``, ``lr``, ``seed``, ``reg_lambda``) turned into lists (``tasks``, ``lrs``,
+``seeds``, ``reg_lambdas``), derived from it (:func:`sweep_section_of`), never retyped. A singular key
+(``lr=3e-3``) is one value of its axis. ``seeds: N`` means N seeds, 0..N-1, everywhere (sweeps and the
+``noise``/``finetune`` verbs); ``seeds: [4]`` is the list itself; ``seed: 4`` is ``seeds: [4]``.
+
+Every setting of every job is validated when the sweep is loaded (:func:`validate_sweep_config`), before
+anything runs: empty or repeated axis values, NaN, out-of-range values and unknown tasks are refused.
 
 Every job is keyed by a hash of its full spec; a job already in the store is never run again, so a killed
 sweep resumes where it stopped and a finished one runs 0 jobs. Probe jobs depend on the pre-training job
@@ -17,74 +26,122 @@ that writes their checkpoint, and name that checkpoint by its path (computable b
 from __future__ import annotations
 
 import copy
+import dataclasses
 import itertools
+import math
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from overtrain.config import apply_overrides, build_dataclass, config_to_dict, read_yaml
+import yaml
+
+from overtrain.config import apply_overrides, build_dataclass, config_to_dict, parse_override, read_yaml
 from overtrain.errors import OvertrainError
 from overtrain.model.presets import apply_preset
 from overtrain.pretrain.config import PretrainConfig, validate_pretrain_config
+from overtrain.probes.finetune import FinetuneConfig, SettingProblems
 
 
 @dataclass
-class NoiseSweep:
-    """The Gaussian probe's grid: every checkpoint x gamma x seed (one job per checkpoint)."""
+class ProbeData:
+    """Where a probe measures the pre-training (OOD) loss of a checkpoint."""
+
+    eval_tokens: int = 65_536
+    """Held-out pre-training tokens per loss measurement (>= 1)."""
+    eval_data: str | None = None
+    """Text the pre-training loss is measured on: a .txt/.jsonl file, a folder or hf:DATASET, tokenized with
+    the checkpoint's own tokenizer. Unset: an overtrain checkpoint's own held-out split."""
+
+
+@dataclass
+class NoiseSweep(ProbeData):
+    """The Gaussian probe: every checkpoint x gamma x seed (one job per checkpoint)."""
 
     gammas: list[float] = field(default_factory=lambda: [0.5, 1.0, 2.0])
-    """Noise sizes, in units of each tensor's init std (mode=init)."""
+    """Noise sizes (>= 0, distinct): in units of each tensor's init std (mode=init), of its RMS (relative), or absolute."""
     seeds: list[int] = field(default_factory=lambda: [0, 1])
-    """Noise draws; the same seed is the same noise direction at every checkpoint."""
+    """Noise draws: N means seeds 0..N-1, [4,7] those seeds; the same seed is the same direction at every checkpoint."""
     mode: Literal["init", "relative", "absolute"] = "init"
-    eval_tokens: int = 65_536
-    """Held-out pre-training tokens per loss."""
+    """init (std = gamma x the tensor's init std) | relative (gamma x its RMS) | absolute (std = gamma)."""
 
 
-@dataclass
-class FinetuneSweep:
-    """The fine-tuning probe's grid: every checkpoint x task x lr x seed x reg_lambda is one job."""
+AXES_METADATA = "axis_of"
+"""Field metadata of a sweep section's list-valued field: the name of the setting it sweeps."""
 
-    tasks: list[str] = field(default_factory=lambda: ["python-code"])
-    lrs: list[float] = field(default_factory=lambda: [1e-3])
-    seeds: list[int] = field(default_factory=lambda: [0])
-    reg_lambdas: list[float] = field(default_factory=lambda: [0.0])
-    steps: int = 100
-    batch_size: int = 16
-    warmup_fraction: float = 0.1
-    schedule: str = "cosine"
-    weight_decay: float = 0.0
-    max_train: int | None = 2000
-    max_heldout: int | None = 200
-    max_len: int = 256
-    data_path: str | None = None
-    eval_tokens: int = 65_536
+
+def sweep_section_of(config_cls: type, axes: dict[str, str], base: type, name: str) -> type:
+    """A dataclass with ``config_cls``'s fields, the ones in ``axes`` (singular -> plural) as lists of values
+    (default: the one default value), plus ``base``'s fields. Docs come from ``config_cls`` (``metadata``)."""
+    hints = typing.get_type_hints(config_cls)
+    fields = []
+    for item in dataclasses.fields(config_cls):
+        if item.name in axes:
+            default = item.default
+            fields.append((axes[item.name], list[hints[item.name]],  # type: ignore[valid-type]
+                           field(default_factory=lambda default=default: [default], metadata={AXES_METADATA: item.name})))
+        elif item.default_factory is not dataclasses.MISSING:
+            fields.append((item.name, hints[item.name], field(default_factory=item.default_factory)))
+        else:
+            fields.append((item.name, hints[item.name], field(default=item.default)))
+    section = dataclasses.make_dataclass(name, fields, bases=(base,))
+    section.__module__ = __name__
+    section.__doc__ = f"{config_cls.__name__}'s settings with {', '.join(axes.values())} as lists: one job per combination."
+    section.settings_class = config_cls
+    return section
+
+
+FINETUNE_AXES = {"task": "tasks", "lr": "lrs", "seed": "seeds", "reg_lambda": "reg_lambdas"}
+NOISE_AXES = {"gamma": "gammas", "seed": "seeds"}
+SECTION_AXES = {"noise": NOISE_AXES, "finetune": FINETUNE_AXES}
+FinetuneSweep = sweep_section_of(FinetuneConfig, FINETUNE_AXES, ProbeData, "FinetuneSweep")
+"""The fine-tuning probe's grid: every checkpoint x task x lr x seed x reg_lambda is one job."""
+
+
+def finetune_grid(section: Any) -> list[FinetuneConfig]:
+    """Every :class:`FinetuneConfig` of a ``finetune:`` section, in task, lr, seed, reg_lambda order."""
+    shared = {name: getattr(section, name) for name in (f.name for f in dataclasses.fields(FinetuneConfig)) if name not in FINETUNE_AXES}
+    grid = itertools.product(section.tasks, section.lrs, section.seeds, section.reg_lambdas)
+    return [FinetuneConfig(task=task, lr=lr, seed=seed, reg_lambda=reg_lambda, **shared) for task, lr, seed, reg_lambda in grid]
 
 
 @dataclass
 class ExecutorConfig:
+    """Where the jobs run."""
+
     kind: Literal["in-process", "processes", "ray"] = "in-process"
     """in-process (default), processes (local worker processes), ray (a cluster; `pip install 'overtrain[ray]'`)."""
     workers: int = 2
+    """Local worker processes (kind=processes), >= 1."""
     threads_per_worker: int = 1
-    """On small CPU models two one-thread workers beat one two-thread process."""
+    """Torch threads per job, >= 1; on small CPU models two one-thread workers beat one two-thread process."""
     ray_address: str | None = None
     """Ray cluster address (``auto`` on a cluster node); None starts a local Ray."""
 
 
 @dataclass
 class SweepConfig:
+    """A whole study: what to pre-train or which checkpoints to read, the probes, where to run and store."""
+
     out_dir: str = "runs/sweep"
+    """Folder of results.sqlite, pretrain/ and report/."""
     pretrain: PretrainConfig | None = None
+    """A pretrain-ladder config (model, data, train, ladder; see `overtrain pretrain-ladder --help`)."""
     pretrain_axes: dict[str, Any] = field(default_factory=dict)
     """Pre-training factors to cross, shaped like the ``pretrain:`` section with a list of values per key,
     e.g. ``{train: {seed: [0, 1, 2], weight_decay: [0.1, 1.0]}}`` (override: ``pretrain_axes.train.seed=[0,1,2]``).
     Every combination is its own ladder, in ``out_dir/pretrain/<key=value,...>``; the report draws one curve
     family per value of the factors other than the seed, with intervals over pre-training seeds."""
     checkpoints: list[str] = field(default_factory=list)
+    """Existing checkpoints to probe: checkpoint, run or ladder folders (a run stands for its newest checkpoint)."""
+    eval_data: str | None = None
+    """Default ``eval_data`` of both probes (a probe section's own ``eval_data`` wins)."""
     noise: NoiseSweep | None = None
-    finetune: FinetuneSweep | None = None
+    """The Gaussian probe (keys below as noise.KEY)."""
+    finetune: FinetuneSweep | None = None  # type: ignore[valid-type]
+    """The fine-tuning probe (keys below as finetune.KEY)."""
     executor: ExecutorConfig = field(default_factory=ExecutorConfig)
+    """Where jobs run (keys below as executor.KEY)."""
     report: bool = True
     """Write the report (figures, HTML, markdown) when the sweep ends."""
 
@@ -98,13 +155,34 @@ class SweepConfig:
 
 
 def load_sweep_config(path: str | Path | None, overrides: list[str] | None = None) -> SweepConfig:
+    """Read, override, build and validate a sweep; every problem is an :class:`OvertrainError` raised here."""
     tree = read_yaml(path) if path is not None else {}
-    tree = apply_overrides(tree, overrides or [])
+    for section, axes in SECTION_AXES.items():
+        normalize_axes(tree, section, axes)  # so that an override of `lr` replaces the file's `lrs`
+    tree = apply_overrides(tree, [axis_override(text) for text in overrides or []])
+    return sweep_config_from_tree(tree)
+
+
+def axis_override(text: str) -> str:
+    """``finetune.lr=3e-3`` -> ``finetune.lrs=[0.003]``; any other override as it is."""
+    keys, value = parse_override(text)
+    axes = SECTION_AXES.get(keys[0], {}) if len(keys) == 2 else {}
+    if keys[-1] not in axes:
+        return text
+    values = value if isinstance(value, list) else [value]
+    return f"{keys[0]}.{axes[keys[-1]]}={yaml.safe_dump(values, default_flow_style=True, width=10**9).strip()}"
+
+
+def sweep_config_from_tree(tree: dict[str, Any]) -> SweepConfig:
+    """Build and validate a sweep from a nested dict (a YAML file's contents after overrides)."""
+    tree = copy.deepcopy(tree)
     pretrain = tree.get("pretrain")
     if isinstance(pretrain, dict):
         pretrain.setdefault("out_dir", str(Path(tree.get("out_dir", SweepConfig.out_dir)) / "pretrain"))
         if isinstance(pretrain.get("model"), dict):
             pretrain["model"] = apply_preset(pretrain["model"])
+    for section, axes in SECTION_AXES.items():
+        normalize_axes(tree, section, axes)
     config = build_dataclass(SweepConfig, tree)
     if config.pretrain is not None:
         validate_pretrain_config(config.pretrain)
@@ -113,7 +191,95 @@ def load_sweep_config(path: str | Path | None, overrides: list[str] | None = Non
         raise OvertrainError("the sweep names no checkpoints", "add a `pretrain:` ladder section or a `checkpoints:` list")
     if config.noise is None and config.finetune is None and config.pretrain is None:
         raise OvertrainError("the sweep has nothing to do", "add a `noise:` or `finetune:` section")
+    validate_sweep_config(config)
     return config
+
+
+def normalize_axes(tree: dict[str, Any], section: str, axes: dict[str, str]) -> None:
+    """In ``tree[section]``: a singular key becomes its axis (``lr: 3e-3`` -> ``lrs: [3e-3]``) and a seed
+    count becomes its seeds (``seeds: 3`` -> ``seeds: [0, 1, 2]``)."""
+    node = tree.get(section)
+    if not isinstance(node, dict):
+        return
+    for singular, plural in axes.items():
+        if singular not in node:
+            continue
+        if plural in node:
+            raise OvertrainError(f"{section}.{singular} and {section}.{plural} are both set", f"give only {section}.{plural}=[...]")
+        value = node.pop(singular)
+        node[plural] = value if isinstance(value, list) else [value]
+    if "seeds" in node:
+        node["seeds"] = seed_list(node["seeds"], f"{section}.seeds")
+
+
+def seed_list(value: Any, key: str) -> Any:
+    """``3`` -> ``[0, 1, 2]`` (a count); a list is kept as it is (its values are the seeds)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return value
+    if not (isinstance(value, int) or value.is_integer()) or value < 1:
+        raise OvertrainError(f"{key}={value!r} is not a number of seeds",
+                             f"{key}=N runs N seeds (0..N-1), N >= 1; {key}=[4,7] runs those seeds")
+    return list(range(int(value)))
+
+
+def validate_sweep_config(config: SweepConfig) -> None:
+    """Refuse, in one message, every setting of every job that could not run or would store a wrong row."""
+    problems = SettingProblems()
+    if config.noise is not None:
+        _check_noise(config.noise, problems)
+    if config.finetune is not None:
+        _check_finetune(config.finetune, problems)
+    executor = config.executor
+    problems.require(executor.workers >= 1, "executor.workers", executor.workers, "a whole number >= 1")
+    problems.require(executor.threads_per_worker >= 1, "executor.threads_per_worker", executor.threads_per_worker, "a whole number >= 1")
+    problems.raise_if_any()
+
+
+def _check_axis(values: list[Any], key: str, example: str, problems: SettingProblems) -> None:
+    if not values:
+        problems.add_text(f"{key}=[] is empty: the sweep would run nothing and store empty rows", f"give {key} at least one value, e.g. {key}={example}")
+    elif len({repr(value) for value in values}) != len(values):
+        problems.add_text(f"{key}={values} repeats a value (the same job or draw twice)", f"list each value of {key} once")
+
+
+def _check_probe_data(section: ProbeData, prefix: str, problems: SettingProblems) -> None:
+    problems.require(section.eval_tokens >= 1, f"{prefix}eval_tokens", section.eval_tokens, "a whole number of tokens >= 1, e.g. 65536")
+    problems.require(section.eval_data is None or bool(str(section.eval_data).strip()), f"{prefix}eval_data", section.eval_data,
+                     "a file, folder or hf:DATASET, or leave it unset")
+
+
+def _check_noise(noise: NoiseSweep, problems: SettingProblems) -> None:
+    _check_axis(noise.gammas, "noise.gammas", "[0.5,1,2]", problems)
+    _check_axis(noise.seeds, "noise.seeds", "2", problems)
+    for gamma in noise.gammas:
+        if math.isnan(gamma):
+            problems.add_text(f"noise.gammas holds {gamma!r}, which is not a number", "use finite noise scales >= 0, e.g. gammas=[0.5,1,2]")
+        elif not (math.isfinite(gamma) and gamma >= 0):
+            problems.add_text(f"noise.gammas holds {gamma!r}, which is {'negative' if gamma < 0 else 'infinite'}",
+                              "gamma is a noise scale: use finite values >= 0, e.g. gammas=[0.5,1,2]")
+    for seed in noise.seeds:
+        problems.require(seed >= 0, "noise.seeds", noise.seeds, "seeds >= 0: N for 0..N-1, or a list such as [0,1]")
+    _check_probe_data(noise, "noise.", problems)
+
+
+def _check_finetune(section: Any, problems: SettingProblems) -> None:
+    examples = {"tasks": "[kjv-to-web]", "lrs": "[1e-4,1e-3]", "seeds": "2", "reg_lambdas": "[0]"}
+    for plural in FINETUNE_AXES.values():
+        _check_axis(getattr(section, plural), f"finetune.{plural}", examples[plural], problems)
+    for config in finetune_grid(section):
+        config.collect_problems(problems, prefix="finetune.")
+    _check_probe_data(section, "finetune.", problems)
+    if problems.messages:
+        return
+    from overtrain.tasks import load_task
+    from overtrain.tasks.user_file import FILE_PREFIX
+
+    for task in section.tasks:  # read a user's file now: bad JSON fails the plan, not the job
+        if task.startswith(FILE_PREFIX):
+            try:
+                load_task(task, max_train=1, max_heldout=1)
+            except OvertrainError as error:
+                problems.add_text(error.problem, error.fix or "")
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,6 @@ metrics; the driver stores them. Pre-training jobs resume from their own checkpo
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -58,11 +57,31 @@ def run_pretrain_job(spec: Mapping[str, Any]) -> JobOutput:
     return JobOutput(metrics, {"checkpoint": str(result.final_checkpoint)}, _checkpoint_provenance(result.final_checkpoint))
 
 
-def run_noise_job(spec: Mapping[str, Any]) -> JobOutput:
-    from overtrain.probes.noise import run_noise_probe
+def load_target_of(spec: Mapping[str, Any]):
+    """The probe target a job names: its checkpoint reference, eval_tokens and (when set) eval_data."""
     from overtrain.probes.target import load_probe_target
 
-    target = load_probe_target(Path(spec["checkpoint"]), eval_tokens=int(spec["eval_tokens"]), log=_quiet)
+    extra = {"eval_data": spec["eval_data"]} if spec.get("eval_data") else {}
+    return load_probe_target(_reference(spec["checkpoint"]), eval_tokens=int(spec["eval_tokens"]), log=_quiet, **extra)
+
+
+def _reference(text: str) -> Any:
+    return text if str(text).startswith("hf:") else Path(text)
+
+
+def target_provenance(target: Any, reference: str) -> dict[str, Any]:
+    """Who the probed model is: its identity (path or repo@revision with commit, weights hash) when the
+    target knows it, else our checkpoint's recorded sha256; two revisions never share a row."""
+    identity = getattr(target, "identity", None)
+    if identity:
+        return {"checkpoint": reference, "checkpoint_identity": dict(identity), "checkpoint_sha256": identity.get("weights_sha256")}
+    return _checkpoint_provenance(target.info.folder)
+
+
+def run_noise_job(spec: Mapping[str, Any]) -> JobOutput:
+    from overtrain.probes.noise import run_noise_probe
+
+    target = load_target_of(spec)
     records = run_noise_probe(target, list(spec["gammas"]), list(spec["seeds"]), mode=spec["mode"])
     metrics = {
         "tokens_seen": target.tokens_seen,
@@ -70,18 +89,17 @@ def run_noise_job(spec: Mapping[str, Any]) -> JobOutput:
         "draws": [{"gamma": r.gamma, "seed": r.seed, "perturbed_loss": r.perturbed_loss, "delta": r.delta} for r in records],
         "factors": dict(spec.get("factors", {})),
     }
-    return JobOutput(metrics, {}, _checkpoint_provenance(target.info.folder))
+    return JobOutput(metrics, {}, target_provenance(target, spec["checkpoint"]))
 
 
 def run_finetune_job(spec: Mapping[str, Any]) -> JobOutput:
     from overtrain.probes.finetune import run_finetune_probe
-    from overtrain.probes.target import load_probe_target
 
-    target = load_probe_target(Path(spec["checkpoint"]), eval_tokens=int(spec["eval_tokens"]), log=_quiet)
+    target = load_target_of(spec)
     record = run_finetune_probe(target, finetune_config_of(dict(spec)))
-    return JobOutput({**record.as_dict(), "factors": dict(spec.get("factors", {}))}, {}, _checkpoint_provenance(target.info.folder))
+    return JobOutput({**record.as_dict(), "factors": dict(spec.get("factors", {}))}, {}, target_provenance(target, spec["checkpoint"]))
 
 
 def finetune_config_of(spec: dict[str, Any]) -> FinetuneConfig:
-    fields = {f.name for f in dataclasses.fields(FinetuneConfig)}
-    return FinetuneConfig(**{k: v for k, v in spec["finetune"].items() if k in fields})
+    """The run's settings from a job spec (fields a spec leaves out take FinetuneConfig's defaults)."""
+    return build_dataclass(FinetuneConfig, dict(spec["finetune"]), "finetune.")

@@ -12,9 +12,11 @@ from overtrain.checkpoints.names import checkpoint_folder_name, parse_checkpoint
 from overtrain.config import config_to_dict
 from overtrain.pretrain.ladder import plan_ladder
 from overtrain.probes.finetune import FinetuneConfig
+from overtrain.provenance import file_sha256
 from overtrain.results.records import Job
 from overtrain.pretrain.config import PretrainConfig
-from overtrain.sweep.config import SweepConfig, pretrain_variants
+from overtrain.sweep.config import ProbeData, SweepConfig, finetune_grid, pretrain_variants
+from overtrain.tasks.user_file import FILE_PREFIX, task_file_path
 from overtrain.units import format_tokens
 
 
@@ -31,7 +33,7 @@ class PlannedCheckpoint:
 def plan_jobs(config: SweepConfig) -> list[Job]:
     """Expand the sweep into jobs, pre-training first; probes depend on the checkpoint they read."""
     jobs, checkpoints = _pretrain_jobs(config)
-    checkpoints += [PlannedCheckpoint(str(Path(path)), None, None) for path in config.checkpoints]
+    checkpoints += [PlannedCheckpoint(reference, None, None) for reference in expand_references(config.checkpoints)]
     for checkpoint in checkpoints:
         jobs += _noise_jobs(config, checkpoint) + _finetune_jobs(config, checkpoint)
     return jobs
@@ -91,10 +93,34 @@ def _wsd_jobs(rungs, factors: dict[str, Any], where: str) -> tuple[list[Job], li
     return jobs, checkpoints
 
 
+def expand_references(references: list[str]) -> list[str]:
+    """``checkpoints:`` entries as checkpoint references: a run or ladder folder of ours stands for its
+    final checkpoints; a checkpoint folder, a Hugging Face folder or ``hf:ORG/NAME@REV`` stays as it is."""
+    from overtrain.checkpoints.discovery import expand_checkpoints
+
+    found: list[str] = []
+    for reference in references:
+        path = Path(reference)
+        is_model_folder = (path / "overtrain.json").is_file() or (path / "config.json").is_file()
+        if path.is_dir() and not is_model_folder:
+            found += [str(item) for item in expand_checkpoints([reference])]
+        else:
+            found.append(str(reference) if str(reference).startswith("hf:") else str(path))
+    return list(dict.fromkeys(found))
+
+
+def eval_data_of(config: SweepConfig, section: ProbeData) -> dict[str, Any]:
+    """The spec entry naming the probe's evaluation text: none when unset, so keys of older stores stay valid."""
+    eval_data = section.eval_data or config.eval_data
+    return {"eval_data": eval_data} if eval_data else {}
+
+
 def _noise_jobs(config: SweepConfig, checkpoint: PlannedCheckpoint) -> list[Job]:
-    if config.noise is None:
+    noise = config.noise
+    if noise is None:
         return []
-    spec = {"checkpoint": checkpoint.path, **config_to_dict(config.noise), **_factors_of(checkpoint)}
+    settings = {"gammas": noise.gammas, "seeds": noise.seeds, "mode": noise.mode, "eval_tokens": noise.eval_tokens}
+    spec = {"checkpoint": checkpoint.path, **settings, **eval_data_of(config, noise), **_factors_of(checkpoint)}
     depends = (checkpoint.made_by,) if checkpoint.made_by else ()
     return [Job("noise", spec, depends_on=depends, label=f"noise @ {_where(checkpoint)}")]
 
@@ -110,22 +136,34 @@ def _where(checkpoint: PlannedCheckpoint) -> str:
 
 
 def _finetune_jobs(config: SweepConfig, checkpoint: PlannedCheckpoint) -> list[Job]:
-    sweep = config.finetune
-    if sweep is None:
+    section = config.finetune
+    if section is None:
         return []
-    shared = {k: v for k, v in config_to_dict(sweep).items() if k not in ("tasks", "lrs", "seeds", "reg_lambdas", "eval_tokens")}
     depends = (checkpoint.made_by,) if checkpoint.made_by else ()
+    shared = {"eval_tokens": section.eval_tokens, **eval_data_of(config, section), **_factors_of(checkpoint)}
     jobs = []
-    for task in sweep.tasks:
-        for lr in sweep.lrs:
-            for seed in sweep.seeds:
-                for reg_lambda in sweep.reg_lambdas:
-                    finetune = {**shared, "task": task, "lr": lr, "seed": seed, "reg_lambda": reg_lambda}
-                    FinetuneConfig(**finetune).validate()
-                    spec = {"checkpoint": checkpoint.path, "eval_tokens": sweep.eval_tokens, "finetune": finetune, **_factors_of(checkpoint)}
-                    label = f"finetune {task} lr={lr:g} seed={seed} @ {_where(checkpoint)}"
-                    jobs.append(Job("finetune", spec, depends_on=depends, label=label))
+    for finetune in finetune_grid(section):
+        spec = {"checkpoint": checkpoint.path, "finetune": finetune_spec(finetune), **task_file_of(finetune.task), **shared}
+        label = f"finetune {finetune.task} lr={finetune.lr:g} seed={finetune.seed} @ {_where(checkpoint)}"
+        jobs.append(Job("finetune", spec, depends_on=depends, label=label))
     return jobs
+
+
+OMITTED_AT_DEFAULT = ("grad_clip", "eval_batch_size")
+"""FinetuneConfig fields a sweep did not expose before: left out of the job spec at their defaults, so the
+job keys of existing stores stay what they were (a changed value is in the spec, hence in the key)."""
+
+
+def finetune_spec(finetune: FinetuneConfig) -> dict[str, Any]:
+    """The ``finetune`` entry of a job spec: every setting of the run."""
+    settings = config_to_dict(finetune)
+    defaults = FinetuneConfig()
+    return {name: value for name, value in settings.items() if not (name in OMITTED_AT_DEFAULT and value == getattr(defaults, name))}
+
+
+def task_file_of(task: str) -> dict[str, Any]:
+    """For ``file:PATH`` tasks, the file's sha256 (an edited file is a new job, never a stored row)."""
+    return {"task_sha256": file_sha256(task_file_path(task))} if task.startswith(FILE_PREFIX) else {}
 
 
 def describe_plan(jobs: list[Job]) -> str:

@@ -7,6 +7,9 @@ Offline tasks (work on a machine without network):
 - ``wordnet-class``: WordNet gloss -> one of 45 lexicographer classes (classification);
 - ``kjv-to-web``: King James verse -> World English Bible verse (archaic -> modern English).
 
+Your own data: ``file:PATH``, a JSONL file of prompt/completion, chat ``messages`` or plain ``text``
+records (:mod:`overtrain.tasks.user_file`).
+
 The paper's datasets, through ``datasets`` from the Hugging Face Hub or from a local copy
 (``data_path``) in the same schema: ``gsm8k``, ``siqa``, ``starcoder-python``, ``mr``, ``rte``, ``trec``.
 
@@ -26,6 +29,7 @@ from overtrain.tasks import bible, gsm_symbolic, stdlib_code, wordnet
 from overtrain.tasks.hub import load_hub_task
 from overtrain.tasks.hub_formats import HUB_SPECS
 from overtrain.tasks.records import DEFAULT_MAX_CHARS, LoadOptions, TaskExample, TaskSplits
+from overtrain.tasks.user_file import FILE_PREFIX, load_file_task
 
 __all__ = ["TaskExample", "TaskInfo", "TaskSplits", "list_tasks", "load_task", "task_info"]
 
@@ -69,7 +73,7 @@ def task_info(name: str) -> TaskInfo:
     hint = f"did you mean {closest[0]!r}? " if closest else ""
     raise OvertrainError(
         f"unknown task {name!r}; known tasks: {', '.join(_TASKS)}.",
-        f"{hint}pass one of the known task names.",
+        f"{hint}pass one of the known task names, or file:PATH for your own JSONL file.",
     )
 
 
@@ -111,5 +115,7 @@ def load_task(
     ``max_train`` / ``max_heldout`` keep that many examples (None: all); ``data_path`` reads a local copy
     (each task documents what it accepts); examples longer than ``max_chars`` characters are dropped.
     """
+    if str(name).startswith(FILE_PREFIX):
+        return load_file_task(name, _options(name, seed, max_train, max_heldout, None, max_chars))
     info = task_info(name)
     return info.load(_options(name, seed, max_train, max_heldout, data_path, max_chars))

@@ -41,6 +41,9 @@ class TaskExample:
     """For classification / multiple choice: every candidate completion (the right one included)."""
     label: int | None = None
     """Index of the correct completion in ``choices``."""
+    messages: tuple[tuple[str, str], ...] | None = None
+    """For chat data: every ``(role, content)`` turn; the loss is on the assistant turns only (``prompt`` and
+    ``completion`` then hold the plain rendering up to and of the last assistant turn)."""
 
     @property
     def text(self) -> str:

@@ -1,0 +1,174 @@
+"""The probe verbs as small sweeps into a store, plan-time validation, seeds=N, and chat-format batches."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from helpers import tiny_pretrain_config, write_stdlib_text_corpus
+
+from overtrain.cli import main as cli_main
+from overtrain.errors import OvertrainError
+from overtrain.model.loss import IGNORE_INDEX
+from overtrain.results.store import ResultStore
+from overtrain.sweep.config import load_sweep_config
+from overtrain.sweep.plan import plan_jobs
+
+DEMO = "src/overtrain/recipes/demo.yaml"
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from overtrain.pretrain.loop import train_run
+
+    root = tmp_path_factory.mktemp("cli_probes")
+    corpus = write_stdlib_text_corpus(root / "corpus", documents=20)
+    config = tiny_pretrain_config(root, corpus, "train.max_tokens=4096", "train.dtype=fp32", "train.eval_every_tokens=4096")
+    return train_run(config, log=lambda *_: None, show_progress=False).final_checkpoint
+
+
+def test_noise_verb_is_a_resumable_sweep_into_a_store_the_report_reads(checkpoint: Path, tmp_path: Path,
+                                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "noise"
+    arguments = ["noise", str(checkpoint.parent.parent), "gammas=[1,2]", "seeds=2", "eval_tokens=512", "report=false", "--out", str(out)]
+    assert cli_main(arguments) == 0
+    with ResultStore(out / "results.sqlite") as store:
+        (row,) = store.rows(kind="noise")
+    assert [(d["gamma"], d["seed"]) for d in row.metrics["draws"]] == [(1.0, 0), (1.0, 1), (2.0, 0), (2.0, 1)]
+    assert row.provenance.get("checkpoint_sha256")
+    # the same job, key and row as the sweep with the same settings
+    sweep = load_sweep_config(None, [f"checkpoints=[{json.dumps(str(checkpoint))}]", "noise.gammas=[1,2]", "noise.seeds=[0,1]", "noise.eval_tokens=512"])
+    assert [job.key for job in plan_jobs(sweep)] == [row.key]
+    assert "perturbed" in capsys.readouterr().out
+    assert cli_main(arguments) == 0  # resumes: nothing left to run
+    assert "nothing to run" in capsys.readouterr().err
+    assert cli_main(["report", str(out)]) == 0
+    assert (out / "report" / "report.html").is_file()
+
+
+def test_finetune_verb_on_a_users_jsonl_stores_rows_keyed_by_the_files_hash(checkpoint: Path, tmp_path: Path) -> None:
+    data = tmp_path / "mine.jsonl"
+    rows = [{"prompt": f"def add_{i}(x):\n", "completion": f"    return x + {i}\n"} for i in range(24)]
+    rows += [{"messages": [{"role": "user", "content": f"say {i}"}, {"role": "assistant", "content": f"{i}"}]} for i in range(8)]
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    out = tmp_path / "ft"
+    arguments = ["finetune", str(checkpoint), f"task=file:{data}", "lr=1e-3", "steps=2", "batch_size=4", "eval_tokens=512",
+                 "report=false", "--out", str(out)]
+    assert cli_main(arguments) == 0
+    with ResultStore(out / "results.sqlite") as store:
+        (row,) = store.rows(kind="finetune")
+    assert row.metrics["task"] == f"file:{data}" and row.spec["task_sha256"]
+    data.write_text(data.read_text() + json.dumps({"text": "one more record"}) + "\n")
+    config = load_sweep_config(None, [f"checkpoints=[{json.dumps(str(checkpoint))}]", f"finetune.task=file:{data}", "finetune.lr=1e-3",
+                                      "finetune.steps=2", "finetune.batch_size=4", "finetune.eval_tokens=512"])
+    assert [job.key for job in plan_jobs(config)] != [row.key]  # an edited file is a new job
+
+
+def test_seeds_n_means_n_seeds_in_sweeps_and_on_the_command_line() -> None:
+    config = load_sweep_config(DEMO, ["out_dir=runs/x", "noise.seeds=3", "finetune.seeds=2", "finetune.seed=7"][:3])
+    assert config.noise.seeds == [0, 1, 2] and config.finetune.seeds == [0, 1]
+    assert load_sweep_config(DEMO, ["noise.seeds=[4]", "finetune.seed=7"]).finetune.seeds == [7]
+    assert load_sweep_config(DEMO, ["noise.seeds=[4]"]).noise.seeds == [4]
+    from overtrain.cli.probes import probe_overrides
+
+    cli = load_sweep_config(None, probe_overrides("noise", ["some/checkpoint"], ["seeds=3"], "runs/x"))
+    assert cli.noise.seeds == [0, 1, 2]
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("noise.gammas=[-1,2]", "noise.gammas holds -1.0, which is negative"),
+        ("noise.gammas=[.nan]", "not a number"),
+        ("noise.gammas=abc", "must be a number, got 'abc'"),
+        ("noise.gammas=[]", "noise.gammas=[] is empty"),
+        ("noise.gammas=[1,1]", "repeats a value"),
+        ("noise.seeds=[]", "noise.seeds=[] is empty"),
+        ("noise.seeds=0", "noise.seeds=0 is not a number of seeds"),
+        ("finetune.lrs=[]", "finetune.lrs=[] is empty"),
+        ("finetune.tasks=[]", "finetune.tasks=[] is empty"),
+        ("finetune.task=wordnet-clas", "unknown task 'wordnet-clas'"),
+        ("finetune.reg_lambda=.nan", "finetune.reg_lambda=nan is invalid"),
+        ("finetune.warmup_fraction=1", "finetune.warmup_fraction=1.0 is invalid"),
+        ("finetune.warmup_fraction=-0.1", "finetune.warmup_fraction=-0.1 is invalid"),
+        ("finetune.max_len=0", "finetune.max_len=0 is invalid"),
+        ("finetune.max_len=1", "finetune.max_len=1 is invalid"),
+        ("executor.workers=0", "executor.workers=0 is invalid"),
+        ("noise.eval_tokens=0", "noise.eval_tokens=0 is invalid"),
+    ],
+)
+def test_bad_settings_are_refused_by_the_dry_run_with_one_message(override: str, message: str, tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli_main(["sweep", DEMO, f"out_dir={tmp_path}", override, "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("error:") == 1 and "lower" not in err
+    assert not (tmp_path / "results.sqlite").exists()
+
+
+def test_probe_verbs_validate_before_running(checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    for arguments in (["noise", str(checkpoint), "gammas=[-1]"], ["noise", str(checkpoint), "gammas=abc"],
+                      ["finetune", str(checkpoint), "task=no-such-task"], ["finetune", str(checkpoint), "max_len=1"],
+                      ["finetune", str(checkpoint), "reg_lambda=.nan"], ["noise", str(checkpoint), "gamas=[1]"]):
+        assert cli_main([*arguments, "--dry-run", "--out", str(tmp_path / "o")]) == 2, arguments
+    assert "did you mean noise.gammas" in capsys.readouterr().err
+    (tmp_path / "file").write_text("")
+    assert cli_main(["noise", str(checkpoint), "--out", str(tmp_path / "file")]) == 2
+
+
+def test_generated_help_lists_every_key_with_its_docstring(capsys: pytest.CaptureFixture[str]) -> None:
+    import dataclasses
+
+    from overtrain.sweep.config import FinetuneSweep
+
+    with pytest.raises(SystemExit):
+        cli_main(["finetune", "--help"])
+    text = capsys.readouterr().out
+    for item in dataclasses.fields(FinetuneSweep):
+        assert f"  {item.name}=" in text, item.name
+    flat = " ".join(text.split())
+    assert "Share of the steps spent in linear warmup" in flat and "N seeds (0..N-1)" in flat
+    with pytest.raises(SystemExit):
+        cli_main(["sweep", "--help"])
+    assert "noise.gammas=" in capsys.readouterr().out
+
+
+def test_the_finetune_section_is_derived_from_finetune_config() -> None:
+    import dataclasses
+
+    from overtrain.probes.finetune import FinetuneConfig
+    from overtrain.sweep.config import FINETUNE_AXES, FinetuneSweep
+
+    section = {f.name for f in dataclasses.fields(FinetuneSweep)}
+    settings = {f.name for f in dataclasses.fields(FinetuneConfig)}
+    assert section == (settings - set(FINETUNE_AXES)) | set(FINETUNE_AXES.values()) | {"eval_tokens", "eval_data"}
+
+
+def test_eval_data_goes_into_the_job_spec_only_when_set() -> None:
+    plain = plan_jobs(load_sweep_config(None, ["checkpoints=[a]", "noise.gammas=[1]", "finetune.lrs=[1e-3]"]))
+    assert all("eval_data" not in job.spec for job in plain)
+    jobs = plan_jobs(load_sweep_config(None, ["checkpoints=[a]", "noise.gammas=[1]", "finetune.lrs=[1e-3]", "eval_data=text.txt",
+                                              "noise.eval_data=other.txt"]))
+    assert {job.kind: job.spec["eval_data"] for job in jobs} == {"noise": "other.txt", "finetune": "text.txt"}
+    revisions = plan_jobs(load_sweep_config(None, ["checkpoints=[hf:org/m@step1,hf:org/m@step2]", "noise.gammas=[1]"]))
+    assert [job.spec["checkpoint"] for job in revisions] == ["hf:org/m@step1", "hf:org/m@step2"]
+    assert len({job.key for job in revisions}) == 2
+
+
+def test_chat_records_train_on_assistant_turns_only(checkpoint: Path) -> None:
+    from overtrain.data.tokenizer import load_tokenizer
+    from overtrain.probes.task_batches import chat_segments, encode_segments
+
+    tokenizer = load_tokenizer(checkpoint)
+    messages = (("user", "add one"), ("assistant", "x + 1"), ("user", "and two"), ("assistant", "x + 2"))
+    segments = chat_segments(messages, None)
+    assert [text for text, trained in segments if trained] == ["x + 1\n", "x + 2\n"]
+    encoded = encode_segments(tokenizer, segments, 0, max_len=256)
+    trained = [t for t in encoded.target_ids if t != IGNORE_INDEX]
+    expected = tokenizer.encode("x + 1\n").ids + tokenizer.encode("x + 2\n").ids + [0]
+    assert trained == expected
+    chatml = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+              "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+    templated = chat_segments(messages, chatml)
+    assert [text for text, trained in templated if trained] == ["x + 1<|im_end|>\n", "x + 2<|im_end|>\n"]
+    assert "".join(text for text, _ in templated).startswith("<|im_start|>user\nadd one<|im_end|>\n<|im_start|>assistant\n")
