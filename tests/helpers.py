@@ -39,3 +39,25 @@ def tiny_pretrain_config(tmp_path: Path, corpus: Path, *overrides: str) -> Pretr
         "train.threads=1",
     ]
     return load_pretrain_config(None, base + list(overrides))
+
+
+def write_untrained_checkpoint(run_folder: Path, *, seed: int = 0, step: int = 1, tokens_seen: int = 256, tie: bool = True) -> Path:
+    """A real checkpoint folder in a second, without training: a freshly initialized 2-layer model, a
+    300-token BPE, and overtrain.json as the training loop writes it (seeds differ -> weights differ)."""
+    from overtrain.checkpoints.folder import save_checkpoint
+    from overtrain.config import config_to_dict
+    from overtrain.data.tokenizer import end_of_text_id, save_hf_tokenizer, train_bpe_tokenizer
+    from overtrain.model.llama import build_model
+
+    config = load_pretrain_config(None, ["model.d_model=32", "model.n_layers=2", "model.n_heads=2", f"model.tie_embeddings={tie}",
+                                         "data.vocab_size=300", "train.seq_len=16", f"train.seed={seed}"])
+    tokenizer_folder = Path(run_folder) / "tokenizer"
+    if not (tokenizer_folder / "tokenizer.json").is_file():
+        tokenizer = train_bpe_tokenizer(["def f(x):\n    return x + 1\n" * 50, "the quick brown fox\n" * 50], 300)
+        save_hf_tokenizer(tokenizer, tokenizer_folder)
+    from overtrain.data.tokenizer import load_tokenizer
+
+    eot = end_of_text_id(load_tokenizer(tokenizer_folder))
+    model, init_std = build_model(config.model, 300, 16, seed)
+    return save_checkpoint(Path(run_folder), model=model, optimizer=None, step=step, tokens_seen=tokens_seen,
+                           run_config=config_to_dict(config), init_std=init_std, tokenizer_folder=tokenizer_folder, end_of_text_id=eot)

@@ -86,3 +86,94 @@ def test_wsd_ladder_branches_from_the_trunk() -> None:
     assert trunk.budget_tokens == 1638400 and trunk.branch_from_tokens is None
     assert sorted(r.branch_from_tokens for r in rungs[1:]) == [327680, 655360]
     assert set(trunk.config.train.checkpoint_at_tokens) >= {327680, 655360}
+
+
+# --- bad config files and values (issue 10, items 3, 6, 9, 11) -------------------------------------
+
+
+def test_duplicate_yaml_keys_are_refused_naming_the_lines(tmp_path: Path) -> None:
+    path = tmp_path / "twice.yaml"
+    path.write_text("train:\n  lr: 1e-3\nmodel: {preset: nano}\ntrain:\n  max_tokens: 2e6\n")
+    with pytest.raises(OvertrainError, match=r"line 4: key 'train' appears twice \(lines 1 and 4\)") as caught:
+        load_pretrain_config(path)
+    assert "once" in caught.value.fix
+    nested = tmp_path / "nested_twice.yaml"
+    nested.write_text("train:\n  lr: 1e-3\n  lr: 2e-3\n")
+    with pytest.raises(OvertrainError, match="key 'lr' appears twice"):
+        load_pretrain_config(nested)
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"", "is empty"),
+        (b"# only a comment\n", "is empty"),
+        (b"\x89PNG\r\n\x1a\n\x00\x00\xff\xfe", "not a text file"),
+        (b"model:\n  d_model: 64\n\x00\x00", "not a text file"),
+        (b"train: " + b"[" * 5000 + b"]" * 5000 + b"\n", "nests"),
+        (b"a:\n" + b"".join(b"  " * depth + b"b:\n" for depth in range(1, 60)), "nests"),
+    ],
+    ids=["empty", "comment-only", "binary", "nul-bytes", "deep-brackets", "deep-indentation"],
+)
+def test_unusable_config_files_are_one_clear_error(tmp_path: Path, content: bytes, message: str) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_bytes(content)
+    with pytest.raises(OvertrainError, match=message) as caught:
+        load_pretrain_config(path)
+    assert caught.value.fix
+
+
+def test_unreadable_config_file_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "secret.yaml"
+    path.write_text("train: {lr: 1e-3}\n")
+
+    def refuse(self: Path) -> bytes:
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "read_bytes", refuse)  # chmod 000 does not stop root, who runs CI here
+    with pytest.raises(OvertrainError, match="cannot be read \\(Permission denied\\)"):
+        load_pretrain_config(path)
+    monkeypatch.undo()
+    with pytest.raises(OvertrainError, match="is a folder"):
+        load_pretrain_config(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ("model.d_model=0", "model.d_model"),
+        ("model.n_layers=0", "model.n_layers"),
+        ("model.init_std=0", "model.init_std"),
+        ("model.init_std_overrides={'*no_such.weight': 0.01}", "matches no tensor"),
+        ("model.init_std_overrides={'*o_proj.weight': -1}", "init_std_overrides"),
+        ("train.eval_tokens=0", "train.eval_tokens"),
+        ("train.eval_tokens=-5", "train.eval_tokens"),
+        ("train.eval_every_tokens=0", "train.eval_every_tokens"),
+        ("train.checkpoint_at_tokens=[-4096]", "train.checkpoint_at_tokens"),
+        ("train.checkpoint_every_tokens=-1", "train.checkpoint_every_tokens"),
+        ("train.beta2=1.5", "train.beta2"),
+        ("train.beta1=-0.1", "train.beta1"),
+        ("train.eps=0", "train.eps"),
+        ("train.lr=nan", "train.lr"),
+        ("train.weight_decay=-0.1", "train.weight_decay"),
+        ("train.seed=-1", "train.seed"),
+        ("train.threads=-2", "train.threads"),
+        ("device=tpu", "device"),
+        ("data.heldout_fraction=0", "data.heldout_fraction"),
+        ("data.max_documents=0", "data.max_documents"),
+    ],
+)
+def test_accepted_bad_values_are_now_refused_before_any_compute(override: str, key: str) -> None:
+    with pytest.raises(OvertrainError, match=key.replace("*", r"\*").replace(".", r"\.")) as caught:
+        load_pretrain_config(None, ["train.threads=1", override])
+    assert caught.value.fix
+
+
+def test_every_problem_of_a_config_is_reported_at_once() -> None:
+    with pytest.raises(OvertrainError, match="4 config problems") as caught:
+        load_pretrain_config(None, ["model.d_model=0", "train.beta2=1.5", "train.seed=-1", "device=tpu"])
+    for key in ("model.d_model", "train.beta2", "train.seed", "device"):
+        assert key in caught.value.problem and key in caught.value.fix
+    # tied presets have no lm_head tensor of their own: an override naming it names nothing
+    with pytest.raises(OvertrainError, match="matches no tensor"):
+        load_pretrain_config(None, ["model.preset=nano", "model.init_std_overrides={'lm_head.weight': 0.01}"])

@@ -232,3 +232,53 @@ def test_bad_max_documents_and_bare_hf_prefix() -> None:
         list(iter_documents(max_documents=0))
     with pytest.raises(OvertrainError, match="names no dataset"):
         list(iter_documents("hf:"))
+
+
+# --- refusals and messages of issue 10 (items 6 and 10) --------------------------------------------
+
+
+def test_one_line_text_of_megabytes_is_cut_into_documents(tmp_path: Path) -> None:
+    words = ("lorem ipsum dolor sit amet consectetur " * 60_000).strip()  # 2.3 MB on one line, no newline
+    path = tmp_path / "one_line.txt"
+    path.write_text(words)
+    documents = list(iter_documents(str(path)))
+    assert len(documents) >= 60
+    assert "".join(documents) == words  # cut at spaces, nothing lost or added
+    assert max(len(document) for document in documents) <= 64_000
+
+
+def test_single_document_corpus_says_why_and_how_documents_are_made(tmp_path: Path) -> None:
+    from overtrain.data.config import DataConfig
+    from overtrain.data.tokens import prepare_token_data
+
+    path = tmp_path / "small.txt"
+    path.write_text("just one small document\n" * 10)
+    config = DataConfig(corpus=str(path), cache_dir=str(tmp_path / "cache"), vocab_size=300, heldout_fraction=0.01)
+    with pytest.raises(OvertrainError, match="single document") as caught:
+        prepare_token_data(config, log=lambda *_: None)
+    assert "64 KB" in caught.value.fix
+
+
+@pytest.mark.parametrize("name", ["binary.txt", "big_binary.txt", "records.jsonl", "records.jsonl.gz"])
+def test_non_utf8_corpus_file_is_refused_with_the_count_of_bad_bytes(tmp_path: Path, name: str) -> None:
+    latin1 = "café crème brûlée\n".encode("latin-1")  # 4 bytes per line that are not UTF-8
+    if name == "binary.txt":
+        data = bytes(range(256)) * 4
+    elif name == "big_binary.txt":
+        data = latin1 * 5_000  # over 64 KB: read line by line
+    else:
+        data = b"".join(b'{"text": "' + latin1.strip() + b'"}\n' for _ in range(3))
+    path = tmp_path / name
+    path.write_bytes(gzip.compress(data) if name.endswith(".gz") else data)
+    with pytest.raises(OvertrainError, match="is not UTF-8 text") as caught:
+        list(iter_documents(str(path)))
+    expected_bad = {"binary.txt": 128 * 4, "big_binary.txt": 4 * 5_000}.get(name, 12)
+    assert f"{expected_bad:,} of its {len(data):,} bytes cannot be decoded" in caught.value.problem
+    assert "iconv" in caught.value.fix
+
+
+def test_missing_text_field_names_the_data_config_key(tmp_path: Path) -> None:
+    path = write_jsonl(tmp_path / "r.jsonl", [{"content": "x"}])
+    with pytest.raises(OvertrainError) as caught:
+        list(iter_documents(str(path)))
+    assert "data.text_field" in caught.value.fix and "corpus.text_field" not in str(caught.value)

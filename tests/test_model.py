@@ -63,3 +63,11 @@ def test_same_seed_same_weights_other_seed_other_weights() -> None:
 def test_presets_name_real_fields() -> None:
     assert preset_fields_are_valid()
     assert {"olmo-15m", "olmo-30m", "olmo-60m", "olmo-90m", "nano"} <= set(MODEL_PRESETS)
+
+
+@pytest.mark.parametrize("name", SHAPES)
+def test_parameter_names_without_building_match_the_model(name: str) -> None:
+    from overtrain.model.config import parameter_names
+
+    model, _ = build_model(SHAPES[name], vocab_size=50, max_seq_len=8, seed=0)
+    assert parameter_names(SHAPES[name]) == [name for name, _ in model.named_parameters()]

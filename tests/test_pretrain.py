@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 from overtrain.checkpoints.discovery import list_checkpoints
 from overtrain.checkpoints.folder import load_model
 from overtrain.cli import main as cli_main
-from overtrain.data.tokens import heldout_windows, open_token_data
+from overtrain.data.tokens import heldout_windows, open_token_data, train_batch
 from overtrain.errors import OvertrainError
 from overtrain.model.loss import mean_token_loss
 from overtrain.pretrain.ladder import run_ladder
@@ -47,13 +47,17 @@ def _overrides_for(config) -> list[str]:
 def test_checkpoint_loads_in_transformers_with_the_same_loss(tmp_path: Path, corpus: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    config = tiny_pretrain_config(tmp_path, corpus, "train.dtype=fp32")
+    config = tiny_pretrain_config(tmp_path, corpus, "train.dtype=fp32", "model.tie_embeddings=true")  # as every preset
     result = train_run(config, log=lambda *_: None)
     folder = result.final_checkpoint
     hf_model = AutoModelForCausalLM.from_pretrained(folder).eval()
     hf_tokenizer = AutoTokenizer.from_pretrained(folder)
     ours, info = load_model(folder)
     assert info.tokens_seen == result.tokens_seen == 8192
+    assert "lm_head.weight" not in load_file(folder / "model.safetensors")  # stored once, as transformers does
+    assert hf_model.config.tie_word_embeddings
+    assert hf_model.lm_head.weight.data_ptr() == hf_model.model.embed_tokens.weight.data_ptr()
+    assert torch.equal(hf_model.lm_head.weight, ours.model.embed_tokens.weight)
 
     data = open_token_data(next((tmp_path / "cache").iterdir()))
     inputs, targets = heldout_windows(data, 2048, 32)
@@ -75,8 +79,19 @@ def test_metrics_are_logged_in_tokens(tmp_path: Path, corpus: Path) -> None:
     assert all(r["heldout_loss"] > 0 and r["tokens_per_second"] > 0 for r in records)
 
 
-def test_sigkilled_run_resumes_to_the_same_weights(tmp_path: Path, corpus: Path) -> None:
-    settings = ("train.max_tokens=32768", "train.checkpoint_every_tokens=4096", "train.dtype=fp32")
+TIMING_FIELDS = ("tokens_per_second", "model_flops_per_second", "elapsed_seconds")
+
+
+def metrics_without_timing(run: Path) -> list[dict]:
+    """metrics.jsonl of a run, less the fields that measure time (they differ between any two runs)."""
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return [{key: value for key, value in record.items() if key not in TIMING_FIELDS} for record in records]
+
+
+def test_sigkilled_run_resumes_to_the_same_weights_and_metrics(tmp_path: Path, corpus: Path) -> None:
+    # evaluation points (every 3072 tokens) fall between checkpoints (every 4096), so a resume that counts
+    # them from the checkpoint instead of from zero logs other points than the uninterrupted run
+    settings = ("train.max_tokens=32768", "train.checkpoint_every_tokens=4096", "train.dtype=fp32", "train.eval_every_tokens=3072")
     reference = tiny_pretrain_config(tmp_path / "reference", corpus, *settings, f"data.cache_dir={tmp_path / 'cache'}")
     reference_result = train_run(reference, log=lambda *_: None)
 
@@ -96,8 +111,32 @@ def test_sigkilled_run_resumes_to_the_same_weights(tmp_path: Path, corpus: Path)
     actual = load_file(resumed.final_checkpoint / "model.safetensors")
     assert expected.keys() == actual.keys()
     assert all(torch.equal(expected[name], actual[name]) for name in expected)
-    logged = [json.loads(line)["tokens_seen"] for line in (Path(killed.out_dir) / "metrics.jsonl").read_text().splitlines()]
-    assert logged == sorted(set(logged)), "no step is logged twice after resuming"
+    expected_rows = metrics_without_timing(Path(reference.out_dir))
+    assert [row["tokens_seen"] for row in expected_rows] == [3072 * k for k in range(1, 11)] + [32768]
+    assert metrics_without_timing(Path(killed.out_dir)) == expected_rows, "same rows, same points, each once"
+
+
+def test_run_killed_before_its_first_checkpoint_logs_no_row_twice(tmp_path: Path, corpus: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import overtrain.pretrain.loop as loop_module
+
+    settings = ("train.eval_every_tokens=2048", "train.dtype=fp32", "train.checkpoint_every_tokens=6144")
+    reference = tiny_pretrain_config(tmp_path / "reference", corpus, *settings, f"data.cache_dir={tmp_path / 'cache'}")
+    train_run(reference, log=lambda *_: None)
+    crashed = tiny_pretrain_config(tmp_path / "crashed", corpus, *settings, f"data.cache_dir={tmp_path / 'cache'}")
+    real_checkpoint = loop_module._TrainingLoop._checkpoint
+
+    def crash_at_first_checkpoint(self, out_dir):
+        raise KeyboardInterrupt  # as a kill would: rows at 2048 and 4096 are logged, no checkpoint yet
+
+    monkeypatch.setattr(loop_module._TrainingLoop, "_checkpoint", crash_at_first_checkpoint)
+    with pytest.raises(KeyboardInterrupt):
+        train_run(crashed, log=lambda *_: None)
+    assert len(metrics_without_timing(Path(crashed.out_dir))) == 3 and not list_checkpoints(Path(crashed.out_dir))
+    with open(Path(crashed.out_dir) / "metrics.jsonl", "a") as handle:
+        handle.write('{"tokens_seen": 81')  # and a line torn by the kill
+    monkeypatch.setattr(loop_module._TrainingLoop, "_checkpoint", real_checkpoint)
+    train_run(crashed, log=lambda *_: None)
+    assert metrics_without_timing(Path(crashed.out_dir)) == metrics_without_timing(Path(reference.out_dir))
 
 
 def test_ladder_losses_fall_with_budget(tmp_path: Path, corpus: Path) -> None:
@@ -114,6 +153,19 @@ def test_wsd_branch_equals_a_standalone_wsd_run(tmp_path: Path, corpus: Path) ->
     ladder = tiny_pretrain_config(tmp_path / "ladder", corpus, "ladder.mode=wsd-branches", "ladder.budgets_tokens=[8192,16384]",
                                   "train.dtype=fp32", "train.warmup_tokens=512", cache)
     branch = [r for r in run_ladder(ladder, log=lambda *_: None) if r.tokens_seen == 8192][0]
+    # the branch starts from the trunk's checkpoint at 6656 tokens (step 26 of 32), not from scratch ...
+    assert branch.started_at_tokens == 6656 and branch.steps_trained == 32 - 26
+    trunk_checkpoint = Path(ladder.out_dir) / "budget-000000016384" / "checkpoints" / "step-000026-tokens-6656"
+    assert trunk_checkpoint.is_dir()
+    # ... so its first loss is the trunk's weights at step 26 on the batch of step 26
+    trunk_model, _ = load_model(trunk_checkpoint)
+    data = open_token_data(next((tmp_path / "cache").iterdir()))
+    inputs, targets = train_batch(data, 8, 32, 0, 26)
+    with torch.no_grad():
+        trunk_loss = float(torch.nn.functional.cross_entropy(trunk_model(inputs).float().flatten(0, 1), targets.flatten()))
+    assert branch.first_step_loss == pytest.approx(trunk_loss, rel=1e-6)
+    branch_rows = [json.loads(line) for line in (branch.out_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in branch_rows] == [32], "the branch logs only its own steps"
     alone = tiny_pretrain_config(tmp_path / "alone", corpus, "train.schedule=wsd", "train.max_tokens=8192",
                                  "train.dtype=fp32", "train.warmup_tokens=512", cache)
     alone_result = train_run(alone, log=lambda *_: None)
@@ -156,13 +208,30 @@ def test_corrupted_checkpoint_is_named_with_the_fix(tmp_path: Path, corpus: Path
         load_model(result.final_checkpoint)
 
 
-def test_diverging_loss_stops_with_advice_and_no_half_written_checkpoint(tmp_path: Path, corpus: Path) -> None:
-    config = tiny_pretrain_config(tmp_path, corpus, "train.lr=50", "train.grad_clip=0", "train.checkpoint_every_tokens=512")
-    with pytest.raises(OvertrainError, match="diverged") as caught:
+def test_nan_after_a_checkpoint_stops_with_advice_and_keeps_the_last_good_checkpoint(
+    tmp_path: Path, corpus: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import overtrain.pretrain.loop as loop_module
+
+    real_checkpoint = loop_module._TrainingLoop._checkpoint
+
+    def checkpoint_then_poison(self, out_dir):
+        real_checkpoint(self, out_dir)
+        with torch.no_grad():  # a real NaN in the weights right after the first checkpoint
+            self.model.model.layers[0].mlp.up_proj.weight[0, 0] = float("nan")
+
+    monkeypatch.setattr(loop_module._TrainingLoop, "_checkpoint", checkpoint_then_poison)
+    config = tiny_pretrain_config(tmp_path, corpus, "train.checkpoint_every_tokens=2048")
+    with pytest.raises(OvertrainError, match="training diverged: loss nan at step 8") as caught:
         train_run(config, log=lambda *_: None)
-    assert "train.lr" in caught.value.fix
-    leftovers = [p for p in (Path(config.out_dir) / "checkpoints").glob("*") if ".tmp-" in p.name]
-    assert leftovers == []
+    assert "train.lr" in caught.value.fix and "last good checkpoint" in caught.value.fix
+    kept = list_checkpoints(Path(config.out_dir))
+    assert [path.name for path in kept] == ["step-000008-tokens-2048"]
+    assert not [p for p in (Path(config.out_dir) / "checkpoints").iterdir() if ".tmp-" in p.name]
+    model, _ = load_model(kept[0])  # verified against its checksums
+    assert all(torch.isfinite(param).all() for param in model.parameters())
+    monkeypatch.setattr(loop_module._TrainingLoop, "_checkpoint", real_checkpoint)
+    assert train_run(config, log=lambda *_: None).started_at_tokens == 2048  # and the run resumes from it
 
 
 def test_cli_reports_bad_input_without_a_traceback(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

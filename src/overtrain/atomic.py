@@ -94,3 +94,27 @@ def remove_stale_temporaries(folder: Path) -> list[Path]:
             shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
             removed.append(path)
     return removed
+
+
+def ensure_writable_folder(folder: Path, what: str, key: str) -> None:
+    """Prove that ``folder`` can take a new file (or be created), before any work would be lost.
+
+    Nothing is left behind: the probe file goes into ``folder`` if it exists, or else into its nearest
+    existing ancestor, and is removed at once. A read-only folder, a path under a regular file or a full
+    disk becomes an ``OvertrainError`` that names ``what`` and the setting (``key``) that chooses it.
+    """
+    from overtrain.errors import OvertrainError
+
+    folder = Path(folder).absolute()
+    existing = next(path for path in (folder, *folder.parents) if path.exists())
+    try:
+        if not existing.is_dir():
+            raise NotADirectoryError(20, f"{existing} is a file, not a folder")
+        descriptor, probe = tempfile.mkstemp(prefix="write-probe" + TEMPORARY_MARK, dir=existing)
+        os.close(descriptor)
+        os.unlink(probe)
+    except OSError as error:
+        raise OvertrainError(
+            f"cannot write to {what} {folder} ({error.strerror or error})",
+            f"make it writable (e.g. chmod u+w), or set {key} to a folder you can write",
+        ) from None

@@ -8,6 +8,7 @@ the typed object, never a dict.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import re
@@ -39,7 +40,34 @@ _YamlLoader.add_implicit_resolver(
 )
 
 
+class DuplicateKeyError(yaml.constructor.ConstructorError):
+    """A mapping names the same key twice (YAML would silently keep only the last one)."""
+
+
+def _construct_unique_mapping(loader: _YamlLoader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+    """Like SafeLoader's mapping constructor, but a repeated key is an error that names both lines."""
+    loader.flatten_mapping(node)
+    first_line: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        line = key_node.start_mark.line + 1
+        if isinstance(key, typing.Hashable) and key in first_line:
+            raise DuplicateKeyError(
+                None, None, f"key {key!r} appears twice (lines {first_line[key]} and {line}); merge the two into one", key_node.start_mark
+            )
+        if isinstance(key, typing.Hashable):
+            first_line[key] = line
+    return loader.construct_mapping(node, deep=deep)
+
+
+_YamlLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_unique_mapping)
+
+MAX_NESTING = 32
+"""Deepest nesting of sections and lists a config may have (real configs use 3)."""
+
+
 def load_yaml_text(text: str) -> Any:
+    """Parse YAML with the loader above: ``1e6`` is a number and a repeated key is an error."""
     return yaml.load(text, Loader=_YamlLoader)  # noqa: S506 - a SafeLoader subclass
 
 
@@ -61,7 +89,9 @@ def _parse_scalar(raw_value: str) -> Any:
     """The value as YAML (numbers, lists, mappings), or the raw text where it is not valid YAML."""
     try:
         return load_yaml_text(raw_value)
-    except yaml.YAMLError:
+    except DuplicateKeyError as error:
+        raise OvertrainError(f"override value {raw_value!r}: {error.problem}", "name each key once") from None
+    except (yaml.YAMLError, RecursionError):
         return raw_value
 
 
@@ -188,26 +218,99 @@ def _coerce_leaf(value: Any, annotation: Any, where: str) -> Any:
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a YAML mapping; a missing file or a non-mapping is a clear error."""
+    """Read a YAML mapping; every way a file can be unusable is one clear error (never a traceback).
+
+    Refused: a missing path or a folder, an unreadable or non-UTF-8 (binary) file, invalid YAML, a key
+    given twice in one mapping, nesting deeper than :data:`MAX_NESTING`, a top level that is not a
+    mapping, and an empty file (which would otherwise silently mean "all defaults").
+    """
     path = Path(path)
+    if path.is_dir():
+        raise OvertrainError(f"config file {path} is a folder", "pass the path of a YAML file, e.g. configs/demo/nano.yaml")
     if not path.is_file():
         raise OvertrainError(f"config file {path} does not exist", "pass the path of a YAML file, e.g. configs/demo/tiny.yaml")
-    try:
-        data = load_yaml_text(path.read_text())
-    except yaml.YAMLError as error:
-        raise OvertrainError(f"config file {path} is not valid YAML: {error}", "fix the YAML syntax") from None
+    data = _parse_yaml_file(path, _read_config_text(path))
     if data is None:
-        return {}
+        raise OvertrainError(
+            f"config file {path} is empty (no settings in it)",
+            "put settings in it (see configs/demo/), or leave the config argument out to use every default on purpose",
+        )
     if not isinstance(data, dict):
         raise OvertrainError(f"config file {path} must hold a mapping of keys, not {type(data).__name__}", "see configs/demo/")
     return data
 
 
+def _read_config_text(path: Path) -> str:
+    try:
+        raw = path.read_bytes()
+    except OSError as error:
+        raise OvertrainError(
+            f"config file {path} cannot be read ({error.strerror or error})", "check its permissions (chmod a+r) or pass another file"
+        ) from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise OvertrainError(
+            f"config file {path} is not a text file: byte {error.start} is not UTF-8 (is it a binary file?)",
+            "pass a YAML text file, e.g. configs/demo/nano.yaml",
+        ) from None
+    if "\x00" in text:
+        raise OvertrainError(f"config file {path} is not a text file: it holds NUL bytes", "pass a YAML text file, e.g. configs/demo/nano.yaml")
+    return text
+
+
+def _parse_yaml_file(path: Path, text: str) -> Any:
+    try:
+        data = load_yaml_text(text)
+    except DuplicateKeyError as error:
+        raise OvertrainError(f"config file {path}, line {error.problem_mark.line + 1}: {error.problem}", "name each key once") from None
+    except yaml.YAMLError as error:
+        raise OvertrainError(f"config file {path} is not valid YAML: {error}", "fix the YAML syntax") from None
+    except RecursionError:
+        data = None
+        depth = MAX_NESTING + 1
+    else:
+        depth = nesting_depth(data)
+    if depth > MAX_NESTING:
+        raise OvertrainError(
+            f"config file {path} nests sections or lists more than {MAX_NESTING} deep",
+            "configs have a few levels (section.key: value); check the file for runaway brackets or indentation",
+        )
+    return data
+
+
+def nesting_depth(value: Any) -> int:
+    """How deeply mappings and lists nest in ``value`` (a scalar is 0), computed without recursion."""
+    deepest, stack = 0, [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        deepest = max(deepest, depth)
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else ()
+        stack.extend((child, depth + 1) for child in children)
+        if deepest > MAX_NESTING:
+            break
+    return deepest
+
+
+TRANSIENT = {"transient": True}
+"""``field(metadata=TRANSIENT)`` marks an instruction for one invocation (e.g. ``train.extend``), not a
+setting: :func:`config_to_dict` leaves it out, so it is never saved, hashed or replayed."""
 
 
 def config_to_dict(config: Any) -> dict[str, Any]:
-    """Plain nested dict of a config dataclass (for JSON, YAML and hashing)."""
-    return dataclasses.asdict(config)
+    """Plain nested dict of a config dataclass (for JSON, YAML and hashing); transient fields left out."""
+    return {item.name: _plain(getattr(config, item.name)) for item in dataclasses.fields(config) if not item.metadata.get("transient")}
+
+
+def _plain(value: Any) -> Any:
+    """``value`` with every dataclass in it turned into a dict (as ``dataclasses.asdict`` does), copied."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return config_to_dict(value)
+    if isinstance(value, (list, tuple)):
+        return type(value)(_plain(item) for item in value)
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    return copy.deepcopy(value)
 
 
 def dump_yaml(config: Any) -> str:

@@ -48,6 +48,9 @@ class CheckpointInfo:
     run_config: dict[str, Any]
     init_std: dict[str, float]
     checksums: dict[str, str]
+    loop_state: dict[str, Any] = dataclasses.field(default_factory=dict)
+    """What the training loop needs beyond weights to continue exactly (first loss, losses since the last
+    evaluation); empty for checkpoints written before it was recorded."""
 
     @property
     def model_config(self) -> ModelConfig:
@@ -119,6 +122,7 @@ def save_checkpoint(
     init_std: dict[str, float],
     tokenizer_folder: Path,
     end_of_text_id: int,
+    loop_state: dict[str, Any] | None = None,
 ) -> Path:
     """Write a permanent checkpoint under ``run_folder/checkpoints``; an existing one is kept as it is."""
     final = Path(run_folder) / "checkpoints" / checkpoint_folder_name(step, tokens_seen)
@@ -139,6 +143,7 @@ def save_checkpoint(
             "run_config": run_config,
             "init_std": init_std,
             "checksums": checksums,
+            "loop_state": loop_state or {},
             "overtrain_version": overtrain.__version__,
             "created_unix": time.time(),
         }
@@ -146,7 +151,12 @@ def save_checkpoint(
     return final
 
 
+REQUIRED_FILES = ("config.json", "model.safetensors", "rng.safetensors", "tokenizer.json")
+"""Files every checkpoint folder has (transformers needs config.json and tokenizer.json; resuming, rng)."""
+
+
 def read_checkpoint_info(folder: Path) -> CheckpointInfo:
+    """``overtrain.json`` of a checkpoint, checked for every key and its type (never a KeyError later)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise OvertrainError(f"checkpoint folder {folder} does not exist", "pass a folder under RUN/checkpoints/")
@@ -158,13 +168,77 @@ def read_checkpoint_info(folder: Path) -> CheckpointInfo:
         )
     try:
         meta = json.loads(path.read_text())
-        return CheckpointInfo(folder, meta["step"], meta["tokens_seen"], meta["run_config"], meta["init_std"], meta["checksums"])
-    except (json.JSONDecodeError, KeyError) as error:
-        raise OvertrainError(f"{path} is corrupted ({error})", f"delete {folder}; a run resumes from the previous checkpoint") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise _corrupted_metadata(path, folder, str(error)) from None
+    problems = metadata_problems(meta)
+    if problems:
+        raise _corrupted_metadata(path, folder, "; ".join(problems))
+    return CheckpointInfo(
+        folder, meta["step"], meta["tokens_seen"], meta["run_config"], meta["init_std"], meta["checksums"], meta.get("loop_state") or {}
+    )
+
+
+def metadata_problems(meta: Any) -> list[str]:
+    """What is missing from, or of the wrong shape in, the parsed contents of ``overtrain.json``."""
+    if not isinstance(meta, dict):
+        return [f"it holds a JSON {type(meta).__name__}, not an object"]
+    problems = []
+    for key in ("step", "tokens_seen"):
+        if not (isinstance(meta.get(key), int) and not isinstance(meta.get(key), bool) and meta[key] >= 0):
+            problems.append(f"{key} must be a whole number >= 0, found {meta.get(key, '(missing)')!r}")
+    problems += _run_config_problems(meta.get("run_config"))
+    init_std = meta.get("init_std")
+    if not (isinstance(init_std, dict) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in init_std.values())):
+        problems.append("init_std must map tensor names to numbers")
+    checksums = meta.get("checksums")
+    if not (isinstance(checksums, dict) and all(isinstance(v, str) for v in checksums.values())):
+        problems.append("checksums must map file names to sha256 strings")
+    elif "model.safetensors" not in checksums:
+        problems.append("checksums has no entry for model.safetensors, so the weights cannot be verified")
+    if not isinstance(meta.get("loop_state", {}), dict):
+        problems.append("loop_state must be an object")
+    return problems
+
+
+def _run_config_problems(run_config: Any) -> list[str]:
+    if not isinstance(run_config, dict):
+        return ["run_config must be an object with model, data and train sections"]
+    problems = [f"run_config.{section} is missing" for section in ("model", "data", "train") if not isinstance(run_config.get(section), dict)]
+    if problems:
+        return problems
+    model_fields = {f.name for f in dataclasses.fields(ModelConfig)}
+    missing = sorted(model_fields - set(run_config["model"]))
+    if missing:
+        problems.append(f"run_config.model lacks {', '.join(missing)}")
+    seq_len = run_config["train"].get("seq_len")
+    if not (isinstance(seq_len, int) and seq_len > 0):
+        problems.append(f"run_config.train.seq_len must be a positive whole number, found {seq_len!r}")
+    return problems
+
+
+def _corrupted_metadata(path: Path, folder: Path, detail: str) -> OvertrainError:
+    return OvertrainError(f"{path} is corrupted ({detail})", f"delete {folder}; a run resumes from the previous checkpoint")
 
 
 def verify_checkpoint(info: CheckpointInfo) -> None:
-    """Compare every tensor file with its recorded sha256; a truncated or altered file is named."""
+    """Check that the folder is complete and every tensor file matches its recorded sha256.
+
+    A tensor file present without a recorded checksum is refused too: deleting entries from the
+    ``checksums`` map must not switch verification off.
+    """
+    absent = [name for name in REQUIRED_FILES if not (info.folder / name).is_file()]
+    if absent:
+        raise OvertrainError(
+            f"checkpoint {info.folder} is incomplete: {', '.join(absent)} is missing",
+            "restore the file (every checkpoint of a run has the same tokenizer.json and config.json shape), "
+            f"or delete {info.folder}; a run then resumes from its previous checkpoint",
+        )
+    unrecorded = [name for name in TENSOR_FILES if (info.folder / name).is_file() and name not in info.checksums]
+    if unrecorded:
+        raise OvertrainError(
+            f"checkpoint {info.folder} cannot be verified: {METADATA_FILE} records no checksum for {', '.join(unrecorded)}",
+            f"restore {METADATA_FILE} from a backup, or delete {info.folder} (a run then resumes from its previous checkpoint)",
+        )
     for name, expected in info.checksums.items():
         path = info.folder / name
         if not path.is_file() or file_sha256(path) != expected:
@@ -181,16 +255,32 @@ def load_tensors(path: Path) -> dict[str, torch.Tensor]:
         raise OvertrainError(f"cannot read {path}: {error}", f"the file is damaged; delete {path.parent} or restore it") from None
 
 
+def load_weights_into(model: LlamaLM, state: dict[str, torch.Tensor], folder: Path) -> None:
+    """Copy a checkpoint's tensors into ``model``; tensors of the wrong name or shape are one clear error."""
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as error:  # size mismatch: the recorded config does not describe these tensors
+        detail = " ".join(line.strip() for line in str(error).splitlines()[1:3])
+        raise OvertrainError(
+            f"{folder}: the weights do not have the shapes its {METADATA_FILE} describes ({detail})", "re-create the checkpoint"
+        ) from None
+    if unexpected or [name for name in missing if name != "lm_head.weight" or not model.config.tie_embeddings]:
+        raise OvertrainError(f"{folder} does not match its own config (missing {missing}, unexpected {unexpected})", "re-create the checkpoint")
+
+
 def load_model(folder: Path, max_seq_len: int | None = None, verify: bool = True) -> tuple[LlamaLM, CheckpointInfo]:
     """Our fast model from an overtrain checkpoint (weights checked against their checksums)."""
     info = read_checkpoint_info(folder)
     if verify:
         verify_checkpoint(info)
     state = load_tensors(info.folder / "model.safetensors")
-    vocab_size = state["model.embed_tokens.weight"].shape[0]
+    embedding = state.get("model.embed_tokens.weight")
+    if embedding is None or embedding.ndim != 2:
+        raise OvertrainError(f"{folder}/model.safetensors has no 2-D model.embed_tokens.weight", "re-create the checkpoint")
     seq_len = max_seq_len or info.run_config["train"]["seq_len"]
-    model = LlamaLM(info.model_config, vocab_size, seq_len)
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if unexpected or [name for name in missing if name != "lm_head.weight"]:
-        raise OvertrainError(f"{folder} does not match its own config (missing {missing}, unexpected {unexpected})", "re-create the checkpoint")
+    try:
+        model = LlamaLM(info.model_config, embedding.shape[0], seq_len)
+    except (TypeError, ValueError, RuntimeError) as error:
+        raise OvertrainError(f"{folder}: its {METADATA_FILE} describes no valid model ({error})", "re-create the checkpoint") from None
+    load_weights_into(model, state, info.folder)
     return model, info

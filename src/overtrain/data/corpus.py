@@ -4,7 +4,8 @@
 
 - ``"embedded"``: the real-English corpus shipped with the package (``corpus_data/default_corpus.jsonl.xz``,
   ~34 MB of public-domain text in 12 sources; see ``corpus_data/PROVENANCE.md``);
-- a ``.txt`` file: one document (a file over 64 KB is cut at blank lines into ~32 KB documents);
+- a ``.txt`` file: one document (a file over 64 KB is cut at blank lines into ~32 KB documents, and a
+  line longer than 128 KB into ~32 KB pieces at spaces, so even a one-line file gives many documents);
 - a ``.jsonl``, ``.jsonl.gz`` or ``.json.gz`` file of records with a text field (C4's files are ``.json.gz``);
 - a folder: every such file inside it, recursively, in sorted order; a folder written by
   ``datasets.Dataset.save_to_disk`` or holding only parquet/arrow/csv files is read with ``datasets``;
@@ -12,11 +13,14 @@
   ``"hf:/a/local/folder"`` reads a local dataset folder the same way (no network needed).
 
 ``split`` chooses the split of a Hugging Face dataset; plain files have no splits (held-out documents are
-chosen downstream by a hash of the document index). Every user mistake raises ``OvertrainError``.
+chosen downstream by a hash of the document index). Files must be UTF-8: a file with bytes that are not
+(a binary or Latin-1 file) is refused with the count of undecodable bytes and the fix, never trained on
+as replacement characters. Every user mistake raises ``OvertrainError``.
 """
 
 from __future__ import annotations
 
+import codecs
 import gzip
 import io
 import json
@@ -167,18 +171,40 @@ def _folder_documents(folder: Path, *, text_field: str, split: str) -> Iterator[
 def _txt_documents(path: Path) -> Iterator[str]:
     """A small file whole; a large one cut at blank lines into ~TXT_DOCUMENT_BYTES pieces."""
     if path.stat().st_size <= TXT_WHOLE_FILE_MAX_BYTES:
-        yield path.read_text(encoding="utf-8", errors="replace")
+        yield _decode_utf8(path.read_bytes(), path)
         return
-    with path.open(encoding="utf-8", errors="replace") as lines:
-        yield from _cut_at_blank_lines(lines)
+    with _open_text(path) as lines:
+        try:
+            yield from _cut_at_blank_lines(_split_long_lines(lines))
+        except UnicodeDecodeError:
+            raise _not_utf8(path) from None
+
+
+def _split_long_lines(lines: Iterable[str]) -> Iterator[str]:
+    """Lines as they are, except that one longer than TXT_HARD_CUT_BYTES characters is cut into pieces of
+    about TXT_DOCUMENT_BYTES, each ending at its last space (or at that size, if it has none)."""
+    for line in lines:
+        if len(line) <= TXT_HARD_CUT_BYTES:
+            yield line
+            continue
+        while len(line) > TXT_DOCUMENT_BYTES:
+            cut = line.rfind(" ", 0, TXT_DOCUMENT_BYTES) + 1
+            if cut < TXT_DOCUMENT_BYTES // 2:
+                cut = TXT_DOCUMENT_BYTES
+            yield line[:cut]
+            line = line[cut:]
+        yield line
 
 
 def _cut_at_blank_lines(lines: Iterable[str]) -> Iterator[str]:
+    """Group lines into documents of about TXT_DOCUMENT_BYTES, cut at a blank line past that size, after
+    each piece of a split long line (a piece has no newline), and at TXT_HARD_CUT_BYTES in any case."""
     buffer: list[str] = []
     buffer_bytes = 0
     for line in lines:
+        after_piece = bool(buffer) and not buffer[-1].endswith("\n")
         at_blank_line = not line.strip()
-        if (at_blank_line and buffer_bytes >= TXT_DOCUMENT_BYTES) or buffer_bytes >= TXT_HARD_CUT_BYTES:
+        if buffer and (after_piece or (at_blank_line and buffer_bytes >= TXT_DOCUMENT_BYTES) or buffer_bytes >= TXT_HARD_CUT_BYTES):
             yield "".join(buffer)
             buffer, buffer_bytes = [], 0
         buffer.append(line)
@@ -189,16 +215,47 @@ def _cut_at_blank_lines(lines: Iterable[str]) -> Iterator[str]:
 
 def _open_text(path: Path) -> TextIO:
     if path.name.lower().endswith(".gz"):
-        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8", errors="replace")
-    return path.open(encoding="utf-8", errors="replace")
+        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8")
+    return path.open(encoding="utf-8")
+
+
+def _decode_utf8(data: bytes, path: Path) -> str:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise _not_utf8(path) from None
+
+
+def _not_utf8(path: Path) -> OvertrainError:
+    """The refusal of a file that is not UTF-8, with how many of its bytes cannot be decoded."""
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    total = bad = 0
+    first = None
+    with opener(path, "rb") as handle:
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        while chunk := handle.read(1 << 20):
+            text = decoder.decode(chunk)
+            replaced = text.count("\ufffd")
+            if replaced and first is None:
+                first = total + len(text[: text.index("\ufffd")].encode("utf-8"))
+            total += len(chunk)
+            bad += replaced
+    return OvertrainError(
+        f"the corpus file {str(path)!r} is not UTF-8 text: {bad:,} of its {total:,} bytes cannot be decoded "
+        f"(the first near byte {first or 0:,}); a binary file or another encoding would train on garbage",
+        "convert it to UTF-8 (e.g. iconv -f latin1 -t utf-8 FILE > FILE.utf8) or remove it from the corpus",
+    )
 
 
 def _jsonl_documents(path: Path, *, text_field: str) -> Iterator[str]:
     """The ``text_field`` of each JSON record, one record a line (blank lines skipped)."""
     with _open_text(path) as lines:
-        for line_number, line in enumerate(lines, 1):
-            if line.strip():
-                yield _text_of_record(_parse_json_line(line, path, line_number), text_field, f"line {line_number} of {path}")
+        try:
+            for line_number, line in enumerate(lines, 1):
+                if line.strip():
+                    yield _text_of_record(_parse_json_line(line, path, line_number), text_field, f"line {line_number} of {path}")
+        except UnicodeDecodeError:
+            raise _not_utf8(path) from None
 
 
 def _parse_json_line(line: str, path: Path, line_number: int) -> dict[str, Any]:
@@ -222,14 +279,14 @@ def _text_of_record(record: dict[str, Any], text_field: str, where: str) -> str:
         fields = ", ".join(map(repr, record)) or "none"
         raise OvertrainError(
             f"{where} has no {text_field!r} field; its fields are: {fields}",
-            "pass text_field=<the field that holds the text> (corpus.text_field in the config), "
+            "pass text_field=<the field that holds the text> (data.text_field in the config), "
             "or add that field to every record",
         )
     text = record[text_field]
     if not isinstance(text, str):
         raise OvertrainError(
             f"the {text_field!r} field of {where} is a {type(text).__name__}, not a string",
-            "make that field hold the document's text, or pass the text_field that does",
+            "make that field hold the document's text, or set data.text_field to the field that does",
         )
     return text
 

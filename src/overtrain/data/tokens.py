@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from overtrain.atomic import atomic_directory
+from overtrain.atomic import atomic_directory, ensure_writable_folder
 from overtrain.data.config import DataConfig
 from overtrain.data.tokenizer import end_of_text_id, save_hf_tokenizer, train_bpe_tokenizer
 from overtrain.errors import OvertrainError
@@ -72,10 +72,17 @@ def prepare_token_data(config: DataConfig, log=print) -> TokenData:
     """Tokenize the corpus once (cached by a hash of ``config``) and open the memmaps."""
     folder = Path(config.cache_dir) / f"tokens-{data_cache_key(config)}"
     if not (folder / "meta.json").is_file():
+        ensure_writable_folder(Path(config.cache_dir), "the token cache folder", "data.cache_dir")
         started = time.perf_counter()
         log(f"tokenizing corpus {config.corpus!r} with a {config.vocab_size}-token BPE into {folder} ...")
-        with atomic_directory(folder) as staging:
-            _write_token_data(config, staging)
+        try:
+            with atomic_directory(folder) as staging:
+                _write_token_data(config, staging)
+        except OSError as error:
+            raise OvertrainError(
+                f"could not write the token cache {folder} ({error.strerror or error})",
+                "make data.cache_dir writable (or free disk space), or set data.cache_dir to another folder",
+            ) from None
         log(f"tokenized in {time.perf_counter() - started:.1f} s")
     return open_token_data(folder)
 
@@ -100,7 +107,11 @@ def _split_documents(config: DataConfig) -> tuple[list[str], list[str]]:
         # Tiny corpora may hash every document into train; hold out the last one so evaluation exists.
         heldout_docs.append(train_docs.pop())
         if not train_docs:
-            raise OvertrainError(f"corpus {config.corpus!r} has a single document", "give it at least two documents")
+            raise OvertrainError(
+                f"corpus {config.corpus!r} has a single document ({len(heldout_docs[0]):,} characters), "
+                "so there is none left for the held-out split",
+                "give it at least two documents (a .txt file over 64 KB is cut into ~32 KB documents, a smaller one is one document)",
+            )
     return train_docs, heldout_docs
 
 

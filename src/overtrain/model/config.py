@@ -42,3 +42,19 @@ class ModelConfig:
     @property
     def kv_heads(self) -> int:
         return self.n_kv_heads or self.n_heads
+
+
+def parameter_names(config: ModelConfig) -> list[str]:
+    """Hugging Face names of the model's parameters, as ``LlamaLM.named_parameters()`` lists them (a tied
+    ``lm_head.weight`` is the embedding, listed once under its name), without building the model."""
+    names = ["model.embed_tokens.weight"]
+    for layer in range(config.n_layers):
+        prefix = f"model.layers.{layer}."
+        names.append(prefix + "input_layernorm.weight")
+        names += [prefix + f"self_attn.{proj}_proj.weight" for proj in "qkvo"]
+        names.append(prefix + "post_attention_layernorm.weight")
+        names += [prefix + f"mlp.{proj}_proj.weight" for proj in ("gate", "up", "down")]
+    names.append("model.norm.weight")
+    if not config.tie_embeddings:
+        names.append("lm_head.weight")
+    return names

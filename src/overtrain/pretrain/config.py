@@ -7,14 +7,17 @@ tree and the token arithmetic.
 
 from __future__ import annotations
 
+import fnmatch
+import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from overtrain.config import apply_overrides, build_dataclass, read_yaml
+from overtrain.config import TRANSIENT, apply_overrides, build_dataclass, read_yaml
 from overtrain.data.config import DataConfig
 from overtrain.errors import OvertrainError
-from overtrain.model.config import ModelConfig
+from overtrain.model.config import ModelConfig, parameter_names
 from overtrain.model.presets import apply_preset
 
 ScheduleName = Literal["cosine", "linear", "constant", "wsd"]
@@ -68,6 +71,10 @@ class TrainConfig:
     """Extra permanent checkpoints at these token counts (WSD ladders branch from them)."""
     threads: int = 0
     """torch CPU threads; 0 keeps torch's default."""
+    extend: bool = field(default=False, metadata=TRANSIENT)
+    """Continue an existing run in ``out_dir`` although these settings differ from the ones it was started
+    with (e.g. a larger ``max_tokens``): training goes on from its newest checkpoint under the new settings.
+    An instruction for this invocation, not a setting: never saved in config.yaml, checkpoints or hashes."""
 
     @property
     def tokens_per_step(self) -> int:
@@ -103,51 +110,143 @@ class PretrainConfig:
     """``auto`` (cuda if available, else cpu), ``cpu`` or ``cuda``."""
 
 
+DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+
+
 def validate_pretrain_config(config: PretrainConfig) -> None:
-    """Reject settings that would fail later, deep inside torch, with a message that says what to fix."""
-    train, model = config.train, config.model
-    for name in ("batch_size", "seq_len", "grad_accum"):
-        _require(getattr(train, name) > 0, f"train.{name}", getattr(train, name), "a positive whole number")
-    _require(train.lr > 0, "train.lr", train.lr, "a positive learning rate, e.g. 3e-3")
-    _require(train.warmup_tokens >= 0, "train.warmup_tokens", train.warmup_tokens, "0 or more tokens")
-    _require(0 < train.decay_fraction <= 1, "train.decay_fraction", train.decay_fraction, "a fraction in (0, 1]")
-    _require(0 <= train.min_lr_ratio <= 1, "train.min_lr_ratio", train.min_lr_ratio, "a fraction in [0, 1]")
-    if train.batch_size % train.grad_accum:
-        raise OvertrainError(
+    """Reject settings that would fail later (or, worse, run and mean nothing), before any compute.
+
+    Every problem is collected, and all of them are raised together as one :class:`OvertrainError`.
+    """
+    problems = Problems()
+    _check_model(config.model, problems)
+    _check_data(config.data, problems)
+    _check_train(config.train, problems)
+    if not DEVICE_PATTERN.match(config.device):
+        problems.add("device", config.device, "auto, cpu, cuda or cuda:N")
+    if config.ladder.budgets_tokens:  # a ladder's budgets replace train.max_tokens
+        for budget in config.ladder.budgets_tokens:
+            _check_budget(budget, "ladder.budgets_tokens", config.train, problems)
+    else:
+        _check_budget(config.train.max_tokens, "train.max_tokens", config.train, problems)
+    problems.raise_if_any()
+
+
+class Problems:
+    """Collects every invalid setting of a config so that one error names them all."""
+
+    def __init__(self) -> None:
+        self.messages: list[str] = []
+        self.fixes: list[str] = []
+
+    def add(self, key: str, value: object, allowed: str) -> None:
+        self.messages.append(f"{key} = {value!r} is invalid")
+        self.fixes.append(f"{key}: use {allowed}")
+
+    def add_text(self, message: str, fix: str) -> None:
+        self.messages.append(message)
+        self.fixes.append(fix)
+
+    def require(self, condition: bool, key: str, value: object, allowed: str) -> None:
+        if not condition:
+            self.add(key, value, allowed)
+
+    def raise_if_any(self) -> None:
+        if len(self.messages) == 1:
+            raise OvertrainError(f"config key {self.messages[0]}" if " = " in self.messages[0] else self.messages[0], self.fixes[0])
+        if self.messages:
+            listed = "".join(f"\n  - {message}" for message in self.messages)
+            raise OvertrainError(f"{len(self.messages)} config problems:{listed}", "; ".join(self.fixes))
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def _check_model(model: ModelConfig, problems: Problems) -> None:
+    for name in ("d_model", "n_layers", "n_heads"):
+        problems.require(getattr(model, name) > 0, f"model.{name}", getattr(model, name), "a positive whole number")
+    for name in ("n_kv_heads", "d_ff"):
+        value = getattr(model, name)
+        problems.require(value is None or value > 0, f"model.{name}", value, "a positive whole number, or leave it unset")
+    for name in ("init_std", "rope_theta", "norm_eps"):
+        value = getattr(model, name)
+        problems.require(_is_number(value) and value > 0, f"model.{name}", value, "a positive number")
+    if min(model.d_model, model.n_heads, model.kv_heads) <= 0:
+        return  # the checks below divide by these
+    problems.require(model.d_model % model.n_heads == 0, "model.n_heads", model.n_heads, f"a divisor of d_model={model.d_model}")
+    problems.require(model.n_heads % model.kv_heads == 0, "model.n_kv_heads", model.n_kv_heads, "a divisor of n_heads")
+    problems.require((model.d_model // model.n_heads) % 2 == 0, "model.d_model", model.d_model, "d_model / n_heads even (RoPE)")
+    names = parameter_names(model)
+    for pattern, std in model.init_std_overrides.items():
+        problems.require(_is_number(std) and std >= 0, f"model.init_std_overrides[{pattern!r}]", std, "a std >= 0")
+        if not any(fnmatch.fnmatch(name, pattern) for name in names):
+            problems.add_text(
+                f"model.init_std_overrides names {pattern!r}, which matches no tensor of this model",
+                f"use a glob over the tensor names, e.g. '*o_proj.weight' (names: {', '.join(_name_examples(names))}, ...)",
+            )
+
+
+def _name_examples(names: list[str]) -> list[str]:
+    """A few tensor names of each kind (layer 0 only) for the message of a pattern that matches nothing."""
+    return [name for name in names if ".layers." not in name or ".layers.0." in name][:12]
+
+
+def _check_data(data: DataConfig, problems: Problems) -> None:
+    problems.require(bool(str(data.corpus).strip()), "data.corpus", data.corpus, "'embedded', a path, or hf:NAME")
+    problems.require(bool(data.text_field), "data.text_field", data.text_field, "the name of the field holding the text")
+    problems.require(259 <= data.vocab_size <= 65_536, "data.vocab_size", data.vocab_size, "259 (256 bytes + specials) to 65536")
+    problems.require(_is_number(data.heldout_fraction) and 0 < data.heldout_fraction < 1, "data.heldout_fraction",
+                     data.heldout_fraction, "a fraction in (0, 1), e.g. 0.02")
+    problems.require(data.max_documents is None or data.max_documents >= 1, "data.max_documents", data.max_documents,
+                     "a positive number of documents, or leave it unset for all")
+
+
+def _check_train(train: TrainConfig, problems: Problems) -> None:
+    for name in ("batch_size", "seq_len", "grad_accum", "eval_every_tokens"):
+        problems.require(getattr(train, name) > 0, f"train.{name}", getattr(train, name), "a positive whole number")
+    for name in ("warmup_tokens", "checkpoint_every_tokens", "seed", "threads"):
+        problems.require(getattr(train, name) >= 0, f"train.{name}", getattr(train, name), "0 or more")
+    if train.seq_len > 0:
+        problems.require(train.eval_tokens >= train.seq_len, "train.eval_tokens", train.eval_tokens,
+                         f"at least one sequence (train.seq_len = {train.seq_len} tokens), e.g. 65536")
+    for tokens in train.checkpoint_at_tokens:
+        problems.require(tokens > 0, "train.checkpoint_at_tokens", tokens, "positive token counts")
+    problems.require(_is_number(train.lr) and train.lr > 0, "train.lr", train.lr, "a positive learning rate, e.g. 3e-3")
+    problems.require(_is_number(train.decay_fraction) and 0 < train.decay_fraction <= 1, "train.decay_fraction",
+                     train.decay_fraction, "a fraction in (0, 1]")
+    problems.require(_is_number(train.min_lr_ratio) and 0 <= train.min_lr_ratio <= 1, "train.min_lr_ratio",
+                     train.min_lr_ratio, "a fraction in [0, 1]")
+    for name in ("beta1", "beta2"):
+        value = getattr(train, name)
+        problems.require(_is_number(value) and 0 <= value < 1, f"train.{name}", value, "a number in [0, 1), e.g. 0.9 or 0.95")
+    problems.require(_is_number(train.eps) and train.eps > 0, "train.eps", train.eps, "a small positive number, e.g. 1e-8")
+    for name in ("weight_decay", "grad_clip"):
+        value = getattr(train, name)
+        problems.require(_is_number(value) and value >= 0, f"train.{name}", value, "a number >= 0")
+    if train.grad_accum > 0 and train.batch_size % train.grad_accum:
+        problems.add_text(
             f"train.batch_size={train.batch_size} is not divisible by train.grad_accum={train.grad_accum}",
             "pick a grad_accum that divides the batch size",
         )
-    _require(model.d_model % model.n_heads == 0, "model.n_heads", model.n_heads, f"a divisor of d_model={model.d_model}")
-    _require(model.n_heads % model.kv_heads == 0, "model.n_kv_heads", model.n_kv_heads, "a divisor of n_heads")
-    _require((model.d_model // model.n_heads) % 2 == 0, "model.d_model", model.d_model, "d_model / n_heads even (RoPE)")
-    _require(config.data.vocab_size >= 259, "data.vocab_size", config.data.vocab_size, "at least 259 (256 bytes + specials)")
-    _require(config.data.vocab_size <= 65_535 + 1, "data.vocab_size", config.data.vocab_size, "at most 65536")
-    if config.ladder.budgets_tokens:  # a ladder's budgets replace train.max_tokens
-        for budget in config.ladder.budgets_tokens:
-            _check_budget(budget, "ladder.budgets_tokens", train)
-    else:
-        _check_budget(train.max_tokens, "train.max_tokens", train)
 
 
-def _check_budget(budget: int, key: str, train: TrainConfig) -> None:
-    _require(budget > 0, key, budget, "a positive token budget, e.g. 2e6")
-    if budget < train.tokens_per_step:
-        raise OvertrainError(
+def _check_budget(budget: int, key: str, train: TrainConfig, problems: Problems) -> None:
+    if budget <= 0:
+        problems.add(key, budget, "a positive token budget, e.g. 2e6")
+        return
+    if train.batch_size > 0 and train.seq_len > 0 and budget < train.tokens_per_step:
+        problems.add_text(
             f"{key}={budget:,} is smaller than one optimizer step "
             f"(batch_size {train.batch_size} x seq_len {train.seq_len} = {train.tokens_per_step:,} tokens)",
             f"raise {key} or lower train.batch_size / train.seq_len",
         )
     if train.warmup_tokens >= budget:
-        raise OvertrainError(
+        problems.add_text(
             f"train.warmup_tokens={train.warmup_tokens:,} is not below the budget {key}={budget:,}, "
             "so the learning rate would never anneal",
             "lower train.warmup_tokens (a few percent of the smallest budget is typical)",
         )
-
-
-def _require(condition: bool, key: str, value: object, allowed: str) -> None:
-    if not condition:
-        raise OvertrainError(f"config key {key} = {value!r} is invalid", f"use {allowed}")
 
 
 def load_pretrain_config(path: str | Path | None, overrides: list[str] | None = None) -> PretrainConfig:

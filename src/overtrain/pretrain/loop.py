@@ -18,15 +18,24 @@ from typing import Any
 
 import torch
 
-from overtrain.atomic import atomic_write_text, remove_stale_temporaries
+from overtrain.atomic import atomic_write_text, ensure_writable_folder, remove_stale_temporaries
 from overtrain.checkpoints.discovery import list_checkpoints
-from overtrain.checkpoints.folder import load_tensors, read_checkpoint_info, restore_optimizer, save_checkpoint, verify_checkpoint
+from overtrain.checkpoints.folder import (
+    CheckpointInfo,
+    load_tensors,
+    load_weights_into,
+    read_checkpoint_info,
+    restore_optimizer,
+    save_checkpoint,
+    verify_checkpoint,
+)
 from overtrain.config import config_to_dict, dump_yaml
 from overtrain.data.tokens import TokenData, heldout_windows, prepare_token_data, train_batch
 from overtrain.errors import OvertrainError
 from overtrain.model.llama import LlamaLM, build_model, describe_size, estimate_flops_per_token
 from overtrain.model.loss import mean_token_loss
 from overtrain.precision import autocast_context, resolve_dtype
+from overtrain.pretrain.binding import check_run_binding, write_binding
 from overtrain.pretrain.config import PretrainConfig, validate_pretrain_config
 from overtrain.pretrain.distributed import DistributedContext, all_reduce_mean, distributed_context
 from overtrain.pretrain.schedules import lr_at
@@ -43,7 +52,14 @@ class RunState:
     step: int = 0
     tokens_seen: int = 0
     first_loss: float | None = None
+    """Loss of the run's very first step (the divergence guard compares against it; kept across resumes)."""
     train_losses: list[float] = field(default_factory=list)
+    """Training losses of the steps since the last evaluation point (their mean is logged there)."""
+    started_at_tokens: int = 0
+    """Tokens seen when this invocation began (a resume or WSD branch starts past 0)."""
+    started_at_step: int = 0
+    first_step_loss: float | None = None
+    """Loss of the first step this invocation trained (a WSD branch's equals the trunk's at that step)."""
 
 
 @dataclass(frozen=True)
@@ -54,6 +70,12 @@ class RunResult:
     tokens_seen: int
     seconds: float
     tokens_per_second: float
+    started_at_tokens: int = 0
+    """Where this invocation began: 0 for a fresh run, the checkpoint's tokens for a resume or a branch."""
+    steps_trained: int = 0
+    """Optimizer steps this invocation took."""
+    first_step_loss: float | None = None
+    """Training loss of the first step this invocation took (None when it took none)."""
 
 
 def resolve_device(name: str) -> torch.device:
@@ -93,6 +115,9 @@ def train_run(
     ``stop_at_tokens`` pauses the run early at a checkpoint milestone (the schedule still ends at
     ``max_tokens``): a sweep trains a WSD trunk in segments so decay branches can start while it goes on.
     ``show_progress=False`` silences the per-run bar and log lines (a sweep shows one bar for all jobs).
+
+    Before any compute, the run folder is checked: it must be writable, and a run already in it must
+    have been started with the same result settings (see :mod:`overtrain.pretrain.binding`).
     """
     validate_pretrain_config(config)
     context = distributed_context()
@@ -100,12 +125,22 @@ def train_run(
     if config.train.threads > 0:
         torch.set_num_threads(config.train.threads)
     out_dir = Path(config.out_dir)
+    if context.is_main:
+        ensure_writable_folder(out_dir, "the run folder", "out_dir")
+        ensure_writable_folder(out_dir / "checkpoints", "the checkpoints folder", "out_dir")
+        remove_stale_temporaries(out_dir / "checkpoints")
+    newest = _newest_checkpoint(out_dir)
+    binding, note = check_run_binding(out_dir, config_to_dict(config), config.train.extend, _describe(newest))
+    if note and context.is_main:
+        log(note)
     data = prepare_token_data(config.data, log=log if context.is_main else _silent)
     model, init_std = build_model(config.model, data.vocab_size, config.train.seq_len, config.train.seed)
     model.to(device)
     optimizer = build_optimizer(model, config)
-    state = _restore_or_start(config, model, optimizer, out_dir, init_from, context, log)
+    state = _restore_or_start(config, model, optimizer, newest, init_from, context, log)
     if context.is_main:
+        write_binding(out_dir, binding)
+        _truncate_metrics(out_dir / "metrics.jsonl", state.tokens_seen)
         _write_run_files(config, out_dir, model, data, device, log)
     loop = _TrainingLoop(config, model, optimizer, data, init_std, state, context, device, log, show_progress)
     if stop_at_tokens is not None:
@@ -118,29 +153,47 @@ def _silent(*_args: Any, **_kwargs: Any) -> None:
     return None
 
 
-def _restore_or_start(config, model, optimizer, out_dir: Path, init_from: Path | None, context, log) -> RunState:
-    if context.is_main:
-        remove_stale_temporaries(out_dir / "checkpoints")
+def _newest_checkpoint(out_dir: Path) -> CheckpointInfo | None:
+    """The run's own newest checkpoint, read and verified (a damaged one is named with the fix)."""
     existing = list_checkpoints(out_dir)
-    source = existing[-1] if existing else init_from
-    if source is None:
-        return RunState()
-    info = read_checkpoint_info(source)
+    if not existing:
+        return None
+    info = read_checkpoint_info(existing[-1])
     verify_checkpoint(info)
-    _check_same_setup(info.run_config, config, source)
-    model.load_state_dict(load_tensors(source / "model.safetensors"), strict=False)
+    return info
+
+
+def _describe(info: CheckpointInfo | None) -> tuple[int, int, dict[str, Any]] | None:
+    return None if info is None else (info.tokens_seen, info.step, info.run_config)
+
+
+def _restore_or_start(config, model, optimizer, newest: CheckpointInfo | None, init_from: Path | None, context, log) -> RunState:
+    """Load the newest checkpoint of the run (or, for a new WSD branch, the trunk's) into model and optimizer."""
+    if newest is None and init_from is None:
+        return RunState()
+    if newest is not None:
+        info = newest
+    else:
+        info = read_checkpoint_info(init_from)
+        verify_checkpoint(info)
+        _check_same_setup(info.run_config, config, init_from)
+    source = info.folder
+    load_weights_into(model, load_tensors(source / "model.safetensors"), source)
     optimizer_path = source / "optimizer.safetensors"
     if optimizer_path.exists():
         restore_optimizer(model, optimizer, load_tensors(optimizer_path))
     torch.set_rng_state(load_tensors(source / "rng.safetensors")["torch_cpu"])
     if context.is_main:
-        verb = "resuming" if existing else "branching"
+        verb = "resuming" if newest is not None else "branching"
         log(f"{verb} from {source} at {format_tokens(info.tokens_seen)} tokens (step {info.step})")
-        _truncate_metrics(out_dir / "metrics.jsonl", info.tokens_seen)
-    return RunState(step=info.step, tokens_seen=info.tokens_seen)
+    first_loss = info.loop_state.get("first_train_loss")
+    since_eval = [float(value) for value in info.loop_state.get("train_losses_since_eval", [])]
+    return RunState(step=info.step, tokens_seen=info.tokens_seen, first_loss=first_loss, train_losses=since_eval,
+                    started_at_tokens=info.tokens_seen, started_at_step=info.step)
 
 
 def _check_same_setup(saved: dict[str, Any], config: PretrainConfig, source: Path) -> None:
+    """A branch must start from a checkpoint of the same model, data, seed, batch size and sequence length."""
     current = config_to_dict(config)
     for section in ("model", "data"):
         if saved.get(section) != current[section]:
@@ -157,10 +210,18 @@ def _check_same_setup(saved: dict[str, Any], config: PretrainConfig, source: Pat
 
 
 def _truncate_metrics(path: Path, tokens_seen: int) -> None:
-    """Drop log lines written after the checkpoint a run resumes from, so no step is logged twice."""
+    """Keep only the log lines up to the point the run restarts from (nothing, for a fresh start), so a
+    resumed run's file is the uninterrupted run's: no line twice, no torn last line of a killed writer."""
     if not path.exists():
         return
-    kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["tokens_seen"] <= tokens_seen]
+    kept = []
+    for line in path.read_text(errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue  # the torn last line of a killed run
+        if isinstance(record, dict) and isinstance(record.get("tokens_seen"), int) and record["tokens_seen"] <= tokens_seen:
+            kept.append(line)
     atomic_write_text(path, "".join(line + "\n" for line in kept))
 
 
@@ -199,25 +260,32 @@ class _TrainingLoop:
         train = self.train_config
         stop_step = train.total_steps if stop_at_tokens is None else min(train.total_steps, -(-stop_at_tokens // train.tokens_per_step))
         progress = TokenProgress(train.max_tokens, self.state.tokens_seen, enabled=self.show_progress, label=out_dir.name)
-        started, start_tokens = time.perf_counter(), self.state.tokens_seen
-        last_eval_tokens = self.state.tokens_seen
+        started, start_tokens, start_step = time.perf_counter(), self.state.tokens_seen, self.state.step
         heldout = float("nan")
         while self.state.step < stop_step:
             loss = self._step()
             progress.update(train.tokens_per_step, loss=loss, lr=lr_at(self.state.step - 1, train))
-            at_end = self.state.step == stop_step
-            if at_end or self.state.tokens_seen - last_eval_tokens >= train.eval_every_tokens:
+            if self.is_eval_point(self.state.step):
                 heldout = self._evaluate_and_log(out_dir, started, start_tokens, progress)
-                last_eval_tokens = self.state.tokens_seen
             if self.state.tokens_seen in self.milestones:
                 self._checkpoint(out_dir)
         progress.close()
         seconds = time.perf_counter() - started
-        if math.isnan(heldout):  # resumed at the very end: nothing was trained, measure once
+        if math.isnan(heldout):  # paused between evaluation points, or resumed at the very end: measure once
             heldout = self._heldout_loss()
         final = list_checkpoints(out_dir)[-1] if self.context.is_main else out_dir
         rate = (self.state.tokens_seen - start_tokens) / max(seconds, 1e-9)
-        return RunResult(out_dir, final, heldout, self.state.tokens_seen, seconds, rate)
+        return RunResult(out_dir, final, heldout, self.state.tokens_seen, seconds, rate,
+                         started_at_tokens=start_tokens, steps_trained=self.state.step - start_step, first_step_loss=self.state.first_step_loss)
+
+    def is_eval_point(self, step: int) -> bool:
+        """Evaluate after the last step and after each step that crosses a multiple of ``eval_every_tokens``.
+
+        A pure function of the step, so a resumed run evaluates at the same points as an uninterrupted one.
+        """
+        train = self.train_config
+        tokens, previous = step * train.tokens_per_step, (step - 1) * train.tokens_per_step
+        return step == train.total_steps or tokens // train.eval_every_tokens > previous // train.eval_every_tokens
 
     def _step(self) -> float:
         train, context = self.train_config, self.context
@@ -240,6 +308,8 @@ class _TrainingLoop:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), train.grad_clip)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
+        if self.state.first_step_loss is None:
+            self.state.first_step_loss = loss_value
         self.state.step += 1
         self.state.tokens_seen += train.tokens_per_step
         self.state.train_losses.append(loss_value)
@@ -270,7 +340,7 @@ class _TrainingLoop:
             return heldout
         seconds = time.perf_counter() - started
         rate = (self.state.tokens_seen - start_tokens) / max(seconds, 1e-9)
-        recent = self.state.train_losses[-50:]
+        recent, self.state.train_losses = self.state.train_losses, []
         record = {
             "tokens_seen": self.state.tokens_seen,
             "step": self.state.step,
@@ -281,8 +351,11 @@ class _TrainingLoop:
             "model_flops_per_second": rate * self.flops_per_token,
             "elapsed_seconds": seconds,
         }
-        with open(out_dir / "metrics.jsonl", "a") as handle:
-            handle.write(json.dumps(record) + "\n")
+        try:
+            with open(out_dir / "metrics.jsonl", "a") as handle:
+                handle.write(json.dumps(record) + "\n")  # one write: a kill leaves at most a torn last line
+        except OSError as error:
+            raise self._write_error(out_dir / "metrics.jsonl", error) from None
         progress.note(
             f"{format_tokens(self.state.tokens_seen)}/{format_tokens(self.train_config.max_tokens)} tokens | "
             f"train {record['train_loss']:.3f} | heldout {heldout:.3f} | {format_tokens(rate)} tok/s"
@@ -292,15 +365,27 @@ class _TrainingLoop:
     def _checkpoint(self, out_dir: Path) -> None:
         if not self.context.is_main:
             return
-        save_checkpoint(
-            out_dir,
-            model=self.model,
-            optimizer=self.optimizer,
-            step=self.state.step,
-            tokens_seen=self.state.tokens_seen,
-            run_config=config_to_dict(self.config),
-            init_std=self.init_std,
-            tokenizer_folder=self.data.tokenizer_folder,
-            end_of_text_id=self.data.end_of_text_id,
-        )
+        loop_state = {"first_train_loss": self.state.first_loss, "train_losses_since_eval": list(self.state.train_losses)}
+        try:
+            save_checkpoint(
+                out_dir,
+                model=self.model,
+                optimizer=self.optimizer,
+                step=self.state.step,
+                tokens_seen=self.state.tokens_seen,
+                run_config=config_to_dict(self.config),
+                init_std=self.init_std,
+                tokenizer_folder=self.data.tokenizer_folder,
+                end_of_text_id=self.data.end_of_text_id,
+                loop_state=loop_state,
+            )
+        except OSError as error:
+            raise self._write_error(out_dir / "checkpoints", error) from None
 
+    def _write_error(self, path: Path, error: OSError) -> OvertrainError:
+        kept = list_checkpoints(path.parent)  # path is RUN/checkpoints or RUN/metrics.jsonl
+        last = f"its last checkpoint {kept[-1].name} is kept" if kept else "it has no checkpoint yet"
+        return OvertrainError(
+            f"could not write {path} at {format_tokens(self.state.tokens_seen)} tokens ({error.strerror or error}); {last}",
+            "make the folder writable (or free disk space), then run the same command again: it resumes from the last checkpoint",
+        )

@@ -1,0 +1,132 @@
+"""Bad input a user can give the pre-training side: each is one clear message (exit 2 from the CLI),
+never a traceback, never a silently trusted checkpoint, and training done so far is kept (issue 10)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+from helpers import tiny_pretrain_config, write_stdlib_text_corpus, write_untrained_checkpoint
+
+from overtrain.checkpoints.discovery import list_checkpoints
+from overtrain.checkpoints.folder import load_model, read_checkpoint_info, verify_checkpoint
+from overtrain.cli import main as cli_main
+from overtrain.errors import OvertrainError
+from overtrain.pretrain.loop import train_run
+
+
+@pytest.fixture()
+def checkpoint(tmp_path: Path) -> Path:
+    return write_untrained_checkpoint(tmp_path / "run")
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_stdlib_text_corpus(tmp_path_factory.mktemp("corpus"), documents=30)
+
+
+def edit_metadata(folder: Path, edit) -> None:
+    path = folder / "overtrain.json"
+    meta = json.loads(path.read_text())
+    edit(meta)
+    path.write_text(json.dumps(meta))
+
+
+def test_a_single_flipped_bit_in_the_weights_is_caught(checkpoint: Path) -> None:
+    weights = checkpoint / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2] ^= 0x04  # one bit inside a tensor, far from the header; the size is unchanged
+    weights.write_bytes(bytes(data))
+    with pytest.raises(OvertrainError, match="model.safetensors is missing or does not match its recorded checksum"):
+        load_model(checkpoint)
+
+
+@pytest.mark.parametrize("emptied", ["all", "model", "optimizer-present"])
+def test_emptied_checksums_do_not_switch_verification_off(checkpoint: Path, emptied: str) -> None:
+    if emptied == "optimizer-present":  # a tensor file on disk whose checksum entry was deleted
+        (checkpoint / "optimizer.safetensors").write_bytes((checkpoint / "rng.safetensors").read_bytes())
+    edit_metadata(checkpoint, lambda meta: meta.update(checksums={} if emptied == "all" else
+                                                       {k: v for k, v in meta["checksums"].items() if k != "model.safetensors"}
+                                                       if emptied == "model" else meta["checksums"]))
+    with pytest.raises(OvertrainError, match="checksum") as caught:
+        verify_checkpoint(read_checkpoint_info(checkpoint))
+    assert str(checkpoint) in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda meta: meta.pop("init_std"), "init_std"),
+        (lambda meta: meta.pop("run_config"), "run_config"),
+        (lambda meta: meta["run_config"].pop("train"), "run_config.train is missing"),
+        (lambda meta: meta["run_config"]["model"].pop("d_model"), "run_config.model lacks d_model"),
+        (lambda meta: meta.update(step="12"), "step must be a whole number"),
+        (lambda meta: meta.update(tokens_seen=-5), "tokens_seen must be a whole number >= 0"),
+        (lambda meta: meta.update(init_std=[0.02]), "init_std must map"),
+        (lambda meta: meta["run_config"]["train"].update(seq_len=[16]), "seq_len"),
+        (lambda meta: meta["run_config"]["model"].update(d_model=48), "shapes"),
+    ],
+)
+def test_checkpoint_metadata_of_the_wrong_shape_is_one_clear_error(checkpoint: Path, edit, message: str) -> None:
+    edit_metadata(checkpoint, edit)
+    with pytest.raises(OvertrainError, match=message):
+        load_model(checkpoint)
+
+
+def test_checkpoint_without_tokenizer_json_is_named(checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (checkpoint / "tokenizer.json").unlink()
+    with pytest.raises(OvertrainError, match="tokenizer.json is missing"):
+        load_model(checkpoint)
+    assert cli_main(["noise", str(checkpoint), "gammas=[1]", "seeds=[0]", "--out", str(tmp_path / "n.json")]) == 2
+    error = capsys.readouterr().err
+    assert "tokenizer.json is missing" in error and "Traceback" not in error
+
+
+def test_unwritable_folders_are_refused_before_training(tmp_path: Path, corpus: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    for setting in (f"out_dir={blocker / 'run'}", f"data.cache_dir={blocker / 'cache'}"):
+        config = tiny_pretrain_config(tmp_path, corpus, setting)
+        with pytest.raises(OvertrainError, match="cannot write to") as caught:
+            train_run(config, log=lambda *_: None)
+        assert setting.split("=")[0] in caught.value.fix
+    args = [f"out_dir={blocker / 'run'}", f"data.corpus={corpus}", f"data.cache_dir={tmp_path / 'cache'}"]
+    assert cli_main(["pretrain", *args]) == 2
+    assert "Traceback" not in capsys.readouterr().err
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+def test_read_only_run_folder_is_refused_before_training(tmp_path: Path, corpus: Path) -> None:
+    config = tiny_pretrain_config(tmp_path, corpus)
+    Path(config.out_dir).mkdir()
+    Path(config.out_dir).chmod(0o555)
+    try:
+        with pytest.raises(OvertrainError, match="cannot write to the run folder"):
+            train_run(config, log=lambda *_: None)
+    finally:
+        Path(config.out_dir).chmod(0o755)
+
+
+def test_a_failed_checkpoint_write_keeps_the_last_checkpoint(tmp_path: Path, corpus: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import overtrain.checkpoints.folder as folder_module
+
+    real_save_file, calls = folder_module.save_file, []
+
+    def save_file_until_the_disk_fills(tensors, path, metadata=None):
+        calls.append(path)
+        if len(calls) > 3:  # the first checkpoint's model, optimizer and rng files are written; then the disk is full
+            raise OSError(28, "No space left on device")
+        return real_save_file(tensors, path, metadata=metadata)
+
+    monkeypatch.setattr(folder_module, "save_file", save_file_until_the_disk_fills)
+    config = tiny_pretrain_config(tmp_path, corpus, "train.checkpoint_every_tokens=2048", "train.max_tokens=4096")
+    with pytest.raises(OvertrainError, match="No space left on device") as caught:
+        train_run(config, log=lambda *_: None)
+    kept = list_checkpoints(Path(config.out_dir))
+    assert [path.name for path in kept] == ["step-000008-tokens-2048"]
+    verify_checkpoint(read_checkpoint_info(kept[0]))
+    assert "step-000008-tokens-2048 is kept" in caught.value.problem
+    assert "run the same command again" in caught.value.fix
+    assert not [p for p in (Path(config.out_dir) / "checkpoints").iterdir() if ".tmp-" in p.name]

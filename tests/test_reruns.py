@@ -1,0 +1,110 @@
+"""A run folder is bound to the settings that define its result (issue 10, item 1).
+
+One tiny run is trained once per module; every re-run below is either refused before any compute or
+resumes at the end without training.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from helpers import tiny_pretrain_config, write_stdlib_text_corpus
+
+from overtrain.checkpoints.discovery import list_checkpoints
+from overtrain.errors import OvertrainError
+from overtrain.pretrain.loop import RunResult, train_run
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, RunResult]:
+    """A run of 4096 tokens (a cosine schedule annealed to zero), its folder kept as the pristine copy."""
+    root = tmp_path_factory.mktemp("reruns")
+    corpus = write_stdlib_text_corpus(root / "corpus", documents=30)
+    config = tiny_pretrain_config(root, corpus, "train.max_tokens=4096", "train.eval_every_tokens=2048")
+    return root, train_run(config, log=lambda *_: None)
+
+
+def copy_of_run(finished: tuple[Path, RunResult], tmp_path: Path, *overrides: str):
+    """A fresh copy of the finished run folder and the config that points at it with ``overrides``."""
+    root, _ = finished
+    shutil.copytree(root / "run", tmp_path / "run")
+    return tiny_pretrain_config(tmp_path, root / "corpus", "train.max_tokens=4096", "train.eval_every_tokens=2048",
+                                f"data.cache_dir={root / 'cache'}", *overrides)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "differences"),
+    [
+        (["train.max_tokens=8192"], ["train.max_tokens: 4096 -> 8192"]),
+        (["train.max_tokens=2048"], ["train.max_tokens: 4096 -> 2048"]),
+        (["train.lr=1e-3", "train.schedule=wsd"], ["train.lr: 0.003 -> 0.001", "train.schedule: 'cosine' -> 'wsd'"]),
+    ],
+)
+def test_a_rerun_with_other_result_settings_is_refused(finished, tmp_path: Path, overrides: list[str], differences: list[str]) -> None:
+    config = copy_of_run(finished, tmp_path, *overrides)
+    config_yaml = (tmp_path / "run" / "config.yaml").read_text()
+    with pytest.raises(OvertrainError) as caught:
+        train_run(config, log=lambda *_: None)
+    for difference in differences:
+        assert difference in caught.value.problem
+    assert "new out_dir" in caught.value.fix and "train.extend=true" in caught.value.fix
+    assert (tmp_path / "run" / "config.yaml").read_text() == config_yaml, "config.yaml keeps the settings that were used"
+    assert [p.name for p in list_checkpoints(tmp_path / "run")] == ["step-000016-tokens-4096"]
+
+
+def test_result_neutral_settings_may_change(finished, tmp_path: Path) -> None:
+    config = copy_of_run(finished, tmp_path, "train.threads=2", "train.eval_every_tokens=1024", "train.checkpoint_every_tokens=2048")
+    result = train_run(config, log=lambda *_: None)
+    assert result.steps_trained == 0 and result.tokens_seen == 4096
+    assert result.final_heldout_loss == pytest.approx(finished[1].final_heldout_loss, rel=1e-6)
+
+
+def test_a_run_from_before_run_json_is_bound_to_its_checkpoint_settings(finished, tmp_path: Path) -> None:
+    config = copy_of_run(finished, tmp_path, "train.max_tokens=8192")
+    (tmp_path / "run" / "run.json").unlink()
+    with pytest.raises(OvertrainError, match="train.max_tokens: 4096 -> 8192"):
+        train_run(config, log=lambda *_: None)
+
+
+def test_extend_continues_from_the_newest_checkpoint_and_says_what_it_did(finished, tmp_path: Path) -> None:
+    config = copy_of_run(finished, tmp_path, "train.max_tokens=6144", "train.extend=true")
+    lines: list[str] = []
+    result = train_run(config, log=lines.append)
+    assert result.started_at_tokens == 4096 and result.tokens_seen == 6144 and result.steps_trained == 8
+    note = next(line for line in lines if line.startswith("extending"))
+    assert "train.max_tokens: 4096 -> 6144" in note and "step 16" in note
+    run = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert run["settings"]["train.max_tokens"] == 6144
+    assert run["extensions"] == [{"at_tokens": 4096, "at_step": 16, "changes": ["train.max_tokens: 4096 -> 6144"],
+                                  "previous_settings_sha256": run["extensions"][0]["previous_settings_sha256"]}]
+    assert "max_tokens: 6144" in (tmp_path / "run" / "config.yaml").read_text()
+    assert "extend:" not in (tmp_path / "run" / "config.yaml").read_text(), "an instruction, not a setting"
+    # the extended run is now bound to its new settings: the same command resumes, the old one is refused
+    assert train_run(copy_settings(config, extend=False), log=lambda *_: None).steps_trained == 0
+
+
+def copy_settings(config, **train_changes):
+    import copy
+
+    changed = copy.deepcopy(config)
+    for key, value in train_changes.items():
+        setattr(changed.train, key, value)
+    return changed
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["train.max_tokens=2048", "train.extend=true"], "already trained to 4,096 tokens"),
+        (["model.d_model=64", "train.extend=true"], "cannot continue"),
+        (["train.seed=3", "train.extend=true"], "train.seed: 0 -> 3"),
+    ],
+)
+def test_extend_refuses_what_cannot_continue_a_run(finished, tmp_path: Path, overrides: list[str], message: str) -> None:
+    config = copy_of_run(finished, tmp_path, *overrides)
+    with pytest.raises(OvertrainError, match=message):
+        train_run(config, log=lambda *_: None)
+    assert [p.name for p in list_checkpoints(tmp_path / "run")] == ["step-000016-tokens-4096"]
