@@ -72,7 +72,7 @@ def test_seeds_n_means_n_seeds_in_sweeps_and_on_the_command_line() -> None:
     assert load_sweep_config(DEMO, ["noise.seeds=[4]"]).noise.seeds == [4]
     from overtrain.cli.probes import probe_overrides
 
-    cli = load_sweep_config(None, probe_overrides("noise", ["some/checkpoint"], ["seeds=3"], "runs/x"))
+    cli = load_sweep_config(None, probe_overrides("noise", ["hf:org/m@v1"], ["seeds=3"], "runs/x"))
     assert cli.noise.seeds == [0, 1, 2]
 
 
@@ -145,9 +145,10 @@ def test_the_finetune_section_is_derived_from_finetune_config() -> None:
 
 
 def test_eval_data_goes_into_the_job_spec_only_when_set() -> None:
-    plain = plan_jobs(load_sweep_config(None, ["checkpoints=[a]", "noise.gammas=[1]", "finetune.lrs=[1e-3]"]))
+    hub = "checkpoints=[hf:org/m@step1]"
+    plain = plan_jobs(load_sweep_config(None, [hub, "noise.gammas=[1]", "finetune.lrs=[1e-3]"]))
     assert all("eval_data" not in job.spec for job in plain)
-    jobs = plan_jobs(load_sweep_config(None, ["checkpoints=[a]", "noise.gammas=[1]", "finetune.lrs=[1e-3]", "eval_data=text.txt",
+    jobs = plan_jobs(load_sweep_config(None, [hub, "noise.gammas=[1]", "finetune.lrs=[1e-3]", "eval_data=text.txt",
                                               "noise.eval_data=other.txt"]))
     assert {job.kind: job.spec["eval_data"] for job in jobs} == {"noise": "other.txt", "finetune": "text.txt"}
     revisions = plan_jobs(load_sweep_config(None, ["checkpoints=[hf:org/m@step1,hf:org/m@step2]", "noise.gammas=[1]"]))
@@ -172,3 +173,39 @@ def test_chat_records_train_on_assistant_turns_only(checkpoint: Path) -> None:
     templated = chat_segments(messages, chatml)
     assert [text for text, trained in templated if trained] == ["x + 1<|im_end|>\n", "x + 2<|im_end|>\n"]
     assert "".join(text for text, _ in templated).startswith("<|im_start|>user\nadd one<|im_end|>\n<|im_start|>assistant\n")
+
+
+def test_probe_verbs_on_a_hugging_face_folder_store_its_identity_and_use_its_chat_template(
+        checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import shutil
+
+    import torch
+    import transformers
+
+    monkeypatch.setenv("OVERTRAIN_CACHE_DIR", str(tmp_path / "cache"))
+    vocab = len(json.loads((checkpoint / "tokenizer.json").read_text())["model"]["vocab"])
+    config = transformers.Qwen2Config(vocab_size=vocab, hidden_size=32, num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2,
+                                      intermediate_size=64, max_position_embeddings=64, eos_token_id=0, bos_token_id=0, pad_token_id=0)
+    torch.manual_seed(0)
+    model = tmp_path / "qwen"
+    transformers.AutoModelForCausalLM.from_config(config).save_pretrained(model)
+    shutil.copy2(checkpoint / "tokenizer.json", model / "tokenizer.json")
+    template = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+                "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+    (model / "tokenizer_config.json").write_text(json.dumps({"chat_template": template}))
+    from overtrain.probes.task_batches import chat_template_of
+
+    assert chat_template_of(model) == template
+    (tmp_path / "eval.txt").write_text(Path(__file__).read_text())
+    chat = tmp_path / "chat.jsonl"
+    chat.write_text("".join(json.dumps({"messages": [{"role": "user", "content": f"say {i}"}, {"role": "assistant", "content": str(i)}]}) + "\n"
+                            for i in range(12)))
+    out, common = tmp_path / "out", [f"eval_data={tmp_path / 'eval.txt'}", "eval_tokens=256", "report=false", "--out", str(tmp_path / "out")]
+    assert cli_main(["noise", str(model), "gammas=[0.01]", "seeds=2", "mode=relative", *common]) == 0
+    assert cli_main(["finetune", str(model), f"task=file:{chat}", "steps=1", "batch_size=2", *common]) == 0
+    with ResultStore(out / "results.sqlite") as store:
+        rows = store.rows()
+    assert {row.kind for row in rows} == {"noise", "finetune"}
+    for row in rows:
+        identity = row.provenance["checkpoint_identity"]
+        assert identity["kind"] == "local" and identity["weights_sha256"] and row.spec["eval_data"].endswith("eval.txt")

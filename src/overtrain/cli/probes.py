@@ -99,7 +99,8 @@ def _finetune_lines(rows) -> list[str]:
              f"{'OOD before':>11} {'OOD after':>10} {'forgetting':>11}"]
     for row in sorted(rows, key=lambda row: (row.metrics.get("tokens_seen") or 0, row.spec["checkpoint"], row.metrics["lr"])):
         m = row.metrics
-        lines.append(f"{_where(row):>12} {m['task'][-14:]:>14} {m['lr']:>8g} {m['seed']:>4} {m['id_loss_before']:>10.4f} "
+        task = m["task"] if not m["task"].startswith("file:") else "file:" + Path(m["task"][5:]).name
+        lines.append(f"{_where(row):>12} {task[-14:]:>14} {m['lr']:>8g} {m['seed']:>4} {m['id_loss_before']:>10.4f} "
                      f"{m['id_loss_after']:>9.4f} {m['ood_loss_before']:>11.4f} {m['ood_loss_after']:>10.4f} {m['forgetting']:>+11.4f}")
     return lines
 

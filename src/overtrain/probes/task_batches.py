@@ -34,8 +34,8 @@ class EncodedExample:
 
 
 def encode_example(tokenizer, prompt: str, completion: str, end_of_text_id: int, max_len: int) -> EncodedExample:
-    prompt_ids = tokenizer.encode(prompt).ids
-    completion_ids = tokenizer.encode(completion).ids + [end_of_text_id]
+    prompt_ids = _encode_plain(tokenizer, prompt)  # no BOS/EOS around each piece (a foreign tokenizer may add them)
+    completion_ids = _encode_plain(tokenizer, completion) + [end_of_text_id]
     if len(completion_ids) >= max_len:
         completion_ids = completion_ids[: max_len - 1]
     prompt_ids = prompt_ids[-(max_len + 1 - len(completion_ids)) :] if prompt_ids else [end_of_text_id]

@@ -62,20 +62,17 @@ def load_target_of(spec: Mapping[str, Any]):
     from overtrain.probes.target import load_probe_target
 
     extra = {"eval_data": spec["eval_data"]} if spec.get("eval_data") else {}
-    return load_probe_target(_reference(spec["checkpoint"]), eval_tokens=int(spec["eval_tokens"]), log=_quiet, **extra)
-
-
-def _reference(text: str) -> Any:
-    return text if str(text).startswith("hf:") else Path(text)
+    return load_probe_target(str(spec["checkpoint"]), eval_tokens=int(spec["eval_tokens"]), log=_quiet, **extra)
 
 
 def target_provenance(target: Any, reference: str) -> dict[str, Any]:
-    """Who the probed model is: its identity (path or repo@revision with commit, weights hash) when the
-    target knows it, else our checkpoint's recorded sha256; two revisions never share a row."""
-    identity = getattr(target, "identity", None)
-    if identity:
-        return {"checkpoint": reference, "checkpoint_identity": dict(identity), "checkpoint_sha256": identity.get("weights_sha256")}
-    return _checkpoint_provenance(target.info.folder)
+    """Who the probed model is: its identity (path or repo@revision with commit sha, weights hash), so two
+    revisions of one model never share a row; our checkpoints' recorded sha256 as before."""
+    identity = dict(getattr(target, "identity", None) or {})
+    if not identity:
+        return _checkpoint_provenance(target.info.folder)
+    return {"checkpoint": reference, "checkpoint_identity": identity, "checkpoint_sha256": identity.get("weights_sha256"),
+            "tokens_seen": identity.get("tokens_seen")}
 
 
 def run_noise_job(spec: Mapping[str, Any]) -> JobOutput:

@@ -33,7 +33,7 @@ class PlannedCheckpoint:
 def plan_jobs(config: SweepConfig) -> list[Job]:
     """Expand the sweep into jobs, pre-training first; probes depend on the checkpoint they read."""
     jobs, checkpoints = _pretrain_jobs(config)
-    checkpoints += [PlannedCheckpoint(reference, None, None) for reference in expand_references(config.checkpoints)]
+    checkpoints += expand_references(config.checkpoints)
     for checkpoint in checkpoints:
         jobs += _noise_jobs(config, checkpoint) + _finetune_jobs(config, checkpoint)
     return jobs
@@ -93,20 +93,14 @@ def _wsd_jobs(rungs, factors: dict[str, Any], where: str) -> tuple[list[Job], li
     return jobs, checkpoints
 
 
-def expand_references(references: list[str]) -> list[str]:
-    """``checkpoints:`` entries as checkpoint references: a run or ladder folder of ours stands for its
-    final checkpoints; a checkpoint folder, a Hugging Face folder or ``hf:ORG/NAME@REV`` stays as it is."""
+def expand_references(references: list[str]) -> list[PlannedCheckpoint]:
+    """``checkpoints:`` entries as the models they name (checked now, so a wrong path fails the plan): a run or
+    ladder folder of ours stands for its final checkpoints; a Hugging Face folder or ``hf:ORG/NAME@REV`` is
+    one model (the revision, ``main`` by default, is part of the reference and so of every job key)."""
     from overtrain.checkpoints.discovery import expand_checkpoints
 
-    found: list[str] = []
-    for reference in references:
-        path = Path(reference)
-        is_model_folder = (path / "overtrain.json").is_file() or (path / "config.json").is_file()
-        if path.is_dir() and not is_model_folder:
-            found += [str(item) for item in expand_checkpoints([reference])]
-        else:
-            found.append(str(reference) if str(reference).startswith("hf:") else str(path))
-    return list(dict.fromkeys(found))
+    found = {str(ref): ref for ref in expand_checkpoints([str(reference) for reference in references])}
+    return [PlannedCheckpoint(reference, ref.tokens_seen, None) for reference, ref in found.items()]
 
 
 def eval_data_of(config: SweepConfig, section: ProbeData) -> dict[str, Any]:
