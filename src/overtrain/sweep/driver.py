@@ -18,6 +18,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from overtrain.errors import OvertrainError
 from overtrain.provenance import collect_provenance
 from overtrain.results.records import Job, JobFailure, JobOutput
 from overtrain.results.store import ResultStore
@@ -117,7 +118,13 @@ def _move_aside(path: Path) -> Path:
     """Rename a damaged artefact out of the way (its name no longer parses as a checkpoint)."""
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
     target = path.with_name(f"{path.name}.damaged-{stamp}")
-    path.rename(target)
+    try:
+        path.rename(target)
+    except OSError as error:
+        raise OvertrainError(
+            f"{path} is damaged and must be written again, but it cannot be moved aside ({error.strerror or error})",
+            f"delete or move {path} yourself, then rerun the sweep",
+        ) from None
     return target
 
 
