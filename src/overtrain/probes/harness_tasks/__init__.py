@@ -83,7 +83,7 @@ def _olmo_eval_task_files(data_folder: Path) -> dict[str, str]:
 
 def _shipped_olmo_eval_files() -> dict[str, str]:
     """The task templates (``*.yaml``) and prompt functions (``*.py``) in ``olmo_eval/`` beside this file."""
-    folder = importlib.resources.files("overtrain.harness_tasks") / "olmo_eval"
+    folder = importlib.resources.files("overtrain.probes.harness_tasks") / "olmo_eval"
     return {entry.name: entry.read_text(encoding="utf-8") for entry in folder.iterdir() if entry.name.endswith((".yaml", ".py"))}
 
 
