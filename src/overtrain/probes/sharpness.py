@@ -1,0 +1,536 @@
+"""Sharpness probes: how curved is the held-out loss around a checkpoint, and how bad is the worst change?
+
+Three read-outs beside the Gaussian probe (``overtrain.probes.noise``), on any torch model (our
+:class:`~overtrain.model.llama.LlamaLM` or a transformers causal LM):
+
+- :func:`top_hessian_eigenvalue`: the largest (algebraic) eigenvalue of the Hessian of the loss, by
+  Lanczos on Hessian-vector products (double backward), three vectors kept.
+- :func:`hutchinson_trace`: the Hessian trace by Hutchinson's estimator with Rademacher probes, with its
+  standard error over probes (:func:`basis_trace` gives it exactly, one basis vector per parameter).
+- :func:`worst_case_perturbation`: normalized gradient ascent on the sphere whose radius is the expected
+  norm of the Gaussian probe's draw at the same gamma, returning the largest loss increase found.
+
+Every probe takes an optional tensor ``group`` (``"embeddings"``, ``"attention"``, ``"mlp"``, ``"norms"``
+or globs over parameter names) and then works on that block alone: the Hessian is the principal
+sub-block of those parameters, the perturbation moves only them.
+
+The loss is a :data:`LossPieces` closure: called, it yields scalar tensors whose *sum* is the loss. Each
+piece is differentiated on its own, so only one batch's graph is alive at a time, and a Hessian-vector
+product holds four parameter-sized buffers (the vector, the accumulated product, the gradient of one piece
+and its product) besides one batch's activations. :class:`HeldoutLoss` cuts the fixed held-out windows
+into such pieces, token-weighted exactly like :func:`overtrain.model.loss.mean_token_loss`.
+
+Every probe leaves the model as it found it: weights bitwise, ``requires_grad`` of every parameter,
+training mode, and ``.grad`` (gradients are taken with ``torch.autograd.grad``, never accumulated).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fnmatch
+import math
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from overtrain.errors import OvertrainError
+from overtrain.model.loss import IGNORE_INDEX, logits_of
+from overtrain.precision import autocast_context
+
+LossPieces = Callable[[], Iterable[torch.Tensor]]
+"""Called, yields scalar tensors whose sum is the loss (one per held-out batch, or one for a toy loss)."""
+
+Vector = list[torch.Tensor]
+"""A vector in parameter space: one tensor per selected parameter, in the selection's (sorted-name) order."""
+
+TENSOR_GROUPS: dict[str, tuple[str, ...]] = {
+    "embeddings": ("*embed_tokens.weight", "lm_head.weight"),
+    "attention": ("*self_attn.*",),
+    "mlp": ("*.mlp.*",),
+    "norms": ("*norm.weight",),
+}
+"""Named tensor groups as globs over Llama (Hugging Face) parameter names; other models pass their own globs."""
+
+GroupSpec = str | Sequence[str] | None
+"""``None`` (every parameter), a group name from :data:`TENSOR_GROUPS`, a glob, or a list of either."""
+
+
+# ----------------------------------------------------------------------------------------------------
+# Selecting parameters and leaving the model as it was
+# ----------------------------------------------------------------------------------------------------
+
+
+def group_globs(group: GroupSpec) -> tuple[str, ...] | None:
+    """The globs a group spec stands for (``None``: every parameter)."""
+    if group is None:
+        return None
+    items = [group] if isinstance(group, str) else list(group)
+    if not items:
+        raise OvertrainError("an empty tensor group selects no parameter", "pass group=None for every parameter, or a group name")
+    globs: list[str] = []
+    for item in items:
+        globs += TENSOR_GROUPS.get(item, (item,))
+    return tuple(globs)
+
+
+def select_parameters(model: torch.nn.Module, group: GroupSpec = None) -> dict[str, torch.nn.Parameter]:
+    """The parameters a probe acts on, by sorted name (tied tensors once, under their first name)."""
+    named = dict(model.named_parameters())  # named_parameters lists a tied tensor once
+    globs = group_globs(group)
+    if globs is not None:
+        named = {name: p for name, p in named.items() if any(fnmatch.fnmatch(name, glob) for glob in globs)}
+        if not named:
+            raise OvertrainError(
+                f"tensor group {group!r} matches no parameter of this model",
+                f"use one of {', '.join(TENSOR_GROUPS)} (Llama names) or globs over names like "
+                f"{next(iter(dict(model.named_parameters())), '?')!r}",
+            )
+    if not named:
+        raise OvertrainError("this model has no parameters", "probe a model with weights")
+    return {name: named[name] for name in sorted(named)}
+
+
+@contextlib.contextmanager
+def probing(model: torch.nn.Module, selected: Mapping[str, torch.nn.Parameter]) -> Iterator[Vector]:
+    """Eval mode, gradients on for ``selected`` only, grad mode enabled; everything put back after.
+
+    Yields the selected parameters as a list (the order every :data:`Vector` uses).
+    """
+    was_training = model.training
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    chosen = {id(p) for p in selected.values()}
+    try:
+        model.eval()
+        for param, _ in flags:
+            param.requires_grad_(id(param) in chosen)
+        with torch.enable_grad():
+            yield list(selected.values())
+    finally:
+        for param, flag in flags:
+            param.requires_grad_(flag)
+        model.train(was_training)
+
+
+# ----------------------------------------------------------------------------------------------------
+# The loss as pieces
+# ----------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class HeldoutLoss:
+    """Token-weighted mean loss of ``model`` on fixed (N, T) windows, yielded one batch at a time.
+
+    Each piece is the batch's summed token loss / total_tokens, so the pieces sum to the number
+    :func:`~overtrain.model.loss.mean_token_loss` reports (to fp32 rounding). ``dtype`` defaults to fp32: curvature from
+    bf16 activations is dominated by rounding.
+    """
+
+    model: torch.nn.Module
+    inputs: torch.Tensor  # (N, T)
+    targets: torch.Tensor  # (N, T), IGNORE_INDEX where no loss is taken
+    batch_size: int = 16
+    dtype: str = "fp32"
+
+    def __post_init__(self) -> None:
+        if self.inputs.shape != self.targets.shape or self.inputs.ndim != 2:
+            raise OvertrainError(
+                f"held-out inputs {tuple(self.inputs.shape)} and targets {tuple(self.targets.shape)} must be equal (N, T) shapes",
+                "pass the windows of overtrain.data.tokens.heldout_windows (or a ProbeTarget's eval_inputs/eval_targets)",
+            )
+        if self.batch_size < 1:
+            raise OvertrainError(f"batch_size={self.batch_size} must be at least 1", "use e.g. batch_size=16")
+        self.tokens = int((self.targets != IGNORE_INDEX).sum())
+        if self.tokens == 0:
+            raise OvertrainError("the held-out windows contain no target token", "use windows with targets != -100")
+
+    def __call__(self) -> Iterator[torch.Tensor]:
+        device = next(self.model.parameters()).device
+        for start in range(0, self.inputs.shape[0], self.batch_size):
+            rows = slice(start, start + self.batch_size)
+            with autocast_context(device, self.dtype):
+                logits = logits_of(self.model, self.inputs[rows].to(device))  # (B, T, V)
+            yield summed_loss(logits, self.targets[rows].to(device)) / self.tokens
+
+
+def summed_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Sum of cross-entropies over non-ignored targets, like ``summed_token_loss`` (fp32 from bf16/fp32
+    logits) but kept in fp64 for fp64 logits, so curvature checks in fp64 are not rounded to fp32."""
+    dtype = torch.promote_types(logits.dtype, torch.float32)
+    return F.cross_entropy(logits.to(dtype).flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX, reduction="sum")
+
+
+def heldout_loss_of(target, batch_size: int = 16, dtype: str = "fp32") -> HeldoutLoss:
+    """The pre-training held-out loss of a :class:`~overtrain.probes.target.ProbeTarget`, as pieces."""
+    return HeldoutLoss(target.model, target.eval_inputs, target.eval_targets, batch_size, dtype)
+
+
+def _sdpa_math() -> contextlib.AbstractContextManager:
+    """Double backward needs the math attention kernel (the fused CPU/CUDA kernels have no second derivative)."""
+    return sdpa_kernel([SDPBackend.MATH])
+
+
+# ----------------------------------------------------------------------------------------------------
+# Vector algebra on lists of tensors
+# ----------------------------------------------------------------------------------------------------
+
+
+def _dot(a: Vector, b: Vector) -> float:
+    return float(sum((x.double() * y.double()).sum() for x, y in zip(a, b, strict=True)))
+
+
+def _norm(a: Vector) -> float:
+    return math.sqrt(_dot(a, a))
+
+
+def _scaled(a: Vector, factor: float) -> Vector:
+    return [x * factor for x in a]
+
+
+def _gaussian(params: Vector, generator: torch.Generator) -> Vector:
+    """N(0, 1) per entry, drawn on the CPU in the selection order so the draw does not depend on the device."""
+    return [torch.randn(p.shape, generator=generator, dtype=torch.float64).to(p.device, p.dtype) for p in params]
+
+
+def _rademacher(params: Vector, generator: torch.Generator) -> Vector:
+    """+-1 per entry with equal probability, drawn on the CPU in the selection order."""
+    return [(torch.randint(0, 2, p.shape, generator=generator) * 2 - 1).to(p.device, p.dtype) for p in params]
+
+
+def _grads_or_zeros(grads: Sequence[torch.Tensor | None], params: Vector) -> Vector:
+    return [torch.zeros_like(p) if g is None else g for g, p in zip(grads, params, strict=True)]
+
+
+# ----------------------------------------------------------------------------------------------------
+# Gradients and Hessian-vector products
+# ----------------------------------------------------------------------------------------------------
+
+
+def loss_and_gradient(loss: LossPieces, params: Vector) -> tuple[float, Vector]:
+    """The loss and its gradient in ``params``: one forward and one backward pass over the pieces."""
+    total, gradient = 0.0, [torch.zeros_like(p) for p in params]
+    with torch.enable_grad():
+        for piece in loss():
+            grads = torch.autograd.grad(piece, params, allow_unused=True)
+            for acc, g in zip(gradient, grads, strict=True):
+                if g is not None:
+                    acc.add_(g)
+            total += float(piece.detach())
+    return total, gradient
+
+
+def loss_value(loss: LossPieces) -> float:
+    """The loss alone: one forward pass, no graph."""
+    with torch.no_grad():
+        return float(sum(float(piece) for piece in loss()))
+
+
+def hessian_vector_product(loss: LossPieces, params: Vector, vector: Vector) -> Vector:
+    """H v for the Hessian of the loss in ``params``: per piece, a gradient with its graph, then the
+    gradient of (gradient . v). Cost: one forward, one graph-keeping backward and one backward through it
+    (about 4-5 forward passes of work) per piece. Memory: v, H v, one piece's gradient and its H v."""
+    product = [torch.zeros_like(p) for p in params]
+    with torch.enable_grad(), _sdpa_math():
+        for piece in loss():
+            grads = _grads_or_zeros(torch.autograd.grad(piece, params, create_graph=True, allow_unused=True), params)
+            directional = sum((g * v).sum() for g, v in zip(grads, vector, strict=True))  # scalar g . v
+            if not directional.requires_grad:  # the piece is linear in params: its Hessian is zero
+                continue
+            second = torch.autograd.grad(directional, params, allow_unused=True)
+            for acc, h in zip(product, second, strict=True):
+                if h is not None:
+                    acc.add_(h)
+            del grads, directional, second
+    return product
+
+
+# ----------------------------------------------------------------------------------------------------
+# Top eigenvalue: Lanczos
+# ----------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EigenResult:
+    """The largest Hessian eigenvalue found, and how it was found.
+
+    ``residual`` is Lanczos's estimate of ||H y - value y|| for the unit Ritz vector y (beta_k |s_k|): some
+    eigenvalue of H lies within it of ``value``, and the error of ``value`` itself is of order
+    residual^2 / (gap to the next eigenvalue). ``hvps`` counts Hessian-vector products (each one pass
+    over the data); ``converged`` says whether ``residual <= tol * |value|`` was reached.
+    """
+
+    value: float
+    hvps: int
+    converged: bool
+    residual: float
+    parameters: int
+    lowest: float
+    """The smallest Ritz value (free by-product; converges more slowly than ``value``, not checked)."""
+
+
+def _tridiagonal_extremes(alphas: list[float], betas: list[float]) -> tuple[float, float, float]:
+    """Largest Ritz value, the last component of its eigenvector, and the smallest Ritz value of the
+    Lanczos matrix T_k (diagonal ``alphas``, off-diagonal ``betas``; k x k, fp64)."""
+    size = len(alphas)
+    matrix = torch.diag(torch.tensor(alphas, dtype=torch.float64))
+    if size > 1:
+        off = torch.tensor(betas[: size - 1], dtype=torch.float64)
+        matrix += torch.diag(off, 1) + torch.diag(off, -1)
+    values, vectors = torch.linalg.eigh(matrix)  # ascending
+    return float(values[-1]), float(vectors[-1, -1]), float(values[0])
+
+
+def lanczos_top_eigenvalue(
+    apply: Callable[[Vector], Vector], start: Vector, tol: float, max_iters: int
+) -> tuple[float, float, float, int, bool]:
+    """Largest eigenvalue of the symmetric operator ``apply`` by the Lanczos three-term recurrence.
+
+    Keeps three vectors besides the product's own buffers (no reorthogonalization: lost orthogonality only adds duplicate Ritz values, the
+    extreme ones stay right). Stops when the residual estimate beta_k |s_k| <= tol * |theta_max|, when the
+    Krylov space is exhausted (beta_k = 0: exact), or after ``max_iters`` products.
+    Returns (largest Ritz value, residual estimate, smallest Ritz value, products, converged).
+    """
+    vector = _scaled(start, 1.0 / _norm(start))
+    previous: Vector | None = None
+    alphas: list[float] = []
+    betas: list[float] = []
+    top, residual, lowest = 0.0, math.inf, 0.0
+    for iteration in range(1, max_iters + 1):
+        w = apply(vector)  # a fresh vector: updated in place below
+        if previous is not None:
+            for x, y in zip(w, previous, strict=True):
+                x.sub_(y, alpha=betas[-1])
+        alpha = _dot(w, vector)
+        for x, y in zip(w, vector, strict=True):
+            x.sub_(y, alpha=alpha)
+        beta = _norm(w)
+        alphas.append(alpha)
+        betas.append(beta)
+        top, last, lowest = _tridiagonal_extremes(alphas, betas)
+        residual = beta * abs(last)
+        scale = max(abs(top), abs(lowest), 1e-300)
+        if beta <= 1e-12 * scale or residual <= tol * max(abs(top), 1e-300):
+            return top, residual, lowest, iteration, True
+        previous, vector = vector, _scaled(w, 1.0 / beta)
+    return top, residual, lowest, max_iters, False
+
+
+def top_hessian_eigenvalue(
+    model: torch.nn.Module,
+    loss: LossPieces,
+    *,
+    group: GroupSpec = None,
+    seed: int = 0,
+    tol: float = 1e-3,
+    max_iters: int = 100,
+) -> EigenResult:
+    """Largest (algebraic, not largest-magnitude) eigenvalue of the Hessian of ``loss`` in the ``group``'s
+    parameters, by Lanczos on Hessian-vector products from a seeded Gaussian start.
+
+    Stops when the residual estimate is at most ``tol`` times the eigenvalue (so some eigenvalue lies
+    within ``tol`` relative of the answer, and the answer's own error is of order tol^2 * value / gap),
+    or after ``max_iters`` Hessian-vector products; ``converged`` says which. Deterministic given ``seed``
+    on a given device and thread count.
+    """
+    if not (tol > 0 and max_iters >= 1):
+        raise OvertrainError(f"tol={tol}, max_iters={max_iters}", "use tol > 0 (e.g. 1e-3) and max_iters >= 1 (e.g. 100)")
+    selected = select_parameters(model, group)
+    with probing(model, selected) as params:
+        start = _gaussian(params, torch.Generator().manual_seed(seed))
+        top, residual, lowest, hvps, converged = lanczos_top_eigenvalue(
+            lambda v: hessian_vector_product(loss, params, v), start, tol, max_iters
+        )
+    return EigenResult(top, hvps, converged, residual, sum(p.numel() for p in selected.values()), lowest)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Trace: Hutchinson
+# ----------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TraceResult:
+    """Hutchinson's estimate of tr(H): the mean of z^T H z over Rademacher probes z, and its standard error
+    (sample std over probes / sqrt(probes); 0 for an exact trace)."""
+
+    value: float
+    stderr: float
+    probes: int
+    parameters: int
+    samples: tuple[float, ...]
+
+
+def hutchinson_trace(
+    model: torch.nn.Module, loss: LossPieces, *, group: GroupSpec = None, probes: int = 32, seed: int = 0
+) -> TraceResult:
+    """Hessian trace of ``loss`` in the ``group``'s parameters by Hutchinson's estimator.
+
+    Each probe is one Hessian-vector product with a Rademacher vector (seeded); the estimator is unbiased
+    with variance 2 * sum_{i != j} H_ij^2 per probe, so the standard error shrinks as 1/sqrt(probes).
+    """
+    if probes < 2:
+        raise OvertrainError(f"probes={probes} gives no standard error", "use probes >= 2 (e.g. 32)")
+    selected = select_parameters(model, group)
+    generator = torch.Generator().manual_seed(seed)
+    samples = []
+    with probing(model, selected) as params:
+        for _ in range(probes):
+            z = _rademacher(params, generator)
+            samples.append(_dot(z, hessian_vector_product(loss, params, z)))
+    mean = sum(samples) / probes
+    std = math.sqrt(sum((s - mean) ** 2 for s in samples) / (probes - 1))
+    return TraceResult(mean, std / math.sqrt(probes), probes, sum(p.numel() for p in selected.values()), tuple(samples))
+
+
+def basis_trace(
+    model: torch.nn.Module, loss: LossPieces, *, group: GroupSpec = None, max_parameters: int = 10_000
+) -> TraceResult:
+    """The exact Hessian trace: sum of e_i^T H e_i over every basis vector (one Hessian-vector product per
+    parameter, so only for tiny models or small groups; refuses more than ``max_parameters``)."""
+    selected = select_parameters(model, group)
+    count = sum(p.numel() for p in selected.values())
+    if count > max_parameters:
+        raise OvertrainError(
+            f"the exact trace needs {count} Hessian-vector products (one per parameter), over max_parameters={max_parameters}",
+            "use hutchinson_trace, or a smaller group, or raise max_parameters",
+        )
+    total = 0.0
+    with probing(model, selected) as params:
+        for index, param in enumerate(params):
+            for flat in range(param.numel()):
+                basis = [torch.zeros_like(p) for p in params]
+                basis[index].view(-1)[flat] = 1.0
+                total += float(hessian_vector_product(loss, params, basis)[index].reshape(-1)[flat])
+    return TraceResult(total, 0.0, count, count, ())
+
+
+# ----------------------------------------------------------------------------------------------------
+# Worst-case perturbation at the Gaussian probe's norm
+# ----------------------------------------------------------------------------------------------------
+
+
+def perturbation_radius(named_parameters: Mapping[str, torch.Tensor], init_std: Mapping[str, float], gamma: float) -> float:
+    """Expected norm of the Gaussian probe's draw at ``gamma``: gamma * sqrt(sum_t n_t * init_std_t^2).
+
+    (The draw's squared norm has mean gamma^2 sum_t n_t std_t^2 and, for millions of entries, a relative
+    spread of order 1/sqrt(n), so this is its norm to a fraction of a percent.) Tensors with init std 0
+    (norm gains) contribute nothing, as they get no Gaussian noise.
+    """
+    if not gamma >= 0:
+        raise OvertrainError(f"gamma={gamma!r} is negative", "gamma is a noise scale: use values >= 0, e.g. gammas=[0.5,1,2]")
+    missing = [name for name in named_parameters if name not in init_std]
+    if missing:
+        raise OvertrainError(
+            f"init std missing for {missing[:3]}",
+            "the worst-case probe takes its norm from the init stds: pass the checkpoint's info.init_std",
+        )
+    return gamma * math.sqrt(sum(p.numel() * float(init_std[name]) ** 2 for name, p in named_parameters.items()))
+
+
+@dataclass(frozen=True)
+class WorstCaseResult:
+    """The largest loss increase found on the sphere ||delta|| = radius, and the path to it.
+
+    ``losses[k]`` is the loss at the (k+1)-th point (0: SAM's first step, or the seeded random start where
+    the gradient vanishes); ``increase`` is max(losses) - base_loss, a lower bound on the true worst case
+    at that norm. ``passes`` counts passes over the data (forward+backward or forward alone).
+    ``direction`` is the maximizing delta (per selected tensor) when asked for, else None.
+    """
+
+    gamma: float
+    radius: float
+    base_loss: float
+    worst_loss: float
+    losses: tuple[float, ...]
+    passes: int
+    parameters: int
+    direction: Vector | None = None
+
+    @property
+    def increase(self) -> float:
+        return self.worst_loss - self.base_loss
+
+
+@torch.no_grad()
+def _set_offset_(params: Vector, origin: Vector, delta: Vector) -> None:
+    """params <- origin + delta, in place."""
+    for param, base, step in zip(params, origin, delta, strict=True):
+        param.copy_(base).add_(step)
+
+
+def worst_case_perturbation(
+    model: torch.nn.Module,
+    loss: LossPieces,
+    *,
+    gamma: float,
+    init_std: Mapping[str, float],
+    group: GroupSpec = None,
+    steps: int = 5,
+    step_size: float = 1.0,
+    seed: int = 0,
+    radius: float | None = None,
+    return_direction: bool = False,
+) -> WorstCaseResult:
+    """Loss increase of the worst perturbation found at the Gaussian probe's norm (SAM-style ascent).
+
+    The radius r is :func:`perturbation_radius` of the ``group``'s tensors at ``gamma`` (or ``radius`` if
+    given). The first point is SAM's: delta_1 = r g/||g|| with g = grad L(theta), the exact maximiser to
+    first order in r (where g = 0, a seeded Gaussian direction shaped like the Gaussian probe's draw,
+    std per tensor proportional to its init std, instead; ``seed`` matters only then). Each further step:
+    delta <- r * normalize(delta + step_size * r * g/||g||) with g = grad L(theta + delta), a normalized
+    gradient step of ``step_size`` radii projected back to the sphere; at the minimum of a quadratic this
+    is power iteration on (I + c A), which converges to r times the top eigenvector.
+    ``steps`` points are evaluated; the largest loss among them is reported.
+    Cost: ``steps`` forward+backward passes and one forward pass. Memory: the original weights, delta,
+    the gradient and, with ``return_direction``, the best delta (buffers of the group's size).
+    The weights are restored bitwise (copied back from the saved originals).
+    """
+    if steps < 1 or not step_size > 0:
+        raise OvertrainError(f"steps={steps}, step_size={step_size}", "use steps >= 1 (e.g. 5) and step_size > 0 (e.g. 1.0)")
+    selected = select_parameters(model, group)
+    if radius is None:
+        radius = perturbation_radius(selected, init_std, gamma)
+    losses: list[float] = []
+    with probing(model, selected) as params:
+        base_loss, gradient = loss_and_gradient(loss, params)
+        passes = 1
+        size = _norm(gradient)
+        if size > 0.0:
+            delta = _scaled(gradient, radius / size)
+        else:
+            stds = [float(init_std.get(name, 0.0)) for name in selected]
+            stds = stds if any(stds) else [1.0] * len(stds)
+            random = _gaussian(params, torch.Generator().manual_seed(seed))
+            delta = _on_sphere([d * s for d, s in zip(random, stds, strict=True)], radius)
+        del gradient
+        origin = [p.detach().clone() for p in params]
+        best, best_delta = -math.inf, None
+        try:
+            for step in range(1, steps + 1):
+                _set_offset_(params, origin, delta)
+                last = step == steps
+                value, gradient = (loss_value(loss), None) if last else loss_and_gradient(loss, params)
+                passes += 1
+                losses.append(value)
+                if value > best:
+                    best, best_delta = value, (delta if return_direction else None)
+                if gradient is None or (size := _norm(gradient)) == 0.0:
+                    break
+                delta = _on_sphere([d + g * (step_size * radius / size) for d, g in zip(delta, gradient, strict=True)], radius)
+                del gradient
+        finally:
+            with torch.no_grad():
+                for param, base in zip(params, origin, strict=True):
+                    param.copy_(base)
+    direction = [d.detach().clone() for d in best_delta] if best_delta is not None else None
+    count = sum(p.numel() for p in selected.values())
+    return WorstCaseResult(gamma, radius, base_loss, best, tuple(losses), passes, count, direction)
+
+
+def _on_sphere(vector: Vector, radius: float) -> Vector:
+    size = _norm(vector)
+    if size == 0.0:
+        return vector
+    return _scaled(vector, radius / size)
