@@ -64,7 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     verbs = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
     for name in ("pretrain", "pretrain-ladder"):
         summary = COMMANDS[name][1]
-        sub = verbs.add_parser(name, help=summary, description=summary + ".\n\n" + CONFIG_KEYS_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+        sub = verbs.add_parser(name, help=summary, add_help=False, formatter_class=argparse.RawDescriptionHelpFormatter)
+        add_lazy_help(sub, lambda summary=summary: summary + ".\n\n" + pretrain_help())
         add_config_arguments(sub, "YAML config (see configs/demo/); omitted: all defaults")
         sub.set_defaults(function=_run_verb)
     _add_probe_parsers(verbs)
@@ -162,19 +163,13 @@ Pre-trains a ladder of token budgets of a small model on the embedded corpus, ru
 fixed-LR fine-tuning on two offline tasks, and writes runs/demo/report/report.html. Resumes if killed."""
 
 
-CONFIG_KEYS_HELP = """\
-config sections (each key settable as section.key=value):
-  model.*   preset (nano, tiny, small, base-cpu, olmo-15m/20m/30m/60m/90m), d_model, n_layers, n_heads,
-            n_kv_heads, d_ff, tie_embeddings, init_std, init_std_overrides
-  data.*    corpus (embedded | path to .txt/.jsonl/folder | hf:allenai/c4:en), vocab_size,
-            heldout_fraction, max_documents, cache_dir
-  train.*   max_tokens, batch_size, seq_len, grad_accum, lr, warmup_tokens, schedule
-            (cosine|linear|constant|wsd), decay_fraction, min_lr_ratio, weight_decay, grad_clip,
-            dtype (bf16|fp32), compile, seed, eval_every_tokens, eval_tokens,
-            checkpoint_every_tokens, checkpoint_at_tokens, threads
-  ladder.*  budgets_tokens, mode (cosine-per-budget | wsd-branches)
-  out_dir, device (auto|cpu|cuda)
-Data-parallel: torchrun --nproc_per_node N -m overtrain pretrain CONFIG (same global batch)."""
+def pretrain_help() -> str:
+    """The pre-training verbs' keys, generated from PretrainConfig and its sections' docstrings."""
+    from overtrain.cli.help import keys_help
+    from overtrain.pretrain.config import PretrainConfig
+
+    return ("config keys (each settable as section.key=value):\n" + keys_help(PretrainConfig)
+            + "\n\nData-parallel: torchrun --nproc_per_node N -m overtrain pretrain CONFIG (same global batch).")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
