@@ -209,3 +209,8 @@ def test_probe_verbs_on_a_hugging_face_folder_store_its_identity_and_use_its_cha
     for row in rows:
         identity = row.provenance["checkpoint_identity"]
         assert identity["kind"] == "local" and identity["weights_sha256"] and row.spec["eval_data"].endswith("eval.txt")
+    # The report on a foreign model's store: its rows have no token count, so they are tabled, never curved.
+    assert cli_main(["report", str(out)]) == 0
+    summary = (out / "report" / "summary.md").read_text()
+    assert "Noise probe: checkpoints without a token count" in summary
+    assert "Fine-tuning probe: checkpoints without a token count" in summary

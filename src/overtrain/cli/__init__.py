@@ -43,6 +43,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "sweep": ("overtrain.cli.sweep:command_sweep", "expand a sweep spec into jobs, run the missing ones, write the report"),
     "report": ("overtrain.cli.sweep:command_report", "figures, HTML and markdown from a results store"),
     "tasks": ("overtrain.cli.sweep:command_tasks", "list the fine-tuning tasks"),
+    "family": ("overtrain.cli.family:command_family", "list a checkpoint family's revisions with step, tokens and commit, and flag duplicate weights"),
     "theory": ("overtrain.cli.theory:command_theory", "simulate the two-layer linear model of catastrophic overtraining"),
 }
 """Verb -> (``module:function`` run for it, one-line summary). Verb modules are imported only when used,
@@ -150,6 +151,12 @@ def _add_probe_parsers(verbs) -> None:
     report.set_defaults(function=_run_verb)
     tasks = verbs.add_parser("tasks", help=COMMANDS["tasks"][1])
     tasks.set_defaults(function=_run_verb)
+    from overtrain.cli.family import FAMILY_HELP, FAMILY_SUMMARY, add_family_arguments
+
+    family = verbs.add_parser("family", help=COMMANDS["family"][1], description=FAMILY_SUMMARY + ".\n\n" + FAMILY_HELP,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_family_arguments(family)
+    family.set_defaults(function=_run_verb)
 
 
 SWEEP_HELP = """\

@@ -160,8 +160,32 @@ def _read_store(store_path: Path) -> _Frames:
     return frames
 
 
+MIN_BUDGETS_FOR_CURVES = 2
+
+
+def _on_token_axis(frame: pd.DataFrame, title: str, report: Report) -> pd.DataFrame:
+    """Rows whose checkpoint has a known token count, when there are enough budgets to draw a curve.
+
+    Rows of checkpoints without a token count (a Hugging Face model probed on its own) are tabled instead:
+    they have no place on a curve over pre-training tokens.
+    """
+    if frame.empty:
+        return frame
+    known = frame["tokens_seen"].notna()
+    if (~known).any():
+        report.tables[f"{title}: checkpoints without a token count"] = frame[~known].drop(columns=["tokens_seen"])
+    on_axis = frame[known].astype({"tokens_seen": "int64"})
+    if on_axis["tokens_seen"].nunique() < MIN_BUDGETS_FOR_CURVES:
+        if not on_axis.empty:
+            report.tables[f"{title}: one budget only"] = on_axis
+        return on_axis.iloc[0:0]
+    return on_axis
+
+
 def _build_report(frames: _Frames, report: Report) -> Report:
-    noise, finetune, pretrain = frames.noise, frames.finetune, frames.pretrain
+    noise = _on_token_axis(frames.noise, "Noise probe", report)
+    finetune = _on_token_axis(frames.finetune, "Fine-tuning probe", report)
+    pretrain = frames.pretrain
     report.headlines += [claim.headline() for claim in analysis.paper_claims(noise, finetune)]
     if not pretrain.empty:
         report.tables["Pre-training runs"] = pretrain.sort_values("tokens_seen")
