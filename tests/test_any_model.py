@@ -272,3 +272,42 @@ def test_eval_windows_are_fixed_and_cached(models: dict[str, Path], tmp_path: Pa
     assert torch.equal(first.eval_inputs, again.eval_inputs) and first.eval_inputs.shape == (16, 16)
     other = load_probe_target(models["olmo2"], 256, str(jsonl), eval_seq_len=8, **QUIET)
     assert other.eval_inputs.shape == (32, 8)
+
+
+def test_our_checkpoint_takes_eval_data_and_keeps_its_identity(root: Path, tokenizer_folder: Path, eval_file: Path) -> None:
+    import dataclasses
+
+    from overtrain.checkpoints.folder import save_checkpoint
+    from overtrain.model.config import ModelConfig
+    from overtrain.model.llama import build_model
+
+    vocab_size, eot = _vocab(tokenizer_folder)
+    config = ModelConfig(d_model=WIDTH, n_layers=LAYERS, n_heads=HEADS)
+    model, stds = build_model(config, vocab_size, 32, seed=0)
+    run_config = {"model": dataclasses.asdict(config), "data": {"corpus": "embedded"}, "train": {"seq_len": 32}}
+    folder = save_checkpoint(root / "ours", model=model, optimizer=None, step=3, tokens_seen=3072, run_config=run_config,
+                             init_std=stds, tokenizer_folder=tokenizer_folder, end_of_text_id=eot)
+    target = load_probe_target(folder, 512, str(eval_file), **QUIET)
+    assert isinstance(target.model, LlamaLM) and target.eval_inputs.shape == (16, 32) and target.end_of_text_id == eot
+    assert target.identity["kind"] == "overtrain" and target.identity["tokens_seen"] == 3072 == target.tokens_seen
+    assert target.identity["weights_sha256"] == hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest()
+    assert target.init_std_source == "overtrain.json" and target.eval_source == str(eval_file)
+    run_noise_probe(target, [1.0], [0], mode="init")
+    _assert_restored(target, folder)
+    assert expand_checkpoints([str(folder)]) == [CheckpointRef(str(folder), "overtrain", 3072)]
+
+
+def test_tensor_reads_restore_bf16_files_exactly_and_refuse_truncation(tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    from overtrain.checkpoints.tensor_files import read_tensors_into
+
+    stored = torch.randn(4, 6).to(torch.bfloat16)
+    path = tmp_path / "w.safetensors"
+    save_file({"w": stored, "b": torch.arange(6, dtype=torch.float32)}, str(path))
+    weight, bias = torch.zeros(4, 6), torch.zeros(6)
+    read_tensors_into(path, {"w": weight, "b": bias})
+    assert torch.equal(weight, stored.float()) and torch.equal(bias, torch.arange(6, dtype=torch.float32))
+    path.write_bytes(path.read_bytes()[:-8])
+    with pytest.raises(OvertrainError, match="truncated"):
+        read_tensors_into(path, {"w": weight, "b": bias})

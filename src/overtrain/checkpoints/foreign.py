@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError, safe_open
 
+from overtrain.checkpoints.tensor_files import read_header, read_parameters, read_tensors_into
 from overtrain.errors import OvertrainError
 from overtrain.model.config import ModelConfig
 from overtrain.model.llama import LlamaLM
@@ -79,14 +79,7 @@ def safetensors_files(folder: Path) -> list[Path]:
 
 def tensor_index(files: Iterable[Path]) -> dict[str, Path]:
     """``{tensor key: file}`` over the safetensors files (reads headers only)."""
-    index: dict[str, Path] = {}
-    for file in files:
-        try:
-            with safe_open(str(file), framework="pt") as handle:
-                index.update({key: Path(file) for key in handle.keys()})
-        except (SafetensorError, OSError) as error:
-            raise OvertrainError(f"cannot read {file}: {error}", f"the file is damaged; restore or re-download {Path(file).parent}") from None
-    return index
+    return {key: Path(file) for file in files for key in read_header(Path(file))[0]}
 
 
 def parameter_keys(model: torch.nn.Module, index: Mapping[str, Path]) -> dict[str, str]:
@@ -123,10 +116,13 @@ def _match_by_value(model: torch.nn.Module, names: list[str], free_keys: list[st
     for name in names:
         param, found = named[name], None
         for key in free_keys:
-            with safe_open(str(index[key]), framework="pt") as handle:
-                if list(handle.get_slice(key).get_shape()) == list(param.shape) and torch.equal(handle.get_tensor(key).to(param.dtype), param):
-                    found = key
-                    break
+            if list(read_header(index[key])[0][key]["shape"]) != list(param.shape):
+                continue
+            candidate = torch.empty_like(param)
+            read_tensors_into(index[key], {key: candidate})
+            if torch.equal(candidate, param):
+                found = key
+                break
         if found is None:
             missing.append(name)
         else:
@@ -135,20 +131,9 @@ def _match_by_value(model: torch.nn.Module, names: list[str], free_keys: list[st
     return missing
 
 
-@torch.no_grad()
 def copy_tensors_in(model: torch.nn.Module, keys: Mapping[str, str], index: Mapping[str, Path]) -> None:
     """Fill every parameter from the files, one tensor in memory at a time (dtype converted on copy)."""
-    named = dict(model.named_parameters())
-    by_file: dict[Path, list[str]] = {}
-    for name, key in keys.items():
-        by_file.setdefault(index[key], []).append(name)
-    for file, names in by_file.items():
-        with safe_open(str(file), framework="pt") as handle:
-            for name in names:
-                stored = handle.get_slice(keys[name]).get_shape()
-                if list(stored) != list(named[name].shape):
-                    raise OvertrainError(f"{file}: {keys[name]} has shape {stored}, the model expects {list(named[name].shape)}", "the config does not match the weights")
-                named[name].copy_(handle.get_tensor(keys[name]))
+    read_parameters(dict(model.named_parameters()), keys, index)
 
 
 def fast_llama_config(config: Mapping[str, Any]) -> ModelConfig | None:

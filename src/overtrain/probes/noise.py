@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from safetensors import safe_open
-
+from overtrain.checkpoints.foreign import tensor_index
+from overtrain.checkpoints.tensor_files import read_parameters
 from overtrain.errors import OvertrainError
 
 NoiseMode = Literal["init", "relative", "absolute"]
@@ -84,7 +84,6 @@ def perturb_(named_parameters: Mapping[str, torch.Tensor], std_by_name: Mapping[
             param.add_(noise.to(param.device, param.dtype), alpha=std)
 
 
-@torch.no_grad()
 def restore_from_safetensors(
     named_parameters: Mapping[str, torch.Tensor],
     weights: Path | Sequence[Path],
@@ -93,20 +92,16 @@ def restore_from_safetensors(
     """Copy every tensor back from the weight file(s) (bitwise restore, one tensor in memory at a time).
 
     ``keys`` maps a parameter name to its key in the files where they differ (a tied ``lm_head`` stored as
-    the embedding); by default the names are the keys.
+    the embedding); by default the names are the keys. Plain reads straight into each parameter's
+    storage: no mmap, so the file's pages are not counted in the process's memory.
     """
     files = [Path(weights)] if isinstance(weights, (str, Path)) else [Path(file) for file in weights]
     wanted = {name: (keys or {}).get(name, name) for name in named_parameters}
-    remaining = dict(wanted)
-    for file in files:
-        with safe_open(str(file), framework="pt") as handle:
-            stored = set(handle.keys())
-            for name, key in list(remaining.items()):
-                if key in stored:
-                    named_parameters[name].copy_(handle.get_tensor(key))
-                    del remaining[name]
-    if remaining:
-        raise OvertrainError(f"{', '.join(map(str, files))} hold no tensor {sorted(remaining.values())[:3]}", "the checkpoint does not match the model")
+    index = tensor_index(files)
+    absent = sorted(key for key in wanted.values() if key not in index)
+    if absent:
+        raise OvertrainError(f"{', '.join(map(str, files))} hold no tensor {absent[:3]}", "the checkpoint does not match the model")
+    read_parameters(named_parameters, wanted, index)
 
 
 @contextmanager
