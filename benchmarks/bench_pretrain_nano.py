@@ -1,0 +1,176 @@
+"""Pre-training throughput at the demo's nano shape: overtrain's real training step against a plain
+transformers loop, interleaved in one run.
+
+    python benchmarks/bench_pretrain_nano.py [--rounds 5] [--steps 8] [--docs 400] [--cache-dir runs/cache]
+
+Shape: d_model 64, 2 layers, 4 heads, tied embeddings, byte vocabulary (259), batch 32 x 128, ONE thread,
+fp32 (forced: ``train.dtype=auto`` would pick bf16 on CPUs with AVX512-BF16).
+
+overtrain side: ``overtrain.pretrain.loop._TrainingLoop._step``, the step ``train_run`` runs: the batch
+is gathered from the token memmap of the embedded corpus (its first ``--docs`` documents), the learning
+rate comes from the schedule of a demo-like 8M-token run, and the step includes the divergence check,
+gradient clipping and AdamW from ``build_optimizer``. Once with ``train.compile=false`` (eager) and once
+with ``train.compile=true``.
+
+Baseline: what a user writes with transformers: ``LlamaForCausalLM`` (eager attention) with the same
+initial weights, ``model(input_ids, labels=input_ids).loss``, ``loss.backward()``,
+``clip_grad_norm_``, ``torch.optim.AdamW`` (defaults), fed the same batches with the same LR schedule.
+
+Rounds are interleaved (peak, every loop for ``--steps`` steps, peak again), so machine load hits all
+sides alike. Times are taken two ways: process CPU time (what the one thread actually computed, robust
+when other jobs share the cores) and wall time. Ratios are medians of the per-round ratios. The peak is a
+2048 x 2048 fp32 matmul on the same thread; "% of peak" is model FLOP/s (``estimate_flops_per_token``)
+over it. The load average is printed; quote ratios, not absolute rates, from a shared machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+
+def matmul_peak(size: int = 2048, repeats: int = 4) -> tuple[float, float]:
+    """(FLOP/s by CPU time, FLOP/s by wall time) of a square fp32 product on this thread."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    a @ b
+    cpu, wall = time.process_time(), time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    flops = 2 * size**3 * repeats
+    return flops / (time.process_time() - cpu), flops / (time.perf_counter() - wall)
+
+
+def nano_config(cache_dir: str, docs: int, compile_setting: bool):
+    from overtrain.pretrain.config import load_pretrain_config
+
+    return load_pretrain_config(None, [
+        f"out_dir={tempfile.gettempdir()}/bench_pretrain_nano",
+        "model.preset=nano",
+        "data.corpus=embedded", "data.vocab_size=259", f"data.max_documents={docs}", f"data.cache_dir={cache_dir}",
+        "train.batch_size=32", "train.seq_len=128", "train.max_tokens=8000000", "train.warmup_tokens=100000",
+        "train.lr=3e-3", "train.threads=1", "train.dtype=fp32", "train.eval_tokens=4096",
+        f"train.compile={'true' if compile_setting else 'false'}",
+    ])
+
+
+def overtrain_loop(config, data):
+    """The training loop object train_run builds (single process), ready to run ``_step``."""
+    from overtrain.model.llama import build_model
+    from overtrain.pretrain.distributed import DistributedContext
+    from overtrain.pretrain.loop import RunState, _TrainingLoop, build_optimizer
+
+    model, init_std = build_model(config.model, data.vocab_size, config.train.seq_len, config.train.seed)
+    optimizer = build_optimizer(model, config)
+    loop = _TrainingLoop(config, model, optimizer, data, init_std, RunState(), DistributedContext(), torch.device("cpu"),
+                         lambda *_: None, False)
+    return loop._step, model
+
+
+def transformers_loop(config, data, weights):
+    from transformers import LlamaForCausalLM
+
+    from overtrain.checkpoints.folder import hf_llama_config
+    from overtrain.data.tokens import train_batch
+    from overtrain.pretrain.schedules import lr_at
+
+    model = LlamaForCausalLM(hf_llama_config(weights, end_of_text_id=data.end_of_text_id))
+    model.config._attn_implementation = "eager"
+    model.load_state_dict(weights.state_dict())
+    train = config.train
+    optimizer = torch.optim.AdamW(model.parameters(), lr=train.lr, betas=(train.beta1, train.beta2), weight_decay=train.weight_decay)
+    state = {"step": 0}
+
+    def step() -> float:
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(state["step"], train)
+        inputs, _ = train_batch(data, train.batch_size, train.seq_len, train.seed, state["step"])
+        loss = model(input_ids=inputs, labels=inputs).loss  # transformers shifts the labels itself
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), train.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        state["step"] += 1
+        return float(loss.detach())
+
+    return step
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=8, help="steps per loop per round")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps per loop first (compilation happens here)")
+    parser.add_argument("--docs", type=int, default=400, help="documents of the embedded corpus to tokenize")
+    parser.add_argument("--cache-dir", default="runs/cache")
+    parser.add_argument("--no-compile", action="store_true", help="skip the compiled overtrain loop")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+
+    from overtrain.data.tokens import prepare_token_data
+    from overtrain.model.llama import estimate_flops_per_token
+
+    eager_config = nano_config(args.cache_dir, args.docs, compile_setting=False)
+    data = prepare_token_data(eager_config.data, log=lambda *_: None)
+    loops, losses, first_seconds = {}, {}, {}
+    loops["overtrain (eager)"], weights = overtrain_loop(eager_config, data)
+    if not args.no_compile:
+        loops["overtrain (train.compile=true)"], _ = overtrain_loop(nano_config(args.cache_dir, args.docs, True), data)
+    loops["transformers loop (eager attention)"] = transformers_loop(eager_config, data, weights)
+    for name, step in loops.items():
+        started = time.perf_counter()
+        losses[name] = [step()]
+        first_seconds[name] = time.perf_counter() - started
+        losses[name] += [step() for _ in range(args.warmup - 1)]
+
+    cpu = {name: [] for name in loops}
+    wall = {name: [] for name in loops}
+    peaks_cpu, peaks_wall = [], []
+    for _ in range(args.rounds):
+        for peak_list, value in zip((peaks_cpu, peaks_wall), matmul_peak()):
+            peak_list.append(value)
+        for name, step in loops.items():
+            cpu_start, wall_start = time.process_time(), time.perf_counter()
+            for _ in range(args.steps):
+                losses[name].append(step())
+            cpu[name].append(time.process_time() - cpu_start)
+            wall[name].append(time.perf_counter() - wall_start)
+        for peak_list, value in zip((peaks_cpu, peaks_wall), matmul_peak()):
+            peak_list.append(value)
+
+    config = eager_config
+    tokens = args.steps * config.train.tokens_per_step
+    flops_per_token = estimate_flops_per_token(config.model, data.vocab_size, config.train.seq_len)
+    baseline = "transformers loop (eager attention)"
+    load = os.getloadavg()
+    print(f"nano: d_model 64, 2 layers, 4 heads, tied, vocab {data.vocab_size}; batch 32 x 128; fp32; 1 thread; "
+          f"{weights.num_parameters() / 1e6:.3f}M parameters; torch {torch.__version__}, "
+          f"CPU capability {torch.backends.cpu.get_cpu_capability()}")
+    print(f"{args.rounds} rounds x {args.steps} steps per loop after {args.warmup} warm-up steps; "
+          f"load average {load[0]:.1f} {load[1]:.1f} {load[2]:.1f} on {os.cpu_count()} cores")
+    print(f"matmul peak (fp32, 2048^2, 1 thread) measured now: {statistics.median(peaks_cpu) / 1e9:.1f} GFLOP/s by CPU time, "
+          f"{statistics.median(peaks_wall) / 1e9:.1f} by wall time")
+    print(f"{'loop':<38}{'tok/s cpu':>10}{'ratio':>8}{'% peak':>8}{'tok/s wall':>12}{'ratio':>8}{'% peak':>8}{'1st step':>10}")
+    for name in loops:
+        row = f"{name:<38}"
+        for times, peaks in ((cpu, peaks_cpu), (wall, peaks_wall)):
+            rate = tokens / statistics.median(times[name])
+            ratio = statistics.median(b / t for b, t in zip(times[baseline], times[name]))
+            row += f"{rate:>10.0f}{ratio:>7.2f}x{100 * rate * flops_per_token / statistics.median(peaks):>7.1f}%"
+            row += "  " if times is cpu else ""
+        print(row + f"{first_seconds[name]:>9.1f}s")
+    ours = [name for name in loops if name != baseline]
+    if len(ours) > 1:
+        gap = max(abs(a - b) for a, b in zip(losses[ours[0]], losses[ours[1]]))
+        print(f"largest |loss difference| between {ours[0]} and {ours[1]} over {len(losses[ours[0]])} steps: {gap:.2e}")
+    print(f"loss after {len(losses[baseline])} steps: " + ", ".join(f"{name} {values[-1]:.4f}" for name, values in losses.items()))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
