@@ -6,17 +6,35 @@ Read-outs, before and after fine-tuning:
   (the choice with the lowest mean completion loss is the prediction);
 - OOD: the pre-training held-out loss; ``forgetting = ood_loss_after - ood_loss_before``.
 
-``reg_lambda > 0`` adds ``reg_lambda * ||theta - theta_pretrained||^2`` to the loss (experiment 6's
-regularization toward the pre-trained weights). An LR grid is a list of these runs; "tuned" picks, per
-checkpoint, the LR with the best ID result (:func:`select_tuned`).
+Remedies against forgetting, each a setting that is off by default (off, a run is bitwise the plain one):
+
+- ``reg_lambda > 0`` adds ``reg_lambda * ||theta - theta_pretrained||^2`` to the loss (experiment 6's
+  regularization toward the pre-trained weights). An LR grid is a list of these runs; "tuned" picks, per
+  checkpoint, the LR with the best ID result (:func:`select_tuned`).
+- ``replay_fraction`` (replay): that share of each batch's rows are windows of pre-training text, trained as
+  plain language modelling (loss on every token). The text is the one the OOD loss is measured on, never the
+  measured windows themselves: an overtrain checkpoint measured on its corpus's held-out split replays the
+  corpus's *train* split; a model measured on ``eval_data`` replays the ``eval_data`` text outside the
+  measured windows (read again and tokenized with the model's tokenizer). The loss stays the mean over all
+  trained tokens of the batch, so a replay row weighs by its token count.
+- ``linear_probe_steps`` (LP-FT): that many steps that train only the output layer (``lm_head``, or what
+  ``get_output_embeddings()`` returns), then ``steps`` steps of everything, with a fresh optimizer and
+  schedule per phase. With tied embeddings the output layer *is* the embedding matrix: phase 1 trains that
+  one tensor (so the input embeddings move too) and leaves every other tensor bitwise unchanged.
+- ``wise_alphas`` (WiSE-FT): after the one fine-tuning run, the weights are set to
+  ``(1 - alpha) theta_pre + alpha theta_ft`` for each alpha and ID and OOD are measured again (no
+  retraining; alpha 0 and 1 are exact copies of the two endpoints). Holds two extra copies of the weights
+  while it runs; the checkpoint's own weights are restored afterwards.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
 
+import numpy as np
 import torch
 
 from overtrain.data.tokenizer import load_tokenizer
@@ -27,6 +45,7 @@ from overtrain.pretrain.schedules import lr_multiplier
 from overtrain.probes.target import ProbeTarget
 from overtrain.probes.task_batches import (
     EncodedExample,
+    ReplayText,
     chat_segments,
     chat_template_of,
     check_nonempty,
@@ -34,6 +53,7 @@ from overtrain.probes.task_batches import (
     encode_example,
     encode_segments,
     pad_batch,
+    replay_row_count,
     sample_rows,
     special_tokens_of,
 )
@@ -74,6 +94,16 @@ class FinetuneConfig:
     """Local copy of a Hub task (same schema), for machines without network."""
     eval_batch_size: int = 32
     """Sequences per forward pass when scoring (memory only; results do not depend on it)."""
+    replay_fraction: float = 0.0
+    """Replay: share of each batch's rows that are pre-training text trained as plain LM (loss on every token),
+    in [0, 1); round(fraction x batch_size) rows, at least one task row left; 0 disables replay. The text: the
+    corpus's train split for our checkpoints, else the eval_data text outside the windows OOD is measured on."""
+    linear_probe_steps: int = 0
+    """LP-FT: steps that train only the output layer (lm_head; with tied embeddings the shared embedding matrix)
+    before the ``steps`` of full fine-tuning (>= 0; 0 disables it)."""
+    wise_alphas: list[float] = field(default_factory=list)
+    """WiSE-FT: after fine-tuning, also measure ID and OOD at (1 - alpha) theta_pre + alpha theta_ft for each
+    alpha in [0, 1], without retraining, e.g. [0.25,0.5,0.75]; empty (default) disables it."""
 
     def validate(self) -> None:
         """Raise one :class:`OvertrainError` naming every invalid setting (the task name included)."""
@@ -100,6 +130,16 @@ class FinetuneConfig:
         need(self.max_len >= 2, f"{prefix}max_len", self.max_len,
              "a sequence length >= 2 tokens (one to read, one to predict), e.g. 256")
         need(self.eval_batch_size >= 1, f"{prefix}eval_batch_size", self.eval_batch_size, "a whole number >= 1")
+        need(_finite(self.replay_fraction) and 0 <= self.replay_fraction < 1, f"{prefix}replay_fraction", self.replay_fraction,
+             "a fraction in [0, 1), e.g. 0.25 (0 disables replay)")
+        if _finite(self.replay_fraction) and 0 < self.replay_fraction < 1 and isinstance(self.batch_size, int) and self.batch_size >= 1:
+            need(replay_row_count(self.replay_fraction, self.batch_size) > 0, f"{prefix}replay_fraction", self.replay_fraction,
+                 f"a fraction that gives at least one replay row of batch_size={self.batch_size} (>= {0.5 / self.batch_size:g}), or 0")
+        need(isinstance(self.linear_probe_steps, int) and not isinstance(self.linear_probe_steps, bool) and self.linear_probe_steps >= 0,
+             f"{prefix}linear_probe_steps", self.linear_probe_steps, "a whole number >= 0 (0 disables LP-FT)")
+        alphas = self.wise_alphas if isinstance(self.wise_alphas, (list, tuple)) else [self.wise_alphas]
+        need(isinstance(self.wise_alphas, (list, tuple)) and all(_finite(a) and 0 <= a <= 1 for a in alphas) and len(set(alphas)) == len(alphas),
+             f"{prefix}wise_alphas", self.wise_alphas, "a list of distinct numbers in [0, 1], e.g. [0.25,0.5,0.75] ([] disables WiSE-FT)")
         try:
             check_task_name(self.task)
         except OvertrainError as error:
@@ -110,7 +150,7 @@ SCHEDULES = ("cosine", "linear", "constant")
 
 
 def _finite(value: float) -> bool:
-    return isinstance(value, (int, float)) and math.isfinite(value)
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def check_task_name(task: str) -> None:
@@ -155,6 +195,18 @@ class TaskMeasurement:
 
 
 @dataclass(frozen=True)
+class WiseMeasurement:
+    """ID and OOD read-outs at theta_alpha = (1 - alpha) theta_pre + alpha theta_ft (WiSE-FT)."""
+
+    alpha: float
+    id_loss: float
+    id_accuracy: float | None
+    ood_loss: float
+    forgetting: float
+    """ood_loss - ood_loss_before."""
+
+
+@dataclass(frozen=True)
 class FinetuneRecord:
     checkpoint: str
     tokens_seen: int
@@ -170,6 +222,15 @@ class FinetuneRecord:
     ood_loss_before: float
     ood_loss_after: float
     train_tokens: int
+    """Task completion tokens trained on (both LP-FT phases; replay tokens not included)."""
+    replay_fraction: float = 0.0
+    linear_probe_steps: int = 0
+    replay_tokens: int = 0
+    """Tokens of replayed pre-training text trained on (0 without replay)."""
+    replay_source: str | None = None
+    """Where the replayed text came from (None without replay)."""
+    wise: list[WiseMeasurement] = field(default_factory=list)
+    """One WiSE-FT measurement per alpha of ``wise_alphas`` (empty without WiSE-FT)."""
 
     @property
     def forgetting(self) -> float:
@@ -236,53 +297,169 @@ def _encode_choices(tokenizer, heldout, eot: int, max_len: int) -> list[list[Enc
     return [[encode_example(tokenizer, ex.prompt, choice, eot, max_len) for choice in ex.choices] for ex in heldout]
 
 
-def finetune_in_place(model: torch.nn.Module, task: EncodedTask, config: FinetuneConfig, dtype: str) -> int:
-    """Fine-tune ``model`` on ``task.train``; returns the number of completion tokens trained on."""
+@dataclass
+class TrainedTokens:
+    task: int = 0
+    """Task completion tokens trained on."""
+    replay: int = 0
+    """Replayed pre-training tokens trained on."""
+
+
+TASK_STREAM = 7
+"""Seeds the task rows of the full fine-tuning phase (the stream plain fine-tuning has always used)."""
+PROBE_STREAM = 13
+"""Seeds the task rows of the LP-FT output-layer phase (distinct from the full phase's batches)."""
+REPLAY_STREAM = 11
+"""Seeds the replayed windows of each step."""
+
+
+def output_layer_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
+    """The parameters of the output layer (lm_head or ``get_output_embeddings()``); tied: the embedding matrix."""
+    layer = getattr(model, "lm_head", None)
+    if layer is None and hasattr(model, "get_output_embeddings"):
+        layer = model.get_output_embeddings()
+    if layer is None:
+        raise OvertrainError(f"{type(model).__name__} has no output layer (lm_head) that LP-FT could train alone", "set linear_probe_steps=0")
+    ids = {id(p) for p in layer.parameters()}
+    return [p for p in model.parameters() if id(p) in ids]  # model order, each tied tensor once
+
+
+@contextmanager
+def only_trainable(model: torch.nn.Module, trainable: Sequence[torch.nn.Parameter]) -> Iterator[None]:
+    """Freeze every parameter not in ``trainable`` (requires_grad False), restoring the flags afterwards."""
+    keep = {id(p) for p in trainable}
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    try:
+        for p, _ in flags:
+            p.requires_grad_(id(p) in keep)
+        yield
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+
+
+def finetune_in_place(
+    model: torch.nn.Module, task: EncodedTask, config: FinetuneConfig, dtype: str, replay: ReplayText | None = None
+) -> TrainedTokens:
+    """Fine-tune ``model`` on ``task.train`` (LP-FT's output-layer phase first when set, replay rows when
+    ``replay`` is given and ``config.replay_fraction > 0``); returns the tokens trained on."""
     model.train()
+    counts = TrainedTokens()
+    if config.replay_fraction > 0 and replay is None:
+        raise OvertrainError("replay_fraction > 0 needs the pre-training text to replay", "pass replay=ReplayText... or use run_finetune_probe")
+    if config.linear_probe_steps > 0:
+        output = output_layer_parameters(model)
+        with only_trainable(model, output):
+            _train_phase(model, output, task, config, dtype, replay, config.linear_probe_steps, PROBE_STREAM, counts, "output-layer")
+    _train_phase(model, list(model.parameters()), task, config, dtype, replay, config.steps, TASK_STREAM, counts, "")
+    model.eval()
+    return counts
+
+
+def _train_phase(
+    model: torch.nn.Module, parameters: list[torch.nn.Parameter], task: EncodedTask, config: FinetuneConfig, dtype: str,
+    replay: ReplayText | None, steps: int, stream: int, counts: TrainedTokens, phase: str,
+) -> None:
     device = next(model.parameters()).device
-    anchors = [p.detach().clone() for p in model.parameters()] if config.reg_lambda > 0 else None
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay, betas=(0.9, 0.95))
-    warmup_steps = round(config.warmup_fraction * config.steps)
-    trained_tokens = 0
-    for step in range(config.steps):
+    anchors = [p.detach().clone() for p in parameters] if config.reg_lambda > 0 else None
+    optimizer = torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay, betas=(0.9, 0.95))
+    warmup_steps = round(config.warmup_fraction * steps)
+    replay_rows = replay_row_count(config.replay_fraction, config.batch_size) if replay is not None else 0
+    where = f"{phase} step" if phase else "step"
+    for step in range(steps):
         for group in optimizer.param_groups:
-            group["lr"] = config.lr * lr_multiplier(step, config.steps, warmup_steps, config.schedule, 1.0, 0.0)
-        rows = sample_rows(len(task.train), config.batch_size, config.seed, step)
-        inputs, targets = pad_batch([task.train[i] for i in rows], task.pad_id)
+            group["lr"] = config.lr * lr_multiplier(step, steps, warmup_steps, config.schedule, 1.0, 0.0)
+        rows = sample_rows(len(task.train), config.batch_size - replay_rows, config.seed, step, stream)
+        examples = [task.train[i] for i in rows]
+        if replay_rows:
+            examples += replay.examples(replay_rows, config.seed, step, REPLAY_STREAM + stream)
+        inputs, targets = pad_batch(examples, task.pad_id)
         with autocast_context(device, dtype):
             logits = logits_of(model, inputs.to(device))
         loss = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), targets.to(device).flatten(), ignore_index=IGNORE_INDEX)
         if anchors is not None:
-            loss = loss + config.reg_lambda * sum(((p - a) ** 2).sum() for p, a in zip(model.parameters(), anchors))
-        if not bool((targets != IGNORE_INDEX).any()):
+            loss = loss + config.reg_lambda * sum(((p - a) ** 2).sum() for p, a in zip(parameters, anchors))
+        task_targets = targets[: len(rows)]
+        if not bool((task_targets != IGNORE_INDEX).any()):
             raise OvertrainError(f"fine-tuning batch {step} has no completion tokens to train on", "raise max_len, or check the task's completions")
         if not torch.isfinite(loss):
-            raise OvertrainError(f"fine-tuning loss became {float(loss)} at step {step} (lr {config.lr:g})", "lower the fine-tuning lr")
+            raise OvertrainError(f"fine-tuning loss became {float(loss)} at {where} {step} (lr {config.lr:g})", "lower the fine-tuning lr")
         loss.backward()
         if config.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            torch.nn.utils.clip_grad_norm_(parameters, config.grad_clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        trained_tokens += int((targets != IGNORE_INDEX).sum())
-    model.eval()
-    return trained_tokens
+        counts.task += int((task_targets != IGNORE_INDEX).sum())
+        counts.replay += int((targets[len(rows):] != IGNORE_INDEX).sum())
+
+
+def replay_text_of(target: ProbeTarget, config: FinetuneConfig) -> ReplayText:
+    """The pre-training text ``target`` replays: its corpus's train split, or eval_data outside the measured windows."""
+    from overtrain.data.tokens import TokenData
+
+    measured_len = int(target.eval_inputs.shape[1])
+    length = min(config.max_len, measured_len)
+    if isinstance(target.data, TokenData):
+        return ReplayText.from_stream(np.asarray(target.data.train), length, f"train split of {target.data.folder}")
+    return ReplayText.from_eval_text(
+        target.eval_source, target.data.tokenizer_folder, measured_len, torch.cat([target.eval_inputs, target.eval_targets[:, -1:]], dim=1).numpy(),
+        length,
+    )
+
+
+def snapshot_weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """A copy of every parameter (tied tensors once), by name."""
+    return {name: p.detach().clone() for name, p in model.named_parameters()}
+
+
+@torch.no_grad()
+def set_interpolated_weights(model: torch.nn.Module, pre: dict[str, torch.Tensor], tuned: dict[str, torch.Tensor], alpha: float) -> None:
+    """Set every parameter to (1 - alpha) pre + alpha tuned; alpha 0 and 1 copy the endpoints exactly."""
+    for name, p in model.named_parameters():
+        if alpha == 0:
+            p.copy_(pre[name])
+        elif alpha == 1:
+            p.copy_(tuned[name])
+        else:
+            p.copy_(torch.lerp(pre[name].float(), tuned[name].float(), float(alpha)))
+
+
+def measure_wise(
+    target: ProbeTarget, task: EncodedTask, config: FinetuneConfig, pre: dict[str, torch.Tensor], ood_before: float
+) -> list[WiseMeasurement]:
+    """ID and OOD at every alpha of ``config.wise_alphas``; the model holds theta_ft again afterwards."""
+    tuned = snapshot_weights(target.model)
+    measured = []
+    try:
+        for alpha in config.wise_alphas:
+            set_interpolated_weights(target.model, pre, tuned, alpha)
+            id_result = task.measure(target.model, config.eval_batch_size, target.dtype)
+            ood = target.pretraining_loss().loss
+            measured.append(WiseMeasurement(float(alpha), id_result.loss, id_result.accuracy, ood, ood - ood_before))
+    finally:
+        set_interpolated_weights(target.model, pre, tuned, 1.0)
+    return measured
 
 
 def run_finetune_probe(target: ProbeTarget, config: FinetuneConfig, task: EncodedTask | None = None) -> FinetuneRecord:
-    """Measure, fine-tune, measure again; the checkpoint's weights are restored afterwards."""
+    """Measure, fine-tune, measure again (and at every WiSE-FT alpha); the checkpoint's weights are restored afterwards."""
     config.validate()
     task = task or EncodedTask(target, config)
+    replay = replay_text_of(target, config) if config.replay_fraction > 0 else None
     before_id = task.measure(target.model, config.eval_batch_size, target.dtype)
     before_ood = target.pretraining_loss().loss
+    pre = snapshot_weights(target.model) if config.wise_alphas else None
     try:
-        trained_tokens = finetune_in_place(target.model, task, config, target.dtype)
+        trained = finetune_in_place(target.model, task, config, target.dtype, replay)
         after_id = task.measure(target.model, config.eval_batch_size, target.dtype)
         after_ood = target.pretraining_loss().loss
+        wise = measure_wise(target, task, config, pre, before_ood) if pre is not None else []
     finally:
         target.restore()
     return FinetuneRecord(
         str(target.info.folder), target.tokens_seen, config.task, config.lr, config.seed, config.reg_lambda, config.steps,
-        before_id.loss, after_id.loss, before_id.accuracy, after_id.accuracy, before_ood, after_ood, trained_tokens,
+        before_id.loss, after_id.loss, before_id.accuracy, after_id.accuracy, before_ood, after_ood, trained.task,
+        config.replay_fraction, config.linear_probe_steps, trained.replay, replay.source if replay is not None else None, wise,
     )
 
 

@@ -13,6 +13,7 @@ when its tokenizer folder has one, else with the plain template of :mod:`overtra
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,9 +56,63 @@ def pad_batch(examples: Sequence[EncodedExample], pad_id: int) -> tuple[torch.Te
     return inputs, targets
 
 
-def sample_rows(count: int, batch_size: int, seed: int, step: int) -> np.ndarray:
-    """Indices of the examples in fine-tuning batch ``step``: a pure function of (seed, step)."""
-    return np.random.default_rng([seed, step, 7]).integers(0, count, size=batch_size)
+def sample_rows(count: int, batch_size: int, seed: int, step: int, stream: int = 7) -> np.ndarray:
+    """Indices of the examples in fine-tuning batch ``step``: a pure function of (seed, step, stream)."""
+    return np.random.default_rng([seed, step, stream]).integers(0, count, size=batch_size)
+
+
+def replay_row_count(fraction: float, batch_size: int) -> int:
+    """Rows of a batch of ``batch_size`` that replay pre-training text: fraction x batch_size rounded half up,
+    leaving at least one task row."""
+    return max(0, min(batch_size - 1, int(math.floor(fraction * batch_size + 0.5))))
+
+
+def lm_example(window: np.ndarray) -> EncodedExample:
+    """A window of ``n + 1`` tokens as a plain language-modelling example: n inputs, loss on all n targets."""
+    ids = [int(token) for token in window]
+    return EncodedExample(ids[:-1], ids[1:])
+
+
+class ReplayText:
+    """Pre-training text replayed during fine-tuning: windows of ``length + 1`` tokens, drawn per step from a
+    token stream (random offsets) or from a fixed set of windows, a pure function of (seed, step, stream)."""
+
+    def __init__(self, length: int, source: str, stream: np.ndarray | None = None, windows: np.ndarray | None = None) -> None:
+        if (stream is None) == (windows is None):
+            raise ValueError("ReplayText needs exactly one of stream and windows")
+        self.length, self.source, self.stream, self.windows = length, source, stream, windows
+
+    @classmethod
+    def from_stream(cls, tokens: np.ndarray, length: int, source: str) -> ReplayText:
+        length = min(length, len(tokens) - 1)
+        if length < 1:
+            raise OvertrainError(f"the replay text ({source}) has {len(tokens)} tokens, too few to replay", "use replay_fraction=0")
+        return cls(length, source, stream=tokens)
+
+    @classmethod
+    def from_eval_text(cls, source: str, tokenizer_folder: Path, measured_len: int, measured: np.ndarray, length: int, text_field: str = "text") -> ReplayText:
+        """The ``eval_data`` text cut into windows as the OOD measurement cuts it, minus the measured windows."""
+        from overtrain.data.eval_text import TEXT_BYTES_PER_EVAL_TOKEN, EvalTextSettings, encode_documents, read_eval_documents
+
+        settings = EvalTextSettings(source, measured_len, int(measured.shape[0]) * measured_len, text_field)
+        tokens = encode_documents(read_eval_documents(settings, settings.eval_tokens * TEXT_BYTES_PER_EVAL_TOKEN), tokenizer_folder)
+        window = measured_len + 1
+        blocks = np.asarray(tokens[: len(tokens) // window * window], dtype=np.int64).reshape(-1, window)
+        taken = {row.tobytes() for row in np.asarray(measured, dtype=np.int64)}
+        free = np.array([row for row in blocks if row.tobytes() not in taken], dtype=np.int64).reshape(-1, window)
+        if len(free) == 0:
+            raise OvertrainError(
+                f"eval_data {source!r} has no text outside the {len(measured)} windows the OOD loss is measured on, so nothing is left to replay",
+                "give more eval_data text, lower eval_tokens, or use replay_fraction=0",
+            )
+        return cls(min(length, measured_len), f"eval_data {source} ({len(free)} windows not measured)", windows=free[:, : min(length, measured_len) + 1])
+
+    def examples(self, count: int, seed: int, step: int, stream: int) -> list[EncodedExample]:
+        rng = np.random.default_rng([seed, step, stream])
+        if self.windows is not None:
+            return [lm_example(self.windows[index]) for index in rng.integers(0, len(self.windows), size=count)]
+        starts = rng.integers(0, len(self.stream) - self.length, size=count)
+        return [lm_example(np.asarray(self.stream[start : start + self.length + 1])) for start in starts]
 
 
 @torch.no_grad()
