@@ -170,7 +170,8 @@ def batch_offsets(num_tokens: int, batch_size: int, seq_len: int, seed: int, ste
 
 def windows(tokens: np.ndarray, offsets: np.ndarray, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Inputs and next-token targets, both (B, T) int64, cut from ``tokens`` at ``offsets``."""
-    rows = np.stack([np.asarray(tokens[start : start + seq_len + 1], dtype=np.int64) for start in offsets])
+    positions = np.asarray(offsets, dtype=np.int64)[:, None] + np.arange(seq_len + 1)
+    rows = np.asarray(tokens[positions], dtype=np.int64)  # one gather from the memmap
     block = torch.from_numpy(rows)
     return block[:, :-1], block[:, 1:]
 
