@@ -55,8 +55,8 @@ class TrainConfig:
     """Clip the global gradient norm to this value; 0 disables clipping."""
     dtype: Literal["auto", "bf16", "fp32"] = "auto"
     """Autocast precision of matrix products (weights and optimizer state stay fp32). ``auto`` picks bf16
-    on GPUs and on CPUs with native bf16 (AVX512-BF16 or AMX), where it is ~1.8x faster, and fp32 on
-    AVX2-only CPUs, where emulated bf16 is slower than fp32."""
+    on GPUs and on CPUs with AMX, where it is faster, and fp32 on other CPUs, where bf16 measured slower
+    (2.2x slower for the nano step on an AVX512-BF16 Xeon without AMX; see overtrain.precision)."""
     compile: bool | Literal["auto"] = False
     """Compile the model and loss with torch.compile: faster steps (~1.4x at the nano shape), slower start
     (~15-40 s on one core). ``auto`` compiles single-process runs with at least 300 steps left to train.
