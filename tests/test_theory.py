@@ -281,5 +281,7 @@ def test_cli_writes_json_and_figures_and_prints_a_table(tmp_path, capsys, monkey
     assert run_theory_cli(overrides, tmp_path, dry_run=False) == 0
     report = json.loads(Path(tmp_path / "theory.json").read_text())
     assert report["config"]["network"]["input_dim"] == 8 and report["halving"]["half_step"] == 0.1
-    assert set(report["sweeps"]) == {"noise", "finetune", "regularized"} and drawn == [tmp_path]
-    assert "inflection T" in capsys.readouterr().out
+    assert set(report["sweeps"]) == {"noise", "finetune", "regularized", "replay", "lpft", "wise"} and drawn == [tmp_path]
+    assert set(report["remedies"]) == {"replay", "lpft", "wise"}
+    printed = capsys.readouterr().out
+    assert "inflection T" in printed and "remedies at rate" in printed

@@ -44,11 +44,14 @@ def describe_plan(config: TheoryConfig) -> str:
     pretrain, finetune = config.pretrain, config.finetune
     seeds = config.target.data_seeds if config.target.samples else 1
     pairs = len(set([(rate, 0.0) for rate in finetune.lrs] + [(finetune.lambda_lr, value) for value in finetune.lambdas]))
+    recipes = len(set(finetune.replay_fractions) | {0.0}) + len(set(finetune.probe_steps) - {0})
     return (
         f"pre-training: {len(times)} times T from {times[0]:g} to {times[-1]:g}; "
         f"{round(times[-1] / pretrain.step):,} {pretrain.method} steps of {pretrain.step:g} (and again at {pretrain.step / 2:g})\n"
         f"noise: {len(config.noise.stds)} stds x {config.noise.draws} draws; fine-tuning: {pairs} (rate, lambda) pairs x "
-        f"{len(times)} T x {seeds} data seed(s) = {pairs * len(times) * seeds} networks, {finetune.steps} steps each"
+        f"{len(times)} T x {seeds} data seed(s) = {pairs * len(times) * seeds} networks, {finetune.steps} steps each\n"
+        f"remedies at rate {finetune.remedy_lr:g}: {recipes} replay/LP-FT runs x {len(times)} T x {seeds} data seed(s), "
+        f"{len(finetune.wise_alphas)} WiSE-FT alphas (no training)"
     )
 
 

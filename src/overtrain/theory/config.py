@@ -88,6 +88,14 @@ class FinetuneConfig:
     """Strengths of the penalty lambda * ||W - W_pre||^2 (over both layers) compared at ``lambda_lr``."""
     lambda_lr: float = 0.03
     """Learning rate of the regularized runs."""
+    remedy_lr: float = 0.03
+    """Learning rate of the remedy sweeps (replay, LP-FT, WiSE-FT), each compared with plain fine-tuning at it."""
+    replay_fractions: list[float] = field(default_factory=lambda: [0.0, 0.1, 0.3, 0.5])
+    """Replay: fine-tune on (1 - r) L_ft + r L_pre, the mixture of the two targets' losses, for each r in [0, 1)."""
+    probe_steps: list[int] = field(default_factory=lambda: [0, 25, 100])
+    """LP-FT: gradient-descent steps on W2 alone (W1 frozen) before the ``steps`` steps of both layers."""
+    wise_alphas: list[float] = field(default_factory=lambda: [0.25, 0.5, 0.75, 1.0])
+    """WiSE-FT: (1 - alpha) (W1, W2)_pre + alpha (W1, W2)_ft after one plain run at ``remedy_lr``, each alpha in [0, 1]."""
 
 
 @dataclass
@@ -150,6 +158,11 @@ def validate_theory_config(config: TheoryConfig) -> TheoryConfig:
     )
     _require(all(rate > 0 for rate in config.finetune.lrs + [config.finetune.lambda_lr]), "finetune.lrs", "positive rates")
     _require(all(strength >= 0 for strength in config.finetune.lambdas), "finetune.lambdas", "non-negative strengths")
+    finetune = config.finetune
+    _require(finetune.remedy_lr > 0, "finetune.remedy_lr", "a positive rate such as 0.03")
+    _require(all(0 <= r < 1 for r in finetune.replay_fractions), "finetune.replay_fractions", "fractions in [0, 1), e.g. [0,0.1,0.3]")
+    _require(all(isinstance(k, int) and k >= 0 for k in finetune.probe_steps), "finetune.probe_steps", "whole numbers >= 0, e.g. [0,25,100]")
+    _require(all(0 <= a <= 1 for a in finetune.wise_alphas), "finetune.wise_alphas", "numbers in [0, 1], e.g. [0.25,0.5,1]")
     _require(
         all(std > 0 for std in config.noise.stds) and config.noise.draws >= 1, "noise.stds/draws", "positive stds, draws >= 1"
     )

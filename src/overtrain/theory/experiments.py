@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from overtrain.theory.config import TheoryConfig
-from overtrain.theory.finetuning import finetune_sweeps
+from overtrain.theory.finetuning import finetune_sweeps, remedy_sweeps
 from overtrain.theory.incremental import ModeLearning, compare_with_closed_form
 from overtrain.theory.sweeps import PretrainRun, Sweep, noise_sweep, run_pretraining
 
@@ -44,14 +44,14 @@ class TheoryResults:
     run: PretrainRun
     modes: ModeLearning
     sweeps: dict[str, Sweep]
-    """``noise``, ``finetune`` and ``regularized``."""
+    """``noise``, ``finetune``, ``regularized`` and the remedies ``replay``, ``lpft``, ``wise``."""
     halving: HalvingCheck | None
 
 
 def run_sweeps(run: PretrainRun, config: TheoryConfig) -> dict[str, Sweep]:
-    """The three T-sweeps on one pre-training run."""
+    """The T-sweeps on one pre-training run: noise, rates, lambdas, and the remedies (replay, LP-FT, WiSE-FT)."""
     finetune, regularized = finetune_sweeps(run, config)
-    return {"noise": noise_sweep(run, config), "finetune": finetune, "regularized": regularized}
+    return {"noise": noise_sweep(run, config), "finetune": finetune, "regularized": regularized, **remedy_sweeps(run, config)}
 
 
 def run_all(config: TheoryConfig, check_halving: bool = True) -> TheoryResults:
@@ -164,6 +164,48 @@ def _task_loss_claim(sweep: Sweep) -> dict[str, object]:
         "task_loss_at_longest_T": dict(zip([setting.label for setting in ordered], task)),
         "train_loss_at_longest_T": dict(zip([setting.label for setting in ordered], train)),
     }
+
+
+REMEDY_SWEEPS = {"replay": 0.0, "lpft": 0, "wise": 1.0}
+"""Each remedy sweep and the setting value that is plain fine-tuning at ``remedy_lr`` (its reference)."""
+
+
+def compare_remedies(results: TheoryResults) -> dict[str, dict[str, object]]:
+    """For every remedy setting: the inflection T, whether it is later than plain fine-tuning's at the same rate
+    (a curve without an interior minimum counts as at the longest T), and the fine-tuning cost, the population
+    loss on A_ft (and on the fine-tuning sample) at the longest T, next to the pre-training loss there."""
+    compared: dict[str, dict[str, object]] = {}
+    for name, reference_value in REMEDY_SWEEPS.items():
+        sweep = results.sweeps[name]
+        marks = sweep.inflections()
+        reference = next(s for s in sweep.settings if s.value == reference_value) if any(s.value == reference_value for s in sweep.settings) else None
+        if reference is None:  # the sweep leaves the plain run out: compare with the rate sweep's run at remedy_lr
+            plain = results.sweeps["finetune"]
+            reference = next((s for s in plain.settings if s.value == results.config.finetune.remedy_lr), None)
+            reference_mark = plain.inflections()[reference.label] if reference is not None else None
+        else:
+            reference_mark = marks[reference.label]
+        settings = {}
+        for setting in sorted(sweep.settings, key=lambda item: item.value):
+            mark = marks[setting.label]
+            settings[setting.label] = {
+                sweep.parameter: setting.value,
+                "inflection_T": mark.at,
+                "interval": [mark.low, mark.high],
+                "u_shaped": mark.u_shaped,
+                "relative_rise": mark.relative_rise,
+                "later_than_plain": None if reference_mark is None else bool(mark.at > reference_mark.at),
+                "task_loss_at_longest_T": float(setting.task_loss[:, -1].mean()),
+                "train_loss_at_longest_T": float(setting.train_loss[:, -1].mean()),
+                "pretrain_loss_at_longest_T": float(setting.after_loss[-1]),
+            }
+        compared[name] = {
+            "parameter": sweep.parameter,
+            "plain_inflection_T": None if reference_mark is None else reference_mark.at,
+            "plain_task_loss_at_longest_T": None if reference is None else float(reference.task_loss[:, -1].mean()),
+            "settings": settings,
+        }
+    return compared
 
 
 def halving_to_dict(halving: HalvingCheck | None) -> dict[str, object] | None:

@@ -1,7 +1,7 @@
 """The theory figures, drawn by the project's shared plotting code (overtrain.plots).
 
 One figure per claim: ``modes`` (incremental learning against the closed form), ``noise``,
-``finetune`` and ``regularized`` (loss after the change, the same zoomed on the bottom of the U, the
+``finetune``, ``regularized`` and the remedies ``replay``, ``lpft``, ``wise`` (loss after the change, the same zoomed on the bottom of the U, the
 increase the change causes, and for fine-tuning the loss on the new task), each in the paper's style:
 log-x pre-training time, one line per setting, the inflection point as a dot with its interval.
 """
@@ -22,6 +22,9 @@ SWEEP_TITLES = {
     "noise": "Gaussian noise on every weight after pre-training for T",
     "finetune": "Fine-tuning on a misaligned target after pre-training for T",
     "regularized": "Fine-tuning with lambda * ||W - W_pre||^2",
+    "replay": "Replay: fine-tuning on (1 - r) L_ft + r L_pre",
+    "lpft": "LP-FT: W2 alone for k steps, then both layers",
+    "wise": "WiSE-FT: (1 - alpha) W_pre + alpha W_ft, per layer",
 }
 
 

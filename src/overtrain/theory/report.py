@@ -6,7 +6,7 @@ import numpy as np
 
 from overtrain import __version__
 from overtrain.config import config_to_dict
-from overtrain.theory.experiments import TheoryResults, check_claims, halving_to_dict, sensitivity
+from overtrain.theory.experiments import TheoryResults, check_claims, compare_remedies, halving_to_dict, sensitivity
 from overtrain.theory.sweeps import Sweep
 
 
@@ -23,6 +23,7 @@ def results_to_dict(results: TheoryResults, seconds: float) -> dict[str, object]
         "sweeps": {name: _sweep_to_dict(sweep) for name, sweep in results.sweeps.items()},
         "halving": halving_to_dict(results.halving),
         "claims": check_claims(results),
+        "remedies": compare_remedies(results),
     }
 
 
@@ -57,6 +58,14 @@ def summary_table(results: TheoryResults) -> str:
             lines.append(
                 f"{name:<12} {label:<14} {mark.at:>12.3g} {interval:>19} {'yes' if mark.u_shaped else 'no':>4} "
                 f"{100 * mark.relative_rise:>7.2f}%"
+            )
+    lines.append(f"remedies at rate {results.config.finetune.remedy_lr:g}: inflection T (plain's), loss on A_ft at the longest T (plain's)")
+    for name, comparison in compare_remedies(results).items():
+        plain_t, plain_cost = comparison["plain_inflection_T"], comparison["plain_task_loss_at_longest_T"]
+        for label, entry in comparison["settings"].items():
+            lines.append(
+                f"  {name:<7} {label:<14} T {entry['inflection_T']:>8.3g}{'' if entry['u_shaped'] else ' (no U)':<8} "
+                f"(plain {plain_t:.3g})  A_ft loss {entry['task_loss_at_longest_T']:.3g} (plain {plain_cost:.3g})"
             )
     modes = results.modes.summary()
     errors = modes["random_half_time_relative_errors"]
