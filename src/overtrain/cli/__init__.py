@@ -40,6 +40,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "pretrain-ladder": ("overtrain.cli.pretrain:command_pretrain_ladder", "train one run per token budget, or WSD decay branches"),
     "noise": ("overtrain.cli.probes:command_noise", "Gaussian probe: loss after init-scaled noise, per checkpoint"),
     "finetune": ("overtrain.cli.probes:command_finetune", "fine-tuning probe: ID gain and forgetting, per checkpoint and LR"),
+    "sharpness": ("overtrain.cli.probes:command_sharpness", "sharpness probes: top Hessian eigenvalue, Hessian trace, worst-case perturbation"),
     "sweep": ("overtrain.cli.sweep:command_sweep", "expand a sweep spec into jobs, run the missing ones, write the report"),
     "report": ("overtrain.cli.sweep:command_report", "figures, HTML and markdown from a results store"),
     "tasks": ("overtrain.cli.sweep:command_tasks", "list the fine-tuning tasks"),
@@ -91,6 +92,14 @@ forgetting (pre-training loss after minus before), one job per task x lr x seed 
 sweep into --out DIR, like `overtrain noise`. Examples:
   overtrain finetune runs/nano_ladder task=kjv-to-web lrs=[1e-3,3e-3] steps=100 seeds=2
   overtrain finetune runs/nano_ladder task=file:my_data.jsonl lr=1e-3 --out runs/ft_mine""",
+    "sharpness": """\
+Measures the curvature of the held-out pre-training loss at each checkpoint (weights restored bitwise):
+the top Hessian eigenvalue (Lanczos), the Hessian trace (Hutchinson), and the worst-case loss increase on
+the sphere whose radius is the Gaussian probe's draw at each gamma; per tensor group on request. A
+Hessian-vector product costs ~11 forward passes, hence the small default eval_tokens. Runs as a sweep
+into --out DIR, like `overtrain noise`. Examples:
+  overtrain sharpness runs/nano_ladder kinds=[hessian_top,worst_case] gammas=[1,2] --out runs/sharpness
+  overtrain sharpness runs/nano_ladder kind=hessian_trace probes=32 groups=[all,attention,mlp] --out runs/trace""",
 }
 
 
@@ -114,9 +123,9 @@ def add_lazy_help(parser: argparse.ArgumentParser, describe) -> None:
 def probe_help(name: str) -> str:
     """A probe verb's description: its usage and every key, generated from the settings dataclasses."""
     from overtrain.cli.help import keys_help
-    from overtrain.sweep.config import ExecutorConfig, FinetuneSweep, NoiseSweep
+    from overtrain.sweep.config import ExecutorConfig, FinetuneSweep, NoiseSweep, SharpnessSweep
 
-    section = NoiseSweep if name == "noise" else FinetuneSweep
+    section = {"noise": NoiseSweep, "finetune": FinetuneSweep, "sharpness": SharpnessSweep}[name]
     return (f"{PROBE_USAGE[name]}\n\nsettings (key=value):\n{keys_help(section)}\n\n"
             f"sweep settings:\n{keys_help(ExecutorConfig, 'executor.')}\n  report=true\n      write DIR/report when done")
 
@@ -125,11 +134,11 @@ def sweep_help() -> str:
     from overtrain.cli.help import keys_help
     from overtrain.sweep.config import SweepConfig
 
-    return SWEEP_HELP + "\n\nkeys (section.key=value):\n" + keys_help(SweepConfig, expand=("noise", "finetune", "executor"))
+    return SWEEP_HELP + "\n\nkeys (section.key=value):\n" + keys_help(SweepConfig, expand=("noise", "finetune", "sharpness", "executor"))
 
 
 def _add_probe_parsers(verbs) -> None:
-    for name in ("noise", "finetune"):
+    for name in ("noise", "finetune", "sharpness"):
         sub = verbs.add_parser(name, help=COMMANDS[name][1], add_help=False, formatter_class=argparse.RawDescriptionHelpFormatter)
         add_lazy_help(sub, lambda name=name: COMMANDS[name][1] + ".\n\n" + probe_help(name))
         sub.add_argument("arguments", nargs="+", metavar="CHECKPOINT|key=value", help="checkpoint, run or ladder folders, then settings")

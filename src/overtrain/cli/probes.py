@@ -1,4 +1,4 @@
-"""``overtrain noise`` and ``overtrain finetune``: one probe on the checkpoints named on the command line,
+"""``overtrain noise``, ``overtrain finetune`` and ``overtrain sharpness``: one probe on the checkpoints named on the command line,
 run as a small sweep into a store.
 
 ``overtrain noise CHECKPOINT... [key=value ...] --out DIR`` is the sweep ``{out_dir: DIR, checkpoints:
@@ -76,7 +76,7 @@ def print_rows(probe: str, store_path: Path, keys: set[str]) -> None:
         return
     with ResultStore(store_path) as store:
         rows = [row for row in store.rows(kind=probe) if row.key in keys]
-    lines = _noise_lines(rows) if probe == "noise" else _finetune_lines(rows)
+    lines = {"noise": _noise_lines, "finetune": _finetune_lines, "sharpness": _sharpness_lines}[probe](rows)
     print("\n".join(lines))
 
 
@@ -105,9 +105,25 @@ def _finetune_lines(rows) -> list[str]:
     return lines
 
 
+def _sharpness_lines(rows) -> list[str]:
+    lines = [f"\n{'checkpoint':>12} {'kind':>13} {'group':>10} {'gamma':>6} {'seed':>4} {'value':>11} {'+-':>9} {'passes':>6}"]
+    for row in sorted(rows, key=lambda row: (row.metrics.get("tokens_seen") or 0, row.spec["checkpoint"])):
+        for r in row.metrics["records"]:
+            gamma = f"{r['gamma']:g}" if r.get("gamma") is not None else "-"
+            stderr = f"{r['stderr']:.3g}" if r.get("stderr") is not None else ""
+            note = " (not converged)" if r.get("converged") is False else ""
+            lines.append(f"{_where(row):>12} {r['kind']:>13} {str(r['group'])[-10:]:>10} {gamma:>6} {r['seed']:>4} {r['value']:>11.5g} "
+                         f"{stderr:>9} {r['passes']:>6}{note}")
+    return lines
+
+
 def command_noise(args: argparse.Namespace) -> int:
     return run_probe_verb("noise", args)
 
 
 def command_finetune(args: argparse.Namespace) -> int:
     return run_probe_verb("finetune", args)
+
+
+def command_sharpness(args: argparse.Namespace) -> int:
+    return run_probe_verb("sharpness", args)

@@ -534,3 +534,105 @@ def _on_sphere(vector: Vector, radius: float) -> Vector:
     if size == 0.0:
         return vector
     return _scaled(vector, radius / size)
+
+
+# ----------------------------------------------------------------------------------------------------
+# All requested read-outs of one probe target (what a sweep's sharpness job runs)
+# ----------------------------------------------------------------------------------------------------
+
+SHARPNESS_KINDS: tuple[str, ...] = ("hessian_top", "hessian_trace", "worst_case")
+"""The read-outs :func:`run_sharpness_probe` runs: top Hessian eigenvalue, Hutchinson trace, worst-case loss increase."""
+
+ALL_PARAMETERS = "all"
+"""The group name of every parameter at once (``group=None`` of the probes)."""
+
+
+@dataclass(frozen=True)
+class SharpnessRecord:
+    """One read-out of one checkpoint: ``value`` is the top eigenvalue, the trace estimate, or the
+    worst-case loss increase (nats/token) at ``gamma``. ``passes`` counts passes over the held-out text
+    (a Hessian-vector product is one; it costs ~11 forwards)."""
+
+    kind: str
+    group: str
+    seed: int
+    gamma: float | None
+    value: float
+    passes: int
+    parameters: int
+    stderr: float | None = None
+    """Hutchinson's standard error over probes (hessian_trace only)."""
+    converged: bool | None = None
+    """Whether Lanczos reached its tolerance (hessian_top only)."""
+    detail: dict | None = None
+    """Kind-specific numbers: Lanczos residual and smallest Ritz value; the worst-case radius and losses."""
+
+    def as_dict(self) -> dict:
+        return {"kind": self.kind, "group": self.group, "seed": self.seed, "gamma": self.gamma, "value": self.value,
+                "passes": self.passes, "parameters": self.parameters, "stderr": self.stderr, "converged": self.converged,
+                **(self.detail or {})}
+
+
+def run_sharpness_probe(
+    target,
+    kinds: Sequence[str] = SHARPNESS_KINDS,
+    *,
+    gammas: Sequence[float] = (1.0,),
+    seeds: Sequence[int] = (0,),
+    groups: Sequence[str] | None = None,
+    probes: int = 16,
+    tol: float = 1e-3,
+    max_iters: int = 100,
+    steps: int = 5,
+    batch_size: int = 16,
+    on_record: Callable[[SharpnessRecord], None] | None = None,
+) -> list[SharpnessRecord]:
+    """Every requested read-out of ``target`` (a :class:`~overtrain.probes.target.ProbeTarget`), per group.
+
+    ``groups``: ``None`` (every parameter, reported as group ``all``) or names from :data:`TENSOR_GROUPS`,
+    globs, or ``all``. ``hessian_top`` and ``hessian_trace`` run once per seed (the Lanczos start, the
+    Rademacher probes); ``worst_case`` once per gamma, with the first seed only: its ascent starts from the
+    gradient, so the seed matters only where the gradient vanishes. The worst-case radius comes from the
+    target's init stds (a model without them needs ``init_std_rules`` or no worst_case).
+    """
+    unknown = [kind for kind in kinds if kind not in SHARPNESS_KINDS]
+    if unknown or not kinds:
+        raise OvertrainError(f"sharpness kinds {list(kinds)} include none or unknown ones {unknown}", f"use some of {', '.join(SHARPNESS_KINDS)}")
+    if not seeds:
+        raise OvertrainError("no seed given", "pass seeds=[0] (or more)")
+    names = list(groups) if groups else [ALL_PARAMETERS]
+    if "worst_case" in kinds and target.init_std is None:
+        raise OvertrainError(
+            f"the worst-case probe takes its radius from each tensor's init std, and {target.init_std_source}",
+            "give init std rules (init_std_rules={'*': 0.02}), or drop worst_case from kinds",
+        )
+    for name in names:  # an unknown group fails before any pass over the data
+        select_parameters(target.model, None if name == ALL_PARAMETERS else name)
+    loss = heldout_loss_of(target, batch_size=batch_size)
+    records: list[SharpnessRecord] = []
+
+    def add(record: SharpnessRecord) -> None:
+        records.append(record)
+        if on_record is not None:
+            on_record(record)
+
+    for name in names:
+        group = None if name == ALL_PARAMETERS else name
+        for kind in kinds:
+            if kind == "hessian_top":
+                for seed in seeds:
+                    top = top_hessian_eigenvalue(target.model, loss, group=group, seed=seed, tol=tol, max_iters=max_iters)
+                    add(SharpnessRecord(kind, name, seed, None, top.value, top.hvps, top.parameters, converged=top.converged,
+                                        detail={"residual": top.residual, "lowest": top.lowest}))
+            elif kind == "hessian_trace":
+                for seed in seeds:
+                    trace = hutchinson_trace(target.model, loss, group=group, probes=probes, seed=seed)
+                    add(SharpnessRecord(kind, name, seed, None, trace.value, trace.probes, trace.parameters, stderr=trace.stderr))
+            else:
+                for gamma in gammas:
+                    worst = worst_case_perturbation(target.model, loss, gamma=gamma, init_std=target.init_std, group=group,
+                                                    steps=steps, seed=seeds[0])
+                    add(SharpnessRecord(kind, name, seeds[0], float(gamma), worst.increase, worst.passes, worst.parameters,
+                                        detail={"radius": worst.radius, "base_loss": worst.base_loss, "worst_loss": worst.worst_loss,
+                                                "losses": list(worst.losses)}))
+    return records

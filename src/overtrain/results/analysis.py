@@ -8,6 +8,8 @@
 - :func:`noise_summary`, :func:`finetune_summary`: per setting, the curve, its inflection, the statistic.
 - :func:`recommend_checkpoints`: which budget to fine-tune for a given (task, lr).
 - :func:`noise_predicts_forgetting`: can the cheap probe rank checkpoints like fine-tuning does?
+- :func:`sharpness_frame`, :func:`sharpness_summary`, :func:`sharpness_predicts_forgetting`: the same for
+  the sharpness probes (top Hessian eigenvalue, Hessian trace, worst-case loss increase).
 """
 
 from __future__ import annotations
@@ -47,6 +49,31 @@ def noise_frame(store: ResultStore) -> pd.DataFrame:
     columns = ["checkpoint", "tokens_seen", "mode", "base_loss", "gamma", "seed", "perturbed_loss", "delta"]
     frame = pd.DataFrame(rows)
     return frame if not frame.empty else pd.DataFrame(columns=columns)
+
+
+SHARPNESS_COLUMNS = ["checkpoint", "tokens_seen", "kind", "group", "gamma", "seed", "value", "stderr", "measure"]
+
+
+def sharpness_measure(kind: str, group: str, gamma: float | None) -> str:
+    """The name of one sharpness curve: ``hessian_top``, ``worst_case gamma=2``, ``hessian_trace [attention]``."""
+    name = kind if gamma is None or pd.isna(gamma) else f"{kind} gamma={gamma:g}"
+    return name if group == "all" else f"{name} [{group}]"
+
+
+def sharpness_frame(store: ResultStore) -> pd.DataFrame:
+    """One row per sharpness read-out: checkpoint, tokens_seen, kind, group, gamma (worst_case; else NaN),
+    seed, value, stderr, measure (kind, gamma and group as one name), and the pre-training factors."""
+    rows = []
+    for row in store.rows(kind="sharpness"):
+        factors = factor_columns(row.metrics.get("factors", {}))
+        for record in row.metrics["records"]:
+            gamma = record.get("gamma")
+            rows.append({"checkpoint": row.spec["checkpoint"], "tokens_seen": row.metrics["tokens_seen"], "kind": record["kind"],
+                         "group": record["group"], "gamma": float("nan") if gamma is None else float(gamma), "seed": record["seed"],
+                         "value": record["value"], "stderr": record.get("stderr"),
+                         "measure": sharpness_measure(record["kind"], record["group"], gamma), **factors})
+    frame = pd.DataFrame(rows)
+    return frame if not frame.empty else pd.DataFrame(columns=SHARPNESS_COLUMNS)
 
 
 def finetune_frame(store: ResultStore) -> pd.DataFrame:
@@ -182,6 +209,38 @@ def noise_predicts_forgetting(noise: pd.DataFrame, finetune: pd.DataFrame) -> pd
             if len(joined) >= 3:
                 rows.append({"gamma": gamma, "task": task, "lr": lr, "budgets": len(joined),
                              "spearman": spearman(joined.iloc[:, 0].to_numpy(), joined.iloc[:, 1].to_numpy())})
+    return pd.DataFrame(rows)
+
+
+def sharpness_summary(frame: pd.DataFrame) -> list[SettingSummary]:
+    """Per pre-training factor value and measure: the sharpness vs tokens (mean and range over pre-training
+    seeds when there are several, else over probe seeds) and Spearman(sharpness, tokens)."""
+    factors = factor_names(frame)
+    summaries = []
+    for values, group in frame.groupby([*factors, "measure"], sort=True):
+        values = values if isinstance(values, tuple) else (values,)
+        name = " ".join(filter(None, [factor_label(frame, values[:-1], factors), str(values[-1])]))
+        summaries.append(_summarize(name, group, "value", "value", "probe seeds"))
+    return summaries
+
+
+def sharpness_predicts_forgetting(sharpness: pd.DataFrame, finetune: pd.DataFrame) -> pd.DataFrame:
+    """Spearman, across budgets, between each sharpness measure and the forgetting (per task, lr), within
+    each pre-training factor family (means over seeds; needs three budgets)."""
+    factors = [name for name in factor_names(sharpness) if name in finetune.columns]
+    keys = [*factors, "tokens_seen"]
+    measure = sharpness.groupby(["measure", *keys])["value"].mean()
+    forgetting = finetune[finetune["reg_lambda"] == 0].groupby(["task", "lr", *keys])["forgetting"].mean()
+    rows = []
+    for name in measure.index.get_level_values(0).unique():
+        for (task, lr) in forgetting.index.droplevel(list(range(2, 2 + len(keys)))).unique():
+            joined = pd.concat([measure.loc[name], forgetting.loc[(task, lr)]], axis=1, join="inner").dropna()
+            families = joined.groupby(level=list(range(len(factors)))) if factors else [((), joined)]
+            for family, part in families:
+                if len(part) >= 3:
+                    label = factor_label(sharpness, family, factors) if factors else ""
+                    rows.append({"measure": name, **({"family": label} if factors else {}), "task": task, "lr": lr,
+                                 "budgets": len(part), "spearman": spearman(part.iloc[:, 0].to_numpy(), part.iloc[:, 1].to_numpy())})
     return pd.DataFrame(rows)
 
 

@@ -22,6 +22,7 @@ from overtrain.errors import OvertrainError
 from overtrain.results import analysis
 from overtrain.results.plots import Curve, InflectionMark, Panel, plot_panels
 from overtrain.results.store import ResultStore
+from overtrain.units import format_tokens
 
 TOKENS_LABEL = "pre-training tokens"
 
@@ -92,6 +93,30 @@ def _finetune_section(finetune: pd.DataFrame, report: Report) -> None:
     report.tables["Fine-tuning runs"] = finetune[columns].sort_values(["task", "lr", "reg_lambda", "tokens_seen", "seed"])
 
 
+SHARPNESS_TITLES = {"hessian_top": ("top Hessian eigenvalue", "Top Hessian eigenvalue (Lanczos)"),
+                    "hessian_trace": ("Hessian trace", "Hessian trace (Hutchinson)"),
+                    "worst_case": ("worst-case loss increase (nats/token)", "Worst case at the Gaussian draw's norm")}
+
+
+def _sharpness_section(sharpness: pd.DataFrame, report: Report) -> None:
+    """Each sharpness measure against tokens: one panel per kind, one curve per group, gamma and factor family."""
+    panels, summaries = [], []
+    for kind, (y_label, title) in SHARPNESS_TITLES.items():
+        rows = sharpness[sharpness["kind"] == kind]
+        if rows.empty:
+            continue
+        kind_summaries = analysis.sharpness_summary(rows)
+        summaries += kind_summaries
+        panels.append(Panel(_curves(kind_summaries), TOKENS_LABEL, y_label, title, x_in_tokens=True))
+    report.figures += plot_panels(panels, title="Sharpness probes", out_stem=report.folder / "sharpness")
+    report.headlines += [f"sharpness {s.name}: {s.mean[0]:.4g} at {format_tokens(s.tokens[0])} -> {s.mean[-1]:.4g} at "
+                         f"{format_tokens(s.tokens[-1])}; Spearman(sharpness, tokens) = {s.sensitivity_spearman:+.2f}" for s in summaries]
+    table = pd.DataFrame({"tokens": sorted({t for s in summaries for t in s.tokens})})
+    for s in summaries:
+        table = table.merge(pd.DataFrame({"tokens": s.tokens, s.name: s.mean}), on="tokens", how="left")
+    report.tables["Sharpness probes (mean over seeds)"] = table
+
+
 def _weight_norm_section(pretrain: pd.DataFrame, report: Report) -> None:
     """The weights' L2 norm against tokens, one curve per pre-training run (seed and factor values)."""
     if "weight_norm" not in pretrain:
@@ -134,6 +159,7 @@ class _Frames:
     noise: pd.DataFrame
     finetune: pd.DataFrame
     pretrain: pd.DataFrame
+    sharpness: pd.DataFrame = field(default_factory=pd.DataFrame)
 
 
 def _nothing_to_report(store_path: Path, why: str) -> OvertrainError:
@@ -154,9 +180,10 @@ def _read_store(store_path: Path) -> _Frames:
     with ResultStore(store_path) as store:
         if len(store) == 0:
             raise _nothing_to_report(store_path, "holds no finished job")
-        frames = _Frames(analysis.noise_frame(store), analysis.finetune_frame(store), analysis.pretrain_frame(store))
-    if frames.noise.empty and frames.finetune.empty and frames.pretrain.empty:
-        raise _nothing_to_report(store_path, "holds no pre-training, noise or fine-tuning result")
+        frames = _Frames(analysis.noise_frame(store), analysis.finetune_frame(store), analysis.pretrain_frame(store),
+                         analysis.sharpness_frame(store))
+    if frames.noise.empty and frames.finetune.empty and frames.pretrain.empty and frames.sharpness.empty:
+        raise _nothing_to_report(store_path, "holds no pre-training, noise, fine-tuning or sharpness result")
     return frames
 
 
@@ -185,6 +212,7 @@ def _on_token_axis(frame: pd.DataFrame, title: str, report: Report) -> pd.DataFr
 def _build_report(frames: _Frames, report: Report) -> Report:
     noise = _on_token_axis(frames.noise, "Noise probe", report)
     finetune = _on_token_axis(frames.finetune, "Fine-tuning probe", report)
+    sharpness = _on_token_axis(frames.sharpness, "Sharpness probes", report)
     pretrain = frames.pretrain
     report.headlines += [claim.headline() for claim in analysis.paper_claims(noise, finetune)]
     if not pretrain.empty:
@@ -196,6 +224,10 @@ def _build_report(frames: _Frames, report: Report) -> Report:
         _finetune_section(finetune, report)
     if not noise.empty and not finetune.empty:
         report.tables["Does the noise probe predict forgetting? (Spearman across budgets)"] = analysis.noise_predicts_forgetting(noise, finetune)
+    if not sharpness.empty:
+        _sharpness_section(sharpness, report)
+        if not finetune.empty:
+            report.tables["Does sharpness predict forgetting? (Spearman across budgets)"] = analysis.sharpness_predicts_forgetting(sharpness, finetune)
     atomic_write_text(report.html_path, render_html(report))
     atomic_write_text(report.folder / "summary.md", render_markdown(report))
     return report

@@ -5,6 +5,7 @@ out_dir: runs/demo                 # results.sqlite, pretrain/ and report/ go he
 pretrain: {...}                    # a pretrain-ladder config (model, data, train, ladder); optional
 checkpoints: [path, ...]           # existing checkpoints, runs or ladders (or Hugging Face models); optional
 noise: {gammas: [...], seeds: 2, mode: init, eval_tokens: 65536}
+sharpness: {kinds: [hessian_top, worst_case], gammas: [1, 2], eval_tokens: 16384}
 finetune: {tasks: [...], lrs: [...], seeds: 2, reg_lambdas: [0.0], steps: 100, ...}
 executor: {kind: processes, workers: 2, threads_per_worker: 1}
 ```
@@ -66,6 +67,39 @@ class NoiseSweep(ProbeData):
     """init (std = gamma x the tensor's init std) | relative (gamma x its RMS) | absolute (std = gamma)."""
 
 
+SharpnessKind = Literal["hessian_top", "hessian_trace", "worst_case"]
+
+
+@dataclass
+class SharpnessSweep(ProbeData):
+    """The sharpness probes: every checkpoint x kind x group (x gamma, x seed) (one job per checkpoint)."""
+
+    kinds: list[SharpnessKind] = field(default_factory=lambda: ["hessian_top", "hessian_trace", "worst_case"])
+    """Read-outs: hessian_top (largest Hessian eigenvalue, Lanczos), hessian_trace (Hutchinson), worst_case
+    (largest loss increase found by normalized gradient ascent on the sphere of the Gaussian draw's norm)."""
+    gammas: list[float] = field(default_factory=lambda: [1.0, 2.0])
+    """worst_case only: radii as the noise probe's gammas (mode=init), i.e. gamma x sqrt(sum of n_t x init_std_t^2)."""
+    seeds: list[int] = field(default_factory=lambda: [0])
+    """Lanczos start vectors and Hutchinson probe draws (N means 0..N-1); worst_case starts from the gradient
+    and runs with the first seed only."""
+    groups: list[str] | None = None
+    """Tensor groups, each probed on its own: null (every parameter at once), or names among all, embeddings,
+    attention, mlp, norms, or globs over parameter names (e.g. [all, attention, mlp])."""
+    eval_tokens: int = 16_384
+    """Held-out tokens the loss is measured on (>= 1). Small by default: one Hessian-vector product costs
+    ~11 forward passes, and hessian_top takes ~20 of them, hessian_trace one per probe."""
+    probes: int = 16
+    """hessian_trace: Rademacher probes (>= 2), one Hessian-vector product each; the stderr falls as 1/sqrt(probes)."""
+    tol: float = 1e-3
+    """hessian_top: stop when Lanczos's residual is at most tol x the eigenvalue (0 < tol < 1)."""
+    max_iters: int = 100
+    """hessian_top: at most this many Hessian-vector products (>= 1); rows say whether it converged."""
+    steps: int = 5
+    """worst_case: points of the ascent (>= 1), one forward+backward pass each; 1 is SAM's single step."""
+    batch_size: int = 16
+    """Held-out windows per differentiated batch (>= 1); lower it if a Hessian-vector product does not fit in memory."""
+
+
 AXES_METADATA = "axis_of"
 """Field metadata of a sweep section's list-valued field: the name of the setting it sweeps."""
 
@@ -93,7 +127,8 @@ def sweep_section_of(config_cls: type, axes: dict[str, str], base: type, name: s
 
 FINETUNE_AXES = {"task": "tasks", "lr": "lrs", "seed": "seeds", "reg_lambda": "reg_lambdas"}
 NOISE_AXES = {"gamma": "gammas", "seed": "seeds"}
-SECTION_AXES = {"noise": NOISE_AXES, "finetune": FINETUNE_AXES}
+SHARPNESS_AXES = {"kind": "kinds", "gamma": "gammas", "seed": "seeds", "group": "groups"}
+SECTION_AXES = {"noise": NOISE_AXES, "finetune": FINETUNE_AXES, "sharpness": SHARPNESS_AXES}
 FinetuneSweep = sweep_section_of(FinetuneConfig, FINETUNE_AXES, ProbeData, "FinetuneSweep")
 """The fine-tuning probe's grid: every checkpoint x task x lr x seed x reg_lambda is one job."""
 
@@ -135,11 +170,13 @@ class SweepConfig:
     checkpoints: list[str] = field(default_factory=list)
     """Existing checkpoints to probe: checkpoint, run or ladder folders (a run stands for its newest checkpoint)."""
     eval_data: str | None = None
-    """Default ``eval_data`` of both probes (a probe section's own ``eval_data`` wins)."""
+    """Default ``eval_data`` of every probe (a probe section's own ``eval_data`` wins)."""
     noise: NoiseSweep | None = None
     """The Gaussian probe (keys below as noise.KEY)."""
     finetune: FinetuneSweep | None = None  # type: ignore[valid-type]
     """The fine-tuning probe (keys below as finetune.KEY)."""
+    sharpness: SharpnessSweep | None = None
+    """The sharpness probes: Hessian top eigenvalue and trace, worst-case perturbation (keys below as sharpness.KEY)."""
     executor: ExecutorConfig = field(default_factory=ExecutorConfig)
     """Where jobs run (keys below as executor.KEY)."""
     report: bool = True
@@ -189,8 +226,8 @@ def sweep_config_from_tree(tree: dict[str, Any]) -> SweepConfig:
     pretrain_variants(config)  # every factor combination is a valid pre-training config, checked now
     if config.pretrain is None and not config.checkpoints:
         raise OvertrainError("the sweep names no checkpoints", "add a `pretrain:` ladder section or a `checkpoints:` list")
-    if config.noise is None and config.finetune is None and config.pretrain is None:
-        raise OvertrainError("the sweep has nothing to do", "add a `noise:` or `finetune:` section")
+    if config.noise is None and config.finetune is None and config.sharpness is None and config.pretrain is None:
+        raise OvertrainError("the sweep has nothing to do", "add a `noise:`, `finetune:` or `sharpness:` section")
     validate_sweep_config(config)
     return config
 
@@ -229,6 +266,8 @@ def validate_sweep_config(config: SweepConfig) -> None:
         _check_noise(config.noise, problems)
     if config.finetune is not None:
         _check_finetune(config.finetune, problems)
+    if config.sharpness is not None:
+        _check_sharpness(config.sharpness, problems)
     executor = config.executor
     problems.require(executor.workers >= 1, "executor.workers", executor.workers, "a whole number >= 1")
     problems.require(executor.threads_per_worker >= 1, "executor.threads_per_worker", executor.threads_per_worker, "a whole number >= 1")
@@ -260,6 +299,36 @@ def _check_noise(noise: NoiseSweep, problems: SettingProblems) -> None:
     for seed in noise.seeds:
         problems.require(seed >= 0, "noise.seeds", noise.seeds, "seeds >= 0: N for 0..N-1, or a list such as [0,1]")
     _check_probe_data(noise, "noise.", problems)
+
+
+def _check_gammas(gammas: list[float], key: str, problems: SettingProblems) -> None:
+    for gamma in gammas:
+        if math.isnan(gamma):
+            problems.add_text(f"{key} holds {gamma!r}, which is not a number", f"use finite noise scales >= 0, e.g. {key}=[0.5,1,2]")
+        elif not (math.isfinite(gamma) and gamma >= 0):
+            problems.add_text(f"{key} holds {gamma!r}, which is {'negative' if gamma < 0 else 'infinite'}",
+                              f"gamma is a noise scale: use finite values >= 0, e.g. {key}=[0.5,1,2]")
+
+
+def _check_sharpness(section: SharpnessSweep, problems: SettingProblems) -> None:
+    _check_axis(section.kinds, "sharpness.kinds", "[hessian_top,worst_case]", problems)
+    _check_axis(section.seeds, "sharpness.seeds", "1", problems)
+    if "worst_case" in section.kinds:
+        _check_axis(section.gammas, "sharpness.gammas", "[1,2]", problems)
+        _check_gammas(section.gammas, "sharpness.gammas", problems)
+    for seed in section.seeds:
+        problems.require(seed >= 0, "sharpness.seeds", section.seeds, "seeds >= 0: N for 0..N-1, or a list such as [0,1]")
+    if section.groups is not None:
+        _check_axis(section.groups, "sharpness.groups", "[all,attention,mlp]", problems)
+        for group in section.groups:
+            if not str(group).strip():
+                problems.add_text(f"sharpness.groups={section.groups} holds an empty name", "use group names (all, embeddings, attention, mlp, norms) or globs")
+    problems.require(section.probes >= 2, "sharpness.probes", section.probes, "a whole number >= 2 (the standard error needs two), e.g. 16")
+    problems.require(0 < section.tol < 1, "sharpness.tol", section.tol, "a number in (0, 1), e.g. 1e-3")
+    problems.require(section.max_iters >= 1, "sharpness.max_iters", section.max_iters, "a whole number >= 1, e.g. 100")
+    problems.require(section.steps >= 1, "sharpness.steps", section.steps, "a whole number >= 1, e.g. 5")
+    problems.require(section.batch_size >= 1, "sharpness.batch_size", section.batch_size, "a whole number >= 1, e.g. 16")
+    _check_probe_data(section, "sharpness.", problems)
 
 
 def _check_finetune(section: Any, problems: SettingProblems) -> None:

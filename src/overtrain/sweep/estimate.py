@@ -3,7 +3,9 @@
 The estimate times three optimizer steps of the sweep's model on this machine (with the worker's thread
 count), then counts tokens: pre-training tokens at that rate, evaluation tokens at ~3x that rate (a
 forward pass is about a third of a training step), fine-tuning tokens at the training rate. Jobs run
-``workers`` at a time. It is a plan, not a promise: it ignores start-up and tokenizing the corpus.
+``workers`` at a time. Sharpness jobs count forwards: a Hessian-vector product costs ~11 forward passes
+(measured, docs/sharpness.md), a worst-case step (forward+backward) ~3, and the top eigenvalue is assumed to
+take ``min(max_iters, 25)`` products. It is a plan, not a promise: it ignores start-up and tokenizing the corpus.
 """
 
 from __future__ import annotations
@@ -16,6 +18,22 @@ from overtrain.results.records import Job
 from overtrain.units import format_seconds
 
 FINETUNE_TOKENS_PER_EXAMPLE = 250  # typical prompt + completion of the offline tasks at a byte-level vocabulary
+FORWARDS_PER_HVP = 11  # a Hessian-vector product in forward passes (docs/sharpness.md, nano shape)
+FORWARDS_PER_STEP = 3  # a forward+backward pass
+LANCZOS_TYPICAL_HVPS = 25  # the nano model converged to tol 1e-3 in 21
+
+
+def sharpness_forwards(spec: dict) -> float:
+    """Forward passes over the held-out text that one sharpness job makes (an estimate, see the module)."""
+    kinds, seeds = spec["kinds"], len(spec["seeds"])
+    per_group = 1.0  # the base loss
+    if "hessian_top" in kinds:
+        per_group += seeds * min(spec["max_iters"], LANCZOS_TYPICAL_HVPS) * FORWARDS_PER_HVP
+    if "hessian_trace" in kinds:
+        per_group += seeds * spec["probes"] * FORWARDS_PER_HVP
+    if "worst_case" in kinds:
+        per_group += len(spec["gammas"]) * ((spec["steps"] - 1) * FORWARDS_PER_STEP + FORWARDS_PER_STEP + 1)
+    return per_group * len(spec.get("groups") or [None])
 
 
 def measure_train_tokens_per_second(config, threads: int) -> float:
@@ -61,6 +79,8 @@ def estimate_sweep_seconds(config, jobs: list[Job]) -> dict[str, float]:
             train_tokens = finetune["steps"] * finetune["batch_size"] * FINETUNE_TOKENS_PER_EXAMPLE
             eval_tokens = 2 * job.spec["eval_tokens"] + 2 * (finetune["max_heldout"] or 200) * FINETUNE_TOKENS_PER_EXAMPLE
             seconds["finetune"] += train_tokens / rate + eval_tokens / (3 * rate)
+        elif job.kind == "sharpness":
+            seconds["sharpness"] = seconds.get("sharpness", 0.0) + sharpness_forwards(job.spec) * job.spec["eval_tokens"] / (3 * rate)
     parallel = {kind: value / workers for kind, value in seconds.items()}
     parallel["pretrain"] = max(sum(tokens_by_job.values()) / rate / workers, trunk_tokens / rate)
     return parallel | {"train_tokens_per_second": rate}

@@ -100,3 +100,20 @@ def run_finetune_job(spec: Mapping[str, Any]) -> JobOutput:
 def finetune_config_of(spec: dict[str, Any]) -> FinetuneConfig:
     """The run's settings from a job spec (fields a spec leaves out take FinetuneConfig's defaults)."""
     return build_dataclass(FinetuneConfig, dict(spec["finetune"]), "finetune.")
+
+
+def run_sharpness_job(spec: Mapping[str, Any]) -> JobOutput:
+    """The requested sharpness read-outs of one checkpoint (``kinds`` x ``groups`` x seeds, worst_case x gammas)."""
+    from overtrain.probes.sharpness import run_sharpness_probe
+
+    target = load_target_of(spec)
+    options = {name: spec[name] for name in ("probes", "tol", "max_iters", "steps", "batch_size") if name in spec}
+    records = run_sharpness_probe(target, list(spec["kinds"]), gammas=list(spec.get("gammas", [])), seeds=list(spec["seeds"]),
+                                  groups=spec.get("groups"), **options)
+    metrics = {
+        "tokens_seen": target.tokens_seen,
+        "base_loss": target.pretraining_loss().loss,
+        "records": [record.as_dict() for record in records],
+        "factors": dict(spec.get("factors", {})),
+    }
+    return JobOutput(metrics, {}, target_provenance(target, spec["checkpoint"]))

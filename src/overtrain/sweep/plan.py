@@ -15,7 +15,7 @@ from overtrain.probes.finetune import FinetuneConfig
 from overtrain.provenance import file_sha256
 from overtrain.results.records import Job
 from overtrain.pretrain.config import PretrainConfig
-from overtrain.sweep.config import ProbeData, SweepConfig, finetune_grid, pretrain_variants
+from overtrain.sweep.config import ProbeData, SharpnessSweep, SweepConfig, finetune_grid, pretrain_variants
 from overtrain.tasks.user_file import FILE_PREFIX, task_file_path
 from overtrain.units import format_tokens
 
@@ -35,7 +35,7 @@ def plan_jobs(config: SweepConfig) -> list[Job]:
     jobs, checkpoints = _pretrain_jobs(config)
     checkpoints += expand_references(config.checkpoints)
     for checkpoint in checkpoints:
-        jobs += _noise_jobs(config, checkpoint) + _finetune_jobs(config, checkpoint)
+        jobs += _noise_jobs(config, checkpoint) + _finetune_jobs(config, checkpoint) + _sharpness_jobs(config, checkpoint)
     return jobs
 
 
@@ -119,6 +119,30 @@ def _noise_jobs(config: SweepConfig, checkpoint: PlannedCheckpoint) -> list[Job]
     return [Job("noise", spec, depends_on=depends, label=f"noise @ {_where(checkpoint)}")]
 
 
+def sharpness_settings(section: SharpnessSweep) -> dict[str, Any]:
+    """The job spec's settings of a ``sharpness:`` section: only those the requested kinds read, so changing
+    (say) ``probes`` re-runs nothing when no hessian_trace is asked for."""
+    kinds = list(section.kinds)
+    settings: dict[str, Any] = {"kinds": kinds, "seeds": list(section.seeds), "groups": section.groups,
+                                "eval_tokens": section.eval_tokens, "batch_size": section.batch_size}
+    if "hessian_top" in kinds:
+        settings |= {"tol": section.tol, "max_iters": section.max_iters}
+    if "hessian_trace" in kinds:
+        settings["probes"] = section.probes
+    if "worst_case" in kinds:
+        settings |= {"gammas": list(section.gammas), "steps": section.steps}
+    return settings
+
+
+def _sharpness_jobs(config: SweepConfig, checkpoint: PlannedCheckpoint) -> list[Job]:
+    section = config.sharpness
+    if section is None:
+        return []
+    spec = {"checkpoint": checkpoint.path, **sharpness_settings(section), **eval_data_of(config, section), **_factors_of(checkpoint)}
+    depends = (checkpoint.made_by,) if checkpoint.made_by else ()
+    return [Job("sharpness", spec, depends_on=depends, label=f"sharpness {','.join(section.kinds)} @ {_where(checkpoint)}")]
+
+
 def _factors_of(checkpoint: PlannedCheckpoint) -> dict[str, Any]:
     """The spec entry that carries the pre-training factors into the probe's row (none without axes)."""
     return {"factors": checkpoint.factors} if checkpoint.factors else {}
@@ -143,7 +167,7 @@ def _finetune_jobs(config: SweepConfig, checkpoint: PlannedCheckpoint) -> list[J
     return jobs
 
 
-OMITTED_AT_DEFAULT = ("grad_clip", "eval_batch_size")
+OMITTED_AT_DEFAULT = ("grad_clip", "eval_batch_size", "replay_fraction", "linear_probe_steps", "wise_alphas")
 """FinetuneConfig fields a sweep did not expose before: left out of the job spec at their defaults, so the
 job keys of existing stores stay what they were (a changed value is in the spec, hence in the key)."""
 

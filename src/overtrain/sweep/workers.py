@@ -22,6 +22,7 @@ _JOB_FUNCTIONS: dict[str, str] = {
     "pretrain": "overtrain.sweep.jobs:run_pretrain_job",
     "noise": "overtrain.sweep.jobs:run_noise_job",
     "finetune": "overtrain.sweep.jobs:run_finetune_job",
+    "sharpness": "overtrain.sweep.jobs:run_sharpness_job",
 }
 """Job kind -> ``"package.module:function"``; the built-in kinds, and any a caller registers."""
 
