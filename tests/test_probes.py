@@ -115,5 +115,6 @@ def test_tokenizer_mismatch_is_explained(checkpoint: Path, tmp_path: Path) -> No
 
     other = tmp_path / "other"
     save_hf_tokenizer(train_bpe_tokenizer(["completely different text " * 50], 300), other)
-    with pytest.raises(OvertrainError, match="does not match"):
+    with pytest.raises(OvertrainError, match="corpus changed since the checkpoint was made") as caught:
         check_same_tokenizer(checkpoint, other)
+    assert "restore the corpus" in caught.value.fix and "delete that cache" not in caught.value.fix

@@ -258,6 +258,9 @@ def check_same_tokenizer(checkpoint_folder: Path, data_tokenizer_folder: Path) -
     theirs = json.loads((Path(data_tokenizer_folder) / "tokenizer.json").read_text())["model"]["vocab"]
     if ours != theirs:
         raise OvertrainError(
-            f"the tokenizer in {checkpoint_folder} does not match the tokenizer of its corpus cache {data_tokenizer_folder}",
-            "delete that cache folder so it is rebuilt, or point data.cache_dir at the run's original cache",
+            f"the corpus named in {checkpoint_folder}'s config now tokenizes differently from the checkpoint: a BPE "
+            f"trained on it today ({data_tokenizer_folder}) differs from the one the checkpoint was trained with, "
+            "so the corpus changed since the checkpoint was made",
+            "restore the corpus the checkpoint was trained on, or measure the loss on a fixed text with eval_data=PATH "
+            "(tokenized with the checkpoint's own tokenizer); deleting the cache would only rebuild the same mismatch",
         )
