@@ -118,7 +118,7 @@ def _sharpness_section(sharpness: pd.DataFrame, report: Report) -> None:
 
 
 def _weight_norm_section(pretrain: pd.DataFrame, report: Report) -> None:
-    """The weights' L2 norm against tokens, one curve per pre-training run (seed and factor values)."""
+    """The weight matrices' L2 norm against tokens, one curve per pre-training run (seed and factor values)."""
     if "weight_norm" not in pretrain:
         return
     keys = [c for c in pretrain.columns if c.startswith(analysis.FACTOR_PREFIX)] + (["pretrain_seed"] if "pretrain_seed" in pretrain else [])
@@ -129,7 +129,7 @@ def _weight_norm_section(pretrain: pd.DataFrame, report: Report) -> None:
         label = " ".join(f"{k.rsplit('.', 1)[-1].replace('pretrain_seed', 'seed')}={v}" for k, v in zip(keys, values)) or "weights"
         ordered = group.sort_values("tokens_seen")
         curves.append(Curve(label, list(ordered["tokens_seen"]), list(ordered["weight_norm"]), marker="o"))
-    panel = Panel(curves, TOKENS_LABEL, "L2 norm of all weights", "Weight norm after pre-training", x_in_tokens=True)
+    panel = Panel(curves, TOKENS_LABEL, "L2 norm of the weight matrices", "Weight norm after pre-training (decayed matrices)", x_in_tokens=True)
     report.figures += plot_panels([panel], title="Weights", out_stem=report.folder / "weight_norm")
 
 
