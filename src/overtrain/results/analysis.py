@@ -304,4 +304,9 @@ def _earlier_claim(label: str, where: str, knob: str, members: list[tuple[float,
     consistent = all(v < min(u for u, _ in u_points) for v in no_u_values) if u_points else False
     holds = len(u_points) >= 2 and ordered and consistent
     text = ", ".join(f"{knob} {v:g} -> {format_tokens(at)}" for v, at in u_points) or "fewer than two U-shaped settings"
+    if not holds and len(u_points) < 2:
+        interior = [(v, s.inflection.at) for v, s in members if s.inflection.interior]
+        if len(interior) >= 2:  # say what the curves show, and that it is not clear of the seeds' noise
+            listed = ", ".join(f"{knob} {v:g} -> {format_tokens(at)}" for v, at in interior)
+            text += f"; interior minima, not all clear of the noise: {listed}"
     return Claim(label, holds, f"{where}: {text}")
