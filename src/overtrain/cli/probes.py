@@ -95,14 +95,20 @@ def _noise_lines(rows) -> list[str]:
 
 
 def _finetune_lines(rows) -> list[str]:
-    lines = [f"\n{'checkpoint':>12} {'task':>14} {'lr':>8} {'seed':>4} {'ID before':>10} {'ID after':>9} "
+    tasks = [_task_label(row.metrics["task"]) for row in rows]
+    width = max([14, *map(len, tasks)])  # the whole task name, never cut
+    lines = [f"\n{'checkpoint':>12} {'task':>{width}} {'lr':>8} {'seed':>4} {'ID before':>10} {'ID after':>9} "
              f"{'OOD before':>11} {'OOD after':>10} {'forgetting':>11}"]
     for row in sorted(rows, key=lambda row: (row.metrics.get("tokens_seen") or 0, row.spec["checkpoint"], row.metrics["lr"])):
         m = row.metrics
-        task = m["task"] if not m["task"].startswith("file:") else "file:" + Path(m["task"][5:]).name
-        lines.append(f"{_where(row):>12} {task[-14:]:>14} {m['lr']:>8g} {m['seed']:>4} {m['id_loss_before']:>10.4f} "
+        lines.append(f"{_where(row):>12} {_task_label(m['task']):>{width}} {m['lr']:>8g} {m['seed']:>4} {m['id_loss_before']:>10.4f} "
                      f"{m['id_loss_after']:>9.4f} {m['ood_loss_before']:>11.4f} {m['ood_loss_after']:>10.4f} {m['forgetting']:>+11.4f}")
     return lines
+
+
+def _task_label(task: str) -> str:
+    """A task's name, or ``file:NAME`` for the user's own file (its folder is in the store)."""
+    return "file:" + Path(task.removeprefix("file:")).name if task.startswith("file:") else task
 
 
 def _sharpness_lines(rows) -> list[str]:
