@@ -76,10 +76,7 @@ def download_snapshot(reference: HubReference) -> tuple[Path, str | None]:
     except LocalEntryNotFoundError:
         raise _missing_revision(reference, f"in the local Hugging Face cache ({_cache_label(cache_dir)}) and the Hub cannot be reached") from None
     except (RepositoryNotFoundError, GatedRepoError) as error:
-        raise OvertrainError(
-            f"the Hub repository {reference.repo!r} does not exist or is gated ({type(error).__name__})",
-            "check the name on huggingface.co; for a gated model accept its licence and log in with `hf auth login`",
-        ) from None
+        raise missing_repository_error(reference.repo, error) from None
     except (HfHubHTTPError, OSError) as error:
         raise OvertrainError(f"could not download {reference}: {error}", "check the network, or download it first with `hf download`") from None
     folder_path = Path(folder)
@@ -101,4 +98,12 @@ def _missing_revision(reference: HubReference, where: str) -> OvertrainError:
         f"and write hf:{reference.repo}@BRANCH (e.g. @main); without network, first run "
         f"`hf download {reference.repo} --revision REVISION` on a machine that has it and copy the cache, "
         "or set HF_HUB_CACHE to a cache that holds it",
+    )
+
+
+def missing_repository_error(repo: str, error: Exception) -> OvertrainError:
+    """The one message for a Hub repository that does not exist or is gated (downloads and listings alike)."""
+    return OvertrainError(
+        f"the Hub repository {repo!r} does not exist or is gated ({type(error).__name__})",
+        "check the name on huggingface.co; for a gated model accept its licence and log in with `hf auth login`",
     )

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from overtrain.checkpoints.hub import missing_repository_error
 from overtrain.errors import OvertrainError
 from overtrain.families.registry import Family, find_family, infer_family
 
@@ -144,9 +145,6 @@ def _list_refs(client: HubClient, repo: str) -> Any:
             "unset HF_HUB_OFFLINE on a machine with network; offline, list a local folder of checkpoints instead",
         ) from None
     except (RepositoryNotFoundError, GatedRepoError) as error:
-        raise OvertrainError(
-            f"the Hub repository {repo!r} does not exist or is gated ({type(error).__name__})",
-            "check the name on huggingface.co; for a gated model accept its licence and log in with `hf auth login`",
-        ) from None
+        raise missing_repository_error(repo, error) from None
     except (HfHubHTTPError, OSError) as error:
         raise OvertrainError(f"could not list the branches of {repo}: {error}", "check the network and try again") from None
