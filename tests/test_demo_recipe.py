@@ -40,6 +40,7 @@ def test_reduced_recipe_finds_the_interior_minimum_after_finetuning(tmp_path: Pa
         "pretrain.train.eval_tokens=16384",
         "noise=null",
         f"finetune.lrs=[{U_LR}]",
+        "finetune.seeds=[0]",
         "report=false",
     ]
     assert run_sweep_file(str(demo_spec_path()), overrides, dry_run=False) == 0
