@@ -96,7 +96,8 @@ def factor_names(frame: pd.DataFrame) -> list[str]:
     return [c for c in frame.columns if c.startswith(FACTOR_PREFIX) and frame[c].nunique(dropna=True) > 1]
 
 
-def factor_label(frame: pd.DataFrame, values: tuple[Any, ...] | Any, names: list[str]) -> str:
+def factor_label(values: tuple[Any, ...] | Any, names: list[str]) -> str:
+    """``(1.0,), ["pretrain.train.weight_decay"]`` -> ``weight_decay=1``: a curve family's factor values."""
     values = values if isinstance(values, tuple) else (values,)
     return " ".join(f"{name.rsplit('.', 1)[-1]}={value:g}" if isinstance(value, float) else f"{name.rsplit('.', 1)[-1]}={value}"
                     for name, value in zip(names, values))
@@ -163,7 +164,7 @@ def noise_summary(frame: pd.DataFrame) -> list[SettingSummary]:
     summaries = []
     for values, group in frame.groupby([*factors, "gamma"]):
         values = values if isinstance(values, tuple) else (values,)
-        name = " ".join(filter(None, [factor_label(frame, values[:-1], factors), f"gamma={values[-1]:g}"]))
+        name = " ".join(filter(None, [factor_label(values[:-1], factors), f"gamma={values[-1]:g}"]))
         summaries.append(_summarize(name, group, "perturbed_loss", "delta", "noise seeds"))
     return summaries
 
@@ -176,7 +177,7 @@ def finetune_summary(frame: pd.DataFrame, value: str = "ood_loss_after") -> dict
         summaries = []
         for values, group in by_task.groupby([*factors, "lr", "reg_lambda"]):
             *factor_values, lr, reg_lambda = values
-            name = " ".join(filter(None, [factor_label(frame, tuple(factor_values), factors), f"lr={lr:g}"]))
+            name = " ".join(filter(None, [factor_label(tuple(factor_values), factors), f"lr={lr:g}"]))
             name += f", lambda={reg_lambda:g}" if reg_lambda else ""
             summaries.append(_summarize(name, group, value, "forgetting", "fine-tuning seeds"))
         result[str(task)] = summaries
@@ -219,7 +220,7 @@ def sharpness_summary(frame: pd.DataFrame) -> list[SettingSummary]:
     summaries = []
     for values, group in frame.groupby([*factors, "measure"], sort=True):
         values = values if isinstance(values, tuple) else (values,)
-        name = " ".join(filter(None, [factor_label(frame, values[:-1], factors), str(values[-1])]))
+        name = " ".join(filter(None, [factor_label(values[:-1], factors), str(values[-1])]))
         summaries.append(_summarize(name, group, "value", "value", "probe seeds"))
     return summaries
 
@@ -238,7 +239,7 @@ def sharpness_predicts_forgetting(sharpness: pd.DataFrame, finetune: pd.DataFram
             families = joined.groupby(level=list(range(len(factors)))) if factors else [((), joined)]
             for family, part in families:
                 if len(part) >= 3:
-                    label = factor_label(sharpness, family, factors) if factors else ""
+                    label = factor_label(family, factors) if factors else ""
                     rows.append({"measure": name, **({"family": label} if factors else {}), "task": task, "lr": lr,
                                  "budgets": len(part), "spearman": spearman(part.iloc[:, 0].to_numpy(), part.iloc[:, 1].to_numpy())})
     return pd.DataFrame(rows)
