@@ -1,22 +1,25 @@
 """Hub models at a revision: ``hf:ORG/NAME@REVISION`` -> a local snapshot folder and its commit sha.
 
-The download goes through ``huggingface_hub.snapshot_download`` (the real code, with its cache layout
-``models--ORG--NAME/refs/REVISION`` -> commit, ``snapshots/COMMIT/...``), restricted to the files a probe
-reads: configs, tokenizer files and safetensors weights. Pickled weights (``*.bin``, ``*.pt``) are never
-downloaded. Offline (``HF_HUB_OFFLINE=1``) a revision resolves from the cache alone.
+The download goes through ``huggingface_hub.snapshot_download`` (see :mod:`overtrain.hub_files`, which this
+module shares with pre-trained tokenizers), restricted to the files a probe reads: configs, tokenizer files
+and safetensors weights. Pickled weights (``*.bin``, ``*.pt``) are never downloaded. Offline
+(``HF_HUB_OFFLINE=1``) a revision resolves from the cache alone.
 """
 
 from __future__ import annotations
 
-import os
-import re
-from dataclasses import dataclass
 from pathlib import Path
 
-from overtrain.errors import OvertrainError
+from overtrain.hub_files import (  # noqa: F401 - the references are re-exported for the probe and family stages
+    DEFAULT_REVISION,
+    HUB_PREFIX,
+    HubReference,
+    download_repo_files,
+    is_hub_reference,
+    missing_repository_error,
+    parse_hub_reference,
+)
 
-HUB_PREFIX = "hf:"
-DEFAULT_REVISION = "main"
 MODEL_FILE_PATTERNS = [
     "*.json",  # config.json, generation_config.json, tokenizer_config.json, model.safetensors.index.json
     "*.safetensors",
@@ -24,86 +27,8 @@ MODEL_FILE_PATTERNS = [
     "*.txt",  # merges.txt
     "*.jinja",
 ]
-COMMIT_SHA = re.compile(r"^[0-9a-f]{40}$")
-
-
-@dataclass(frozen=True)
-class HubReference:
-    """A model repository on the Hugging Face Hub at one revision (branch, tag or commit)."""
-
-    repo: str
-    revision: str = DEFAULT_REVISION
-
-    def __str__(self) -> str:
-        return f"{HUB_PREFIX}{self.repo}@{self.revision}"
-
-
-def is_hub_reference(text: object) -> bool:
-    """True for strings of the form ``hf:ORG/NAME[@REVISION]``."""
-    return isinstance(text, str) and text.startswith(HUB_PREFIX)
-
-
-def parse_hub_reference(text: str) -> HubReference:
-    """``hf:EleutherAI/pythia-160m@step1000`` -> HubReference('EleutherAI/pythia-160m', 'step1000')."""
-    body = text[len(HUB_PREFIX) :] if text.startswith(HUB_PREFIX) else text
-    repo, _, revision = body.partition("@")
-    if not re.fullmatch(r"[\w.\-]+/[\w.\-]+", repo) or (revision == "" and "@" in body):
-        raise OvertrainError(
-            f"{text!r} is not a Hub model reference",
-            "write hf:ORG/NAME@REVISION, e.g. hf:EleutherAI/pythia-160m@step1000 (the revision defaults to main)",
-        )
-    return HubReference(repo, revision or DEFAULT_REVISION)
 
 
 def download_snapshot(reference: HubReference) -> tuple[Path, str | None]:
     """The local snapshot folder of ``reference`` and its commit sha (downloaded or found in the cache)."""
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import (
-        GatedRepoError,
-        HfHubHTTPError,
-        LocalEntryNotFoundError,
-        RepositoryNotFoundError,
-        RevisionNotFoundError,
-    )
-
-    cache_dir = os.environ.get("HF_HUB_CACHE") or None  # read at call time, not at import
-    try:
-        folder = snapshot_download(
-            reference.repo, revision=reference.revision, allow_patterns=MODEL_FILE_PATTERNS, cache_dir=cache_dir
-        )
-    except RevisionNotFoundError:
-        raise _missing_revision(reference, "on the Hub") from None
-    except LocalEntryNotFoundError:
-        raise _missing_revision(reference, f"in the local Hugging Face cache ({_cache_label(cache_dir)}) and the Hub cannot be reached") from None
-    except (RepositoryNotFoundError, GatedRepoError) as error:
-        raise missing_repository_error(reference.repo, error) from None
-    except (HfHubHTTPError, OSError) as error:
-        raise OvertrainError(f"could not download {reference}: {error}", "check the network, or download it first with `hf download`") from None
-    folder_path = Path(folder)
-    return folder_path, folder_path.name if COMMIT_SHA.match(folder_path.name) else None
-
-
-def _cache_label(cache_dir: str | None) -> str:
-    if cache_dir:
-        return cache_dir
-    from huggingface_hub import constants
-
-    return str(constants.HF_HUB_CACHE)
-
-
-def _missing_revision(reference: HubReference, where: str) -> OvertrainError:
-    return OvertrainError(
-        f"revision {reference.revision!r} of {reference.repo} was not found {where}",
-        f"pass a revision that exists: list them with `huggingface_hub.list_repo_refs('{reference.repo}')` "
-        f"and write hf:{reference.repo}@BRANCH (e.g. @main); without network, first run "
-        f"`hf download {reference.repo} --revision REVISION` on a machine that has it and copy the cache, "
-        "or set HF_HUB_CACHE to a cache that holds it",
-    )
-
-
-def missing_repository_error(repo: str, error: Exception) -> OvertrainError:
-    """The one message for a Hub repository that does not exist or is gated (downloads and listings alike)."""
-    return OvertrainError(
-        f"the Hub repository {repo!r} does not exist or is gated ({type(error).__name__})",
-        "check the name on huggingface.co; for a gated model accept its licence and log in with `hf auth login`",
-    )
+    return download_repo_files(reference, MODEL_FILE_PATTERNS)
