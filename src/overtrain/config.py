@@ -297,9 +297,24 @@ TRANSIENT = {"transient": True}
 setting: :func:`config_to_dict` leaves it out, so it is never saved, hashed or replayed."""
 
 
+OMITTED_AT_DEFAULT = {"omitted_at_default": True}
+"""``field(metadata=OMITTED_AT_DEFAULT)`` marks a setting added after runs were stored: left at its default it
+is left out of :func:`config_to_dict`, so the job keys, run bindings and cache keys of configs that do not
+use it stay what they were (e.g. ``data.long_tail``, off by default)."""
+
+
 def config_to_dict(config: Any) -> dict[str, Any]:
-    """Plain nested dict of a config dataclass (for JSON, YAML and hashing); transient fields left out."""
-    return {item.name: _plain(getattr(config, item.name)) for item in dataclasses.fields(config) if not item.metadata.get("transient")}
+    """Plain nested dict of a config dataclass (for JSON, YAML and hashing); transient fields, and fields
+    marked :data:`OMITTED_AT_DEFAULT` that hold their default, left out."""
+    return {item.name: _plain(getattr(config, item.name)) for item in dataclasses.fields(config)
+            if not item.metadata.get("transient") and not _omitted_default(config, item)}
+
+
+def _omitted_default(config: Any, item: dataclasses.Field) -> bool:
+    if not item.metadata.get("omitted_at_default"):
+        return False
+    default = item.default_factory() if item.default_factory is not dataclasses.MISSING else item.default
+    return _plain(getattr(config, item.name)) == _plain(default)
 
 
 def _plain(value: Any) -> Any:

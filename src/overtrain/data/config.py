@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from overtrain.config import OMITTED_AT_DEFAULT
+from overtrain.data.synthetic import LongTailConfig
 
 
 @dataclass
@@ -21,3 +24,6 @@ class DataConfig:
     """Read at most this many documents (useful for streamed Hugging Face corpora such as C4)."""
     cache_dir: str = "runs/cache"
     """Where tokenizers and token files are kept, keyed by a hash of these settings."""
+    long_tail: LongTailConfig = field(default_factory=LongTailConfig, metadata=OMITTED_AT_DEFAULT)
+    """Synthetic Zipf-distributed facts mixed into the corpus (``long_tail.fraction`` > 0 turns it on; see
+    overtrain.data.synthetic). Off by default, and then left out of saved configs and keys."""

@@ -12,6 +12,7 @@ batches it would have drawn, and every data-parallel process can cut its share o
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import time
@@ -23,6 +24,7 @@ import torch
 
 from overtrain.atomic import atomic_directory, ensure_writable_folder
 from overtrain.data.config import DataConfig
+from overtrain.data.synthetic import mix_long_tail
 from overtrain.data.tokenizer import end_of_text_id, save_hf_tokenizer, train_bpe_tokenizer
 from overtrain.errors import OvertrainError
 
@@ -65,6 +67,8 @@ def corpus_identity(config: DataConfig) -> str:
 def data_cache_key(config: DataConfig) -> str:
     fields = [corpus_identity(config), config.text_field, config.vocab_size, config.heldout_fraction]
     fields += [config.max_documents, DATA_FORMAT_VERSION]
+    if config.long_tail.fraction > 0:  # only then: the keys of corpora without the mix stay what they were
+        fields.append(dataclasses.asdict(config.long_tail))
     return hashlib.sha256(json.dumps(fields, default=str).encode()).hexdigest()[:16]
 
 
@@ -99,7 +103,8 @@ def _split_documents(config: DataConfig) -> tuple[list[str], list[str]]:
     from overtrain.data.corpus import iter_documents
 
     train_docs, heldout_docs = [], []
-    for text in iter_documents(config.corpus, text_field=config.text_field, max_documents=config.max_documents):
+    documents = iter_documents(config.corpus, text_field=config.text_field, max_documents=config.max_documents)
+    for text in mix_long_tail(documents, config.long_tail):
         (heldout_docs if is_heldout_document(text, config.heldout_fraction) else train_docs).append(text)
     if not train_docs:
         raise OvertrainError(f"corpus {config.corpus!r} has no training documents", "point data.corpus at a corpus with text")
@@ -135,6 +140,7 @@ def _write_token_data(config: DataConfig, staging: Path) -> None:
         "tokens": counts,
         "bytes_per_token": round(train_bytes / max(counts["train"], 1), 3),
         "config": {k: getattr(config, k) for k in ("corpus", "text_field", "vocab_size", "heldout_fraction", "max_documents")},
+        **({"long_tail": dataclasses.asdict(config.long_tail)} if config.long_tail.fraction > 0 else {}),
         "format_version": DATA_FORMAT_VERSION,
     }
     (staging / "meta.json").write_text(json.dumps(meta, indent=2))

@@ -162,11 +162,14 @@ class SweepConfig:
     """Folder of results.sqlite, pretrain/ and report/."""
     pretrain: PretrainConfig | None = None
     """A pretrain-ladder config (model, data, train, ladder; see `overtrain pretrain-ladder --help`)."""
-    pretrain_axes: dict[str, Any] = field(default_factory=dict)
+    pretrain_axes: dict[str, Any] | list[dict[str, Any]] = field(default_factory=dict)
     """Pre-training factors to cross, shaped like the ``pretrain:`` section with a list of values per key,
     e.g. ``{train: {seed: [0, 1, 2], weight_decay: [0.1, 1.0]}}`` (override: ``pretrain_axes.train.seed=[0,1,2]``).
     Every combination is its own ladder, in ``out_dir/pretrain/<key=value,...>``; the report draws one curve
-    family per value of the factors other than the seed, with intervals over pre-training seeds."""
+    family per value of the factors other than the seed, with intervals over pre-training seeds.
+    A list of such mappings is the union of their crossings (one lever at a time around the ``pretrain:``
+    base): every ladder then carries every factor named in any of them (the base value where its own mapping
+    leaves one out), and a combination named twice is one ladder."""
     checkpoints: list[str] = field(default_factory=list)
     """Existing checkpoints to probe: checkpoint, run or ladder folders (a run stands for its newest checkpoint)."""
     eval_data: str | None = None
@@ -382,21 +385,43 @@ def pretrain_variants(config: SweepConfig) -> list[PretrainVariant]:
         if config.pretrain_axes:
             raise OvertrainError("pretrain_axes is set but the sweep has no `pretrain:` section", "add a pretrain ladder, or remove pretrain_axes")
         return []
-    axes = pretrain_axes_flat(config.pretrain_axes)
-    if not axes:
+    groups = config.pretrain_axes if isinstance(config.pretrain_axes, list) else [config.pretrain_axes]
+    flat_groups = [pretrain_axes_flat(group) for group in groups]
+    every_factor = list(dict.fromkeys(key for axes in flat_groups for key in axes))
+    if not every_factor:
         return [PretrainVariant({}, config.pretrain)]
     base_tree = config_to_dict(config.pretrain)
-    variants = []
-    for values in itertools.product(*axes.values()):
-        factors = dict(zip(axes, values))
-        tree = copy.deepcopy(base_tree)
-        for key, value in factors.items():
-            _set_dotted(tree, key, value)
-        tree["out_dir"] = str(Path(config.pretrain.out_dir) / variant_folder_name(factors))
-        variant = build_dataclass(PretrainConfig, tree, "pretrain.")
-        validate_pretrain_config(variant)
-        variants.append(PretrainVariant(factors, variant))
+    variants, folders = [], set()
+    for axes in flat_groups:
+        for values in itertools.product(*axes.values()):
+            chosen = dict(zip(axes, values))
+            factors = {key: chosen[key] if key in chosen else _base_value(config.pretrain, key) for key in every_factor}
+            if variant_folder_name(factors) not in folders:
+                folders.add(variant_folder_name(factors))
+                variants.append(_variant(config.pretrain, base_tree, factors))
     return variants
+
+
+def _base_value(pretrain: PretrainConfig, dotted: str) -> Any:
+    """The ``pretrain:`` section's value of a factor that another mapping of a ``pretrain_axes`` list varies."""
+    node: Any = pretrain
+    for name in dotted.split("."):
+        if not dataclasses.is_dataclass(node) or not hasattr(node, name):
+            raise OvertrainError(f"pretrain_axes names {dotted}, which is not a pre-training setting",
+                                 "name a key of the pretrain: section, e.g. train.weight_decay or model.d_model")
+        node = getattr(node, name)
+    return node
+
+
+def _variant(pretrain: PretrainConfig, base_tree: dict[str, Any], factors: dict[str, Any]) -> PretrainVariant:
+    """The ladder of one factor combination, validated, in ``pretrain.out_dir/<key=value,...>``."""
+    tree = copy.deepcopy(base_tree)
+    for key, value in factors.items():
+        _set_dotted(tree, key, value)
+    tree["out_dir"] = str(Path(pretrain.out_dir) / variant_folder_name(factors))
+    variant = build_dataclass(PretrainConfig, tree, "pretrain.")
+    validate_pretrain_config(variant)
+    return PretrainVariant(factors, variant)
 
 
 def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
