@@ -141,7 +141,7 @@ def test_the_finetune_section_is_derived_from_finetune_config() -> None:
 
     section = {f.name for f in dataclasses.fields(FinetuneSweep)}
     settings = {f.name for f in dataclasses.fields(FinetuneConfig)}
-    assert section == (settings - set(FINETUNE_AXES)) | set(FINETUNE_AXES.values()) | {"eval_tokens", "eval_data"}
+    assert section == (settings - set(FINETUNE_AXES)) | set(FINETUNE_AXES.values()) | {"eval_tokens", "eval_data", "variants"}
 
 
 def test_eval_data_goes_into_the_job_spec_only_when_set() -> None:

@@ -463,14 +463,21 @@ def run_finetune_probe(target: ProbeTarget, config: FinetuneConfig, task: Encode
     )
 
 
+TUNED_KEYS = ("checkpoint", "task", "seed", "reg_lambda", "replay_fraction", "linear_probe_steps")
+"""A tuned LR is chosen per these settings (the remedy settings included): only the LR varies among the candidates."""
+
+
 def select_tuned(records: Sequence[dict], metric: str = "id_loss_after") -> list[dict]:
-    """Per (checkpoint, task, seed, reg_lambda), the record whose LR gives the best ID result."""
+    """Per (checkpoint, task, seed, reg_lambda, replay_fraction, linear_probe_steps), the record whose LR gives
+    the best ID result (lowest loss; highest for ``id_accuracy*``). Records without the remedy settings count
+    as plain (0); records whose metric is None or NaN are never chosen."""
     best: dict[tuple, dict] = {}
     higher_is_better = metric.startswith("id_accuracy")
+    defaults = {"replay_fraction": 0.0, "linear_probe_steps": 0}
     for record in records:
-        key = (record["checkpoint"], record["task"], record["seed"], record["reg_lambda"])
+        key = tuple(record.get(name, defaults.get(name)) for name in TUNED_KEYS)
         value = record[metric]
-        if value is None:
+        if value is None or value != value:  # NaN: no reading (e.g. accuracy of a task without choices)
             continue
         current = best.get(key)
         if current is None or (value > current[metric] if higher_is_better else value < current[metric]):

@@ -11,8 +11,10 @@ executor: {kind: processes, workers: 2, threads_per_worker: 1}
 ```
 
 Each stage's settings are one dataclass: the ``finetune:`` section is :class:`FinetuneConfig`'s fields
-with the swept ones (``task``, ``lr``, ``seed``, ``reg_lambda``) turned into lists (``tasks``, ``lrs``,
-``seeds``, ``reg_lambdas``), derived from it (:func:`sweep_section_of`), never retyped. A singular key
+with the swept ones (``task``, ``lr``, ``seed``, ``reg_lambda``, ``replay_fraction``, ``linear_probe_steps``) turned
+into lists (``tasks``, ``lrs``, ``seeds``, ``reg_lambdas``, ``replay_fractions``, ``linear_probe_steps``), derived from it
+(:func:`sweep_section_of`), never retyped; ``finetune.variants`` adds grids beside the section's own (remedies
+compared without crossing every axis). A singular key
 (``lr=3e-3``) is one value of its axis. ``seeds: N`` means N seeds, 0..N-1, everywhere (sweeps and the
 ``noise``/``finetune`` verbs); ``seeds: [4]`` is the list itself; ``seed: 4`` is ``seeds: [4]``.
 
@@ -125,19 +127,63 @@ def sweep_section_of(config_cls: type, axes: dict[str, str], base: type, name: s
     return section
 
 
-FINETUNE_AXES = {"task": "tasks", "lr": "lrs", "seed": "seeds", "reg_lambda": "reg_lambdas"}
+FINETUNE_AXES = {"task": "tasks", "lr": "lrs", "seed": "seeds", "reg_lambda": "reg_lambdas", "replay_fraction": "replay_fractions",
+                 "linear_probe_steps": "linear_probe_steps"}
+"""The swept fine-tuning settings (singular -> axis). ``linear_probe_steps`` names its own axis: a single value is
+a one-value list. WiSE-FT's ``wise_alphas`` is no axis: every alpha is a reading of the same run (no job per alpha)."""
 NOISE_AXES = {"gamma": "gammas", "seed": "seeds"}
 SHARPNESS_AXES = {"kind": "kinds", "gamma": "gammas", "seed": "seeds", "group": "groups"}
 SECTION_AXES = {"noise": NOISE_AXES, "finetune": FINETUNE_AXES, "sharpness": SHARPNESS_AXES}
-FinetuneSweep = sweep_section_of(FinetuneConfig, FINETUNE_AXES, ProbeData, "FinetuneSweep")
-"""The fine-tuning probe's grid: every checkpoint x task x lr x seed x reg_lambda is one job."""
+
+
+@dataclass
+class FinetuneVariants(ProbeData):
+    """What a ``finetune:`` section adds to FinetuneConfig's settings: the evaluation text and the variants."""
+
+    variants: list[dict[str, Any]] = field(default_factory=list)
+    """Extra grids run beside the section's own, so that remedies need not be crossed with every other axis:
+    each entry replaces some keys of this section for its own grid (e.g. [{lrs: [1e-2], replay_fractions:
+    [0.25]}, {lrs: [1e-2], linear_probe_steps: 20}]); the jobs are the union (a job in two grids runs once)."""
+
+
+FinetuneSweep = sweep_section_of(FinetuneConfig, FINETUNE_AXES, FinetuneVariants, "FinetuneSweep")
+"""The fine-tuning probe's grid: every checkpoint x task x lr x seed x reg_lambda x replay_fraction x
+linear_probe_steps is one job, plus the grids of ``variants``."""
+
+
+def finetune_sections(section: Any) -> list[Any]:
+    """The section itself (without its variants), then one section per entry of ``variants``: the section
+    with that entry's keys replaced (singular keys and seed counts as in the section itself)."""
+    base = dataclasses.replace(section, variants=[])
+    parts = [base]
+    allowed = [f.name for f in dataclasses.fields(section) if f.name not in {f.name for f in dataclasses.fields(FinetuneVariants)}]
+    for index, entry in enumerate(section.variants):
+        where = f"finetune.variants[{index}]"
+        if not isinstance(entry, dict):
+            raise OvertrainError(f"{where}={entry!r} is not a mapping of settings", f"write {where} as {{lrs: [1e-2], replay_fractions: [0.25]}}")
+        tree = {where: copy.deepcopy(entry)}
+        normalize_axes(tree, where, FINETUNE_AXES)
+        for key in tree[where]:
+            if key not in allowed:
+                raise OvertrainError(f"{where} sets {key!r}, which a variant cannot change",
+                                     f"give a variant only fine-tuning settings ({', '.join(sorted(allowed))}); eval_tokens and eval_data are the section's")
+        tree[where] = {**config_to_dict(base), **tree[where]}
+        parts.append(build_dataclass(type(section), tree[where], where + "."))
+    return parts
 
 
 def finetune_grid(section: Any) -> list[FinetuneConfig]:
-    """Every :class:`FinetuneConfig` of a ``finetune:`` section, in task, lr, seed, reg_lambda order."""
-    shared = {name: getattr(section, name) for name in (f.name for f in dataclasses.fields(FinetuneConfig)) if name not in FINETUNE_AXES}
-    grid = itertools.product(section.tasks, section.lrs, section.seeds, section.reg_lambdas)
-    return [FinetuneConfig(task=task, lr=lr, seed=seed, reg_lambda=reg_lambda, **shared) for task, lr, seed, reg_lambda in grid]
+    """Every :class:`FinetuneConfig` of a ``finetune:`` section, in task, lr, seed, reg_lambda, replay_fraction,
+    linear_probe_steps order, then those of each variant not already listed."""
+    configs: list[FinetuneConfig] = []
+    for part in finetune_sections(section):
+        shared = {name: getattr(part, name) for name in (f.name for f in dataclasses.fields(FinetuneConfig)) if name not in FINETUNE_AXES}
+        for values in itertools.product(*(getattr(part, plural) for plural in FINETUNE_AXES.values())):
+            config = FinetuneConfig(**dict(zip(FINETUNE_AXES, values)), **shared)
+            if config not in configs:
+                configs.append(config)
+    return configs
+
 
 
 @dataclass
@@ -244,6 +290,9 @@ def normalize_axes(tree: dict[str, Any], section: str, axes: dict[str, str]) -> 
     for singular, plural in axes.items():
         if singular not in node:
             continue
+        if singular == plural:  # an axis named as its setting: one value is a one-value list
+            node[plural] = node[plural] if isinstance(node[plural], list) else [node[plural]]
+            continue
         if plural in node:
             raise OvertrainError(f"{section}.{singular} and {section}.{plural} are both set", f"give only {section}.{plural}=[...]")
         value = node.pop(singular)
@@ -335,9 +384,12 @@ def _check_sharpness(section: SharpnessSweep, problems: SettingProblems) -> None
 
 
 def _check_finetune(section: Any, problems: SettingProblems) -> None:
-    examples = {"tasks": "[kjv-to-web]", "lrs": "[1e-4,1e-3]", "seeds": "2", "reg_lambdas": "[0]"}
-    for plural in FINETUNE_AXES.values():
-        _check_axis(getattr(section, plural), f"finetune.{plural}", examples[plural], problems)
+    examples = {"tasks": "[kjv-to-web]", "lrs": "[1e-4,1e-3]", "seeds": "2", "reg_lambdas": "[0]", "replay_fractions": "[0,0.25]",
+                "linear_probe_steps": "[0,20]"}
+    for index, part in enumerate(finetune_sections(section)):
+        where = "finetune." if index == 0 else f"finetune.variants[{index - 1}]."
+        for plural in FINETUNE_AXES.values():
+            _check_axis(getattr(part, plural), f"{where}{plural}", examples[plural], problems)
     for config in finetune_grid(section):
         config.collect_problems(problems, prefix="finetune.")
     _check_probe_data(section, "finetune.", problems)

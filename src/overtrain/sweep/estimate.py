@@ -76,8 +76,10 @@ def estimate_sweep_seconds(config, jobs: list[Job]) -> dict[str, float]:
             seconds["noise"] += evaluations * job.spec["eval_tokens"] / (3 * rate)
         elif job.kind == "finetune":
             finetune = job.spec["finetune"]
-            train_tokens = finetune["steps"] * finetune["batch_size"] * FINETUNE_TOKENS_PER_EXAMPLE
-            eval_tokens = 2 * job.spec["eval_tokens"] + 2 * (finetune["max_heldout"] or 200) * FINETUNE_TOKENS_PER_EXAMPLE
+            steps = finetune["steps"] + finetune.get("linear_probe_steps", 0)  # LP-FT's output-layer phase counted as full steps
+            train_tokens = steps * finetune["batch_size"] * FINETUNE_TOKENS_PER_EXAMPLE
+            readings = 2 + len(finetune.get("wise_alphas", []))  # before, after, and one per WiSE-FT alpha
+            eval_tokens = readings * (job.spec["eval_tokens"] + (finetune["max_heldout"] or 200) * FINETUNE_TOKENS_PER_EXAMPLE)
             seconds["finetune"] += train_tokens / rate + eval_tokens / (3 * rate)
         elif job.kind == "sharpness":
             seconds["sharpness"] = seconds.get("sharpness", 0.0) + sharpness_forwards(job.spec) * job.spec["eval_tokens"] / (3 * rate)

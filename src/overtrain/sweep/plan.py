@@ -162,9 +162,18 @@ def _finetune_jobs(config: SweepConfig, checkpoint: PlannedCheckpoint) -> list[J
     jobs = []
     for finetune in finetune_grid(section):
         spec = {"checkpoint": checkpoint.path, "finetune": finetune_spec(finetune), **task_file_of(finetune.task), **shared}
-        label = f"finetune {finetune.task} lr={finetune.lr:g} seed={finetune.seed} @ {_where(checkpoint)}"
+        label = f"finetune {finetune.task} lr={finetune.lr:g}{remedy_label(finetune)} seed={finetune.seed} @ {_where(checkpoint)}"
         jobs.append(Job("finetune", spec, depends_on=depends, label=label))
     return jobs
+
+
+def remedy_label(finetune: FinetuneConfig) -> str:
+    """The remedies a run uses, as they read in a job label (empty for plain fine-tuning)."""
+    parts = [f" lambda={finetune.reg_lambda:g}" if finetune.reg_lambda else "",
+             f" replay={finetune.replay_fraction:g}" if finetune.replay_fraction else "",
+             f" lp_steps={finetune.linear_probe_steps}" if finetune.linear_probe_steps else "",
+             f" wise={','.join(f'{alpha:g}' for alpha in finetune.wise_alphas)}" if finetune.wise_alphas else ""]
+    return "".join(parts)
 
 
 OMITTED_AT_DEFAULT = ("grad_clip", "eval_batch_size", "replay_fraction", "linear_probe_steps", "wise_alphas")
