@@ -102,3 +102,97 @@ def test_tuned_frame_keeps_the_best_lr_per_checkpoint_seed_and_remedy() -> None:
 def test_finetune_grid_validates_every_variant_setting() -> None:
     config = load_sweep_config(None, [HUB, "finetune.variants=[{reg_lambda: 0.1}]"])
     assert [c.reg_lambda for c in finetune_grid(config.finetune)] == [0.0, 0.1]
+
+
+# --- the remedies analysis on synthetic runs with known answers ---------------------------------------------------
+
+BUDGETS = [1000 * 2**i for i in range(6)]
+
+
+def _run(tokens: int, pretrain_seed: int, lr: float, gain: float, forgetting: float, *, reg_lambda: float = 0.0, replay: float = 0.0,
+         lp_steps: int = 0, wise: list | None = None, ood_before: float = 2.0) -> dict:
+    return {"checkpoint": f"seed{pretrain_seed}/{tokens}", "tokens_seen": tokens, "task": "t", "seed": 0, "pretrain_seed": pretrain_seed,
+            "lr": lr, "reg_lambda": reg_lambda, "replay_fraction": replay, "linear_probe_steps": lp_steps,
+            "id_loss_before": 1.0, "id_loss_after": 1.0 - gain, "ood_loss_before": ood_before, "ood_loss_after": ood_before + forgetting,
+            "forgetting": forgetting, "wise": wise or []}
+
+
+# plain LR sweep at every budget: (ID gain, forgetting) = (0.1, 0.01), (0.2, 0.03), (0.3, 0.07) at lr 1, 2, 4 (x1e-3)
+PLAIN_SWEEP = {1e-3: (0.1, 0.01), 2e-3: (0.2, 0.03), 4e-3: (0.3, 0.07)}
+
+
+def _trade_off_frame() -> pd.DataFrame:
+    rows = []
+    for tokens in BUDGETS[:3]:
+        for seed in range(3):
+            for lr, (gain, forgetting) in PLAIN_SWEEP.items():
+                wise = [{"alpha": 0.5, "id_loss": 1.0 - gain / 2, "ood_loss": 2.0 + forgetting / 4}] if lr == 2e-3 else []
+                rows.append(_run(tokens, seed, lr, gain, forgetting, wise=wise))
+            rows.append(_run(tokens, seed, 2e-3, 0.15, 0.01, replay=0.25))     # plain at gain 0.15: 0.02; at forgetting 0.01: 0.1
+            rows.append(_run(tokens, seed, 2e-3, 0.25, 0.06, lp_steps=20))     # plain at gain 0.25: 0.05; at forgetting 0.06: 0.275
+            rows.append(_run(tokens, seed, 2e-3, 0.05, 0.001, reg_lambda=0.1))  # gain below plain's sweep: nothing to compare with
+    return pd.DataFrame(rows)
+
+
+def test_trade_off_reads_plain_values_off_the_lr_sweep() -> None:
+    from overtrain.results.remedies import remedy_readings, trade_off
+
+    readings = remedy_readings(_trade_off_frame())
+    assert set(readings["kind"]) == {"plain", "replay 0.25", "LP-FT 20", "L2 lambda=0.1", "WiSE-FT alpha=0.5", "tuned LR"}
+    table = trade_off(readings)
+    at = table[table["tokens_seen"] == BUDGETS[2]].set_index("remedy")
+    assert at.loc["replay 0.25 lr=0.002", "plain_forgetting_at_equal_gain"] == pytest.approx(0.02)
+    assert at.loc["replay 0.25 lr=0.002", "forgetting_saved"] == pytest.approx(0.01)
+    assert at.loc["replay 0.25 lr=0.002", "gain_added"] == pytest.approx(0.05)
+    assert at.loc["LP-FT 20 lr=0.002", "forgetting_saved"] == pytest.approx(-0.01)
+    assert at.loc["LP-FT 20 lr=0.002", "plain_gain_at_equal_forgetting"] == pytest.approx(0.275)
+    assert np.isnan(at.loc["L2 lambda=0.1 lr=0.002", "forgetting_saved"])  # no extrapolation below the sweep
+    wise = at.loc["WiSE-FT alpha=0.5 lr=0.002"]  # (0.1, 0.0075): plain forgets 0.01 at that gain
+    assert wise["forgetting_saved"] == pytest.approx(0.0025) and wise["lr"] == 2e-3
+    assert at.loc["tuned LR", "id_gain"] == pytest.approx(0.3)  # the tuned LR is the best ID loss: lr 4e-3
+    assert at.loc["plain lr=0.002", "forgetting_saved"] == pytest.approx(0.0)
+
+
+def test_ranking_orders_remedies_by_forgetting_saved_at_equal_gain() -> None:
+    from overtrain.results.remedies import ranking, remedy_readings
+
+    table = ranking(remedy_readings(_trade_off_frame()))["t"]
+    order = list(table["remedy"])
+    assert order[0] == "replay 0.25 lr=0.002" and order[1] == "WiSE-FT alpha=0.5 lr=0.002"
+    assert order.index("LP-FT 20 lr=0.002") == len(order) - 2 and order[-1] == "L2 lambda=0.1 lr=0.002"
+    assert list(table["rank"]) == list(range(1, len(order) + 1)) and set(table["tokens"]) == {BUDGETS[2]}
+
+
+def test_inflection_shift_is_the_ratio_of_the_minima_with_a_paired_bootstrap() -> None:
+    from overtrain.results.remedies import inflection_shift, remedy_readings
+
+    rows = []
+    for i, tokens in enumerate(BUDGETS):
+        for seed in range(3):
+            offset = 0.01 * seed  # a per-seed offset moves no minimum: the bootstrap interval is the point itself
+            rows.append(_run(tokens, seed, 2e-3, 0.2, 0.1 * (i - 2) ** 2 + offset))              # minimum at 4000 tokens
+            rows.append(_run(tokens, seed, 2e-3, 0.2, 0.1 * (i - 3) ** 2 + offset, replay=0.25))  # minimum at 8000 tokens
+            rows.append(_run(tokens, seed, 2e-3, 0.2, 0.1 * i + offset, reg_lambda=1.0))          # no interior minimum
+    readings = remedy_readings(pd.DataFrame(rows))
+    by = {name: part for name, part in readings.groupby("remedy")}
+    shift = inflection_shift(by["replay 0.25 lr=0.002"], by["plain lr=0.002"])
+    assert shift.ratio == pytest.approx(2.0) and shift.low == pytest.approx(2.0) and shift.high == pytest.approx(2.0)
+    assert shift.interval_kind == "paired bootstrap 95%" and shift.units == 3 and "x2.00" in shift.describe()
+    assert inflection_shift(by["L2 lambda=1 lr=0.002"], by["plain lr=0.002"]) is None
+
+
+def test_report_section_renders_figures_headlines_and_a_ranking(tmp_path: Path) -> None:
+    from overtrain.results.report import Report, render_markdown
+    from overtrain.results.report_remedies import remedies_section
+
+    report = Report(tmp_path)
+    remedies_section(_trade_off_frame(), report)
+    assert {path.name for path in report.figures} == {"remedies.png", "remedies.svg"} and all(p.is_file() for p in report.figures)
+    ranking_title = next(title for title in report.tables if title.startswith("Remedies on t: ranking"))
+    assert report.tables[ranking_title]["remedy"].iloc[0] == "replay 0.25 lr=0.002"
+    assert any("#1 replay 0.25 lr=0.002" in line and "+0.0100 forgetting saved" in line for line in report.headlines)
+    assert "Remedies on t: ranking" in render_markdown(report)
+    plain_only = _trade_off_frame().query("replay_fraction == 0 and linear_probe_steps == 0 and reg_lambda == 0 and lr == 0.002")
+    quiet = Report(tmp_path / "quiet")
+    remedies_section(plain_only.assign(wise=[[]] * len(plain_only)), quiet)
+    assert quiet.figures == [] and quiet.tables == {}  # one LR and no remedy: nothing to compare

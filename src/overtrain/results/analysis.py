@@ -22,6 +22,7 @@ import pandas as pd
 
 from overtrain.results.inflection import Inflection, find_inflection
 from overtrain.results.store import ResultStore
+from overtrain.results.tuned import REMEDY_DEFAULTS, with_remedy_columns
 from overtrain.units import format_tokens
 
 
@@ -77,8 +78,16 @@ def sharpness_frame(store: ResultStore) -> pd.DataFrame:
 
 
 def finetune_frame(store: ResultStore) -> pd.DataFrame:
-    """One row per fine-tuning run: its record and its pre-training factors."""
-    return pd.DataFrame([_without_factors(row.metrics) | factor_columns(row.metrics.get("factors", {})) for row in store.rows(kind="finetune")])
+    """One row per fine-tuning run: its record and its pre-training factors (remedy columns of older rows
+    filled in as off: ``replay_fraction`` 0, ``linear_probe_steps`` 0)."""
+    frame = pd.DataFrame([_without_factors(row.metrics) | factor_columns(row.metrics.get("factors", {})) for row in store.rows(kind="finetune")])
+    return with_remedy_columns(frame) if not frame.empty else frame
+
+
+def plain_runs(finetune: pd.DataFrame) -> pd.DataFrame:
+    """The plain fine-tuning runs of a frame: no L2 pull, no replay, no LP-FT (the paper's fixed-LR runs)."""
+    frame = with_remedy_columns(finetune)
+    return finetune[np.logical_and.reduce([frame[column] == off for column, off in REMEDY_DEFAULTS.items()])]
 
 
 def pretrain_frame(store: ResultStore) -> pd.DataFrame:
@@ -142,6 +151,11 @@ def _units_table(frame: pd.DataFrame, value: str, probe_units: str) -> tuple[pd.
     return table.dropna(axis=0), units
 
 
+def summarize_setting(name: str, frame: pd.DataFrame, value: str, damage: str, probe_units: str) -> SettingSummary:
+    """One curve of ``value`` vs tokens over the rows of one setting (see :func:`_summarize`)."""
+    return _summarize(name, frame, value, damage, probe_units)
+
+
 def _summarize(name: str, frame: pd.DataFrame, value: str, damage: str, probe_units: str) -> SettingSummary:
     table, units = _units_table(frame, value, probe_units)
     tokens = table.columns.to_numpy()
@@ -170,23 +184,30 @@ def noise_summary(frame: pd.DataFrame) -> list[SettingSummary]:
 
 
 def finetune_summary(frame: pd.DataFrame, value: str = "ood_loss_after") -> dict[str, list[SettingSummary]]:
-    """Per task, per (lr, reg_lambda): ``value`` vs tokens, its inflection, Spearman(forgetting, tokens)."""
+    """Per task, per (lr, reg_lambda, replay_fraction, linear_probe_steps): ``value`` vs tokens, its inflection,
+    Spearman(forgetting, tokens)."""
     result: dict[str, list[SettingSummary]] = {}
+    frame = with_remedy_columns(frame)
     factors = factor_names(frame)
     for task, by_task in frame.groupby("task"):
         summaries = []
-        for values, group in by_task.groupby([*factors, "lr", "reg_lambda"]):
-            *factor_values, lr, reg_lambda = values
+        for values, group in by_task.groupby([*factors, "lr", *REMEDY_DEFAULTS]):
+            *factor_values, lr, reg_lambda, replay_fraction, linear_probe_steps = values
             name = " ".join(filter(None, [factor_label(tuple(factor_values), factors), f"lr={lr:g}"]))
             name += f", lambda={reg_lambda:g}" if reg_lambda else ""
+            name += f", replay={replay_fraction:g}" if replay_fraction else ""
+            name += f", lp_steps={linear_probe_steps:g}" if linear_probe_steps else ""
             summaries.append(_summarize(name, group, value, "forgetting", "fine-tuning seeds"))
         result[str(task)] = summaries
     return result
 
 
 def recommend_checkpoints(frame: pd.DataFrame) -> pd.DataFrame:
-    """Per (task, lr, reg_lambda): the budget with the best mean ID loss after fine-tuning, and with the
-    least pre-training loss after fine-tuning (what is kept of the base model)."""
+    """Per (task, lr, reg_lambda) of the plain and L2 runs: the budget with the best mean ID loss after fine-tuning,
+    and with the least pre-training loss after fine-tuning (what is kept of the base model). Replay and LP-FT
+    runs are in the remedies section."""
+    frame = with_remedy_columns(frame)
+    frame = frame[(frame["replay_fraction"] == 0) & (frame["linear_probe_steps"] == 0)]
     means = frame.groupby(["task", "lr", "reg_lambda", "tokens_seen"], as_index=False)[["id_loss_after", "ood_loss_after"]].mean()
     rows = []
     for (task, lr, reg_lambda), group in means.groupby(["task", "lr", "reg_lambda"]):
@@ -202,7 +223,7 @@ def recommend_checkpoints(frame: pd.DataFrame) -> pd.DataFrame:
 def noise_predicts_forgetting(noise: pd.DataFrame, finetune: pd.DataFrame) -> pd.DataFrame:
     """Spearman, across budgets, between the noise delta (per gamma) and the forgetting (per task, lr)."""
     delta = noise.groupby(["gamma", "tokens_seen"])["delta"].mean()
-    forgetting = finetune[finetune["reg_lambda"] == 0].groupby(["task", "lr", "tokens_seen"])["forgetting"].mean()
+    forgetting = plain_runs(finetune).groupby(["task", "lr", "tokens_seen"])["forgetting"].mean()
     rows = []
     for gamma in delta.index.get_level_values(0).unique():
         for (task, lr) in forgetting.index.droplevel(2).unique():
@@ -231,7 +252,7 @@ def sharpness_predicts_forgetting(sharpness: pd.DataFrame, finetune: pd.DataFram
     factors = [name for name in factor_names(sharpness) if name in finetune.columns]
     keys = [*factors, "tokens_seen"]
     measure = sharpness.groupby(["measure", *keys])["value"].mean()
-    forgetting = finetune[finetune["reg_lambda"] == 0].groupby(["task", "lr", *keys])["forgetting"].mean()
+    forgetting = plain_runs(finetune).groupby(["task", "lr", *keys])["forgetting"].mean()
     rows = []
     for name in measure.index.get_level_values(0).unique():
         for (task, lr) in forgetting.index.droplevel(list(range(2, 2 + len(keys)))).unique():
@@ -266,7 +287,7 @@ def paper_claims(noise: pd.DataFrame, finetune: pd.DataFrame) -> list[Claim]:
         summaries = noise_summary(noise)
         claims += _family_claims("noise", "gamma", summaries, NOISE_LABELS)
     if not finetune.empty:
-        for task, summaries in finetune_summary(finetune[finetune["reg_lambda"] == 0], "ood_loss_after").items():
+        for task, summaries in finetune_summary(plain_runs(finetune), "ood_loss_after").items():
             claims += _family_claims(f"fine-tuning {task}", "lr", summaries, FINETUNE_LABELS)
     return claims
 

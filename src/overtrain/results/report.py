@@ -21,6 +21,7 @@ from overtrain.atomic import TEMPORARY_MARK, atomic_write_text
 from overtrain.errors import OvertrainError
 from overtrain.results import analysis
 from overtrain.results.plots import Curve, InflectionMark, Panel, plot_panels
+from overtrain.results.report_remedies import remedies_section
 from overtrain.results.store import ResultStore
 from overtrain.units import format_tokens
 
@@ -222,6 +223,7 @@ def _build_report(frames: _Frames, report: Report) -> Report:
         _noise_section(noise, report)
     if not finetune.empty:
         _finetune_section(finetune, report)
+        remedies_section(finetune, report)  # tuned LR, L2, replay, LP-FT, WiSE-FT against plain fine-tuning
     if not noise.empty and not finetune.empty:
         report.tables["Does the noise probe predict forgetting? (Spearman across budgets)"] = analysis.noise_predicts_forgetting(noise, finetune)
     if not sharpness.empty:

@@ -43,6 +43,7 @@ from overtrain.config import apply_overrides, build_dataclass, config_to_dict, p
 from overtrain.errors import OvertrainError
 from overtrain.model.presets import apply_preset
 from overtrain.pretrain.config import PretrainConfig, validate_pretrain_config
+from overtrain.multimodal.tuning import MultimodalConfig
 from overtrain.probes.finetune import FinetuneConfig, SettingProblems
 
 
@@ -133,7 +134,8 @@ FINETUNE_AXES = {"task": "tasks", "lr": "lrs", "seed": "seeds", "reg_lambda": "r
 a one-value list. WiSE-FT's ``wise_alphas`` is no axis: every alpha is a reading of the same run (no job per alpha)."""
 NOISE_AXES = {"gamma": "gammas", "seed": "seeds"}
 SHARPNESS_AXES = {"kind": "kinds", "gamma": "gammas", "seed": "seeds", "group": "groups"}
-SECTION_AXES = {"noise": NOISE_AXES, "finetune": FINETUNE_AXES, "sharpness": SHARPNESS_AXES}
+MULTIMODAL_AXES = {"lr": "lrs", "seed": "seeds"}
+SECTION_AXES = {"noise": NOISE_AXES, "finetune": FINETUNE_AXES, "sharpness": SHARPNESS_AXES, "multimodal": MULTIMODAL_AXES}
 
 
 @dataclass
@@ -186,6 +188,16 @@ def finetune_grid(section: Any) -> list[FinetuneConfig]:
 
 
 
+MultimodalSweep = sweep_section_of(MultimodalConfig, MULTIMODAL_AXES, ProbeData, "MultimodalSweep")
+"""LLaVA-style tuning's grid: every checkpoint x stage-2 lr x seed is one job (docs/multimodal.md)."""
+
+
+def multimodal_grid(section: Any) -> list[MultimodalConfig]:
+    """Every :class:`MultimodalConfig` of a ``multimodal:`` section, in lr, seed order."""
+    shared = {f.name: getattr(section, f.name) for f in dataclasses.fields(MultimodalConfig) if f.name not in MULTIMODAL_AXES}
+    return [MultimodalConfig(lr=lr, seed=seed, **shared) for lr, seed in itertools.product(section.lrs, section.seeds)]
+
+
 @dataclass
 class ExecutorConfig:
     """Where the jobs run."""
@@ -226,6 +238,8 @@ class SweepConfig:
     """The fine-tuning probe (keys below as finetune.KEY)."""
     sharpness: SharpnessSweep | None = None
     """The sharpness probes: Hessian top eigenvalue and trace, worst-case perturbation (keys below as sharpness.KEY)."""
+    multimodal: MultimodalSweep | None = None  # type: ignore[valid-type]
+    """LLaVA-style tuning of every checkpoint as a vision-language model (keys below as multimodal.KEY)."""
     executor: ExecutorConfig = field(default_factory=ExecutorConfig)
     """Where jobs run (keys below as executor.KEY)."""
     report: bool = True
@@ -275,7 +289,8 @@ def sweep_config_from_tree(tree: dict[str, Any]) -> SweepConfig:
     pretrain_variants(config)  # every factor combination is a valid pre-training config, checked now
     if config.pretrain is None and not config.checkpoints:
         raise OvertrainError("the sweep names no checkpoints", "add a `pretrain:` ladder section or a `checkpoints:` list")
-    if config.noise is None and config.finetune is None and config.sharpness is None and config.pretrain is None:
+    if config.noise is None and config.finetune is None and config.sharpness is None and config.pretrain is None \
+            and config.multimodal is None:
         raise OvertrainError("the sweep has nothing to do", "add a `noise:`, `finetune:` or `sharpness:` section")
     validate_sweep_config(config)
     return config
@@ -320,6 +335,8 @@ def validate_sweep_config(config: SweepConfig) -> None:
         _check_finetune(config.finetune, problems)
     if config.sharpness is not None:
         _check_sharpness(config.sharpness, problems)
+    if config.multimodal is not None:
+        _check_multimodal(config.multimodal, problems)
     executor = config.executor
     problems.require(executor.workers >= 1, "executor.workers", executor.workers, "a whole number >= 1")
     problems.require(executor.threads_per_worker >= 1, "executor.threads_per_worker", executor.threads_per_worker, "a whole number >= 1")
@@ -404,6 +421,14 @@ def _check_finetune(section: Any, problems: SettingProblems) -> None:
                 load_task(task, max_train=1, max_heldout=1)
             except OvertrainError as error:
                 problems.add_text(error.problem, error.fix or "")
+
+
+def _check_multimodal(section: Any, problems: SettingProblems) -> None:
+    _check_axis(section.lrs, "multimodal.lrs", "[3e-4,1e-3]", problems)
+    _check_axis(section.seeds, "multimodal.seeds", "2", problems)
+    for config in multimodal_grid(section):
+        config.collect_problems(problems, prefix="multimodal.")
+    _check_probe_data(section, "multimodal.", problems)
 
 
 @dataclass(frozen=True)

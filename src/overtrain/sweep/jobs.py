@@ -124,3 +124,19 @@ def run_sharpness_job(spec: Mapping[str, Any]) -> JobOutput:
         "factors": dict(spec.get("factors", {})),
     }
     return JobOutput(metrics, {}, target_provenance(target, spec["checkpoint"]))
+
+
+def run_vision_features_job(spec: Mapping[str, Any]) -> JobOutput:
+    """Encode every image of a ``multimodal:`` section once with the frozen encoder, into the feature cache."""
+    from overtrain.multimodal.tuning import features_for
+
+    return JobOutput(features_for(dict(spec)), {}, {})
+
+
+def run_multimodal_job(spec: Mapping[str, Any]) -> JobOutput:
+    """LLaVA-style tuning of one checkpoint (stage 1, stage 2) and its ID/OOD read-outs."""
+    from overtrain.multimodal.tuning import MultimodalConfig, run_multimodal_probe
+
+    target = load_target_of(spec)
+    record = run_multimodal_probe(target, build_dataclass(MultimodalConfig, dict(spec["multimodal"]), "multimodal."))
+    return JobOutput({**record.as_dict(), "factors": dict(spec.get("factors", {}))}, {}, target_provenance(target, spec["checkpoint"]))

@@ -36,7 +36,8 @@ def plan_jobs(config: SweepConfig) -> list[Job]:
     checkpoints += expand_references(config.checkpoints)
     for checkpoint in checkpoints:
         jobs += _noise_jobs(config, checkpoint) + _finetune_jobs(config, checkpoint) + _sharpness_jobs(config, checkpoint)
-    return jobs
+        jobs += _multimodal_jobs(config, checkpoint)
+    return vision_feature_jobs(config) + jobs
 
 
 def _pretrain_jobs(config: SweepConfig) -> tuple[list[Job], list[PlannedCheckpoint]]:
@@ -219,3 +220,30 @@ def _pretrain_tokens_of(job: Job, previous_stop: dict[str, int] | None = None) -
     else:
         start = max((previous_stop or {}).get(key, 0) for key in job.depends_on) if job.depends_on else 0
     return int(end) - start
+
+
+def vision_feature_jobs(config: SweepConfig) -> list[Job]:
+    """The one job that computes (and caches) the frozen encoder's features of every image a ``multimodal:``
+    section uses; every multimodal job depends on it, so no two workers encode the same images."""
+    from overtrain.multimodal.tuning import data_settings_of
+    from overtrain.sweep.config import multimodal_grid
+
+    if config.multimodal is None:
+        return []
+    settings = data_settings_of(multimodal_grid(config.multimodal)[0])
+    return [Job("vision-features", settings, label=f"vision features {settings['encoder']} {'+'.join(settings['datasets'])}")]
+
+
+def _multimodal_jobs(config: SweepConfig, checkpoint: PlannedCheckpoint) -> list[Job]:
+    from overtrain.sweep.config import multimodal_grid
+
+    section = config.multimodal
+    if section is None:
+        return []
+    depends = tuple(filter(None, [checkpoint.made_by, *(job.key for job in vision_feature_jobs(config))]))
+    shared = {"eval_tokens": section.eval_tokens, **eval_data_of(config, section), **_factors_of(checkpoint)}
+    jobs = []
+    for settings in multimodal_grid(section):
+        spec = {"checkpoint": checkpoint.path, "multimodal": config_to_dict(settings), **shared}
+        jobs.append(Job("multimodal", spec, depends_on=depends, label=f"multimodal lr={settings.lr:g} seed={settings.seed} @ {_where(checkpoint)}"))
+    return jobs

@@ -23,6 +23,8 @@ _JOB_FUNCTIONS: dict[str, str] = {
     "noise": "overtrain.sweep.jobs:run_noise_job",
     "finetune": "overtrain.sweep.jobs:run_finetune_job",
     "sharpness": "overtrain.sweep.jobs:run_sharpness_job",
+    "vision-features": "overtrain.sweep.jobs:run_vision_features_job",
+    "multimodal": "overtrain.sweep.jobs:run_multimodal_job",
 }
 """Job kind -> ``"package.module:function"``; the built-in kinds, and any a caller registers."""
 

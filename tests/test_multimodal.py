@@ -1,0 +1,149 @@
+"""LLaVA-style tuning: the frozen encoder stays frozen, stage 1 moves only the projector, the saved LM loads with
+AutoModelForCausalLM, the image sets are what they say, and a sweep section plans into jobs."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import tarfile
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from helpers import write_untrained_checkpoint
+
+pytest.importorskip("efficientnet_lite_pytorch", reason="the vision extra: pip install 'overtrain[vision]'")
+
+from overtrain.data.tokenizer import load_tokenizer  # noqa: E402
+from overtrain.errors import OvertrainError  # noqa: E402
+from overtrain.multimodal.datasets import CIFAR_CLASSES, CIFAR_MEMBER, cifar10_image_set  # noqa: E402
+from overtrain.multimodal.encoders import load_encoder  # noqa: E402
+from overtrain.multimodal.model import VisionLanguageModel, load_vision_language_model, save_vision_language_model  # noqa: E402
+from overtrain.multimodal.scenes import COLOURS, SCENE_PIXELS, scene_splits  # noqa: E402
+from overtrain.multimodal.tuning import MultimodalConfig, prepare_vision_data, run_multimodal_probe, train_stage  # noqa: E402
+from overtrain.probes.target import load_probe_target  # noqa: E402
+
+
+def _state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Parameters and buffers (BatchNorm running statistics included), copied."""
+    return {name: tensor.detach().clone() for name, tensor in module.state_dict().items()}
+
+
+def _changed(before: dict[str, torch.Tensor], module: torch.nn.Module) -> set[str]:
+    return {name for name, tensor in module.state_dict().items() if not torch.equal(tensor, before[name])}
+
+
+@pytest.fixture()
+def tiny_target(tmp_path, monkeypatch):
+    monkeypatch.setenv("OVERTRAIN_CACHE_DIR", str(tmp_path / "cache"))
+    checkpoint = write_untrained_checkpoint(tmp_path / "run")
+    text = tmp_path / "eval.txt"
+    text.write_text("the quick brown fox jumps over the lazy dog. " * 200)
+    return load_probe_target(checkpoint, eval_tokens=512, eval_data=str(text), log=lambda *_: None)
+
+
+SMALL = dict(datasets=["scenes"], train_images=6, heldout_images=3, stage1_steps=2, stage2_steps=2, batch_size=4, lr=1e-2, stage1_lr=1e-2)
+
+
+def test_encoder_frozen_through_both_stages_and_stage1_moves_only_the_projector(tiny_target):
+    config = MultimodalConfig(**SMALL)
+    encoder = load_encoder(config.encoder)
+    encoder_before = _state(encoder.module)
+    tokenizer = load_tokenizer(tiny_target.folder)
+    data = prepare_vision_data(config, tokenizer, tiny_target.end_of_text_id, encoder=encoder)  # runs the encoder (empty cache)
+    assert tuple(data.train.features.shape) == (6, 49, 1280)
+    model = VisionLanguageModel(tiny_target.model, data.feature_width, data.image_tokens, tiny_target.end_of_text_id, seed=0)
+    lm_before, projector_before = _state(model.lm), _state(model.projector)
+
+    train_stage(model, data, 1, config, "fp32")
+    assert _changed(lm_before, model.lm) == set(), "stage 1 must leave the LM bitwise unchanged"
+    assert _changed(projector_before, model.projector) == set(projector_before), "stage 1 trains every projector tensor"
+    assert _changed(encoder_before, encoder.module) == set()
+
+    projector_after_stage1 = _state(model.projector)
+    train_stage(model, data, 2, config, "fp32")
+    assert _changed(lm_before, model.lm) == set(lm_before), "stage 2 trains the LM"
+    assert _changed(projector_after_stage1, model.projector) == set(projector_before)
+    assert _changed(encoder_before, encoder.module) == set(), "the frozen encoder (weights and BatchNorm statistics) never changes"
+    assert not any(p.requires_grad for p in encoder.module.parameters())
+
+
+def test_probe_restores_the_checkpoint_and_saves_a_model_transformers_loads(tiny_target, tmp_path):
+    weights = _state(tiny_target.model)
+    saved = tmp_path / "vlm"
+    record = run_multimodal_probe(tiny_target, MultimodalConfig(**SMALL, save_dir=str(saved)))
+    assert _changed(weights, tiny_target.model) == set(), "the checkpoint's weights are restored afterwards"
+    assert set(record.vqa) == {"scenes"} and 0 <= record.vqa_accuracy <= 1 and record.vqa["scenes"]["questions"] >= 3
+    assert record.ood_loss_after != record.ood_loss_before  # stage 2 changed the LM the OOD loss was measured on
+
+    loaded, settings = load_vision_language_model(saved)  # the LM through AutoModelForCausalLM
+    assert type(loaded.lm).__name__ == "LlamaForCausalLM" and settings["encoder"] == "efficientnet-lite0"
+    features = torch.randn(2, 49, 1280)
+    ids = torch.tensor([[5, 6, 7], [8, 9, 10]])
+    tuned = VisionLanguageModel(tiny_target.model, 1280, 49, tiny_target.end_of_text_id)
+    from safetensors.torch import load_file
+
+    from overtrain.checkpoints.folder import load_tensors
+
+    tiny_target.model.load_state_dict(load_tensors(saved / "model.safetensors"), strict=False)
+    tuned.projector.load_state_dict(load_file(str(saved / "projector.safetensors")))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(features, ids), tuned(features, ids), atol=1e-4, rtol=1e-4)
+    tiny_target.restore()
+
+
+def test_scenes_are_seeded_their_answers_true_and_the_heldout_split_new():
+    train, heldout = scene_splits(40, 10, seed=3)
+    again, _ = scene_splits(40, 10, seed=3)
+    assert [s.layout for s in train] == [s.layout for s in again]
+    assert not {s.layout for s in heldout} & {s.layout for s in train}
+    for scene in train[:10]:
+        answers = {q.text: q.answer for q in scene.questions()}
+        assert answers["how many shapes are there?"] == str(len(scene.objects))
+        pixels = {colour for _, colour in scene.image().getcolors(maxcolors=SCENE_PIXELS**2)}
+        assert all(COLOURS[o.colour] in pixels for o in scene.objects)
+
+
+def _tiny_bigbench_sdist(path: Path, per_class: int) -> Path:
+    examples = []
+    for label in CIFAR_CLASSES:
+        for index in range(per_class):
+            buffer = io.BytesIO()
+            Image.new("RGB", (32, 32), (index * 20, len(label) * 10, 50)).save(buffer, format="PNG")
+            examples.append({"input": base64.b64encode(buffer.getvalue()).decode(), "target_scores": {c: int(c == label) for c in CIFAR_CLASSES}})
+    data = json.dumps({"name": "base64", "examples": examples}).encode()
+    with tarfile.open(path, "w:gz") as archive:
+        member = tarfile.TarInfo(f"bigbench-1.0.0/{CIFAR_MEMBER}")
+        member.size = len(data)
+        archive.addfile(member, io.BytesIO(data))
+    return path
+
+
+def test_cifar10_from_the_bigbench_sdist_is_balanced_and_split(tmp_path, monkeypatch):
+    monkeypatch.setenv("OVERTRAIN_CACHE_DIR", str(tmp_path / "cache"))
+    sdist = _tiny_bigbench_sdist(tmp_path / "bigbench-1.0.0.tar.gz", per_class=3)
+    images = cifar10_image_set(train=10, heldout=10, seed=0, source=str(sdist))
+    assert len(images.train) == len(images.heldout) == 10
+    assert sorted(item.questions[0].answer for item in images.train) == sorted(CIFAR_CLASSES)
+    assert {item.caption for item in images.heldout} >= {"a photo of an airplane", "a photo of a truck"}
+    with pytest.raises(OvertrainError, match="fewer than"):
+        cifar10_image_set(train=20, heldout=20, seed=0, source=str(sdist))
+
+
+def test_sweep_section_plans_one_feature_job_and_a_job_per_checkpoint_lr_seed(tmp_path):
+    from overtrain.sweep.config import sweep_config_from_tree
+    from overtrain.sweep.plan import plan_jobs
+
+    checkpoints = [str(write_untrained_checkpoint(tmp_path / f"run{i}", seed=i, tokens_seen=256 * (i + 1))) for i in range(2)]
+    tree = {"out_dir": str(tmp_path / "sweep"), "checkpoints": checkpoints,
+            "multimodal": {"lrs": [1e-4, 1e-3], "seeds": 2, "datasets": ["scenes"], "eval_data": str(tmp_path)}}
+    jobs = plan_jobs(sweep_config_from_tree(tree))
+    features = [job for job in jobs if job.kind == "vision-features"]
+    tuning = [job for job in jobs if job.kind == "multimodal"]
+    assert len(features) == 1 and len(tuning) == 2 * 2 * 2
+    assert all(features[0].key in job.depends_on for job in tuning)
+    with pytest.raises(OvertrainError, match="multimodal.datasets"):
+        sweep_config_from_tree({**tree, "multimodal": {**tree["multimodal"], "datasets": ["mnist"]}})
