@@ -22,6 +22,8 @@ from overtrain.tasks.wordnet import LEXICOGRAPHER_CLASSES, parse_data_line
 REPO = Path(__file__).resolve().parent.parent
 OFFLINE_TASKS = ["python-code", "gsm-symbolic", "wordnet-class", "kjv-to-web"]
 HUB_TASKS = ["gsm8k", "siqa", "starcoder-python", "mr", "rte", "trec"]
+INSTRUCT_TASKS = ["natural_instructions", "topical_chat", "alpaca_eval"]  # tests/test_instruct.py
+HUB_INSTRUCT_TASKS = ["hh-rlhf", "tulu-v2", "tulu-3"]
 
 
 # ---------------------------------------------------------------- helpers that write real-schema files
@@ -117,7 +119,7 @@ def make_wordnet_dict(root: Path) -> Path:
 
 
 def test_list_tasks_names_every_domain_and_paper_dataset():
-    assert list_tasks() == OFFLINE_TASKS + HUB_TASKS
+    assert list_tasks() == OFFLINE_TASKS + INSTRUCT_TASKS + HUB_TASKS + HUB_INSTRUCT_TASKS
 
 
 def test_unknown_task_lists_known_ones_and_suggests_the_closest():

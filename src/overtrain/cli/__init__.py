@@ -44,6 +44,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "sweep": ("overtrain.cli.sweep:command_sweep", "expand a sweep spec into jobs, run the missing ones, write the report"),
     "report": ("overtrain.cli.sweep:command_report", "figures, HTML and markdown from a results store"),
     "tasks": ("overtrain.cli.sweep:command_tasks", "list the fine-tuning tasks"),
+    "alpaca-export": ("overtrain.cli.instruct:command_alpaca_export", "answer the 805 AlpacaEval instructions and write alpaca_eval's model_outputs JSON"),
     "family": ("overtrain.cli.family:command_family", "list a checkpoint family's revisions with step, tokens and commit, and flag duplicate weights"),
     "theory": ("overtrain.cli.theory:command_theory", "simulate the two-layer linear model of catastrophic overtraining"),
 }
@@ -166,6 +167,9 @@ def _add_probe_parsers(verbs) -> None:
                               formatter_class=argparse.RawDescriptionHelpFormatter)
     add_family_arguments(family)
     family.set_defaults(function=_run_verb)
+    from overtrain.cli.instruct import add_alpaca_export_parser
+
+    add_alpaca_export_parser(verbs, _run_verb)
 
 
 SWEEP_HELP = """\

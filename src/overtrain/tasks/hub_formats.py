@@ -19,6 +19,16 @@ Schemas (field names and label conventions of the Hub datasets):
   1 not_entailment; -1 in the test split, whose labels are hidden), ``idx``; train 2,490 / validation 277.
 - ``CogComp/trec``: ``text``, ``coarse_label`` (0 ABBR, 1 ENTY, 2 DESC, 3 HUM, 4 LOC, 5 NUM),
   ``fine_label``; train 5,452 / test 500. A loading-script dataset: read from ``refs/convert/parquet``.
+
+Instruction-tuning sets (chat examples: the loss is on the assistant turns only):
+
+- ``Anthropic/hh-rlhf``: ``chosen``, ``rejected`` (each a whole dialogue as text,
+  ``"\n\nHuman: ...\n\nAssistant: ..."``); train 160,800 / test 8,552. Only ``chosen`` is read: the
+  preferred dialogue, split into its Human (user) and Assistant turns.
+- ``allenai/tulu-v2-sft-mixture``: ``dataset``, ``id``, ``messages`` (``[{"role", "content"}]``, roles
+  system/user/assistant); one train split (326,154 rows), streamed, 5% held out by a hash of the text.
+- ``allenai/tulu-3-sft-mixture``: ``id``, ``messages``, ``source``; one train split (939,343 rows),
+  streamed and held out the same way.
 """
 
 from __future__ import annotations
@@ -29,6 +39,7 @@ from dataclasses import dataclass
 
 from overtrain.errors import OvertrainError
 from overtrain.tasks.records import TaskExample
+from overtrain.tasks.user_file import ROLES, record_to_example
 
 RowConverter = Callable[[dict, int], TaskExample | None]  # (row, max_chars) -> example, None to drop the row
 PARQUET_EXPORT = "refs/convert/parquet"
@@ -125,6 +136,40 @@ def trec_example(row: dict, max_chars: int) -> TaskExample | None:
     return _choice_example(prompt, TREC_CHOICES, int(field(row, "coarse_label", "label-coarse")))
 
 
+_HH_TURN = re.compile(r"\n\n(Human|Assistant): ")
+HH_ROLES = {"Human": "user", "Assistant": "assistant"}
+
+
+def chat_example_or_none(turns: list[tuple[str, str]]) -> TaskExample | None:
+    """A chat example of ``(role, content)`` turns; None (row dropped) when a role is unknown, a turn is
+    empty or no assistant turn has text (Hub dumps hold a few such rows)."""
+    if not turns or any(role not in ROLES or not content.strip() for role, content in turns):
+        return None
+    if not any(role == "assistant" for role, _ in turns):
+        return None
+    return record_to_example({"messages": [{"role": role, "content": content.strip()} for role, content in turns]}, "a Hub row")
+
+
+def hh_rlhf_example(row: dict, max_chars: int) -> TaskExample | None:
+    """Anthropic-HH: the ``chosen`` dialogue's Human/Assistant turns as a chat (``rejected`` is not read)."""
+    pieces = _HH_TURN.split("\n\n" + str(field(row, "chosen")).lstrip("\n"))
+    turns = [(HH_ROLES[speaker], text) for speaker, text in zip(pieces[1::2], pieces[2::2])]
+    while turns and turns[-1][0] != "assistant":
+        turns.pop()  # a dialogue that ends on a Human turn: keep it up to the last answer
+    return chat_example_or_none(turns) if not pieces[0].strip() else None
+
+
+def messages_example(row: dict, max_chars: int) -> TaskExample | None:
+    """TULU (v2 or 3): the ``messages`` list as a chat."""
+    messages = field(row, "messages")
+    if not isinstance(messages, list):
+        return None
+    turns = [(str(m.get("role")), str(m.get("content") or "")) for m in messages if isinstance(m, dict)]
+    while turns and turns[-1][0] != "assistant":
+        turns.pop()
+    return chat_example_or_none(turns)
+
+
 HUB_SPECS = {
     spec.name: spec
     for spec in (
@@ -145,5 +190,10 @@ HUB_SPECS = {
         HubSpec("mr", "cornell-movie-review-data/rotten_tomatoes", movie_review_example),
         HubSpec("rte", "nyu-mll/glue", rte_example, heldout_split="validation", config="rte"),
         HubSpec("trec", "CogComp/trec", trec_example, revision=PARQUET_EXPORT),
+        HubSpec("hh-rlhf", "Anthropic/hh-rlhf", hh_rlhf_example),
+        HubSpec("tulu-v2", "allenai/tulu-v2-sft-mixture", messages_example, heldout_split=None, streaming=True,
+                heldout_fraction=0.05, default_train=20_000, default_heldout=500),
+        HubSpec("tulu-3", "allenai/tulu-3-sft-mixture", messages_example, heldout_split=None, streaming=True,
+                heldout_fraction=0.05, default_train=20_000, default_heldout=500),
     )
 }
