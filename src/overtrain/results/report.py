@@ -21,6 +21,7 @@ from overtrain.atomic import TEMPORARY_MARK, atomic_write_text
 from overtrain.errors import OvertrainError
 from overtrain.results import analysis
 from overtrain.results.plots import Curve, InflectionMark, Panel, plot_panels
+from overtrain.results.report_multimodal import multimodal_frame, multimodal_section
 from overtrain.results.report_remedies import remedies_section
 from overtrain.results.store import ResultStore
 from overtrain.units import format_tokens
@@ -161,6 +162,7 @@ class _Frames:
     finetune: pd.DataFrame
     pretrain: pd.DataFrame
     sharpness: pd.DataFrame = field(default_factory=pd.DataFrame)
+    multimodal: pd.DataFrame = field(default_factory=pd.DataFrame)
 
 
 def _nothing_to_report(store_path: Path, why: str) -> OvertrainError:
@@ -183,7 +185,9 @@ def _read_store(store_path: Path) -> _Frames:
             raise _nothing_to_report(store_path, "holds no finished job")
         frames = _Frames(analysis.noise_frame(store), analysis.finetune_frame(store), analysis.pretrain_frame(store),
                          analysis.sharpness_frame(store))
-    if frames.noise.empty and frames.finetune.empty and frames.pretrain.empty and frames.sharpness.empty:
+        frames.multimodal = multimodal_frame(store)
+    if frames.noise.empty and frames.finetune.empty and frames.pretrain.empty and frames.sharpness.empty \
+            and frames.multimodal.empty:
         raise _nothing_to_report(store_path, "holds no pre-training, noise, fine-tuning or sharpness result")
     return frames
 
@@ -230,6 +234,9 @@ def _build_report(frames: _Frames, report: Report) -> Report:
         _sharpness_section(sharpness, report)
         if not finetune.empty:
             report.tables["Does sharpness predict forgetting? (Spearman across budgets)"] = analysis.sharpness_predicts_forgetting(sharpness, finetune)
+    multimodal = _on_token_axis(frames.multimodal, "Multimodal tuning", report)
+    if not multimodal.empty:
+        multimodal_section(multimodal, noise, report)
     atomic_write_text(report.html_path, render_html(report))
     atomic_write_text(report.folder / "summary.md", render_markdown(report))
     return report
