@@ -62,7 +62,9 @@ def run_probe_verb(probe: str, args: argparse.Namespace) -> int:
         raise OvertrainError(f"`overtrain {probe}` names no checkpoint", f"pass checkpoint, run or ladder folders first, e.g. overtrain {probe} runs/nano_ladder")
     overrides = probe_overrides(probe, references, settings, check_out_dir(args.out))
     code = run_sweep_file(None, overrides, args.dry_run)
-    if not args.dry_run:
+    from overtrain.sweep.torchrun import is_follower
+
+    if not args.dry_run and not is_follower():  # under torchrun only rank 0 has the store
         config = load_sweep_config(None, overrides)
         print_rows(probe, config.store_path, {job.key for job in plan_jobs(config)})
     return code

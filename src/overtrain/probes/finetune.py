@@ -39,9 +39,9 @@ import torch
 
 from overtrain.data.tokenizer import load_tokenizer
 from overtrain.errors import OvertrainError
-from overtrain.model.loss import IGNORE_INDEX, logits_of
-from overtrain.precision import autocast_context
+from overtrain.model.loss import IGNORE_INDEX
 from overtrain.pretrain.schedules import lr_multiplier
+from overtrain.probes.finetune_distributed import TrainingReplica, scaled_for_finetuning, training_replica
 from overtrain.probes.target import ProbeTarget
 from overtrain.probes.task_batches import (
     EncodedExample,
@@ -105,6 +105,21 @@ class FinetuneConfig:
     wise_alphas: list[float] = field(default_factory=list)
     """WiSE-FT: after fine-tuning, also measure ID and OOD at (1 - alpha) theta_pre + alpha theta_ft for each
     alpha in [0, 1], without retraining, e.g. [0.25,0.5,0.75]; empty (default) disables it."""
+    precision: str = "auto"
+    """auto | fp32 | bf16: the dtype of the matmuls (AdamW keeps fp32 weights and states). auto: the target's
+    dtype, whose own auto is bf16 on CUDA with bf16 support and on CPUs with AMX, fp32 elsewhere."""
+    gradient_checkpointing: bool = False
+    """Recompute each decoder layer's activations in the backward pass (less memory, ~1/3 more compute;
+    the same loss and gradients)."""
+    device: str = "auto"
+    """auto | cpu | cuda | cuda:N, where the run computes (auto: CUDA if torch sees one); under torchrun each
+    process uses its own GPU (LOCAL_RANK) or the CPU."""
+    distributed: str = "ddp"
+    """Under torchrun: ddp (a full replica per process) | fsdp (weights, gradients and AdamW states sharded over
+    the processes, for 7B models); one process ignores it. docs/scale.md."""
+    micro_batch_size: int | None = None
+    """Rows per forward/backward pass on each process, gradients accumulated over the step's rows (memory
+    only: the step is the same); null: all of a process's rows at once."""
     pack: bool = False
     """Packing: concatenate the train examples (seeded order) into rows of up to max_len tokens; a batch is then
     batch_size such rows. Targets stay each example's own; attention crosses examples (docs/instruction_tuning.md)."""
@@ -145,6 +160,7 @@ class FinetuneConfig:
         alphas = self.wise_alphas if isinstance(self.wise_alphas, (list, tuple)) else [self.wise_alphas]
         need(isinstance(self.wise_alphas, (list, tuple)) and all(_finite(a) and 0 <= a <= 1 for a in alphas) and len(set(alphas)) == len(alphas),
              f"{prefix}wise_alphas", self.wise_alphas, "a list of distinct numbers in [0, 1], e.g. [0.25,0.5,0.75] ([] disables WiSE-FT)")
+        _collect_scale_problems(self, need, prefix)
         try:
             check_task_name(self.task)
         except OvertrainError as error:
@@ -152,6 +168,20 @@ class FinetuneConfig:
 
 
 SCHEDULES = ("cosine", "linear", "constant")
+
+
+def _collect_scale_problems(config: FinetuneConfig, need, prefix: str) -> None:
+    """The settings of fine-tuning at scale (precision, device, distributed mode, micro-batches)."""
+    from overtrain.probes.finetune_distributed import DEVICES, DISTRIBUTED_MODES, PRECISIONS
+
+    need(config.precision in PRECISIONS, f"{prefix}precision", config.precision, " | ".join(PRECISIONS))
+    need(isinstance(config.gradient_checkpointing, bool), f"{prefix}gradient_checkpointing", config.gradient_checkpointing, "true or false")
+    device = str(config.device)
+    need(device in DEVICES or (device.startswith("cuda:") and device[5:].isdigit()), f"{prefix}device", config.device, "auto | cpu | cuda | cuda:N")
+    need(config.distributed in DISTRIBUTED_MODES, f"{prefix}distributed", config.distributed, " | ".join(DISTRIBUTED_MODES))
+    micro = config.micro_batch_size
+    need(micro is None or (isinstance(micro, int) and not isinstance(micro, bool) and micro >= 1), f"{prefix}micro_batch_size", micro,
+         "a whole number >= 1, or null for all of a process's rows at once")
 
 
 def _finite(value: float) -> bool:
@@ -367,7 +397,15 @@ def _train_phase(
     model: torch.nn.Module, parameters: list[torch.nn.Parameter], task: EncodedTask, config: FinetuneConfig, dtype: str,
     replay: ReplayText | None, steps: int, stream: int, counts: TrainedTokens, phase: str,
 ) -> None:
-    device = next(model.parameters()).device
+    with training_replica(model, parameters, config) as replica:  # this process's share (the model itself in one process)
+        _train_steps(replica, task, config, dtype, replay, steps, stream, counts, phase)
+
+
+def _train_steps(
+    replica: TrainingReplica, task: EncodedTask, config: FinetuneConfig, dtype: str,
+    replay: ReplayText | None, steps: int, stream: int, counts: TrainedTokens, phase: str,
+) -> None:
+    parameters = replica.parameters
     anchors = [p.detach().clone() for p in parameters] if config.reg_lambda > 0 else None
     optimizer = torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay, betas=(0.9, 0.95))
     warmup_steps = round(config.warmup_fraction * steps)
@@ -381,19 +419,15 @@ def _train_phase(
         if replay_rows:
             examples += replay.examples(replay_rows, config.seed, step, REPLAY_STREAM + stream)
         inputs, targets = pad_batch(examples, task.pad_id)
-        with autocast_context(device, dtype):
-            logits = logits_of(model, inputs.to(device))
-        loss = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), targets.to(device).flatten(), ignore_index=IGNORE_INDEX)
-        if anchors is not None:
-            loss = loss + config.reg_lambda * sum(((p - a) ** 2).sum() for p, a in zip(parameters, anchors))
         task_targets = targets[: len(rows)]
         if not bool((task_targets != IGNORE_INDEX).any()):
             raise OvertrainError(f"fine-tuning batch {step} has no completion tokens to train on", "raise max_len, or check the task's completions")
+        pull = (lambda: config.reg_lambda * sum(((p - a) ** 2).sum() for p, a in zip(parameters, anchors))) if anchors is not None else None
+        loss = replica.forward_backward(inputs, targets, dtype, pull)  # backpropagated; a non-finite loss stops before the step
         if not torch.isfinite(loss):
             raise OvertrainError(f"fine-tuning loss became {float(loss)} at {where} {step} (lr {config.lr:g})", "lower the fine-tuning lr")
-        loss.backward()
         if config.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(parameters, config.grad_clip)
+            replica.clip_gradients(config.grad_clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         counts.task += int((task_targets != IGNORE_INDEX).sum())
@@ -452,6 +486,11 @@ def run_finetune_probe(target: ProbeTarget, config: FinetuneConfig, task: Encode
     """Measure, fine-tune, measure again (and at every WiSE-FT alpha); the checkpoint's weights are restored afterwards."""
     config.validate()
     task = task or EncodedTask(target, config)
+    with scaled_for_finetuning(target, config):  # device, precision, and the checks of a run over several processes
+        return _measure_finetune_measure(target, config, task)
+
+
+def _measure_finetune_measure(target: ProbeTarget, config: FinetuneConfig, task: EncodedTask) -> FinetuneRecord:
     replay = replay_text_of(target, config) if config.replay_fraction > 0 else None
     before_id = task.measure(target.model, config.eval_batch_size, target.dtype)
     before_ood = target.pretraining_loss().loss

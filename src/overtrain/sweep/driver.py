@@ -196,7 +196,10 @@ def _say(enabled: bool, message: str) -> None:
 
 def build_executor(config):
     from overtrain.sweep.executors import InProcessExecutor, LocalProcessExecutor, RayExecutor
+    from overtrain.sweep.torchrun import torchrun_executor, torchrun_world_size
 
+    if torchrun_world_size() > 1:
+        return torchrun_executor(config.kind)
     if config.kind == "processes":
         return LocalProcessExecutor(workers=config.workers, threads_per_worker=config.threads_per_worker)
     if config.kind == "ray":
@@ -211,9 +214,12 @@ def run_sweep_file(path: str | None, overrides: list[str], dry_run: bool) -> int
     from overtrain.sweep.config import load_sweep_config
     from overtrain.sweep.driver import run_jobs
     from overtrain.sweep.plan import describe_plan, plan_jobs
+    from overtrain.sweep.torchrun import follow_rank_zero, is_follower, release_followers
 
     config = load_sweep_config(path, overrides)
     jobs = plan_jobs(config)
+    if is_follower():  # under torchrun, ranks > 0 run rank 0's jobs alongside it, print and store nothing
+        return 0 if dry_run else follow_rank_zero()
     print(dump_yaml(config))
     print(f"plan: {describe_plan(jobs)}; executor {config.executor.kind}; store {config.store_path}")
     if dry_run:
@@ -222,7 +228,10 @@ def run_sweep_file(path: str | None, overrides: list[str], dry_run: bool) -> int
         print(format_estimate(estimate_sweep_seconds(config, jobs)))
         return 0
     with ResultStore(config.store_path) as store:  # creates its folder, or says why it cannot
-        summary = run_jobs(jobs, store, build_executor(config.executor))
+        try:
+            summary = run_jobs(jobs, store, build_executor(config.executor))
+        finally:
+            release_followers()
     if summary.failures:
         print("failed jobs:\n" + "\n".join(f"  {line}" for line in summary.failures.values()))
     if config.report:

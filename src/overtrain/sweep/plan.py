@@ -177,7 +177,8 @@ def remedy_label(finetune: FinetuneConfig) -> str:
     return "".join(parts)
 
 
-OMITTED_AT_DEFAULT = ("grad_clip", "eval_batch_size", "replay_fraction", "linear_probe_steps", "wise_alphas")
+OMITTED_AT_DEFAULT = ("grad_clip", "eval_batch_size", "replay_fraction", "linear_probe_steps", "wise_alphas",
+                      "precision", "gradient_checkpointing", "device", "distributed", "micro_batch_size")
 """FinetuneConfig fields a sweep did not expose before: left out of the job spec at their defaults, so the
 job keys of existing stores stay what they were (a changed value is in the spec, hence in the key)."""
 OMITTED_AT_DEFAULT += ("pack",)  # instruction tuning's packing (docs/instruction_tuning.md)

