@@ -15,12 +15,16 @@ def command_pretrain(args: argparse.Namespace) -> int:
 
     path, overrides = split_config_and_overrides(args)
     config = load_pretrain_config(path, overrides)
-    if config.ladder.budgets_tokens:
+    if config.ladder.budgets_tokens and not args.dry_run:
         raise OvertrainError("this config has ladder.budgets_tokens", "run it with `overtrain pretrain-ladder`")
     print(dump_yaml(config))
     if args.dry_run:
         train = config.train
-        print(f"plan: {train.total_steps:,} steps of {train.tokens_per_step:,} tokens into {config.out_dir}")
+        if config.ladder.budgets_tokens:
+            print("this config has ladder.budgets_tokens: run it with `overtrain pretrain-ladder` (its --dry-run lists the runs)")
+        else:
+            print(f"plan: {train.total_steps:,} steps of {train.tokens_per_step:,} tokens into {config.out_dir}")
+        print(_token_plan(config))
         return 0
     result = train_run(config)
     print(f"done: {result.tokens_seen:,} tokens, held-out loss {result.final_heldout_loss:.4f}, checkpoint {result.final_checkpoint}")
@@ -38,6 +42,7 @@ def command_pretrain_ladder(args: argparse.Namespace) -> int:
     print(dump_yaml(config))
     print(f"ladder ({config.ladder.mode}), {len(rungs)} runs:\n{describe_ladder(rungs)}")
     if args.dry_run:
+        print(_token_plan(config))
         return 0
     results = run_ladder(config)
     print("\nbudget (tokens)   held-out loss   checkpoint")
@@ -45,3 +50,14 @@ def command_pretrain_ladder(args: argparse.Namespace) -> int:
         print(f"{result.tokens_seen:>15,}   {result.final_heldout_loss:>13.4f}   {result.final_checkpoint}")
     return 0
 
+
+
+def _token_plan(config) -> str:
+    """The tokenization the run (or the ladder's largest budget) needs."""
+    from overtrain.data.tokenize_parallel import describe_token_plan
+    from overtrain.data.tokens import train_tokens_needed
+    from overtrain.pretrain.ladder import plan_ladder
+
+    configs = [rung.config for rung in plan_ladder(config)] if config.ladder.budgets_tokens else [config]
+    needed = max(train_tokens_needed(c.train.total_steps, c.train.batch_size, c.train.seq_len) for c in configs)
+    return describe_token_plan(config.data, needed)

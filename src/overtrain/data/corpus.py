@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import codecs
 import gzip
+import hashlib
 import io
 import json
 import lzma
@@ -73,6 +74,12 @@ def iter_documents(
             f"the corpus {str(source)!r} has no documents (it is empty or holds only whitespace)",
             "point the corpus at files with text in them, or use 'embedded' for the shipped corpus",
         )
+
+
+def is_heldout_document(text: str, heldout_fraction: float) -> bool:
+    """Stable split: a document is held out when the hash of its text falls in the first fraction."""
+    digest = hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest()
+    return int.from_bytes(digest, "little") / 2**64 < heldout_fraction
 
 
 def _raw_documents(source: str | os.PathLike[str], *, text_field: str, split: str) -> Iterator[str]:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -26,15 +25,12 @@ import numpy as np
 import torch
 
 from overtrain.atomic import atomic_directory
+from overtrain.data.tokenizer import load_auto_tokenizer, tokenizer_hash
 from overtrain.data.tokens import EVAL_SEED
 from overtrain.errors import OvertrainError
 
 EVAL_TEXT_FORMAT_VERSION = 1
 TEXT_BYTES_PER_EVAL_TOKEN = 32
-TOKENIZER_FILES = (
-    "tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json",
-    "vocab.json", "merges.txt", "added_tokens.json",
-)
 ENCODE_BATCH_DOCUMENTS = 64
 
 
@@ -63,17 +59,6 @@ def source_identity(source: str) -> str:
         return source
     files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
     return str(path.resolve()) + "".join(f"|{f.relative_to(path) if path.is_dir() else f.name}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files)
-
-
-def tokenizer_hash(tokenizer_folder: Path) -> str:
-    """sha256 over the tokenizer files present in the folder (names and bytes)."""
-    digest = hashlib.sha256()
-    present = [name for name in TOKENIZER_FILES if (Path(tokenizer_folder) / name).is_file()]
-    if not present:
-        raise OvertrainError(f"{tokenizer_folder} holds no tokenizer files", "save the tokenizer next to the model with tokenizer.save_pretrained(FOLDER)")
-    for name in present:
-        digest.update(name.encode() + b"\0" + (Path(tokenizer_folder) / name).read_bytes())
-    return digest.hexdigest()
 
 
 def eval_text_key(settings: EvalTextSettings, tokenizer_folder: Path) -> str:
@@ -148,17 +133,3 @@ def encode_documents(documents: list[str], tokenizer_folder: Path) -> np.ndarray
             ids += encoded + separator
     dtype = np.uint32 if max(ids, default=0) >= 2**16 else np.uint16
     return np.asarray(ids, dtype=dtype)
-
-
-def load_auto_tokenizer(folder: Path):
-    """``AutoTokenizer.from_pretrained(folder)`` offline, with an OvertrainError when it cannot."""
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from transformers import AutoTokenizer
-
-    try:
-        return AutoTokenizer.from_pretrained(str(folder), local_files_only=True, trust_remote_code=False)
-    except Exception as error:  # OSError, ValueError from transformers
-        raise OvertrainError(
-            f"cannot load the tokenizer of {folder}: {str(error).splitlines()[0] if str(error) else type(error).__name__}",
-            "save the model's tokenizer into its folder with tokenizer.save_pretrained(FOLDER)",
-        ) from None

@@ -6,8 +6,15 @@ documents, and writes ``train.bin`` / ``heldout.bin`` (uint16 or uint32 token id
 ``<|endoftext|>``) with ``meta.json`` and the tokenizer, all under a folder named by a hash of the
 settings. A second call with the same settings reuses the folder.
 
+With a pre-trained ``data.tokenizer`` the corpus is instead streamed and tokenized in parallel into a
+folder of fixed-size shards (:mod:`overtrain.data.tokenize_parallel`, :mod:`overtrain.data.shards`), only as
+far as the run needs (``train_tokens``), and the splits are read through memory-mapped shards.
+
 Batches are a pure function of (seed, step): a killed run that resumes at step s draws exactly the
 batches it would have drawn, and every data-parallel process can cut its share of the same global batch.
+A trained-BPE corpus (small, read many times) gives random windows; sharded data is read in order, each
+token once (``TokenData.in_order``), so a run needs no more tokens than its budget and the runs of a ladder
+read prefixes of one stream.
 """
 
 from __future__ import annotations
@@ -24,8 +31,18 @@ import torch
 
 from overtrain.atomic import atomic_directory, ensure_writable_folder
 from overtrain.data.config import DataConfig
+from overtrain.data.corpus import is_heldout_document
+from overtrain.data.shards import SHARD_FORMAT_VERSION, ShardedTokens, open_split
 from overtrain.data.synthetic import mix_long_tail
-from overtrain.data.tokenizer import end_of_text_id, save_hf_tokenizer, train_bpe_tokenizer
+from overtrain.data.tokenize_parallel import tokenize_into_shards
+from overtrain.data.tokenizer import (
+    end_of_text_id,
+    load_pretrained_tokenizer,
+    save_hf_tokenizer,
+    tokenizer_hash,
+    train_bpe_tokenizer,
+    uses_pretrained_tokenizer,
+)
 from overtrain.errors import OvertrainError
 
 DATA_FORMAT_VERSION = 1
@@ -34,24 +51,21 @@ ENCODE_CHUNK_DOCUMENTS = 256
 
 @dataclass(frozen=True)
 class TokenData:
-    """Tokenized corpus on disk; ``train`` and ``heldout`` are read-only memmaps of token ids."""
+    """Tokenized corpus on disk; ``train`` and ``heldout`` are read-only memmaps of token ids (one file, or
+    the shards of a split seen as one sequence)."""
 
     folder: Path
-    train: np.ndarray
-    heldout: np.ndarray
+    train: np.ndarray | ShardedTokens
+    heldout: np.ndarray | ShardedTokens
     vocab_size: int
     end_of_text_id: int
     meta: dict
+    in_order: bool = False
+    """Training batches read the train split in order, each token once (sharded data), not random windows."""
 
     @property
     def tokenizer_folder(self) -> Path:
         return self.folder / "tokenizer"
-
-
-def is_heldout_document(text: str, heldout_fraction: float) -> bool:
-    """Stable split: a document is held out when the hash of its text falls in the first fraction."""
-    digest = hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest()
-    return int.from_bytes(digest, "little") / 2**64 < heldout_fraction
 
 
 def corpus_identity(config: DataConfig) -> str:
@@ -72,8 +86,15 @@ def data_cache_key(config: DataConfig) -> str:
     return hashlib.sha256(json.dumps(fields, default=str).encode()).hexdigest()[:16]
 
 
-def prepare_token_data(config: DataConfig, log=print) -> TokenData:
-    """Tokenize the corpus once (cached by a hash of ``config``) and open the memmaps."""
+def prepare_token_data(config: DataConfig, log=print, train_tokens: int = 0) -> TokenData:
+    """Tokenize the corpus once (cached by a hash of ``config``) and open the memmaps.
+
+    With a pre-trained ``config.tokenizer``, the shards are made (or extended) until they hold
+    ``train_tokens`` training tokens (see :func:`train_tokens_needed`) and the full held-out split; a caller
+    that only evaluates passes 0. A trained BPE always tokenizes the whole corpus.
+    """
+    if uses_pretrained_tokenizer(config.tokenizer):
+        return _prepare_sharded_data(config, log, train_tokens)
     folder = Path(config.cache_dir) / f"tokens-{data_cache_key(config)}"
     if not (folder / "meta.json").is_file():
         ensure_writable_folder(Path(config.cache_dir), "the token cache folder", "data.cache_dir")
@@ -89,6 +110,41 @@ def prepare_token_data(config: DataConfig, log=print) -> TokenData:
             ) from None
         log(f"tokenized in {time.perf_counter() - started:.1f} s")
     return open_token_data(folder)
+
+
+def train_tokens_needed(steps: int, batch_size: int, seq_len: int) -> int:
+    """Training tokens that ``steps`` in-order steps read: each of their windows, plus the last target."""
+    return steps * batch_size * seq_len + 1
+
+
+def shard_cache_key(config: DataConfig, tokenizer_folder: Path) -> str:
+    """What decides the shards' bytes: the corpus, the tokenizer's files, the split and the shard size (not
+    ``vocab_size``, which only pads the model's embedding, nor the workers or engine)."""
+    fields = [corpus_identity(config), config.text_field, tokenizer_hash(tokenizer_folder), config.heldout_fraction,
+              config.heldout_tokens, config.max_documents, config.tokenize.shard_tokens, SHARD_FORMAT_VERSION]
+    if config.long_tail.fraction > 0:
+        fields.append(dataclasses.asdict(config.long_tail))
+    return hashlib.sha256(json.dumps(fields, default=str).encode()).hexdigest()[:16]
+
+
+def _prepare_sharded_data(config: DataConfig, log, train_tokens: int) -> TokenData:
+    pretrained = load_pretrained_tokenizer(config.tokenizer)
+    folder = Path(config.cache_dir) / f"shards-{shard_cache_key(config, pretrained.folder)}"
+    ensure_writable_folder(Path(config.cache_dir), "the token cache folder", "data.cache_dir")
+    try:
+        index = tokenize_into_shards(config, folder, pretrained, train_tokens, log=log)
+    except OSError as error:
+        raise OvertrainError(
+            f"could not write the token shards {folder} ({error.strerror or error})",
+            "make data.cache_dir writable (or free disk space), or set data.cache_dir to another folder; "
+            "the same command then resumes from the last finished shard",
+        ) from None
+    train, heldout = open_split(folder, index, "train"), open_split(folder, index, "heldout")
+    meta = {**index.meta, "dtype": index.dtype, "tokens": {"train": len(train), "heldout": len(heldout)},
+            "documents": {"train": index.train.documents, "heldout": index.heldout.documents},
+            "bytes_per_token": round(index.train.text_bytes / max(index.train.total, 1), 3)}
+    vocab_size = max(config.vocab_size, pretrained.size)  # a larger data.vocab_size pads the embedding
+    return TokenData(folder, train, heldout, vocab_size, pretrained.end_of_text_id, meta, in_order=True)
 
 
 def open_token_data(folder: Path) -> TokenData:
@@ -182,11 +238,28 @@ def windows(tokens: np.ndarray, offsets: np.ndarray, seq_len: int) -> tuple[torc
     return block[:, :-1], block[:, 1:]
 
 
+def in_order_offsets(num_tokens: int, batch_size: int, seq_len: int, step: int) -> np.ndarray:
+    """Start positions of step ``step``'s windows when the split is read in order: window ``w`` of the run
+    starts at ``w x seq_len`` (windows share their boundary token as input and target), wrapping around only
+    if the split runs out (a corpus smaller than the budget)."""
+    available = (num_tokens - 1) // seq_len
+    if available < 1:
+        raise OvertrainError(
+            f"the training split has {num_tokens:,} tokens, fewer than one sequence of {seq_len + 1}",
+            "use a bigger corpus or a smaller train.seq_len",
+        )
+    window = step * batch_size + np.arange(batch_size, dtype=np.int64)
+    return (window % available) * seq_len
+
+
 def train_batch(
     data: TokenData, batch_size: int, seq_len: int, seed: int, step: int, rows: slice = slice(None)
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The global batch of ``step`` (or the ``rows`` of it that this process or micro-batch owns)."""
-    offsets = batch_offsets(len(data.train), batch_size, seq_len, seed, step)[rows]
+    if data.in_order:
+        offsets = in_order_offsets(len(data.train), batch_size, seq_len, step)[rows]
+    else:
+        offsets = batch_offsets(len(data.train), batch_size, seq_len, seed, step)[rows]
     return windows(data.train, offsets, seq_len)
 
 

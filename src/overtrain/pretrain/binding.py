@@ -35,6 +35,7 @@ EXECUTION_KEYS = (
     "ladder",  # a rung's own settings are in its train section; the ladder only lists the rungs
     "model.preset",  # a name; the fields it expands to are compared
     "data.cache_dir",  # where the token files are kept, not what they hold
+    "data.tokenize",  # workers, engine and shard size of the tokenization: the token stream is the same
     "train.threads",  # CPU threads
     "train.compile",  # torch.compile: the same model, faster steps
     "train.eval_every_tokens",  # how often the held-out loss is logged, not what the weights are

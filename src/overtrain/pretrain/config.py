@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Literal
 
 from overtrain.config import TRANSIENT, apply_overrides, build_dataclass, read_yaml
-from overtrain.data.config import DataConfig
+from overtrain.data.config import DataConfig, tokenizer_problems
 from overtrain.data.synthetic import long_tail_problems
 from overtrain.errors import OvertrainError
 from overtrain.model.config import ModelConfig, parameter_names
@@ -205,7 +205,7 @@ def _check_data(data: DataConfig, problems: Problems) -> None:
                      data.heldout_fraction, "a fraction in (0, 1), e.g. 0.02")
     problems.require(data.max_documents is None or data.max_documents >= 1, "data.max_documents", data.max_documents,
                      "a positive number of documents, or leave it unset for all")
-    for key, value, allowed in long_tail_problems(data.long_tail):
+    for key, value, allowed in long_tail_problems(data.long_tail) + tokenizer_problems(data):
         problems.add(key, value, allowed)
 
 

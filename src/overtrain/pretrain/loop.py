@@ -30,7 +30,7 @@ from overtrain.checkpoints.folder import (
     verify_checkpoint,
 )
 from overtrain.config import config_to_dict, dump_yaml
-from overtrain.data.tokens import TokenData, heldout_windows, prepare_token_data, train_batch
+from overtrain.data.tokens import TokenData, heldout_windows, prepare_token_data, train_batch, train_tokens_needed
 from overtrain.errors import OvertrainError
 from overtrain.model.llama import LlamaLM, build_model, describe_size, estimate_flops_per_token
 from overtrain.model.loss import mean_token_loss
@@ -149,7 +149,8 @@ def train_run(
     binding, note = check_run_binding(out_dir, config_to_dict(config), config.train.extend, _describe(newest))
     if note and context.is_main:
         log(note)
-    data = prepare_token_data(config.data, log=log if context.is_main else _silent)
+    needed = train_tokens_needed(config.train.total_steps, config.train.batch_size, config.train.seq_len)  # sharded data: no more
+    data = prepare_token_data(config.data, log=log if context.is_main else _silent, train_tokens=needed)
     model, init_std = build_model(config.model, data.vocab_size, config.train.seq_len, config.train.seed)
     model.to(device)
     optimizer = build_optimizer(model, config)
