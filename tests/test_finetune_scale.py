@@ -154,3 +154,37 @@ def test_bad_scale_settings_are_explained() -> None:
     with pytest.raises(OvertrainError, match="fsdp cannot run reg_lambda"):
         check_distributed_settings(FinetuneConfig(distributed="fsdp", reg_lambda=0.1), two)
     check_distributed_settings(FinetuneConfig(distributed="fsdp", reg_lambda=0.1, batch_size=7), DistributedContext())  # one process
+
+
+def test_memory_estimate_is_16_bytes_per_parameter_for_adamw_and_shards_under_fsdp() -> None:
+    from overtrain.families.registry import find_family
+    from overtrain.probes.finetune_scale import GIB, PAPER_CONFIGS, RunShape, estimate_finetune, shape_from_hf_config
+
+    one_b = shape_from_hf_config(PAPER_CONFIGS["allenai/OLMo-1B-hf"], "olmo-1b")
+    seven_b = shape_from_hf_config(PAPER_CONFIGS["allenai/OLMo-2-1124-7B"], "olmo2-7b")
+    assert (one_b.parameters, seven_b.parameters) == (find_family("olmo-1b").parameters, find_family("olmo2-7b").parameters)
+    run = RunShape(steps=10, batch_size=8, max_len=100, micro_batch_size=1)
+    single = estimate_finetune(one_b, run, gpus=1)
+    states = single.memory["weights"] + single.memory["gradients"] + single.memory["adamw"]
+    assert states == 16 * one_b.parameters  # fp32 weights + fp32 grads + two AdamW moments
+    assert 17 < states / GIB < 18  # a 1.18B model: ~17.5 GiB before activations
+    sharded = estimate_finetune(seven_b, RunShape(10, 8, 100, 1, distributed="fsdp"), gpus=8)
+    assert sharded.memory["adamw"] == 8 * seven_b.parameters / 8 and sharded.mode == "fsdp"
+    assert not estimate_finetune(seven_b, run, gpus=1).fits and sharded.fits
+    # time: 6 x params x tokens at the stated MFU (no evaluation tokens here); checkpointing repeats the forward
+    assert single.seconds == pytest.approx(6 * one_b.parameters * 10 * 8 * 100 / (989e12 * 0.35))
+    checkpointed = estimate_finetune(one_b, RunShape(10, 8, 100, 1, gradient_checkpointing=True), gpus=1)
+    assert checkpointed.seconds == pytest.approx(single.seconds * 8 / 6)
+    assert checkpointed.memory["activations"] < single.memory["activations"] / 3
+
+
+def test_dry_run_prints_the_gpu_estimate_offline(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from overtrain.cli import main as cli_main
+
+    reference = "hf:allenai/OLMo-1B-hf@step20000-tokens84B"
+    code = cli_main(["finetune", reference, "task=kjv-to-web", "steps=100", "batch_size=64", "max_len=512", "micro_batch_size=8",
+                     f"eval_data={tmp_path}", "--out", str(tmp_path / "out"), "--dry-run"])
+    printed = capsys.readouterr().out
+    assert code == 0 and "GPU estimate" in printed and "1.18B parameters" in printed
+    assert "1 x H100 SXM 80GB (one GPU)" in printed and "8 x H100 SXM 80GB (ddp)" in printed
+    assert not (tmp_path / "out").exists()

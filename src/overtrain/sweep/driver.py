@@ -226,6 +226,9 @@ def run_sweep_file(path: str | None, overrides: list[str], dry_run: bool) -> int
         from overtrain.sweep.estimate import estimate_sweep_seconds, format_estimate
 
         print(format_estimate(estimate_sweep_seconds(config, jobs)))
+        from overtrain.sweep.estimate import gpu_finetune_lines
+
+        print("\n".join(gpu_finetune_lines(jobs)))
         return 0
     with ResultStore(config.store_path) as store:  # creates its folder, or says why it cannot
         try:

@@ -94,3 +94,51 @@ def format_estimate(seconds: dict[str, float]) -> str:
     rate = seconds.pop("train_tokens_per_second")
     parts = ", ".join(f"{kind} {format_seconds(value)}" for kind, value in seconds.items())
     return f"estimate on this machine ({rate:,.0f} training tokens/s per worker): {parts}; total {format_seconds(sum(seconds.values()))}"
+
+
+GPU_COUNTS = (1, 8)
+"""GPUs per fine-tuning run the dry run estimates (one GPU, one 8-GPU node); torchrun's WORLD_SIZE when set."""
+
+
+def gpu_finetune_lines(jobs: list[Job], gpu: str = "h100") -> list[str]:
+    """The dry run's GPU estimate of the fine-tuning jobs: per model shape and run settings, memory per GPU
+    and hours per run on 1 and 8 GPUs (arithmetic from the shape, :mod:`overtrain.probes.finetune_scale`)."""
+    import os
+
+    from overtrain.probes.finetune_scale import RunShape, estimate_finetune, shape_of_reference
+
+    groups: dict[tuple, list[Job]] = {}
+    unknown: list[str] = []
+    for job in jobs:
+        if job.kind != "finetune":
+            continue
+        shape = _cached_shape(str(job.spec["checkpoint"]), shape_of_reference)
+        if shape is None:
+            unknown.append(str(job.spec["checkpoint"]))
+            continue
+        groups.setdefault((shape, RunShape.of_spec(job.spec["finetune"], int(job.spec["eval_tokens"]))), []).append(job)
+    world = int(os.environ.get("WORLD_SIZE", "0"))
+    counts = (world,) if world > 1 else GPU_COUNTS
+    lines = []
+    for (shape, run), members in groups.items():
+        lines.append(f"GPU estimate (arithmetic, not measured; docs/scale.md): {shape.name}, {shape.parameters / 1e9:.2f}B parameters, "
+                     f"{len(members)} fine-tuning runs of {run.steps} steps x {run.batch_size} rows x <= {run.max_len} tokens"
+                     f" (micro-batch {run.micro_batch_size or 'all'}, gradient checkpointing {'on' if run.gradient_checkpointing else 'off'}):")
+        for count in counts:
+            estimate = estimate_finetune(shape, run, count, gpu)
+            lines.append(f"  {estimate.line()}; all {len(members)} runs ~{estimate.seconds * len(members) / 3600:.1f} h")
+    if unknown:
+        lines.append(f"GPU estimate: no model shape known offline for {len(set(unknown))} checkpoint(s), e.g. {unknown[0]} "
+                     "(a local folder with config.json or overtrain.json, or a repository in finetune_scale.PAPER_CONFIGS)")
+    return lines
+
+
+_SHAPES: dict[str, object] = {}
+
+
+def _cached_shape(reference: str, find):
+    """One shape per repository (every revision of a Hub family shares it) or per folder."""
+    key = reference.split("@", 1)[0] if reference.startswith("hf:") else reference
+    if key not in _SHAPES:
+        _SHAPES[key] = find(reference)
+    return _SHAPES[key]
