@@ -45,6 +45,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "report": ("overtrain.cli.sweep:command_report", "figures, HTML and markdown from a results store"),
     "tasks": ("overtrain.cli.sweep:command_tasks", "list the fine-tuning tasks"),
     "alpaca-export": ("overtrain.cli.instruct:command_alpaca_export", "answer the 805 AlpacaEval instructions and write alpaca_eval's model_outputs JSON"),
+    "bench": ("overtrain.cli.bench:command_bench", "benchmark suite (lm-evaluation-harness): accuracy and gold log-likelihood per byte, per checkpoint"),
     "family": ("overtrain.cli.family:command_family", "list a checkpoint family's revisions with step, tokens and commit, and flag duplicate weights"),
     "theory": ("overtrain.cli.theory:command_theory", "simulate the two-layer linear model of catastrophic overtraining"),
 }
@@ -135,7 +136,7 @@ def sweep_help() -> str:
     from overtrain.cli.help import keys_help
     from overtrain.sweep.config import SweepConfig
 
-    return SWEEP_HELP + "\n\nkeys (section.key=value):\n" + keys_help(SweepConfig, expand=("noise", "finetune", "sharpness", "executor"))
+    return SWEEP_HELP + "\n\nkeys (section.key=value):\n" + keys_help(SweepConfig, expand=("noise", "finetune", "sharpness", "benchmarks", "family", "executor"))
 
 
 def _add_probe_parsers(verbs) -> None:
@@ -167,6 +168,12 @@ def _add_probe_parsers(verbs) -> None:
                               formatter_class=argparse.RawDescriptionHelpFormatter)
     add_family_arguments(family)
     family.set_defaults(function=_run_verb)
+    from overtrain.cli.bench import add_bench_arguments, bench_help
+
+    bench = verbs.add_parser("bench", help=COMMANDS["bench"][1], add_help=False, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_lazy_help(bench, lambda: COMMANDS["bench"][1] + ".\n\n" + bench_help())
+    add_bench_arguments(bench)
+    bench.set_defaults(function=_run_verb)
     from overtrain.cli.instruct import add_alpaca_export_parser
 
     add_alpaca_export_parser(verbs, _run_verb)

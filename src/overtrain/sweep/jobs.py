@@ -88,7 +88,7 @@ def run_noise_job(spec: Mapping[str, Any]) -> JobOutput:
     target = load_target_of(spec)
     records = run_noise_probe(target, list(spec["gammas"]), list(spec["seeds"]), mode=spec["mode"])
     metrics = {
-        "tokens_seen": target.tokens_seen,
+        "tokens_seen": tokens_seen_of(target, spec),
         "base_loss": records[0].base_loss if records else target.pretraining_loss().loss,
         "draws": [{"gamma": r.gamma, "seed": r.seed, "perturbed_loss": r.perturbed_loss, "delta": r.delta} for r in records],
         "factors": dict(spec.get("factors", {})),
@@ -101,12 +101,34 @@ def run_finetune_job(spec: Mapping[str, Any]) -> JobOutput:
 
     target = load_target_of(spec)
     record = run_finetune_probe(target, finetune_config_of(dict(spec)))
-    return JobOutput({**record.as_dict(), "factors": dict(spec.get("factors", {}))}, {}, target_provenance(target, spec["checkpoint"]))
+    metrics = {**record.as_dict(), "tokens_seen": tokens_seen_of(target, spec), "factors": dict(spec.get("factors", {}))}
+    return JobOutput(metrics, {}, target_provenance(target, spec["checkpoint"]))
+
+
+def tokens_seen_of(target: Any, spec: Mapping[str, Any]) -> int | None:
+    """The model's pre-training tokens: its own record, else what a family listing put in the spec."""
+    return target.tokens_seen if target.tokens_seen is not None else spec.get("tokens_seen")
 
 
 def finetune_config_of(spec: dict[str, Any]) -> FinetuneConfig:
     """The run's settings from a job spec (fields a spec leaves out take FinetuneConfig's defaults)."""
     return build_dataclass(FinetuneConfig, dict(spec["finetune"]), "finetune.")
+
+
+def run_benchmark_job(spec: Mapping[str, Any]) -> JobOutput:
+    """The benchmark suite on one checkpoint as it is: accuracy and the continuous read-outs per benchmark."""
+    from overtrain.probes.benchmarks import benchmark_average, load_benchmark_model, score_benchmarks
+
+    loaded = load_benchmark_model(str(spec["checkpoint"]))
+    scores = score_benchmarks(loaded.model, loaded.tokenizer, list(spec["tasks"]), limit=spec.get("limit"),
+                              batch_size=int(spec.get("batch_size", 8)), num_fewshot=int(spec.get("num_fewshot", 0)))
+    metrics = {
+        "tokens_seen": loaded.tokens_seen if loaded.tokens_seen is not None else spec.get("tokens_seen"),
+        "benchmarks": scores,
+        "average": benchmark_average(scores),
+        "factors": dict(spec.get("factors", {})),
+    }
+    return JobOutput(metrics, {}, loaded.provenance)
 
 
 def run_sharpness_job(spec: Mapping[str, Any]) -> JobOutput:

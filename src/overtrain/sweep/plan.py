@@ -28,16 +28,46 @@ class PlannedCheckpoint:
     """Key of the pretrain job that writes it (None: it exists already)."""
     factors: dict[str, Any] = field(default_factory=dict)
     """The pre-training factor values it was trained with (``pretrain_axes``), e.g. ``{"train.seed": 1}``."""
+    listed_tokens: int | None = None
+    """Tokens a family listing gives for a model whose own files do not record them (kept in its jobs' specs)."""
 
 
 def plan_jobs(config: SweepConfig) -> list[Job]:
     """Expand the sweep into jobs, pre-training first; probes depend on the checkpoint they read."""
     jobs, checkpoints = _pretrain_jobs(config)
-    checkpoints += expand_references(config.checkpoints)
+    checkpoints += expand_references(config.checkpoints) + family_checkpoints(config)
     for checkpoint in checkpoints:
         jobs += _noise_jobs(config, checkpoint) + _finetune_jobs(config, checkpoint) + _sharpness_jobs(config, checkpoint)
-        jobs += _multimodal_jobs(config, checkpoint)
+        jobs += _multimodal_jobs(config, checkpoint) + _benchmark_jobs(config, checkpoint)
     return vision_feature_jobs(config) + jobs
+
+
+def family_checkpoints(config: SweepConfig) -> list[PlannedCheckpoint]:
+    """The revisions the ``family:`` section selects (duplicates skipped unless asked), in training order.
+
+    A revision overtrain did not train (a Hub branch, a foreign folder) carries its listed token count in
+    ``tokens_seen``, which its jobs' specs keep (a model's own files do not say how long it was trained)."""
+    if config.family is None:
+        return []
+    from overtrain.checkpoints.folder import METADATA_FILE
+    from overtrain.families.plan import plan_family
+
+    family = config.family
+    plan = plan_family(family.source, family.select, family.include_duplicates)
+    return [PlannedCheckpoint(revision.reference, revision.tokens, None,
+                              listed_tokens=None if revision.path is not None and (revision.path / METADATA_FILE).is_file() else revision.tokens)
+            for revision in plan.chosen]
+
+
+def _benchmark_jobs(config: SweepConfig, checkpoint: PlannedCheckpoint) -> list[Job]:
+    """One job per checkpoint: the ``benchmarks:`` section's tasks scored on the checkpoint as it is."""
+    section = config.benchmarks
+    if section is None:
+        return []
+    spec = {"checkpoint": checkpoint.path, "tasks": list(section.tasks), "limit": section.limit, "num_fewshot": section.num_fewshot,
+            "batch_size": section.batch_size, **_factors_of(checkpoint)}
+    depends = (checkpoint.made_by,) if checkpoint.made_by else ()
+    return [Job("benchmarks", spec, depends_on=depends, label=f"benchmarks ({len(section.tasks)}) @ {_where(checkpoint)}")]
 
 
 def _pretrain_jobs(config: SweepConfig) -> tuple[list[Job], list[PlannedCheckpoint]]:
@@ -146,7 +176,8 @@ def _sharpness_jobs(config: SweepConfig, checkpoint: PlannedCheckpoint) -> list[
 
 def _factors_of(checkpoint: PlannedCheckpoint) -> dict[str, Any]:
     """The spec entry that carries the pre-training factors into the probe's row (none without axes)."""
-    return {"factors": checkpoint.factors} if checkpoint.factors else {}
+    listed = {"tokens_seen": checkpoint.listed_tokens} if checkpoint.listed_tokens is not None else {}
+    return ({"factors": checkpoint.factors} if checkpoint.factors else {}) | listed
 
 
 def _where(checkpoint: PlannedCheckpoint) -> str:
@@ -178,7 +209,7 @@ def remedy_label(finetune: FinetuneConfig) -> str:
 
 
 OMITTED_AT_DEFAULT = ("grad_clip", "eval_batch_size", "replay_fraction", "linear_probe_steps", "wise_alphas",
-                      "precision", "gradient_checkpointing", "device", "distributed", "micro_batch_size")
+                      "precision", "gradient_checkpointing", "device", "distributed", "micro_batch_size", "benchmarks", "benchmark_limit")
 """FinetuneConfig fields a sweep did not expose before: left out of the job spec at their defaults, so the
 job keys of existing stores stay what they were (a changed value is in the spec, hence in the key)."""
 OMITTED_AT_DEFAULT += ("pack",)  # instruction tuning's packing (docs/instruction_tuning.md)

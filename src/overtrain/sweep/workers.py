@@ -25,6 +25,7 @@ _JOB_FUNCTIONS: dict[str, str] = {
     "sharpness": "overtrain.sweep.jobs:run_sharpness_job",
     "vision-features": "overtrain.sweep.jobs:run_vision_features_job",
     "multimodal": "overtrain.sweep.jobs:run_multimodal_job",
+    "benchmarks": "overtrain.sweep.jobs:run_benchmark_job",
 }
 """Job kind -> ``"package.module:function"``; the built-in kinds, and any a caller registers."""
 

@@ -1,0 +1,108 @@
+"""The report's benchmark section, in the paper's form (its Figure 1 for one model family).
+
+- ``benchmarks.png``: the benchmark average (accuracy, and the gold answer's log-likelihood per byte)
+  against pre-training tokens, base vs tuned at the tuned LR, with the tuned curve's inflection and its
+  interval (what was resampled and how many units are in the headline);
+- ``benchmarks_each.png``: every benchmark's gold log-likelihood per byte, base vs tuned;
+- tables: per budget (base, tuned, drop, tuned LR), and how well the noise probe on the same checkpoints
+  predicts the tuned model's drop (Spearman across budgets).
+
+With one budget (a single model such as SmolLM2-135M) there is no curve: the section is a table of
+scores, base and tuned, per benchmark.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+
+from overtrain.results.benchmarks import (
+    READOUT_LABELS,
+    StageCurve,
+    curve_inflection,
+    noise_predicts_drop,
+    per_budget_table,
+    stage_curve,
+)
+from overtrain.results.plots import Curve, InflectionMark, Panel, plot_panels
+
+Report = Any
+"""``overtrain.results.report.Report`` (figures, headlines, tables, folder), not imported: report.py imports this module."""
+
+TOKENS_LABEL = "pre-training tokens"
+STAGE_STYLE = {"base": {"color": "black", "line_style": "--", "marker": "s"}, "tuned": {"marker": "o"}}
+
+
+def benchmark_section(base: pd.DataFrame, tuned: pd.DataFrame, noise: pd.DataFrame, report: Report) -> None:
+    """Add the benchmark figures, tables and headlines to ``report`` (nothing when neither stage has rows)."""
+    if base.empty and tuned.empty:
+        return
+    budgets = per_budget_table(base, tuned)
+    report.tables["Benchmarks: average over benchmarks per budget (base, tuned at the tuned LR)"] = budgets
+    report.tables["Benchmarks: each benchmark (mean over fine-tuning seeds)"] = _each_benchmark_table(base, tuned)
+    if budgets["tokens"].nunique() < 2:
+        return
+    panels = [_average_panel(base, tuned, readout, report) for readout in ("acc", "gold_logprob_per_byte")]
+    report.figures += plot_panels([panel for panel in panels if panel is not None], title="Benchmarks: base vs tuned",
+                                  out_stem=report.folder / "benchmarks")
+    each = [_benchmark_panel(base, tuned, name) for name in sorted(set(base.get("benchmark", [])) | set(tuned.get("benchmark", [])))]
+    report.figures += plot_panels([panel for panel in each if panel is not None], title="Each benchmark: gold log-likelihood per byte",
+                                  out_stem=report.folder / "benchmarks_each", columns=4)
+    predicts = noise_predicts_drop(noise, budgets)
+    if not predicts.empty:
+        report.tables["Does the noise probe predict the tuned model's benchmark drop? (Spearman across budgets)"] = predicts
+
+
+def _stage_curve_or_none(frame: pd.DataFrame, readout: str) -> StageCurve | None:
+    return None if frame.empty else stage_curve(frame, readout)
+
+
+def _average_panel(base: pd.DataFrame, tuned: pd.DataFrame, readout: str, report: Report) -> Panel | None:
+    curves, marks = [], {}
+    for stage, frame in (("base", base), ("tuned", tuned)):
+        curve = _stage_curve_or_none(frame, readout)
+        if curve is None:
+            continue
+        label = "base" if stage == "base" else "tuned (tuned LR)"
+        curves.append(Curve(label, curve.tokens, curve.mean, **STAGE_STYLE[stage]))
+        inflection = curve_inflection(curve, readout)
+        what = "1 - accuracy" if readout == "acc" else "minus the gold log-likelihood per byte"
+        report.headlines.append(f"benchmark average {READOUT_LABELS[readout]}, {label}: {curve.mean[0]:.4f} at the first budget, "
+                                f"{curve.mean[-1]:.4f} at the last; inflection of {what}: {inflection.describe()}"
+                                + ("" if inflection.interior else f" ({inflection.units} {inflection.resampled})"))
+        if stage == "tuned" and inflection.u_shaped:
+            marks[label] = InflectionMark(inflection.at, inflection.low, inflection.high)
+    if not curves:
+        return None
+    return Panel(curves, TOKENS_LABEL, f"benchmark average: {READOUT_LABELS[readout]}", f"Average of {_count(base, tuned)} benchmarks",
+                 inflections=marks, x_in_tokens=True)
+
+
+def _count(base: pd.DataFrame, tuned: pd.DataFrame) -> int:
+    return len(set(base.get("benchmark", [])) | set(tuned.get("benchmark", [])))
+
+
+def _benchmark_panel(base: pd.DataFrame, tuned: pd.DataFrame, name: str) -> Panel | None:
+    curves = []
+    for stage, frame in (("base", base), ("tuned", tuned)):
+        rows = frame[frame["benchmark"] == name] if not frame.empty else frame
+        if rows.empty or rows["gold_logprob_per_byte"].isna().all():
+            continue
+        means = rows.groupby("tokens_seen")["gold_logprob_per_byte"].mean().sort_index()
+        curves.append(Curve(stage, [int(t) for t in means.index], list(means.values), **STAGE_STYLE[stage]))
+    if not curves:
+        return None
+    return Panel(curves, TOKENS_LABEL, "gold log-lik. per byte", name, x_in_tokens=True)
+
+
+def _each_benchmark_table(base: pd.DataFrame, tuned: pd.DataFrame) -> pd.DataFrame:
+    """Per budget and benchmark: documents, base and tuned accuracy and gold log-likelihood per byte."""
+    parts = []
+    for stage, frame in (("base", base), ("tuned", tuned)):
+        if frame.empty:
+            continue
+        means = frame.groupby(["tokens_seen", "benchmark"]).agg(documents=("documents", "max"), acc=("acc", "mean"),
+                                                                gold_logprob_per_byte=("gold_logprob_per_byte", "mean"))
+        parts.append(means.rename(columns={"acc": f"{stage} acc", "gold_logprob_per_byte": f"{stage} gold lp/byte", "documents": f"{stage} documents"}))
+    return pd.concat(parts, axis=1).sort_index().reset_index().rename(columns={"tokens_seen": "tokens"})
