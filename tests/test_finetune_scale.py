@@ -188,3 +188,13 @@ def test_dry_run_prints_the_gpu_estimate_offline(tmp_path: Path, capsys: pytest.
     assert code == 0 and "GPU estimate" in printed and "1.18B parameters" in printed
     assert "1 x H100 SXM 80GB (one GPU)" in printed and "8 x H100 SXM 80GB (ddp)" in printed
     assert not (tmp_path / "out").exists()
+
+
+def test_ray_jobs_reserve_the_gpus_the_sweep_asks_for() -> None:
+    from overtrain.sweep.config import ExecutorConfig, load_sweep_config
+    from overtrain.sweep.driver import build_executor
+
+    assert build_executor(ExecutorConfig(kind="ray", gpus_per_worker=1)).num_gpus_per_job == 1
+    assert build_executor(ExecutorConfig(kind="ray")).num_gpus_per_job == 0
+    with pytest.raises(OvertrainError, match="gpus_per_worker"):
+        load_sweep_config(None, ["checkpoints=[hf:allenai/OLMo-1B-hf@main]", "noise={}", "executor.gpus_per_worker=-1"])

@@ -245,6 +245,9 @@ class ExecutorConfig:
     gpus_per_worker: float = 0.0
     """GPUs each Ray job reserves (kind=ray): Ray gives each job its own GPU(s) through CUDA_VISIBLE_DEVICES,
     so a fine-tuning job with device=auto uses its GPU; 0 (default): CPU jobs."""
+    gpus_per_worker: float = 0.0
+    """GPUs each Ray job reserves (kind=ray): Ray gives each job its own GPU(s) through CUDA_VISIBLE_DEVICES,
+    so a fine-tuning job with device=auto uses its GPU; 0 (default): CPU jobs."""
 
 
 @dataclass
@@ -385,6 +388,8 @@ def validate_sweep_config(config: SweepConfig) -> None:
     executor = config.executor
     problems.require(executor.workers >= 1, "executor.workers", executor.workers, "a whole number >= 1")
     problems.require(executor.threads_per_worker >= 1, "executor.threads_per_worker", executor.threads_per_worker, "a whole number >= 1")
+    problems.require(isinstance(executor.gpus_per_worker, (int, float)) and executor.gpus_per_worker >= 0, "executor.gpus_per_worker",
+                     executor.gpus_per_worker, "a number of GPUs >= 0 (e.g. 1; fractions share a GPU)")
     problems.require(isinstance(executor.gpus_per_worker, (int, float)) and executor.gpus_per_worker >= 0, "executor.gpus_per_worker",
                      executor.gpus_per_worker, "a number of GPUs >= 0 (e.g. 1; fractions share a GPU)")
     problems.raise_if_any()

@@ -203,7 +203,7 @@ def build_executor(config):
     if config.kind == "processes":
         return LocalProcessExecutor(workers=config.workers, threads_per_worker=config.threads_per_worker)
     if config.kind == "ray":
-        return RayExecutor(address=config.ray_address, num_cpus_per_job=config.threads_per_worker)
+        return RayExecutor(address=config.ray_address, num_cpus_per_job=config.threads_per_worker, num_gpus_per_job=config.gpus_per_worker)
     return InProcessExecutor()
 
 

@@ -197,16 +197,18 @@ def _exit_when_parent_dies() -> None:
 
 
 class RayExecutor(Executor):
-    """Runs jobs as Ray tasks of ``num_cpus_per_job`` CPUs each, on a cluster or a local Ray instance.
+    """Runs jobs as Ray tasks of ``num_cpus_per_job`` CPUs (and ``num_gpus_per_job`` GPUs) each, on a cluster
+    or a local Ray instance. Ray points each GPU task at its own GPU(s) (CUDA_VISIBLE_DEVICES).
 
     ``address=None`` connects to ``RAY_ADDRESS`` or starts a local Ray; if Ray is already initialised
     in this process it is used as is. Every worker must be able to import overtrain and the job
     functions, and must see the checkpoint paths in the specs (shared file system).
     """
 
-    def __init__(self, address: str | None = None, num_cpus_per_job: int = 1) -> None:
+    def __init__(self, address: str | None = None, num_cpus_per_job: int = 1, num_gpus_per_job: float = 0) -> None:
         self.address = address
         self.num_cpus_per_job = num_cpus_per_job
+        self.num_gpus_per_job = num_gpus_per_job
         self.capacity = sys.maxsize  # Ray queues tasks itself; the driver only holds back dependents
         self._remote: Any = None
         self._pending: dict[Any, Job] = {}
@@ -215,7 +217,7 @@ class RayExecutor(Executor):
         ray = _import_ray()
         if not ray.is_initialized():
             ray.init(address=self.address, include_dashboard=False)
-        remote = ray.remote(num_cpus=self.num_cpus_per_job, max_retries=0)
+        remote = ray.remote(num_cpus=self.num_cpus_per_job, num_gpus=self.num_gpus_per_job, max_retries=0)
         self._remote = remote(execute_job)
 
     def _submit(self, job: Job, import_path: str) -> None:
