@@ -16,7 +16,7 @@ from overtrain.data.tokenizer import load_tokenizer
 from overtrain.data.tokens import data_cache_key, prepare_token_data
 from overtrain.errors import OvertrainError
 from overtrain.pretrain.config import PretrainConfig, validate_pretrain_config
-from overtrain.results.study import crossing_estimate, doubling_slopes, study_settings, unit_interval
+from overtrain.results.study import crossing_estimate, doubling_slopes, sharpness_tables, study_settings, unit_interval
 from overtrain.sweep.config import load_sweep_config, pretrain_variants, sweep_config_from_tree
 from overtrain.sweep.plan import plan_jobs
 
@@ -136,3 +136,16 @@ def test_a_combination_named_by_two_entries_is_one_ladder() -> None:
     tree["pretrain_axes"] = [{"train": {"weight_decay": [0.1]}}, {"train": {"wieght_decay": [1.0]}}]
     with pytest.raises(OvertrainError, match="wieght_decay"):
         pretrain_variants(sweep_config_from_tree(tree))
+
+
+def test_sharpness_is_read_against_forgetting_within_each_setting() -> None:
+    tokens = [250_000, 500_000, 1_000_000, 2_000_000]
+    finetune, sharpness = [], []
+    for wd, sign in ((0.1, 1.0), (3.0, -1.0)):  # sharpness rises with forgetting at wd 0.1, falls at wd 3
+        for k, t in enumerate(tokens):
+            finetune.append({"tokens_seen": t, "task": "t", "lr": 1e-2, "steps": 60, "reg_lambda": 0.0, "seed": 0,
+                             "pretrain.train.weight_decay": wd, "forgetting": 0.1 * k})
+            sharpness.append({"tokens_seen": t, "measure": "hessian_top", "value": 10 + sign * k, "pretrain.train.weight_decay": wd})
+    tables = sharpness_tables(pd.DataFrame(sharpness), pd.DataFrame(finetune))
+    rho = tables["Does sharpness predict forgetting? Spearman across budgets within each setting"]
+    assert dict(zip(rho["setting"], rho["Spearman(sharpness, forgetting)"])) == {"wd=0.1": "+1.00", "wd=3": "-1.00"}

@@ -236,16 +236,49 @@ def verdict_table(results: list[SettingResult]) -> pd.DataFrame:
 
 
 def sharpness_tables(sharpness: pd.DataFrame, finetune: pd.DataFrame) -> dict[str, pd.DataFrame]:
-    """Sharpness per setting and measure against tokens (means over units), and Spearman(sharpness, forgetting)
-    across budgets within each setting (:func:`analysis.sharpness_predicts_forgetting`)."""
+    """Per setting and sharpness measure: the curve against tokens (means over the setting's units), and the
+    Spearman correlation across budgets between it and the forgetting of each fine-tuning run (the question
+    of :func:`analysis.sharpness_predicts_forgetting`, asked within each setting)."""
     if sharpness.empty:
         return {}
-    curves = pd.DataFrame([{"setting x measure": s.name, **{format_tokens(t): f"{v:.4g}" for t, v in zip(s.tokens, s.mean)}}
-                           for s in analysis.sharpness_summary(sharpness)])
-    tables = {"Sharpness per setting (mean over units)": curves}
-    if not finetune.empty:
-        tables["Does sharpness predict forgetting? (Spearman across budgets, per setting)"] = analysis.sharpness_predicts_forgetting(sharpness, finetune)
-    return tables
+    factors = [name for name in analysis.factor_names(sharpness)]
+    names = setting_names(sharpness, factors)
+    plain = finetune[finetune["reg_lambda"] == 0] if not finetune.empty else finetune
+    curves, correlations = [], []
+    for keys, rows in sharpness.groupby([*factors, "measure"], sort=True):
+        keys = keys if isinstance(keys, tuple) else (keys,)
+        combo, measure = tuple(keys[:-1]), keys[-1]
+        curve = rows.groupby("tokens_seen")["value"].mean().sort_index()
+        curves.append({"setting": names[combo], "measure": measure, **{format_tokens(t): f"{v:.4g}" for t, v in curve.items()},
+                       "Spearman(sharpness, tokens)": f"{analysis.spearman(curve.index.to_numpy(), curve.to_numpy()):+.2f}"})
+        if plain.empty:
+            continue
+        same_setting = np.logical_and.reduce([plain[f] == v for f, v in zip(factors, combo)]) if factors else np.ones(len(plain), bool)
+        for (task, lr, steps), runs in plain[same_setting].groupby(FINETUNE_RUN_KEYS):
+            forgetting = runs.groupby("tokens_seen")["forgetting"].mean()
+            joined = pd.concat([curve, forgetting], axis=1, join="inner").dropna()
+            if len(joined) >= 3:
+                correlations.append({"setting": names[combo], "measure": measure, "fine-tuning": f"{task} lr={lr:g} steps={steps}",
+                                     "budgets": len(joined), "Spearman(sharpness, forgetting)":
+                                     f"{analysis.spearman(joined.iloc[:, 0].to_numpy(), joined.iloc[:, 1].to_numpy()):+.2f}"})
+    return {"Sharpness per setting against tokens (mean over units)": pd.DataFrame(curves),
+            "Does sharpness predict forgetting? Spearman across budgets within each setting": pd.DataFrame(correlations)}
+
+
+def weight_norm_table(pretrain: pd.DataFrame) -> pd.DataFrame:
+    """Norm of the decayed weight matrices after pre-training, per setting (mean over its seeds) and budget:
+    the paper's suspicion is that the U starts where this norm stops growing."""
+    if pretrain.empty or "weight_norm" not in pretrain:
+        return pd.DataFrame()
+    factors = analysis.factor_names(pretrain)
+    names = setting_names(pretrain, factors)
+    rows = []
+    for combo, group in (pretrain.groupby(factors, sort=True) if factors else [((), pretrain)]):
+        combo = combo if isinstance(combo, tuple) else (combo,)
+        means = group.groupby("tokens_seen")["weight_norm"].mean().sort_index()
+        rows.append({"setting": names[combo], "seeds": group["pretrain_seed"].nunique() if "pretrain_seed" in group else 1,
+                     **{format_tokens(t): f"{v:.2f}" for t, v in means.items()}})
+    return pd.DataFrame(rows)
 
 
 def study_tables(finetune: pd.DataFrame, sharpness: pd.DataFrame | None = None) -> dict[str, pd.DataFrame]:
@@ -284,11 +317,16 @@ def write_study_figures(results: list[SettingResult], sharpness: pd.DataFrame, o
     written += plot_panels(panels, title="Per doubling of tokens: the U turns up where the red line passes the black",
                            out_stem=out_dir / "slopes", columns=4)
     if not sharpness.empty:
+        factors = analysis.factor_names(sharpness)
+        names = setting_names(sharpness, factors)
         sharp_panels = []
-        for kind, rows in sharpness.groupby("kind"):
-            summaries = analysis.sharpness_summary(rows)
-            sharp_panels.append(Panel([Curve(s.name, s.tokens, s.mean, marker="o") for s in summaries], "pre-training tokens",
-                                      kind, f"{kind} per setting", x_in_tokens=True))
+        for measure, rows in sharpness.groupby("measure", sort=True):
+            lines = []
+            for combo, group in (rows.groupby(factors, sort=True) if factors else [((), rows)]):
+                combo = combo if isinstance(combo, tuple) else (combo,)
+                curve = group.groupby("tokens_seen")["value"].mean().sort_index()
+                lines.append(Curve(names[combo], list(curve.index), list(curve.values), marker="o"))
+            sharp_panels.append(Panel(lines, "pre-training tokens", str(measure), f"{measure} (mean over units)", x_in_tokens=True))
         written += plot_panels(sharp_panels, title="Sharpness of the pre-training loss", out_stem=out_dir / "sharpness")
     return written
 
@@ -307,9 +345,11 @@ def study_markdown(store_path: Path, figures: Path | None = None) -> str:
     if not Path(store_path).is_file():
         raise OvertrainError(f"no results store at {store_path}", "run `overtrain sweep configs/study/finetune_u.yaml` first, or pass its out_dir")
     with ResultStore(store_path) as store:
-        finetune, sharpness = analysis.finetune_frame(store), analysis.sharpness_frame(store)
+        finetune, sharpness, pretrain = analysis.finetune_frame(store), analysis.sharpness_frame(store), analysis.pretrain_frame(store)
     results = study_settings(finetune)
-    tables = {**study_tables(finetune, sharpness), **sharpness_tables(sharpness, finetune)}
+    tables = {**study_tables(finetune, sharpness), **sharpness_tables(sharpness, finetune),
+              "Norm of the weight matrices after pre-training (mean over seeds)": weight_norm_table(pretrain)}
+    tables = {title: frame for title, frame in tables.items() if not frame.empty}
     if figures is not None and results:
         write_study_figures(results, sharpness, figures)
     return "\n\n".join(f"### {title}\n\n{_markdown(frame)}" for title, frame in tables.items())
