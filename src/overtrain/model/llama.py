@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from overtrain.model.config import ModelConfig
+from overtrain.model.cpu_attention import causal_attention, kernel_applies, kernel_available
 
 
 class RMSNorm(nn.Module):
@@ -57,6 +58,8 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(config.d_model, self.n_kv_heads * self.head_dim, bias=False)
         self.v_proj = nn.Linear(config.d_model, self.n_kv_heads * self.head_dim, bias=False)
         self.o_proj = nn.Linear(self.n_heads * self.head_dim, config.d_model, bias=False)
+        self.cpu_kernel = False
+        """Use overtrain's CPU attention kernel where it applies (see :func:`LlamaLM.use_cpu_attention_kernel`)."""
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         batch, seq_len, _ = x.shape  # (B, T, C)
@@ -64,7 +67,10 @@ class Attention(nn.Module):
         k = self.k_proj(x).view(batch, seq_len, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, K, T, D)
         v = self.v_proj(x).view(batch, seq_len, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, K, T, D)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-        out = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=self.n_kv_heads != self.n_heads)
+        if self.cpu_kernel and kernel_applies(q, k, v):
+            out = causal_attention(q, k, v, self.head_dim**-0.5)[0]  # stored (B, T, H, D): the reshape below is free
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=self.n_kv_heads != self.n_heads)
         return self.o_proj(out.transpose(1, 2).reshape(batch, seq_len, -1))  # (B, T, C)
 
 
@@ -139,6 +145,16 @@ class LlamaLM(nn.Module):
         """Mean next-token cross-entropy (nats) over targets != ignore_index; logits are upcast to fp32."""
         logits = self(input_ids)
         return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=ignore_index)
+
+    def use_cpu_attention_kernel(self, enabled: bool = True) -> LlamaLM:
+        """Compute attention with :mod:`overtrain.model.cpu_attention` where it applies (fp32 on the CPU, one
+        thread, head dim 16-64, no grouped keys), else with ``F.scaled_dot_product_attention``. The two agree to
+        float rounding, not bitwise; off by default, the training loop turns it on for compiled runs. The kernel
+        is built here (a few seconds, once per machine); where it cannot be, this leaves it off."""
+        enabled = enabled and kernel_available()
+        for layer in self.model.layers:
+            layer.self_attn.cpu_kernel = enabled
+        return self
 
     def num_parameters(self, exclude_embeddings: bool = False) -> int:
         unique = {id(p): p for p in self.parameters()}

@@ -282,6 +282,9 @@ class _TrainingLoop:
         mode = "max-autotune-no-cudagraphs" if self.device.type == "cpu" else None
         self.compiled_loss = torch.compile(model.loss, mode=mode) if compiled and context.world_size == 1 else None
         self.forward_model = torch.compile(model) if compiled and context.world_size > 1 else model
+        # Compiled CPU runs also take overtrain's attention kernel (overtrain.model.cpu_attention): ~1.25x torch's
+        # flash attention at head dim 16. Eager runs keep torch's, so their numerics stay what they were.
+        model.use_cpu_attention_kernel(compiled and self.device.type == "cpu")
         if context.world_size > 1:
             self.forward_model = context.wrap(self.forward_model)
 

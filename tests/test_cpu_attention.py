@@ -1,0 +1,101 @@
+"""overtrain's CPU attention kernel: the same attention and gradients as torch's, in a model transformers
+agrees with, and taken by compiled training runs only."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from helpers import tiny_pretrain_config, write_stdlib_text_corpus
+
+from overtrain.model.config import ModelConfig
+from overtrain.model.cpu_attention import causal_attention, kernel_applies, kernel_available
+from overtrain.model.llama import build_model
+
+pytestmark = pytest.mark.skipif(not kernel_available(), reason="no C++ compiler to build the CPU attention kernel")
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_stdlib_text_corpus(tmp_path_factory.mktemp("corpus"))
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("batch, heads, seq_len, head_dim", [(2, 3, 37, 16), (1, 2, 130, 32), (2, 1, 16, 64), (1, 1, 1, 16)])
+def test_kernel_matches_torch_attention_and_its_gradients(batch: int, heads: int, seq_len: int, head_dim: int) -> None:
+    generator = torch.Generator().manual_seed(seq_len)
+    packed = torch.randn(batch, seq_len, 3, heads, head_dim, generator=generator) * 2  # q, k, v as strided (B, H, T, D) views
+    q, k, v = (packed[:, :, index].transpose(1, 2).requires_grad_() for index in range(3))
+    grad_out = torch.randn(batch, heads, seq_len, head_dim, generator=generator)
+    ours = causal_attention(q, k, v, 1 / math.sqrt(head_dim))[0]
+    ours_grads = torch.autograd.grad(ours, (q, k, v), grad_out)
+    theirs = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    theirs_grads = torch.autograd.grad(theirs, (q, k, v), grad_out)
+    torch.testing.assert_close(ours, theirs, atol=2e-6, rtol=1e-5)
+    for mine, reference in zip(ours_grads, theirs_grads):
+        torch.testing.assert_close(mine, reference, atol=1e-5, rtol=1e-5)
+
+
+def test_kernel_applies_only_where_it_is_built_for() -> None:
+    q = torch.randn(1, 2, 8, 16)
+    assert kernel_applies(q, q, q)
+    assert not kernel_applies(q.to(torch.bfloat16), q.to(torch.bfloat16), q.to(torch.bfloat16))
+    odd = torch.randn(1, 2, 8, 24)
+    assert not kernel_applies(odd, odd, odd)
+    grouped = torch.randn(1, 1, 8, 16)
+    assert not kernel_applies(q, grouped, grouped)
+    torch.set_num_threads(2)
+    assert not kernel_applies(q, q, q)
+
+
+def test_model_with_the_kernel_gives_transformers_logits_and_the_same_gradients() -> None:
+    from transformers import LlamaForCausalLM
+
+    from overtrain.checkpoints.folder import hf_llama_config
+
+    config = ModelConfig(d_model=32, n_layers=2, n_heads=2, tie_embeddings=True)
+    model, _ = build_model(config, vocab_size=97, max_seq_len=40, seed=3)
+    theirs = LlamaForCausalLM(hf_llama_config(model, end_of_text_id=0)).eval()
+    theirs.load_state_dict(model.state_dict(), strict=True)
+    input_ids = torch.randint(0, 97, (3, 40), generator=torch.Generator().manual_seed(0))
+    targets = input_ids.roll(-1, dims=1)
+
+    def loss_and_grads(kernel: bool) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        model.use_cpu_attention_kernel(kernel)
+        loss = model.loss(input_ids, targets)
+        return loss.detach(), [g.detach() for g in torch.autograd.grad(loss, list(model.parameters()))]
+
+    kernel_loss, kernel_grads = loss_and_grads(True)
+    assert all(layer.self_attn.cpu_kernel for layer in model.model.layers)
+    with torch.no_grad():
+        torch.testing.assert_close(model(input_ids), theirs(input_ids).logits, atol=2e-5, rtol=1e-4)
+    sdpa_loss, sdpa_grads = loss_and_grads(False)
+    torch.testing.assert_close(kernel_loss, sdpa_loss, atol=1e-6, rtol=1e-6)
+    for mine, reference in zip(kernel_grads, sdpa_grads):
+        torch.testing.assert_close(mine, reference, atol=1e-6, rtol=1e-4)
+
+
+@pytest.mark.parametrize("compile_setting, expected", [("true", True), ("false", False)])
+def test_compiled_cpu_training_takes_the_kernel_and_eager_training_does_not(
+    tmp_path: Path, corpus: Path, compile_setting: str, expected: bool
+) -> None:
+    from overtrain.data.tokens import prepare_token_data
+    from overtrain.pretrain.distributed import DistributedContext
+    from overtrain.pretrain.loop import RunState, _TrainingLoop, build_optimizer
+
+    config = tiny_pretrain_config(tmp_path, corpus, f"train.compile={compile_setting}")
+    data = prepare_token_data(config.data, log=lambda *_: None)
+    model, init_std = build_model(config.model, data.vocab_size, config.train.seq_len, config.train.seed)
+    _TrainingLoop(config, model, build_optimizer(model, config), data, init_std, RunState(), DistributedContext(),
+                  torch.device("cpu"), lambda *_: None, False)  # torch.compile is lazy: nothing compiles here
+    assert [layer.self_attn.cpu_kernel for layer in model.model.layers] == [expected, expected]
