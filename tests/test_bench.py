@@ -114,12 +114,14 @@ def test_benchmarks_section_expands_to_one_job_per_checkpoint_and_checks_its_set
     jobs = plan_jobs(load_sweep_config(None, [checkpoints, "benchmarks={}"]))
     assert [job.kind for job in jobs] == ["benchmarks", "benchmarks"]
     assert jobs[0].spec["tasks"] == list(PAPER_BENCHMARKS) and len(PAPER_BENCHMARKS) == 10 and jobs[0].spec["limit"] == 50
+    assert "max_length" not in jobs[0].spec
+    assert plan_jobs(load_sweep_config(None, [checkpoints, "benchmarks.max_length=512"]))[0].spec["max_length"] == 512
 
     family = plan_jobs(load_sweep_config(None, [f"family.source={tmp_path / 'run'}", "family.select=all", "benchmarks.tasks=[copa]"]))
     assert sorted(job.spec["checkpoint"] for job in family) == sorted(map(str, folders))
 
     for bad, message in (("benchmarks.limit=0", "benchmarks.limit"), ("benchmarks.tasks=[]", "benchmarks.tasks"),
-                         ("benchmarks.tasks=[copa,copa]", "repeats")):
+                         ("benchmarks.tasks=[copa,copa]", "repeats"), ("benchmarks.max_length=1", "benchmarks.max_length")):
         with pytest.raises(OvertrainError, match=message):
             load_sweep_config(None, [checkpoints, "benchmarks={}", bad])
     with pytest.raises(OvertrainError, match="finetune.benchmark_limit"):

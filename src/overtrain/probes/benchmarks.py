@@ -80,18 +80,21 @@ def score_benchmarks(
     batch_size: int = 8,
     num_fewshot: int = 0,
     device: str = "cpu",
+    max_length: int | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Score ``model`` on ``benchmarks``; ``{benchmark: {task, documents, acc, acc_stderr, acc_norm,
     gold_logprob_per_byte, margin_per_byte, items: {acc: [...], ...}}}`` (documents in the harness's order).
 
     Tasks that are not multiple choice keep the harness's metrics only (no continuous read-out, no items).
+    ``max_length`` is the context the harness gives the model (default: its own; see
+    :func:`~overtrain.probes.harness.run_harness_with_samples`).
     """
     from overtrain.probes.harness import run_harness_with_samples
 
     names = check_benchmark_names(benchmarks)
     tasks = {name: harness_task_name(name) for name in names}
     run = run_harness_with_samples(model, tokenizer, list(tasks.values()), limit=limit, batch_size=batch_size,
-                                   num_fewshot=num_fewshot, device=device, bootstrap_iters=BENCHMARK_BOOTSTRAP_ITERS)
+                                   num_fewshot=num_fewshot, device=device, bootstrap_iters=BENCHMARK_BOOTSTRAP_ITERS, max_length=max_length)
     return {name: _benchmark_score(task, run.metrics.get(task, {}), run.samples.get(task, []), run.tasks.get(task)) for name, task in tasks.items()}
 
 

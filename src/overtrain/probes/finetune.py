@@ -111,6 +111,8 @@ class FinetuneConfig:
     (default) scores none. The base model's scores come from the sweep's ``benchmarks:`` section."""
     benchmark_limit: int | None = 50
     """Documents per benchmark of ``benchmarks`` (the first ones); null scores all."""
+    benchmark_max_length: int | None = None
+    """Context the harness gives the tuned model, in tokens (null: its own; see benchmarks.max_length)."""
     precision: str = "auto"
     """auto | fp32 | bf16: the dtype of the matmuls (AdamW keeps fp32 weights and states). auto: the target's
     dtype, whose own auto is bf16 on CUDA with bf16 support and on CPUs with AMX, fp32 elsewhere."""
@@ -181,6 +183,9 @@ class FinetuneConfig:
             limit = self.benchmark_limit
             need(limit is None or (isinstance(limit, int) and not isinstance(limit, bool) and limit >= 1), f"{prefix}benchmark_limit", limit,
                  "a whole number of documents >= 1, or null for all")
+            context = self.benchmark_max_length
+            need(context is None or (isinstance(context, int) and not isinstance(context, bool) and context >= 2), f"{prefix}benchmark_max_length",
+                 context, "a number of tokens >= 2, or null for the model's own context")
 
 
 SCHEDULES = ("cosine", "linear", "constant")
@@ -540,7 +545,7 @@ def score_tuned_benchmarks(target: ProbeTarget, config: FinetuneConfig) -> dict:
 
     model = transformers_twin(target.model, target.folder)
     tokenizer = AutoTokenizer.from_pretrained(str(target.folder))
-    return score_benchmarks(model, tokenizer, config.benchmarks, limit=config.benchmark_limit)
+    return score_benchmarks(model, tokenizer, config.benchmarks, limit=config.benchmark_limit, max_length=config.benchmark_max_length)
 
 
 TUNED_KEYS = ("checkpoint", "task", "seed", "reg_lambda", "replay_fraction", "linear_probe_steps")

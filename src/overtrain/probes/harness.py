@@ -105,13 +105,15 @@ def _run_harness(
     num_fewshot: int,
     bootstrap_iters: int,
     log_samples: bool = False,
+    max_length: int | None = None,
 ) -> dict[str, Any]:
     """``simple_evaluate`` on the model object with every cache off; returns the harness's output (its
     ``results`` table, and its ``samples`` when ``log_samples``)."""
     from lm_eval import simple_evaluate
     from lm_eval.models.huggingface import HFLM
 
-    harness_model = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
+    context = {"max_length": max_length} if max_length is not None else {}
+    harness_model = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, **context)
     try:
         with _without_environment_report():
             output = simple_evaluate(
@@ -352,9 +354,14 @@ def run_harness_with_samples(
     num_fewshot: int = 0,
     device: str = "cpu",
     bootstrap_iters: int = 1_000,
+    max_length: int | None = None,
 ) -> HarnessRun:
     """Like :func:`evaluate_with_harness`, keeping every document's log-likelihoods (the harness's logged
-    samples) and the task objects; the same guarantees (no cache, device, mode and RNG states restored)."""
+    samples) and the task objects; the same guarantees (no cache, device, mode and RNG states restored).
+
+    ``max_length``: the context the harness gives the model, in tokens (default: the model's own,
+    ``max_position_embeddings``); every answer must fit in it. Past the model's own context only a model
+    without learned positions (rotary, like Llama's) gives defined scores."""
     task_names = _checked_task_names(tasks)
     _check_evaluation_settings(batch_size, limit, num_fewshot, bootstrap_iters)
     _require_harness()
@@ -364,9 +371,12 @@ def run_harness_with_samples(
     if set(flat) != set(task_names):  # a group or tag expands into several tasks: score it by its own names
         raise OvertrainError(f"{sorted(set(task_names) - set(flat))} are task groups or tags, not single tasks",
                              "list the tasks of the group one by one (e.g. overtrain_arc_easy, overtrain_piqa)")
+    if max_length is not None and (isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 2):
+        raise OvertrainError(f"max_length must be a whole number of tokens >= 2 or None, got {max_length!r}", "pass max_length=None (the model's context)")
     settings = {"batch_size": batch_size, "limit": limit, "num_fewshot": num_fewshot, "bootstrap_iters": bootstrap_iters}
     with _placed_for_evaluation(model, target_device), _caller_random_state_kept():
-        output = _run_harness(model, tokenizer, [flat[name] for name in task_names], task_manager, log_samples=True, **settings)
+        output = _run_harness(model, tokenizer, [flat[name] for name in task_names], task_manager, log_samples=True, max_length=max_length,
+                              **settings)
     return HarnessRun(harness_metrics(output["results"]), dict(output.get("samples", {})), flat)
 
 

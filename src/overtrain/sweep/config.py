@@ -120,6 +120,10 @@ class BenchmarkSweep:
     """In-context examples per prompt (0: zero-shot, as in the paper)."""
     batch_size: int = 8
     """Requests per forward pass (memory only)."""
+    max_length: int | None = None
+    """Context the harness gives the model, in tokens (null: the model's own max_position_embeddings). Every
+    answer must fit: a byte-level model with a 128-token context needs more (e.g. 512); past its own context
+    only a model without learned positions (rotary, as ours) gives defined scores, and they are extrapolated."""
 
 
 @dataclass
@@ -242,9 +246,6 @@ class ExecutorConfig:
     """Torch threads per job, >= 1; on small CPU models two one-thread workers beat one two-thread process."""
     ray_address: str | None = None
     """Ray cluster address (``auto`` on a cluster node); None starts a local Ray."""
-    gpus_per_worker: float = 0.0
-    """GPUs each Ray job reserves (kind=ray): Ray gives each job its own GPU(s) through CUDA_VISIBLE_DEVICES,
-    so a fine-tuning job with device=auto uses its GPU; 0 (default): CPU jobs."""
     gpus_per_worker: float = 0.0
     """GPUs each Ray job reserves (kind=ray): Ray gives each job its own GPU(s) through CUDA_VISIBLE_DEVICES,
     so a fine-tuning job with device=auto uses its GPU; 0 (default): CPU jobs."""
@@ -390,8 +391,6 @@ def validate_sweep_config(config: SweepConfig) -> None:
     problems.require(executor.threads_per_worker >= 1, "executor.threads_per_worker", executor.threads_per_worker, "a whole number >= 1")
     problems.require(isinstance(executor.gpus_per_worker, (int, float)) and executor.gpus_per_worker >= 0, "executor.gpus_per_worker",
                      executor.gpus_per_worker, "a number of GPUs >= 0 (e.g. 1; fractions share a GPU)")
-    problems.require(isinstance(executor.gpus_per_worker, (int, float)) and executor.gpus_per_worker >= 0, "executor.gpus_per_worker",
-                     executor.gpus_per_worker, "a number of GPUs >= 0 (e.g. 1; fractions share a GPU)")
     problems.raise_if_any()
 
 
@@ -406,6 +405,8 @@ def check_benchmark_settings(section: BenchmarkSweep, prefix: str, problems: Set
                      "a whole number of documents >= 1, or null for all of them")
     problems.require(section.num_fewshot >= 0, f"{prefix}num_fewshot", section.num_fewshot, "a whole number >= 0 (0: zero-shot)")
     problems.require(section.batch_size >= 1, f"{prefix}batch_size", section.batch_size, "a whole number >= 1")
+    problems.require(section.max_length is None or section.max_length >= 2, f"{prefix}max_length", section.max_length,
+                     "a number of tokens >= 2, or null for the model's own context")
 
 
 def _check_axis(values: list[Any], key: str, example: str, problems: SettingProblems) -> None:

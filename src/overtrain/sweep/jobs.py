@@ -121,7 +121,8 @@ def run_benchmark_job(spec: Mapping[str, Any]) -> JobOutput:
 
     loaded = load_benchmark_model(str(spec["checkpoint"]))
     scores = score_benchmarks(loaded.model, loaded.tokenizer, list(spec["tasks"]), limit=spec.get("limit"),
-                              batch_size=int(spec.get("batch_size", 8)), num_fewshot=int(spec.get("num_fewshot", 0)))
+                              batch_size=int(spec.get("batch_size", 8)), num_fewshot=int(spec.get("num_fewshot", 0)),
+                              max_length=spec.get("max_length"))
     metrics = {
         "tokens_seen": loaded.tokens_seen if loaded.tokens_seen is not None else spec.get("tokens_seen"),
         "benchmarks": scores,

@@ -65,7 +65,7 @@ def _benchmark_jobs(config: SweepConfig, checkpoint: PlannedCheckpoint) -> list[
     if section is None:
         return []
     spec = {"checkpoint": checkpoint.path, "tasks": list(section.tasks), "limit": section.limit, "num_fewshot": section.num_fewshot,
-            "batch_size": section.batch_size, **_factors_of(checkpoint)}
+            "batch_size": section.batch_size, **({"max_length": section.max_length} if section.max_length else {}), **_factors_of(checkpoint)}
     depends = (checkpoint.made_by,) if checkpoint.made_by else ()
     return [Job("benchmarks", spec, depends_on=depends, label=f"benchmarks ({len(section.tasks)}) @ {_where(checkpoint)}")]
 
@@ -209,7 +209,8 @@ def remedy_label(finetune: FinetuneConfig) -> str:
 
 
 OMITTED_AT_DEFAULT = ("grad_clip", "eval_batch_size", "replay_fraction", "linear_probe_steps", "wise_alphas",
-                      "precision", "gradient_checkpointing", "device", "distributed", "micro_batch_size", "benchmarks", "benchmark_limit")
+                      "precision", "gradient_checkpointing", "device", "distributed", "micro_batch_size", "benchmarks", "benchmark_limit",
+                      "benchmark_max_length")
 """FinetuneConfig fields a sweep did not expose before: left out of the job spec at their defaults, so the
 job keys of existing stores stay what they were (a changed value is in the spec, hence in the key)."""
 OMITTED_AT_DEFAULT += ("pack",)  # instruction tuning's packing (docs/instruction_tuning.md)
