@@ -142,3 +142,29 @@ def test_replay_with_eval_data_uses_its_unmeasured_windows(checkpoint: Path, tmp
     assert replay.source.startswith("eval_data") and replay.windows is not None
     measured = {tuple(row) for row in torch.cat([target.eval_inputs, target.eval_targets[:, -1:]], dim=1).tolist()}
     assert not any(tuple(row) in measured for row in replay.windows.tolist())
+
+
+def test_lp_ft_run_itself_trains_only_the_output_layer_in_its_first_phase(target, task, checkpoint: Path, monkeypatch) -> None:
+    """The same property through finetune_in_place (not a re-enactment of it): the weights are read between
+    the two phases the real LP-FT run goes through."""
+    import overtrain.probes.finetune as finetune_module
+
+    original = load_file(checkpoint / "model.safetensors")
+    output = {id(p) for p in output_layer_parameters(target.model)}
+    output_names = {name for name, p in target.model.named_parameters() if id(p) in output}
+    real_phase, after_phase = finetune_module._train_phase, {}
+
+    def recording_phase(*args, **kwargs):
+        real_phase(*args, **kwargs)
+        phase = kwargs.get("phase", args[-1] if args else "")
+        after_phase[phase] = {name: p.detach().clone() for name, p in target.model.named_parameters()}
+
+    monkeypatch.setattr(finetune_module, "_train_phase", recording_phase)
+    try:
+        finetune_in_place(target.model, task, FinetuneConfig(**{**BASE, "steps": 2}, linear_probe_steps=4), "fp32")
+    finally:
+        target.restore()
+    assert list(after_phase) == ["output-layer", ""]  # the probe phase first, then the full phase
+    probed, full = after_phase["output-layer"], after_phase[""]
+    assert all(torch.equal(probed[name], original[name]) != (name in output_names) for name in probed)
+    assert any(not torch.equal(full[name], probed[name]) for name in full if name not in output_names)  # phase 2 trains the rest
