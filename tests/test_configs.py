@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from test_families import hub  # noqa: F401 - family configs list their revisions from the recorded Hub answers
 
 from overtrain.cli import main as cli_main
 from overtrain.sweep.config import load_sweep_config
@@ -30,7 +31,7 @@ def test_the_catalogue_is_not_empty() -> None:
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[str(path.relative_to(REPO / "configs")) for path in CONFIGS])
-def test_every_config_loads_and_dry_runs(path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_every_config_loads_and_dry_runs(path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], hub) -> None:
     verb, out = _verb(path), f"out_dir={tmp_path / 'out'}"
     if verb == "sweep" and "paper" in path.parts:
         assert plan_jobs(load_sweep_config(path, [out]))

@@ -12,6 +12,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 from helpers import write_stdlib_text_corpus, write_untrained_checkpoint
+from test_families import hub  # noqa: F401 - the fixture replaying recorded Hub listings
 
 from overtrain.errors import OvertrainError
 from overtrain.pretrain.distributed import DistributedContext
@@ -198,3 +199,19 @@ def test_ray_jobs_reserve_the_gpus_the_sweep_asks_for() -> None:
     assert build_executor(ExecutorConfig(kind="ray")).num_gpus_per_job == 0
     with pytest.raises(OvertrainError, match="gpus_per_worker"):
         load_sweep_config(None, ["checkpoints=[hf:allenai/OLMo-1B-hf@main]", "noise={}", "executor.gpus_per_worker=-1"])
+
+
+@pytest.mark.parametrize("name", ["olmo1b_hh_family", "olmo2_7b_tulu_family"])
+def test_paper_family_configs_dry_run_on_recorded_listings(name: str, hub, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from overtrain.cli import main as cli_main
+
+    config = Path(__file__).resolve().parent.parent / "configs" / "paper" / f"{name}.yaml"
+    assert cli_main(["sweep", str(config), f"out_dir={tmp_path / 'out'}", "--dry-run"]) == 0
+    printed = capsys.readouterr().out
+    assert "GPU estimate (arithmetic, not measured" in printed and "finetune" in printed
+    if name == "olmo2_7b_tulu_family":  # one 7B run needs FSDP over the node; a single GPU is refused by the estimate
+        assert "8 x H100 SXM 80GB (fsdp)" in printed and "(one GPU):" in printed and "does NOT fit" in printed
+        assert "stage1-step175000" not in printed  # a branch serving duplicate shards (allenai/OLMo#915) is not tuned
+    else:
+        assert "1 x H100 SXM 80GB (one GPU)" in printed and "does NOT fit" not in printed
+    assert not (tmp_path / "out").exists()
