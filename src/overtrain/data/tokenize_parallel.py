@@ -168,7 +168,7 @@ def _process_encode(chunks: Iterable[list[str]], encoder: ChunkEncoder, workers:
 def _import_ray():
     try:
         import ray
-        import ray.data  # noqa: F401 - Ray Data is the engine
+        import ray.data  # Ray Data is the engine
     except ImportError:
         raise OvertrainError("data.tokenize.engine=ray needs Ray Data", "pip install 'ray[data]' (or the dev extra), or use engine=processes") from None
     return ray
@@ -345,15 +345,18 @@ def describe_token_plan(config: DataConfig, train_tokens: int) -> str:
     workers = config.tokenize.workers or (os.cpu_count() or 1)
     workers_label = f"{config.tokenize.workers}" if config.tokenize.workers else f"{workers} (0 = every core; on this machine {workers})"
     hours = stream_tokens / (MEASURED_TOKENS_PER_CORE_SECOND * workers) / 3600
-    return "\n".join([
-        f"data: tokenizer {config.tokenizer} (pre-trained, used as is: no BPE training), corpus {config.corpus!r}",
+    what = f"data: tokenizer {config.tokenizer} (pre-trained, used as is: no BPE training), corpus {config.corpus!r}"
+    shards = (
         f"shards: {format_tokens(train_tokens)} training tokens (what the largest budget reads) + "
         f"{format_tokens(config.heldout_tokens)} held-out -> {train_shards:,} training shards + {heldout_shards:,} held-out "
         f"of {shard:,} tokens ({shard * bytes_per_token / 2**20:,.0f} MiB each at {bytes_per_token} bytes/token), "
-        f"{(train_tokens + config.heldout_tokens) * bytes_per_token / 1e9:,.1f} GB under {config.cache_dir}/shards-*",
+        f"{(train_tokens + config.heldout_tokens) * bytes_per_token / 1e9:,.1f} GB under {config.cache_dir}/shards-*"
+    )
+    how = (
         f"tokenization: {config.tokenize.engine}, workers {workers_label}; the held-out split (heldout_fraction "
         f"{config.heldout_fraction:g}) is full after ~{format_tokens(config.heldout_tokens / config.heldout_fraction)} "
         f"tokens of corpus; ~{format_tokens(stream_tokens)} tokens to encode, estimated {hours:,.1f} h at "
-        f"{format_tokens(MEASURED_TOKENS_PER_CORE_SECOND)} tokens/s per worker (an estimate from "
-        "benchmarks/bench_tokenize.py, not a measurement on this corpus)",
-    ])
+        f"{format_tokens(MEASURED_TOKENS_PER_CORE_SECOND)} tokens/s per worker and linear scaling (an estimate from "
+        "benchmarks/bench_tokenize.py, not a measurement on this corpus)"
+    )
+    return f"{what}\n{shards}\n{how}"
