@@ -23,7 +23,7 @@ from overtrain.multimodal.datasets import CIFAR_CLASSES, CIFAR_MEMBER, cifar10_i
 from overtrain.multimodal.encoders import load_encoder  # noqa: E402
 from overtrain.multimodal.model import VisionLanguageModel, load_vision_language_model, save_vision_language_model  # noqa: E402
 from overtrain.multimodal.scenes import COLOURS, SCENE_PIXELS, scene_splits  # noqa: E402
-from overtrain.multimodal.tuning import MultimodalConfig, prepare_vision_data, run_multimodal_probe, train_stage  # noqa: E402
+from overtrain.multimodal.tuning import MultimodalConfig, normalize_answer, prepare_vision_data, run_multimodal_probe, train_stage  # noqa: E402
 from overtrain.probes.target import load_probe_target  # noqa: E402
 
 
@@ -48,7 +48,7 @@ def tiny_target(tmp_path, monkeypatch):
 SMALL = dict(datasets=["scenes"], train_images=6, heldout_images=3, stage1_steps=2, stage2_steps=2, batch_size=4, lr=1e-2, stage1_lr=1e-2)
 
 
-def test_encoder_frozen_through_both_stages_and_stage1_moves_only_the_projector(tiny_target):
+def test_encoder_frozen_through_both_stages_and_stage1_moves_only_the_projector(tiny_target, tmp_path):
     config = MultimodalConfig(**SMALL)
     encoder = load_encoder(config.encoder)
     encoder_before = _state(encoder.module)
@@ -70,29 +70,22 @@ def test_encoder_frozen_through_both_stages_and_stage1_moves_only_the_projector(
     assert _changed(encoder_before, encoder.module) == set(), "the frozen encoder (weights and BatchNorm statistics) never changes"
     assert not any(p.requires_grad for p in encoder.module.parameters())
 
-
-def test_probe_restores_the_checkpoint_and_saves_a_model_transformers_loads(tiny_target, tmp_path):
-    weights = _state(tiny_target.model)
-    saved = tmp_path / "vlm"
-    record = run_multimodal_probe(tiny_target, MultimodalConfig(**SMALL, save_dir=str(saved)))
-    assert _changed(weights, tiny_target.model) == set(), "the checkpoint's weights are restored afterwards"
-    assert set(record.vqa) == {"scenes"} and 0 <= record.vqa_accuracy <= 1 and record.vqa["scenes"]["questions"] >= 3
-    assert record.ood_loss_after != record.ood_loss_before  # stage 2 changed the LM the OOD loss was measured on
-
-    loaded, settings = load_vision_language_model(saved)  # the LM through AutoModelForCausalLM
+    # Saved, the LM loads with AutoModelForCausalLM and, with the projector beside it, gives the same logits.
+    save_vision_language_model(model, tmp_path / "vlm", tiny_target.folder, {"encoder": config.encoder})
+    loaded, settings = load_vision_language_model(tmp_path / "vlm")
     assert type(loaded.lm).__name__ == "LlamaForCausalLM" and settings["encoder"] == "efficientnet-lite0"
-    features = torch.randn(2, 49, 1280)
-    ids = torch.tensor([[5, 6, 7], [8, 9, 10]])
-    tuned = VisionLanguageModel(tiny_target.model, 1280, 49, tiny_target.end_of_text_id)
-    from safetensors.torch import load_file
-
-    from overtrain.checkpoints.folder import load_tensors
-
-    tiny_target.model.load_state_dict(load_tensors(saved / "model.safetensors"), strict=False)
-    tuned.projector.load_state_dict(load_file(str(saved / "projector.safetensors")))
+    features, ids = data.heldout.features[:2], torch.tensor([[5, 6, 7], [8, 9, 10]])
     with torch.no_grad():
-        torch.testing.assert_close(loaded(features, ids), tuned(features, ids), atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(loaded(features, ids), model(features, ids), atol=1e-4, rtol=1e-4)
+
+    # The probe: both stages and the read-outs, and the checkpoint's own weights back afterwards.
     tiny_target.restore()
+    weights = _state(tiny_target.model)
+    record = run_multimodal_probe(tiny_target, config, data=data)
+    assert _changed(weights, tiny_target.model) == set()
+    assert set(record.vqa) == {"scenes"} and 0 <= record.vqa_accuracy <= 1 and record.vqa["scenes"]["questions"] >= 3
+    assert 0 <= record.choice_accuracy <= 1 and normalize_answer("Top left.\nred") == "top left"
+    assert record.ood_loss_after != record.ood_loss_before  # stage 2 changed the LM the OOD loss was measured on
 
 
 def test_scenes_are_seeded_their_answers_true_and_the_heldout_split_new():
@@ -133,17 +126,32 @@ def test_cifar10_from_the_bigbench_sdist_is_balanced_and_split(tmp_path, monkeyp
         cifar10_image_set(train=20, heldout=20, seed=0, source=str(sdist))
 
 
-def test_sweep_section_plans_one_feature_job_and_a_job_per_checkpoint_lr_seed(tmp_path):
+def test_sweep_tunes_every_checkpoint_after_one_feature_job_and_reports_vlm_and_ood_scores(tmp_path, monkeypatch):
+    from overtrain.results.report import write_report
+    from overtrain.results.store import ResultStore
     from overtrain.sweep.config import sweep_config_from_tree
+    from overtrain.sweep.driver import run_jobs
     from overtrain.sweep.plan import plan_jobs
 
-    checkpoints = [str(write_untrained_checkpoint(tmp_path / f"run{i}", seed=i, tokens_seen=256 * (i + 1))) for i in range(2)]
-    tree = {"out_dir": str(tmp_path / "sweep"), "checkpoints": checkpoints,
-            "multimodal": {"lrs": [1e-4, 1e-3], "seeds": 2, "datasets": ["scenes"], "eval_data": str(tmp_path)}}
-    jobs = plan_jobs(sweep_config_from_tree(tree))
+    monkeypatch.setenv("OVERTRAIN_CACHE_DIR", str(tmp_path / "cache"))
+    checkpoints = [str(write_untrained_checkpoint(tmp_path / f"run{i}", seed=i, tokens_seen=256 * 2**i)) for i in range(2)]
+    text = tmp_path / "eval.txt"
+    text.write_text("the quick brown fox jumps over the lazy dog. " * 200)
+    section = {key: value for key, value in SMALL.items() if key not in ("lr", "seed")} | {"lrs": [1e-2], "seeds": 1, "eval_tokens": 512}
+    tree = {"out_dir": str(tmp_path / "sweep"), "checkpoints": checkpoints, "eval_data": str(text), "multimodal": section}
+    config = sweep_config_from_tree(tree)
+    jobs = plan_jobs(config)
     features = [job for job in jobs if job.kind == "vision-features"]
     tuning = [job for job in jobs if job.kind == "multimodal"]
-    assert len(features) == 1 and len(tuning) == 2 * 2 * 2
-    assert all(features[0].key in job.depends_on for job in tuning)
+    assert len(features) == 1 and len(tuning) == 2 and all(features[0].key in job.depends_on for job in tuning)
+    with ResultStore(config.store_path) as store:
+        summary = run_jobs(jobs, store, progress=False)
+        assert summary.done == 3 and summary.failed == 0, summary.failures
+        assert sorted(row.metrics["tokens_seen"] for row in store.rows(kind="multimodal")) == [256, 512]
+    report = write_report(config.store_path, tmp_path / "report")
+    assert (tmp_path / "report" / "multimodal.png").is_file()
+    table = report.tables["Multimodal: VLM and OOD score per budget (mean over units)"]
+    assert list(table["tokens_seen"]) == [256, 512] and {"vqa_accuracy", "choice_accuracy", "vqa_scenes", "ood_loss_after"} <= set(table.columns)
+    assert any(line.startswith("multimodal lr=0.01: VQA accuracy") for line in report.headlines)
     with pytest.raises(OvertrainError, match="multimodal.datasets"):
-        sweep_config_from_tree({**tree, "multimodal": {**tree["multimodal"], "datasets": ["mnist"]}})
+        sweep_config_from_tree({**tree, "multimodal": {**section, "datasets": ["mnist"]}})

@@ -7,8 +7,11 @@ equal share of rows from every image set, so the small and the large sets weigh 
 
 Read-outs, all on held-out images:
 
-- ID: VQA exact-match accuracy (greedy answer == the answer, per image set and per question kind), the
-  answer loss, and the caption loss after stage 1 and after stage 2 (nats per token);
+- ID: VQA exact-match accuracy (the greedy answer, normalized as VQA does: first line, lower case, no
+  final punctuation, == the answer; per image set and per question kind); ``choice_accuracy``, the share
+  of questions whose lowest-loss candidate among the answers of their kind is right (it does not need
+  the model to stop by itself); the answer loss; the caption loss after stage 1 and after stage 2 (nats
+  per token);
 - OOD: the LM's pre-training held-out loss before and after tuning (the same measurement as the
   fine-tuning probe, :meth:`ProbeTarget.pretraining_loss`), ``forgetting = ood_loss_after - ood_loss_before``;
 - ``blind_accuracy``: the accuracy of always giving the most frequent train answer of each question text,
@@ -132,6 +135,7 @@ class ImageText:
     """caption, or the question kind (count, colour, shape, where, count_colour, class)."""
     answer: str
     prompt_ids: tuple[int, ...]
+    prompt: str = ""
 
 
 @dataclass
@@ -206,7 +210,7 @@ def _encoded(image_set: ImageSet, items, offset: int, tokenizer, eot: int, max_l
         for kind, prompt, answer in pairs:
             encoded = encode_example(tokenizer, prompt, answer, eot, max_len)
             prompt_ids = tuple(tokenizer.encode(prompt, add_special_tokens=False).ids)
-            texts.append(ImageText(offset + index, encoded, image_set.name, kind, answer, prompt_ids))
+            texts.append(ImageText(offset + index, encoded, image_set.name, kind, answer, prompt_ids, prompt))
     return texts
 
 
@@ -293,19 +297,56 @@ def vqa_answers(model: VisionLanguageModel, features: torch.Tensor, questions: l
     return [tokenizer.decode(ids) for ids in answers]
 
 
-def vqa_scores(questions: list[ImageText], answers: list[str], blind: dict[str, str]) -> dict:
-    """Exact-match accuracy (stripped answers) per image set and question kind, and the blind baseline."""
+def normalize_answer(text: str) -> str:
+    """VQA's answer normalization: the first line, lower case, without surrounding spaces and final punctuation."""
+    return text.split("\n", 1)[0].strip().lower().rstrip(".!?,;:").strip()
+
+
+def answer_choices(questions: list[ImageText]) -> dict[tuple[str, str], list[str]]:
+    """(image set, question kind) -> every answer that kind has in ``questions`` (the candidates ranked by loss)."""
+    choices: dict[tuple[str, str], set[str]] = {}
+    for question in questions:
+        choices.setdefault((question.dataset, question.kind), set()).add(question.answer)
+    return {key: sorted(values) for key, values in choices.items()}
+
+
+@torch.no_grad()
+def choice_predictions(model: VisionLanguageModel, features: torch.Tensor, questions: list[ImageText], choices: dict, tokenizer,
+                       max_len: int, batch_size: int, dtype: str) -> list[str]:
+    """Per question, the candidate answer of its kind with the lowest mean loss per answer token (as the
+    fine-tuning probe scores tasks with choices): a score that does not need the model to stop by itself."""
+    eot = model.end_of_text_id
+    flat = [ImageText(q.image, encode_example(tokenizer, q.prompt, candidate, eot, max_len), q.dataset, q.kind, candidate, q.prompt_ids, q.prompt)
+            for q in questions for candidate in choices[(q.dataset, q.kind)]]
+    means = []
+    for start in range(0, len(flat), batch_size):
+        sums, counts = _batch_loss(model, features, flat[start : start + batch_size], dtype, reduction="rows")
+        means += (sums / counts.clamp(min=1)).tolist()
+    predictions, position = [], 0
+    for q in questions:
+        candidates = choices[(q.dataset, q.kind)]
+        scores = means[position : position + len(candidates)]
+        position += len(candidates)
+        predictions.append(candidates[min(range(len(scores)), key=scores.__getitem__)])
+    return predictions
+
+
+def vqa_scores(questions: list[ImageText], answers: list[str], blind: dict[str, str], chosen: list[str] | None = None) -> dict:
+    """Exact-match accuracy (normalized answers) per image set and question kind, the accuracy of the
+    lowest-loss candidate (``chosen``), and the blind baseline."""
     scores: dict[str, dict] = {}
-    for question, answer in zip(questions, answers):
-        entry = scores.setdefault(question.dataset, {"correct": 0, "total": 0, "blind_correct": 0, "kinds": {}})
-        right = answer.strip() == question.answer
+    for index, (question, answer) in enumerate(zip(questions, answers)):
+        entry = scores.setdefault(question.dataset, {"correct": 0, "total": 0, "blind_correct": 0, "chosen": 0, "kinds": {}})
+        right = normalize_answer(answer) == question.answer
         entry["correct"] += right
+        entry["chosen"] += chosen is not None and chosen[index] == question.answer
         entry["total"] += 1
         entry["blind_correct"] += blind.get(" ".join(map(str, question.prompt_ids))) == question.answer
         kind = entry["kinds"].setdefault(question.kind, [0, 0])
         kind[0] += right
         kind[1] += 1
     return {name: {"accuracy": entry["correct"] / entry["total"], "blind_accuracy": entry["blind_correct"] / entry["total"],
+                   "choice_accuracy": entry["chosen"] / entry["total"] if chosen is not None else None,
                    "questions": entry["total"], "by_kind": {kind: c / t for kind, (c, t) in sorted(entry["kinds"].items())}}
             for name, entry in scores.items()}
 
@@ -330,6 +371,8 @@ class MultimodalRecord:
     """Held-out answer loss after stage 2 (all image sets)."""
     vqa_accuracy: float
     """Mean over image sets of each set's held-out exact-match accuracy (the VLM score)."""
+    choice_accuracy: float
+    """Mean over image sets of the accuracy of the lowest-loss candidate answer of each question's kind."""
     vqa: dict
     """Per image set: accuracy, blind_accuracy, questions, by_kind."""
     stage1: dict
@@ -361,7 +404,9 @@ def run_multimodal_probe(target: ProbeTarget, config: MultimodalConfig, data: Vi
         caption_after = mean_answer_loss(model, data.heldout.features, data.heldout.captions, config.eval_batch_size, target.dtype)
         answer_loss = mean_answer_loss(model, data.heldout.features, data.heldout.questions, config.eval_batch_size, target.dtype)
         answers = vqa_answers(model, data.heldout.features, data.heldout.questions, tokenizer, target.dtype)
-        vqa = vqa_scores(data.heldout.questions, answers, data.blind_answers)
+        chosen = choice_predictions(model, data.heldout.features, data.heldout.questions, answer_choices(data.train.questions + data.heldout.questions),
+                                    tokenizer, config.max_len, config.eval_batch_size, target.dtype)
+        vqa = vqa_scores(data.heldout.questions, answers, data.blind_answers, chosen)
         ood_after = target.pretraining_loss().loss
         if config.save_dir:
             save_vision_language_model(model, config.save_dir, target.info.folder, {"encoder": config.encoder, "caption_prompt": CAPTION_PROMPT,
@@ -371,7 +416,8 @@ def run_multimodal_probe(target: ProbeTarget, config: MultimodalConfig, data: Vi
     return MultimodalRecord(
         str(target.info.folder), target.tokens_seen, config.encoder, list(config.datasets), config.lr, config.seed, config.stage1_steps,
         config.stage2_steps, ood_before, ood_after, caption_stage1, caption_after, answer_loss,
-        float(np.mean([vqa[name]["accuracy"] for name in data.datasets])), vqa, stage1, stage2,
+        float(np.mean([vqa[name]["accuracy"] for name in data.datasets])), float(np.mean([vqa[name]["choice_accuracy"] for name in data.datasets])),
+        vqa, stage1, stage2,
         {"train_images": int(data.train.features.shape[0]), "train_questions": len(data.train.questions),
          "heldout_images": int(data.heldout.features.shape[0]), "heldout_questions": len(data.heldout.questions)},
     )

@@ -22,7 +22,7 @@ from overtrain.units import format_tokens
 
 TOKENS_LABEL = "pre-training tokens"
 UNITS = "tuning seeds"
-RUN_COLUMNS = ["lr", "seed", "tokens_seen", "vqa_accuracy", "caption_loss_stage1", "caption_loss_after", "answer_loss",
+RUN_COLUMNS = ["lr", "seed", "tokens_seen", "vqa_accuracy", "choice_accuracy", "caption_loss_stage1", "caption_loss_after", "answer_loss",
                "ood_loss_before", "ood_loss_after", "forgetting"]
 
 
@@ -36,8 +36,10 @@ def multimodal_frame(store: ResultStore) -> pd.DataFrame:
         for name, scores in metrics["vqa"].items():
             flat[f"vqa_{name}"] = scores["accuracy"]
             flat[f"blind_{name}"] = scores["blind_accuracy"]
+            flat[f"choice_{name}"] = scores.get("choice_accuracy")
         flat["datasets"] = "+".join(metrics["datasets"])
         flat["vqa_error"] = 1.0 - metrics["vqa_accuracy"]
+        flat["choice_error"] = 1.0 - metrics.get("choice_accuracy", float("nan"))
         rows.append(flat | analysis.factor_columns(metrics.get("factors", {})))
     return pd.DataFrame(rows)
 
@@ -53,9 +55,10 @@ def _summaries(frame: pd.DataFrame, value: str, damage: str) -> list[analysis.Se
     return summaries
 
 
-def _accuracy_curves(summaries: list[analysis.SettingSummary]) -> list[Curve]:
-    """VQA accuracy = 1 - error, with the band flipped accordingly."""
-    return [Curve(s.name, s.tokens, [1 - v for v in s.mean], [1 - v for v in s.high], [1 - v for v in s.low], marker="o") for s in summaries]
+def _accuracy_curves(summaries: list[analysis.SettingSummary], prefix: str = "", line_style: str = "-") -> list[Curve]:
+    """Accuracy = 1 - error, with the band flipped accordingly."""
+    return [Curve(prefix + s.name, s.tokens, [1 - v for v in s.mean], [1 - v for v in s.high], [1 - v for v in s.low], marker="o",
+                  line_style=line_style) for s in summaries]
 
 
 def _loss_curves(summaries: list[analysis.SettingSummary]) -> list[Curve]:
@@ -70,29 +73,33 @@ def multimodal_section(frame: pd.DataFrame, noise: pd.DataFrame, report) -> None
     """Figures, headlines and tables of the multimodal runs in ``frame`` (rows with a token count, >= 2 budgets)."""
     vqa = _summaries(frame, "vqa_error", "vqa_error")
     ood = _summaries(frame, "ood_loss_after", "forgetting")
+    choice = _summaries(frame, "choice_error", "choice_error")
     captions = _summaries(frame, "caption_loss_after", "caption_loss_after")
     before = frame.groupby("tokens_seen")["ood_loss_before"].mean().sort_index()
     base = Curve("before tuning", list(before.index), list(before.values), color="black", line_style="--", marker="s")
     panels = [
         Panel(_accuracy_curves(vqa), TOKENS_LABEL, "held-out VQA accuracy (exact match)", "VLM score",
               inflections=_marks(vqa), x_in_tokens=True),
+        Panel(_accuracy_curves(choice), TOKENS_LABEL, "held-out accuracy of the lowest-loss answer", "VLM score (answer choice)",
+              inflections=_marks(choice), x_in_tokens=True),
         Panel([base, *_loss_curves(ood)], TOKENS_LABEL, "pre-training loss of the LM (nats/token)", "OOD score: after multimodal tuning",
               inflections=_marks(ood), x_in_tokens=True),
         Panel(_loss_curves(captions), TOKENS_LABEL, "held-out caption loss (nats/token)", "Caption loss after both stages", x_in_tokens=True),
     ]
-    sets = [c.removeprefix("vqa_") for c in frame.columns if c.startswith("vqa_") and c not in ("vqa_accuracy", "vqa_error")]
+    sets = [c.removeprefix("blind_") for c in frame.columns if c.startswith("blind_")]
     for name in sets:
-        per_set = frame.assign(vqa_error=1 - frame[f"vqa_{name}"])
+        exact = _accuracy_curves(_summaries(frame.assign(vqa_error=1 - frame[f"vqa_{name}"]), "vqa_error", "vqa_error"), "exact ")
+        chosen = _accuracy_curves(_summaries(frame.assign(vqa_error=1 - frame[f"choice_{name}"]), "vqa_error", "vqa_error"), "choice ", "--")
         blind = frame.groupby("tokens_seen")[f"blind_{name}"].mean().sort_index()
         blind_curve = Curve("blind baseline", list(blind.index), list(blind.values), color="gray", line_style=":")
-        panels.append(Panel([blind_curve, *_accuracy_curves(_summaries(per_set, "vqa_error", "vqa_error"))], TOKENS_LABEL,
-                            "held-out VQA accuracy", f"{name}: VQA accuracy", x_in_tokens=True))
+        panels.append(Panel([blind_curve, *exact, *chosen], TOKENS_LABEL, "held-out accuracy", f"{name}: VQA exact match and answer choice",
+                            x_in_tokens=True))
     report.figures += plot_panels(panels, title="Multimodal (LLaVA-style) tuning", out_stem=report.folder / "multimodal")
-    for v, o in zip(vqa, ood):
+    for v, c, o in zip(vqa, choice, ood):
         best = v.inflection
         report.headlines.append(
             f"multimodal {v.name}: VQA accuracy {1 - v.mean[0]:.3f} at {format_tokens(v.tokens[0])} -> {1 - v.mean[-1]:.3f} at "
-            f"{format_tokens(v.tokens[-1])}, best at {format_tokens(best.at)} ({best.interval_kind} {format_tokens(best.low)}-"
+            f"{format_tokens(v.tokens[-1])} (answer choice {1 - c.mean[0]:.3f} -> {1 - c.mean[-1]:.3f}), best at {format_tokens(best.at)} ({best.interval_kind} {format_tokens(best.low)}-"
             f"{format_tokens(best.high)} over {best.units} {best.resampled}; drop past it {best.rise:+.3f}{', a U' if best.u_shaped else ', not a U'}); "
             f"OOD after tuning: {o.inflection.describe()}; Spearman(forgetting, tokens) = {o.sensitivity_spearman:+.2f}")
     report.tables["Multimodal: VLM and OOD score per budget (mean over units)"] = _score_table(frame, sets)
@@ -104,7 +111,8 @@ def multimodal_section(frame: pd.DataFrame, noise: pd.DataFrame, report) -> None
 
 
 def _score_table(frame: pd.DataFrame, sets: list[str]) -> pd.DataFrame:
-    columns = ["vqa_accuracy", *(f"vqa_{name}" for name in sets), *(f"blind_{name}" for name in sets), "caption_loss_stage1",
+    columns = ["vqa_accuracy", "choice_accuracy", *(f"vqa_{name}" for name in sets), *(f"choice_{name}" for name in sets),
+               *(f"blind_{name}" for name in sets), "caption_loss_stage1",
                "caption_loss_after", "ood_loss_before", "ood_loss_after", "forgetting"]
     table = frame.groupby(["lr", "tokens_seen"], as_index=False)[columns].mean()
     table.insert(2, "runs", frame.groupby(["lr", "tokens_seen"]).size().to_numpy())
