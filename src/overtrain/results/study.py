@@ -227,12 +227,15 @@ def verdict_table(results: list[SettingResult]) -> pd.DataFrame:
     for a setting without a U the extrapolated crossing."""
     rows = []
     for result in results:
-        rows.append({"setting": _run_label(result, results),
-                     "loss after fine-tuning (" + " / ".join(format_tokens(t) for t in result.tokens) + ")": " ".join(f"{v:.3f}" for v in result.loss_after),
+        rows.append({"setting": _run_label(result, results), "units": f"{result.inflection.units} ({result.resampled})",
+                     **{format_tokens(t): f"{v:.3f}" for t, v in zip(result.tokens, result.loss_after)},
                      "U-shaped": "yes" if result.inflection.u_shaped else "no",
                      "inflection": result.inflection.describe(),
                      "estimate without a U": result.crossing.describe() if result.crossing else ""})
-    return pd.DataFrame(rows)
+    table = pd.DataFrame(rows).fillna("")
+    budgets = sorted({t for r in results for t in r.tokens})
+    fixed = ["setting", "units", *[format_tokens(t) for t in budgets], "U-shaped", "inflection", "estimate without a U"]
+    return table[[c for c in fixed if c in table]]
 
 
 def sharpness_tables(sharpness: pd.DataFrame, finetune: pd.DataFrame) -> dict[str, pd.DataFrame]:
@@ -261,7 +264,7 @@ def sharpness_tables(sharpness: pd.DataFrame, finetune: pd.DataFrame) -> dict[st
                 correlations.append({"setting": names[combo], "measure": measure, "fine-tuning": f"{task} lr={lr:g} steps={steps}",
                                      "budgets": len(joined), "Spearman(sharpness, forgetting)":
                                      f"{analysis.spearman(joined.iloc[:, 0].to_numpy(), joined.iloc[:, 1].to_numpy()):+.2f}"})
-    return {"Sharpness per setting against tokens (mean over units)": pd.DataFrame(curves),
+    return {"Sharpness per setting against tokens (mean over units)": pd.DataFrame(curves).fillna(""),
             "Does sharpness predict forgetting? Spearman across budgets within each setting": pd.DataFrame(correlations)}
 
 
@@ -278,7 +281,7 @@ def weight_norm_table(pretrain: pd.DataFrame) -> pd.DataFrame:
         means = group.groupby("tokens_seen")["weight_norm"].mean().sort_index()
         rows.append({"setting": names[combo], "seeds": group["pretrain_seed"].nunique() if "pretrain_seed" in group else 1,
                      **{format_tokens(t): f"{v:.2f}" for t, v in means.items()}})
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows).fillna("")
 
 
 def study_tables(finetune: pd.DataFrame, sharpness: pd.DataFrame | None = None) -> dict[str, pd.DataFrame]:
