@@ -323,9 +323,10 @@ def _check_splits(index: ShardIndex, config: DataConfig) -> None:
 # The plan (``--dry-run``): no tokenizer is loaded and nothing is read
 # --------------------------------------------------------------------------------------------------
 
-MEASURED_TOKENS_PER_CORE_SECOND = 1.0e6
-"""Tokens per second one worker process encodes, measured by ``benchmarks/bench_tokenize.py`` (see
-docs/benchmarks.md, "Tokenization"); the dry-run's time is an estimate from it, not a measurement."""
+MEASURED_TOKENS_PER_CORE_SECOND = 2.1e5
+"""Tokens per CPU-second of one worker process in the 2-worker pipeline, measured by
+``benchmarks/bench_tokenize.py`` with SmolLM2's 49,152-token BPE on English prose (docs/benchmarks.md,
+"Tokenization"); the dry-run's time is an estimate from it, not a measurement on the user's corpus."""
 
 
 def describe_token_plan(config: DataConfig, train_tokens: int) -> str:
