@@ -164,6 +164,9 @@ def test_memory_estimate_is_16_bytes_per_parameter_for_adamw_and_shards_under_fs
     one_b = shape_from_hf_config(PAPER_CONFIGS["allenai/OLMo-1B-hf"], "olmo-1b")
     seven_b = shape_from_hf_config(PAPER_CONFIGS["allenai/OLMo-2-1124-7B"], "olmo2-7b")
     assert (one_b.parameters, seven_b.parameters) == (find_family("olmo-1b").parameters, find_family("olmo2-7b").parameters)
+    # activations measured on narrow twins: with checkpointing a layer keeps only its fp32 input, 4 bytes x width
+    assert one_b.layer_bytes_per_token[1] == 4 * 2048 and seven_b.layer_bytes_per_token[1] == 4 * 4096
+    assert one_b.layer_bytes_per_token[0] > 10 * one_b.layer_bytes_per_token[1]
     run = RunShape(steps=10, batch_size=8, max_len=100, micro_batch_size=1)
     single = estimate_finetune(one_b, run, gpus=1)
     states = single.memory["weights"] + single.memory["gradients"] + single.memory["adamw"]

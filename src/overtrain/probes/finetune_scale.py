@@ -9,12 +9,17 @@ Memory per GPU (bytes), for the fine-tuning probe as it runs (fp32 weights, Adam
 - FSDP holds gathered units unsharded: the root (embeddings, output layer, final norm; FSDP2 keeps it
   gathered through forward and backward) and two decoder layers (the current one and the prefetched next),
   each in fp32 plus its bf16 copy: 6 B per gathered parameter;
-- activations per token of a process's micro-batch: per decoder layer the tensors saved for the backward
-  pass, counted in bf16: attention block h (norm input) + h (norm output) + h + 2 x kv (q, k, v) + h
-  (attention output; flash/memory-efficient attention keeps no T x T matrix); MLP block 2h + 4f (norm input
-  and output, gate, up, silu(gate), their product); that is 2 x (6h + 2kv + 4f) bytes per layer. With
-  gradient checkpointing: each layer keeps only its fp32 input (4h), plus one layer's full set while it is
-  recomputed;
+- activations per token of a process's micro-batch: the bytes each decoder layer saves for the backward
+  pass, **measured** (:func:`measured_layer_bytes`) on a narrow twin of the same architecture (transformers'
+  own class, width ~256 with the real head size and ff/width ratio, 2 and 3 layers, 64 and 128 tokens, bf16
+  autocast on the CPU; counted with ``saved_tensors_hooks``, each storage once) and scaled by the width
+  ratio (every saved tensor is proportional to the width at a fixed ratio). Where no twin can be built the
+  hand count is used: attention h (norm input) + h (norm output) + h + 2 x kv (q, k, v) + h (attention
+  output; flash attention keeps no T x T matrix), MLP 2h + 4f, i.e. 2 x (6h + 2kv + 4f) bytes. Measured
+  (2026-12-01): OLMo-1B 118,976 B/token/layer, 1.21x that count; OLMo-2-7B 293,248, 1.91x (fp32 norm
+  internals; OLMo-2's q/k norms and post-norms). With gradient checkpointing a layer keeps only its input
+  (measured: 4h bytes, fp32), plus one layer's full set while it is recomputed. CUDA autocast casts a
+  slightly different op list than CPU autocast: the measurement stands for the GPU's, untested there;
 - logits: 10 x vocab bytes per token (bf16 logits, their fp32 copy for the loss, the fp32 gradient).
 
 Tokens in memory per process = micro-batch rows x max_len: rows are padded to the longest of the batch, and
@@ -73,6 +78,9 @@ class ModelShape:
     vocab_size: int
     root_parameters: int
     """Parameters outside the decoder layers (embeddings, output layer, final norm)."""
+    layer_bytes_per_token: tuple[float, float] | None = None
+    """Measured bytes one decoder layer saves per token for the backward pass (plain, checkpointed); None:
+    the hand count is used."""
 
     @property
     def layer_parameters(self) -> int:
@@ -106,8 +114,82 @@ def shape_from_hf_config(config: Mapping[str, Any], name: str) -> ModelShape:
     hidden = int(hf_config.hidden_size)
     heads = int(hf_config.num_attention_heads)
     kv_heads = int(getattr(hf_config, "num_key_value_heads", None) or heads)
+    measured = measured_layer_bytes(config)
     return ModelShape(name, total, len(layers), hidden, int(hf_config.intermediate_size), kv_heads * (hidden // heads),
-                      int(hf_config.vocab_size), total - sum(p.numel() for p in layers.parameters()))
+                      int(hf_config.vocab_size), total - sum(p.numel() for p in layers.parameters()), measured)
+
+
+TWIN_WIDTH = 256
+
+
+def measured_layer_bytes(config: Mapping[str, Any], tokens: tuple[int, int] = (64, 128)) -> tuple[float, float] | None:
+    key = (json.dumps(dict(config), sort_keys=True), tokens)
+    if key not in _MEASURED:
+        _MEASURED[key] = _measure_layer_bytes(config, tokens)
+    return _MEASURED[key]
+
+
+_MEASURED: dict[tuple, tuple[float, float] | None] = {}
+"""One measurement per architecture and process (a family's revisions share it)."""
+
+
+def _measure_layer_bytes(config: Mapping[str, Any], tokens: tuple[int, int]) -> tuple[float, float] | None:
+    """Bytes per token one decoder layer saves for the backward pass (plain, with gradient checkpointing),
+    measured on narrow twins of ``config``'s architecture under bf16 autocast on the CPU and scaled to the
+    real width: the difference between 2 and 3 layers is one layer, and the difference between two sequence
+    lengths removes what does not grow with tokens (autocast's bf16 weight copies, counted apart as
+    "bf16 copies"). None when no twin can be built."""
+    import torch
+    import transformers
+
+    hidden, heads = int(config["hidden_size"]), int(config["num_attention_heads"])
+    head_dim = hidden // heads
+    twin_heads = max(1, TWIN_WIDTH // head_dim)
+    kv_ratio = heads // int(config.get("num_key_value_heads") or heads)
+    twin = dict(config, hidden_size=twin_heads * head_dim, num_attention_heads=twin_heads, num_key_value_heads=max(1, twin_heads // kv_ratio),
+                intermediate_size=max(8, round(int(config["intermediate_size"]) * twin_heads * head_dim / hidden)), vocab_size=256,
+                max_position_embeddings=max(tokens))
+    twin.pop("eos_token_id", None), twin.pop("pad_token_id", None), twin.pop("bos_token_id", None)
+    try:
+        counts = {}
+        for layers in (2, 3):
+            settings = {key: value for key, value in dict(twin, num_hidden_layers=layers).items() if key != "model_type"}
+            torch.manual_seed(0)
+            model = transformers.AutoModelForCausalLM.from_config(transformers.AutoConfig.for_model(config["model_type"], **settings))
+            counts[layers] = {(length, checkpointing): _saved_bytes(model, length, checkpointing) for length in tokens for checkpointing in (False, True)}
+    except Exception:  # noqa: BLE001 - an architecture transformers cannot build small: fall back to the hand count
+        return None
+    short, long = tokens
+    scale = hidden / twin["hidden_size"] / (long - short)
+
+    def per_token(checkpointing: bool) -> float:
+        one_layer = {length: counts[3][(length, checkpointing)] - counts[2][(length, checkpointing)] for length in tokens}
+        return (one_layer[long] - one_layer[short]) * scale
+
+    return per_token(False), per_token(True)
+
+
+def _saved_bytes(model, tokens: int, checkpointing: bool) -> int:
+    """Bytes of the distinct storages autograd saves in one bf16-autocast forward of ``tokens`` tokens."""
+    import torch
+
+    from overtrain.probes.finetune_distributed import gradient_checkpointing
+    from overtrain.precision import autocast_context
+
+    storages: dict[tuple, int] = {}
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        if not isinstance(tensor, torch.nn.Parameter):  # weights are counted as weights, not activations
+            storage = tensor.untyped_storage()
+            storages[(storage.data_ptr(), storage.nbytes())] = storage.nbytes()
+        return tensor
+
+    model.train()
+    inputs = torch.randint(0, int(model.config.vocab_size), (1, tokens))
+    with gradient_checkpointing(model, checkpointing), torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        with autocast_context("cpu", "bf16"):
+            model(inputs)
+    return sum(storages.values())
 
 
 def shape_of_overtrain_model(run_config: Mapping[str, Any], name: str) -> ModelShape:
@@ -216,9 +298,9 @@ def estimate_finetune(shape: ModelShape, run: RunShape, gpus: int = 1, gpu: str 
             memory["ddp buckets"] = 4 * params
     rows = run.micro_batch_size or max(1, run.batch_size // gpus)
     tokens_in_memory = rows * run.max_len
-    per_layer = 2 * (6 * shape.d_model + 2 * shape.kv_width + 4 * shape.ff_width)
+    per_layer, kept = shape.layer_bytes_per_token or (2 * (6 * shape.d_model + 2 * shape.kv_width + 4 * shape.ff_width), 4 * shape.d_model)
     if run.gradient_checkpointing:
-        memory["activations"] = tokens_in_memory * (shape.layers * 4 * shape.d_model + per_layer)
+        memory["activations"] = tokens_in_memory * (shape.layers * kept + per_layer)
     else:
         memory["activations"] = tokens_in_memory * shape.layers * per_layer
     memory["logits"] = tokens_in_memory * 10 * shape.vocab_size
