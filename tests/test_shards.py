@@ -12,6 +12,7 @@ import subprocess
 import sys
 import sysconfig
 import textwrap
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -149,6 +150,24 @@ def test_tokenization_stops_at_what_the_run_needs_and_a_larger_run_continues_it(
     assert np.array_equal(np.asarray(small.heldout), np.asarray(one_worker.heldout))
     larger = prepare_token_data(config, log=lambda *_: None, train_tokens=EVERYTHING)
     assert folder_bytes(larger.folder) == folder_bytes(one_worker.folder)
+
+
+def test_jobs_that_need_the_same_shards_take_turns(root: Path, corpus: Path, tokenizer_folder: Path, one_worker) -> None:
+    """Two jobs (threads here; sweep jobs or DDP ranks are processes) asking for the same folder at once: one
+    tokenizes under the folder's lock, the other waits and finds it ready; nothing is written twice."""
+    config = shard_config(corpus, tokenizer_folder, root / "together")
+    results, messages = [], []
+
+    def job() -> None:
+        results.append(prepare_token_data(config, log=messages.append, train_tokens=EVERYTHING))
+
+    threads = [threading.Thread(target=job) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(results) == 2 and sum(message.startswith("tokenizing") for message in messages) == 1
+    assert folder_bytes(results[0].folder) == folder_bytes(one_worker.folder)
 
 
 def test_training_reads_the_shards_in_order_and_ranks_share_each_batch(one_worker) -> None:
