@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import multiprocessing
 import os
 import time
 from collections import deque
@@ -127,7 +128,7 @@ def encode_chunks(chunks: Iterable[list[str]], encoder: ChunkEncoder, workers: i
     """``(documents in the chunk, encoded chunk)`` for every chunk, in the order of ``chunks``."""
     if engine == "ray":
         return _ray_encode(chunks, encoder, workers)
-    if workers <= 1:
+    if workers <= 1 or multiprocessing.current_process().daemon:  # a daemonic process may not start workers
         return ((len(chunk), encoder.encode(chunk)) for chunk in chunks)
     return _process_encode(chunks, encoder, workers)
 
@@ -149,8 +150,6 @@ def _encode_in_worker(documents: list[str]) -> EncodedChunk:
 def _process_encode(chunks: Iterable[list[str]], encoder: ChunkEncoder, workers: int) -> Iterator[tuple[int, EncodedChunk]]:
     """Worker processes, results in order. Forked where the platform can (a worker only encodes: it touches
     none of the caller's torch, CUDA or Ray state, and a spawned one would re-import the caller's script)."""
-    import multiprocessing
-
     methods = multiprocessing.get_all_start_methods()
     context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
     with context.Pool(workers, initializer=_start_worker, initargs=(encoder,)) as pool:
