@@ -223,10 +223,18 @@ def test_batched_greedy_answers_equal_one_at_a_time_and_export_in_alpaca_eval_fo
     from overtrain.cli import main as cli_main
     from overtrain.probes.instruct_readouts import greedy_answers
 
+    from overtrain.probes.instruct_readouts import (_generate_recomputing, _generate_transformers, end_of_text_of, generation_twin,
+                                                    instruction_prompt)
+    from overtrain.probes.task_batches import token_ids
+
     checkpoint, model, tokenizer = tiny_model
     instructions = ["def f(x):", "the quick brown fox jumps over", "x"]
     batched = greedy_answers(model, tokenizer, instructions, max_new_tokens=6, batch_size=3)
     assert batched == [greedy_answers(model, tokenizer, [text], max_new_tokens=6, batch_size=1)[0] for text in instructions]
+    # the KV-cached transformers twin decodes exactly what re-running our model per token decodes
+    prompts = [token_ids(tokenizer, instruction_prompt(text, None)) for text in instructions]
+    stop = end_of_text_of(tokenizer)
+    assert _generate_transformers(generation_twin(model), prompts, 6, stop) == _generate_recomputing(model, prompts, 6, stop)
     out = tmp_path / "answers.json"
     assert cli_main(["alpaca-export", str(checkpoint), "--out", str(out), "--limit", "3", "--max-new-tokens", "4", "--generator", "tiny"]) == 0
     rows = json.loads(out.read_text())

@@ -137,13 +137,37 @@ def greedy_answers(
     stop = end_of_text_of(tokenizer)
     prompts = [token_ids(tokenizer, instruction_prompt(text, template))[-(max_len - max_new_tokens):] or [stop or 0] for text in instructions]
     model.eval()
-    generate = _generate_transformers if _is_transformers_model(model) else _generate_recomputing
+    decoder = generation_twin(model)
+    generate = _generate_transformers if decoder is not None else _generate_recomputing
+    decoder = decoder if decoder is not None else model
     answers: list[str] = []
     for start in range(0, len(prompts), batch_size):
-        for ids in generate(model, prompts[start : start + batch_size], max_new_tokens, stop):
+        for ids in generate(decoder, prompts[start : start + batch_size], max_new_tokens, stop):
             text = tokenizer.decode(ids, skip_special_tokens=True)
             answers.append((text.split("\nUser:")[0] if template is None else text).strip())
     return answers
+
+
+def generation_twin(model: torch.nn.Module) -> torch.nn.Module | None:
+    """A model with a KV cache for ``model``: itself when it is a transformers model; for overtrain's LlamaLM
+    (no KV cache) a transformers ``LlamaForCausalLM`` holding the same weights (same parameter names); None
+    for anything else (decoded by re-running the whole batch per token)."""
+    if _is_transformers_model(model):
+        return model
+    from overtrain.model.llama import LlamaLM
+
+    if not isinstance(model, LlamaLM):
+        return None
+    from transformers import LlamaForCausalLM
+
+    from overtrain.checkpoints.folder import hf_llama_config
+
+    parameter = next(model.parameters())
+    twin = LlamaForCausalLM(hf_llama_config(model, 0)).to(device=parameter.device, dtype=parameter.dtype)
+    missing, unexpected = twin.load_state_dict(model.state_dict(), strict=False)
+    if unexpected or [name for name in missing if name != "lm_head.weight"]:
+        return None
+    return twin.eval()
 
 
 def _until_stop(ids: list[int], stop: int | None) -> list[int]:
