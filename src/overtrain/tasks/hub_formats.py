@@ -23,12 +23,12 @@ Schemas (field names and label conventions of the Hub datasets):
 Instruction-tuning sets (chat examples: the loss is on the assistant turns only):
 
 - ``Anthropic/hh-rlhf``: ``chosen``, ``rejected`` (each a whole dialogue as text,
-  ``"\n\nHuman: ...\n\nAssistant: ..."``); train 160,800 / test 8,552. Only ``chosen`` is read: the
+  ``"\n\nHuman: ...\n\nAssistant: ..."``); splits train / test. Only ``chosen`` is read: the
   preferred dialogue, split into its Human (user) and Assistant turns.
 - ``allenai/tulu-v2-sft-mixture``: ``dataset``, ``id``, ``messages`` (``[{"role", "content"}]``, roles
-  system/user/assistant); one train split (326,154 rows), streamed, 5% held out by a hash of the text.
-- ``allenai/tulu-3-sft-mixture``: ``id``, ``messages``, ``source``; one train split (939,343 rows),
-  streamed and held out the same way.
+  system/user/assistant); one train split, streamed, 5% held out by a hash of the text.
+- ``allenai/tulu-3-sft-mixture``: ``id``, ``messages``, ``source``; one train split, streamed and held out
+  the same way. (Row counts of the three sets were not checked here: this machine has no Hub access.)
 """
 
 from __future__ import annotations
