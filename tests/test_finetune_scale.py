@@ -218,3 +218,20 @@ def test_paper_family_configs_dry_run_on_recorded_listings(name: str, hub, tmp_p
     else:
         assert "1 x H100 SXM 80GB (one GPU)" in printed and "does NOT fit" not in printed
     assert not (tmp_path / "out").exists()
+
+
+def test_precision_auto_follows_the_hardware_and_an_explicit_precision_wins(monkeypatch: pytest.MonkeyPatch) -> None:
+    import overtrain.precision as precision
+    from overtrain.probes.finetune_distributed import finetune_device, finetune_dtype
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(precision, "cpu_has_fast_bf16", lambda: True)  # a CPU with AMX
+    assert finetune_dtype("auto", "auto", cpu) == "bf16"
+    monkeypatch.setattr(precision, "cpu_has_fast_bf16", lambda: False)
+    assert finetune_dtype("auto", "auto", cpu) == "fp32"
+    assert finetune_dtype("bf16", "fp32", cpu) == "bf16" and finetune_dtype("fp32", "bf16", cpu) == "fp32"
+    assert finetune_dtype("auto", "fp32", cpu) == "fp32"  # auto keeps the target's own dtype
+    if not torch.cuda.is_available():
+        with pytest.raises(OvertrainError, match="no GPU"):
+            finetune_device("cuda", DistributedContext())
+        assert finetune_device("auto", DistributedContext()) == cpu
