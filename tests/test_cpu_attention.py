@@ -54,8 +54,17 @@ def test_kernel_applies_only_where_it_is_built_for() -> None:
     assert not kernel_applies(odd, odd, odd)
     grouped = torch.randn(1, 1, 8, 16)
     assert not kernel_applies(q, grouped, grouped)
-    torch.set_num_threads(2)
-    assert not kernel_applies(q, q, q)
+    model, _ = build_model(ModelConfig(d_model=32, n_layers=1, n_heads=2), vocab_size=50, max_seq_len=8, seed=0)
+    assert model.use_cpu_attention_kernel(True).model.layers[0].self_attn.cpu_kernel
+    torch.set_num_threads(2)  # torch's attention uses both threads, the kernel one: keep torch's
+    assert not model.use_cpu_attention_kernel(True).model.layers[0].self_attn.cpu_kernel
+
+
+def test_compiled_model_with_the_kernel_is_one_graph() -> None:
+    model, _ = build_model(ModelConfig(d_model=32, n_layers=2, n_heads=2), vocab_size=50, max_seq_len=16, seed=0)
+    input_ids = torch.randint(0, 50, (2, 16), generator=torch.Generator().manual_seed(0))
+    explained = torch._dynamo.explain(model.use_cpu_attention_kernel(True).loss)(input_ids, input_ids)
+    assert explained.graph_break_count == 0
 
 
 def test_model_with_the_kernel_gives_transformers_logits_and_the_same_gradients() -> None:

@@ -22,7 +22,9 @@ constexpr int W = 16;  // floats per vector
 
 inline vf vload(const float* p) { return *reinterpret_cast<const vf_unaligned*>(p); }
 inline void vstore(float* p, vf x) { *reinterpret_cast<vf_unaligned*>(p) = x; }
-inline vf vbcast(float x) { return vf{} + x; }
+// Written out lane by lane: `vf{} + x` would add 0.0f first (not an identity for -0.0f), an extra
+// instruction per multiply; this form folds into the FMA's broadcast operand.
+inline vf vbcast(float x) { return vf{x, x, x, x, x, x, x, x, x, x, x, x, x, x, x, x}; }
 
 typedef int32_t vi __attribute__((vector_size(64)));
 const vi lane_index = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
@@ -102,9 +104,11 @@ void transpose_padded(View x, int64_t T, int64_t T16, float* xt) {
   }
 }
 
+constexpr int ROWS = 8;  // rows per register block: 8 independent FMA chains cover the FMA latency
+
 // s[i][j] = alpha * x_i . y_j for every 16-wide block of columns j at or left of row i's diagonal block
 // (entries right of the diagonal inside that block are computed too; callers overwrite them).
-// yt is y transposed (D x T16). Four rows at a time keep four independent FMA chains in flight.
+// yt is y transposed (D x T16): one block of it sits in 16 registers while rows stream past.
 template <int D>
 void scores_lower(View x, const float* yt, int64_t T, int64_t T16, float alpha, float* s) {
   for (int64_t jb = 0; jb < T; jb += W) {
@@ -113,30 +117,27 @@ void scores_lower(View x, const float* yt, int64_t T, int64_t T16, float alpha, 
       for (int e = 0; e < W; ++e) y[e] = vload(yt + (c * W + e) * T16 + jb);
       const bool first = c == 0, last = c == D / W - 1;
       int64_t i = jb;
-      for (; i + 4 <= T; i += 4) {
-        vf a0 = first ? vf{} : vload(s + i * T16 + jb), a1 = first ? vf{} : vload(s + (i + 1) * T16 + jb);
-        vf a2 = first ? vf{} : vload(s + (i + 2) * T16 + jb), a3 = first ? vf{} : vload(s + (i + 3) * T16 + jb);
-        const float *x0 = x.at(i) + c * W, *x1 = x.at(i + 1) + c * W, *x2 = x.at(i + 2) + c * W, *x3 = x.at(i + 3) + c * W;
+      for (; i + ROWS <= T; i += ROWS) {
+        vf acc[ROWS];
+        const float* xr[ROWS];
+#pragma GCC unroll 8
+        for (int r = 0; r < ROWS; ++r) {
+          acc[r] = first ? vf{} : vload(s + (i + r) * T16 + jb);
+          xr[r] = x.at(i + r) + c * W;
+        }
+#pragma GCC unroll 16
         for (int e = 0; e < W; ++e) {
-          a0 += vbcast(x0[e]) * y[e];
-          a1 += vbcast(x1[e]) * y[e];
-          a2 += vbcast(x2[e]) * y[e];
-          a3 += vbcast(x3[e]) * y[e];
+#pragma GCC unroll 8
+          for (int r = 0; r < ROWS; ++r) acc[r] += vbcast(xr[r][e]) * y[e];
         }
-        if (last) {
-          a0 *= alpha; a1 *= alpha; a2 *= alpha; a3 *= alpha;
-        }
-        vstore(s + i * T16 + jb, a0);
-        vstore(s + (i + 1) * T16 + jb, a1);
-        vstore(s + (i + 2) * T16 + jb, a2);
-        vstore(s + (i + 3) * T16 + jb, a3);
+#pragma GCC unroll 8
+        for (int r = 0; r < ROWS; ++r) vstore(s + (i + r) * T16 + jb, last ? acc[r] * alpha : acc[r]);
       }
       for (; i < T; ++i) {
         vf a = first ? vf{} : vload(s + i * T16 + jb);
         const float* xi = x.at(i) + c * W;
         for (int e = 0; e < W; ++e) a += vbcast(xi[e]) * y[e];
-        if (last) a *= alpha;
-        vstore(s + i * T16 + jb, a);
+        vstore(s + i * T16 + jb, last ? a * alpha : a);
       }
     }
   }
@@ -152,17 +153,18 @@ void rows_times_values(const float* a, View y, int64_t T, int64_t T16, float* ou
       for (int e = 0; e < W; ++e) y_rows[e] = e < width ? vload(y.at(jb + e) + c * W) : vf{};
       const bool first = jb == 0;
       int64_t i = jb;
-      for (; i + 4 <= T; i += 4) {
-        float *o0 = out + i * D + c * W, *o1 = o0 + D, *o2 = o1 + D, *o3 = o2 + D;
-        vf a0 = first ? vf{} : vload(o0), a1 = first ? vf{} : vload(o1), a2 = first ? vf{} : vload(o2), a3 = first ? vf{} : vload(o3);
-        const float *p0 = a + i * T16 + jb, *p1 = p0 + T16, *p2 = p1 + T16, *p3 = p2 + T16;
+      for (; i + ROWS <= T; i += ROWS) {
+        vf acc[ROWS];
+#pragma GCC unroll 8
+        for (int r = 0; r < ROWS; ++r) acc[r] = first ? vf{} : vload(out + (i + r) * D + c * W);
+        const float* p = a + i * T16 + jb;
+#pragma GCC unroll 16
         for (int e = 0; e < W; ++e) {
-          a0 += vbcast(p0[e]) * y_rows[e];
-          a1 += vbcast(p1[e]) * y_rows[e];
-          a2 += vbcast(p2[e]) * y_rows[e];
-          a3 += vbcast(p3[e]) * y_rows[e];
+#pragma GCC unroll 8
+          for (int r = 0; r < ROWS; ++r) acc[r] += vbcast(p[r * T16 + e]) * y_rows[e];
         }
-        vstore(o0, a0); vstore(o1, a1); vstore(o2, a2); vstore(o3, a3);
+#pragma GCC unroll 8
+        for (int r = 0; r < ROWS; ++r) vstore(out + (i + r) * D + c * W, acc[r]);
       }
       for (; i < T; ++i) {
         float* oi = out + i * D + c * W;

@@ -82,21 +82,21 @@ def kernel_library() -> ctypes.CDLL | None:
 
 
 def kernel_applies(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
-    """Whether the kernel computes this attention: fp32 on the CPU, one torch thread (torch's kernel
-    uses all threads; this one uses one), as many key/value heads as query heads and a head dim in
-    :data:`HEAD_DIMS`. (Whether the kernel is built is asked once, by :func:`kernel_available`.)"""
+    """Whether the kernel computes this attention: fp32 on the CPU, as many key/value heads as query heads
+    and a head dim in :data:`HEAD_DIMS`. Only tensor properties, so torch.compile traces it without a break;
+    whether the kernel is built and torch runs one thread is asked once, by :func:`kernel_available`."""
     return (
         q.device.type == "cpu"
         and q.dtype == k.dtype == v.dtype == torch.float32
         and q.shape == k.shape == v.shape
         and q.shape[-1] in HEAD_DIMS
-        and torch.get_num_threads() == 1
     )
 
 
 def kernel_available() -> bool:
-    """Build (or find) the kernel now; False where it cannot be built here."""
-    return kernel_library() is not None
+    """Whether the kernel is worth taking here, building (or finding) it now: torch runs one CPU thread
+    (torch's attention uses every thread, this kernel one) and the kernel builds on this machine."""
+    return torch.get_num_threads() == 1 and kernel_library() is not None
 
 
 def _pointer_and_strides(x: torch.Tensor) -> list[int]:

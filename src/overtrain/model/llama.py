@@ -147,10 +147,10 @@ class LlamaLM(nn.Module):
         return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=ignore_index)
 
     def use_cpu_attention_kernel(self, enabled: bool = True) -> LlamaLM:
-        """Compute attention with :mod:`overtrain.model.cpu_attention` where it applies (fp32 on the CPU, one
-        thread, head dim 16-64, no grouped keys), else with ``F.scaled_dot_product_attention``. The two agree to
-        float rounding, not bitwise; off by default, the training loop turns it on for compiled runs. The kernel
-        is built here (a few seconds, once per machine); where it cannot be, this leaves it off."""
+        """Compute attention with :mod:`overtrain.model.cpu_attention` where it applies (fp32 on the CPU, head
+        dim 16-64, no grouped keys), else with ``F.scaled_dot_product_attention``. The two agree to float
+        rounding, not bitwise; off by default, the training loop turns it on for compiled runs. Decided here,
+        once: the kernel is built (seconds, once per machine) and taken only if torch runs one thread now."""
         enabled = enabled and kernel_available()
         for layer in self.model.layers:
             layer.self_attn.cpu_kernel = enabled

@@ -9,8 +9,10 @@ depend on the number of processes.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import math
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -102,6 +104,26 @@ def build_optimizer(model: LlamaLM, config: PretrainConfig) -> torch.optim.AdamW
     groups = [{"params": matrices, "weight_decay": train.weight_decay}, {"params": vectors, "weight_decay": 0.0}]
     fused = all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in model.parameters())
     return torch.optim.AdamW(groups, lr=train.lr, betas=(train.beta1, train.beta2), eps=train.eps, fused=fused or None)
+
+
+_GLIBC_M_TRIM_THRESHOLD, _GLIBC_M_MMAP_THRESHOLD = -1, -3  # mallopt parameter numbers in glibc's malloc.h
+
+
+def keep_freed_memory_in_the_heap() -> bool:
+    """Stop glibc from giving each step's freed activation buffers back to the kernel; True if set.
+
+    glibc serves blocks above its mmap threshold with fresh mappings and unmaps them when freed, so every
+    training step faults its activations in again (~3,000 page faults per step at the nano shape, 8-14% of
+    a compiled step's CPU time: docs/benchmarks.md). An mmap threshold of 32 MiB and a trim threshold of
+    1 GiB keep that memory in the heap for the next step. Process-wide; Linux with glibc only.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    return bool(libc.mallopt(_GLIBC_M_MMAP_THRESHOLD, 32 << 20)) and bool(libc.mallopt(_GLIBC_M_TRIM_THRESHOLD, 1 << 30))
 
 
 def should_compile(train, steps_left: int, world_size: int = 1) -> bool:
@@ -264,6 +286,8 @@ class _TrainingLoop:
         self.model, self.optimizer, self.data = model, optimizer, data
         self.init_std, self.state, self.context, self.device, self.log = init_std, state, context, device, log
         self.show_progress = show_progress and context.is_main
+        if device.type == "cpu":
+            keep_freed_memory_in_the_heap()
         self.forward_model = model
         self.params = list(model.parameters())
         self.compiled_loss = None
