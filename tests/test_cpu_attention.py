@@ -12,10 +12,10 @@ import torch.nn.functional as F
 from helpers import tiny_pretrain_config, write_stdlib_text_corpus
 
 from overtrain.model.config import ModelConfig
-from overtrain.model.cpu_attention import causal_attention, kernel_applies, kernel_available
+from overtrain.model.cpu_attention import causal_attention, kernel_applies, kernel_library
 from overtrain.model.llama import build_model
 
-pytestmark = pytest.mark.skipif(not kernel_available(), reason="no C++ compiler to build the CPU attention kernel")
+pytestmark = pytest.mark.skipif(kernel_library() is None, reason="no C++ compiler to build the CPU attention kernel")
 
 
 @pytest.fixture(scope="module")
