@@ -93,7 +93,9 @@ Fine-tunes each checkpoint (weights restored after each run) and stores ID task 
 forgetting (pre-training loss after minus before), one job per task x lr x seed x reg_lambda. Runs as a
 sweep into --out DIR, like `overtrain noise`. Examples:
   overtrain finetune runs/nano_ladder task=kjv-to-web lrs=[1e-3,3e-3] steps=100 seeds=2
-  overtrain finetune runs/nano_ladder task=file:my_data.jsonl lr=1e-3 --out runs/ft_mine""",
+  overtrain finetune runs/nano_ladder task=file:my_data.jsonl lr=1e-3 --out runs/ft_mine
+  torchrun --nproc_per_node 8 -m overtrain finetune CKPT task=hh-rlhf lr=1e-5 distributed=fsdp gradient_checkpointing=true --out DIR
+    (one run over 8 GPUs; rank 0 stores; --dry-run estimates GPU memory and time: docs/scale.md)""",
     "sharpness": """\
 Measures the curvature of the held-out pre-training loss at each checkpoint (weights restored bitwise):
 the top Hessian eigenvalue (Lanczos), the Hessian trace (Hutchinson), and the worst-case loss increase on
