@@ -42,7 +42,7 @@ def is_hub_reference(text: object) -> bool:
 
 def parse_hub_reference(text: str) -> HubReference:
     """``hf:EleutherAI/pythia-160m@step1000`` -> HubReference('EleutherAI/pythia-160m', 'step1000')."""
-    body = text[len(HUB_PREFIX) :] if text.startswith(HUB_PREFIX) else text
+    body = text.removeprefix(HUB_PREFIX)
     repo, _, revision = body.partition("@")
     if not REPO_NAME.fullmatch(repo) or (revision == "" and "@" in body):
         raise OvertrainError(
