@@ -228,7 +228,8 @@ def run_sweep_file(path: str | None, overrides: list[str], dry_run: bool) -> int
         print(format_estimate(estimate_sweep_seconds(config, jobs)))
         from overtrain.sweep.estimate import gpu_finetune_lines
 
-        print("\n".join(gpu_finetune_lines(jobs)))
+        for line in gpu_finetune_lines(jobs):
+            print(line)
         return 0
     with ResultStore(config.store_path) as store:  # creates its folder, or says why it cannot
         try:

@@ -110,7 +110,7 @@ def gpu_finetune_lines(jobs: list[Job], gpu: str = "h100") -> list[str]:
     groups: dict[tuple, list[Job]] = {}
     unknown: list[str] = []
     for job in jobs:
-        if job.kind != "finetune":
+        if job.kind != "finetune" or job.depends_on:  # checkpoints this sweep pre-trains: the CPU estimate's domain
             continue
         shape = _cached_shape(str(job.spec["checkpoint"]), shape_of_reference)
         if shape is None:
