@@ -137,7 +137,7 @@ def greedy_answers(
     stop = end_of_text_of(tokenizer)
     prompts = [token_ids(tokenizer, instruction_prompt(text, template))[-(max_len - max_new_tokens):] or [stop or 0] for text in instructions]
     model.eval()
-    decoder = generation_twin(model)
+    decoder = generation_twin(model, max_len)
     generate = _generate_transformers if decoder is not None else _generate_recomputing
     decoder = decoder if decoder is not None else model
     answers: list[str] = []
@@ -148,7 +148,7 @@ def greedy_answers(
     return answers
 
 
-def generation_twin(model: torch.nn.Module) -> torch.nn.Module | None:
+def generation_twin(model: torch.nn.Module, max_len: int = DEFAULT_MAX_LEN) -> torch.nn.Module | None:
     """A model with a KV cache for ``model``: itself when it is a transformers model; for overtrain's LlamaLM
     (no KV cache) a transformers ``LlamaForCausalLM`` holding the same weights (same parameter names); None
     for anything else (decoded by re-running the whole batch per token)."""
@@ -163,7 +163,9 @@ def generation_twin(model: torch.nn.Module) -> torch.nn.Module | None:
     from overtrain.checkpoints.folder import hf_llama_config
 
     parameter = next(model.parameters())
-    twin = LlamaForCausalLM(hf_llama_config(model, 0)).to(device=parameter.device, dtype=parameter.dtype)
+    config = hf_llama_config(model, 0)
+    config.max_position_embeddings = max(config.max_position_embeddings, max_len)  # RoPE has no limit; only the warning has
+    twin = LlamaForCausalLM(config).to(device=parameter.device, dtype=parameter.dtype)
     missing, unexpected = twin.load_state_dict(model.state_dict(), strict=False)
     if unexpected or [name for name in missing if name != "lm_head.weight"]:
         return None
