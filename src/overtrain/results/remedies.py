@@ -17,7 +17,8 @@ of those runs. :func:`remedy_readings` turns a fine-tuning frame into one row pe
   ID gain*, and its ID gain against plain's *at equal forgetting*. Plain's values come from its LR sweep: the
   points (ID gain, forgetting) of the plain LRs, in LR order, joined by straight segments; the value at the
   remedy's ID gain (or forgetting) is read off the first segment, in LR order, that spans it. Outside the
-  sweep's span nothing is extrapolated (NaN). Means over seeds are compared, per budget.
+  sweep's span nothing is extrapolated (NaN). Means over seeds are compared, per budget, plain's taken over the
+  same checkpoints and fine-tuning seeds as the remedy's runs.
 - :func:`ranking`: per task, the remedies ordered by the forgetting they save at equal ID gain at the largest
   budget (the most overtrained checkpoint), those plain's sweep cannot match after them.
 """
@@ -63,10 +64,13 @@ def remedy_readings(finetune: pd.DataFrame) -> pd.DataFrame:
     frame = with_remedy_columns(finetune)
     if "pretrain_seed" not in frame:
         frame = frame.assign(pretrain_seed=0)
-    rows = []
+    rows, seen = [], set()
     for run in frame.to_dict("records"):
         training = remedy_name(run["reg_lambda"], run["replay_fraction"], run["linear_probe_steps"])
-        rows.append(_reading(run, training, training, 1.0, run["id_loss_after"], run["ood_loss_after"]))
+        same_run = (run["checkpoint"], run["task"], run["seed"], run["lr"], training)
+        if same_run not in seen:  # a run repeated only to take WiSE-FT readings (same settings, same result) counts once
+            rows.append(_reading(run, training, training, 1.0, run["id_loss_after"], run["ood_loss_after"]))
+            seen.add(same_run)
         for wise in run.get("wise") or []:
             kind = f"{WISE} alpha={wise['alpha']:g}" + ("" if training == PLAIN else f" of {training}")
             rows.append(_reading(run, kind, kind, float(wise["alpha"]), wise["id_loss"], wise["ood_loss"]))
@@ -190,19 +194,32 @@ def trade_off(readings: pd.DataFrame) -> pd.DataFrame:
     (see the module): ``plain_forgetting_at_equal_gain``, ``forgetting_saved`` (plain's minus the remedy's, > 0
     is better), ``plain_gain_at_equal_forgetting``, ``gain_added`` (the remedy's minus plain's, > 0 is better).
     Plain's own runs are listed too (they lie on the sweep: 0 saved, 0 added)."""
-    means = readings.groupby(["task", "tokens_seen", "remedy", "kind"], as_index=False).agg(
-        lr=("lr", "mean"), id_gain=("id_gain", "mean"), forgetting=("forgetting", "mean"))
     rows = []
-    for (task, tokens), budget in means.groupby(["task", "tokens_seen"]):
-        plain = budget[budget["kind"] == PLAIN].sort_values("lr")
-        by_gain = list(zip(plain["id_gain"], plain["forgetting"]))
-        by_forgetting = list(zip(plain["forgetting"], plain["id_gain"]))
-        for row in budget.to_dict("records"):
+    for (task, tokens), budget in readings.groupby(["task", "tokens_seen"]):
+        for (remedy, kind), own in budget.groupby(["remedy", "kind"]):
+            # plain's sweep on the same checkpoints and fine-tuning seeds as the remedy's runs
+            plain = _plain_means(same_units(budget[budget["kind"] == PLAIN], own))
+            by_gain = list(zip(plain["id_gain"], plain["forgetting"]))
+            by_forgetting = list(zip(plain["forgetting"], plain["id_gain"]))
+            row = {"task": task, "tokens_seen": tokens, "remedy": remedy, "kind": kind, "lr": own["lr"].mean(),
+                   "id_gain": own["id_gain"].mean(), "forgetting": own["forgetting"].mean(), "runs": len(own)}
             at_gain = interpolate_along(by_gain, row["id_gain"]) if len(by_gain) >= 2 else float("nan")
             at_forgetting = interpolate_along(by_forgetting, row["forgetting"]) if len(by_forgetting) >= 2 else float("nan")
             rows.append({**row, "plain_forgetting_at_equal_gain": at_gain, "forgetting_saved": at_gain - row["forgetting"],
                          "plain_gain_at_equal_forgetting": at_forgetting, "gain_added": row["id_gain"] - at_forgetting})
     return pd.DataFrame(rows)
+
+
+def same_units(rows: pd.DataFrame, like: pd.DataFrame) -> pd.DataFrame:
+    """The rows of ``rows`` on the checkpoints and fine-tuning seeds that ``like`` has (so that a remedy run on
+    fewer seeds is compared with plain runs on exactly those)."""
+    units = set(zip(like["checkpoint"], like["seed"]))
+    return rows[[unit in units for unit in zip(rows["checkpoint"], rows["seed"])]]
+
+
+def _plain_means(plain: pd.DataFrame) -> pd.DataFrame:
+    """Plain runs' mean ID gain and forgetting per LR, in LR order."""
+    return plain.groupby("lr", as_index=False)[["id_gain", "forgetting"]].mean().sort_values("lr")
 
 
 def ranking(readings: pd.DataFrame, curves: list[RemedyCurve] | None = None) -> dict[str, pd.DataFrame]:
@@ -248,7 +265,8 @@ def _shift_cell(readings: pd.DataFrame, task: str, remedy: str, curves: dict[str
     if reference not in curves:
         return ""
     on_task = readings[readings["task"] == task]
-    shift = inflection_shift(on_task[on_task["remedy"] == remedy], on_task[on_task["remedy"] == reference])
+    own = on_task[on_task["remedy"] == remedy]
+    shift = inflection_shift(own, same_units(on_task[on_task["remedy"] == reference], own))
     if shift is None:
         return "no interior minimum in one of the two curves"
     return shift.describe()
