@@ -23,6 +23,11 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_stdlib_text_corpus(tmp_path_factory.mktemp("corpus"))
 
 
+@pytest.fixture(scope="module")
+def token_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("token_cache")  # one tokenization for both loop tests
+
+
 @pytest.fixture(autouse=True)
 def one_thread():
     threads = torch.get_num_threads()
@@ -96,13 +101,13 @@ def test_model_with_the_kernel_gives_transformers_logits_and_the_same_gradients(
 
 @pytest.mark.parametrize("compile_setting, expected", [("true", True), ("false", False)])
 def test_compiled_cpu_training_takes_the_kernel_and_eager_training_does_not(
-    tmp_path: Path, corpus: Path, compile_setting: str, expected: bool
+    tmp_path: Path, corpus: Path, token_cache: Path, compile_setting: str, expected: bool
 ) -> None:
     from overtrain.data.tokens import prepare_token_data
     from overtrain.pretrain.distributed import DistributedContext
     from overtrain.pretrain.loop import RunState, _TrainingLoop, build_optimizer
 
-    config = tiny_pretrain_config(tmp_path, corpus, f"train.compile={compile_setting}")
+    config = tiny_pretrain_config(tmp_path, corpus, f"train.compile={compile_setting}", f"data.cache_dir={token_cache}")
     data = prepare_token_data(config.data, log=lambda *_: None)
     model, init_std = build_model(config.model, data.vocab_size, config.train.seq_len, config.train.seed)
     _TrainingLoop(config, model, build_optimizer(model, config), data, init_std, RunState(), DistributedContext(),
