@@ -59,11 +59,12 @@ class TrainConfig:
     on GPUs and on CPUs with AMX, where it is faster, and fp32 on other CPUs, where bf16 measured slower
     (2.2x slower for the nano step on an AVX512-BF16 Xeon without AMX; see overtrain.precision)."""
     compile: bool | Literal["auto"] = False
-    """Compile the model and loss with torch.compile: faster steps (~1.4x at the nano shape), slower start
-    (~15-40 s on one core). ``auto`` compiles single-process runs with at least 300 steps left to train.
-    Off by default: compiled and eager steps round differently, so under ``auto`` a run resumed near its
-    end (eager) would not be bitwise the uninterrupted run (compiled), and a WSD ladder's short trunk
-    segments pay the compile cost again in every job. Turn it on for long single runs."""
+    """Compile the model and loss with torch.compile (on CPU also overtrain's attention kernel): faster
+    steps (~1.6x at the nano shape), slower start (~10-70 s on one core). ``auto`` compiles single-process
+    runs with at least 300 steps left to train. Off by default: compiled and eager steps round differently,
+    so under ``auto`` a run resumed near its end (eager) would not be bitwise the uninterrupted run
+    (compiled); a WSD ladder's short trunk segments pay the compile cost again in every job; and sweeps key
+    jobs by the full config, so a new default would rerun every stored sweep. Turn it on for long runs."""
     seed: int = 0
     """Seeds the initialization and the order of training batches."""
     eval_every_tokens: int = 500_000

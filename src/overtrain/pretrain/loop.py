@@ -47,8 +47,9 @@ from overtrain.units import format_tokens
 LOSS_SPIKE_FACTOR = 2.0  # a loss above twice the first step's loss means the run has diverged
 COMPILE_MIN_STEPS = 300
 """``train.compile=auto`` compiles only runs with at least this many steps left: compiling the nano model
-costs ~15-40 s of one core (less with inductor's on-disk cache warm) and saves ~30% of each step, so it
-pays for itself after a few hundred steps (benchmarks/bench_pretrain_nano.py, docs/benchmarks.md)."""
+costs ~10-70 s of one core (~10 s with inductor's on-disk cache warm) and saves ~40% of each step (with
+overtrain's CPU attention kernel), so it pays for itself after a few hundred steps
+(benchmarks/bench_pretrain_nano.py, docs/benchmarks.md)."""
 
 
 @dataclass
