@@ -97,11 +97,12 @@ struct View {  // a (T, D) slice of one (batch, head): row stride in elements, l
 // xt (D x T16, zero beyond T) = transpose of the T x D rows of x.
 template <int D>
 void transpose_padded(View x, int64_t T, int64_t T16, float* xt) {
-  std::memset(xt, 0, sizeof(float) * D * T16);
   for (int64_t j = 0; j < T; ++j) {
     const float* xj = x.at(j);
     for (int d = 0; d < D; ++d) xt[d * T16 + j] = xj[d];
   }
+  for (int d = 0; d < D; ++d)
+    for (int64_t j = T; j < T16; ++j) xt[d * T16 + j] = 0.0f;
 }
 
 constexpr int ROWS = 8;  // rows per register block: 8 independent FMA chains cover the FMA latency
