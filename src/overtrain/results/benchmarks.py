@@ -32,6 +32,7 @@ from overtrain.results.store import ResultStore
 READOUTS = ("acc", "gold_logprob_per_byte", "margin_per_byte")
 READOUT_LABELS = {"acc": "accuracy", "gold_logprob_per_byte": "gold log-likelihood per byte (nats)",
                   "margin_per_byte": "gold margin per byte (nats)"}
+"""Axis labels and headline names of the read-outs."""
 BENCHMARK_COLUMNS = ["checkpoint", "tokens_seen", "stage", "benchmark", "documents", "acc", "acc_norm", "gold_logprob_per_byte",
                      "margin_per_byte", "items", "lr", "finetune_task", "finetune_seed"]
 REMEDY_OFF = {"reg_lambda": 0.0, "replay_fraction": 0.0, "linear_probe_steps": 0}

@@ -31,6 +31,7 @@ Report = Any
 """``overtrain.results.report.Report`` (figures, headlines, tables, folder), not imported: report.py imports this module."""
 
 TOKENS_LABEL = "pre-training tokens"
+SHORT_LABELS = {"acc": "accuracy", "gold_logprob_per_byte": "gold log-lik. per byte", "margin_per_byte": "gold margin per byte"}
 STAGE_STYLE = {"base": {"color": "black", "line_style": "--", "marker": "s"}, "tuned": {"marker": "o"}}
 
 
@@ -43,9 +44,9 @@ def benchmark_section(base: pd.DataFrame, tuned: pd.DataFrame, noise: pd.DataFra
     report.tables["Benchmarks: each benchmark (mean over fine-tuning seeds)"] = _each_benchmark_table(base, tuned)
     if budgets["tokens"].nunique() < 2:
         return
-    panels = [_average_panel(base, tuned, readout, report) for readout in ("acc", "gold_logprob_per_byte")]
+    panels = [_average_panel(base, tuned, readout, report) for readout in ("acc", "gold_logprob_per_byte")] + [_change_panel(budgets)]
     report.figures += plot_panels([panel for panel in panels if panel is not None], title="Benchmarks: base vs tuned",
-                                  out_stem=report.folder / "benchmarks")
+                                  out_stem=report.folder / "benchmarks", columns=3)
     each = [_benchmark_panel(base, tuned, name) for name in sorted(set(base.get("benchmark", [])) | set(tuned.get("benchmark", [])))]
     report.figures += plot_panels([panel for panel in each if panel is not None], title="Each benchmark: gold log-likelihood per byte",
                                   out_stem=report.folder / "benchmarks_each", columns=4)
@@ -75,8 +76,21 @@ def _average_panel(base: pd.DataFrame, tuned: pd.DataFrame, readout: str, report
             marks[label] = InflectionMark(inflection.at, inflection.low, inflection.high)
     if not curves:
         return None
-    return Panel(curves, TOKENS_LABEL, f"benchmark average: {READOUT_LABELS[readout]}", f"Average of {_count(base, tuned)} benchmarks",
+    return Panel(curves, TOKENS_LABEL, READOUT_LABELS[readout], f"Benchmark average ({_count(base, tuned)}): {SHORT_LABELS[readout]}",
                  inflections=marks, x_in_tokens=True)
+
+
+def _change_panel(budgets: pd.DataFrame) -> Panel | None:
+    """What tuning does to the benchmark average at each budget: tuned minus base, per read-out (0: no change)."""
+    curves = []
+    for readout in ("gold_logprob_per_byte", "acc"):
+        if f"drop {readout}" in budgets:
+            rows = budgets.dropna(subset=[f"drop {readout}"])
+            curves.append(Curve(SHORT_LABELS[readout], list(rows["tokens"]), list(-rows[f"drop {readout}"]), marker="o"))
+    if not curves:
+        return None
+    zero = Curve("no change", [int(budgets["tokens"].min()), int(budgets["tokens"].max())], [0.0, 0.0], color="black", line_style=":")
+    return Panel([zero, *curves], TOKENS_LABEL, "tuned minus base", "What tuning does to the benchmark average", x_in_tokens=True)
 
 
 def _count(base: pd.DataFrame, tuned: pd.DataFrame) -> int:
