@@ -221,3 +221,30 @@ def test_report_draws_base_vs_tuned_with_the_inflection_and_the_noise_correlatio
     predicts = report.tables["Does the noise probe predict the tuned model's benchmark drop? (Spearman across budgets)"]
     assert set(predicts["against"]) >= {"drop gold_logprob_per_byte", "tuned gold_logprob_per_byte"}
     assert "benchmarks.png" in (tmp_path / "report" / "summary.md").read_text()
+
+
+def test_report_tables_a_model_without_a_token_count_base_and_tuned(tmp_path):
+    """A single foreign model (no token count, as SmolLM2) gets a table and a headline, not a curve."""
+    from overtrain.results.records import Job, JobOutput
+    from overtrain.results.report import write_report
+    from overtrain.results.store import ResultStore
+
+    rng = np.random.default_rng(1)
+    with ResultStore(tmp_path / "results.sqlite") as store:
+        store.put(Job("benchmarks", {"checkpoint": "runs/smollm2"}),
+                  JobOutput({"tokens_seen": None, "benchmarks": _scores(-1.0, rng), "average": {}, "factors": {}}), {}, 1.0)
+        for lr, id_loss in ((3e-5, 2.0), (1e-4, 1.5)):
+            record = {"checkpoint": "runs/smollm2", "tokens_seen": None, "task": "natural_instructions", "lr": lr, "seed": 0, "reg_lambda": 0.0,
+                      "steps": 4, "id_loss_before": 3.0, "id_loss_after": id_loss, "id_accuracy_before": None, "id_accuracy_after": None,
+                      "ood_loss_before": 3.0, "ood_loss_after": 3.1, "train_tokens": 100, "forgetting": 0.1, "factors": {},
+                      "benchmarks_after": _scores(-1.2, rng)}
+            store.put(Job("finetune", {"checkpoint": "runs/smollm2", "lr": lr}), JobOutput(record), {}, 1.0)
+
+    report = write_report(tmp_path / "results.sqlite", tmp_path / "report")
+
+    table = report.tables["Benchmarks: checkpoints without a token count (base, tuned at the tuned LR)"]
+    average = table[table["benchmark"] == "average"].iloc[0]
+    assert average["tuned lr"] == "0.0001" and average["benchmarks"] == 2  # the LR with the lower held-out loss
+    assert average["base gold lp/byte"] == pytest.approx(table[table["benchmark"] != "average"]["base gold lp/byte"].mean())
+    assert any(line.startswith("benchmarks of runs/smollm2 (average of 2)") for line in report.headlines)
+    assert not (tmp_path / "report" / "benchmarks.png").exists()  # one model: no curve over tokens

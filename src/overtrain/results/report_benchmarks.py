@@ -39,6 +39,9 @@ def benchmark_section(base: pd.DataFrame, tuned: pd.DataFrame, noise: pd.DataFra
     """Add the benchmark figures, tables and headlines to ``report`` (nothing when neither stage has rows)."""
     if base.empty and tuned.empty:
         return
+    base, tuned = _without_token_count(base, tuned, report)
+    if base.empty and tuned.empty:
+        return
     budgets = per_budget_table(base, tuned)
     report.tables["Benchmarks: average over benchmarks per budget (base, tuned at the tuned LR)"] = budgets
     report.tables["Benchmarks: each benchmark (mean over fine-tuning seeds)"] = _each_benchmark_table(base, tuned)
@@ -53,6 +56,42 @@ def benchmark_section(base: pd.DataFrame, tuned: pd.DataFrame, noise: pd.DataFra
     predicts = noise_predicts_drop(noise, budgets)
     if not predicts.empty:
         report.tables["Does the noise probe predict the tuned model's benchmark drop? (Spearman across budgets)"] = predicts
+
+
+def _without_token_count(base: pd.DataFrame, tuned: pd.DataFrame, report: Report) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Table (and headline) the models without a token count, a model probed on its own; return the rest."""
+    unknown = {stage: frame[frame["tokens_seen"].isna()] if not frame.empty else frame for stage, frame in (("base", base), ("tuned", tuned))}
+    if all(frame.empty for frame in unknown.values()):
+        return base, tuned
+    table = checkpoint_table(unknown["base"], unknown["tuned"])
+    report.tables["Benchmarks: checkpoints without a token count (base, tuned at the tuned LR)"] = table
+    for row in table[table["benchmark"] == "average"].to_dict("records"):
+        parts = [f"{stage} acc {row[f'{stage} acc']:.3f}, gold log-lik. per byte {row[f'{stage} gold lp/byte']:.4f}"
+                 for stage in ("base", "tuned") if f"{stage} acc" in row and pd.notna(row[f"{stage} acc"])]
+        lr = f" (tuned lr {row['tuned lr']})" if pd.notna(row.get("tuned lr")) else ""
+        report.headlines.append(f"benchmarks of {row['checkpoint']} (average of {row['benchmarks']}): {'; '.join(parts)}{lr}")
+    known = [frame[frame["tokens_seen"].notna()] if not frame.empty else frame for frame in (base, tuned)]
+    return known[0], known[1]
+
+
+def checkpoint_table(base: pd.DataFrame, tuned: pd.DataFrame) -> pd.DataFrame:
+    """Per checkpoint and benchmark (and their average): documents, base and tuned accuracy and gold
+    log-likelihood per byte, and the tuned LR."""
+    parts = []
+    for stage, frame in (("base", base), ("tuned", tuned)):
+        if frame.empty:
+            continue
+        means = frame.groupby(["checkpoint", "benchmark"]).agg(acc=("acc", "mean"), lp=("gold_logprob_per_byte", "mean"), documents=("documents", "max"))
+        average = means.groupby("checkpoint").mean(numeric_only=True).assign(benchmark="average").set_index("benchmark", append=True)
+        means = pd.concat([means, average]).rename(columns={"acc": f"{stage} acc", "lp": f"{stage} gold lp/byte", "documents": f"{stage} documents"})
+        if stage == "tuned":
+            lrs = frame.groupby("checkpoint")["lr"].agg(lambda values: ",".join(f"{lr:g}" for lr in sorted(set(values))))
+            means["tuned lr"] = [lrs[checkpoint] for checkpoint, _ in means.index]
+        parts.append(means)
+    table = pd.concat(parts, axis=1).reset_index()
+    counts = table[table["benchmark"] != "average"].groupby("checkpoint")["benchmark"].nunique()
+    table["benchmarks"] = table["checkpoint"].map(counts)
+    return table
 
 
 def _stage_curve_or_none(frame: pd.DataFrame, readout: str) -> StageCurve | None:
