@@ -138,7 +138,7 @@ def sweep_help() -> str:
     from overtrain.cli.help import keys_help
     from overtrain.sweep.config import SweepConfig
 
-    return SWEEP_HELP + "\n\nkeys (section.key=value):\n" + keys_help(SweepConfig, expand=("noise", "finetune", "sharpness", "benchmarks", "family", "executor"))
+    return SWEEP_HELP + "\n\nkeys (section.key=value):\n" + keys_help(SweepConfig, expand=("noise", "finetune", "sharpness", "benchmarks", "family", "multimodal", "executor"))
 
 
 def _add_probe_parsers(verbs) -> None:
