@@ -181,10 +181,18 @@ def _unit_tables(rows: pd.DataFrame) -> tuple[dict[str, pd.DataFrame], str]:
     """(units, budgets) tables of the base loss, the forgetting and the loss after, and what a unit is."""
     several_seeds = "pretrain_seed" in rows and rows["pretrain_seed"].nunique() > 1
     unit = "pretrain_seed" if several_seeds else "seed"
-    count = rows[unit].nunique()
-    resampled = "pre-training seeds" if several_seeds else ("fine-tuning seeds of one pre-training run" if count > 1 else "one pre-training run")
-    tables = {column: rows.pivot_table(index=unit, columns="tokens_seen", values=column, aggfunc="mean").sort_index(axis=1).dropna()
+    tables = {column: rows.pivot_table(index=unit, columns="tokens_seen", values=column, aggfunc="mean").sort_index(axis=1)
               for column in ("ood_loss_before", "forgetting", "ood_loss_after")}
+    complete = tables["ood_loss_after"].dropna().index  # units with every budget (a run still in progress is left out)
+    if len(complete) == 0:  # no unit has every budget yet: the budgets they all have
+        tables = {column: table.dropna(axis=1) for column, table in tables.items()}
+        complete = tables["ood_loss_after"].index
+    tables = {column: table.loc[complete].dropna(axis=1) for column, table in tables.items()}
+    count = len(complete)
+    if unit == "pretrain_seed":
+        resampled = "pre-training seeds" if count > 1 else "one pre-training seed"
+    else:
+        resampled = "fine-tuning seeds of one pre-training run" if count > 1 else "one pre-training run"
     return tables, resampled
 
 
@@ -195,7 +203,8 @@ def _setting_result(rows: pd.DataFrame, name: str, factors: dict[str, Any], task
     growths = doubling_slopes(tokens, tables["forgetting"].to_numpy())
     base_gain = [unit_interval(gains[:, k], resampled) for k in range(gains.shape[1])]
     growth = [unit_interval(growths[:, k], resampled) for k in range(growths.shape[1])]
-    inflection = find_inflection(tokens, tables["ood_loss_after"].to_numpy(), resampled=resampled)
+    plural = {"one pre-training seed": "pre-training seeds", "one pre-training run": "pre-training runs"}.get(resampled, resampled)
+    inflection = find_inflection(tokens, tables["ood_loss_after"].to_numpy(), resampled=plural)
     crossing = None
     if not inflection.u_shaped and len(tokens) >= 3:
         crossing = crossing_estimate(tokens, np.array([g.mean for g in base_gain]), np.array([g.mean for g in growth]))
@@ -264,7 +273,10 @@ def sharpness_tables(sharpness: pd.DataFrame, finetune: pd.DataFrame) -> dict[st
                 correlations.append({"setting": names[combo], "measure": measure, "fine-tuning": f"{task} lr={lr:g} steps={steps}",
                                      "budgets": len(joined), "Spearman(sharpness, forgetting)":
                                      f"{analysis.spearman(joined.iloc[:, 0].to_numpy(), joined.iloc[:, 1].to_numpy()):+.2f}"})
-    return {"Sharpness per setting against tokens (mean over units)": pd.DataFrame(curves).fillna(""),
+    curves_table = pd.DataFrame(curves)
+    budgets = [format_tokens(t) for t in sorted(sharpness["tokens_seen"].unique())]
+    curves_table = curves_table[["setting", "measure", *[b for b in budgets if b in curves_table], "Spearman(sharpness, tokens)"]]
+    return {"Sharpness per setting against tokens (mean over units)": curves_table.fillna(""),
             "Does sharpness predict forgetting? Spearman across budgets within each setting": pd.DataFrame(correlations)}
 
 
