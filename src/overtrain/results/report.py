@@ -220,7 +220,7 @@ def _on_token_axis(frame: pd.DataFrame, title: str, report: Report) -> pd.DataFr
 
 def _build_report(frames: _Frames, report: Report) -> Report:
     noise = _on_token_axis(frames.noise, "Noise probe", report)
-    finetune = _on_token_axis(frames.finetune, "Fine-tuning probe", report)
+    finetune = _on_token_axis(frames.finetune.drop(columns=["benchmarks_after"], errors="ignore"), "Fine-tuning probe", report)  # per-document scores: tabled by the benchmark section
     sharpness = _on_token_axis(frames.sharpness, "Sharpness probes", report)
     pretrain = frames.pretrain
     report.headlines += [claim.headline() for claim in analysis.paper_claims(noise, finetune)]
