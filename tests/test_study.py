@@ -149,3 +149,25 @@ def test_sharpness_is_read_against_forgetting_within_each_setting() -> None:
     tables = sharpness_tables(pd.DataFrame(sharpness), pd.DataFrame(finetune))
     rho = tables["Does sharpness predict forgetting? Spearman across budgets within each setting"]
     assert dict(zip(rho["setting"], rho["Spearman(sharpness, forgetting)"])) == {"wd=0.1": "+1.00", "wd=3": "-1.00"}
+
+
+def test_the_report_of_a_factor_sweep_carries_the_study_tables(tmp_path: Path) -> None:
+    from overtrain.results.records import Job, JobOutput
+    from overtrain.results.report import write_report
+    from overtrain.results.store import ResultStore
+
+    store_path = tmp_path / "results.sqlite"
+    with ResultStore(store_path) as store:
+        for wd, rise in ((0.1, 0.0), (3.0, 0.3)):  # the loss after turns up past 1M only at weight decay 3
+            for k, tokens in enumerate([250_000, 500_000, 1_000_000, 2_000_000]):
+                before = 3.0 - 0.3 * k
+                after = before + 0.3 + (0.25 + rise * (k >= 2) + rise * (k == 3)) * k
+                metrics = {"checkpoint": f"c{wd}-{tokens}", "tokens_seen": tokens, "task": "python-code", "lr": 1e-2, "seed": 0,
+                           "reg_lambda": 0.0, "steps": 60, "id_loss_before": 3.0, "id_loss_after": 2.0, "id_accuracy_before": None,
+                           "id_accuracy_after": None, "ood_loss_before": before, "ood_loss_after": after, "train_tokens": 1000,
+                           "forgetting": after - before, "factors": {"train.weight_decay": wd}}
+                store.put(Job("finetune", {"checkpoint": f"c{wd}-{tokens}"}), JobOutput(metrics), {}, 1.0)
+    report = write_report(store_path, tmp_path / "report")
+    verdicts = report.tables["Fine-tuning U per setting: loss after fine-tuning, U and inflection"]
+    assert dict(zip(verdicts["setting"], verdicts["U-shaped"])) == {"wd=0.1": "no", "wd=3": "yes"}
+    assert "Forgetting growth vs base gain per doubling" in (tmp_path / "report" / "summary.md").read_text()

@@ -242,6 +242,10 @@ def _build_report(frames: _Frames, report: Report) -> Report:
     multimodal = _on_token_axis(frames.multimodal, "Multimodal tuning", report)
     if not multimodal.empty:
         multimodal_section(multimodal, noise, report)
+    if not finetune.empty and analysis.factor_names(finetune):  # a sweep over pre-training factors: the fine-tuning-U study's tables
+        from overtrain.results.study import study_tables
+
+        report.tables.update(study_tables(finetune, sharpness))
     atomic_write_text(report.html_path, render_html(report))
     atomic_write_text(report.folder / "summary.md", render_markdown(report))
     return report
