@@ -39,7 +39,9 @@ def command_report(args: argparse.Namespace) -> int:
 def command_tasks(args: argparse.Namespace) -> int:
     from overtrain.tasks import list_tasks, task_info
 
-    for name in list_tasks():
+    names = list_tasks()
+    width = max(map(len, names))
+    for name in names:
         info = task_info(name)
-        print(f"{name:<18} {'(Hub or data_path)' if info.needs_network else '(offline)':<19} {info.summary}")
+        print(f"{name:<{width}} {'(Hub or data_path)' if info.needs_network else '(offline)':<19} {info.summary}")
     return 0
