@@ -138,7 +138,12 @@ def test_sweep_tunes_every_checkpoint_after_one_feature_job_and_reports_vlm_and_
     text = tmp_path / "eval.txt"
     text.write_text("the quick brown fox jumps over the lazy dog. " * 200)
     section = {key: value for key, value in SMALL.items() if key not in ("lr", "seed")} | {"lrs": [1e-2], "seeds": 1, "eval_tokens": 512}
-    tree = {"out_dir": str(tmp_path / "sweep"), "checkpoints": checkpoints, "eval_data": str(text), "multimodal": section}
+    plain_tree = {"out_dir": str(tmp_path / "sweep"), "checkpoints": checkpoints, "eval_data": str(text), "multimodal": section}
+    plain_spec = next(job for job in plan_jobs(sweep_config_from_tree(plain_tree)) if job.kind == "multimodal").spec["multimodal"]
+    assert not {"benchmarks", "benchmark_limit", "benchmark_max_length"} & set(plain_spec)  # keys of earlier sweeps unchanged
+    # the OOD benchmark read-out on the LM part after tuning (COPA, 2 documents: the path, not a score)
+    section = section | {"benchmarks": ["copa"], "benchmark_limit": 2, "benchmark_max_length": 512}
+    tree = {**plain_tree, "multimodal": section}
     config = sweep_config_from_tree(tree)
     jobs = plan_jobs(config)
     features = [job for job in jobs if job.kind == "vision-features"]
@@ -147,12 +152,18 @@ def test_sweep_tunes_every_checkpoint_after_one_feature_job_and_reports_vlm_and_
     with ResultStore(config.store_path) as store:
         summary = run_jobs(jobs, store, progress=False)
         assert summary.done == 3 and summary.failed == 0, summary.failures
-        assert sorted(row.metrics["tokens_seen"] for row in store.rows(kind="multimodal")) == [256, 512]
+        rows = store.rows(kind="multimodal")
+        assert sorted(row.metrics["tokens_seen"] for row in rows) == [256, 512]
+        assert all(set(row.metrics["benchmarks_after"]) == {"copa"} for row in rows)
     report = write_report(config.store_path, tmp_path / "report")
     assert (tmp_path / "report" / "multimodal.png").is_file()
     table = report.tables["Multimodal: VLM and OOD score per budget (mean over units)"]
     assert list(table["tokens_seen"]) == [256, 512] and {"vqa_accuracy", "choice_accuracy", "vqa_scenes", "ood_loss_after"} <= set(table.columns)
     assert any(line.startswith("multimodal lr=0.01: VQA accuracy") for line in report.headlines)
+    bench = report.tables["Multimodal: benchmark average of the LM part after tuning (mean over tuning seeds)"]
+    assert list(bench["tokens_seen"]) == [256, 512] and "bench_gold_logprob_per_byte" in bench.columns
+    with pytest.raises(OvertrainError, match="multimodal.benchmark_limit"):
+        sweep_config_from_tree({**tree, "multimodal": {**section, "benchmark_limit": 0}})
     with pytest.raises(OvertrainError, match="multimodal.datasets"):
         sweep_config_from_tree({**tree, "multimodal": {**section, "datasets": ["mnist"]}})
 

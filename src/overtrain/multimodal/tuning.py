@@ -35,7 +35,7 @@ from overtrain.multimodal.encoders import DEFAULT_ENCODER, ENCODERS, VisionEncod
 from overtrain.multimodal.model import VisionLanguageModel, greedy_answers, save_vision_language_model
 from overtrain.precision import autocast_context
 from overtrain.pretrain.schedules import lr_multiplier
-from overtrain.probes.finetune import SCHEDULES, SettingProblems, only_trainable
+from overtrain.probes.finetune import SCHEDULES, SettingProblems, collect_benchmark_problems, only_trainable, score_tuned_benchmarks
 from overtrain.probes.target import ProbeTarget
 from overtrain.probes.task_batches import EncodedExample, encode_example, pad_batch, sample_rows
 
@@ -87,6 +87,13 @@ class MultimodalConfig:
     """Sequences per forward pass when scoring (memory only)."""
     save_dir: str | None = None
     """Write the tuned model here (LM loadable with AutoModelForCausalLM, projector beside it); unset: not saved."""
+    benchmarks: list[str] = field(default_factory=list)
+    """Benchmarks scored on the LM part right after stage 2 (in memory; the OOD read-out of the families issue),
+    e.g. [arc_easy, piqa] or the ten of ``overtrain bench``; empty (default) scores none."""
+    benchmark_limit: int | None = 50
+    """Documents per benchmark of ``benchmarks`` (the first ones); null scores all."""
+    benchmark_max_length: int | None = None
+    """Context the harness gives the tuned LM, in tokens (null: its own; see benchmarks.max_length)."""
 
     def validate(self) -> None:
         problems = SettingProblems()
@@ -115,6 +122,7 @@ class MultimodalConfig:
         need(_whole(self.max_len) and self.max_len >= 2, f"{prefix}max_len", self.max_len, "a whole number of tokens >= 2, e.g. 128")
         need(self.encoder in ENCODERS or str(self.encoder).startswith("hf:"), f"{prefix}encoder", self.encoder,
              f"{' or '.join(ENCODERS)} (offline), or hf:ORG/NAME, e.g. hf:openai/clip-vit-large-patch14")
+        collect_benchmark_problems(self, problems, prefix)
 
 
 def _finite(value: object) -> bool:
@@ -379,6 +387,9 @@ class MultimodalRecord:
     stage1: dict
     stage2: dict
     examples_seen: dict = field(default_factory=dict)
+    benchmarks_after: dict = field(default_factory=dict)
+    """The tuned LM's benchmark scores, ``{benchmark: {...}}`` as score_benchmarks returns them (empty without
+    ``benchmarks``)."""
 
     @property
     def forgetting(self) -> float:
@@ -409,6 +420,7 @@ def run_multimodal_probe(target: ProbeTarget, config: MultimodalConfig, data: Vi
                                     tokenizer, config.max_len, config.eval_batch_size, target.dtype)
         vqa = vqa_scores(data.heldout.questions, answers, data.blind_answers, chosen)
         ood_after = target.pretraining_loss().loss
+        benchmarks_after = score_tuned_benchmarks(target, config)  # the LM part as tuned, before restore
         if config.save_dir:
             save_vision_language_model(model, config.save_dir, target.info.folder, {"encoder": config.encoder, "caption_prompt": CAPTION_PROMPT,
                                                                                    "question_prompt": "{question}\n"})
@@ -421,4 +433,5 @@ def run_multimodal_probe(target: ProbeTarget, config: MultimodalConfig, data: Vi
         vqa, stage1, stage2,
         {"train_images": int(data.train.features.shape[0]), "train_questions": len(data.train.questions),
          "heldout_images": int(data.heldout.features.shape[0]), "heldout_questions": len(data.heldout.questions)},
+        benchmarks_after,
     )

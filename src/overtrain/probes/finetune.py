@@ -33,6 +33,7 @@ import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -173,19 +174,27 @@ class FinetuneConfig:
             check_task_name(self.task)
         except OvertrainError as error:
             problems.add_text(f"{prefix}task: {error.problem}", error.fix or "")
-        if self.benchmarks:
-            from overtrain.probes.benchmarks import check_benchmark_names
+        collect_benchmark_problems(self, problems, prefix)
 
-            try:
-                check_benchmark_names(self.benchmarks, f"{prefix}benchmarks")
-            except OvertrainError as error:
-                problems.add_text(error.problem, error.fix or "")
-            limit = self.benchmark_limit
-            need(limit is None or (isinstance(limit, int) and not isinstance(limit, bool) and limit >= 1), f"{prefix}benchmark_limit", limit,
-                 "a whole number of documents >= 1, or null for all")
-            context = self.benchmark_max_length
-            need(context is None or (isinstance(context, int) and not isinstance(context, bool) and context >= 2), f"{prefix}benchmark_max_length",
-                 context, "a number of tokens >= 2, or null for the model's own context")
+
+
+def collect_benchmark_problems(settings: Any, problems: SettingProblems, prefix: str) -> None:
+    """Check the ``benchmarks``, ``benchmark_limit`` and ``benchmark_max_length`` settings of a tuning config
+    (fine-tuning or multimodal: both score the tuned LM in memory)."""
+    if not settings.benchmarks:
+        return
+    from overtrain.probes.benchmarks import check_benchmark_names
+
+    try:
+        check_benchmark_names(settings.benchmarks, f"{prefix}benchmarks")
+    except OvertrainError as error:
+        problems.add_text(error.problem, error.fix or "")
+    limit = settings.benchmark_limit
+    problems.require(limit is None or (isinstance(limit, int) and not isinstance(limit, bool) and limit >= 1), f"{prefix}benchmark_limit", limit,
+                     "a whole number of documents >= 1, or null for all")
+    context = settings.benchmark_max_length
+    problems.require(context is None or (isinstance(context, int) and not isinstance(context, bool) and context >= 2),
+                     f"{prefix}benchmark_max_length", context, "a number of tokens >= 2, or null for the model's own context")
 
 
 SCHEDULES = ("cosine", "linear", "constant")
@@ -535,8 +544,9 @@ def _measure_finetune_measure(target: ProbeTarget, config: FinetuneConfig, task:
     )
 
 
-def score_tuned_benchmarks(target: ProbeTarget, config: FinetuneConfig) -> dict:
-    """``config.benchmarks`` scored on the model as it is now (the tuned weights, in memory); {} without any."""
+def score_tuned_benchmarks(target: ProbeTarget, config: Any) -> dict:
+    """``config.benchmarks`` scored on the model as it is now (the tuned weights, in memory); {} without any.
+    ``config`` is any tuning config with the benchmark settings (:class:`FinetuneConfig`, the multimodal one)."""
     if not config.benchmarks:
         return {}
     from transformers import AutoTokenizer

@@ -17,6 +17,7 @@ import pandas as pd
 
 from overtrain.results import analysis
 from overtrain.results.plots import Curve, InflectionMark, Panel, plot_panels
+from overtrain.probes.benchmarks import benchmark_average
 from overtrain.results.store import ResultStore
 from overtrain.units import format_tokens
 
@@ -38,6 +39,7 @@ def multimodal_frame(store: ResultStore) -> pd.DataFrame:
             flat[f"blind_{name}"] = scores["blind_accuracy"]
             flat[f"choice_{name}"] = scores.get("choice_accuracy")
         flat["datasets"] = "+".join(metrics["datasets"])
+        flat |= {f"bench_{name}": value for name, value in benchmark_average(metrics.get("benchmarks_after") or {}).items()}
         flat["vqa_error"] = 1.0 - metrics["vqa_accuracy"]
         flat["choice_error"] = 1.0 - metrics.get("choice_accuracy", float("nan"))
         rows.append(flat | analysis.factor_columns(metrics.get("factors", {})))
@@ -104,6 +106,10 @@ def multimodal_section(frame: pd.DataFrame, noise: pd.DataFrame, report) -> None
             f"OOD after tuning: {o.inflection.describe()}; Spearman(forgetting, tokens) = {o.sensitivity_spearman:+.2f}")
     report.tables["Multimodal: VLM and OOD score per budget (mean over units)"] = _score_table(frame, sets)
     report.tables["Multimodal tuning runs"] = frame[[c for c in RUN_COLUMNS if c in frame]].sort_values(["lr", "tokens_seen", "seed"])
+    bench_columns = [column for column in frame.columns if column.startswith("bench_")]
+    if bench_columns:  # the OOD benchmark score of the LM part after multimodal tuning
+        table = frame.groupby(["lr", "tokens_seen"], as_index=False)[bench_columns].mean()
+        report.tables["Multimodal: benchmark average of the LM part after tuning (mean over tuning seeds)"] = table
     if not noise.empty:
         as_finetune = frame.assign(task="multimodal", reg_lambda=0.0)
         report.tables["Does the noise probe predict the VLM's forgetting? (Spearman across budgets)"] = \

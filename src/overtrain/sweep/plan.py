@@ -223,6 +223,17 @@ def finetune_spec(finetune: FinetuneConfig) -> dict[str, Any]:
     return {name: value for name, value in settings.items() if not (name in OMITTED_AT_DEFAULT and value == getattr(defaults, name))}
 
 
+MULTIMODAL_OMITTED_AT_DEFAULT = ("benchmarks", "benchmark_limit", "benchmark_max_length")
+"""MultimodalConfig fields added after its first sweeps: left out of the job spec at their defaults (keys unchanged)."""
+
+
+def multimodal_spec(settings: Any) -> dict[str, Any]:
+    """The ``multimodal`` entry of a job spec: every setting of the run."""
+    defaults = type(settings)()
+    return {name: value for name, value in config_to_dict(settings).items()
+            if not (name in MULTIMODAL_OMITTED_AT_DEFAULT and value == getattr(defaults, name))}
+
+
 def task_file_of(task: str) -> dict[str, Any]:
     """For ``file:PATH`` tasks, the file's sha256 (an edited file is a new job, never a stored row)."""
     return {"task_sha256": file_sha256(task_file_path(task))} if task.startswith(FILE_PREFIX) else {}
@@ -278,6 +289,6 @@ def _multimodal_jobs(config: SweepConfig, checkpoint: PlannedCheckpoint) -> list
     shared = {"eval_tokens": section.eval_tokens, **eval_data_of(config, section), **_factors_of(checkpoint)}
     jobs = []
     for settings in multimodal_grid(section):
-        spec = {"checkpoint": checkpoint.path, "multimodal": config_to_dict(settings), **shared}
+        spec = {"checkpoint": checkpoint.path, "multimodal": multimodal_spec(settings), **shared}
         jobs.append(Job("multimodal", spec, depends_on=depends, label=f"multimodal lr={settings.lr:g} seed={settings.seed} @ {_where(checkpoint)}"))
     return jobs
