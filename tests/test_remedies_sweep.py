@@ -194,7 +194,7 @@ def test_report_section_renders_figures_headlines_and_a_ranking(tmp_path: Path) 
     assert {path.name for path in report.figures} == {"remedies.png", "remedies.svg"} and all(p.is_file() for p in report.figures)
     ranking_title = next(title for title in report.tables if title.startswith("Remedies on t: ranking"))
     assert report.tables[ranking_title]["remedy"].iloc[0] == "replay 0.25 lr=0.002"
-    assert any("#1 replay 0.25 lr=0.002" in line and "+0.0100 forgetting saved" in line for line in report.headlines)
+    assert any("ranked 1 of" in line and ": replay 0.25 lr=0.002: " in line and "+0.0100 forgetting saved" in line for line in report.headlines)
     assert "Remedies on t: ranking" in render_markdown(report)
     plain_only = _trade_off_frame().query("replay_fraction == 0 and linear_probe_steps == 0 and reg_lambda == 0 and lr == 0.002")
     quiet = Report(tmp_path / "quiet")

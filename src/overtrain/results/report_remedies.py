@@ -107,6 +107,6 @@ def _headlines(task: str, ranked: pd.DataFrame) -> list[str]:
             continue
         saved = "outside plain's LR sweep" if pd.isna(row["forgetting_saved"]) else f"{row['forgetting_saved']:+.4f} forgetting saved at equal ID gain"
         shift = f"; inflection shift {row['shift vs plain (same lr)']}" if row["shift vs plain (same lr)"] else ""
-        lines.append(f"remedy {task} #{row['rank']} {row['remedy']} at {tokens}: ID gain {row['id_gain']:.4f}, forgetting {row['forgetting']:.4f}, "
-                     f"{saved}{shift}")
+        lines.append(f"remedy {task}, ranked {row['rank']} of {len(ranked)} at {tokens}: {row['remedy']}: ID gain {row['id_gain']:.4f}, "
+                     f"forgetting {row['forgetting']:.4f}, {saved}{shift}")
     return lines
