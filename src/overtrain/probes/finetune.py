@@ -181,20 +181,25 @@ class FinetuneConfig:
 def collect_benchmark_problems(settings: Any, problems: SettingProblems, prefix: str) -> None:
     """Check the ``benchmarks``, ``benchmark_limit`` and ``benchmark_max_length`` settings of a tuning config
     (fine-tuning or multimodal: both score the tuned LM in memory)."""
-    if not settings.benchmarks:
-        return
+    if settings.benchmarks:
+        check_benchmark_reading(settings.benchmarks, settings.benchmark_limit, settings.benchmark_max_length, problems,
+                                f"{prefix}benchmarks", f"{prefix}benchmark_limit", f"{prefix}benchmark_max_length")
+
+
+def check_benchmark_reading(tasks: Any, limit: Any, max_length: Any, problems: SettingProblems,
+                            tasks_key: str, limit_key: str, max_length_key: str) -> None:
+    """Refuse an empty or repeated benchmark list, a document limit below 1 and a context below 2 tokens
+    (the settings every benchmark reading has: the ``benchmarks:`` section and the tuned-model read-outs)."""
     from overtrain.probes.benchmarks import check_benchmark_names
 
     try:
-        check_benchmark_names(settings.benchmarks, f"{prefix}benchmarks")
+        check_benchmark_names(tasks, tasks_key)
     except OvertrainError as error:
         problems.add_text(error.problem, error.fix or "")
-    limit = settings.benchmark_limit
-    problems.require(limit is None or (isinstance(limit, int) and not isinstance(limit, bool) and limit >= 1), f"{prefix}benchmark_limit", limit,
+    problems.require(limit is None or (isinstance(limit, int) and not isinstance(limit, bool) and limit >= 1), limit_key, limit,
                      "a whole number of documents >= 1, or null for all")
-    context = settings.benchmark_max_length
-    problems.require(context is None or (isinstance(context, int) and not isinstance(context, bool) and context >= 2),
-                     f"{prefix}benchmark_max_length", context, "a number of tokens >= 2, or null for the model's own context")
+    problems.require(max_length is None or (isinstance(max_length, int) and not isinstance(max_length, bool) and max_length >= 2),
+                     max_length_key, max_length, "a number of tokens >= 2, or null for the model's own context")
 
 
 SCHEDULES = ("cosine", "linear", "constant")

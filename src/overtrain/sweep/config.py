@@ -46,8 +46,8 @@ from overtrain.errors import OvertrainError
 from overtrain.model.presets import apply_preset
 from overtrain.pretrain.config import PretrainConfig, validate_pretrain_config
 from overtrain.multimodal.tuning import MultimodalConfig
-from overtrain.probes.benchmarks import PAPER_BENCHMARKS, check_benchmark_names
-from overtrain.probes.finetune import FinetuneConfig, SettingProblems
+from overtrain.probes.benchmarks import PAPER_BENCHMARKS
+from overtrain.probes.finetune import FinetuneConfig, SettingProblems, check_benchmark_reading
 
 
 @dataclass
@@ -395,18 +395,10 @@ def validate_sweep_config(config: SweepConfig) -> None:
 
 
 def check_benchmark_settings(section: BenchmarkSweep, prefix: str, problems: SettingProblems) -> None:
-    """Refuse an empty or repeated benchmark list, a limit below 1, negative shots or a zero batch."""
-    try:
-        check_benchmark_names(section.tasks, f"{prefix}tasks")
-    except OvertrainError as error:
-        problems.add_text(error.problem, error.fix or "")
-    limit = section.limit
-    problems.require(limit is None or (isinstance(limit, int) and not isinstance(limit, bool) and limit >= 1), f"{prefix}limit", limit,
-                     "a whole number of documents >= 1, or null for all of them")
+    """Refuse an empty or repeated benchmark list, a limit below 1, a context below 2, negative shots or a zero batch."""
+    check_benchmark_reading(section.tasks, section.limit, section.max_length, problems, f"{prefix}tasks", f"{prefix}limit", f"{prefix}max_length")
     problems.require(section.num_fewshot >= 0, f"{prefix}num_fewshot", section.num_fewshot, "a whole number >= 0 (0: zero-shot)")
     problems.require(section.batch_size >= 1, f"{prefix}batch_size", section.batch_size, "a whole number >= 1")
-    problems.require(section.max_length is None or section.max_length >= 2, f"{prefix}max_length", section.max_length,
-                     "a number of tokens >= 2, or null for the model's own context")
 
 
 def _check_axis(values: list[Any], key: str, example: str, problems: SettingProblems) -> None:
