@@ -8,13 +8,14 @@ under the final name; :func:`remove_stale_temporaries` sweeps those up on the ne
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 TEMPORARY_MARK = ".tmp-"
 
@@ -28,8 +29,14 @@ def _default_mode(requested: int = 0o666) -> int:
 
 
 @contextlib.contextmanager
-def atomic_directory(final_path: Path) -> Iterator[Path]:
-    """Yield a temporary folder; on success it is renamed to ``final_path``, on error it is removed."""
+def atomic_directory(final_path: Path, *, if_exists: Literal["replace", "keep"] = "replace") -> Iterator[Path]:
+    """Yield a temporary folder; on success it becomes ``final_path``, on error it is removed.
+
+    When ``final_path`` exists by the time the folder is published (an earlier run, or a concurrent writer
+    such as another DDP rank filling the same content-addressed cache), ``if_exists`` decides: ``"replace"``
+    swaps the new folder in, ``"keep"`` leaves the existing one and drops the new one. Use ``"keep"`` for
+    caches whose name is a hash of their content: both writers built the same thing, the first one wins.
+    """
     final_path = Path(final_path)
     final_path.parent.mkdir(parents=True, exist_ok=True)
     temporary = Path(tempfile.mkdtemp(prefix=final_path.name + TEMPORARY_MARK, dir=final_path.parent))
@@ -37,18 +44,40 @@ def atomic_directory(final_path: Path) -> Iterator[Path]:
     try:
         yield temporary
         _fsync_tree(temporary)
-        os.replace(temporary, final_path) if not final_path.exists() else _replace_directory(temporary, final_path)
+        _publish_directory(temporary, final_path, if_exists)
     except BaseException:
         shutil.rmtree(temporary, ignore_errors=True)
         raise
 
 
-def _replace_directory(temporary: Path, final_path: Path) -> None:
-    # os.replace cannot overwrite a non-empty folder: move the old one aside first, then drop it.
-    doomed = final_path.with_name(final_path.name + TEMPORARY_MARK + "old")
-    shutil.rmtree(doomed, ignore_errors=True)
-    os.replace(final_path, doomed)
-    os.replace(temporary, final_path)
+_TARGET_EXISTS = (errno.ENOTEMPTY, errno.EEXIST)
+_PUBLISH_ATTEMPTS = 5
+
+
+def _publish_directory(temporary: Path, final_path: Path, if_exists: str) -> None:
+    # rename() is atomic and fails when another folder took the name first, so there is no check-then-act
+    # window between two writers (an exists() test before the rename raced, and a DDP rank lost).
+    for _ in range(_PUBLISH_ATTEMPTS):
+        try:
+            os.rename(temporary, final_path)
+            return
+        except OSError as error:
+            if error.errno not in _TARGET_EXISTS:
+                raise
+        if if_exists == "keep":
+            shutil.rmtree(temporary, ignore_errors=True)
+            return
+        _move_aside_and_drop(final_path)
+    raise OSError(errno.EEXIST, f"{final_path} kept being recreated by another writer; giving up after {_PUBLISH_ATTEMPTS} attempts")
+
+
+def _move_aside_and_drop(final_path: Path) -> None:
+    # os.rename cannot overwrite a non-empty folder: move the old one aside under a unique name, then drop it.
+    doomed = Path(tempfile.mkdtemp(prefix=final_path.name + TEMPORARY_MARK + "old-", dir=final_path.parent))
+    try:
+        os.rename(final_path, doomed / final_path.name)
+    except FileNotFoundError:  # another writer moved it first; the next rename attempt decides
+        pass
     shutil.rmtree(doomed, ignore_errors=True)
 
 

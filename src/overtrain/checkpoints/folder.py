@@ -128,7 +128,7 @@ def save_checkpoint(
     final = Path(run_folder) / "checkpoints" / checkpoint_folder_name(step, tokens_seen)
     if final.exists():
         return final
-    with atomic_directory(final) as staging:
+    with atomic_directory(final, if_exists="keep") as staging:
         save_file(model_tensors(model), staging / "model.safetensors", metadata={"format": "pt"})
         hf_llama_config(model, end_of_text_id).save_pretrained(staging)
         if optimizer is not None:

@@ -77,7 +77,7 @@ def eval_text_windows(
         started = time.perf_counter()
         log(f"tokenizing eval text {settings.source!r} with the tokenizer of {tokenizer_folder} ...")
         rows, meta = _build_windows(settings, tokenizer_folder)
-        with atomic_directory(folder) as staging:
+        with atomic_directory(folder, if_exists="keep") as staging:
             np.save(staging / "windows.npy", rows)
             (staging / "meta.json").write_text(json.dumps({**meta, "settings": asdict(settings), "tokenizer_folder": str(tokenizer_folder)}, indent=2))
         log(f"eval text: {rows.shape[0]} windows of {settings.seq_len} tokens in {time.perf_counter() - started:.1f} s")

@@ -101,7 +101,7 @@ def prepare_token_data(config: DataConfig, log=print, train_tokens: int = 0) -> 
         started = time.perf_counter()
         log(f"tokenizing corpus {config.corpus!r} with a {config.vocab_size}-token BPE into {folder} ...")
         try:
-            with atomic_directory(folder) as staging:
+            with atomic_directory(folder, if_exists="keep") as staging:
                 _write_token_data(config, staging)
         except OSError as error:
             raise OvertrainError(

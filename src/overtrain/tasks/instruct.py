@@ -191,7 +191,7 @@ def convert_bigbench(sdist_file: Path, folder: Path) -> None:
     if missing:
         raise OvertrainError(f"{sdist_file} holds no {BIGBENCH_TASKS}/{{{','.join(missing)}}}/**/task.json",
                              f"pass the real {BIGBENCH.filename} (pip download --no-deps --no-binary :all: {BIGBENCH.requirement})")
-    with atomic_directory(folder) as temporary:
+    with atomic_directory(folder, if_exists="keep") as temporary:
         write_jsonl_gz(temporary / "natural_instructions.jsonl.gz", _natural_instruction_records(found["natural_instructions"]))
         write_jsonl_gz(temporary / "topical_chat.jsonl.gz", _topical_chat_records(found["topical_chat"]))
         write_jsonl_gz(temporary / "hhh_alignment.jsonl.gz", _hhh_records(found["hhh_alignment"]))
@@ -205,7 +205,7 @@ def convert_alpaca_eval(sdist_file: Path, folder: Path) -> None:
             raise OvertrainError(f"{sdist_file} holds no {ALPACA_OUTPUTS}", f"pass the real {ALPACA_EVAL.filename}")
         rows = json.load(archive.extractfile(member))
     keep = ("instruction", "output", "generator", "dataset")
-    with atomic_directory(folder) as temporary:
+    with atomic_directory(folder, if_exists="keep") as temporary:
         write_jsonl_gz(temporary / "alpaca_eval.jsonl.gz", ({key: str(row[key]) for key in keep} for row in rows))
 
 
