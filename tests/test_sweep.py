@@ -83,6 +83,38 @@ def test_rerunning_a_finished_sweep_runs_no_job(finished_sweep: tuple[Path, list
     assert summary.done == 0 and summary.skipped == summary.total
 
 
+def test_dry_run_of_a_finished_sweep_counts_what_is_stored_and_changes_nothing(
+    finished_sweep: tuple[Path, list[str]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    _, overrides = finished_sweep
+    config = load_sweep_config(None, overrides)
+    store_bytes = config.store_path.read_bytes()
+    assert cli_main(["sweep", *overrides, "--dry-run"]) == 0
+    jobs = len(plan_jobs(config))
+    printed = capsys.readouterr().out
+    assert f"stored: {jobs} of {jobs} jobs already finished; the estimate covers the 0 left" in printed
+    assert "total 0m00s" in printed
+    assert config.store_path.read_bytes() == store_bytes
+
+
+def test_the_estimate_counts_a_segment_from_its_finished_predecessor(finished_sweep: tuple[Path, list[str]]) -> None:
+    from overtrain.sweep.estimate import pretrain_tokens_left
+    from overtrain.sweep.plan import pretrain_tokens_by_job
+
+    _, overrides = finished_sweep
+    jobs = plan_jobs(load_sweep_config(None, overrides))
+    segments = [job for job in jobs if job.kind == "pretrain" and "stop_at_tokens" in job.spec]
+    first, second = sorted(segments, key=lambda job: job.spec["stop_at_tokens"] or float("inf"))[:2]
+    assert list(second.depends_on) == [first.key]
+    whole_plan = pretrain_tokens_by_job(jobs)
+    left, trunk_left = pretrain_tokens_left(jobs, {first.key})
+    assert left == sum(whole_plan.values()) - whole_plan[first.key]
+    assert trunk_left == sum(whole_plan[job.key] for job in segments) - whole_plan[first.key]
+    # the second segment trains from the first one's stop: counted alone it would start at zero
+    assert whole_plan[second.key] == second.spec["stop_at_tokens"] - first.spec["stop_at_tokens"]
+    assert pretrain_tokens_left(jobs, {job.key for job in jobs}) == (0, 0)
+
+
 def test_report_can_be_rebuilt_from_the_store(finished_sweep: tuple[Path, list[str]], tmp_path: Path) -> None:
     root, _ = finished_sweep
     report = write_report(root / "sweep" / "results.sqlite", tmp_path)

@@ -200,6 +200,22 @@ def _refuse_non_sqlite_file(path: Path) -> None:
         )
 
 
+def stored_keys(path: str | Path) -> set[str]:
+    """Keys of the finished jobs in the store at ``path``, read without creating, locking or changing
+    anything (a dry run's view); no file is no keys, a damaged file one clear message."""
+    path = Path(path)
+    if not path.is_file():
+        return set()
+    try:
+        connection = sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_SECONDS)
+        try:
+            return {key for (key,) in connection.execute("SELECT key FROM results")}
+        finally:
+            connection.close()
+    except sqlite3.DatabaseError as error:
+        raise _damaged_store_error(path, error) from None
+
+
 def _connect(path: Path) -> sqlite3.Connection:
     """Open (or create) the SQLite file; a folder that cannot hold it becomes one clear message."""
     try:

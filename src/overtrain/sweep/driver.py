@@ -223,9 +223,13 @@ def run_sweep_file(path: str | None, overrides: list[str], dry_run: bool) -> int
     print(dump_yaml(config))
     print(f"plan: {describe_plan(jobs)}; executor {config.executor.kind}; store {config.store_path}")
     if dry_run:
+        from overtrain.results.store import stored_keys
         from overtrain.sweep.estimate import estimate_sweep_seconds, format_estimate
 
-        print(format_estimate(estimate_sweep_seconds(config, jobs)))
+        finished = stored_keys(config.store_path) & {job.key for job in jobs}
+        if finished:
+            print(f"stored: {len(finished)} of {len(jobs)} jobs already finished; the estimate covers the {len(jobs) - len(finished)} left")
+        print(format_estimate(estimate_sweep_seconds(config, jobs, finished)))
         from overtrain.sweep.estimate import gpu_finetune_lines
 
         for line in gpu_finetune_lines(jobs):

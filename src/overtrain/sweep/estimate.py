@@ -11,6 +11,7 @@ take ``min(max_iters, 25)`` products. It is a plan, not a promise: it ignores st
 from __future__ import annotations
 
 import time
+from collections.abc import Collection
 
 import torch
 
@@ -58,17 +59,15 @@ def measure_train_tokens_per_second(config, threads: int) -> float:
         torch.set_num_threads(previous)
 
 
-def estimate_sweep_seconds(config, jobs: list[Job]) -> dict[str, float]:
-    """Seconds per job kind, for a sweep whose checkpoints come from its own ``pretrain`` section."""
+def estimate_sweep_seconds(config, jobs: list[Job], finished_keys: Collection[str] = frozenset()) -> dict[str, float]:
+    """Seconds per job kind of the jobs not in ``finished_keys``, for a sweep whose checkpoints come from
+    its own ``pretrain`` section."""
     if config.pretrain is None:
         return {}
     rate = measure_train_tokens_per_second(config.pretrain, config.executor.threads_per_worker)
     workers = config.executor.workers if config.executor.kind != "in-process" else 1
-    from overtrain.sweep.plan import pretrain_tokens_by_job
-
-    tokens_by_job = pretrain_tokens_by_job(jobs)
-    # A WSD trunk's segments run one after another: the trunk is a floor under the parallel estimate.
-    trunk_tokens = sum(tokens for job in jobs if job.kind == "pretrain" and "stop_at_tokens" in job.spec for tokens in [tokens_by_job[job.key]])
+    pretrain_tokens, trunk_tokens = pretrain_tokens_left(jobs, finished_keys)
+    jobs = [job for job in jobs if job.key not in finished_keys]
     seconds = {"pretrain": 0.0, "noise": 0.0, "finetune": 0.0}
     for job in jobs:
         if job.kind == "noise":
@@ -84,8 +83,20 @@ def estimate_sweep_seconds(config, jobs: list[Job]) -> dict[str, float]:
         elif job.kind == "sharpness":
             seconds["sharpness"] = seconds.get("sharpness", 0.0) + sharpness_forwards(job.spec) * job.spec["eval_tokens"] / (3 * rate)
     parallel = {kind: value / workers for kind, value in seconds.items()}
-    parallel["pretrain"] = max(sum(tokens_by_job.values()) / rate / workers, trunk_tokens / rate)
+    parallel["pretrain"] = max(pretrain_tokens / rate / workers, trunk_tokens / rate)
     return parallel | {"train_tokens_per_second": rate}
+
+
+def pretrain_tokens_left(jobs: list[Job], finished_keys: Collection[str] = frozenset()) -> tuple[int, int]:
+    """Tokens the unfinished pre-training jobs train, in all and on WSD trunks (whose segments run one
+    after another). Counted on the whole plan, so a segment whose predecessor is finished counts from
+    that predecessor's stop, not from zero."""
+    from overtrain.sweep.plan import pretrain_tokens_by_job
+
+    tokens_by_job = pretrain_tokens_by_job(jobs)
+    left = {job.key: job for job in jobs if job.kind == "pretrain" and job.key not in finished_keys}
+    trunk = sum(tokens_by_job[key] for key, job in left.items() if "stop_at_tokens" in job.spec)
+    return sum(tokens_by_job[key] for key in left), trunk
 
 
 def format_estimate(seconds: dict[str, float]) -> str:
