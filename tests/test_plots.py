@@ -53,3 +53,16 @@ def test_colors_follow_a_sequential_colormap_and_groups_share_one():
     colors = curve_colors(curves)
     assert list(colors) == ["lr=1", "lr=2"]  # fixed-colour curves take no slot of the colormap
     assert colors["lr=1"] != colors["lr=2"]
+
+
+def test_panels_showing_the_same_many_settings_share_one_legend() -> None:
+    from overtrain.results.plots import _shared_legend_labels
+
+    def panel(labels: list[str]) -> Panel:
+        return Panel([Curve(label, [1.0, 2.0], [3.0, 4.0]) for label in labels], "x", "y")
+
+    five = [f"setting {index}" for index in range(5)]
+    assert _shared_legend_labels([panel(five), panel(five)]) == five
+    assert _shared_legend_labels([panel(five), panel(five[:-1] + ["other"])]) == []  # different settings: a legend each
+    assert _shared_legend_labels([panel(five[:4]), panel(five[:4])]) == []  # few entries fit inside each axes
+    assert _shared_legend_labels([panel(five)]) == []

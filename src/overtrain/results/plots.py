@@ -118,15 +118,25 @@ def plot_panels(panels: Sequence[Panel], *, title: str, out_stem: Path, columns:
 
     columns = max(1, min(columns, len(panels)))
     rows = math.ceil(len(panels) / columns)
+    shared = _shared_legend_labels(panels)
+    legend_rows = math.ceil(len(shared) / SHARED_LEGEND_COLUMNS) if shared else 0
+    legend_inches = 0.25 * legend_rows + 0.2 * bool(shared)
     with plt.rc_context(_STYLE):
-        figure, axes = plt.subplots(rows, columns, figsize=(5.6 * columns, 3.9 * rows), squeeze=False)
+        height = 3.9 * rows + legend_inches
+        figure, axes = plt.subplots(rows, columns, figsize=(5.6 * columns, height), squeeze=False)
         for panel, ax in zip(panels, axes.flat):
-            _draw_panel(ax, panel)
+            _draw_panel(ax, panel, legend=not shared)
         for ax in list(axes.flat)[len(panels) :]:
             ax.set_visible(False)
         if title:
             figure.suptitle(title, fontweight="bold")
-        figure.tight_layout()
+        if shared:
+            # Every panel shows the same settings: one legend under the grid instead of one squeezing each axes.
+            handles, labels = axes.flat[0].get_legend_handles_labels()
+            figure.legend(handles, labels, loc="lower center", ncol=min(SHARED_LEGEND_COLUMNS, len(labels)), frameon=False)
+            figure.tight_layout(rect=(0, legend_inches / height, 1, 1))
+        else:
+            figure.tight_layout()
         written = _save(figure, Path(out_stem))
         plt.close(figure)
     return written
@@ -168,7 +178,25 @@ def curve_colors(curves: Sequence[Curve]) -> dict[str, Any]:
     return {group: colormap(position) for group, position in zip(groups, positions)}
 
 
-def _draw_panel(ax: Any, panel: Panel) -> None:
+SHARED_LEGEND_COLUMNS = 3
+MANY_LEGEND_ENTRIES = 4
+"""Above this many entries a per-panel legend goes outside the axes, and panels that all show the same
+settings share one legend under the figure."""
+
+
+def _legend_labels(panel: Panel) -> list[str]:
+    return [curve.label for curve in panel.curves if curve.show_in_legend]
+
+
+def _shared_legend_labels(panels: Sequence[Panel]) -> list[str]:
+    """The labels every panel shows, when they are the same many labels in every panel (else none)."""
+    first = _legend_labels(panels[0])
+    if len(panels) < 2 or len(first) <= MANY_LEGEND_ENTRIES or any(_legend_labels(panel) != first for panel in panels):
+        return []
+    return first
+
+
+def _draw_panel(ax: Any, panel: Panel, legend: bool = True) -> None:
     colors = curve_colors(panel.curves)
     for curve in panel.curves:
         color = curve.color or colors[curve.group or curve.label]
@@ -202,9 +230,9 @@ def _draw_panel(ax: Any, panel: Panel) -> None:
         ax.set_title(panel.title)
     if panel.note:
         ax.text(0.02, 0.03, panel.note, transform=ax.transAxes, fontsize=8, color="0.35", va="bottom")
-    if any(curve.show_in_legend for curve in panel.curves):
+    if legend and any(curve.show_in_legend for curve in panel.curves):
         # Outside on the right when there are many settings, so no line is ever hidden by the legend.
-        many = sum(curve.show_in_legend for curve in panel.curves) > 4
+        many = sum(curve.show_in_legend for curve in panel.curves) > MANY_LEGEND_ENTRIES
         ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False) if many else ax.legend(loc="best", framealpha=0.85)
 
 
