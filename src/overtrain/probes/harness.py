@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import difflib
 import functools
+import logging
 import math
 import random
 from collections.abc import Iterator, Mapping, Sequence
@@ -115,7 +116,7 @@ def _run_harness(
     context = {"max_length": max_length} if max_length is not None else {}
     harness_model = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, **context)
     try:
-        with _without_environment_report():
+        with _without_environment_report(), _zero_shot_notices_dropped():
             output = simple_evaluate(
                 model=harness_model,
                 tasks=task_names,
@@ -141,6 +142,26 @@ def _run_harness(
             "benchmark a model whose context (max_position_embeddings) holds the task's answers, e.g. 128 tokens or more",
         ) from error
     return output
+
+
+class _ZeroShotNoticeFilter(logging.Filter):
+    """Drops the harness's "Overwriting default num_fewshot of TASK from None to 0": a task without a default
+    is zero-shot already, so nothing changes, and MMLU's 57 subjects would print it 57 times."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (str(record.msg).startswith("Overwriting default num_fewshot") and len(record.args or ()) == 3
+                    and record.args[1] is None and record.args[2] == 0)
+
+
+@contextlib.contextmanager
+def _zero_shot_notices_dropped() -> Iterator[None]:
+    harness_logger = logging.getLogger("lm_eval.evaluator")
+    notice_filter = _ZeroShotNoticeFilter()
+    harness_logger.addFilter(notice_filter)
+    try:
+        yield
+    finally:
+        harness_logger.removeFilter(notice_filter)
 
 
 @contextlib.contextmanager

