@@ -98,6 +98,24 @@ def test_natural_instructions_are_chats_of_definition_and_input_with_a_fixed_spl
     assert second.heldout == first.heldout and sorted(map(str, second.train)) == sorted(map(str, first.train)) and second.train != first.train
 
 
+def test_natural_instructions_are_parsed_once_per_process_and_again_when_the_file_changes(cache: Path) -> None:
+    import os
+
+    instruct._natural_instruction_pools.cache_clear()
+    first = load_task("natural_instructions", seed=0)
+    again = load_task("natural_instructions", seed=0)
+    assert instruct._natural_instruction_pools.cache_info().hits == 1
+    assert again.train == first.train and again.heldout == first.heldout  # the same splits as a fresh parse
+    # an edited converted file (new size and time) is parsed again, not served from memory
+    converted = instruct.converted_file(instruct.BIGBENCH, "natural_instructions", None, "natural_instructions")
+    rows = list(instruct.read_jsonl_gz(converted))
+    instruct.write_jsonl_gz(converted, rows[: len(rows) // 2])
+    os.utime(converted, ns=(converted.stat().st_atime_ns, converted.stat().st_mtime_ns + 10**9))
+    edited = load_task("natural_instructions", seed=0)
+    assert instruct._natural_instruction_pools.cache_info().misses == 2
+    assert len(edited.train) + len(edited.heldout) < len(first.train) + len(first.heldout)
+
+
 def test_topical_chat_rebuilds_conversations_and_trains_each_turn_once(cache: Path) -> None:
     splits = load_task("topical_chat")
     conversation = [text for text in CONVERSATION]

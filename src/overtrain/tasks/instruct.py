@@ -29,6 +29,7 @@ BIG-bench's ``hhh_alignment`` (221 two-choice items) is read the same way, for t
 
 from __future__ import annotations
 
+import functools
 import gzip
 import hashlib
 import json
@@ -258,12 +259,28 @@ def chat(user: str, assistant: str, where: str) -> TaskExample:
 
 def load_natural_instructions(options: LoadOptions) -> TaskSplits:
     path = converted_file(BIGBENCH, "natural_instructions", options.data_path, "natural_instructions")
+    stat = path.stat()
+    train, heldout = _natural_instruction_pools(str(path), stat.st_size, stat.st_mtime_ns, options.max_chars)
+    description = (f"BIG-bench natural_instructions ({BIGBENCH.requirement} sdist): definition + input -> first reference output; "
+                   f"held out by sha256 of subtask+input ({HELDOUT_FRACTION:.0%}), subtasks in turn")
+    return make_splits("natural_instructions", description, str(path), train, heldout, options)
+
+
+@functools.lru_cache(maxsize=2)
+def _natural_instruction_pools(path: str, size: int, mtime_ns: int, max_chars: int) -> tuple[tuple[TaskExample, ...], tuple[TaskExample, ...]]:
+    """The train pool and the ordered held-out pool of the converted file (83k records: 7 s to parse).
+
+    Kept per process, keyed by the file's size and modification time as well as its path, because a sweep
+    worker runs many fine-tuning jobs on this task; the examples are frozen and ``make_splits`` copies what
+    it takes, so every job sees exactly what a fresh load gives.
+    """
+    del size, mtime_ns  # part of the cache key only: an edited file is parsed again
     train: list[TaskExample] = []
     heldout: dict[str, list[tuple[float, TaskExample]]] = {}
     # A record's JSON line is at least as long as its texts (escapes only add), plus the keys and the subtask
     # name: lines longer than max_chars + 256 cannot fit and are skipped unparsed (half the file at 768).
-    for number, row in enumerate(read_jsonl_gz(path, options.max_chars + 256)):
-        if len(row["instruction"]) + len(row["input"]) + len(row["output"]) + 21 > options.max_chars:
+    for number, row in enumerate(read_jsonl_gz(Path(path), max_chars + 256)):
+        if len(row["instruction"]) + len(row["input"]) + len(row["output"]) + 21 > max_chars:
             continue  # cheaper than building the example; make_splits applies the exact length rule
         example = chat(f"{row['instruction']}\n\n{row['input']}", row["output"], f"{path} line {number + 1}")
         fraction = stable_fraction(f"{row['subtask']}\n{row['input']}")
@@ -271,9 +288,7 @@ def load_natural_instructions(options: LoadOptions) -> TaskSplits:
             heldout.setdefault(row["subtask"], []).append((fraction, example))
         else:
             train.append(example)
-    description = (f"BIG-bench natural_instructions ({BIGBENCH.requirement} sdist): definition + input -> first reference output; "
-                   f"held out by sha256 of subtask+input ({HELDOUT_FRACTION:.0%}), subtasks in turn")
-    return make_splits("natural_instructions", description, str(path), train, round_robin(heldout), options)
+    return tuple(train), tuple(round_robin(heldout))
 
 
 def round_robin(groups: dict[str, list[tuple[float, TaskExample]]]) -> list[TaskExample]:
