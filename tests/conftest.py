@@ -8,7 +8,22 @@ from __future__ import annotations
 
 import os
 
+import pytest
+
 for _offline_variable in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
     os.environ[_offline_variable] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("MPLBACKEND", "Agg")
+
+
+
+@pytest.fixture()
+def one_torch_thread():
+    """Torch on one thread for the test, restored after: tiny tensors, where a thread pool's overhead
+    dominates on a loaded machine, and the CPU attention kernel, which is taken on one thread only."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

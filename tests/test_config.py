@@ -170,7 +170,7 @@ def test_accepted_bad_values_are_now_refused_before_any_compute(override: str, k
 
 
 def test_every_problem_of_a_config_is_reported_at_once() -> None:
-    with pytest.raises(OvertrainError, match="4 config problems") as caught:
+    with pytest.raises(OvertrainError, match="4 invalid settings") as caught:
         load_pretrain_config(None, ["model.d_model=0", "train.beta2=1.5", "train.seed=-1", "device=tpu"])
     for key in ("model.d_model", "train.beta2", "train.seed", "device"):
         assert key in caught.value.problem and key in caught.value.fix

@@ -15,7 +15,8 @@ from overtrain.model.config import ModelConfig
 from overtrain.model.cpu_attention import causal_attention, kernel_applies, kernel_library
 from overtrain.model.llama import build_model
 
-pytestmark = pytest.mark.skipif(kernel_library() is None, reason="no C++ compiler to build the CPU attention kernel")
+pytestmark = [pytest.mark.skipif(kernel_library() is None, reason="no C++ compiler to build the CPU attention kernel"),
+              pytest.mark.usefixtures("one_torch_thread")]
 
 
 @pytest.fixture(scope="module")
@@ -26,14 +27,6 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def token_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("token_cache")  # one tokenization for both loop tests
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.mark.parametrize("batch, heads, seq_len, head_dim", [(2, 3, 37, 16), (1, 2, 130, 32), (2, 1, 16, 64), (1, 1, 1, 16)])

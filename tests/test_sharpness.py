@@ -18,18 +18,11 @@ from overtrain.model.loss import mean_token_loss
 from overtrain.probes import sharpness
 from overtrain.probes.noise import perturb_
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 # ----------------------------------------------------------------------------------------------------
 # Fixtures
 # ----------------------------------------------------------------------------------------------------
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: one thread avoids pool overhead that dominates on a loaded machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 EIGENVALUES = (5.0, 3.0, 2.0, 1.0, 0.5, 0.25, 0.1, 4.0, 1.5, 0.75)  # positive definite, top 5

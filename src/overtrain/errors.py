@@ -15,3 +15,30 @@ class OvertrainError(Exception):
         self.problem = problem
         self.fix = fix
         super().__init__(problem if fix is None else f"{problem}\n  fix: {fix}")
+
+
+class SettingProblems:
+    """Collects every invalid setting of a config, so that one error names them all (and every fix)."""
+
+    def __init__(self) -> None:
+        self.messages: list[str] = []
+        self.fixes: list[str] = []
+
+    def add(self, key: str, value: object, allowed: str) -> None:
+        self.add_text(f"{key}={value!r} is invalid", f"{key}: use {allowed}")
+
+    def require(self, condition: bool, key: str, value: object, allowed: str) -> None:
+        if not condition:
+            self.add(key, value, allowed)
+
+    def add_text(self, message: str, fix: str) -> None:
+        if message not in self.messages:  # two checks may find the same problem; name it once
+            self.messages.append(message)
+            self.fixes.append(fix)
+
+    def raise_if_any(self) -> None:
+        if len(self.messages) == 1:
+            raise OvertrainError(self.messages[0], self.fixes[0])
+        if self.messages:
+            listed = "".join(f"\n  - {message}" for message in self.messages)
+            raise OvertrainError(f"{len(self.messages)} invalid settings:{listed}", "; ".join(fix for fix in self.fixes if fix))

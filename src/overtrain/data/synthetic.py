@@ -58,7 +58,7 @@ class LongTailConfig:
 
 
 def long_tail_problems(config: LongTailConfig, prefix: str = "data.long_tail.") -> list[tuple[str, object, str]]:
-    """Every invalid setting as ``(key, value, allowed)``, for :class:`overtrain.pretrain.config.Problems`."""
+    """Every invalid setting as ``(key, value, allowed)``, for :class:`overtrain.errors.SettingProblems`."""
     problems = []
     if not (isinstance(config.fraction, (int, float)) and 0 <= config.fraction <= 0.9):
         problems.append((f"{prefix}fraction", config.fraction, "a share in [0, 0.9], e.g. 0.25 (0 turns the mix off)"))

@@ -28,14 +28,14 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
-from overtrain.errors import OvertrainError
+from overtrain.errors import OvertrainError, SettingProblems
 from overtrain.model.loss import IGNORE_INDEX
 from overtrain.multimodal.datasets import DATASETS, ImageSet, load_image_set, vision_cache_dir
 from overtrain.multimodal.encoders import DEFAULT_ENCODER, ENCODERS, VisionEncoder, cached_features, load_encoder
 from overtrain.multimodal.model import VisionLanguageModel, greedy_answers, save_vision_language_model
 from overtrain.precision import autocast_context
 from overtrain.pretrain.schedules import lr_multiplier
-from overtrain.probes.finetune import SCHEDULES, SettingProblems, collect_benchmark_problems, only_trainable, score_tuned_benchmarks
+from overtrain.probes.finetune import SCHEDULES, collect_benchmark_problems, only_trainable, score_tuned_benchmarks
 from overtrain.probes.target import ProbeTarget
 from overtrain.probes.task_batches import EncodedExample, encode_example, pad_batch, sample_rows
 

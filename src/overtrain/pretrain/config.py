@@ -17,7 +17,7 @@ from typing import Literal
 from overtrain.config import TRANSIENT, apply_overrides, build_dataclass, read_yaml
 from overtrain.data.config import DataConfig, tokenizer_problems
 from overtrain.data.synthetic import long_tail_problems
-from overtrain.errors import OvertrainError
+from overtrain.errors import OvertrainError, SettingProblems
 from overtrain.model.config import ModelConfig, parameter_names
 from overtrain.model.presets import apply_preset
 
@@ -124,7 +124,7 @@ def validate_pretrain_config(config: PretrainConfig) -> None:
 
     Every problem is collected, and all of them are raised together as one :class:`OvertrainError`.
     """
-    problems = Problems()
+    problems = SettingProblems()
     _check_model(config.model, problems)
     _check_data(config.data, problems)
     _check_train(config.train, problems)
@@ -138,38 +138,11 @@ def validate_pretrain_config(config: PretrainConfig) -> None:
     problems.raise_if_any()
 
 
-class Problems:
-    """Collects every invalid setting of a config so that one error names them all."""
-
-    def __init__(self) -> None:
-        self.messages: list[str] = []
-        self.fixes: list[str] = []
-
-    def add(self, key: str, value: object, allowed: str) -> None:
-        self.messages.append(f"{key} = {value!r} is invalid")
-        self.fixes.append(f"{key}: use {allowed}")
-
-    def add_text(self, message: str, fix: str) -> None:
-        self.messages.append(message)
-        self.fixes.append(fix)
-
-    def require(self, condition: bool, key: str, value: object, allowed: str) -> None:
-        if not condition:
-            self.add(key, value, allowed)
-
-    def raise_if_any(self) -> None:
-        if len(self.messages) == 1:
-            raise OvertrainError(f"config key {self.messages[0]}" if " = " in self.messages[0] else self.messages[0], self.fixes[0])
-        if self.messages:
-            listed = "".join(f"\n  - {message}" for message in self.messages)
-            raise OvertrainError(f"{len(self.messages)} config problems:{listed}", "; ".join(self.fixes))
-
-
 def _is_number(value: object) -> bool:
     return isinstance(value, (int, float)) and math.isfinite(value)
 
 
-def _check_model(model: ModelConfig, problems: Problems) -> None:
+def _check_model(model: ModelConfig, problems: SettingProblems) -> None:
     for name in ("d_model", "n_layers", "n_heads"):
         problems.require(getattr(model, name) > 0, f"model.{name}", getattr(model, name), "a positive whole number")
     for name in ("n_kv_heads", "d_ff"):
@@ -198,7 +171,7 @@ def _name_examples(names: list[str]) -> list[str]:
     return [name for name in names if ".layers." not in name or ".layers.0." in name][:12]
 
 
-def _check_data(data: DataConfig, problems: Problems) -> None:
+def _check_data(data: DataConfig, problems: SettingProblems) -> None:
     problems.require(bool(str(data.corpus).strip()), "data.corpus", data.corpus, "'embedded', a path, or hf:NAME")
     problems.require(bool(data.text_field), "data.text_field", data.text_field, "the name of the field holding the text")
     problems.require(259 <= data.vocab_size <= 65_536, "data.vocab_size", data.vocab_size, "259 (256 bytes + specials) to 65536")
@@ -210,7 +183,7 @@ def _check_data(data: DataConfig, problems: Problems) -> None:
         problems.add(key, value, allowed)
 
 
-def _check_train(train: TrainConfig, problems: Problems) -> None:
+def _check_train(train: TrainConfig, problems: SettingProblems) -> None:
     for name in ("batch_size", "seq_len", "grad_accum", "eval_every_tokens"):
         problems.require(getattr(train, name) > 0, f"train.{name}", getattr(train, name), "a positive whole number")
     for name in ("warmup_tokens", "checkpoint_every_tokens", "seed", "threads"):
@@ -239,7 +212,7 @@ def _check_train(train: TrainConfig, problems: Problems) -> None:
         )
 
 
-def _check_budget(budget: int, key: str, train: TrainConfig, problems: Problems) -> None:
+def _check_budget(budget: int, key: str, train: TrainConfig, problems: SettingProblems) -> None:
     if budget <= 0:
         problems.add(key, budget, "a positive token budget, e.g. 2e6")
         return

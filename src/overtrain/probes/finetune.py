@@ -39,7 +39,7 @@ import numpy as np
 import torch
 
 from overtrain.data.tokenizer import load_tokenizer
-from overtrain.errors import OvertrainError
+from overtrain.errors import OvertrainError, SettingProblems
 from overtrain.model.loss import IGNORE_INDEX
 from overtrain.pretrain.schedules import lr_multiplier
 from overtrain.probes.finetune_distributed import TrainingReplica, scaled_for_finetuning, training_replica
@@ -232,30 +232,6 @@ def check_task_name(task: str) -> None:
         check_task_file(task)
     else:
         task_info(task)
-
-
-class SettingProblems:
-    """Collects every invalid setting so that one error names them all."""
-
-    def __init__(self) -> None:
-        self.messages: list[str] = []
-        self.fixes: list[str] = []
-
-    def require(self, condition: bool, key: str, value: object, allowed: str) -> None:
-        if not condition:
-            self.add_text(f"{key}={value!r} is invalid", f"{key}: use {allowed}")
-
-    def add_text(self, message: str, fix: str) -> None:
-        if message not in self.messages:
-            self.messages.append(message)
-            self.fixes.append(fix)
-
-    def raise_if_any(self) -> None:
-        if len(self.messages) == 1:
-            raise OvertrainError(self.messages[0], self.fixes[0])
-        if self.messages:
-            listed = "".join(f"\n  - {message}" for message in self.messages)
-            raise OvertrainError(f"{len(self.messages)} invalid settings:{listed}", "; ".join(fix for fix in self.fixes if fix))
 
 
 @dataclass(frozen=True)

@@ -42,12 +42,12 @@ from typing import Any, Literal
 import yaml
 
 from overtrain.config import apply_overrides, build_dataclass, config_to_dict, parse_override, read_yaml
-from overtrain.errors import OvertrainError
+from overtrain.errors import OvertrainError, SettingProblems
 from overtrain.model.presets import apply_preset
 from overtrain.pretrain.config import PretrainConfig, validate_pretrain_config
 from overtrain.multimodal.tuning import MultimodalConfig
 from overtrain.probes.benchmarks import PAPER_BENCHMARKS
-from overtrain.probes.finetune import FinetuneConfig, SettingProblems, check_benchmark_reading
+from overtrain.probes.finetune import FinetuneConfig, check_benchmark_reading
 
 
 @dataclass
