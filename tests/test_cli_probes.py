@@ -9,7 +9,6 @@ import pytest
 from helpers import tiny_pretrain_config, write_stdlib_text_corpus
 
 from overtrain.cli import main as cli_main
-from overtrain.errors import OvertrainError
 from overtrain.model.loss import IGNORE_INDEX
 from overtrain.results.store import ResultStore
 from overtrain.sweep.config import load_sweep_config

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from helpers import write_untrained_checkpoint
+
 from overtrain.errors import OvertrainError
 from overtrain.tasks import instruct, load_task
 
@@ -239,10 +239,14 @@ def test_multiple_choice_accuracy_ranks_by_the_models_own_likelihoods(tiny_model
 
 def test_batched_greedy_answers_equal_one_at_a_time_and_export_in_alpaca_eval_format(tiny_model, cache: Path, tmp_path: Path) -> None:
     from overtrain.cli import main as cli_main
-    from overtrain.probes.instruct_readouts import greedy_answers
-
-    from overtrain.probes.instruct_readouts import (_generate_recomputing, _generate_transformers, end_of_text_of, generation_twin,
-                                                    instruction_prompt)
+    from overtrain.probes.instruct_readouts import (
+        _generate_recomputing,
+        _generate_transformers,
+        end_of_text_of,
+        generation_twin,
+        greedy_answers,
+        instruction_prompt,
+    )
     from overtrain.probes.task_batches import token_ids
 
     checkpoint, model, tokenizer = tiny_model

@@ -47,9 +47,9 @@ def test_imports_run_down_the_flow() -> None:
     for module, targets in _graph().items():
         stage = _stage(module)
         if stage in SHARED_LEAVES or stage == "__init__":
-            allowed = lambda target: _stage(target) in SHARED_LEAVES  # noqa: E731 - leaves import only leaves
+            allowed = lambda target: _stage(target) in SHARED_LEAVES
         else:
-            allowed = lambda target, stage=stage: (  # noqa: E731
+            allowed = lambda target, stage=stage: (
                 _stage(target) in SHARED_LEAVES or _stage(target) == stage or STAGE_RANK[_stage(target)] < STAGE_RANK[stage]
             )
         backwards += [f"{module} -> {target}" for target in targets if not allowed(target)]

@@ -11,20 +11,19 @@ from pathlib import Path
 
 import pytest
 import torch
-from PIL import Image
-
 from helpers import write_untrained_checkpoint
+from PIL import Image
 
 pytest.importorskip("efficientnet_lite_pytorch", reason="the vision extra: pip install 'overtrain[vision]'")
 
-from overtrain.data.tokenizer import load_tokenizer  # noqa: E402
-from overtrain.errors import OvertrainError  # noqa: E402
-from overtrain.multimodal.datasets import CIFAR_CLASSES, CIFAR_MEMBER, cifar10_image_set  # noqa: E402
-from overtrain.multimodal.encoders import load_encoder  # noqa: E402
-from overtrain.multimodal.model import VisionLanguageModel, load_vision_language_model, save_vision_language_model  # noqa: E402
-from overtrain.multimodal.scenes import COLOURS, SCENE_PIXELS, scene_splits  # noqa: E402
-from overtrain.multimodal.tuning import MultimodalConfig, normalize_answer, prepare_vision_data, run_multimodal_probe, train_stage  # noqa: E402
-from overtrain.probes.target import load_probe_target  # noqa: E402
+from overtrain.data.tokenizer import load_tokenizer
+from overtrain.errors import OvertrainError
+from overtrain.multimodal.datasets import CIFAR_CLASSES, CIFAR_MEMBER, cifar10_image_set
+from overtrain.multimodal.encoders import load_encoder
+from overtrain.multimodal.model import VisionLanguageModel, load_vision_language_model, save_vision_language_model
+from overtrain.multimodal.scenes import COLOURS, SCENE_PIXELS, scene_splits
+from overtrain.multimodal.tuning import MultimodalConfig, normalize_answer, prepare_vision_data, run_multimodal_probe, train_stage
+from overtrain.probes.target import load_probe_target
 
 
 def _state(module: torch.nn.Module) -> dict[str, torch.Tensor]:

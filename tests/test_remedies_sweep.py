@@ -12,9 +12,9 @@ import pytest
 
 import overtrain
 from overtrain.errors import OvertrainError
+from overtrain.results.tuned import tuned_frame
 from overtrain.sweep.config import finetune_grid, load_sweep_config
 from overtrain.sweep.plan import plan_jobs
-from overtrain.results.tuned import tuned_frame
 
 DEMO = Path(overtrain.__file__).parent / "recipes" / "demo.yaml"
 HUB = "checkpoints=[hf:org/m@step1]"

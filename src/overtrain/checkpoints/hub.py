@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from overtrain.hub_files import (  # the references are re-exported for the probe and family stages
+from overtrain.hub_files import (  # noqa: F401  (the references are re-exported for the probe and family stages)
     DEFAULT_REVISION,
     HUB_PREFIX,
     HubReference,

@@ -7,9 +7,9 @@ a sweep section's list-valued field (``lrs``) is documented by the field it swee
 from __future__ import annotations
 
 import ast
-import json
 import dataclasses
 import inspect
+import json
 import textwrap
 import typing
 from functools import cache

@@ -110,7 +110,7 @@ def _parameter_count(folder: Path) -> int | None:
     for path in files:
         try:
             with safe_open(str(path), framework="pt") as handle:
-                total += sum(math.prod(handle.get_slice(key).get_shape()) for key in handle.keys())  # noqa: SIM118 - a safetensors handle, not a dict
+                total += sum(math.prod(handle.get_slice(key).get_shape()) for key in handle.keys())
         except (SafetensorError, OSError):
             return None
     return total or None

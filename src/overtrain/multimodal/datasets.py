@@ -60,7 +60,7 @@ def load_image_set(name: str, train: int, heldout: int, seed: int = 0, cifar_sou
     """``train`` + ``heldout`` images of dataset ``name`` (one of DATASETS)."""
     if name == "scenes":
         train_scenes, heldout_scenes = scene_splits(train, heldout, seed)
-        as_item = lambda scene: ImageItem(scene.image(), scene.caption(), tuple(scene.questions()))  # noqa: E731
+        as_item = lambda scene: ImageItem(scene.image(), scene.caption(), tuple(scene.questions()))
         return ImageSet(name, [as_item(s) for s in train_scenes], [as_item(s) for s in heldout_scenes])
     if name == "cifar10":
         return cifar10_image_set(train, heldout, seed, cifar_source)

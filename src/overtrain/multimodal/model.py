@@ -27,7 +27,6 @@ from torch import nn
 
 from overtrain.atomic import atomic_directory
 from overtrain.model.llama import LlamaLM
-from overtrain.probes.task_batches import EncodedExample
 
 IMAGE_POSITION = 1
 """Index of the first image token: after the leading end-of-text token."""

@@ -17,7 +17,7 @@ from typing import Literal
 from overtrain.config import TRANSIENT, apply_overrides, build_dataclass, read_yaml
 from overtrain.data.config import DataConfig, tokenizer_problems
 from overtrain.data.synthetic import long_tail_problems
-from overtrain.errors import OvertrainError, SettingProblems
+from overtrain.errors import SettingProblems
 from overtrain.model.config import ModelConfig, parameter_names
 from overtrain.model.presets import apply_preset
 

@@ -157,7 +157,7 @@ def _measure_layer_bytes(config: Mapping[str, Any], tokens: tuple[int, int]) -> 
             torch.manual_seed(0)
             model = transformers.AutoModelForCausalLM.from_config(transformers.AutoConfig.for_model(config["model_type"], **settings))
             counts[layers] = {(length, checkpointing): _saved_bytes(model, length, checkpointing) for length in tokens for checkpointing in (False, True)}
-    except Exception:  # noqa: BLE001 - an architecture transformers cannot build small: fall back to the hand count
+    except Exception:
         return None
     short, long = tokens
     scale = hidden / twin["hidden_size"] / (long - short)
@@ -173,8 +173,8 @@ def _saved_bytes(model, tokens: int, checkpointing: bool) -> int:
     """Bytes of the distinct storages autograd saves in one bf16-autocast forward of ``tokens`` tokens."""
     import torch
 
-    from overtrain.probes.finetune_distributed import gradient_checkpointing
     from overtrain.precision import autocast_context
+    from overtrain.probes.finetune_distributed import gradient_checkpointing
 
     storages: dict[tuple, int] = {}
 

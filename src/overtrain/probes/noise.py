@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Literal
 
 import torch
+
 from overtrain.checkpoints.foreign import tensor_index
 from overtrain.checkpoints.tensor_files import read_parameters
 from overtrain.errors import OvertrainError

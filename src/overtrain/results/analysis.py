@@ -25,7 +25,6 @@ from overtrain.results.store import ResultStore
 from overtrain.results.tuned import REMEDY_DEFAULTS, with_remedy_columns
 from overtrain.units import format_tokens
 
-
 PRETRAIN_SEED_FACTOR = "train.seed"
 FACTOR_PREFIX = "pretrain."
 """Columns of pre-training factors other than the seed are named ``pretrain.<dotted key>``."""

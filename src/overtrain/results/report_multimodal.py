@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import pandas as pd
 
+from overtrain.probes.benchmarks import benchmark_average
 from overtrain.results import analysis
 from overtrain.results.plots import Curve, InflectionMark, Panel, plot_panels
-from overtrain.probes.benchmarks import benchmark_average
 from overtrain.results.store import ResultStore
 from overtrain.units import format_tokens
 

@@ -44,8 +44,8 @@ import yaml
 from overtrain.config import apply_overrides, build_dataclass, config_to_dict, parse_override, read_yaml
 from overtrain.errors import OvertrainError, SettingProblems
 from overtrain.model.presets import apply_preset
-from overtrain.pretrain.config import PretrainConfig, validate_pretrain_config
 from overtrain.multimodal.tuning import MultimodalConfig
+from overtrain.pretrain.config import PretrainConfig, validate_pretrain_config
 from overtrain.probes.benchmarks import PAPER_BENCHMARKS
 from overtrain.probes.finetune import FinetuneConfig, check_benchmark_reading
 

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import sys
 import time
-from datetime import datetime, timezone
-from pathlib import Path
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 from overtrain.errors import OvertrainError

@@ -165,7 +165,7 @@ class LocalProcessExecutor(Executor):
                 self._restart_broken_pool()
             message = "its worker process died (killed, or out of memory?)"
             return job, JobFailure(message=message, error_type="BrokenProcessPool"), 0.0
-        except Exception as error:  # noqa: BLE001 - e.g. a spec that cannot be pickled
+        except Exception as error:
             return job, JobFailure(message=f"{type(error).__name__}: {error}", error_type=type(error).__name__), 0.0
         return job, outcome, seconds
 
@@ -230,7 +230,7 @@ class RayExecutor(Executor):
         job = self._pending.pop(reference)
         try:
             outcome, seconds = ray.get(reference)
-        except Exception as error:  # noqa: BLE001 - worker crash, lost node, unpicklable result
+        except Exception as error:
             return job, JobFailure(message=f"Ray task failed: {error}", error_type=type(error).__name__), 0.0
         return job, outcome, seconds
 

@@ -10,11 +10,11 @@ from typing import Any
 
 from overtrain.checkpoints.names import checkpoint_folder_name, parse_checkpoint_name
 from overtrain.config import config_to_dict
+from overtrain.pretrain.config import PretrainConfig
 from overtrain.pretrain.ladder import plan_ladder
 from overtrain.probes.finetune import FinetuneConfig
 from overtrain.provenance import file_sha256
 from overtrain.results.records import Job
-from overtrain.pretrain.config import PretrainConfig
 from overtrain.sweep.config import ProbeData, SharpnessSweep, SweepConfig, finetune_grid, pretrain_variants
 from overtrain.tasks.user_file import FILE_PREFIX, task_file_path
 from overtrain.units import format_tokens

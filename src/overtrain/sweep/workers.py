@@ -96,7 +96,7 @@ def execute_job(import_path: str, spec: Mapping[str, Any], threads: int | None =
             limit_threads(threads)
         output = resolve_job_function(import_path)(spec)
         _check_output(output, import_path)
-    except Exception as error:  # noqa: BLE001 - a job's failure is data, reported to the driver
+    except Exception as error:
         return _failure_from(error), time.perf_counter() - start_seconds
     output.provenance = {"worker_host": socket.gethostname(), "worker_pid": os.getpid(), **output.provenance}
     return output, time.perf_counter() - start_seconds
