@@ -48,7 +48,7 @@ def test_a_writer_that_finishes_first_during_our_build_is_handled(tmp_path, if_e
 
 
 def test_an_error_inside_the_block_leaves_nothing(tmp_path):
-    with pytest.raises(RuntimeError):
+    with pytest.raises(RuntimeError, match="killed mid-write"):
         with atomic_directory(tmp_path / "cache") as staging:
             (staging / "half.txt").write_text("half")
             raise RuntimeError("killed mid-write")

@@ -72,11 +72,13 @@ def test_dependencies_run_first_and_failures_block_dependents(tmp_path: Path, ex
     assert "its dependency" in summary.failures[after_broken.key]
 
 
-def test_a_worker_killed_mid_job_fails_only_its_job(tmp_path: Path) -> None:
+def test_a_worker_killed_mid_job_fails_only_the_jobs_in_flight_with_it(tmp_path: Path) -> None:
     jobs = [Job("die", {}, label="oom"), *integer_work_jobs(3)]
     summary, rows = run_into(tmp_path / "s.sqlite", jobs, LocalProcessExecutor(workers=2))
     assert summary.failures[jobs[0].key].startswith("oom: its worker process died")
-    assert summary.done + summary.failed == 4 and jobs[3].key in rows  # submitted after the pool broke
+    # two workers: at most the job running beside the dead one fails with the pool; later jobs run on a fresh one
+    assert set(summary.failures) <= {jobs[0].key, jobs[1].key}
+    assert jobs[2].key in rows and jobs[3].key in rows and summary.done + summary.failed == 4
 
 
 def test_failed_jobs_run_again_next_time(tmp_path: Path) -> None:

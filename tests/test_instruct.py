@@ -130,7 +130,7 @@ def test_topical_chat_rebuilds_conversations_and_trains_each_turn_once(cache: Pa
 
 def test_alpaca_eval_responses_are_the_example_outputs(cache: Path) -> None:
     splits = load_task("alpaca_eval")
-    assert len(splits.train) + len(splits.heldout) == len(ALPACA_ROWS)
+    assert len(splits.train) + len(splits.heldout) == len(ALPACA_ROWS) and splits.train
     for example in splits.train:
         (_, instruction), (_, output) = example.messages
         assert output == ALPACA_ROWS[int(instruction.split()[-1].rstrip("."))]["output"]

@@ -31,7 +31,8 @@ def test_plot_curves_writes_png_and_svg_reproducibly(tmp_path):
 def test_plot_panels_lays_out_a_grid_and_hides_unused_axes(tmp_path):
     panel = Panel([Curve("a", TOKENS, TOKENS**-0.1)], "tokens", "loss", title="(a)", log_y=True, y_limits=(0.1, 1.0))
     written = plot_panels([panel, panel, panel], title="three panels", out_stem=tmp_path / "grid", columns=2)
-    assert all(path.stat().st_size > 1000 for path in written)
+    assert [path.name for path in written] == ["grid.png", "grid.svg"] and all(path.stat().st_size > 1000 for path in written)
+    assert written[1].read_text().count('id="axes_') == 3  # a 2 x 2 grid draws 3 axes: the hidden fourth is not drawn
 
 
 def test_bad_curves_are_user_errors(tmp_path):

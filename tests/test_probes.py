@@ -103,7 +103,7 @@ def test_tuned_lr_selection_picks_best_id_loss() -> None:
 
 def test_bad_finetune_input_is_explained(checkpoint: Path) -> None:
     target = load_probe_target(checkpoint, eval_tokens=1024, dtype="fp32", log=lambda *_: None)
-    with pytest.raises(OvertrainError, match="lr"):
+    with pytest.raises(OvertrainError, match=r"^lr=0\.0 is invalid"):
         run_finetune_probe(target, FinetuneConfig(task="wordnet-class", lr=0.0))
     with pytest.raises(OvertrainError, match="unknown task"):
         run_finetune_probe(target, FinetuneConfig(task="wordnet-clas"))

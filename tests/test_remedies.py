@@ -119,11 +119,13 @@ def test_wise_alpha_zero_and_one_are_exactly_the_endpoints(target, task, checkpo
     # the weights themselves
     pre = snapshot_weights(target.model)
     tuned = {name: p + 0.01 for name, p in pre.items()}
-    set_interpolated_weights(target.model, pre, tuned, 0.0)
-    assert all(torch.equal(p, pre[name]) for name, p in target.model.named_parameters())
-    set_interpolated_weights(target.model, pre, tuned, 1.0)
-    assert all(torch.equal(p, tuned[name]) for name, p in target.model.named_parameters())
-    target.restore()
+    try:  # the target is shared by the module's tests: its weights go back even when an assert fails
+        set_interpolated_weights(target.model, pre, tuned, 0.0)
+        assert all(torch.equal(p, pre[name]) for name, p in target.model.named_parameters())
+        set_interpolated_weights(target.model, pre, tuned, 1.0)
+        assert all(torch.equal(p, tuned[name]) for name, p in target.model.named_parameters())
+    finally:
+        target.restore()
 
 
 def test_bad_remedy_settings_are_explained(target) -> None:

@@ -15,6 +15,7 @@ from helpers import tiny_pretrain_config, write_stdlib_text_corpus
 
 from overtrain.checkpoints.discovery import list_checkpoints
 from overtrain.errors import OvertrainError
+from overtrain.pretrain.binding import settings_hash
 from overtrain.pretrain.loop import RunResult, train_run
 
 
@@ -71,6 +72,7 @@ def test_a_run_from_before_run_json_is_bound_to_its_checkpoint_settings(finished
 
 def test_extend_continues_from_the_newest_checkpoint_and_says_what_it_did(finished, tmp_path: Path) -> None:
     config = copy_of_run(finished, tmp_path, "train.max_tokens=6144", "train.extend=true")
+    settings_before = json.loads((tmp_path / "run" / "run.json").read_text())["settings"]
     lines: list[str] = []
     result = train_run(config, log=lines.append)
     assert result.started_at_tokens == 4096 and result.tokens_seen == 6144 and result.steps_trained == 8
@@ -79,11 +81,13 @@ def test_extend_continues_from_the_newest_checkpoint_and_says_what_it_did(finish
     run = json.loads((tmp_path / "run" / "run.json").read_text())
     assert run["settings"]["train.max_tokens"] == 6144
     assert run["extensions"] == [{"at_tokens": 4096, "at_step": 16, "changes": ["train.max_tokens: 4096 -> 6144"],
-                                  "previous_settings_sha256": run["extensions"][0]["previous_settings_sha256"]}]
+                                  "previous_settings_sha256": settings_hash(settings_before)}]
     assert "max_tokens: 6144" in (tmp_path / "run" / "config.yaml").read_text()
     assert "extend:" not in (tmp_path / "run" / "config.yaml").read_text(), "an instruction, not a setting"
     # the extended run is now bound to its new settings: the same command resumes, the old one is refused
     assert train_run(copy_settings(config, extend=False), log=lambda *_: None).steps_trained == 0
+    with pytest.raises(OvertrainError, match="train.max_tokens: 6144 -> 4096"):
+        train_run(copy_settings(config, extend=False, max_tokens=4096), log=lambda *_: None)
 
 
 def copy_settings(config, **train_changes):

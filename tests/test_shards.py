@@ -23,7 +23,7 @@ from overtrain.cli import main as cli_main
 from overtrain.data.config import DataConfig, TokenizeConfig
 from overtrain.data.corpus import is_heldout_document, iter_documents
 from overtrain.data.shards import read_index
-from overtrain.data.tokenize_parallel import ChunkEncoder, _encode_row
+from overtrain.data.tokenize_parallel import ChunkEncoder, _decode_row, _encode_row
 from overtrain.data.tokenizer import load_pretrained_tokenizer, save_hf_tokenizer, train_bpe_tokenizer
 from overtrain.data.tokens import prepare_token_data, train_batch
 from overtrain.errors import OvertrainError
@@ -222,15 +222,21 @@ def test_tokenizer_by_hub_name_offline_and_the_errors_for_missing_ones(tmp_path:
 
 
 def test_ray_rows_carry_the_same_encoding_as_a_worker_process(one_worker, tokenizer_folder: Path, corpus: Path) -> None:
-    """The Ray Data engine's task (``_encode_row``) and the process workers share ChunkEncoder.encode; a Ray
-    run itself takes ~50 s to start on the 2 shared cores here, so it is run by hand (docs/data.md)."""
+    """The Ray Data engine's row (``_encode_row`` in the task, ``_decode_row`` on the driver) carries what the
+    tokenizer gives; a Ray run itself takes ~50 s to start on the 2 shared cores here, so it is run by hand
+    (docs/data.md)."""
     pretrained = load_pretrained_tokenizer(str(tokenizer_folder))
     encoder = ChunkEncoder(pretrained.tokenizer.to_str(), pretrained.end_of_text_id, HELDOUT_FRACTION)
     documents = list(iter_documents(corpus))[:3]
     row = _encode_row({"order": 5, "documents": np.asarray(documents, dtype=object)}, encoder)
-    direct = encoder.encode(documents)
-    assert row["order"] == 5 and np.frombuffer(row["ids"], dtype=np.uint32).tolist() == direct.ids.tolist()
-    assert np.frombuffer(row["heldout"], dtype=bool).tolist() == direct.heldout.tolist()
+    decoded = _decode_row(row)  # what the driver reads back from the row
+    # expected values built without ChunkEncoder: the tokenizer itself, the end-of-text id, the hash rule
+    per_document = [pretrained.tokenizer.encode(document, add_special_tokens=False).ids + [pretrained.end_of_text_id] for document in documents]
+    assert row["order"] == 5
+    assert decoded.ids.tolist() == [token for ids in per_document for token in ids]
+    assert decoded.lengths.tolist() == [len(ids) for ids in per_document]
+    assert decoded.text_bytes.tolist() == [len(document.encode("utf-8")) for document in documents]
+    assert decoded.heldout.tolist() == [is_heldout_document(document, HELDOUT_FRACTION) for document in documents]
 
 
 def test_trained_bpe_path_writes_the_tokens_it_wrote_before(tmp_path: Path) -> None:

@@ -61,7 +61,6 @@ TINY_VOCAB = 5
 @pytest.fixture(scope="module")
 def tiny():
     """A 164-parameter Llama in fp64, held-out windows in two batches, and its exact Hessian (sorted names)."""
-    torch.set_num_threads(1)
     model, init_std = build_model(TINY, TINY_VOCAB, 8, seed=0)
     model.double()
     generator = torch.Generator().manual_seed(1)

@@ -104,7 +104,8 @@ def test_halving_the_step_leaves_curves_and_inflections_unchanged():
     np.testing.assert_allclose(full.pretrain_losses(), half.pretrain_losses(), rtol=1e-3)
     full_sweeps, half_sweeps = run_sweeps(full, config), run_sweeps(half, config)
     for name in ("noise", "finetune"):
-        for one, two in zip(full_sweeps[name].settings, half_sweeps[name].settings):
+        assert len(full_sweeps[name].settings) == len(half_sweeps[name].settings) > 0
+        for one, two in zip(full_sweeps[name].settings, half_sweeps[name].settings, strict=True):
             np.testing.assert_allclose(one.after_loss, two.after_loss, rtol=1e-3)
         np.testing.assert_allclose(inflection_times(full_sweeps[name]), inflection_times(half_sweeps[name]), rtol=1e-3)
 
@@ -121,7 +122,9 @@ def test_expected_noise_damage_matches_the_mean_of_sampled_draws(run):
 
 def test_noise_damage_grows_monotonically_with_T(sweeps):
     # The expected damage is linear in ||W1||^2 and ||W2||^2, which grow with every mode learned.
-    for label, increase in sensitivity(sweeps["noise"]).items():
+    curves = sensitivity(sweeps["noise"])
+    assert len(curves) == len(sweeps["noise"].settings) > 0
+    for label, increase in curves.items():
         assert np.all(np.diff(increase) > 0), label
 
 
@@ -130,7 +133,9 @@ def test_forgetting_grows_monotonically_with_T_once_the_first_mode_is_learned(sw
     # the same 100-step run costs more pre-training loss the longer the network was pre-trained.
     first_mode_time = modes.simulated_half_times[RANDOM, 0]
     for name in ("finetune", "regularized"):
-        for label, increase in sensitivity(sweeps[name]).items():
+        curves = sensitivity(sweeps[name])
+        assert len(curves) == len(sweeps[name].settings) > 0
+        for label, increase in curves.items():
             assert grows_with_time(increase, sweeps[name].times, first_mode_time), (name, label)
 
 

@@ -201,11 +201,15 @@ def _ray_encode(chunks: Iterable[list[str]], encoder: ChunkEncoder, workers: int
         mapped = dataset.map(_encode_row, fn_kwargs={"encoder": encoder}, compute=ray.data.TaskPoolStrategy(size=workers))
         rows = mapped.take_all()
         for row in sorted(rows, key=lambda row: row["order"]):
-            encoded = EncodedChunk(
-                np.frombuffer(row["ids"], dtype=np.uint32), np.frombuffer(row["lengths"], dtype=np.int64),
-                np.frombuffer(row["text_bytes"], dtype=np.int64), np.frombuffer(row["heldout"], dtype=bool),
-            )
-            yield len(window[row["order"]]), encoded
+            yield len(window[row["order"]]), _decode_row(row)
+
+
+def _decode_row(row: dict) -> EncodedChunk:
+    """The chunk a Ray row carries (the inverse of :func:`_encode_row`)."""
+    return EncodedChunk(
+        np.frombuffer(row["ids"], dtype=np.uint32), np.frombuffer(row["lengths"], dtype=np.int64),
+        np.frombuffer(row["text_bytes"], dtype=np.int64), np.frombuffer(row["heldout"], dtype=bool),
+    )
 
 
 # --------------------------------------------------------------------------------------------------
