@@ -201,7 +201,17 @@ def test_probe_verbs_on_a_hugging_face_folder_store_its_identity_and_use_its_cha
                             for i in range(12)))
     out, common = tmp_path / "out", [f"eval_data={tmp_path / 'eval.txt'}", "eval_tokens=256", "report=false", "--out", str(tmp_path / "out")]
     assert cli_main(["noise", str(model), "gammas=[0.01]", "seeds=2", "mode=relative", *common]) == 0
+    import overtrain.probes.finetune as finetune_module
+
+    templates_used, real_chat_segments = [], finetune_module.chat_segments
+
+    def recording_chat_segments(messages, template, *args, **kwargs):
+        templates_used.append(template)
+        return real_chat_segments(messages, template, *args, **kwargs)
+
+    monkeypatch.setattr(finetune_module, "chat_segments", recording_chat_segments)
     assert cli_main(["finetune", str(model), f"task=file:{chat}", "steps=1", "batch_size=2", *common]) == 0
+    assert templates_used and set(templates_used) == {template}  # every chat was rendered with the folder's template
     with ResultStore(out / "results.sqlite") as store:
         rows = store.rows()
     assert {row.kind for row in rows} == {"noise", "finetune"}
