@@ -115,6 +115,42 @@ def test_the_estimate_counts_a_segment_from_its_finished_predecessor(finished_sw
     assert pretrain_tokens_left(jobs, {job.key for job in jobs}) == (0, 0)
 
 
+def test_a_rerun_with_a_changed_pretraining_setting_is_refused_before_any_job(
+    finished_sweep: tuple[Path, list[str]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    _, overrides = finished_sweep
+    assert cli_main(["sweep", *overrides, "--dry-run"]) == 0  # unchanged settings: no conflict
+    capsys.readouterr()
+    config = load_sweep_config(None, overrides)
+    store_bytes = config.store_path.read_bytes()
+    for extra in ([], ["--dry-run"]):
+        assert cli_main(["sweep", *overrides, "pretrain.train.lr=0.0123", *extra]) == 2
+        error = capsys.readouterr().err
+        assert "pre-training run folder(s) of this sweep already hold runs with other settings" in error
+        assert "train.lr" in error and "give this sweep its own out_dir" in error
+    assert config.store_path.read_bytes() == store_bytes  # refused before the store was touched
+
+
+def test_a_truncated_checkpoint_and_missing_eval_data_are_refused_before_the_store_opens(
+    finished_sweep: tuple[Path, list[str]], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import os
+    import shutil
+
+    root, _ = finished_sweep
+    source = next((root / "sweep").rglob("step-*-tokens-*"))
+    damaged = tmp_path / "damaged"
+    shutil.copytree(source, damaged)
+    os.truncate(damaged / "model.safetensors", 100)
+    out = tmp_path / "out"
+    for extra in ([], ["--dry-run"]):
+        code = cli_main(["noise", str(damaged), "gammas=[1.0]", f"eval_data={tmp_path / 'no-such.txt'}", *extra, "--out", str(out)])
+        error = capsys.readouterr().err
+        assert code == 2 and "2 inputs of this sweep would be refused by its jobs" in error
+        assert "model.safetensors is truncated or not a safetensors file" in error and "no-such.txt does not exist" in error
+    assert not (out / "results.sqlite").exists()
+
+
 def test_report_can_be_rebuilt_from_the_store(finished_sweep: tuple[Path, list[str]], tmp_path: Path) -> None:
     root, _ = finished_sweep
     report = write_report(root / "sweep" / "results.sqlite", tmp_path)

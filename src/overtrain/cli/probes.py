@@ -78,6 +78,8 @@ def print_rows(probe: str, store_path: Path, keys: set[str]) -> None:
         return
     with ResultStore(store_path) as store:
         rows = [row for row in store.rows(kind=probe) if row.key in keys]
+    if not rows:  # every job failed: the failures were printed, a table header alone would say nothing
+        return
     lines = {"noise": _noise_lines, "finetune": _finetune_lines, "sharpness": _sharpness_lines}[probe](rows)
     print("\n".join(lines))
 

@@ -210,10 +210,11 @@ def build_executor(config):
 def run_sweep_file(path: str | None, overrides: list[str], dry_run: bool) -> int:
     from overtrain.config import dump_yaml
     from overtrain.results.report import write_report
-    from overtrain.results.store import ResultStore
+    from overtrain.results.store import ResultStore, stored_keys
     from overtrain.sweep.config import load_sweep_config
     from overtrain.sweep.driver import run_jobs
     from overtrain.sweep.plan import describe_plan, plan_jobs
+    from overtrain.sweep.preflight import check_sweep_inputs
     from overtrain.sweep.torchrun import follow_rank_zero, is_follower, release_followers
 
     config = load_sweep_config(path, overrides)
@@ -222,8 +223,8 @@ def run_sweep_file(path: str | None, overrides: list[str], dry_run: bool) -> int
         return 0 if dry_run else follow_rank_zero()
     print(dump_yaml(config))
     print(f"plan: {describe_plan(jobs)}; executor {config.executor.kind}; store {config.store_path}")
+    check_sweep_inputs(jobs, config.out_dir)
     if dry_run:
-        from overtrain.results.store import stored_keys
         from overtrain.sweep.estimate import estimate_sweep_seconds, format_estimate
 
         finished = stored_keys(config.store_path) & {job.key for job in jobs}
@@ -242,7 +243,9 @@ def run_sweep_file(path: str | None, overrides: list[str], dry_run: bool) -> int
             release_followers()
     if summary.failures:
         print("failed jobs:\n" + "\n".join(f"  {line}" for line in summary.failures.values()))
-    if config.report:
+    if config.report and not stored_keys(config.store_path):
+        print("no report: no job of this sweep has finished yet (the failures above say why)")
+    elif config.report:
         report = write_report(config.store_path, config.report_dir)
         print("\n".join(["", "headlines:", *[f"  {line}" for line in report.headlines]]))
         print(f"\nreport: {report.html_path.resolve()}")

@@ -1,0 +1,119 @@
+"""What a sweep's jobs would refuse later, refused before its store is opened (and in ``--dry-run``).
+
+A job that fails on its input fails alone, after its predecessors ran, and leaves a store behind; a user
+who asked for ``--dry-run`` was told all was well. These checks are the cheap ones that need no model:
+
+- a pre-training job's run folder that already holds a run bound to other settings (a sweep rerun with a
+  changed pre-training setting into the same ``out_dir``: every such job would be refused);
+- a checkpoint the sweep does not train itself that is missing, incomplete or truncated (its safetensors
+  headers are read, not its tensors: a same-size corruption is still caught by the job's checksum check);
+- ``eval_data`` paths that do not exist.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from overtrain.errors import OvertrainError
+from overtrain.results.records import Job
+
+SHOWN_PER_PROBLEM = 3
+"""Examples named per kind of problem; the count says how many there are."""
+
+
+def check_sweep_inputs(jobs: list[Job], out_dir: Path) -> None:
+    """Raise one :class:`OvertrainError` naming every input problem of ``jobs`` (nothing is written)."""
+    problems = [*_pretrain_folder_conflicts(jobs, out_dir), *_damaged_checkpoints(jobs), *_missing_eval_data(jobs)]
+    if not problems:
+        return
+    messages, fixes = zip(*problems, strict=True)
+    if len(problems) == 1:
+        raise OvertrainError(messages[0], fixes[0])
+    listed = "".join(f"\n  - {message}" for message in messages)
+    raise OvertrainError(f"{len(problems)} inputs of this sweep would be refused by its jobs:{listed}", "; ".join(dict.fromkeys(fixes)))
+
+
+def _pretrain_folder_conflicts(jobs: list[Job], out_dir: Path) -> list[tuple[str, str]]:
+    from overtrain.config import build_dataclass, config_to_dict
+    from overtrain.pretrain.binding import read_binding, result_settings, settings_differences
+    from overtrain.pretrain.config import PretrainConfig
+
+    conflicts: dict[Path, list[str]] = {}
+    for job in jobs:
+        if job.kind != "pretrain":
+            continue
+        config = build_dataclass(PretrainConfig, dict(job.spec["config"]))
+        folder = Path(config.out_dir)
+        bound = read_binding(folder, None) if folder not in conflicts else None
+        if bound is None or config.train.extend:
+            continue
+        differences = settings_differences(bound.settings, result_settings(config_to_dict(config)))
+        if differences:
+            conflicts[folder] = differences
+    if not conflicts:
+        return []
+    examples = "; ".join(f"{folder}: {', '.join(differences[:2])}" for folder, differences in list(conflicts.items())[:SHOWN_PER_PROBLEM])
+    return [(
+        f"{len(conflicts)} pre-training run folder(s) of this sweep already hold runs with other settings ({examples})",
+        f"a sweep's pre-training settings are part of its runs: give this sweep its own out_dir (not {out_dir}), "
+        "set the settings back, or delete those run folders to train them anew",
+    )]
+
+
+def _damaged_checkpoints(jobs: list[Job]) -> list[tuple[str, str]]:
+    """Checkpoints named by jobs that do not wait for a pre-training job of this sweep (those exist now)."""
+    from overtrain.checkpoints.hub import is_hub_reference
+
+    produced_here = {job.key for job in jobs if job.kind == "pretrain"}
+    references = sorted({str(job.spec["checkpoint"]) for job in jobs
+                         if "checkpoint" in job.spec and not produced_here.intersection(job.depends_on)})
+    damaged = [(reference, why) for reference in references if not is_hub_reference(reference)
+               for why in [_checkpoint_damage(Path(reference))] if why]
+    if not damaged:
+        return []
+    examples = "; ".join(f"{reference}: {why}" for reference, why in damaged[:SHOWN_PER_PROBLEM])
+    return [(f"{len(damaged)} checkpoint(s) cannot be read ({examples})",
+             "restore or re-download those checkpoints, or leave them out of the sweep")]
+
+
+def _checkpoint_damage(folder: Path) -> str | None:
+    """Why ``folder`` cannot be a checkpoint (missing, no config.json, a missing or truncated safetensors
+    file), or None. Reads only the files' headers."""
+    from safetensors import safe_open
+
+    if not folder.exists():
+        return "it does not exist"
+    if folder.is_file():
+        return None  # a single weights file is the job's to judge
+    if not (folder / "config.json").is_file():
+        return "no config.json"
+    weights = _safetensors_files(folder)
+    if not weights:
+        return "no .safetensors weights"
+    for path in weights:
+        try:
+            with safe_open(str(path), "pt") as handle:
+                handle.keys()
+        except Exception as error:  # safetensors raises its own error type for a torn header or a short file
+            return f"{path.name} is truncated or not a safetensors file ({str(error).strip()[:80]})"
+    return None
+
+
+def _safetensors_files(folder: Path) -> list[Path]:
+    return sorted(folder.glob("*.safetensors"))
+
+
+def _missing_eval_data(jobs: Iterable[Job]) -> list[tuple[str, str]]:
+    missing = sorted({str(path) for job in jobs for path in [_eval_data_of(job.spec)]
+                      if path and not path.startswith("hf:") and not Path(path).expanduser().exists()})
+    if not missing:
+        return []
+    return [(f"eval_data {', '.join(missing[:SHOWN_PER_PROBLEM])} does not exist",
+             "pass a .txt or .jsonl file, a folder of them, or hf:NAME[:CONFIG] as eval_data")]
+
+
+def _eval_data_of(spec: dict[str, Any]) -> str | None:
+    value = spec.get("eval_data")
+    return str(value) if value else None
