@@ -112,3 +112,22 @@ def test_extend_refuses_what_cannot_continue_a_run(finished, tmp_path: Path, ove
     with pytest.raises(OvertrainError, match=message):
         train_run(config, log=lambda *_: None)
     assert [p.name for p in list_checkpoints(tmp_path / "run")] == ["step-000016-tokens-4096"]
+
+
+def test_dry_run_refuses_what_the_run_refuses(finished, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from overtrain.cli import main as cli_main
+    from overtrain.config import dump_yaml
+
+    config = copy_of_run(finished, tmp_path)
+    spec = tmp_path / "run.yaml"
+    spec.write_text(dump_yaml(config))
+    before = sorted(path.name for path in (tmp_path / "run").rglob("*"))
+    assert cli_main(["pretrain", str(spec), "--dry-run"]) == 0  # the same settings: a resume
+    capsys.readouterr()
+    assert cli_main(["pretrain", str(spec), "train.lr=1e-3", "--dry-run"]) == 2
+    assert "holds a run trained to 4.1k tokens with other settings than this config: train.lr" in capsys.readouterr().err
+    assert cli_main(["pretrain", str(spec), "train.max_tokens=6144", "train.extend=true", "--dry-run"]) == 0
+    assert "the run would say: extending" in capsys.readouterr().out
+    assert cli_main(["pretrain", str(spec), f"data.corpus={tmp_path / 'no-such-corpus'}", "--dry-run"]) == 2
+    assert "no-such-corpus' does not exist" in capsys.readouterr().err
+    assert sorted(path.name for path in (tmp_path / "run").rglob("*")) == before  # a dry run writes nothing

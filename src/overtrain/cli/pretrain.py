@@ -19,6 +19,7 @@ def command_pretrain(args: argparse.Namespace) -> int:
         raise OvertrainError("this config has ladder.budgets_tokens", "run it with `overtrain pretrain-ladder`")
     print(dump_yaml(config))
     if args.dry_run:
+        _refuse_what_the_run_would_refuse(config)
         train = config.train
         if config.ladder.budgets_tokens:
             print("this config has ladder.budgets_tokens: run it with `overtrain pretrain-ladder` (its --dry-run lists the runs)")
@@ -50,6 +51,28 @@ def command_pretrain_ladder(args: argparse.Namespace) -> int:
         print(f"{result.tokens_seen:>15,}   {result.final_heldout_loss:>13.4f}   {result.final_checkpoint}")
     return 0
 
+
+
+def _refuse_what_the_run_would_refuse(config) -> None:
+    """The dry run's share of the run's own checks: a corpus path that does not exist, and a run folder bound
+    to other settings (read only: nothing is written). Prints the note of a ``train.extend`` extension."""
+    from pathlib import Path
+
+    from overtrain.checkpoints.discovery import list_checkpoints
+    from overtrain.checkpoints.folder import read_checkpoint_info
+    from overtrain.config import config_to_dict
+    from overtrain.data.corpus import is_local_source, require_local_source
+    from overtrain.pretrain.binding import check_run_binding
+
+    if is_local_source(str(config.data.corpus)):
+        require_local_source(str(config.data.corpus))
+    out_dir = Path(config.out_dir)
+    checkpoints = list_checkpoints(out_dir) if out_dir.is_dir() else []
+    newest = read_checkpoint_info(checkpoints[-1]) if checkpoints else None
+    described = None if newest is None else (newest.tokens_seen, newest.step, newest.run_config)
+    _, note = check_run_binding(out_dir, config_to_dict(config), config.train.extend, described)
+    if note:
+        print(f"the run would say: {note}")
 
 
 def _token_plan(config) -> str:

@@ -82,6 +82,19 @@ def is_heldout_document(text: str, heldout_fraction: float) -> bool:
     return int.from_bytes(digest, "little") / 2**64 < heldout_fraction
 
 
+def require_local_source(source: str) -> Path:
+    """The path of a local corpus source (a file or folder), or one clear error when it does not exist."""
+    path = Path(source).expanduser()
+    if not path.exists():
+        raise OvertrainError(f"the corpus path {source!r} does not exist", f"pass {SOURCE_FORMS}")
+    return path
+
+
+def is_local_source(source: str) -> bool:
+    """Whether ``source`` names a file or folder (not the embedded corpus, not ``hf:``)."""
+    return source != EMBEDDED_SOURCE and not source.startswith(HF_PREFIX)
+
+
 def _raw_documents(source: str | os.PathLike[str], *, text_field: str, split: str) -> Iterator[str]:
     """Documents of any source, blank ones included; dispatches on the form of ``source``."""
     source_text = os.fspath(source)
@@ -89,9 +102,7 @@ def _raw_documents(source: str | os.PathLike[str], *, text_field: str, split: st
         return (record["text"] for record in iter_embedded_records())
     if source_text.startswith(HF_PREFIX):
         return _hf_documents(source_text[len(HF_PREFIX) :], text_field=text_field, split=split)
-    path = Path(source_text).expanduser()
-    if not path.exists():
-        raise OvertrainError(f"the corpus path {source_text!r} does not exist", f"pass {SOURCE_FORMS}")
+    path = require_local_source(source_text)
     if path.is_dir():
         return _folder_documents(path, text_field=text_field, split=split)
     return _file_documents(path, text_field=text_field)
