@@ -147,3 +147,20 @@ def ensure_writable_folder(folder: Path, what: str, key: str) -> None:
             f"cannot write to {what} {folder} ({error.strerror or error})",
             f"make it writable (e.g. chmod u+w), or set {key} to a folder you can write",
         ) from None
+
+
+def ensure_writable_file(path: Path, what: str, key: str) -> None:
+    """Prove that the file ``path`` can be written (replaced if it exists), before any work would be lost.
+
+    An existing folder under that name, a parent that is a regular file, or a read-only parent becomes an
+    ``OvertrainError`` naming ``what`` and the setting (``key``) that chooses it; nothing is left behind.
+    """
+    from overtrain.errors import OvertrainError
+
+    path = Path(path)
+    if path.is_dir():
+        raise OvertrainError(f"{what} {path} is a folder, not a file", f"set {key} to a file name, e.g. {path.absolute() / 'out.json'}")
+    try:
+        ensure_writable_folder(path.absolute().parent, f"the folder of {what}", key)
+    except OvertrainError as error:  # the setting names a file: say so in the fix
+        raise OvertrainError(error.problem, f"set {key} to a file in a folder you can write, or make that folder writable") from None

@@ -158,11 +158,15 @@ def _add_probe_parsers(verbs) -> None:
     demo.add_argument("overrides", nargs="*", metavar="key=value", help="overrides of the demo sweep, e.g. out_dir=runs/demo2")
     demo.add_argument("--dry-run", action="store_true", help="print the plan and the time estimate only")
     demo.set_defaults(function=_run_verb)
-    report = verbs.add_parser("report", help=COMMANDS["report"][1])
+    from overtrain.cli.report import REPORT_HELP, TASKS_HELP
+
+    report = verbs.add_parser("report", help=COMMANDS["report"][1], description=COMMANDS["report"][1] + ".\n\n" + REPORT_HELP,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
     report.add_argument("store", help="results.sqlite of a sweep, or the sweep's out_dir")
     report.add_argument("--out", default=None, help="folder for the report (default: next to the store)")
     report.set_defaults(function=_run_verb)
-    tasks = verbs.add_parser("tasks", help=COMMANDS["tasks"][1])
+    tasks = verbs.add_parser("tasks", help=COMMANDS["tasks"][1], description=COMMANDS["tasks"][1] + ".\n\n" + TASKS_HELP,
+                             formatter_class=argparse.RawDescriptionHelpFormatter)
     tasks.set_defaults(function=_run_verb)
     from overtrain.cli.family import FAMILY_HELP, FAMILY_SUMMARY, add_family_arguments
 

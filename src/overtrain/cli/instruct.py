@@ -13,7 +13,8 @@ import argparse
 ALPACA_EXPORT_SUMMARY = "answer the 805 AlpacaEval instructions greedily and write them in alpaca_eval's model_outputs format"
 
 ALPACA_EXPORT_HELP = """\
-CHECKPOINT is an overtrain checkpoint folder, a Hugging Face model folder or hf:ORG/NAME@REVISION. The
+CHECKPOINT is an overtrain checkpoint folder, a run folder (its newest checkpoint), a Hugging Face model
+folder or hf:ORG/NAME@REVISION. The
 instructions are alpaca-eval==0.6.6's example/outputs.json (its sdist is downloaded once into the
 overtrain cache; docs/instruction_tuning.md). Examples:
   overtrain alpaca-export runs/tuned/checkpoint --out answers.json
@@ -25,7 +26,7 @@ def add_alpaca_export_parser(verbs, run_verb) -> None:
     """Register ``alpaca-export`` on the CLI's sub-parsers (``run_verb`` dispatches to :func:`command_alpaca_export`)."""
     parser = verbs.add_parser("alpaca-export", help=ALPACA_EXPORT_SUMMARY, description=ALPACA_EXPORT_SUMMARY + ".\n\n" + ALPACA_EXPORT_HELP,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("checkpoint", help="overtrain checkpoint folder, Hugging Face folder, or hf:ORG/NAME@REVISION")
+    parser.add_argument("checkpoint", help="overtrain checkpoint or run folder, Hugging Face folder, or hf:ORG/NAME@REVISION")
     parser.add_argument("--out", required=True, help="the JSON file to write (written whole or not at all)")
     parser.add_argument("--generator", default=None, help="the name in the 'generator' field (default: the checkpoint's folder name)")
     parser.add_argument("--limit", type=int, default=None, help="only the first N instructions (default: all 805)")
@@ -60,16 +61,51 @@ def load_chat_model(reference: str):
     return model, AutoTokenizer.from_pretrained(str(folder)), chat_template_of(folder)
 
 
+def resolve_one_checkpoint(reference: str) -> str:
+    """The one model ``reference`` names: a run folder stands for its newest checkpoint (as for ``overtrain
+    noise``); a path that does not exist, or a ladder (one model per budget), is refused with the fix."""
+    from pathlib import Path
+
+    from overtrain.checkpoints.discovery import expand_checkpoints
+    from overtrain.checkpoints.hub import is_hub_reference
+    from overtrain.errors import OvertrainError
+
+    if not is_hub_reference(reference) and not Path(reference).expanduser().exists():
+        raise OvertrainError(f"checkpoint {reference} does not exist", "pass an existing checkpoint or run folder, a Hugging Face folder, or hf:ORG/NAME@REVISION")
+    found = expand_checkpoints([reference])
+    if len(found) > 1:
+        raise OvertrainError(
+            f"{reference} holds {len(found)} models ({', '.join(Path(str(ref)).name for ref in found[:3])}{' ...' if len(found) > 3 else ''}); "
+            "alpaca-export answers with one",
+            f"pass one of them, e.g. overtrain alpaca-export {found[-1]} --out answers.json",
+        )
+    return str(found[0])
+
+
+def check_export_arguments(args: argparse.Namespace) -> None:
+    """Every numeric flag and the output file, refused together before the model is loaded (minutes on a large one)."""
+    from pathlib import Path
+
+    from overtrain.atomic import ensure_writable_file
+    from overtrain.errors import SettingProblems
+    from overtrain.probes.instruct_readouts import collect_generation_problems
+
+    problems = SettingProblems()
+    problems.require(args.limit is None or args.limit >= 1, "--limit", args.limit, "a number of instructions >= 1, or no --limit for all 805")
+    collect_generation_problems(problems, args.max_new_tokens, args.max_len, args.batch_size,
+                                {"max_new_tokens": "--max-new-tokens", "max_len": "--max-len", "batch_size": "--batch-size"})
+    problems.raise_if_any()
+    ensure_writable_file(Path(args.out), "the answers file", "--out")
+
+
 def command_alpaca_export(args: argparse.Namespace) -> int:
     """Answer, write ``--out``, print where and how many; returns 0."""
     from pathlib import Path
 
-    from overtrain.errors import OvertrainError
     from overtrain.probes.instruct_readouts import alpaca_eval_export
 
-    if args.limit is not None and args.limit < 1:
-        raise OvertrainError(f"--limit {args.limit} exports nothing", "pass --limit N with N >= 1, or leave it out for all 805")
-    model, tokenizer, template = load_chat_model(args.checkpoint)
+    check_export_arguments(args)
+    model, tokenizer, template = load_chat_model(resolve_one_checkpoint(args.checkpoint))
     generator = args.generator or Path(args.checkpoint.rstrip("/")).name
     rows = alpaca_eval_export(model, tokenizer, Path(args.out), generator, limit=args.limit, max_new_tokens=args.max_new_tokens,
                               max_len=args.max_len, chat_template=template, batch_size=args.batch_size)

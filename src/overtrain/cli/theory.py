@@ -13,7 +13,7 @@ from pathlib import Path
 
 import yaml
 
-from overtrain.atomic import atomic_write_json
+from overtrain.atomic import atomic_write_json, ensure_writable_folder
 from overtrain.config import apply_overrides, build_dataclass, config_to_dict, parse_override
 from overtrain.errors import OvertrainError
 from overtrain.theory.config import TheoryConfig, field_paths, validate_theory_config
@@ -59,6 +59,7 @@ def run_theory_cli(overrides: list[str], out_dir: Path, dry_run: bool = False) -
     """Parse overrides, run all theory experiments, write figures + theory.json into out_dir, print a
     summary table; with ``dry_run`` print the resolved settings and the plan only. Returns 0."""
     config = load_theory_config(overrides)
+    ensure_writable_folder(Path(out_dir), "the theory output folder", "--out")  # before minutes of simulation, also in --dry-run
     print(describe_plan(config), flush=True)
     if dry_run:
         print(yaml.safe_dump(config_to_dict(config), sort_keys=False, default_flow_style=None), end="")
@@ -72,7 +73,6 @@ def run_theory_cli(overrides: list[str], out_dir: Path, dry_run: bool = False) -
     print(summary_table(results))
     print(f"computed in {seconds:.1f} s; wrote {len(figures)} figures and theory.json to {out_dir}")
     return 0
-
 
 
 def command_theory(args: argparse.Namespace) -> int:

@@ -135,10 +135,20 @@ def listing_from_branches(family: Family, branches: dict[str, str]) -> FamilyLis
 
 def _list_refs(client: HubClient, repo: str) -> Any:
     """``client.list_repo_refs(repo)`` with the Hub's errors turned into ones a user can act on."""
-    from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, OfflineModeIsEnabled, RepositoryNotFoundError
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        HfHubHTTPError,
+        HFValidationError,
+        OfflineModeIsEnabled,
+        RepositoryNotFoundError,
+    )
 
     try:
         return client.list_repo_refs(repo)
+    except HFValidationError as error:  # the Hub's own rules are stricter than ORG/NAME (no '--', no leading '-' or '.')
+        raise OvertrainError(
+            f"{repo!r} is not a valid Hub repository id ({error})", "write hf:ORG/NAME as huggingface.co spells it, e.g. hf:EleutherAI/pythia-160m"
+        ) from None
     except OfflineModeIsEnabled:
         raise OvertrainError(
             f"listing the branches of {repo} needs the Hub, and HF_HUB_OFFLINE is set",

@@ -26,6 +26,7 @@ import re
 from dataclasses import dataclass
 
 from overtrain.errors import OvertrainError
+from overtrain.hub_files import REPO_NAME
 
 HUB_PREFIX = "hf:"
 BILLION = 1_000_000_000
@@ -167,12 +168,18 @@ def find_family(source: str) -> Family:
     later (:func:`infer_family`); an unknown short name is an error that lists the known ones.
     """
     text = source.removeprefix(HUB_PREFIX)
+    _refuse_revision_suffix(source, text)
     if text in FAMILIES:
         return FAMILIES[text]
     by_repo = {family.repo.lower(): family for family in FAMILIES.values()}
     if text.lower() in by_repo:
         return by_repo[text.lower()]
     if "/" in text:
+        if not REPO_NAME.fullmatch(text):
+            raise OvertrainError(
+                f"{source!r} is not a Hub repository name (ORG/NAME of letters, digits, '-', '_' and '.')",
+                "write hf:ORG/NAME, e.g. hf:EleutherAI/pythia-160m",
+            )
         return Family(text, text, scheme="", parameters=None)
     close = difflib.get_close_matches(text, FAMILIES, n=3)
     hint = f"did you mean {', '.join(close)}? " if close else ""
@@ -180,6 +187,18 @@ def find_family(source: str) -> Family:
         f"unknown checkpoint family {source!r}",
         f"{hint}known families: {', '.join(FAMILIES)}; or pass a Hub repository as hf:ORG/NAME, or a local folder",
     )
+
+
+def _refuse_revision_suffix(source: str, text: str) -> None:
+    """A family is every revision of a repository, so ``@REV`` (one revision) cannot name one: say what to do instead."""
+    repo, at, revision = text.partition("@")
+    if at:
+        hub_repo = FAMILIES[repo].repo if repo in FAMILIES else repo  # a short name's repository, for the probe reference
+        raise OvertrainError(
+            f"family source {source!r} names one revision (@{revision}), but a family lists all of a repository's revisions",
+            f"drop @{revision}: `overtrain family {HUB_PREFIX if source.startswith(HUB_PREFIX) else ''}{repo}` lists every "
+            f"revision (select=[REV,...] picks some); a probe takes one revision alone as {HUB_PREFIX}{hub_repo}@{revision}",
+        )
 
 
 def infer_family(family: Family, branches: list[str]) -> Family:

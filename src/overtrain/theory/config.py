@@ -127,52 +127,55 @@ class TheoryConfig:
 
 
 def validate_theory_config(config: TheoryConfig) -> TheoryConfig:
-    """Reject values the simulator cannot run (raises OvertrainError naming the field); returns config."""
-    network, pretrain, target = config.network, config.pretrain, config.target
-    _require(min(network.input_dim, network.hidden_dim, network.output_dim) >= 1, "network.*_dim", "a positive whole number")
-    _require(network.init_scale > 0, "network.init_scale", "a positive number such as 1e-3")
-    _require(pretrain.spectrum_top > 0, "pretrain.spectrum_top", "a positive number")
-    _require(0 < pretrain.spectrum_ratio <= 1, "pretrain.spectrum_ratio", "a number in (0, 1]")
+    """Reject values the simulator cannot run (raises OvertrainError naming the field and its value); returns config."""
+    network, pretrain, target, finetune, noise = config.network, config.pretrain, config.target, config.finetune, config.noise
+    for name in ("input_dim", "hidden_dim", "output_dim"):
+        _require(getattr(network, name) >= 1, f"network.{name}", getattr(network, name), "a positive whole number")
+    _require(network.init_scale > 0, "network.init_scale", network.init_scale, "a positive number such as 1e-3")
+    _require(pretrain.spectrum_top > 0, "pretrain.spectrum_top", pretrain.spectrum_top, "a positive number")
+    _require(0 < pretrain.spectrum_ratio <= 1, "pretrain.spectrum_ratio", pretrain.spectrum_ratio, "a number in (0, 1]")
     _require(
         0 <= pretrain.rank <= min(network.input_dim, network.output_dim),
         "pretrain.rank",
+        pretrain.rank,
         "0 (full) up to min(input_dim, output_dim)",
     )
-    _require(pretrain.step > 0, "pretrain.step", "a positive number such as 0.1")
-    _require(0 < pretrain.time_min < pretrain.time_max, "pretrain.time_min/time_max", "0 < time_min < time_max")
-    _require(pretrain.time_min >= pretrain.step, "pretrain.time_min", f"at least one step ({pretrain.step})")
-    _require(pretrain.points_per_octave >= 1, "pretrain.points_per_octave", "a whole number >= 1")
+    _require(pretrain.step > 0, "pretrain.step", pretrain.step, "a positive number such as 0.1")
+    _require(pretrain.time_min > 0, "pretrain.time_min", pretrain.time_min, "a positive time below time_max")
+    _require(pretrain.time_min < pretrain.time_max, "pretrain.time_max", pretrain.time_max, f"more than time_min ({pretrain.time_min})")
+    _require(pretrain.time_min >= pretrain.step, "pretrain.time_min", pretrain.time_min, f"at least one step ({pretrain.step})")
+    _require(pretrain.points_per_octave >= 1, "pretrain.points_per_octave", pretrain.points_per_octave, "a whole number >= 1")
     free_directions = min(network.input_dim, network.output_dim) - target.added_rank
     _require(
         0 <= target.added_rank and (target.rotation_deg == 0 or free_directions >= target.added_rank),
         "target.added_rank",
+        target.added_rank,
         "at most half of min(input_dim, output_dim) when rotation_deg != 0",
     )
-    _require(
-        target.samples >= 0 and target.label_noise >= 0 and target.data_seeds >= 1,
-        "target.samples/label_noise/data_seeds",
-        "samples >= 0, label_noise >= 0, data_seeds >= 1",
-    )
-    _require(
-        config.finetune.steps >= 1 and len(config.finetune.lrs) >= 1, "finetune.steps/lrs", "steps >= 1 and at least one rate"
-    )
-    _require(all(rate > 0 for rate in config.finetune.lrs + [config.finetune.lambda_lr]), "finetune.lrs", "positive rates")
-    _require(all(strength >= 0 for strength in config.finetune.lambdas), "finetune.lambdas", "non-negative strengths")
-    finetune = config.finetune
-    _require(finetune.remedy_lr > 0, "finetune.remedy_lr", "a positive rate such as 0.03")
-    _require(all(0 <= r < 1 for r in finetune.replay_fractions), "finetune.replay_fractions", "fractions in [0, 1), e.g. [0,0.1,0.3]")
-    _require(all(isinstance(k, int) and k >= 0 for k in finetune.probe_steps), "finetune.probe_steps", "whole numbers >= 0, e.g. [0,25,100]")
-    _require(all(0 <= a <= 1 for a in finetune.wise_alphas), "finetune.wise_alphas", "numbers in [0, 1], e.g. [0.25,0.5,1]")
-    _require(
-        all(std > 0 for std in config.noise.stds) and config.noise.draws >= 1, "noise.stds/draws", "positive stds, draws >= 1"
-    )
+    _require(target.samples >= 0, "target.samples", target.samples, "0 (the population loss) or a whole number of examples")
+    _require(target.label_noise >= 0, "target.label_noise", target.label_noise, "a standard deviation >= 0")
+    _require(target.data_seeds >= 1, "target.data_seeds", target.data_seeds, "a whole number >= 1")
+    _require(finetune.steps >= 1, "finetune.steps", finetune.steps, "a whole number >= 1, e.g. 100")
+    _require(len(finetune.lrs) >= 1 and all(rate > 0 for rate in finetune.lrs), "finetune.lrs", finetune.lrs,
+             "one or more positive rates, e.g. [0.01,0.03]")
+    _require(finetune.lambda_lr > 0, "finetune.lambda_lr", finetune.lambda_lr, "a positive rate such as 0.03")
+    _require(all(strength >= 0 for strength in finetune.lambdas), "finetune.lambdas", finetune.lambdas, "non-negative strengths")
+    _require(finetune.remedy_lr > 0, "finetune.remedy_lr", finetune.remedy_lr, "a positive rate such as 0.03")
+    _require(all(0 <= r < 1 for r in finetune.replay_fractions), "finetune.replay_fractions", finetune.replay_fractions,
+             "fractions in [0, 1), e.g. [0,0.1,0.3]")
+    _require(all(isinstance(k, int) and k >= 0 for k in finetune.probe_steps), "finetune.probe_steps", finetune.probe_steps,
+             "whole numbers >= 0, e.g. [0,25,100]")
+    _require(all(0 <= a <= 1 for a in finetune.wise_alphas), "finetune.wise_alphas", finetune.wise_alphas, "numbers in [0, 1], e.g. [0.25,0.5,1]")
+    _require(len(noise.stds) >= 1 and all(std > 0 for std in noise.stds), "noise.stds", noise.stds, "one or more positive stds, e.g. [0.05]")
+    _require(noise.draws >= 1, "noise.draws", noise.draws, "a whole number >= 1")
     return config
 
 
-def _require(condition: bool, field_path: str, allowed: str) -> None:
+def _require(condition: bool, field_path: str, value: object, allowed: str) -> None:
+    """Raise, naming the key and the value it has, unless ``condition`` holds."""
     if not condition:
         raise OvertrainError(
-            f"theory setting {field_path} has a value the simulator cannot use", f"set {field_path} to {allowed}"
+            f"theory setting {field_path} has a value the simulator cannot use: {field_path}={value!r}", f"set {field_path} to {allowed}"
         )
 
 
