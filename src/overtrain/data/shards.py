@@ -191,13 +191,20 @@ class ShardedTokens:
             self._open.popitem(last=False)
         return mapped
 
+    def check_files(self) -> None:
+        """Raise an OvertrainError naming the first shard that is missing or shorter than its listed tokens."""
+        for number in range(len(self.files)):
+            self._existing_file(number)
+
     def _existing_file(self, number: int) -> Path:
         """The listed file, or, when a writer has since replaced a part file by a longer one, any file of the
         same shard long enough: it starts with the same tokens (the stream only grows at its end)."""
         needed = self.counts[number] * self.dtype.itemsize
         listed = self.folder / self.files[number]
-        candidates = [listed, *sorted(self.folder.glob(f"{self.split}-{number:05d}*.bin"))]
-        for path in candidates:
+        with contextlib.suppress(FileNotFoundError):
+            if listed.stat().st_size >= needed:  # the usual case: no glob (a split may have thousands of shards)
+                return listed
+        for path in sorted(self.folder.glob(f"{self.split}-{number:05d}*.bin")):
             with contextlib.suppress(FileNotFoundError):
                 if TEMPORARY_MARK not in path.name and path.stat().st_size >= needed:
                     return path
@@ -208,7 +215,11 @@ class ShardedTokens:
 
 
 def open_split(folder: Path, index: ShardIndex, split: str) -> ShardedTokens:
-    return ShardedTokens(folder, split, index.split(split), np.dtype(index.dtype))
+    """The split's shards as one sequence, every listed shard checked first to hold its listed tokens (one
+    ``stat`` each), so a truncated or deleted shard is refused before a run starts, not when it is reached."""
+    tokens = ShardedTokens(folder, split, index.split(split), np.dtype(index.dtype))
+    tokens.check_files()
+    return tokens
 
 
 # --------------------------------------------------------------------------------------------------
@@ -258,8 +269,14 @@ class ShardWriter:
         for split in SPLITS:
             files = index.split(split)
             if files.tokens and files.tokens[-1] < index.shard_tokens:  # a part file: back into the buffer
-                part = self.folder / files.files.pop()
-                self.buffers[split].append(np.fromfile(part, dtype=self.dtype, count=files.tokens.pop()))
+                part, count = self.folder / files.files.pop(), files.tokens.pop()
+                ids = np.fromfile(part, dtype=self.dtype) if part.is_file() else np.empty(0, self.dtype)
+                if ids.size < count:  # a truncated part file would silently drop tokens from the stream
+                    raise OvertrainError(
+                        f"the shard {part} is missing or shorter than the {count:,} tokens its index lists",
+                        f"delete the folder {self.folder}: it is tokenized again",
+                    )
+                self.buffers[split].append(ids[:count])
 
     @property
     def train_tokens(self) -> int:

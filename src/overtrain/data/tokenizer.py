@@ -67,12 +67,28 @@ def save_hf_tokenizer(tokenizer: Tokenizer, folder: Path, model_max_length: int 
     wrapped.save_pretrained(str(folder))
 
 
-def load_tokenizer(folder: Path) -> Tokenizer:
-    """The raw ``tokenizers`` object of a saved folder (fast batch encoding, no transformers import)."""
+DAMAGED_TOKENIZER_FIX = (
+    "restore tokenizer.json from another checkpoint of the same run (every checkpoint of a run holds the same one), "
+    "or delete the folder that holds it and make it again"
+)
+
+
+def load_tokenizer(folder: Path, fix: str = DAMAGED_TOKENIZER_FIX) -> Tokenizer:
+    """The raw ``tokenizers`` object of a saved folder (fast batch encoding, no transformers import); a missing
+    or damaged ``tokenizer.json`` is an :class:`OvertrainError` naming the file and ``fix``."""
     path = Path(folder) / "tokenizer.json"
     if not path.is_file():
         raise OvertrainError(f"no tokenizer.json in {folder}", "point at a checkpoint or token-data folder that has one")
-    return Tokenizer.from_file(str(path))
+    return read_tokenizer_file(path, fix)
+
+
+def read_tokenizer_file(path: Path, fix: str) -> Tokenizer:
+    """``Tokenizer.from_file(path)``, with an unreadable file (bad JSON, not a tokenizer) as one clear error."""
+    try:
+        return Tokenizer.from_file(str(path))
+    except Exception as error:  # the Rust library raises its own Exception subclass for bad JSON
+        detail = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise OvertrainError(f"{path} is damaged: it cannot be read as a tokenizer ({detail})", fix) from None
 
 
 def load_auto_tokenizer(folder: Path):
@@ -178,10 +194,7 @@ def _tokenizer_folder(name: str) -> tuple[Path, str | None]:
 def _fast_tokenizer(folder: Path) -> Tokenizer:
     """``tokenizer.json`` as it is; other tokenizer files through ``AutoTokenizer`` (its fast backend)."""
     if (folder / "tokenizer.json").is_file():
-        try:
-            return Tokenizer.from_file(str(folder / "tokenizer.json"))
-        except Exception as error:  # the Rust library raises its own Exception subclass for bad JSON
-            raise OvertrainError(f"{folder / 'tokenizer.json'} cannot be read: {error}", "replace it with a tokenizer.json that loads") from None
+        return read_tokenizer_file(folder / "tokenizer.json", "replace it with a tokenizer.json that loads")
     loaded = load_auto_tokenizer(folder)
     if not getattr(loaded, "is_fast", False):
         raise OvertrainError(f"the tokenizer in {folder} has no fast (Rust) version", "save it with a tokenizer.json (a fast tokenizer)")
@@ -194,7 +207,10 @@ def _end_of_sequence_id(folder: Path, tokenizer: Tokenizer) -> int:
     for config_name in ("tokenizer_config.json", "special_tokens_map.json"):
         path = folder / config_name
         if path.is_file():
-            token = json.loads(path.read_text()).get("eos_token")
+            try:
+                token = json.loads(path.read_text()).get("eos_token")
+            except (OSError, UnicodeDecodeError, ValueError, AttributeError) as error:
+                raise OvertrainError(f"{path} is damaged ({type(error).__name__}: {error})", "replace it with the tokenizer's own file") from None
             candidates.append(token.get("content") if isinstance(token, dict) else token)
     for token in [*candidates, END_OF_TEXT]:
         if isinstance(token, str) and tokenizer.token_to_id(token) is not None:

@@ -36,8 +36,10 @@ from overtrain.data.shards import SHARD_FORMAT_VERSION, ShardedTokens, open_spli
 from overtrain.data.synthetic import mix_long_tail
 from overtrain.data.tokenize_parallel import tokenize_into_shards
 from overtrain.data.tokenizer import (
+    END_OF_TEXT,
     end_of_text_id,
     load_pretrained_tokenizer,
+    load_tokenizer,
     save_hf_tokenizer,
     tokenizer_hash,
     train_bpe_tokenizer,
@@ -140,6 +142,7 @@ def _prepare_sharded_data(config: DataConfig, log, train_tokens: int) -> TokenDa
             "the same command then resumes from the last finished shard",
         ) from None
     train, heldout = open_split(folder, index, "train"), open_split(folder, index, "heldout")
+    load_tokenizer(folder / "tokenizer", fix=f"delete the folder {folder}: it is tokenized again")  # copied into checkpoints
     meta = {**index.meta, "dtype": index.dtype, "tokens": {"train": len(train), "heldout": len(heldout)},
             "documents": {"train": index.train.documents, "heldout": index.heldout.documents},
             "bytes_per_token": round(index.train.text_bytes / max(index.train.total, 1), 3)}
@@ -147,12 +150,71 @@ def _prepare_sharded_data(config: DataConfig, log, train_tokens: int) -> TokenDa
     return TokenData(folder, train, heldout, vocab_size, pretrained.end_of_text_id, meta, in_order=True)
 
 
+TOKEN_DTYPES = ("uint16", "uint32")
+"""The dtypes ``train.bin`` / ``heldout.bin`` are written in (see :func:`_write_token_data`)."""
+
+
 def open_token_data(folder: Path) -> TokenData:
-    meta = json.loads((folder / "meta.json").read_text())
+    """Open a trained-BPE token cache, checked first: ``meta.json`` readable, each ``SPLIT.bin`` exactly the
+    size its token count and dtype give, and the tokenizer loadable and the one ``meta.json`` describes.
+
+    A damaged cache is refused (one :class:`OvertrainError` saying to delete the folder), not rebuilt
+    automatically: other jobs of a sweep may have its files memory-mapped at that moment, so deleting and
+    rewriting it under them is not safe, and damage to a cache is news to its owner (a full disk, a bad copy).
+    Rebuilding from the same corpus and settings gives the same tokens, so deleting it by hand loses nothing.
+    """
+    meta = _read_cache_meta(folder)
     dtype = np.dtype(meta["dtype"])
-    train = np.memmap(folder / "train.bin", dtype=dtype, mode="r")
-    heldout = np.memmap(folder / "heldout.bin", dtype=dtype, mode="r")
-    return TokenData(folder, train, heldout, meta["vocab_size"], meta["end_of_text_id"], meta)
+    splits = {}
+    for split in ("train", "heldout"):
+        path = folder / f"{split}.bin"
+        expected = meta["tokens"][split] * dtype.itemsize
+        size = path.stat().st_size if path.is_file() else None
+        if size != expected:
+            found = "is missing" if size is None else f"holds {size:,} bytes"
+            raise _damaged_cache(folder, f"{path.name} {found}, but meta.json lists {meta['tokens'][split]:,} "
+                                         f"{dtype.name} tokens ({expected:,} bytes)")
+        splits[split] = np.memmap(path, dtype=dtype, mode="r") if expected else np.zeros(0, dtype)
+    _check_cache_tokenizer(folder, meta)
+    return TokenData(folder, splits["train"], splits["heldout"], meta["vocab_size"], meta["end_of_text_id"], meta)
+
+
+def _read_cache_meta(folder: Path) -> dict:
+    """``meta.json`` of a token cache, with every key :func:`open_token_data` reads of the right type."""
+    try:
+        meta = json.loads((folder / "meta.json").read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as error:
+        raise _damaged_cache(folder, f"meta.json cannot be read ({type(error).__name__}: {error})") from None
+    tokens = meta.get("tokens") if isinstance(meta, dict) else None
+    if not (isinstance(meta, dict) and meta.get("dtype") in TOKEN_DTYPES and _is_count(meta.get("vocab_size"))
+            and _is_count(meta.get("end_of_text_id")) and isinstance(tokens, dict)
+            and all(_is_count(tokens.get(split)) for split in ("train", "heldout"))):
+        raise _damaged_cache(folder, "meta.json lacks dtype, vocab_size, end_of_text_id or the token counts of train and heldout")
+    return meta
+
+
+def _is_count(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _check_cache_tokenizer(folder: Path, meta: dict) -> None:
+    """The cache's tokenizer loads and is the one ``meta.json`` describes: it is copied into every checkpoint."""
+    tokenizer_folder = folder / "tokenizer"
+    if not (tokenizer_folder / "tokenizer.json").is_file():
+        raise _damaged_cache(folder, "tokenizer/tokenizer.json is missing")
+    tokenizer = load_tokenizer(tokenizer_folder, fix=_delete_cache_fix(folder))
+    size, eot = tokenizer.get_vocab_size(), tokenizer.token_to_id(END_OF_TEXT)
+    if (size, eot) != (meta["vocab_size"], meta["end_of_text_id"]):
+        raise _damaged_cache(folder, f"its tokenizer has {size:,} tokens and {END_OF_TEXT} id {eot}, but meta.json says "
+                                     f"{meta['vocab_size']:,} and {meta['end_of_text_id']}")
+
+
+def _delete_cache_fix(folder: Path) -> str:
+    return f"delete the folder {folder}: the next run tokenizes the corpus into it again (the same corpus and settings give the same tokens)"
+
+
+def _damaged_cache(folder: Path, detail: str) -> OvertrainError:
+    return OvertrainError(f"the token cache {folder} is damaged: {detail}", _delete_cache_fix(folder))
 
 
 def _split_documents(config: DataConfig) -> tuple[list[str], list[str]]:
