@@ -5,7 +5,8 @@ A checkpoint folder ``step-000120-tokens-1966080`` holds
 - ``config.json`` + ``model.safetensors``: a ``LlamaForCausalLM`` that transformers loads as it is;
 - ``tokenizer.json`` and its config files: ``AutoTokenizer.from_pretrained(folder)`` works;
 - ``overtrain.json``: tokens_seen, step, the resolved run config, each tensor's init std (the Gaussian
-  probe scales its noise by it), and sha256 checksums of the tensor files;
+  probe scales its noise by it), and sha256 checksums of every other file (tensors, config, tokenizer;
+  checkpoints written before the small files were checksummed record the tensor files only);
 - ``optimizer.safetensors`` and ``rng.safetensors``: AdamW moments and RNG state, for exact resumption.
 
 Folders are written atomically and never overwritten. Nothing is unpickled when loading: tensors come
@@ -136,7 +137,7 @@ def save_checkpoint(
         save_file({"torch_cpu": torch.get_rng_state()}, staging / "rng.safetensors")
         for item in Path(tokenizer_folder).iterdir():
             shutil.copy2(item, staging / item.name)
-        checksums = {name: file_sha256(staging / name) for name in TENSOR_FILES if (staging / name).exists()}
+        checksums = folder_checksums(staging)
         metadata = {
             "step": step,
             "tokens_seen": tokens_seen,
@@ -150,6 +151,16 @@ def save_checkpoint(
         (staging / METADATA_FILE).write_text(json.dumps(metadata, indent=2))
     return final
 
+
+def folder_checksums(folder: Path) -> dict[str, str]:
+    """sha256 of every file of a checkpoint being written but ``overtrain.json``: the tensor files and the small
+    ones (config.json, tokenizer.json and the tokenizer's other files), so damage to
+    any of them is caught where the weights are verified instead of spreading into later checkpoints."""
+    return {path.name: file_sha256(path) for path in sorted(Path(folder).iterdir()) if path.is_file() and path.name != METADATA_FILE}
+
+
+JSON_FILES = ("config.json", "tokenizer.json")
+"""Files read as JSON; in checkpoints written before their checksums were recorded, they are parsed instead."""
 
 REQUIRED_FILES = ("config.json", "model.safetensors", "rng.safetensors", "tokenizer.json")
 """Files every checkpoint folder has (transformers needs config.json and tokenizer.json; resuming, rng)."""
@@ -244,8 +255,29 @@ def verify_checkpoint(info: CheckpointInfo) -> None:
         if not path.is_file() or file_sha256(path) != expected:
             raise OvertrainError(
                 f"checkpoint {info.folder} is corrupted: {name} is missing or does not match its recorded checksum",
-                f"delete {info.folder} (a run then resumes from its previous checkpoint) or restore the file",
+                _restore_fix(info.folder, name),
             )
+    for name in JSON_FILES:
+        if name not in info.checksums:  # a checkpoint written before these files were checksummed
+            _check_json_object(info.folder, name)
+
+
+def _check_json_object(folder: Path, name: str) -> None:
+    try:
+        parsed = json.loads((folder / name).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as error:
+        raise OvertrainError(f"checkpoint {folder} is corrupted: {name} cannot be read ({type(error).__name__}: {error})",
+                             _restore_fix(folder, name)) from None
+    if not isinstance(parsed, dict):
+        raise OvertrainError(f"checkpoint {folder} is corrupted: {name} holds a JSON {type(parsed).__name__}, not an object",
+                             _restore_fix(folder, name))
+
+
+def _restore_fix(folder: Path, name: str) -> str:
+    if name in TENSOR_FILES:
+        return f"delete {folder} (a run then resumes from its previous checkpoint) or restore the file"
+    return (f"copy {name} from another checkpoint of the same run (all of a run's checkpoints hold the same one), "
+            f"or delete {folder} (a run then resumes from its previous checkpoint)")
 
 
 def load_tensors(path: Path) -> dict[str, torch.Tensor]:

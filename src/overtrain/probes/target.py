@@ -43,7 +43,7 @@ from overtrain.checkpoints.init_std import InitStd, apply_init_std_rules, family
 from overtrain.config import build_dataclass
 from overtrain.data.config import DataConfig
 from overtrain.data.eval_text import EvalTextSettings, eval_text_windows, load_auto_tokenizer
-from overtrain.data.tokenizer import end_of_text_id, load_tokenizer
+from overtrain.data.tokenizer import DAMAGED_TOKENIZER_FIX, end_of_text_id, load_tokenizer
 from overtrain.data.tokens import heldout_windows, prepare_token_data
 from overtrain.errors import OvertrainError
 from overtrain.model.loss import LossResult, mean_token_loss
@@ -252,10 +252,8 @@ def _eval_batch_rows(seq_len: int, vocab_size: int) -> int:
 
 def check_same_tokenizer(checkpoint_folder: Path, data_tokenizer_folder: Path) -> None:
     """The held-out tokens must come from the tokenizer the checkpoint was trained with."""
-    import json
-
-    ours = json.loads((Path(checkpoint_folder) / "tokenizer.json").read_text())["model"]["vocab"]
-    theirs = json.loads((Path(data_tokenizer_folder) / "tokenizer.json").read_text())["model"]["vocab"]
+    ours = _bpe_vocabulary(Path(checkpoint_folder) / "tokenizer.json", DAMAGED_TOKENIZER_FIX)
+    theirs = _bpe_vocabulary(Path(data_tokenizer_folder) / "tokenizer.json", f"delete the token cache {Path(data_tokenizer_folder).parent}: it is rebuilt")
     if ours != theirs:
         raise OvertrainError(
             f"the corpus named in {checkpoint_folder}'s config now tokenizes differently from the checkpoint: a BPE "
@@ -264,3 +262,16 @@ def check_same_tokenizer(checkpoint_folder: Path, data_tokenizer_folder: Path) -
             "restore the corpus the checkpoint was trained on, or measure the loss on a fixed text with eval_data=PATH "
             "(tokenized with the checkpoint's own tokenizer); deleting the cache would only rebuild the same mismatch",
         )
+
+
+def _bpe_vocabulary(path: Path, fix: str) -> dict[str, int]:
+    """The ``model.vocab`` map of a trained BPE's ``tokenizer.json``; a damaged file is an error naming it and ``fix``."""
+    import json
+
+    try:
+        vocab = json.loads(path.read_text(encoding="utf-8"))["model"]["vocab"]
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as error:
+        raise OvertrainError(f"{path} is damaged: it is not a tokenizer's JSON ({type(error).__name__}: {error})", fix) from None
+    if not isinstance(vocab, dict):
+        raise OvertrainError(f"{path} is damaged: its model.vocab is a JSON {type(vocab).__name__}, not a map of tokens to ids", fix)
+    return vocab
