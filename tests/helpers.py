@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sysconfig
+from collections.abc import Iterable
 from pathlib import Path
 
 from overtrain.pretrain.config import PretrainConfig, load_pretrain_config
@@ -16,6 +17,17 @@ def write_stdlib_text_corpus(folder: Path, documents: int = 60) -> Path:
     for index, source in enumerate(sources):
         (folder / f"doc{index:03d}.txt").write_text(source.read_text(encoding="utf-8", errors="ignore"))
     return folder
+
+
+def merged_overrides(*groups: Iterable[str]) -> list[str]:
+    """The ``key=value`` overrides of every group, a later value of a key replacing an earlier one in place.
+
+    The command line refuses a key given twice, so a test that layers its own settings on a base list
+    merges them with this first."""
+    merged: dict[str, str] = {}
+    for text in (text for group in groups for text in group):
+        merged[text.split("=", 1)[0].strip()] = text
+    return list(merged.values())
 
 
 def tiny_pretrain_config(tmp_path: Path, corpus: Path, *overrides: str) -> PretrainConfig:
@@ -38,7 +50,7 @@ def tiny_pretrain_config(tmp_path: Path, corpus: Path, *overrides: str) -> Pretr
         "train.lr=3e-3",
         "train.threads=1",
     ]
-    return load_pretrain_config(None, base + list(overrides))
+    return load_pretrain_config(None, merged_overrides(base, overrides))
 
 
 def write_untrained_checkpoint(run_folder: Path, *, seed: int = 0, step: int = 1, tokens_seen: int = 256, tie: bool = True) -> Path:

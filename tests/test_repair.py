@@ -129,7 +129,7 @@ def test_a_damaged_checkpoint_of_a_real_sweep_is_trained_again_bit_for_bit(tmp_p
     from overtrain.sweep.plan import plan_jobs
 
     corpus = write_stdlib_text_corpus(tmp_path / "corpus", documents=30)
-    keep = [o for o in tiny_sweep_overrides(tmp_path, corpus) if not o.startswith(("finetune.", "pretrain.ladder.budgets"))]
+    keep = [o for o in tiny_sweep_overrides(tmp_path, corpus) if not o.startswith(("finetune.", "pretrain.ladder.budgets", "noise.gammas", "noise.seeds"))]
     config = load_sweep_config(None, [*keep, "pretrain.ladder.budgets_tokens=[4096,8192]", "noise.gammas=[1.0]", "noise.seeds=[0]"])
     jobs = plan_jobs(config)
     assert run(config.store_path, jobs).done == len(jobs)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from helpers import write_stdlib_text_corpus, write_untrained_checkpoint
+from helpers import merged_overrides, write_stdlib_text_corpus, write_untrained_checkpoint
 from test_sweep import tiny_sweep_overrides
 
 from overtrain.cli import main as cli_main
@@ -26,7 +26,7 @@ def sharpness_sweep(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, lis
     """A three-budget WSD ladder with the sharpness probes and one fine-tuning setting (no noise probe)."""
     root = tmp_path_factory.mktemp("sharpness_sweep")
     base = [o for o in tiny_sweep_overrides(root, write_stdlib_text_corpus(root / "corpus", documents=20)) if not o.startswith("noise.")]
-    overrides = [*base, "finetune.lrs=[1e-2]", "finetune.steps=3", "finetune.eval_tokens=256", *SHARPNESS]
+    overrides = merged_overrides(base, ["finetune.lrs=[1e-2]", "finetune.steps=3", "finetune.eval_tokens=256", *SHARPNESS])
     assert cli_main(["sweep", *overrides]) == 0
     return root, overrides
 
@@ -65,7 +65,7 @@ def test_a_sweep_with_a_sharpness_section_stores_every_read_out_and_reports_it(s
 def test_the_dry_run_prints_the_plan_with_the_sharpness_jobs(sharpness_sweep: tuple[Path, list[str]], tmp_path: Path,
                                                               capsys: pytest.CaptureFixture[str]) -> None:
     _, overrides = sharpness_sweep
-    assert cli_main(["sweep", *overrides, f"out_dir={tmp_path / 'dry'}", "--dry-run"]) == 0
+    assert cli_main(["sweep", *merged_overrides(overrides, [f"out_dir={tmp_path / 'dry'}"]), "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert "3 sharpness" in out and "sharpness " in out.split("estimate on this machine")[1]
     assert not (tmp_path / "dry").exists()

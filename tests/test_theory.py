@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import merged_overrides
 
 from overtrain.cli.theory import load_theory_config, run_theory_cli
 from overtrain.errors import OvertrainError
@@ -185,7 +186,7 @@ def test_regularization_delays_the_inflection_and_raises_the_finetuning_loss(swe
 def test_boundary_no_U_when_finetuning_converges(run, config):
     # At rate 0.1, 100 steps nearly solve A_ft from every snapshot: the result no longer depends on how
     # far the weights had to move, forgetting saturates and the loss after fine-tuning keeps falling.
-    converged = load_theory_config(FAST + ["finetune.lrs=[0.1]", "finetune.lambdas=[0]"])
+    converged = load_theory_config(merged_overrides(FAST, ["finetune.lrs=[0.1]", "finetune.lambdas=[0]"]))
     sweep, _ = finetune_sweeps(run, converged)
     assert sweep.settings[0].task_loss[:, -1].mean() < 0.01
     assert find_inflection(sweep.times, sweep.settings[0].after_loss).relative_rise < 1e-3
@@ -194,7 +195,7 @@ def test_boundary_no_U_when_finetuning_converges(run, config):
 def test_boundary_noiseless_finite_sample_gives_no_U(run):
     # 24 noiseless examples: fine-tuning fits them within 100 steps (converges on the sample's span).
     sample = load_theory_config(
-        FAST + ["target.samples=24", "target.label_noise=0", "target.data_seeds=2", "finetune.lrs=[0.03]", "finetune.lambdas=[0]"]
+        merged_overrides(FAST, ["target.samples=24", "target.label_noise=0", "target.data_seeds=2", "finetune.lrs=[0.03]", "finetune.lambdas=[0]"])
     )
     sweep, _ = finetune_sweeps(run, sample)
     assert not sweep.inflections()["lr=0.03"].interior
@@ -204,14 +205,13 @@ def test_boundary_noisy_sample_regularization_lowers_the_new_task_loss(run):
     # 24 examples with label noise 0.5: the U and its delay by lambda survive, lambda still raises the
     # training loss, but it *lowers* the population loss on A_ft (it stops fine-tuning fitting noise).
     sample = load_theory_config(
-        FAST
-        + [
+        merged_overrides(FAST, [
             "target.samples=24",
             "target.label_noise=0.5",
             "target.data_seeds=3",
             "finetune.lrs=[0.03]",
             "finetune.lambdas=[0,0.3]",
-        ]
+        ])
     )
     _, sweep = finetune_sweeps(run, sample)
     marks = sweep.inflections()

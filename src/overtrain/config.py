@@ -96,10 +96,21 @@ def _parse_scalar(raw_value: str) -> Any:
 
 
 def apply_overrides(tree: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Return a copy of a nested dict with each ``dotted.key=value`` override set."""
+    """Return a copy of a nested dict with each ``dotted.key=value`` override set.
+
+    A key given twice is refused, as a repeated YAML key is: otherwise the last one would silently win.
+    """
     result = _deep_copy(tree)
+    given: dict[tuple[str, ...], str] = {}
     for text in overrides:
         keys, value = parse_override(text)
+        if tuple(keys) in given:
+            dotted = ".".join(keys)
+            raise OvertrainError(
+                f"setting {dotted} is given twice on the command line ({given[tuple(keys)]!r} and {text!r})",
+                f"give {dotted} once, with the value you mean",
+            )
+        given[tuple(keys)] = text
         node = result
         for key in keys[:-1]:
             child = node.get(key)
@@ -138,11 +149,13 @@ def build_dataclass(cls: type[ConfigT], data: dict[str, Any] | None, where: str 
 
 
 def _raise_unknown_key(where: str, key: str, known: list[str]) -> None:
-    close = difflib.get_close_matches(key, known, n=1)
-    hint = f"did you mean {where}{close[0]}?" if close else "remove it"
+    """Refuse ``where + key`` (e.g. ``model.bogus``), suggesting the closest known key, else removing it."""
+    close = difflib.get_close_matches(str(key), known, n=1)
+    name = f"{where}{key}" if isinstance(key, str) and key.isidentifier() else f"{where}{key!r}"  # quoted when odd ('', 'a b', 1)
+    hint = f"did you mean {where}{close[0]}?" if close else f"remove {name}."
     raise OvertrainError(
-        f"unknown config key {where}{key!r}",
-        f"{hint} Known keys here: {', '.join(sorted(known))}",
+        f"unknown config key {name}",
+        f"{hint} Known keys here: {', '.join(sorted(known))}.",
     )
 
 
@@ -228,7 +241,7 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     if path.is_dir():
         raise OvertrainError(f"config file {path} is a folder", "pass the path of a YAML file, e.g. configs/demo/nano.yaml")
     if not path.is_file():
-        raise OvertrainError(f"config file {path} does not exist", "pass the path of a YAML file, e.g. configs/demo/tiny.yaml")
+        raise OvertrainError(f"config file {path} does not exist", "pass the path of a YAML file, e.g. configs/demo/nano.yaml")
     data = _parse_yaml_file(path, _read_config_text(path))
     if data is None:
         raise OvertrainError(
