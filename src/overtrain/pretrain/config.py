@@ -119,10 +119,14 @@ class PretrainConfig:
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
 
-def validate_pretrain_config(config: PretrainConfig) -> None:
+def validate_pretrain_config(config: PretrainConfig, *, as_written: bool = False) -> None:
     """Reject settings that would fail later (or, worse, run and mean nothing), before any compute.
 
     Every problem is collected, and all of them are raised together as one :class:`OvertrainError`.
+    ``as_written``: ``config`` is a single run as the user wrote it, so every ``train.checkpoint_at_tokens``
+    must fall within its ``train.max_tokens``. The rungs a ladder plans are checked without it: they share
+    the ladder's checkpoint list, and a smaller rung skips the checkpoints past its budget (the ladder
+    itself is checked against its largest budget).
     """
     problems = SettingProblems()
     _check_model(config.model, problems)
@@ -130,11 +134,18 @@ def validate_pretrain_config(config: PretrainConfig) -> None:
     _check_train(config.train, problems)
     if not DEVICE_PATTERN.match(config.device):
         problems.add("device", config.device, "auto, cpu, cuda or cuda:N")
-    if config.ladder.budgets_tokens:  # a ladder's budgets replace train.max_tokens
-        for budget in config.ladder.budgets_tokens:
+    budgets = config.ladder.budgets_tokens
+    if budgets:  # a ladder's budgets replace train.max_tokens
+        if len(set(budgets)) != len(budgets):
+            problems.add_text(f"ladder.budgets_tokens={budgets} repeats a value (the same run twice)",
+                              "list each value of ladder.budgets_tokens once")
+        for budget in budgets:
             _check_budget(budget, "ladder.budgets_tokens", config.train, problems)
+        _check_checkpoints_within(max(budgets), "the largest ladder.budgets_tokens", config.train, problems)
     else:
         _check_budget(config.train.max_tokens, "train.max_tokens", config.train, problems)
+        if as_written:
+            _check_checkpoints_within(config.train.max_tokens, "train.max_tokens", config.train, problems)
     problems.raise_if_any()
 
 
@@ -193,6 +204,9 @@ def _check_train(train: TrainConfig, problems: SettingProblems) -> None:
                          f"at least one sequence (train.seq_len = {train.seq_len} tokens), e.g. 65536")
     for tokens in train.checkpoint_at_tokens:
         problems.require(tokens > 0, "train.checkpoint_at_tokens", tokens, "positive token counts")
+    if len(set(train.checkpoint_at_tokens)) != len(train.checkpoint_at_tokens):
+        problems.add_text(f"train.checkpoint_at_tokens={train.checkpoint_at_tokens} repeats a value (the same checkpoint twice)",
+                          "list each token count of train.checkpoint_at_tokens once")
     problems.require(_is_number(train.lr) and train.lr > 0, "train.lr", train.lr, "a positive learning rate, e.g. 3e-3")
     problems.require(_is_number(train.decay_fraction) and 0 < train.decay_fraction <= 1, "train.decay_fraction",
                      train.decay_fraction, "a fraction in (0, 1]")
@@ -230,6 +244,22 @@ def _check_budget(budget: int, key: str, train: TrainConfig, problems: SettingPr
         )
 
 
+def _check_checkpoints_within(budget: int, name: str, train: TrainConfig, problems: SettingProblems) -> None:
+    """Every ``train.checkpoint_at_tokens`` must be reached by the run: a checkpoint past its last step is never
+    written. Checkpoints are rounded up to whole steps, and a run trains whole steps, ``budget // tokens_per_step``."""
+    if budget <= 0 or train.tokens_per_step <= 0:
+        return  # _check_budget and _check_train name these
+    last_step_tokens = budget // train.tokens_per_step * train.tokens_per_step
+    for tokens in train.checkpoint_at_tokens:
+        if tokens > 0 and math.ceil(tokens / train.tokens_per_step) * train.tokens_per_step > last_step_tokens:
+            problems.add_text(
+                f"train.checkpoint_at_tokens holds {tokens:,}, after the end of the run: {name} = {budget:,} trains "
+                f"{last_step_tokens:,} tokens ({budget // train.tokens_per_step:,} steps of {train.tokens_per_step:,}), "
+                "so that checkpoint would never be written",
+                f"keep train.checkpoint_at_tokens at or below {last_step_tokens:,}, or raise {name.removeprefix('the largest ')}",
+            )
+
+
 def load_pretrain_config(path: str | Path | None, overrides: list[str] | None = None) -> PretrainConfig:
     """YAML + overrides -> validated :class:`PretrainConfig` (model presets expanded)."""
     tree = read_yaml(path) if path is not None else {}
@@ -237,5 +267,5 @@ def load_pretrain_config(path: str | Path | None, overrides: list[str] | None = 
     if isinstance(tree.get("model"), dict):
         tree["model"] = apply_preset(tree["model"])
     config = build_dataclass(PretrainConfig, tree)
-    validate_pretrain_config(config)
+    validate_pretrain_config(config, as_written=True)
     return config

@@ -294,8 +294,18 @@ class _TrainingLoop:
         self.compiled_loss = None
         self._set_up_compile(self.train_config.total_steps - state.step)
         self.eval_inputs, self.eval_targets = heldout_windows(data, self.train_config.eval_tokens, self.train_config.seq_len)
+        if context.is_main:
+            self._note_short_heldout(len(data.heldout))
         self.milestones = milestone_tokens(config)
         self.flops_per_token = estimate_flops_per_token(config.model, data.vocab_size, self.train_config.seq_len)
+
+    def _note_short_heldout(self, heldout_tokens: int) -> None:
+        """Log when the held-out split is too small for ``train.eval_tokens``: heldout_windows then uses all of it."""
+        asked, seq_len, evaluated = self.train_config.eval_tokens, self.train_config.seq_len, self.eval_targets.numel()
+        if evaluated < asked // seq_len * seq_len:  # below the whole windows asked for: capped, not rounded
+            self.log(f"held-out loss is measured on {evaluated:,} tokens, fewer than train.eval_tokens={asked:,}: the held-out "
+                     f"split holds only {heldout_tokens:,} tokens (for more, raise data.heldout_fraction, or data.heldout_tokens "
+                     "with a pre-trained tokenizer, or use a bigger corpus)")
 
     def _set_up_compile(self, steps_left: int) -> None:
         model, context = self.model, self.context
