@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import itertools
 import json
 import os
 import shutil
@@ -36,9 +37,11 @@ def atomic_directory(final_path: Path, *, if_exists: Literal["replace", "keep"] 
     such as another DDP rank filling the same content-addressed cache), ``if_exists`` decides: ``"replace"``
     swaps the new folder in, ``"keep"`` leaves the existing one and drops the new one. Use ``"keep"`` for
     caches whose name is a hash of their content: both writers built the same thing, the first one wins.
+    On error, the parent folders this call created are removed too when they are still empty (a cache
+    folder is not left behind by a run that wrote nothing into it).
     """
     final_path = Path(final_path)
-    final_path.parent.mkdir(parents=True, exist_ok=True)
+    created = _make_folders(final_path.parent)
     temporary = Path(tempfile.mkdtemp(prefix=final_path.name + TEMPORARY_MARK, dir=final_path.parent))
     temporary.chmod(_default_mode(0o777))
     try:
@@ -47,7 +50,17 @@ def atomic_directory(final_path: Path, *, if_exists: Literal["replace", "keep"] 
         _publish_directory(temporary, final_path, if_exists)
     except BaseException:
         shutil.rmtree(temporary, ignore_errors=True)
+        for folder in created:  # deepest first; rmdir refuses a folder another writer has put something in
+            with contextlib.suppress(OSError):
+                folder.rmdir()
         raise
+
+
+def _make_folders(folder: Path) -> list[Path]:
+    """``mkdir -p folder``; returns the folders it had to create, deepest first."""
+    missing = list(itertools.takewhile(lambda path: not path.exists(), (folder, *folder.parents)))
+    folder.mkdir(parents=True, exist_ok=True)
+    return missing
 
 
 _TARGET_EXISTS = (errno.ENOTEMPTY, errno.EEXIST)
@@ -125,6 +138,12 @@ def remove_stale_temporaries(folder: Path) -> list[Path]:
     return removed
 
 
+def nearest_existing(path: Path) -> Path:
+    """``path`` itself if it exists, else its nearest existing ancestor (a folder, or a file in the way)."""
+    path = Path(path).absolute()
+    return next(candidate for candidate in (path, *path.parents) if candidate.exists())
+
+
 def ensure_writable_folder(folder: Path, what: str, key: str) -> None:
     """Prove that ``folder`` can take a new file (or be created), before any work would be lost.
 
@@ -135,10 +154,13 @@ def ensure_writable_folder(folder: Path, what: str, key: str) -> None:
     from overtrain.errors import OvertrainError
 
     folder = Path(folder).absolute()
-    existing = next(path for path in (folder, *folder.parents) if path.exists())
+    existing = nearest_existing(folder)
+    if not existing.is_dir():
+        raise OvertrainError(
+            f"cannot write to {what} {folder}: {existing} is a file, not a folder, so no folder can be made there",
+            f"set {key} to another folder (one not under the file {existing}), or move that file aside",
+        )
     try:
-        if not existing.is_dir():
-            raise NotADirectoryError(20, f"{existing} is a file, not a folder")
         descriptor, probe = tempfile.mkstemp(prefix="write-probe" + TEMPORARY_MARK, dir=existing)
         os.close(descriptor)
         os.unlink(probe)

@@ -67,9 +67,7 @@ def keys_help(cls: type, prefix: str = "", expand: tuple[str, ...] = ()) -> str:
     ``expand`` (or every dataclass-typed field when ``expand`` is empty) listed key by key after."""
     lines, sections = [], []
     hints = typing.get_type_hints(cls)
-    for item in _own_fields_first(cls):
-        if item.metadata.get("transient"):
-            continue
+    for item in _own_fields_first(cls):  # transient fields too (train.extend): an instruction is still a key
         section_type = _section_type(hints[item.name])
         if section_type is not None and (not expand or item.name in expand):
             sections.append((item, section_type))

@@ -20,7 +20,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, final
 
-from overtrain.atomic import atomic_write_bytes
+from overtrain.atomic import atomic_write_bytes, nearest_existing
 from overtrain.errors import OvertrainError
 from overtrain.results.records import Job, JobOutput
 
@@ -187,7 +187,7 @@ def _refuse_non_sqlite_file(path: Path) -> None:
     if path.is_dir():
         raise OvertrainError(
             f"results store {path} is a folder, not a file",
-            f"point the store at a file, e.g. {path / 'results.sqlite'}",
+            f"move the folder {path} aside (the store is a file of that name), or {OTHER_STORE_FOLDER}",
         )
     if not path.exists() or path.stat().st_size == 0:
         return
@@ -231,11 +231,20 @@ def _is_access_error(error: sqlite3.DatabaseError) -> bool:
     return any(words in text for words in ("readonly", "read-only", "unable to open", "disk i/o error", "permission"))
 
 
+OTHER_STORE_FOLDER = "write the results to another folder (a sweep's out_dir, a probe verb's --out)"
+
+
 def _unwritable_store_error(path: Path, error: BaseException) -> OvertrainError:
+    blocker = nearest_existing(path.parent)
+    if not blocker.is_dir():  # a regular file where a folder of the path should be: no chmod helps
+        return OvertrainError(
+            f"cannot open the results store {path} for writing: {blocker} is a file, not a folder, so the store's folder cannot be made",
+            f"{OTHER_STORE_FOLDER}, or move the file {blocker} aside",
+        )
     reason = getattr(error, "strerror", None) or str(error)
     return OvertrainError(
         f"cannot open the results store {path} for writing ({reason})",
-        f"make {path.parent} and {path.name} writable, or choose another out_dir / store path",
+        f"make {path.parent} and {path.name} writable, or {OTHER_STORE_FOLDER}",
     )
 
 

@@ -1,0 +1,145 @@
+"""Config-level checks found by a CLI fuzz: nothing the user set is silently dropped, repeated or capped,
+and every message names an existing example, the exact key and a fix that can work."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from helpers import tiny_pretrain_config, write_stdlib_text_corpus
+
+from overtrain.atomic import ensure_writable_folder
+from overtrain.cli import main as cli_main
+from overtrain.config import read_yaml
+from overtrain.data.config import DataConfig
+from overtrain.data.tokens import heldout_windows, prepare_token_data
+from overtrain.errors import OvertrainError
+from overtrain.pretrain.config import load_pretrain_config, validate_pretrain_config
+from overtrain.pretrain.ladder import plan_ladder
+from overtrain.pretrain.loop import train_run
+from overtrain.results.store import ResultStore
+from overtrain.sweep.config import load_sweep_config
+
+REPO = Path(__file__).resolve().parents[1]
+SWEEP_DEMO = REPO / "configs" / "demo" / "sweep_small.yaml"
+SMALL_RUN = ["train.max_tokens=20000", "train.warmup_tokens=1000"]  # 4,096 tokens per step: 4 steps, 16,384 tokens
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_stdlib_text_corpus(tmp_path_factory.mktemp("corpus"), documents=12)
+
+
+def test_repeated_ladder_budgets_are_refused_as_repeated_gammas_are() -> None:
+    for load, override in ((lambda o: load_pretrain_config(None, o), "ladder.budgets_tokens=[500000,500000]"),
+                           (lambda o: load_sweep_config(SWEEP_DEMO, o), "pretrain.ladder.budgets_tokens=[500000,500000]")):
+        with pytest.raises(OvertrainError, match=re.escape("ladder.budgets_tokens=[500000, 500000] repeats a value")) as caught:
+            load([override])
+        assert caught.value.fix == "list each value of ladder.budgets_tokens once"
+
+
+def test_checkpoints_past_the_end_of_the_run_or_repeated_are_refused() -> None:
+    with pytest.raises(OvertrainError) as caught:
+        load_pretrain_config(None, [*SMALL_RUN, "train.checkpoint_at_tokens=[30000]"])
+    assert "train.checkpoint_at_tokens holds 30,000, after the end of the run: train.max_tokens = 20,000" in caught.value.problem
+    assert "raise train.max_tokens" in caught.value.fix
+    # within max_tokens but after the last whole step (16,384): rounded up to 20,480, it would never be written either
+    with pytest.raises(OvertrainError, match="holds 18,000, after the end of the run"):
+        load_pretrain_config(None, [*SMALL_RUN, "train.checkpoint_at_tokens=[18000]"])
+    with pytest.raises(OvertrainError, match=re.escape("train.checkpoint_at_tokens=[5000, 5000] repeats a value")):
+        load_pretrain_config(None, [*SMALL_RUN, "train.checkpoint_at_tokens=[5000,5000]"])
+    assert load_pretrain_config(None, [*SMALL_RUN, "train.checkpoint_at_tokens=[8192,16384]"]).train.checkpoint_at_tokens == [8192, 16384]
+
+
+def test_a_ladder_checks_its_checkpoints_against_its_largest_budget_and_its_rungs_still_run() -> None:
+    ladder = ["train.warmup_tokens=1000", "ladder.budgets_tokens=[8192,16384]"]
+    config = load_pretrain_config(None, [*ladder, "train.checkpoint_at_tokens=[12288]"])
+    rungs = plan_ladder(config)
+    for rung in rungs:  # the 8,192-token rung skips the checkpoint at 12,288; train_run validates each rung like this
+        validate_pretrain_config(rung.config)
+    assert [rung.config.train.checkpoint_at_tokens for rung in rungs] == [[12288], [12288]]
+    with pytest.raises(OvertrainError, match="holds 40,000, after the end of the run: the largest ladder.budgets_tokens = 16,384") as caught:
+        load_pretrain_config(None, [*ladder, "train.checkpoint_at_tokens=[40000]"])
+    assert "raise ladder.budgets_tokens" in caught.value.fix
+
+
+def test_a_key_given_twice_on_the_command_line_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(OvertrainError, match=re.escape("setting train.lr is given twice on the command line ('train.lr=1e-3' and 'train.lr=2e-3')")):
+        load_pretrain_config(None, ["train.lr=1e-3", "train.lr=2e-3"])
+    assert cli_main(["pretrain", "train.lr=1e-3", "model.preset=nano", "train.lr=2e-3", "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert "train.lr is given twice" in err and "give train.lr once" in err and "Traceback" not in err
+    assert load_pretrain_config(None, ["train.lr=1e-3", "train.seed=3"]).train.lr == 1e-3  # different keys: both apply
+
+
+def test_the_missing_config_file_message_names_an_example_that_exists(tmp_path: Path) -> None:
+    with pytest.raises(OvertrainError) as caught:
+        read_yaml(tmp_path / "nope.yaml")
+    (example,) = re.findall(r"configs/demo/\S+\.yaml", caught.value.fix)
+    assert (REPO / example).is_file(), example
+
+
+def test_an_unknown_key_is_named_plainly_in_whole_sentences() -> None:
+    with pytest.raises(OvertrainError) as caught:
+        load_pretrain_config(None, ["model.bogus=1"])
+    assert caught.value.problem == "unknown config key model.bogus"
+    assert caught.value.fix.startswith("remove model.bogus. Known keys here: d_ff, d_model, ") and caught.value.fix.endswith(".")
+    with pytest.raises(OvertrainError) as caught:
+        load_pretrain_config(None, ["train.lrr=1"])
+    assert caught.value.fix.startswith("did you mean train.lr? Known keys here: ")
+
+
+def test_a_regular_file_in_the_way_of_a_folder_is_named_with_a_fix_that_can_work(tmp_path: Path) -> None:
+    blocker = tmp_path / "afile"
+    blocker.write_text("not a folder")
+    for folder in (blocker, blocker / "run", blocker / "run" / "deeper"):
+        with pytest.raises(OvertrainError) as caught:
+            ensure_writable_folder(folder, "the run folder", "out_dir")
+        assert f"cannot write to the run folder {folder}: {blocker} is a file, not a folder" in caught.value.problem
+        assert "set out_dir to another folder" in caught.value.fix and "chmod" not in caught.value.fix
+    for store in (blocker / "results.sqlite", blocker / "sweep" / "results.sqlite"):
+        with pytest.raises(OvertrainError) as caught:
+            ResultStore(store)
+        assert f"{blocker} is a file, not a folder" in caught.value.problem
+        assert "another folder" in caught.value.fix and "writable" not in caught.value.fix
+    assert blocker.read_text() == "not a folder" and [path.name for path in tmp_path.iterdir()] == ["afile"]
+
+
+def test_a_store_path_that_is_a_folder_gets_a_fix_that_is_not_a_nested_store(tmp_path: Path) -> None:
+    taken = tmp_path / "results.sqlite"
+    taken.mkdir()
+    with pytest.raises(OvertrainError, match="is a folder, not a file") as caught:
+        ResultStore(taken)
+    assert "results.sqlite/results.sqlite" not in caught.value.fix
+    assert f"move the folder {taken} aside" in caught.value.fix and "another folder" in caught.value.fix
+
+
+def test_pretrain_help_lists_train_extend(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        cli_main(["pretrain", "--help"])
+    printed = capsys.readouterr().out
+    assert "  train.extend=false\n" in printed and "Continue an existing run" in printed
+
+
+def test_a_corpus_that_cannot_be_read_leaves_no_cache_folder(tmp_path: Path) -> None:
+    cache = tmp_path / "runs" / "cache"
+    with pytest.raises(OvertrainError, match="nonexistent_dataset_xyz"):
+        prepare_token_data(DataConfig(corpus="hf:nonexistent_dataset_xyz", cache_dir=str(cache)), log=lambda *_: None)
+    assert list(tmp_path.iterdir()) == []  # neither runs/cache nor runs/ was left behind
+
+
+def test_a_run_says_when_it_evaluates_on_fewer_tokens_than_asked(tmp_path: Path, corpus: Path) -> None:
+    tiny = ["train.max_tokens=512", "train.warmup_tokens=0", "train.eval_every_tokens=512"]  # two steps of 8 x 32 tokens
+    lines: list[str] = []
+    capped = tiny_pretrain_config(tmp_path / "capped", corpus, *tiny, "train.eval_tokens=100000000", f"data.cache_dir={tmp_path / 'cache'}")
+    train_run(capped, log=lines.append, show_progress=False)
+    data = prepare_token_data(capped.data, log=lambda *_: None)
+    evaluated = heldout_windows(data, 100_000_000, 32)[1].numel()
+    assert 0 < evaluated < len(data.heldout) < 100_000_000
+    assert (f"held-out loss is measured on {evaluated:,} tokens, fewer than train.eval_tokens=100,000,000: "
+            f"the held-out split holds only {len(data.heldout):,} tokens") in "\n".join(lines)
+    lines.clear()
+    enough = tiny_pretrain_config(tmp_path / "enough", corpus, *tiny, "train.eval_tokens=100", f"data.cache_dir={tmp_path / 'cache'}")
+    train_run(enough, log=lines.append, show_progress=False)
+    assert lines and not any("held-out loss is measured on" in line for line in lines)  # 100 rounds down to 3 windows: no cap
