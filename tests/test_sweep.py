@@ -151,6 +151,24 @@ def test_a_truncated_checkpoint_and_missing_eval_data_are_refused_before_the_sto
     assert not (out / "results.sqlite").exists()
 
 
+def test_a_report_names_settings_that_differ_between_rows_of_one_checkpoint(
+    finished_sweep: tuple[Path, list[str]], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root, _ = finished_sweep
+    checkpoints = sorted(str(path) for path in (root / "sweep").rglob("step-*-tokens-*"))[:2]
+    out = tmp_path / "out"
+    common = ["gammas=[1.0]", "seeds=1", "report=false", "--out", str(out)]
+    assert cli_main(["noise", *checkpoints, "eval_tokens=512", *common]) == 0
+    assert cli_main(["report", str(out)]) == 0
+    assert "WARNING" not in (out / "report" / "summary.md").read_text()  # one setting: nothing pooled
+    assert cli_main(["noise", *checkpoints, "eval_tokens=1024", *common]) == 0
+    capsys.readouterr()
+    assert cli_main(["report", str(out)]) == 0
+    summary = (out / "report" / "summary.md").read_text()
+    assert "WARNING: noise rows of one checkpoint were measured with different settings" in summary
+    assert "eval_tokens (1.02k, 512)" in summary
+
+
 def test_report_can_be_rebuilt_from_the_store(finished_sweep: tuple[Path, list[str]], tmp_path: Path) -> None:
     root, _ = finished_sweep
     report = write_report(root / "sweep" / "results.sqlite", tmp_path)

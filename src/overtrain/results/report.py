@@ -21,6 +21,7 @@ from overtrain.atomic import TEMPORARY_MARK, atomic_write_text
 from overtrain.errors import OvertrainError
 from overtrain.results import analysis
 from overtrain.results.benchmarks import base_benchmark_frame, tuned_benchmark_frame
+from overtrain.results.mixing import pooled_settings
 from overtrain.results.plots import Curve, InflectionMark, Panel, plot_panels
 from overtrain.results.report_benchmarks import benchmark_section
 from overtrain.results.report_multimodal import multimodal_frame, multimodal_section
@@ -166,6 +167,8 @@ class _Frames:
     sharpness: pd.DataFrame = field(default_factory=pd.DataFrame)
     benchmarks: pd.DataFrame = field(default_factory=pd.DataFrame)
     multimodal: pd.DataFrame = field(default_factory=pd.DataFrame)
+    pooled_settings: list[str] = field(default_factory=list)
+    """Warnings: rows of one checkpoint measured under settings the tables do not draw apart (results.mixing)."""
 
 
 def _nothing_to_report(store_path: Path, why: str) -> OvertrainError:
@@ -190,10 +193,17 @@ def _read_store(store_path: Path) -> _Frames:
                          analysis.sharpness_frame(store))
         frames.multimodal = multimodal_frame(store)
         frames.benchmarks = base_benchmark_frame(store)
+        frames.pooled_settings = pooled_settings(store, _frame_columns(frames))
     if frames.noise.empty and frames.finetune.empty and frames.pretrain.empty and frames.sharpness.empty \
             and frames.multimodal.empty and frames.benchmarks.empty:
         raise _nothing_to_report(store_path, "holds no pre-training, noise, fine-tuning or sharpness result")
     return frames
+
+
+def _frame_columns(frames: _Frames) -> dict[str, list[str]]:
+    """The columns each probe kind's rows become: the settings the report draws apart."""
+    return {"noise": list(frames.noise.columns), "finetune": list(frames.finetune.columns), "sharpness": list(frames.sharpness.columns),
+            "benchmarks": list(frames.benchmarks.columns), "multimodal": list(frames.multimodal.columns)}
 
 
 MIN_BUDGETS_FOR_CURVES = 2
@@ -223,6 +233,7 @@ def _build_report(frames: _Frames, report: Report) -> Report:
     finetune = _on_token_axis(frames.finetune.drop(columns=["benchmarks_after"], errors="ignore"), "Fine-tuning probe", report)  # per-document scores: tabled by the benchmark section
     sharpness = _on_token_axis(frames.sharpness, "Sharpness probes", report)
     pretrain = frames.pretrain
+    report.headlines += [f"WARNING: {warning}" for warning in frames.pooled_settings]
     report.headlines += [claim.headline() for claim in analysis.paper_claims(noise, finetune)]
     if not pretrain.empty:
         report.tables["Pre-training runs"] = pretrain.sort_values("tokens_seen")

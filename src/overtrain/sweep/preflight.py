@@ -87,8 +87,12 @@ def _checkpoint_damage(folder: Path) -> str | None:
         return "it does not exist"
     if folder.is_file():
         return None  # a single weights file is the job's to judge
-    if not (folder / "config.json").is_file():
-        return "no config.json"
+    from overtrain.checkpoints.folder import METADATA_FILE, REQUIRED_FILES
+
+    required = REQUIRED_FILES if (folder / METADATA_FILE).is_file() else ("config.json",)  # ours, or a Hugging Face folder
+    missing = [name for name in required if not (folder / name).is_file()]
+    if missing:
+        return f"{', '.join(missing)} {'is' if len(missing) == 1 else 'are'} missing"
     weights = _safetensors_files(folder)
     if not weights:
         return "no .safetensors weights"
