@@ -143,3 +143,11 @@ def test_a_run_says_when_it_evaluates_on_fewer_tokens_than_asked(tmp_path: Path,
     enough = tiny_pretrain_config(tmp_path / "enough", corpus, *tiny, "train.eval_tokens=100", f"data.cache_dir={tmp_path / 'cache'}")
     train_run(enough, log=lines.append, show_progress=False)
     assert lines and not any("held-out loss is measured on" in line for line in lines)  # 100 rounds down to 3 windows: no cap
+
+
+def test_settings_may_follow_an_option_on_the_command_line(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    assert cli_main(["pretrain", "configs/demo/nano.yaml", "--dry-run", f"out_dir={tmp_path / 'run'}", "train.max_tokens=409600"]) == 0
+    printed = capsys.readouterr().out
+    assert f"plan: 100 steps of 4,096 tokens into {tmp_path / 'run'}" in printed
+    with pytest.raises(SystemExit):  # an unknown option is still argparse's error
+        cli_main(["pretrain", "configs/demo/nano.yaml", "--dry-run", "--bogus"])

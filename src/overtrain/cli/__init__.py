@@ -205,9 +205,26 @@ def pretrain_help() -> str:
             + "\n\nData-parallel: torchrun --nproc_per_node N -m overtrain pretrain CONFIG (same global batch).")
 
 
+POSITIONAL_LISTS = ("overrides", "arguments", "settings")
+"""The names under which the verbs collect their key=value (and checkpoint) arguments."""
+
+
+def parse_arguments(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+    """Parse ``argv`` with options anywhere: ``overtrain pretrain CONFIG --dry-run out_dir=X`` puts ``out_dir=X``
+    after the option, where argparse alone would stop (it fills a verb's positional list only once)."""
+    args, extras = parser.parse_known_args(argv)
+    if not extras:
+        return args
+    positional = next((name for name in POSITIONAL_LISTS if isinstance(getattr(args, name, None), list)), None)
+    if positional is None or any(item.startswith("-") for item in extras):
+        return parser.parse_args(argv)  # argparse's own message for what it cannot place
+    getattr(args, positional).extend(extras)
+    return args
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse_arguments(parser, argv)
     try:
         return args.function(args)
     except OvertrainError as error:
