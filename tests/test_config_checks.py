@@ -151,3 +151,11 @@ def test_settings_may_follow_an_option_on_the_command_line(capsys: pytest.Captur
     assert f"plan: 100 steps of 4,096 tokens into {tmp_path / 'run'}" in printed
     with pytest.raises(SystemExit):  # an unknown option is still argparse's error
         cli_main(["pretrain", "configs/demo/nano.yaml", "--dry-run", "--bogus"])
+
+
+def test_a_sweep_refuses_the_one_run_instruction_train_extend(tmp_path: Path) -> None:
+    from overtrain.sweep.config import load_sweep_config
+
+    with pytest.raises(OvertrainError, match="a sweep's pre-training jobs are keyed by their settings and are never extended"):
+        load_sweep_config("configs/demo/sweep_small.yaml", [f"out_dir={tmp_path}", "pretrain.train.extend=true"])
+    assert load_sweep_config("configs/demo/sweep_small.yaml", [f"out_dir={tmp_path}"]).pretrain.train.extend is False

@@ -330,6 +330,12 @@ def sweep_config_from_tree(tree: dict[str, Any]) -> SweepConfig:
     config = build_dataclass(SweepConfig, tree)
     if config.pretrain is not None:
         validate_pretrain_config(config.pretrain)
+        if config.pretrain.train.extend:  # job specs leave the instruction out: it would be dropped without a word
+            raise OvertrainError(
+                "pretrain.train.extend=true continues one run under new settings (overtrain pretrain); a sweep's pre-training "
+                "jobs are keyed by their settings and are never extended",
+                "remove pretrain.train.extend; to train other settings, give the sweep its own out_dir",
+            )
     pretrain_variants(config)  # every factor combination is a valid pre-training config, checked now
     if config.pretrain is None and not config.checkpoints and config.family is None:
         raise OvertrainError("the sweep names no checkpoints", "add a `pretrain:` ladder section or a `checkpoints:` list")
