@@ -2,8 +2,9 @@
 
 When the driver stores a row it records, for every file of every artifact (``row.artifacts``, e.g.
 ``{"checkpoint": "runs/x/checkpoints/step-..."}``), its size, modification time and sha256
-(``provenance["artifact_files"]``). A checkpoint's tensor files are not hashed again: their sha256 is
-read from the ``checksums`` of its ``overtrain.json``. Checking a row later stats its files and hashes
+(``provenance["artifact_files"]``). The files a checkpoint checksums itself (its tensors, and since
+2026-12-01 its config.json and tokenizer files) are not hashed again: their sha256 is read from the
+``checksums`` of its ``overtrain.json``. Checking a row later stats its files and hashes
 only those whose size or modification time changed, so a finished sweep re-checks its artifacts in
 milliseconds, and a deleted, truncated or altered file (a bit flip written by any program changes the
 modification time) is found. A row stored before fingerprints existed is verified once by hash (a
@@ -80,7 +81,7 @@ def _stats(path: Path) -> tuple[int, int]:
 
 
 def _recorded_checksums(root: Path) -> dict[str, str]:
-    """The tensor files' sha256 that a checkpoint's ``overtrain.json`` records (empty for other folders)."""
+    """The files' sha256 that a checkpoint's ``overtrain.json`` records (empty for other folders)."""
     metadata = root / CHECKPOINT_METADATA if root.is_dir() else None
     if metadata is None or not metadata.is_file():
         return {}
