@@ -169,6 +169,19 @@ def test_a_report_names_settings_that_differ_between_rows_of_one_checkpoint(
     assert "eval_tokens (1.02k, 512)" in summary
 
 
+def test_a_row_records_how_many_tokens_its_loss_was_measured_on(finished_sweep: tuple[Path, list[str]], tmp_path: Path) -> None:
+    root, overrides = finished_sweep
+    with ResultStore(load_sweep_config(None, overrides).store_path) as store:
+        assert {row.provenance["eval_tokens_measured"] for row in store.rows(kind="noise")} == {1024}  # noise.eval_tokens
+    checkpoint = str(sorted((root / "sweep").rglob("step-*-tokens-*"))[0])
+    out = tmp_path / "out"
+    assert cli_main(["noise", checkpoint, "gammas=[1.0]", "seeds=1", "eval_tokens=100000000", "report=false", "--out", str(out)]) == 0
+    with ResultStore(out / "results.sqlite") as store:
+        (row,) = store.rows(kind="noise")
+    assert 0 < row.provenance["eval_tokens_measured"] < 100_000_000  # capped by the held-out split, and said so
+    assert row.provenance["eval_source"].startswith("heldout split of")
+
+
 def test_report_can_be_rebuilt_from_the_store(finished_sweep: tuple[Path, list[str]], tmp_path: Path) -> None:
     root, _ = finished_sweep
     report = write_report(root / "sweep" / "results.sqlite", tmp_path)

@@ -175,6 +175,9 @@ def _load_ours(folder: Path, *, eval_tokens, eval_data, dtype, log, eval_seq_len
         check_same_tokenizer(info.folder, data.tokenizer_folder)
         inputs, targets = heldout_windows(data, eval_tokens, seq_len)
         source = f"heldout split of {info.run_config['data'].get('corpus', '?')}"
+        if targets.numel() < eval_tokens // seq_len * seq_len:  # capped by the split, not rounded to whole windows
+            log(f"eval_tokens={eval_tokens:,} asks for more than the held-out split holds: the loss is measured on its "
+                f"{targets.numel():,} tokens (the row records eval_tokens_measured)")
     else:
         data = TokenizerInfo(folder, end_of_text_id(load_tokenizer(folder)))
         inputs, targets = eval_text_windows(EvalTextSettings(str(eval_data), seq_len, eval_tokens, text_field), folder, cache, log)

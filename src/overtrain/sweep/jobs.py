@@ -74,12 +74,22 @@ def load_target_of(spec: Mapping[str, Any]):
 
 def target_provenance(target: Any, reference: str) -> dict[str, Any]:
     """Who the probed model is: its identity (path or repo@revision with commit sha, weights hash), so two
-    revisions of one model never share a row; our checkpoints' recorded sha256 as before."""
+    revisions of one model never share a row; our checkpoints' recorded sha256 as before. Also what the
+    pre-training loss was measured on: the text and the tokens actually evaluated (``eval_tokens`` asks for
+    a number; a held-out split or text shorter than that gives fewer, and the row says how many)."""
     identity = dict(getattr(target, "identity", None) or {})
+    evaluated = _evaluated_text(target)
     if not identity:
-        return _checkpoint_provenance(target.info.folder)
+        return _checkpoint_provenance(target.info.folder) | evaluated
     return {"checkpoint": reference, "checkpoint_identity": identity, "checkpoint_sha256": identity.get("weights_sha256"),
-            "tokens_seen": identity.get("tokens_seen")}
+            "tokens_seen": identity.get("tokens_seen")} | evaluated
+
+
+def _evaluated_text(target: Any) -> dict[str, Any]:
+    targets = getattr(target, "eval_targets", None)
+    if targets is None:
+        return {}
+    return {"eval_source": getattr(target, "eval_source", None), "eval_tokens_measured": int(targets.numel())}
 
 
 def run_noise_job(spec: Mapping[str, Any]) -> JobOutput:
