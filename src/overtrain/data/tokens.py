@@ -142,7 +142,7 @@ def _prepare_sharded_data(config: DataConfig, log, train_tokens: int) -> TokenDa
             "the same command then resumes from the last finished shard",
         ) from None
     train, heldout = open_split(folder, index, "train"), open_split(folder, index, "heldout")
-    load_tokenizer(folder / "tokenizer", fix=f"delete the folder {folder}: it is tokenized again")  # copied into checkpoints
+    load_tokenizer(folder / "tokenizer", fix=_delete_cache_fix(folder))  # copied into checkpoints
     meta = {**index.meta, "dtype": index.dtype, "tokens": {"train": len(train), "heldout": len(heldout)},
             "documents": {"train": index.train.documents, "heldout": index.heldout.documents},
             "bytes_per_token": round(index.train.text_bytes / max(index.train.total, 1), 3)}
@@ -326,6 +326,12 @@ def train_batch(
 
 
 EVAL_SEED = 1234  # fixed: every checkpoint of every run is evaluated on the same held-out windows
+
+
+def capped_by_the_split(targets: torch.Tensor, eval_tokens: int, seq_len: int) -> bool:
+    """Whether :func:`heldout_windows` gave fewer tokens than the whole windows ``eval_tokens`` asks for: the
+    held-out split was too small (rounding down to whole windows is not a cap)."""
+    return targets.numel() < eval_tokens // seq_len * seq_len
 
 
 def heldout_windows(data: TokenData, eval_tokens: int, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:

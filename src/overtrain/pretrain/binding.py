@@ -85,16 +85,23 @@ def check_run_binding(
     written before run.json existed is bound to that checkpoint's settings.
     """
     new_settings = result_settings(run_config)
-    bound = read_binding(out_dir, newest)
+    bound, differences = differences_from_binding(out_dir, run_config, newest)
     if bound is None:
         return Binding(new_settings, []), None
-    differences = settings_differences(bound.settings, new_settings)
     if not differences:
         note = f"train.extend=true: {out_dir} already has these settings; nothing to extend" if extend else None
         return bound, note
     if not extend:
         raise _changed_settings_error(out_dir, differences, newest)
     return _extension(out_dir, bound, new_settings, differences, newest, run_config)
+
+
+def differences_from_binding(
+    out_dir: Path, run_config: dict[str, Any], newest: tuple[int, int, dict[str, Any]] | None = None
+) -> tuple[Binding | None, list[str]]:
+    """What ``out_dir`` is bound to (None for a new folder), and the settings in which ``run_config`` differs from it."""
+    bound = read_binding(out_dir, newest)
+    return bound, ([] if bound is None else settings_differences(bound.settings, result_settings(run_config)))
 
 
 def read_binding(out_dir: Path, newest: tuple[int, int, dict[str, Any]] | None) -> Binding | None:

@@ -32,7 +32,14 @@ from overtrain.checkpoints.folder import (
     verify_checkpoint,
 )
 from overtrain.config import config_to_dict, dump_yaml
-from overtrain.data.tokens import TokenData, heldout_windows, prepare_token_data, train_batch, train_tokens_needed
+from overtrain.data.tokens import (
+    TokenData,
+    capped_by_the_split,
+    heldout_windows,
+    prepare_token_data,
+    train_batch,
+    train_tokens_needed,
+)
 from overtrain.errors import OvertrainError
 from overtrain.model.llama import LlamaLM, build_model, describe_size, estimate_flops_per_token
 from overtrain.model.loss import mean_token_loss
@@ -302,7 +309,7 @@ class _TrainingLoop:
     def _note_short_heldout(self, heldout_tokens: int) -> None:
         """Log when the held-out split is too small for ``train.eval_tokens``: heldout_windows then uses all of it."""
         asked, seq_len, evaluated = self.train_config.eval_tokens, self.train_config.seq_len, self.eval_targets.numel()
-        if evaluated < asked // seq_len * seq_len:  # below the whole windows asked for: capped, not rounded
+        if capped_by_the_split(self.eval_targets, asked, seq_len):
             self.log(f"held-out loss is measured on {evaluated:,} tokens, fewer than train.eval_tokens={asked:,}: the held-out "
                      f"split holds only {heldout_tokens:,} tokens (for more, raise data.heldout_fraction, or data.heldout_tokens "
                      "with a pre-trained tokenizer, or use a bigger corpus)")

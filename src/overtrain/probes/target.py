@@ -44,7 +44,7 @@ from overtrain.config import build_dataclass
 from overtrain.data.config import DataConfig
 from overtrain.data.eval_text import EvalTextSettings, eval_text_windows, load_auto_tokenizer
 from overtrain.data.tokenizer import DAMAGED_TOKENIZER_FIX, end_of_text_id, load_tokenizer
-from overtrain.data.tokens import heldout_windows, prepare_token_data
+from overtrain.data.tokens import capped_by_the_split, heldout_windows, prepare_token_data
 from overtrain.errors import OvertrainError
 from overtrain.model.loss import LossResult, mean_token_loss
 
@@ -175,7 +175,7 @@ def _load_ours(folder: Path, *, eval_tokens, eval_data, dtype, log, eval_seq_len
         check_same_tokenizer(info.folder, data.tokenizer_folder)
         inputs, targets = heldout_windows(data, eval_tokens, seq_len)
         source = f"heldout split of {info.run_config['data'].get('corpus', '?')}"
-        if targets.numel() < eval_tokens // seq_len * seq_len:  # capped by the split, not rounded to whole windows
+        if capped_by_the_split(targets, eval_tokens, seq_len):
             log(f"eval_tokens={eval_tokens:,} asks for more than the held-out split holds: the loss is measured on its "
                 f"{targets.numel():,} tokens (the row records eval_tokens_measured)")
     else:

@@ -37,7 +37,7 @@ def check_sweep_inputs(jobs: list[Job], out_dir: Path) -> None:
 
 def _pretrain_folder_conflicts(jobs: list[Job], out_dir: Path) -> list[tuple[str, str]]:
     from overtrain.config import build_dataclass, config_to_dict
-    from overtrain.pretrain.binding import read_binding, result_settings, settings_differences
+    from overtrain.pretrain.binding import differences_from_binding
     from overtrain.pretrain.config import PretrainConfig
 
     conflicts: dict[Path, list[str]] = {}
@@ -46,10 +46,9 @@ def _pretrain_folder_conflicts(jobs: list[Job], out_dir: Path) -> list[tuple[str
             continue
         config = build_dataclass(PretrainConfig, dict(job.spec["config"]))
         folder = Path(config.out_dir)
-        bound = read_binding(folder, None) if folder not in conflicts else None
-        if bound is None or config.train.extend:
+        if folder in conflicts or config.train.extend:
             continue
-        differences = settings_differences(bound.settings, result_settings(config_to_dict(config)))
+        _, differences = differences_from_binding(folder, config_to_dict(config))
         if differences:
             conflicts[folder] = differences
     if not conflicts:
@@ -83,6 +82,8 @@ def _checkpoint_damage(folder: Path) -> str | None:
     file), or None. Reads only the files' headers."""
     from safetensors import safe_open
 
+    from overtrain.checkpoints.foreign import safetensors_files
+
     if not folder.exists():
         return "it does not exist"
     if folder.is_file():
@@ -93,9 +94,10 @@ def _checkpoint_damage(folder: Path) -> str | None:
     missing = [name for name in required if not (folder / name).is_file()]
     if missing:
         return f"{', '.join(missing)} {'is' if len(missing) == 1 else 'are'} missing"
-    weights = _safetensors_files(folder)
-    if not weights:
-        return "no .safetensors weights"
+    try:
+        weights = safetensors_files(folder)  # as the loaders find them: a shard index, shards, pickles refused
+    except OvertrainError as error:
+        return error.problem
     for path in weights:
         try:
             with safe_open(str(path), "pt") as handle:
@@ -103,10 +105,6 @@ def _checkpoint_damage(folder: Path) -> str | None:
         except Exception as error:  # safetensors raises its own error type for a torn header or a short file
             return f"{path.name} is truncated or not a safetensors file ({str(error).strip()[:80]})"
     return None
-
-
-def _safetensors_files(folder: Path) -> list[Path]:
-    return sorted(folder.glob("*.safetensors"))
 
 
 def _missing_eval_data(jobs: Iterable[Job]) -> list[tuple[str, str]]:
