@@ -14,9 +14,11 @@ attention) and once with ``train.compile=true`` (model + loss compiled, overtrai
 ``overtrain.model.cpu_attention``); ``--torch-attention`` adds the compiled loop with torch's attention, to
 show what the kernel adds.
 
-Baseline: what a user writes with transformers: ``LlamaForCausalLM`` (eager attention) with the same
-initial weights, ``model(input_ids, labels=input_ids).loss``, ``loss.backward()``,
-``clip_grad_norm_``, ``torch.optim.AdamW`` (defaults), fed the same batches with the same LR schedule.
+Baseline: what a user writes with transformers: ``LlamaForCausalLM`` with the same initial weights,
+``model(input_ids, labels=input_ids).loss``, ``loss.backward()``, ``clip_grad_norm_``,
+``torch.optim.AdamW`` (defaults), fed the same batches with the same LR schedule. It runs twice, with
+transformers' default attention (``sdpa``) and with its ``eager`` attention; ratios are against the faster
+of the two in each round (sdpa measured ~7% faster at this shape), so no choice of baseline flatters overtrain.
 
 Rounds are interleaved (peak, every loop for ``--steps`` steps, peak again), so machine load hits all
 sides alike. Times are taken two ways: process CPU time (what the one thread actually computed, robust
@@ -77,7 +79,7 @@ def overtrain_loop(config, data, torch_attention: bool = False):
     return loop._step, model
 
 
-def transformers_loop(config, data, weights):
+def transformers_loop(config, data, weights, attention: str):
     from transformers import LlamaForCausalLM
 
     from overtrain.checkpoints.folder import hf_llama_config
@@ -85,7 +87,7 @@ def transformers_loop(config, data, weights):
     from overtrain.pretrain.schedules import lr_at
 
     model = LlamaForCausalLM(hf_llama_config(weights, end_of_text_id=data.end_of_text_id))
-    model.config._attn_implementation = "eager"
+    model.config._attn_implementation = attention
     model.load_state_dict(weights.state_dict())
     train = config.train
     optimizer = torch.optim.AdamW(model.parameters(), lr=train.lr, betas=(train.beta1, train.beta2), weight_decay=train.weight_decay)
@@ -130,7 +132,9 @@ def main() -> None:
         loops[compiled], _ = overtrain_loop(nano_config(args.cache_dir, args.docs, True), data)
     if args.torch_attention and not args.no_compile:
         loops["overtrain (compiled, torch attention)"], _ = overtrain_loop(nano_config(args.cache_dir, args.docs, True), data, True)
-    loops["transformers loop (eager attention)"] = transformers_loop(eager_config, data, weights)
+    baselines = ("transformers loop (sdpa attention)", "transformers loop (eager attention)")
+    for name, attention in zip(baselines, ("sdpa", "eager")):
+        loops[name] = transformers_loop(eager_config, data, weights, attention)
     for name, step in loops.items():
         started = time.perf_counter()
         losses[name] = [step()]
@@ -155,7 +159,9 @@ def main() -> None:
     config = eager_config
     tokens = args.steps * config.train.tokens_per_step
     flops_per_token = estimate_flops_per_token(config.model, data.vocab_size, config.train.seq_len)
-    baseline = "transformers loop (eager attention)"
+    # Per round, the faster transformers loop is the baseline.
+    best_cpu = [min(times) for times in zip(*(cpu[name] for name in baselines))]
+    best_wall = [min(times) for times in zip(*(wall[name] for name in baselines))]
     load = os.getloadavg()
     print(f"nano: d_model 64, 2 layers, 4 heads, tied, vocab {data.vocab_size}; batch 32 x 128; fp32; 1 thread; "
           f"{weights.num_parameters() / 1e6:.3f}M parameters; torch {torch.__version__}, "
@@ -164,26 +170,27 @@ def main() -> None:
           f"load average {load[0]:.1f} {load[1]:.1f} {load[2]:.1f} on {os.cpu_count()} cores")
     print(f"matmul peak (fp32, 2048^2, 1 thread) measured now: {statistics.median(peaks_cpu) / 1e9:.1f} GFLOP/s by CPU time, "
           f"{statistics.median(peaks_wall) / 1e9:.1f} by wall time")
+    print("ratio: against the faster transformers loop of each round")
     print(f"{'loop':<38}{'tok/s cpu':>10}{'ratio':>8}{'% peak':>8}{'tok/s wall':>12}{'ratio':>8}{'% peak':>8}{'1st step':>10}")
     for name in loops:
         row = f"{name:<38}"
-        for times, peaks in ((cpu, peaks_cpu), (wall, peaks_wall)):
+        for times, best, peaks in ((cpu, best_cpu, peaks_cpu), (wall, best_wall, peaks_wall)):
             rate = tokens / statistics.median(times[name])
-            ratio = statistics.median(b / t for b, t in zip(times[baseline], times[name]))
+            ratio = statistics.median(b / t for b, t in zip(best, times[name]))
             row += f"{rate:>10.0f}{ratio:>7.2f}x{100 * rate * flops_per_token / statistics.median(peaks):>7.1f}%"
             row += "  " if times is cpu else ""
         print(row + f"{first_seconds[name]:>9.1f}s")
     if compiled in loops:
-        ratio = statistics.median(b / t for b, t in zip(cpu[baseline], cpu[compiled]))
+        ratio = statistics.median(b / t for b, t in zip(best_cpu, cpu[compiled]))
         peak_share = tokens / statistics.median(cpu[compiled]) * flops_per_token / statistics.median(peaks_cpu)
         print(f"goal (issue 12, CPU time): >= 2x the transformers loop and >= 60% of the matmul peak; "
               f"compiled loop {ratio:.2f}x ({'met' if ratio >= 2 else 'not met'}), "
               f"{100 * peak_share:.1f}% ({'met' if peak_share >= 0.6 else 'not met'})")
-    ours = [name for name in loops if name != baseline]
+    ours = [name for name in loops if name not in baselines]
     if len(ours) > 1:
         gap = max(abs(a - b) for a, b in zip(losses[ours[0]], losses[ours[1]]))
         print(f"largest |loss difference| between {ours[0]} and {ours[1]} over {len(losses[ours[0]])} steps: {gap:.2e}")
-    print(f"loss after {len(losses[baseline])} steps: " + ", ".join(f"{name} {values[-1]:.4f}" for name, values in losses.items()))
+    print(f"loss after {len(losses[baselines[0]])} steps: " + ", ".join(f"{name} {values[-1]:.4f}" for name, values in losses.items()))
 
 
 if __name__ == "__main__":

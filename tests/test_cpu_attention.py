@@ -13,7 +13,7 @@ from helpers import tiny_pretrain_config, write_stdlib_text_corpus
 
 from overtrain.model.config import ModelConfig
 from overtrain.model.cpu_attention import causal_attention, kernel_applies, kernel_library
-from overtrain.model.llama import build_model
+from overtrain.model.llama import apply_rotary, build_model, rotary_cos_sin
 
 pytestmark = [pytest.mark.skipif(kernel_library() is None, reason="no C++ compiler to build the CPU attention kernel"),
               pytest.mark.usefixtures("one_torch_thread")]
@@ -29,19 +29,45 @@ def token_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("token_cache")  # one tokenization for both loop tests
 
 
-@pytest.mark.parametrize("batch, heads, seq_len, head_dim", [(2, 3, 37, 16), (1, 2, 130, 32), (2, 1, 16, 64), (1, 1, 1, 16)])
-def test_kernel_matches_torch_attention_and_its_gradients(batch: int, heads: int, seq_len: int, head_dim: int) -> None:
+def _attention_and_grads(q, k, v, grad_out, kernel: bool, rotary: bool):
+    """Output and (q, k, v) gradients of causal attention: the kernel (rotating inside when ``rotary``), or
+    ``apply_rotary`` then torch's ``scaled_dot_product_attention`` in the inputs' dtype."""
+    cos, sin = rotary_cos_sin(q.shape[2], q.shape[3], 10_000.0, q.device) if rotary else (None, None)
+    scale = 1 / math.sqrt(q.shape[-1])
+    if kernel:
+        out = causal_attention(q, k, v, scale, cos, sin)[0]
+    else:
+        rotated_q, rotated_k = (apply_rotary(x, cos.to(x.dtype), sin.to(x.dtype)) for x in (q, k)) if rotary else (q, k)
+        out = F.scaled_dot_product_attention(rotated_q, rotated_k, v, is_causal=True)
+    return [out, *torch.autograd.grad(out, (q, k, v), grad_out.to(out.dtype))]
+
+
+@pytest.mark.parametrize("rotary", [False, True], ids=["plain", "rotary"])
+@pytest.mark.parametrize("batch, heads, seq_len, head_dim", [(2, 3, 37, 16), (1, 2, 130, 32), (2, 1, 16, 64), (1, 2, 21, 48), (1, 1, 1, 16)])
+def test_kernel_is_as_accurate_as_torch_attention_and_its_gradients(batch: int, heads: int, seq_len: int, head_dim: int, rotary: bool) -> None:
+    """Against a float64 reference, the kernel's output and gradients are as close as torch's fp32 kernel's
+    (both round differently, so they are compared with the truth, not bitwise with each other)."""
     generator = torch.Generator().manual_seed(seq_len)
     packed = torch.randn(batch, seq_len, 3, heads, head_dim, generator=generator) * 2  # q, k, v as strided (B, H, T, D) views
     q, k, v = (packed[:, :, index].transpose(1, 2).requires_grad_() for index in range(3))
     grad_out = torch.randn(batch, heads, seq_len, head_dim, generator=generator)
-    ours = causal_attention(q, k, v, 1 / math.sqrt(head_dim))[0]
-    ours_grads = torch.autograd.grad(ours, (q, k, v), grad_out)
-    theirs = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-    theirs_grads = torch.autograd.grad(theirs, (q, k, v), grad_out)
-    torch.testing.assert_close(ours, theirs, atol=2e-6, rtol=1e-5)
-    for mine, reference in zip(ours_grads, theirs_grads):
-        torch.testing.assert_close(mine, reference, atol=1e-5, rtol=1e-5)
+    exact = _attention_and_grads(*(x.detach().double().requires_grad_() for x in (q, k, v)), grad_out, kernel=False, rotary=rotary)
+    ours = _attention_and_grads(q, k, v, grad_out, kernel=True, rotary=rotary)
+    theirs = _attention_and_grads(q, k, v, grad_out, kernel=False, rotary=rotary)
+    for name, mine, reference, truth in zip(("output", "grad q", "grad k", "grad v"), ours, theirs, exact):
+        our_error = (mine.double() - truth).abs().max().item()
+        torch_error = (reference.double() - truth).abs().max().item()
+        assert our_error <= 2 * torch_error + 1e-6, f"{name}: kernel error {our_error:.2e}, torch's {torch_error:.2e}"
+        torch.testing.assert_close(mine, reference, atol=2e-5, rtol=1e-4)  # and near torch's, a grosser check
+
+
+def test_rotary_tables_must_match_the_queries() -> None:
+    q = torch.randn(1, 2, 8, 16)
+    cos, sin = rotary_cos_sin(8, 16, 10_000.0, q.device)
+    with pytest.raises(ValueError, match="both rotary tables"):
+        causal_attention(q, q, q, 0.25, cos, None)
+    with pytest.raises(ValueError, match=r"shape \(T, D\) = \(8, 16\)"):
+        causal_attention(q, q, q, 0.25, cos[:4], sin[:4])
 
 
 def test_kernel_applies_only_where_it_is_built_for() -> None:

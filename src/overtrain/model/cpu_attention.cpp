@@ -1,13 +1,22 @@
 // Causal softmax attention on CPU in fp32 for head dims that are multiples of 16, one thread.
 //
 // Why: at small head dims (the nano model's is 16) torch's CPU flash-attention kernel spends most of its
-// time outside arithmetic. Here one (batch, head) pair is one unit of work whose queries, keys, values
-// and T x T score matrix stay in L1/L2, and each product is a register-blocked loop on 16-float vectors
-// (GCC vector extensions: AVX-512 registers where the CPU has them, pairs of AVX registers otherwise).
+// time outside arithmetic. Here one (batch, head) pair is one unit of work that stays in L1/L2, and it is
+// walked in blocks of 16 queries held *transposed*: one 16-float vector holds one quantity for the 16
+// queries of a block (a score against key j, a running max, a row sum). Softmax statistics are then
+// vertical vector operations, never horizontal reductions, and every key's work is independent of the
+// last, so the loops run at the FMA units' throughput rather than at the latency of a per-row chain
+// (the row-at-a-time layout this replaced spent ~60% of the forward pass waiting on such chains).
 // The forward pass keeps each row's log-sum-exp; the backward pass recomputes the probabilities from it,
-// as FlashAttention does, so nothing of size T x T outlives a unit.
+// as FlashAttention does, so nothing of size T x T is kept, and per block only T vectors are.
+// GCC vector extensions: AVX-512 registers where the CPU has them, pairs of AVX registers otherwise.
 //
-// Layout: q, k, v, dout, out are (B, H, T, D) with any strides except a contiguous last dimension.
+// Rotary position embedding (Llama's rotate-half form) is applied here too when tables are passed: q and k
+// arrive unrotated, are rotated as they are loaded, and their gradients are rotated back before they are
+// written, so the training step makes no separate passes over q, k and their gradients for it.
+//
+// Layout: q, k, v, dout, out are (B, H, T, D) with any strides except a contiguous last dimension;
+// cos and sin are (T, D), contiguous.
 // No torch headers: plain C entry points on raw pointers, called through ctypes.
 #include <cmath>
 #include <cstdint>
@@ -18,15 +27,14 @@ namespace {
 
 typedef float vf __attribute__((vector_size(64)));
 typedef float vf_unaligned __attribute__((vector_size(64), aligned(4)));
-constexpr int W = 16;  // floats per vector
+typedef int32_t vi __attribute__((vector_size(64)));
+constexpr int W = 16;  // floats per vector, and queries per block
 
 inline vf vload(const float* p) { return *reinterpret_cast<const vf_unaligned*>(p); }
 inline void vstore(float* p, vf x) { *reinterpret_cast<vf_unaligned*>(p) = x; }
 // Written out lane by lane: `vf{} + x` would add 0.0f first (not an identity for -0.0f), an extra
 // instruction per multiply; this form folds into the FMA's broadcast operand.
 inline vf vbcast(float x) { return vf{x, x, x, x, x, x, x, x, x, x, x, x, x, x, x, x}; }
-
-typedef int32_t vi __attribute__((vector_size(64)));
 const vi lane_index = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
 
 // exp(x) for x <= 0, 16 lanes at once: Cephes' expf (range reduction by ln 2, degree-6 polynomial,
@@ -48,45 +56,54 @@ inline vf exp_nonpositive(vf x) {
   return p * reinterpret_cast<vf>((n + 127) << 23);
 }
 
-inline float horizontal_sum(vf x) {
-  float total = 0.0f;
-  for (int e = 0; e < W; ++e) total += x[e];
-  return total;
+// log(x) for normal x > 0, 16 lanes at once: Cephes' logf (mantissa in [sqrt(1/2), sqrt(2)), degree-8
+// polynomial, within ~1 ulp). Used on softmax row sums, which lie in [1, T].
+inline vf log_positive(vf x) {
+  const vi bits = reinterpret_cast<vi>(x);
+  vi exponent = ((bits >> 23) & 0xff) - 126;
+  vf m = reinterpret_cast<vf>((bits & 0x007fffff) | 0x3f000000);  // in [0.5, 1)
+  const auto small = m < 0.707106781186547524f;
+  exponent += small;  // true lanes are -1: one less
+  m = small ? m + m - 1.0f : m - 1.0f;
+  const vf e = __builtin_convertvector(exponent, vf);
+  const vf z = m * m;
+  vf y = vbcast(7.0376836292e-2f);
+  y = y * m - 1.1514610310e-1f;
+  y = y * m + 1.1676998740e-1f;
+  y = y * m - 1.2420140846e-1f;
+  y = y * m + 1.4249322787e-1f;
+  y = y * m - 1.6668057665e-1f;
+  y = y * m + 2.0000714765e-1f;
+  y = y * m - 2.4999993993e-1f;
+  y = y * m + 3.3333331174e-1f;
+  y = y * m * z;
+  y += e * -2.12194440e-4f;
+  y += z * -0.5f;
+  return m + y + e * 0.693359375f;
 }
 
-inline float horizontal_max(vf x) {
-  float best = x[0];
-  for (int e = 1; e < W; ++e) best = x[e] > best ? x[e] : best;
-  return best;
+// One stage of a 16 x 16 transpose: rows i and i + S (i & S == 0) trade their S-wide blocks. The four
+// stages S = 8, 4, 2, 1 transpose the matrix held in a[0..15] (64 shuffles instead of 256 scalar moves).
+#define OT_TRANSPOSE_STAGE(S, LO, HI)                                    \
+  for (int i = 0; i < W; ++i)                                           \
+    if (!(i & S)) {                                                     \
+      const vf x = a[i], y = a[i + S];                                  \
+      a[i] = __builtin_shufflevector(x, y, LO);                         \
+      a[i + S] = __builtin_shufflevector(x, y, HI);                     \
+    }
+#define OT_L(...) __VA_ARGS__
+inline void transpose16(vf* a) {
+  OT_TRANSPOSE_STAGE(8, OT_L(0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23),
+                     OT_L(8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31))
+  OT_TRANSPOSE_STAGE(4, OT_L(0, 1, 2, 3, 16, 17, 18, 19, 8, 9, 10, 11, 24, 25, 26, 27),
+                     OT_L(4, 5, 6, 7, 20, 21, 22, 23, 12, 13, 14, 15, 28, 29, 30, 31))
+  OT_TRANSPOSE_STAGE(2, OT_L(0, 1, 16, 17, 4, 5, 20, 21, 8, 9, 24, 25, 12, 13, 28, 29),
+                     OT_L(2, 3, 18, 19, 6, 7, 22, 23, 10, 11, 26, 27, 14, 15, 30, 31))
+  OT_TRANSPOSE_STAGE(1, OT_L(0, 16, 2, 18, 4, 20, 6, 22, 8, 24, 10, 26, 12, 28, 14, 30),
+                     OT_L(1, 17, 3, 19, 5, 21, 7, 23, 9, 25, 11, 27, 13, 29, 15, 31))
 }
-
-// Largest of s[0..i] (row i's scores; the rest of its diagonal block is ignored).
-inline float row_max(const float* s, int64_t i) {
-  const int64_t diagonal = i / W * W;
-  vf best = vload(s + diagonal);
-  best = (lane_index + static_cast<int32_t>(diagonal)) <= static_cast<int32_t>(i) ? best : vbcast(-INFINITY);
-  for (int64_t j = 0; j < diagonal; j += W) {
-    const vf x = vload(s + j);
-    best = x > best ? x : best;
-  }
-  return horizontal_max(best);
-}
-
-// Row i of s holds scores for j <= i: replace them by exp(s - shift), zero the rest of the diagonal
-// block, and return the sum of the row.
-inline float exp_row(float* s, int64_t i, float shift) {
-  const int64_t diagonal = i / W * W;
-  vf total = {};
-  for (int64_t j = 0; j < diagonal; j += W) {
-    const vf e = exp_nonpositive(vload(s + j) - shift);
-    vstore(s + j, e);
-    total += e;
-  }
-  vf e = exp_nonpositive(vload(s + diagonal) - shift);
-  e = (lane_index + static_cast<int32_t>(diagonal)) <= static_cast<int32_t>(i) ? e : vf{};
-  vstore(s + diagonal, e);
-  return horizontal_sum(total + e);
-}
+#undef OT_L
+#undef OT_TRANSPOSE_STAGE
 
 struct View {  // a (T, D) slice of one (batch, head): row stride in elements, last dimension contiguous
   float* data;
@@ -94,156 +111,204 @@ struct View {  // a (T, D) slice of one (batch, head): row stride in elements, l
   float* at(int64_t i) const { return data + i * row; }
 };
 
-// xt (D x T16, zero beyond T) = transpose of the T x D rows of x.
+// xt[d] (D vectors, lane r = row first + r, times alpha) = the `rows` rows first.. of x, transposed;
+// lanes past `rows` are zero.
 template <int D>
-void transpose_padded(View x, int64_t T, int64_t T16, float* xt) {
-  for (int64_t j = 0; j < T; ++j) {
-    const float* xj = x.at(j);
-    for (int d = 0; d < D; ++d) xt[d * T16 + j] = xj[d];
+void load_block_transposed(View x, int64_t first, int rows, float alpha, vf* xt) {
+  for (int c = 0; c < D / W; ++c) {
+    vf a[W];
+    for (int r = 0; r < W; ++r) a[r] = r < rows ? vload(x.at(first + r) + c * W) * alpha : vf{};
+    transpose16(a);
+    for (int d = 0; d < W; ++d) xt[c * W + d] = a[d];
   }
-  for (int d = 0; d < D; ++d)
-    for (int64_t j = T; j < T16; ++j) xt[d * T16 + j] = 0.0f;
 }
 
-constexpr int ROWS = 8;  // rows per register block: 8 independent FMA chains cover the FMA latency
-
-// s[i][j] = alpha * x_i . y_j for every 16-wide block of columns j at or left of row i's diagonal block
-// (entries right of the diagonal inside that block are computed too; callers overwrite them).
-// yt is y transposed (D x T16): one block of it sits in 16 registers while rows stream past.
+// The transpose back: rows first.. of out (the first `rows`) = xt[d] lanes, times `alpha` per lane.
 template <int D>
-void scores_lower(View x, const float* yt, int64_t T, int64_t T16, float alpha, float* s) {
-  for (int64_t jb = 0; jb < T; jb += W) {
-    for (int c = 0; c < D / W; ++c) {
-      vf y[W];
-      for (int e = 0; e < W; ++e) y[e] = vload(yt + (c * W + e) * T16 + jb);
-      const bool first = c == 0, last = c == D / W - 1;
-      int64_t i = jb;
-      for (; i + ROWS <= T; i += ROWS) {
-        vf acc[ROWS];
-        const float* xr[ROWS];
-#pragma GCC unroll 8
-        for (int r = 0; r < ROWS; ++r) {
-          acc[r] = first ? vf{} : vload(s + (i + r) * T16 + jb);
-          xr[r] = x.at(i + r) + c * W;
-        }
+void store_block_transposed(const vf* xt, vf alpha, int64_t first, int rows, View out) {
+  for (int c = 0; c < D / W; ++c) {
+    vf a[W];
+    for (int d = 0; d < W; ++d) a[d] = xt[c * W + d] * alpha;
+    transpose16(a);
+    for (int r = 0; r < rows; ++r) vstore(out.at(first + r) + c * W, a[r]);
+  }
+}
+
+// Lane r of the result: x_r . y for the block's 16 rows x_r, held transposed in xt (D vectors).
+// Four accumulators cut the FMA chain to D / 4; xt stays in registers at D = 16 (L1 above).
+template <int D>
+inline vf block_dot(const vf* xt, const float* y) {
+  vf sums[4] = {};
+#pragma GCC unroll 64
+  for (int d = 0; d < D; ++d) sums[d % 4] += vbcast(y[d]) * xt[d];
+  return (sums[0] + sums[1]) + (sums[2] + sums[3]);
+}
+
+// acc[d] (D vectors, lanes = the block's queries) = sum over keys j < keys of coefficient[j] * y_j[d].
+template <int D>
+void block_times_rows(const vf* coefficient, View y, int64_t keys, vf* acc) {
+  for (int c = 0; c < D / W; ++c) {
+    vf sum[W] = {};
+    for (int64_t j = 0; j < keys; ++j) {
+      const vf p = coefficient[j];
+      const float* yj = y.at(j) + c * W;
 #pragma GCC unroll 16
-        for (int e = 0; e < W; ++e) {
-#pragma GCC unroll 8
-          for (int r = 0; r < ROWS; ++r) acc[r] += vbcast(xr[r][e]) * y[e];
-        }
-#pragma GCC unroll 8
-        for (int r = 0; r < ROWS; ++r) vstore(s + (i + r) * T16 + jb, last ? acc[r] * alpha : acc[r]);
-      }
-      for (; i < T; ++i) {
-        vf a = first ? vf{} : vload(s + i * T16 + jb);
-        const float* xi = x.at(i) + c * W;
-        for (int e = 0; e < W; ++e) a += vbcast(xi[e]) * y[e];
-        vstore(s + i * T16 + jb, last ? a * alpha : a);
-      }
+      for (int e = 0; e < W; ++e) sum[e] += vbcast(yj[e]) * p;
     }
+    for (int e = 0; e < W; ++e) acc[c * W + e] = sum[e];
   }
 }
 
-// out[i] = sum_{j <= i} a[i][j] y_j (T x D, contiguous); a is T x T16, zero right of the diagonal.
+// out_j += sum over the block's rows r of coefficient[j] lane r * x_{first + r}, for every key j < keys
+// (out is T x D, contiguous): the products a key receives from one block of queries.
 template <int D>
-void rows_times_values(const float* a, View y, int64_t T, int64_t T16, float* out) {
-  for (int64_t jb = 0; jb < T; jb += W) {
-    const int width = static_cast<int>(T - jb < W ? T - jb : W);
-    for (int c = 0; c < D / W; ++c) {
-      vf y_rows[W];
-      for (int e = 0; e < W; ++e) y_rows[e] = e < width ? vload(y.at(jb + e) + c * W) : vf{};
-      const bool first = jb == 0;
-      int64_t i = jb;
-      for (; i + ROWS <= T; i += ROWS) {
-        vf acc[ROWS];
-#pragma GCC unroll 8
-        for (int r = 0; r < ROWS; ++r) acc[r] = first ? vf{} : vload(out + (i + r) * D + c * W);
-        const float* p = a + i * T16 + jb;
+void accumulate_into_keys(const vf* coefficient, View x, int64_t first, int rows, int64_t keys, float* out) {
+  for (int c = 0; c < D / W; ++c) {
+    vf x_rows[W];
+    for (int r = 0; r < W; ++r) x_rows[r] = r < rows ? vload(x.at(first + r) + c * W) : vf{};
+    for (int64_t j = 0; j < keys; ++j) {
+      const float* cj = reinterpret_cast<const float*>(coefficient + j);
+      vf sums[4] = {vload(out + j * D + c * W), vf{}, vf{}, vf{}};  // four chains of 4 FMAs, not one of 16
 #pragma GCC unroll 16
-        for (int e = 0; e < W; ++e) {
-#pragma GCC unroll 8
-          for (int r = 0; r < ROWS; ++r) acc[r] += vbcast(p[r * T16 + e]) * y_rows[e];
-        }
-#pragma GCC unroll 8
-        for (int r = 0; r < ROWS; ++r) vstore(out + (i + r) * D + c * W, acc[r]);
-      }
-      for (; i < T; ++i) {
-        float* oi = out + i * D + c * W;
-        vf acc = first ? vf{} : vload(oi);
-        const float* pi = a + i * T16 + jb;
-        for (int e = 0; e < W; ++e) acc += vbcast(pi[e]) * y_rows[e];
-        vstore(oi, acc);
-      }
+      for (int r = 0; r < W; ++r) sums[r % 4] += vbcast(cj[r]) * x_rows[r];
+      vstore(out + j * D + c * W, (sums[0] + sums[1]) + (sums[2] + sums[3]));
     }
   }
 }
 
-// out[j] = alpha * sum_{i >= j} a[i][j] x_i (T x D rows with stride out.row): the transposed product,
-// one block of 16 columns j at a time with its 16 accumulators in registers.
-template <int D>
-void columns_times_rows(const float* a, View x, int64_t T, int64_t T16, float alpha, View out) {
-  for (int64_t jb = 0; jb < T; jb += W) {
-    const int width = static_cast<int>(T - jb < W ? T - jb : W);
-    for (int c = 0; c < D / W; ++c) {
-      vf acc[W] = {};
-      for (int64_t i = jb; i < T; ++i) {
-        const vf xi = vload(x.at(i) + c * W);
-        const float* ai = a + i * T16 + jb;
-        for (int e = 0; e < W; ++e) acc[e] += vbcast(ai[e]) * xi;
-      }
-      for (int e = 0; e < width; ++e) vstore(out.at(jb + e) + c * W, acc[e] * alpha);
-    }
+// Rotary tables: rows of cos and sin (T x D, contiguous); null pointers mean no rotation.
+struct Rotary {
+  const float* cos;
+  const float* sin;
+  bool on() const { return cos != nullptr; }
+};
+
+// out = x rotated at position t: out[d] = x[d] cos[d] + rotate_half(x)[d] sin[d], where rotate_half(x)
+// is (-x[D/2:], x[:D/2]) as in Llama. INVERSE applies the transpose (the rotation by -angle), which maps a
+// gradient with respect to the rotated vector to one with respect to x.
+template <int D, bool INVERSE>
+inline void rotate(const float* x, Rotary rotary, int64_t t, float* out) {
+  constexpr int H = D / 2;
+  const float *c = rotary.cos + t * D, *s = rotary.sin + t * D;
+  if (!INVERSE) {
+    for (int d = 0; d < H; ++d) out[d] = x[d] * c[d] - x[d + H] * s[d];
+    for (int d = H; d < D; ++d) out[d] = x[d] * c[d] + x[d - H] * s[d];
+  } else {
+    for (int d = 0; d < H; ++d) out[d] = x[d] * c[d] + x[d + H] * s[d + H];
+    for (int d = H; d < D; ++d) out[d] = x[d] * c[d] - x[d - H] * s[d - H];
   }
 }
 
+// Rows [first, first + rows) of x, rotated at their positions, into `out` (rows x D, contiguous): the
+// view to read them from. Without rotation, x itself.
 template <int D>
-void forward_unit(View q, View k, View v, View o, float* lse, int64_t T, float scale, std::vector<float>& scratch) {
-  const int64_t T16 = (T + W - 1) / W * W;
-  scratch.resize(D * T16 + T * T16 + T * D + T);
-  float *kt = scratch.data(), *s = kt + D * T16, *acc = s + T * T16, *row_sum = acc + T * D;
-  transpose_padded<D>(k, T, T16, kt);
-  scores_lower<D>(q, kt, T, T16, scale, s);
-  for (int64_t i = 0; i < T; ++i) {
-    float* si = s + i * T16;
-    const float m = row_max(si, i);
-    row_sum[i] = exp_row(si, i, m);
-    lse[i] = m + std::log(row_sum[i]);
+inline View rotated_rows(View x, Rotary rotary, int64_t first, int64_t rows, float* out) {
+  if (!rotary.on()) return {x.at(first), x.row};
+  for (int64_t r = 0; r < rows; ++r) rotate<D, false>(x.at(first + r), rotary, first + r, out + r * D);
+  return {out, D};
+}
+
+// Rotate rows [first, first + rows) of x back in place (the inverse rotation at each row's position).
+template <int D>
+inline void rotate_rows_back(View x, Rotary rotary, int64_t first, int64_t rows) {
+  if (!rotary.on()) return;
+  float row[D];
+  for (int64_t r = 0; r < rows; ++r) {
+    rotate<D, true>(x.at(first + r), rotary, first + r, row);
+    std::memcpy(x.at(first + r), row, sizeof(row));
   }
-  rows_times_values<D>(s, v, T, T16, acc);
-  for (int64_t i = 0; i < T; ++i) {
-    const float inv = 1.0f / row_sum[i];
-    float* oi = o.at(i);
-    for (int d = 0; d < D; ++d) oi[d] = acc[i * D + d] * inv;
+}
+
+// Keys j of the diagonal block (j >= first) are seen only by queries first + r with r >= j - first.
+inline vf causal(vf x, int64_t first, int64_t j, vf masked) {
+  return lane_index >= static_cast<int32_t>(j - first) ? x : masked;
+}
+
+// p[j] = the block's scaled scores against keys j in [begin, end), masked to `masked` right of the
+// diagonal when DIAGONAL (the keys of the block's own 16 positions); returns the running max over them.
+template <int D, bool DIAGONAL>
+inline vf score_keys(const vf* qt, View k, int64_t first, int64_t begin, int64_t end, vf* p, vf row_max) {
+  for (int64_t j = begin; j < end; ++j) {
+    const vf score = block_dot<D>(qt, k.at(j));
+    p[j] = DIAGONAL ? causal(score, first, j, vbcast(-INFINITY)) : score;
+    row_max = p[j] > row_max ? p[j] : row_max;
+  }
+  return row_max;
+}
+
+// p[j] = exp(p[j] - shift) for keys j in [begin, end) (zero right of the diagonal when DIAGONAL);
+// returns the running sum.
+template <bool DIAGONAL>
+inline vf exp_keys(int64_t first, int64_t begin, int64_t end, vf shift, vf* p, vf row_sum) {
+  for (int64_t j = begin; j < end; ++j) {
+    const vf e = exp_nonpositive(p[j] - shift);
+    p[j] = DIAGONAL ? causal(e, first, j, vf{}) : e;
+    row_sum += p[j];
+  }
+  return row_sum;
+}
+
+template <int D>
+void forward_unit(View q, View k, View v, View o, float* lse, int64_t T, float scale, Rotary rotary, std::vector<vf>& scratch) {
+  scratch.resize(T + (T * D + W * D) / W);  // p, then the rotated keys and one block of rotated queries
+  vf* p = scratch.data();
+  float *k_rotated = reinterpret_cast<float*>(p + T), *q_rotated = k_rotated + T * D;
+  k = rotated_rows<D>(k, rotary, 0, T, k_rotated);
+  vf qt[D], acc[D];  // locals, so the compiler keeps them in registers where they fit (D = 16)
+  for (int64_t first = 0; first < T; first += W) {
+    const int rows = static_cast<int>(T - first < W ? T - first : W);
+    const int64_t keys = first + rows;
+    load_block_transposed<D>(rotated_rows<D>(q, rotary, first, rows, q_rotated), 0, rows, scale, qt);
+    vf row_max = score_keys<D, false>(qt, k, first, 0, first, p, vbcast(-INFINITY));
+    row_max = score_keys<D, true>(qt, k, first, first, keys, p, row_max);
+    vf row_sum = exp_keys<false>(first, 0, first, row_max, p, vf{});
+    row_sum = exp_keys<true>(first, first, keys, row_max, p, row_sum);
+    const vf row_lse = row_max + log_positive(row_sum);
+    for (int r = 0; r < rows; ++r) lse[first + r] = row_lse[r];
+    block_times_rows<D>(p, v, keys, acc);
+    store_block_transposed<D>(acc, 1.0f / row_sum, first, rows, o);
   }
 }
 
 template <int D>
 void backward_unit(View q, View k, View v, View o, View dout, const float* lse, View dq, View dk, View dv, int64_t T, float scale,
-                   std::vector<float>& scratch) {
-  const int64_t T16 = (T + W - 1) / W * W;
-  scratch.resize(2 * D * T16 + 2 * T * T16 + T * D);
-  float *kt = scratch.data(), *vt = kt + D * T16, *p = vt + D * T16, *ds = p + T * T16, *acc = ds + T * T16;
-  transpose_padded<D>(k, T, T16, kt);
-  transpose_padded<D>(v, T, T16, vt);
-  scores_lower<D>(q, kt, T, T16, scale, p);
-  scores_lower<D>(dout, vt, T, T16, 1.0f, ds);  // dP_ij = dO_i . v_j
-  for (int64_t i = 0; i < T; ++i) {
-    float* pi = p + i * T16;
-    float* dsi = ds + i * T16;
-    exp_row(pi, i, lse[i]);
-    float delta = 0.0f;  // rowsum(dO * O) = sum_j P_ij dP_ij
-    const float *doi = dout.at(i), *oi = o.at(i);
-    for (int d = 0; d < D; ++d) delta += doi[d] * oi[d];
-    const int64_t end = (i / W + 1) * W;
-    for (int64_t j = 0; j < end; j += W) vstore(dsi + j, vload(pi + j) * (vload(dsi + j) - delta));  // zero where pi is
+                   Rotary rotary, std::vector<vf>& scratch, std::vector<float>& key_grads) {
+  scratch.resize(2 * T + (T * D + W * D) / W);  // p, dS, then the rotated keys and one block of rotated queries
+  vf *p = scratch.data(), *ds = p + T;
+  float *k_rotated = reinterpret_cast<float*>(ds + T), *q_rotated = k_rotated + T * D;
+  k = rotated_rows<D>(k, rotary, 0, T, k_rotated);
+  vf qt[D], dot[D], ot[D], acc[D];
+  key_grads.assign(2 * T * D, 0.0f);
+  float *dk_sum = key_grads.data(), *dv_sum = dk_sum + T * D;
+  for (int64_t first = 0; first < T; first += W) {
+    const int rows = static_cast<int>(T - first < W ? T - first : W);
+    const int64_t keys = first + rows;
+    const View q_block = rotated_rows<D>(q, rotary, first, rows, q_rotated);  // rows 0.. of it are rows first.. of q
+    load_block_transposed<D>(q_block, 0, rows, scale, qt);
+    load_block_transposed<D>(dout, first, rows, 1.0f, dot);
+    load_block_transposed<D>(o, first, rows, 1.0f, ot);
+    vf delta = {}, row_lse = {};  // delta: rowsum(dO * O) = sum_j P_ij dP_ij
+    for (int d = 0; d < D; ++d) delta += dot[d] * ot[d];
+    for (int r = 0; r < rows; ++r) row_lse[r] = lse[first + r];
+    for (int64_t j = 0; j < first; ++j) p[j] = exp_nonpositive(block_dot<D>(qt, k.at(j)) - row_lse);
+    // Lanes right of the diagonal may exceed the log-sum-exp (they were never in the softmax): exp's
+    // result there is garbage, and the select, not a multiply, drops it.
+    for (int64_t j = first; j < keys; ++j) p[j] = causal(exp_nonpositive(block_dot<D>(qt, k.at(j)) - row_lse), first, j, vf{});
+    for (int64_t j = 0; j < keys; ++j) ds[j] = p[j] * (block_dot<D>(dot, v.at(j)) - delta);
+    block_times_rows<D>(ds, k, keys, acc);
+    store_block_transposed<D>(acc, vbcast(scale), first, rows, dq);
+    rotate_rows_back<D>(dq, rotary, first, rows);
+    accumulate_into_keys<D>(ds, q_block, 0, rows, keys, dk_sum);
+    accumulate_into_keys<D>(p, dout, first, rows, keys, dv_sum);
   }
-  rows_times_values<D>(ds, k, T, T16, acc);
-  for (int64_t i = 0; i < T; ++i) {
-    float* dqi = dq.at(i);
-    for (int d = 0; d < D; ++d) dqi[d] = acc[i * D + d] * scale;
+  for (int64_t j = 0; j < T; ++j) {
+    float *dkj = dk.at(j), *dvj = dv.at(j);
+    for (int c = 0; c < D / W; ++c) {
+      vstore(dkj + c * W, vload(dk_sum + j * D + c * W) * scale);
+      vstore(dvj + c * W, vload(dv_sum + j * D + c * W));
+    }
   }
-  columns_times_rows<D>(ds, q, T, T16, scale, dk);
-  columns_times_rows<D>(p, dout, T, T16, 1.0f, dv);
+  rotate_rows_back<D>(dk, rotary, 0, T);
 }
 
 struct Tensor4 {  // pointer and strides (elements) of a (B, H, T, D) tensor
@@ -253,21 +318,22 @@ struct Tensor4 {  // pointer and strides (elements) of a (B, H, T, D) tensor
 };
 
 template <int D>
-void forward_all(Tensor4 q, Tensor4 k, Tensor4 v, Tensor4 o, float* lse, int64_t B, int64_t H, int64_t T, float scale) {
-  std::vector<float> scratch;
+void forward_all(Tensor4 q, Tensor4 k, Tensor4 v, Tensor4 o, float* lse, int64_t B, int64_t H, int64_t T, float scale, Rotary rotary) {
+  std::vector<vf> scratch;
   for (int64_t bi = 0; bi < B; ++bi)
     for (int64_t hi = 0; hi < H; ++hi)
-      forward_unit<D>(q.unit(bi, hi), k.unit(bi, hi), v.unit(bi, hi), o.unit(bi, hi), lse + (bi * H + hi) * T, T, scale, scratch);
+      forward_unit<D>(q.unit(bi, hi), k.unit(bi, hi), v.unit(bi, hi), o.unit(bi, hi), lse + (bi * H + hi) * T, T, scale, rotary, scratch);
 }
 
 template <int D>
 void backward_all(Tensor4 q, Tensor4 k, Tensor4 v, Tensor4 o, Tensor4 dout, const float* lse, Tensor4 dq, Tensor4 dk, Tensor4 dv,
-                  int64_t B, int64_t H, int64_t T, float scale) {
-  std::vector<float> scratch;
+                  int64_t B, int64_t H, int64_t T, float scale, Rotary rotary) {
+  std::vector<vf> scratch;
+  std::vector<float> key_grads;
   for (int64_t bi = 0; bi < B; ++bi)
     for (int64_t hi = 0; hi < H; ++hi)
       backward_unit<D>(q.unit(bi, hi), k.unit(bi, hi), v.unit(bi, hi), o.unit(bi, hi), dout.unit(bi, hi), lse + (bi * H + hi) * T,
-                       dq.unit(bi, hi), dk.unit(bi, hi), dv.unit(bi, hi), T, scale, scratch);
+                       dq.unit(bi, hi), dk.unit(bi, hi), dv.unit(bi, hi), T, scale, rotary, scratch, key_grads);
 }
 
 }  // namespace
@@ -281,18 +347,20 @@ void backward_all(Tensor4 q, Tensor4 k, Tensor4 v, Tensor4 o, Tensor4 dout, cons
     default: return 1;                                \
   }
 
-// Each tensor is passed as (pointer, stride_b, stride_h, stride_t). Returns 0, or 1 for an unsupported D.
+// Each tensor is passed as (pointer, stride_b, stride_h, stride_t); cos and sin are (T, D) rotary tables,
+// or both null for no rotation. Returns 0, or 1 for an unsupported D.
 extern "C" int ot_causal_attention_forward(float* q, int64_t qb, int64_t qh, int64_t qt, float* k, int64_t kb, int64_t kh, int64_t kt,
                                            float* v, int64_t vb, int64_t vh, int64_t vt, float* o, int64_t ob, int64_t oh, int64_t ot,
-                                           float* lse, int64_t B, int64_t H, int64_t T, int64_t D, float scale) {
-  OT_DISPATCH(D, (forward_all<D>({q, qb, qh, qt}, {k, kb, kh, kt}, {v, vb, vh, vt}, {o, ob, oh, ot}, lse, B, H, T, scale)))
+                                           float* lse, const float* cos, const float* sin, int64_t B, int64_t H, int64_t T, int64_t D,
+                                           float scale) {
+  OT_DISPATCH(D, (forward_all<D>({q, qb, qh, qt}, {k, kb, kh, kt}, {v, vb, vh, vt}, {o, ob, oh, ot}, lse, B, H, T, scale, {cos, sin})))
 }
 
 extern "C" int ot_causal_attention_backward(float* q, int64_t qb, int64_t qh, int64_t qt, float* k, int64_t kb, int64_t kh, int64_t kt,
                                             float* v, int64_t vb, int64_t vh, int64_t vt, float* o, int64_t ob, int64_t oh, int64_t ot,
                                             float* dout, int64_t db, int64_t dh, int64_t dt, float* lse,
                                             float* dq, float* dk, float* dv, int64_t gb, int64_t gh, int64_t gt,
-                                            int64_t B, int64_t H, int64_t T, int64_t D, float scale) {
+                                            const float* cos, const float* sin, int64_t B, int64_t H, int64_t T, int64_t D, float scale) {
   OT_DISPATCH(D, (backward_all<D>({q, qb, qh, qt}, {k, kb, kh, kt}, {v, vb, vh, vt}, {o, ob, oh, ot}, {dout, db, dh, dt}, lse,
-                                  {dq, gb, gh, gt}, {dk, gb, gh, gt}, {dv, gb, gh, gt}, B, H, T, scale)))
+                                  {dq, gb, gh, gt}, {dk, gb, gh, gt}, {dv, gb, gh, gt}, B, H, T, scale, {cos, sin})))
 }

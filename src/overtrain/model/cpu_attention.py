@@ -3,8 +3,11 @@
 Why: at the nano shape (head dim 16, 128 tokens) torch's CPU flash-attention kernel takes about a third
 of a compiled training step, mostly outside arithmetic. ``cpu_attention.cpp`` computes one (batch, head)
 pair at a time from L1/L2 with register-blocked 16-float vector loops; its backward pass recomputes the
-probabilities from each row's log-sum-exp, as FlashAttention does. It agrees with
-``F.scaled_dot_product_attention(is_causal=True)`` to float rounding (~1e-6), not bitwise.
+probabilities from each row's log-sum-exp, as FlashAttention does. Given the rotary tables it also applies
+the rotary embedding to q and k (and its transpose to their gradients), which saves the training step
+its separate passes. It agrees with ``F.scaled_dot_product_attention(is_causal=True)`` (after
+``apply_rotary``) to float rounding, not bitwise: against a float64 reference its error is that of
+torch's own kernel (a few 1e-6 at unit-scale inputs).
 
 The kernel is compiled with the system C++ compiler (the one ``torch.compile`` already needs) into
 ``~/.cache/overtrain/kernels`` (``OVERTRAIN_KERNEL_DIR`` overrides), keyed by the source and the CPU, and
@@ -74,9 +77,9 @@ def kernel_library() -> ctypes.CDLL | None:
         detail = getattr(error, "stderr", "") or str(error)
         warnings.warn(f"overtrain: the CPU attention kernel could not be built ({detail.strip()[:300]}); using torch's attention")
         return None
-    loaded.ot_causal_attention_forward.argtypes = [_POINTER, _INT, _INT, _INT] * 4 + [_POINTER, _INT, _INT, _INT, _INT, _FLOAT]
+    loaded.ot_causal_attention_forward.argtypes = [_POINTER, _INT, _INT, _INT] * 4 + [_POINTER] * 3 + [_INT] * 4 + [_FLOAT]
     loaded.ot_causal_attention_backward.argtypes = (
-        [_POINTER, _INT, _INT, _INT] * 5 + [_POINTER] * 4 + [_INT] * 3 + [_INT] * 4 + [_FLOAT]
+        [_POINTER, _INT, _INT, _INT] * 5 + [_POINTER] * 4 + [_INT] * 3 + [_POINTER] * 2 + [_INT] * 4 + [_FLOAT]
     )
     return loaded
 
@@ -113,16 +116,33 @@ def _new_bthd(like: torch.Tensor) -> torch.Tensor:
     return like.new_empty(batch, seq_len, heads, head_dim).transpose(1, 2)
 
 
+def _rotary_pointers(q: torch.Tensor, cos: torch.Tensor | None, sin: torch.Tensor | None) -> list[int | None]:
+    """Pointers to the (T, D) rotary tables (None, None for no rotation), checked against q's shape."""
+    if cos is None and sin is None:
+        return [None, None]
+    if cos is None or sin is None:
+        raise ValueError("pass both rotary tables (cos and sin) or neither")
+    expected = (q.shape[2], q.shape[3])
+    for name, table in (("cos", cos), ("sin", sin)):
+        if tuple(table.shape) != expected or table.dtype != torch.float32 or not table.is_contiguous():
+            raise ValueError(f"rotary table {name} must be contiguous fp32 of shape (T, D) = {expected}, got {tuple(table.shape)} {table.dtype}")
+    return [cos.data_ptr(), sin.data_ptr()]
+
+
 @torch.library.custom_op("overtrain::causal_attention", mutates_args=())
-def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """softmax(scale q k^T + causal mask) v for (B, H, T, D) inputs; returns the output (B, H, T, D, stored
-    as B, T, H, D) and each row's log-sum-exp (B, H, T), which the backward pass needs."""
+def causal_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, cos: torch.Tensor | None = None, sin: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """softmax(scale q k^T + causal mask) v for (B, H, T, D) inputs, with q and k first rotated by the rotary
+    tables cos and sin (T, D) when given (``overtrain.model.llama.apply_rotary``'s rotation); returns the
+    output (B, H, T, D, stored as B, T, H, D) and each row's log-sum-exp (B, H, T), which the backward pass
+    needs. Gradients flow to q, k and v, not to the tables."""
     q, k, v = (_last_dim_contiguous(x) for x in (q, k, v))
     batch, heads, seq_len, head_dim = q.shape
     out, lse = _new_bthd(q), q.new_empty(batch, heads, seq_len)
     status = kernel_library().ot_causal_attention_forward(
         *_pointer_and_strides(q), *_pointer_and_strides(k), *_pointer_and_strides(v), *_pointer_and_strides(out),
-        lse.data_ptr(), batch, heads, seq_len, head_dim, scale,
+        lse.data_ptr(), *_rotary_pointers(q, cos, sin), batch, heads, seq_len, head_dim, scale,
     )
     if status != 0:
         raise ValueError(f"the CPU attention kernel has no head dim {head_dim} (it has {HEAD_DIMS})")
@@ -130,15 +150,16 @@ def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: f
 
 
 @causal_attention.register_fake
-def _(q, k, v, scale):
+def _(q, k, v, scale, cos=None, sin=None):
     return _new_bthd(q), q.new_empty(q.shape[:3])
 
 
 @torch.library.custom_op("overtrain::causal_attention_backward", mutates_args=())
 def causal_attention_backward(
-    grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor, lse: torch.Tensor, scale: float
+    grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor, lse: torch.Tensor, scale: float,
+    cos: torch.Tensor | None = None, sin: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Gradients of :func:`causal_attention` with respect to q, k and v (each B, H, T, D)."""
+    """Gradients of :func:`causal_attention` with respect to q, k and v (each B, H, T, D; q and k unrotated)."""
     grad_out, q, k, v, out = (_last_dim_contiguous(x) for x in (grad_out, q, k, v, out))
     lse = lse.contiguous()
     batch, heads, seq_len, head_dim = q.shape
@@ -146,7 +167,7 @@ def causal_attention_backward(
     status = kernel_library().ot_causal_attention_backward(
         *_pointer_and_strides(q), *_pointer_and_strides(k), *_pointer_and_strides(v), *_pointer_and_strides(out),
         *_pointer_and_strides(grad_out), lse.data_ptr(), grad_q.data_ptr(), grad_k.data_ptr(), grad_v.data_ptr(),
-        grad_q.stride(0), grad_q.stride(1), grad_q.stride(2), batch, heads, seq_len, head_dim, scale,
+        grad_q.stride(0), grad_q.stride(1), grad_q.stride(2), *_rotary_pointers(q, cos, sin), batch, heads, seq_len, head_dim, scale,
     )
     if status != 0:
         raise ValueError(f"the CPU attention kernel has no head dim {head_dim} (it has {HEAD_DIMS})")
@@ -154,21 +175,21 @@ def causal_attention_backward(
 
 
 @causal_attention_backward.register_fake
-def _(grad_out, q, k, v, out, lse, scale):
+def _(grad_out, q, k, v, out, lse, scale, cos=None, sin=None):
     return _new_bthd(q), _new_bthd(q), _new_bthd(q)
 
 
 def _setup_context(ctx, inputs, output) -> None:
-    q, k, v, scale = inputs
+    q, k, v, scale, cos, sin = inputs
     out, lse = output
-    ctx.save_for_backward(q, k, v, out, lse)
+    ctx.save_for_backward(q, k, v, out, lse, cos, sin)
     ctx.scale = scale
 
 
 def _backward(ctx, grad_out, _grad_lse):
-    q, k, v, out, lse = ctx.saved_tensors
-    grad_q, grad_k, grad_v = causal_attention_backward(grad_out, q, k, v, out, lse, ctx.scale)
-    return grad_q, grad_k, grad_v, None
+    q, k, v, out, lse, cos, sin = ctx.saved_tensors
+    grad_q, grad_k, grad_v = causal_attention_backward(grad_out, q, k, v, out, lse, ctx.scale, cos, sin)
+    return grad_q, grad_k, grad_v, None, None, None
 
 
 causal_attention.register_autograd(_backward, setup_context=_setup_context)

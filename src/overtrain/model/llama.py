@@ -63,15 +63,28 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         batch, seq_len, _ = x.shape  # (B, T, C)
-        q = self.q_proj(x).view(batch, seq_len, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, D)
-        k = self.k_proj(x).view(batch, seq_len, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, K, T, D)
-        v = self.v_proj(x).view(batch, seq_len, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, K, T, D)
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        q, k, v = self._project_qkv(x)
+        q = q.view(batch, seq_len, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, D)
+        k = k.view(batch, seq_len, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, K, T, D)
+        v = v.view(batch, seq_len, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, K, T, D)
         if self.cpu_kernel and kernel_applies(q, k, v):
-            out = causal_attention(q, k, v, self.head_dim**-0.5)[0]  # stored (B, T, H, D): the reshape below is free
+            # The kernel rotates q and k itself; its output is stored (B, T, H, D): the reshape below is free.
+            out = causal_attention(q, k, v, self.head_dim**-0.5, cos.contiguous(), sin.contiguous())[0]
         else:
+            q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
             out = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=self.n_kv_heads != self.n_heads)
         return self.o_proj(out.transpose(1, 2).reshape(batch, seq_len, -1))  # (B, T, C)
+
+    def _project_qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(B, T, C) -> queries (B, T, H*D), keys and values (B, T, K*D). With the CPU kernel, as one product
+        with the three weights stacked: at the nano shape one (4096 x 64) @ (64 x 192) product and its two
+        gradient products take ~1.6 ms less per layer and step than three of width 64. The weights stay three
+        tensors (transformers' layout); eager runs keep three products, so their numerics stay what they were."""
+        if not self.cpu_kernel:
+            return self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        stacked = torch.cat((self.q_proj.weight, self.k_proj.weight, self.v_proj.weight))
+        kv_width = self.n_kv_heads * self.head_dim
+        return F.linear(x, stacked).split((self.n_heads * self.head_dim, kv_width, kv_width), dim=-1)
 
 
 class MLP(nn.Module):
