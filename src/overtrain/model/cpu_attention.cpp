@@ -37,23 +37,25 @@ inline void vstore(float* p, vf x) { *reinterpret_cast<vf_unaligned*>(p) = x; }
 inline vf vbcast(float x) { return vf{x, x, x, x, x, x, x, x, x, x, x, x, x, x, x, x}; }
 const vi lane_index = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
 
-// exp(x) for x <= 0, 16 lanes at once: Cephes' expf (range reduction by ln 2, degree-6 polynomial,
-// within ~1 ulp); below -87 the result is clamped near 1e-38, i.e. zero next to the row's largest term.
+// exp(x) for x <= 0, 16 lanes at once: Cephes' expf (x = n ln 2 + r with |r| <= ln 2 / 2, then
+// 1 + r + r^2 P(r) with P of degree 5, within ~2 ulp). Written for a short dependency chain, since the
+// attention loops wait on it: n = round(x / ln 2) comes from adding 1.5 * 2^23, which leaves n in the low
+// mantissa bits (two operations, where float -> int -> float conversions take five), and P is evaluated
+// by Estrin's scheme (depth 3 instead of Horner's 5). Below -87 the result is clamped near 1e-38, i.e.
+// zero next to the row's largest term.
 inline vf exp_nonpositive(vf x) {
+  constexpr float round_shift = 12582912.0f;  // 1.5 * 2^23; its bit pattern is 0x4b400000
   x = x < -87.0f ? vbcast(-87.0f) : x;
-  const vf y = x * 1.44269504088896341f + 0.5f;
-  vi n = __builtin_convertvector(y, vi);  // truncation; corrected to floor(y) next
-  n += (__builtin_convertvector(n, vf) > y);  // true lanes are -1
-  const vf nf = __builtin_convertvector(n, vf);
+  const vf shifted = x * 1.44269504088896341f + round_shift;
+  const vf nf = shifted - round_shift;
   const vf r = x - nf * 0.693359375f + nf * 2.12194440e-4f;
-  vf p = vbcast(1.9875691500e-4f);
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * r * r + r + 1.0f;
-  return p * reinterpret_cast<vf>((n + 127) << 23);
+  const vf r2 = r * r;
+  const vf low = r * 1.6666665459e-1f + 5.0000001201e-1f;
+  const vf middle = r * 8.3334519073e-3f + 4.1665795894e-2f;
+  const vf high = r * 1.9875691500e-4f + 1.3981999507e-3f;
+  const vf polynomial = high * (r2 * r2) + (middle * r2 + low);
+  const vf two_to_n = reinterpret_cast<vf>((reinterpret_cast<vi>(shifted) - (0x4b400000 - 127)) << 23);
+  return (polynomial * r2 + (r + 1.0f)) * two_to_n;
 }
 
 // log(x) for normal x > 0, 16 lanes at once: Cephes' logf (mantissa in [sqrt(1/2), sqrt(2)), degree-8
