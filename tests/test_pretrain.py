@@ -253,3 +253,34 @@ def test_help_teaches_the_config_keys(capsys: pytest.CaptureFixture[str]) -> Non
         cli_main(["pretrain", "--help"])
     text = capsys.readouterr().out
     assert "train.*" in text and "max_tokens" in text and "--dry-run" in text
+
+
+@pytest.mark.parametrize(
+    "max_tokens, setting, world_size, compiled",
+    [
+        ("8e6", None, 1, True),  # the default, auto: 8M tokens / 4,096 per step = 1,953 steps
+        ("1e6", None, 1, False),  # 245 steps: compiling would not pay
+        ("8e6", None, 2, False),  # DDP: auto leaves it off
+        ("8e6", "false", 1, False),
+        ("4e5", "true", 1, True),
+    ],
+)
+def test_auto_compiles_single_process_runs_long_enough_to_pay(max_tokens: str, setting: str | None, world_size: int, compiled: bool) -> None:
+    from overtrain.pretrain.config import load_pretrain_config
+    from overtrain.pretrain.loop import should_compile
+
+    overrides = ["model.preset=nano", "train.batch_size=32", "train.seq_len=128", f"train.max_tokens={max_tokens}"]
+    config = load_pretrain_config(None, overrides + ([f"train.compile={setting}"] if setting else []))
+    assert should_compile(config.train, world_size) is compiled
+
+
+def test_the_demo_and_study_recipes_stay_eager() -> None:
+    """Their published numbers and stored job keys are eager: the compile default must not change them."""
+    from overtrain.sweep.config import load_sweep_config
+
+    root = Path(__file__).resolve().parents[1]
+    recipes = [root / "src/overtrain/recipes/demo.yaml", *sorted((root / "configs").glob("*/*.yaml"))]
+    sweeps = [path for path in recipes if "pretrain:" in path.read_text() and "paper" not in path.parts]
+    assert len(sweeps) >= 8
+    for path in sweeps:
+        assert load_sweep_config(path, []).pretrain.train.compile is False, path

@@ -53,8 +53,8 @@ from overtrain.units import format_tokens
 
 LOSS_SPIKE_FACTOR = 2.0  # a loss above twice the first step's loss means the run has diverged
 COMPILE_MIN_STEPS = 300
-"""``train.compile=auto`` compiles only runs with at least this many steps left: compiling the nano model
-costs ~10-70 s of one core (~10 s with inductor's on-disk cache warm) and saves ~40% of each step (with
+"""``train.compile=auto`` compiles only runs of at least this many steps: compiling the nano model costs
+~10-70 s of one core (~2-20 s with inductor's on-disk cache warm) and saves ~45% of each step (with
 overtrain's CPU attention kernel), so it pays for itself after a few hundred steps
 (benchmarks/bench_pretrain_nano.py, docs/benchmarks.md)."""
 
@@ -134,10 +134,12 @@ def keep_freed_memory_in_the_heap() -> bool:
     return bool(libc.mallopt(_GLIBC_M_MMAP_THRESHOLD, 32 << 20)) and bool(libc.mallopt(_GLIBC_M_TRIM_THRESHOLD, 1 << 30))
 
 
-def should_compile(train, steps_left: int, world_size: int = 1) -> bool:
-    """``train.compile``: true/false as set; ``auto`` compiles single-process runs with enough steps left."""
+def should_compile(train, world_size: int = 1) -> bool:
+    """``train.compile``: true/false as set; ``auto`` compiles single-process runs of at least
+    :data:`COMPILE_MIN_STEPS` steps in all. The run's whole length decides, not the steps left, so every
+    invocation of one run (a resume, a WSD trunk segment) computes with the same kernels and rounds alike."""
     if train.compile == "auto":
-        return world_size == 1 and steps_left >= COMPILE_MIN_STEPS
+        return world_size == 1 and train.total_steps >= COMPILE_MIN_STEPS
     return bool(train.compile)
 
 
@@ -299,7 +301,7 @@ class _TrainingLoop:
         self.forward_model = model
         self.params = list(model.parameters())
         self.compiled_loss = None
-        self._set_up_compile(self.train_config.total_steps - state.step)
+        self._set_up_compile()
         self.eval_inputs, self.eval_targets = heldout_windows(data, self.train_config.eval_tokens, self.train_config.seq_len)
         if context.is_main:
             self._note_short_heldout(len(data.heldout))
@@ -314,9 +316,9 @@ class _TrainingLoop:
                      f"split holds only {heldout_tokens:,} tokens (for more, raise data.heldout_fraction, or data.heldout_tokens "
                      "with a pre-trained tokenizer, or use a bigger corpus)")
 
-    def _set_up_compile(self, steps_left: int) -> None:
+    def _set_up_compile(self) -> None:
         model, context = self.model, self.context
-        compiled = should_compile(self.train_config, steps_left, context.world_size)
+        compiled = should_compile(self.train_config, context.world_size)
         # One process: compile forward, loss and their backward as one graph (inductor fuses the norms, RoPE,
         # SwiGLU and the cross-entropy). Under DDP the wrapper needs the module, so only it is compiled.
         # On CPU, max-autotune lets inductor pick its own C++ GEMM templates where they beat MKL for these
@@ -334,8 +336,6 @@ class _TrainingLoop:
     def run(self, out_dir: Path, stop_at_tokens: int | None = None) -> RunResult:
         train = self.train_config
         stop_step = train.total_steps if stop_at_tokens is None else min(train.total_steps, -(-stop_at_tokens // train.tokens_per_step))
-        if train.compile == "auto" and self.context.world_size == 1:  # a segment (stop_at_tokens) must be long itself
-            self._set_up_compile(stop_step - self.state.step)
         progress = TokenProgress(train.max_tokens, self.state.tokens_seen, enabled=self.show_progress, label=out_dir.name)
         started, start_tokens, start_step = time.perf_counter(), self.state.tokens_seen, self.state.step
         heldout = float("nan")
