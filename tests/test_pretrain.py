@@ -245,7 +245,9 @@ def test_cli_reports_bad_input_without_a_traceback(tmp_path: Path, capsys: pytes
 
 def test_dry_run_prints_token_arithmetic(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli_main(["pretrain", "model.preset=nano", "train.max_tokens=4e6", "--dry-run"]) == 0
-    assert "plan: 976 steps of 4,096 tokens" in capsys.readouterr().out
+    assert "plan: 976 steps of 4,096 tokens into runs/pretrain, compiled (torch.compile): train.compile=auto and 976 steps >= 500" in capsys.readouterr().out
+    assert cli_main(["pretrain", "model.preset=nano", "train.max_tokens=1e6", "--dry-run"]) == 0
+    assert "eager (no torch.compile): train.compile=auto and 244 steps < 500" in capsys.readouterr().out
 
 
 def test_help_teaches_the_config_keys(capsys: pytest.CaptureFixture[str]) -> None:
@@ -259,7 +261,7 @@ def test_help_teaches_the_config_keys(capsys: pytest.CaptureFixture[str]) -> Non
     "max_tokens, setting, world_size, compiled",
     [
         ("8e6", None, 1, True),  # the default, auto: 8M tokens / 4,096 per step = 1,953 steps
-        ("1e6", None, 1, False),  # 245 steps: compiling would not pay
+        ("1.6e6", None, 1, False),  # 390 steps: compiling would not pay from a cold cache
         ("8e6", None, 2, False),  # DDP: auto leaves it off
         ("8e6", "false", 1, False),
         ("4e5", "true", 1, True),

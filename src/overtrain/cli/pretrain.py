@@ -11,7 +11,7 @@ from overtrain.errors import OvertrainError
 def command_pretrain(args: argparse.Namespace) -> int:
     from overtrain.config import dump_yaml
     from overtrain.pretrain.config import load_pretrain_config
-    from overtrain.pretrain.loop import train_run
+    from overtrain.pretrain.loop import describe_compile, train_run
 
     path, overrides = split_config_and_overrides(args)
     config = load_pretrain_config(path, overrides)
@@ -24,7 +24,8 @@ def command_pretrain(args: argparse.Namespace) -> int:
         if config.ladder.budgets_tokens:
             print("this config has ladder.budgets_tokens: run it with `overtrain pretrain-ladder` (its --dry-run lists the runs)")
         else:
-            print(f"plan: {train.total_steps:,} steps of {train.tokens_per_step:,} tokens into {config.out_dir}")
+            print(f"plan: {train.total_steps:,} steps of {train.tokens_per_step:,} tokens into {config.out_dir}, "
+                  f"{describe_compile(train)}")
         print(_token_plan(config))
         return 0
     result = train_run(config)

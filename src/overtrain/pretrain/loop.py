@@ -52,11 +52,11 @@ from overtrain.progress import TokenProgress
 from overtrain.units import format_tokens
 
 LOSS_SPIKE_FACTOR = 2.0  # a loss above twice the first step's loss means the run has diverged
-COMPILE_MIN_STEPS = 300
-"""``train.compile=auto`` compiles only runs of at least this many steps: compiling the nano model costs
-~10-70 s of one core (~2-20 s with inductor's on-disk cache warm) and saves ~45% of each step (with
-overtrain's CPU attention kernel), so it pays for itself after a few hundred steps
-(benchmarks/bench_pretrain_nano.py, docs/benchmarks.md)."""
+COMPILE_MIN_STEPS = 500
+"""``train.compile=auto`` compiles only runs of at least this many steps. At the nano shape (one thread,
+this repository's development machine) compiling cost 19.4 s with inductor's cache and the attention
+kernel cold and 2.6 s warm, and saved ~40 ms of a ~90 ms step: it pays after ~490 steps from cold, ~65
+warm (benchmarks/bench_pretrain_nano.py, docs/benchmarks.md)."""
 
 
 @dataclass
@@ -141,6 +141,17 @@ def should_compile(train, world_size: int = 1) -> bool:
     if train.compile == "auto":
         return world_size == 1 and train.total_steps >= COMPILE_MIN_STEPS
     return bool(train.compile)
+
+
+def describe_compile(train, world_size: int = 1) -> str:
+    """One line for logs and dry runs: whether the run compiles, and why."""
+    decision = "compiled (torch.compile)" if should_compile(train, world_size) else "eager (no torch.compile)"
+    if train.compile != "auto":
+        return f"{decision}: train.compile={str(train.compile).lower()}"
+    if world_size > 1:
+        return f"{decision}: train.compile=auto compiles single-process runs only"
+    relation = ">=" if train.total_steps >= COMPILE_MIN_STEPS else "<"
+    return f"{decision}: train.compile=auto and {train.total_steps:,} steps {relation} {COMPILE_MIN_STEPS}, where compiling starts to pay"
 
 
 def milestone_tokens(config: PretrainConfig) -> set[int]:
@@ -302,6 +313,8 @@ class _TrainingLoop:
         self.params = list(model.parameters())
         self.compiled_loss = None
         self._set_up_compile()
+        if context.is_main:
+            self.log(describe_compile(self.train_config, context.world_size))
         self.eval_inputs, self.eval_targets = heldout_windows(data, self.train_config.eval_tokens, self.train_config.seq_len)
         if context.is_main:
             self._note_short_heldout(len(data.heldout))
