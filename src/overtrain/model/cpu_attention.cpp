@@ -5,8 +5,8 @@
 // walked in blocks of 16 queries held *transposed*: one 16-float vector holds one quantity for the 16
 // queries of a block (a score against key j, a running max, a row sum). Softmax statistics are then
 // vertical vector operations, never horizontal reductions, and every key's work is independent of the
-// last, so the loops run at the FMA units' throughput rather than at the latency of a per-row chain
-// (the row-at-a-time layout this replaced spent ~60% of the forward pass waiting on such chains).
+// last, so no loop waits on a per-row chain of dependent operations (the row-at-a-time layout this
+// replaced took about twice as long for the forward pass, most of it in such chains).
 // The forward pass keeps each row's log-sum-exp; the backward pass recomputes the probabilities from it,
 // as FlashAttention does, so nothing of size T x T is kept, and per block only T vectors are.
 // GCC vector extensions: AVX-512 registers where the CPU has them, pairs of AVX registers otherwise.
