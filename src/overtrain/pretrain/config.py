@@ -64,8 +64,10 @@ class TrainConfig:
     slower start (~20 s of one core there; ~3 s once inductor's on-disk cache is warm). ``auto`` (the
     default) compiles where that pays: single-process runs of at least 500 steps in all (the run's whole
     length, not what is left, so a resumed run or a WSD trunk segment rounds like the uninterrupted run).
-    Compiled and eager steps agree to float rounding, not bitwise. The demo and study recipes pin ``false``:
-    their published numbers, and the keys of their stored jobs, are eager."""
+    Compiled and eager steps agree to float rounding, not bitwise: a WSD branch of fewer than 500 steps
+    runs eager after its compiled trunk, so it matches a standalone run of its budget (eager) to rounding
+    only. The demo and study recipes pin ``false``: their published numbers, and the keys of their stored
+    jobs, are eager."""
     seed: int = 0
     """Seeds the initialization and the order of training batches."""
     eval_every_tokens: int = 500_000
