@@ -108,6 +108,13 @@ def transformers_loop(config, data, weights, attention: str):
     return step
 
 
+def _figures(seconds: list[float], baseline_seconds: list[float], peaks: list[float], tokens: int, flops_per_token: float) -> tuple[float, float, float]:
+    """(tokens/s, median per-round speed-up over the baseline, share of the matmul peak) of one loop's rounds."""
+    rate = tokens / statistics.median(seconds)
+    ratio = statistics.median(base / own for base, own in zip(baseline_seconds, seconds))
+    return rate, ratio, rate * flops_per_token / statistics.median(peaks)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=5)
@@ -172,17 +179,15 @@ def main() -> None:
           f"{statistics.median(peaks_wall) / 1e9:.1f} by wall time")
     print("ratio: against the faster transformers loop of each round")
     print(f"{'loop':<38}{'tok/s cpu':>10}{'ratio':>8}{'% peak':>8}{'tok/s wall':>12}{'ratio':>8}{'% peak':>8}{'1st step':>10}")
+    # (tokens/s, ratio to the baseline, share of the peak) per loop, by CPU time and by wall time
+    figures = {name: {clock: _figures(times[name], best, peaks, tokens, flops_per_token)
+                      for clock, times, best, peaks in (("cpu", cpu, best_cpu, peaks_cpu), ("wall", wall, best_wall, peaks_wall))}
+               for name in loops}
     for name in loops:
-        row = f"{name:<38}"
-        for times, best, peaks in ((cpu, best_cpu, peaks_cpu), (wall, best_wall, peaks_wall)):
-            rate = tokens / statistics.median(times[name])
-            ratio = statistics.median(b / t for b, t in zip(best, times[name]))
-            row += f"{rate:>10.0f}{ratio:>7.2f}x{100 * rate * flops_per_token / statistics.median(peaks):>7.1f}%"
-            row += "  " if times is cpu else ""
-        print(row + f"{first_seconds[name]:>9.1f}s")
+        cells = "  ".join(f"{rate:>10.0f}{ratio:>7.2f}x{100 * share:>7.1f}%" for rate, ratio, share in figures[name].values())
+        print(f"{name:<38}{cells}{first_seconds[name]:>9.1f}s")
     if compiled in loops:
-        ratio = statistics.median(b / t for b, t in zip(best_cpu, cpu[compiled]))
-        peak_share = tokens / statistics.median(cpu[compiled]) * flops_per_token / statistics.median(peaks_cpu)
+        _, ratio, peak_share = figures[compiled]["cpu"]
         print(f"goal (issue 12, CPU time): >= 2x the transformers loop and >= 60% of the matmul peak; "
               f"compiled loop {ratio:.2f}x ({'met' if ratio >= 2 else 'not met'}), "
               f"{100 * peak_share:.1f}% ({'met' if peak_share >= 0.6 else 'not met'})")
