@@ -36,9 +36,10 @@ class SettingProblems:
             self.messages.append(message)
             self.fixes.append(fix)
 
-    def raise_if_any(self) -> None:
+    def raise_if_any(self, summary: str = "invalid settings") -> None:
+        """One problem as itself; several as ``N <summary>:`` and a list, with each distinct fix once."""
         if len(self.messages) == 1:
             raise OvertrainError(self.messages[0], self.fixes[0])
         if self.messages:
             listed = "".join(f"\n  - {message}" for message in self.messages)
-            raise OvertrainError(f"{len(self.messages)} invalid settings:{listed}", "; ".join(fix for fix in self.fixes if fix))
+            raise OvertrainError(f"{len(self.messages)} {summary}:{listed}", "; ".join(dict.fromkeys(fix for fix in self.fixes if fix)))

@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from overtrain.errors import OvertrainError
+from overtrain.errors import OvertrainError, SettingProblems
 from overtrain.results.records import Job
 
 SHOWN_PER_PROBLEM = 3
@@ -25,14 +25,10 @@ SHOWN_PER_PROBLEM = 3
 
 def check_sweep_inputs(jobs: list[Job], out_dir: Path) -> None:
     """Raise one :class:`OvertrainError` naming every input problem of ``jobs`` (nothing is written)."""
-    problems = [*_pretrain_folder_conflicts(jobs, out_dir), *_damaged_checkpoints(jobs), *_missing_eval_data(jobs)]
-    if not problems:
-        return
-    messages, fixes = zip(*problems, strict=True)
-    if len(problems) == 1:
-        raise OvertrainError(messages[0], fixes[0])
-    listed = "".join(f"\n  - {message}" for message in messages)
-    raise OvertrainError(f"{len(problems)} inputs of this sweep would be refused by its jobs:{listed}", "; ".join(dict.fromkeys(fixes)))
+    problems = SettingProblems()
+    for message, fix in (*_pretrain_folder_conflicts(jobs, out_dir), *_damaged_checkpoints(jobs), *_missing_eval_data(jobs)):
+        problems.add_text(message, fix)
+    problems.raise_if_any(summary="inputs of this sweep would be refused by its jobs")
 
 
 def _pretrain_folder_conflicts(jobs: list[Job], out_dir: Path) -> list[tuple[str, str]]:
