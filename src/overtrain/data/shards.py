@@ -42,6 +42,11 @@ OPEN_SHARDS = 64
 """Shards a reader keeps memory-mapped at once (least recently used ones are closed)."""
 
 
+def delete_token_folder_fix(folder: Path) -> str:
+    """The fix for a damaged token folder (a trained-BPE cache or a shard folder): rebuilding it loses nothing."""
+    return f"delete the folder {folder}: the next run tokenizes the corpus into it again (the same corpus and settings give the same tokens)"
+
+
 @dataclass
 class SplitFiles:
     """The shard files of one split, in stream order, with the number of tokens each holds."""
@@ -90,7 +95,7 @@ def read_index(folder: Path) -> ShardIndex | None:
         splits = {name: SplitFiles(**data.pop(name)) for name in SPLITS}
         index = ShardIndex(**data, **splits)
     except (ValueError, TypeError, KeyError) as error:
-        raise OvertrainError(f"{path} is damaged ({type(error).__name__}: {error})", f"delete the folder {folder}: it is tokenized again") from None
+        raise OvertrainError(f"{path} is damaged ({type(error).__name__}: {error})", delete_token_folder_fix(folder)) from None
     if index.format_version != SHARD_FORMAT_VERSION:
         raise OvertrainError(f"{path} has shard format {index.format_version}, this overtrain reads {SHARD_FORMAT_VERSION}", f"delete {folder}")
     return index
@@ -210,7 +215,7 @@ class ShardedTokens:
                     return path
         raise OvertrainError(
             f"the shard {listed} is missing or shorter than the {self.counts[number]:,} tokens its index lists",
-            f"delete the folder {self.folder}: it is tokenized again",
+            delete_token_folder_fix(self.folder),
         )
 
 
@@ -274,7 +279,7 @@ class ShardWriter:
                 if ids.size < count:  # a truncated part file would silently drop tokens from the stream
                     raise OvertrainError(
                         f"the shard {part} is missing or shorter than the {count:,} tokens its index lists",
-                        f"delete the folder {self.folder}: it is tokenized again",
+                        delete_token_folder_fix(self.folder),
                     )
                 self.buffers[split].append(ids[:count])
 

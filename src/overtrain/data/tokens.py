@@ -32,7 +32,7 @@ import torch
 from overtrain.atomic import atomic_directory, ensure_writable_folder
 from overtrain.data.config import DataConfig
 from overtrain.data.corpus import is_heldout_document
-from overtrain.data.shards import SHARD_FORMAT_VERSION, ShardedTokens, open_split
+from overtrain.data.shards import SHARD_FORMAT_VERSION, ShardedTokens, delete_token_folder_fix, open_split
 from overtrain.data.synthetic import mix_long_tail
 from overtrain.data.tokenize_parallel import tokenize_into_shards
 from overtrain.data.tokenizer import (
@@ -142,7 +142,7 @@ def _prepare_sharded_data(config: DataConfig, log, train_tokens: int) -> TokenDa
             "the same command then resumes from the last finished shard",
         ) from None
     train, heldout = open_split(folder, index, "train"), open_split(folder, index, "heldout")
-    load_tokenizer(folder / "tokenizer", fix=_delete_cache_fix(folder))  # copied into checkpoints
+    load_tokenizer(folder / "tokenizer", fix=delete_token_folder_fix(folder))  # copied into checkpoints
     meta = {**index.meta, "dtype": index.dtype, "tokens": {"train": len(train), "heldout": len(heldout)},
             "documents": {"train": index.train.documents, "heldout": index.heldout.documents},
             "bytes_per_token": round(index.train.text_bytes / max(index.train.total, 1), 3)}
@@ -202,19 +202,15 @@ def _check_cache_tokenizer(folder: Path, meta: dict) -> None:
     tokenizer_folder = folder / "tokenizer"
     if not (tokenizer_folder / "tokenizer.json").is_file():
         raise _damaged_cache(folder, "tokenizer/tokenizer.json is missing")
-    tokenizer = load_tokenizer(tokenizer_folder, fix=_delete_cache_fix(folder))
+    tokenizer = load_tokenizer(tokenizer_folder, fix=delete_token_folder_fix(folder))
     size, eot = tokenizer.get_vocab_size(), tokenizer.token_to_id(END_OF_TEXT)
     if (size, eot) != (meta["vocab_size"], meta["end_of_text_id"]):
         raise _damaged_cache(folder, f"its tokenizer has {size:,} tokens and {END_OF_TEXT} id {eot}, but meta.json says "
                                      f"{meta['vocab_size']:,} and {meta['end_of_text_id']}")
 
 
-def _delete_cache_fix(folder: Path) -> str:
-    return f"delete the folder {folder}: the next run tokenizes the corpus into it again (the same corpus and settings give the same tokens)"
-
-
 def _damaged_cache(folder: Path, detail: str) -> OvertrainError:
-    return OvertrainError(f"the token cache {folder} is damaged: {detail}", _delete_cache_fix(folder))
+    return OvertrainError(f"the token cache {folder} is damaged: {detail}", delete_token_folder_fix(folder))
 
 
 def _split_documents(config: DataConfig) -> tuple[list[str], list[str]]:

@@ -43,6 +43,7 @@ from overtrain.checkpoints.init_std import InitStd, apply_init_std_rules, family
 from overtrain.config import build_dataclass
 from overtrain.data.config import DataConfig
 from overtrain.data.eval_text import EvalTextSettings, eval_text_windows, load_auto_tokenizer
+from overtrain.data.shards import delete_token_folder_fix
 from overtrain.data.tokenizer import DAMAGED_TOKENIZER_FIX, end_of_text_id, load_tokenizer
 from overtrain.data.tokens import capped_by_the_split, heldout_windows, prepare_token_data
 from overtrain.errors import OvertrainError
@@ -256,7 +257,7 @@ def _eval_batch_rows(seq_len: int, vocab_size: int) -> int:
 def check_same_tokenizer(checkpoint_folder: Path, data_tokenizer_folder: Path) -> None:
     """The held-out tokens must come from the tokenizer the checkpoint was trained with."""
     ours = _bpe_vocabulary(Path(checkpoint_folder) / "tokenizer.json", DAMAGED_TOKENIZER_FIX)
-    theirs = _bpe_vocabulary(Path(data_tokenizer_folder) / "tokenizer.json", f"delete the token cache {Path(data_tokenizer_folder).parent}: it is rebuilt")
+    theirs = _bpe_vocabulary(Path(data_tokenizer_folder) / "tokenizer.json", delete_token_folder_fix(Path(data_tokenizer_folder).parent))
     if ours != theirs:
         raise OvertrainError(
             f"the corpus named in {checkpoint_folder}'s config now tokenizes differently from the checkpoint: a BPE "
