@@ -75,7 +75,7 @@ def overtrain_loop(config, data, torch_attention: bool = False):
     loop = _TrainingLoop(config, model, optimizer, data, init_std, RunState(), DistributedContext(), torch.device("cpu"),
                          lambda *_: None, False)
     if torch_attention:
-        model.use_cpu_attention_kernel(False)
+        model.use_cpu_kernels(False)
     return loop._step, model
 
 

@@ -1,5 +1,5 @@
 """overtrain's CPU attention kernel: the same attention and gradients as torch's, in a model transformers
-agrees with, and taken by compiled training runs only."""
+agrees with, and taken (with the fused output layer and loss) by compiled training runs only."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ import torch.nn.functional as F
 from helpers import tiny_pretrain_config, write_stdlib_text_corpus
 
 from overtrain.model.config import ModelConfig
-from overtrain.model.cpu_attention import causal_attention, kernel_applies, kernel_library
+from overtrain.model.cpu_attention import causal_attention, kernel_applies
+from overtrain.model.cpu_kernels import kernel_library
 from overtrain.model.llama import apply_rotary, build_model, rotary_cos_sin
 
 pytestmark = [pytest.mark.skipif(kernel_library() is None, reason="no C++ compiler to build the CPU attention kernel"),
@@ -29,17 +30,21 @@ def token_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("token_cache")  # one tokenization for both loop tests
 
 
-def _attention_and_grads(q, k, v, grad_out, kernel: bool, rotary: bool):
-    """Output and (q, k, v) gradients of causal attention: the kernel (rotating inside when ``rotary``), or
-    ``apply_rotary`` then torch's ``scaled_dot_product_attention`` in the inputs' dtype."""
-    cos, sin = rotary_cos_sin(q.shape[2], q.shape[3], 10_000.0, q.device) if rotary else (None, None)
-    scale = 1 / math.sqrt(q.shape[-1])
+def _attention_and_grads(qkv, grad_out, kernel: bool, rotary: bool):
+    """Output (B, T, H, D) and the packed gradient (B, T, 3, H, D) of causal attention on packed q, k, v: the
+    kernel (rotating inside when ``rotary``), or ``apply_rotary`` then torch's ``scaled_dot_product_attention``
+    in the inputs' dtype."""
+    seq_len, head_dim = qkv.shape[1], qkv.shape[-1]
+    cos, sin = rotary_cos_sin(seq_len, head_dim, 10_000.0, qkv.device) if rotary else (None, None)
+    scale = 1 / math.sqrt(head_dim)
     if kernel:
-        out = causal_attention(q, k, v, scale, cos, sin)[0]
+        out = causal_attention(qkv, scale, cos, sin)[0]
     else:
-        rotated_q, rotated_k = (apply_rotary(x, cos.to(x.dtype), sin.to(x.dtype)) for x in (q, k)) if rotary else (q, k)
-        out = F.scaled_dot_product_attention(rotated_q, rotated_k, v, is_causal=True)
-    return [out, *torch.autograd.grad(out, (q, k, v), grad_out.to(out.dtype))]
+        q, k, v = (qkv[:, :, index].transpose(1, 2) for index in range(3))
+        q, k = (apply_rotary(x, cos.to(x.dtype), sin.to(x.dtype)) for x in (q, k)) if rotary else (q, k)
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2)
+    (grad_qkv,) = torch.autograd.grad(out, qkv, grad_out.to(out.dtype))
+    return [out, *grad_qkv.unbind(2)]
 
 
 @pytest.mark.parametrize("rotary", [False, True], ids=["plain", "rotary"])
@@ -48,12 +53,11 @@ def test_kernel_is_as_accurate_as_torch_attention_and_its_gradients(batch: int, 
     """Against a float64 reference, the kernel's output and gradients are as close as torch's fp32 kernel's
     (both round differently, so they are compared with the truth, not bitwise with each other)."""
     generator = torch.Generator().manual_seed(seq_len)
-    packed = torch.randn(batch, seq_len, 3, heads, head_dim, generator=generator) * 2  # q, k, v as strided (B, H, T, D) views
-    q, k, v = (packed[:, :, index].transpose(1, 2).requires_grad_() for index in range(3))
-    grad_out = torch.randn(batch, heads, seq_len, head_dim, generator=generator)
-    exact = _attention_and_grads(*(x.detach().double().requires_grad_() for x in (q, k, v)), grad_out, kernel=False, rotary=rotary)
-    ours = _attention_and_grads(q, k, v, grad_out, kernel=True, rotary=rotary)
-    theirs = _attention_and_grads(q, k, v, grad_out, kernel=False, rotary=rotary)
+    qkv = (torch.randn(batch, seq_len, 3, heads, head_dim, generator=generator) * 2).requires_grad_()
+    grad_out = torch.randn(batch, seq_len, heads, head_dim, generator=generator)
+    exact = _attention_and_grads(qkv.detach().double().requires_grad_(), grad_out, kernel=False, rotary=rotary)
+    ours = _attention_and_grads(qkv, grad_out, kernel=True, rotary=rotary)
+    theirs = _attention_and_grads(qkv, grad_out, kernel=False, rotary=rotary)
     for name, mine, reference, truth in zip(("output", "grad q", "grad k", "grad v"), ours, theirs, exact):
         our_error = (mine.double() - truth).abs().max().item()
         torch_error = (reference.double() - truth).abs().max().item()
@@ -62,32 +66,31 @@ def test_kernel_is_as_accurate_as_torch_attention_and_its_gradients(batch: int, 
 
 
 def test_rotary_tables_must_match_the_queries() -> None:
-    q = torch.randn(1, 2, 8, 16)
-    cos, sin = rotary_cos_sin(8, 16, 10_000.0, q.device)
+    qkv = torch.randn(1, 8, 3, 2, 16)
+    cos, sin = rotary_cos_sin(8, 16, 10_000.0, qkv.device)
     with pytest.raises(ValueError, match="both rotary tables"):
-        causal_attention(q, q, q, 0.25, cos, None)
+        causal_attention(qkv, 0.25, cos, None)
     with pytest.raises(ValueError, match=r"shape \(T, D\) = \(8, 16\)"):
-        causal_attention(q, q, q, 0.25, cos[:4], sin[:4])
+        causal_attention(qkv, 0.25, cos[:4], sin[:4])
 
 
 def test_kernel_applies_only_where_it_is_built_for() -> None:
-    q = torch.randn(1, 2, 8, 16)
-    assert kernel_applies(q, q, q)
-    assert not kernel_applies(q.to(torch.bfloat16), q.to(torch.bfloat16), q.to(torch.bfloat16))
-    odd = torch.randn(1, 2, 8, 24)
-    assert not kernel_applies(odd, odd, odd)
-    grouped = torch.randn(1, 1, 8, 16)
-    assert not kernel_applies(q, grouped, grouped)
+    qkv = torch.randn(1, 8, 3, 2, 16)
+    assert kernel_applies(qkv)
+    assert not kernel_applies(qkv.to(torch.bfloat16))
+    assert not kernel_applies(torch.randn(1, 8, 3, 2, 24))
+    assert not kernel_applies(torch.randn(1, 8, 2, 2, 16))  # not q, k and v
     model, _ = build_model(ModelConfig(d_model=32, n_layers=1, n_heads=2), vocab_size=50, max_seq_len=8, seed=0)
-    assert model.use_cpu_attention_kernel(True).model.layers[0].self_attn.cpu_kernel
-    torch.set_num_threads(2)  # torch's attention uses both threads, the kernel one: keep torch's
-    assert not model.use_cpu_attention_kernel(True).model.layers[0].self_attn.cpu_kernel
+    assert model.use_cpu_kernels(True).model.layers[0].self_attn.cpu_kernel and model.cpu_loss_kernel
+    torch.set_num_threads(2)  # torch's operations use both threads, the kernels one: keep torch's
+    assert not model.use_cpu_kernels(True).model.layers[0].self_attn.cpu_kernel
+    assert not model.cpu_loss_kernel
 
 
 def test_compiled_model_with_the_kernel_is_one_graph() -> None:
     model, _ = build_model(ModelConfig(d_model=32, n_layers=2, n_heads=2), vocab_size=50, max_seq_len=16, seed=0)
     input_ids = torch.randint(0, 50, (2, 16), generator=torch.Generator().manual_seed(0))
-    explained = torch._dynamo.explain(model.use_cpu_attention_kernel(True).loss)(input_ids, input_ids)
+    explained = torch._dynamo.explain(model.use_cpu_kernels(True).loss)(input_ids, input_ids)
     assert explained.graph_break_count == 0
 
 
@@ -104,12 +107,12 @@ def test_model_with_the_kernel_gives_transformers_logits_and_the_same_gradients(
     targets = input_ids.roll(-1, dims=1)
 
     def loss_and_grads(kernel: bool) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        model.use_cpu_attention_kernel(kernel)
+        model.use_cpu_kernels(kernel)
         loss = model.loss(input_ids, targets)
         return loss.detach(), [g.detach() for g in torch.autograd.grad(loss, list(model.parameters()))]
 
-    kernel_loss, kernel_grads = loss_and_grads(True)
-    assert all(layer.self_attn.cpu_kernel for layer in model.model.layers)
+    kernel_loss, kernel_grads = loss_and_grads(True)  # the tied embedding's gradient sums the fused loss's and the lookup's
+    assert all(layer.self_attn.cpu_kernel for layer in model.model.layers) and model.cpu_loss_kernel
     with torch.no_grad():
         torch.testing.assert_close(model(input_ids), theirs(input_ids).logits, atol=2e-5, rtol=1e-4)
     sdpa_loss, sdpa_grads = loss_and_grads(False)
@@ -132,3 +135,4 @@ def test_compiled_cpu_training_takes_the_kernel_and_eager_training_does_not(
     _TrainingLoop(config, model, build_optimizer(model, config), data, init_std, RunState(), DistributedContext(),
                   torch.device("cpu"), lambda *_: None, False)  # torch.compile is lazy: nothing compiles here
     assert [layer.self_attn.cpu_kernel for layer in model.model.layers] == [expected, expected]
+    assert model.cpu_loss_kernel == expected

@@ -25,64 +25,7 @@
 
 namespace {
 
-typedef float vf __attribute__((vector_size(64)));
-typedef float vf_unaligned __attribute__((vector_size(64), aligned(4)));
-typedef int32_t vi __attribute__((vector_size(64)));
-constexpr int W = 16;  // floats per vector, and queries per block
-
-inline vf vload(const float* p) { return *reinterpret_cast<const vf_unaligned*>(p); }
-inline void vstore(float* p, vf x) { *reinterpret_cast<vf_unaligned*>(p) = x; }
-// Written out lane by lane: `vf{} + x` would add 0.0f first (not an identity for -0.0f), an extra
-// instruction per multiply; this form folds into the FMA's broadcast operand.
-inline vf vbcast(float x) { return vf{x, x, x, x, x, x, x, x, x, x, x, x, x, x, x, x}; }
-const vi lane_index = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
-
-// exp(x) for x <= 0, 16 lanes at once: Cephes' expf (x = n ln 2 + r with |r| <= ln 2 / 2, then
-// 1 + r + r^2 P(r) with P of degree 5, within ~2 ulp). Written for a short dependency chain, since the
-// attention loops wait on it: n = round(x / ln 2) comes from adding 1.5 * 2^23, which leaves n in the low
-// mantissa bits (two operations, where float -> int -> float conversions take five), and P is evaluated
-// by Estrin's scheme (depth 3 instead of Horner's 5). Below -87 the result is clamped near 1e-38, i.e.
-// zero next to the row's largest term.
-inline vf exp_nonpositive(vf x) {
-  constexpr float round_shift = 12582912.0f;  // 1.5 * 2^23; its bit pattern is 0x4b400000
-  x = x < -87.0f ? vbcast(-87.0f) : x;
-  const vf shifted = x * 1.44269504088896341f + round_shift;
-  const vf nf = shifted - round_shift;
-  const vf r = x - nf * 0.693359375f + nf * 2.12194440e-4f;
-  const vf r2 = r * r;
-  const vf low = r * 1.6666665459e-1f + 5.0000001201e-1f;
-  const vf middle = r * 8.3334519073e-3f + 4.1665795894e-2f;
-  const vf high = r * 1.9875691500e-4f + 1.3981999507e-3f;
-  const vf polynomial = high * (r2 * r2) + (middle * r2 + low);
-  const vf two_to_n = reinterpret_cast<vf>((reinterpret_cast<vi>(shifted) - (0x4b400000 - 127)) << 23);
-  return (polynomial * r2 + (r + 1.0f)) * two_to_n;
-}
-
-// log(x) for normal x > 0, 16 lanes at once: Cephes' logf (mantissa in [sqrt(1/2), sqrt(2)), degree-8
-// polynomial, within ~1 ulp). Used on softmax row sums, which lie in [1, T].
-inline vf log_positive(vf x) {
-  const vi bits = reinterpret_cast<vi>(x);
-  vi exponent = ((bits >> 23) & 0xff) - 126;
-  vf m = reinterpret_cast<vf>((bits & 0x007fffff) | 0x3f000000);  // in [0.5, 1)
-  const auto small = m < 0.707106781186547524f;
-  exponent += small;  // true lanes are -1: one less
-  m = small ? m + m - 1.0f : m - 1.0f;
-  const vf e = __builtin_convertvector(exponent, vf);
-  const vf z = m * m;
-  vf y = vbcast(7.0376836292e-2f);
-  y = y * m - 1.1514610310e-1f;
-  y = y * m + 1.1676998740e-1f;
-  y = y * m - 1.2420140846e-1f;
-  y = y * m + 1.4249322787e-1f;
-  y = y * m - 1.6668057665e-1f;
-  y = y * m + 2.0000714765e-1f;
-  y = y * m - 2.4999993993e-1f;
-  y = y * m + 3.3333331174e-1f;
-  y = y * m * z;
-  y += e * -2.12194440e-4f;
-  y += z * -0.5f;
-  return m + y + e * 0.693359375f;
-}
+#include "cpu_vector_math.h"
 
 // One stage of a 16 x 16 transpose: rows i and i + S (i & S == 0) trade their S-wide blocks. The four
 // stages S = 8, 4, 2, 1 transpose the matrix held in a[0..15] (64 shuffles instead of 256 scalar moves).

@@ -18,7 +18,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from overtrain.model.config import ModelConfig
-from overtrain.model.cpu_attention import causal_attention, kernel_applies, kernel_available
+from overtrain.model.cpu_attention import causal_attention, kernel_applies
+from overtrain.model.cpu_cross_entropy import linear_cross_entropy, loss_kernel_applies
+from overtrain.model.cpu_kernels import blas_sgemm, kernel_available
 
 
 class RMSNorm(nn.Module):
@@ -59,32 +61,31 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(config.d_model, self.n_kv_heads * self.head_dim, bias=False)
         self.o_proj = nn.Linear(self.n_heads * self.head_dim, config.d_model, bias=False)
         self.cpu_kernel = False
-        """Use overtrain's CPU attention kernel where it applies (see :func:`LlamaLM.use_cpu_attention_kernel`)."""
+        """Use overtrain's CPU attention kernel where it applies (see :func:`LlamaLM.use_cpu_kernels`)."""
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         batch, seq_len, _ = x.shape  # (B, T, C)
-        q, k, v = self._project_qkv(x)
-        q = q.view(batch, seq_len, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, D)
-        k = k.view(batch, seq_len, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, K, T, D)
-        v = v.view(batch, seq_len, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, K, T, D)
-        if self.cpu_kernel and kernel_applies(q, k, v):
-            # The kernel rotates q and k itself; its output is stored (B, T, H, D): the reshape below is free.
-            out = causal_attention(q, k, v, self.head_dim**-0.5, cos.contiguous(), sin.contiguous())[0]
+        if self.cpu_kernel and self.n_kv_heads == self.n_heads:
+            qkv = self._stacked_projection(x).view(batch, seq_len, 3, self.n_heads, self.head_dim)  # (B, T, 3, H, D)
+            if kernel_applies(qkv):  # the kernel rotates q and k itself
+                out = causal_attention(qkv, self.head_dim**-0.5, cos.contiguous(), sin.contiguous())[0]  # (B, T, H, D)
+                return self.o_proj(out.reshape(batch, seq_len, -1))
+            q, k, v = (qkv[:, :, index].transpose(1, 2) for index in range(3))
         else:
-            q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-            out = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=self.n_kv_heads != self.n_heads)
+            q = self.q_proj(x).view(batch, seq_len, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, D)
+            k = self.k_proj(x).view(batch, seq_len, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, K, T, D)
+            v = self.v_proj(x).view(batch, seq_len, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, K, T, D)
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=self.n_kv_heads != self.n_heads)
         return self.o_proj(out.transpose(1, 2).reshape(batch, seq_len, -1))  # (B, T, C)
 
-    def _project_qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(B, T, C) -> queries (B, T, H*D), keys and values (B, T, K*D). With the CPU kernel, as one product
-        with the three weights stacked: at the nano shape one (4096 x 64) @ (64 x 192) product and its two
-        gradient products take ~1.6 ms less per layer and step than three of width 64. The weights stay three
-        tensors (transformers' layout); eager runs keep three products, so their numerics stay what they were."""
-        if not self.cpu_kernel:
-            return self.q_proj(x), self.k_proj(x), self.v_proj(x)
+    def _stacked_projection(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, T, C) -> q, k and v side by side (B, T, 3*H*D), from one product with the three weights stacked:
+        at the nano shape one (4096 x 64) @ (64 x 192) product and its two gradient products take ~1.6 ms less
+        per layer and step than three of width 64. The weights stay three tensors (transformers' layout); runs
+        without the CPU kernel keep three products, so their numerics stay what they were."""
         stacked = torch.cat((self.q_proj.weight, self.k_proj.weight, self.v_proj.weight))
-        kv_width = self.n_kv_heads * self.head_dim
-        return F.linear(x, stacked).split((self.n_heads * self.head_dim, kv_width, kv_width), dim=-1)
+        return F.linear(x, stacked)
 
 
 class MLP(nn.Module):
@@ -129,6 +130,9 @@ class LlamaLM(nn.Module):
         self.config, self.vocab_size, self.max_seq_len = config, vocab_size, max_seq_len
         self.model = Backbone(config, vocab_size)
         self.lm_head = nn.Linear(config.d_model, vocab_size, bias=False)
+        self.cpu_loss_kernel = False
+        """Compute the training loss with overtrain's fused CPU output layer and cross-entropy where it applies
+        (see :func:`use_cpu_kernels`)."""
         if config.tie_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
         cos, sin = rotary_cos_sin(max_seq_len, config.d_model // config.n_heads, config.rope_theta, torch.device("cpu"))
@@ -156,17 +160,33 @@ class LlamaLM(nn.Module):
 
     def loss(self, input_ids: torch.Tensor, targets: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
         """Mean next-token cross-entropy (nats) over targets != ignore_index; logits are upcast to fp32."""
-        logits = self(input_ids)
+        hidden = self.hidden_states(input_ids)  # (B, T, C)
+        if self._loss_kernel_applies(hidden):
+            return linear_cross_entropy(hidden.flatten(0, 1), self.lm_head.weight, targets.flatten(), ignore_index)[0]
+        logits = self.lm_head(hidden)  # (B, T, V)
         return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=ignore_index)
 
-    def use_cpu_attention_kernel(self, enabled: bool = True) -> LlamaLM:
+    def _loss_kernel_applies(self, hidden: torch.Tensor) -> bool:
+        """The fused kernel computes the loss's gradients in its forward pass: taken only when they are wanted,
+        in fp32 (no autocast, which would make the logits in bf16), on the CPU."""
+        return (
+            self.cpu_loss_kernel
+            and torch.is_grad_enabled()
+            and not torch.is_autocast_enabled(hidden.device.type)
+            and loss_kernel_applies(hidden, self.lm_head.weight)
+        )
+
+    def use_cpu_kernels(self, enabled: bool = True) -> LlamaLM:
         """Compute attention with :mod:`overtrain.model.cpu_attention` where it applies (fp32 on the CPU, head
-        dim 16-64, no grouped keys), else with ``F.scaled_dot_product_attention``. The two agree to float
-        rounding, not bitwise; off by default, the training loop turns it on for compiled runs. Decided here,
-        once: the kernel is built (seconds, once per machine) and taken only if torch runs one thread now."""
+        dim 16-64, no grouped keys) and the training loss's output layer and cross-entropy with
+        :mod:`overtrain.model.cpu_cross_entropy` (fp32 on the CPU), else with torch's operations. They agree to
+        float rounding, not bitwise; off by default, the training loop turns them on for compiled runs.
+        Decided here, once: the kernels are built (seconds, once per machine) and taken only if torch runs
+        one thread now."""
         enabled = enabled and kernel_available()
         for layer in self.model.layers:
             layer.self_attn.cpu_kernel = enabled
+        self.cpu_loss_kernel = enabled and blas_sgemm() is not None  # its products call torch's BLAS
         return self
 
     def num_parameters(self, exclude_embeddings: bool = False) -> int:

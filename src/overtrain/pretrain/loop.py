@@ -341,11 +341,11 @@ class _TrainingLoop:
         options = {"max_autotune": True, "cpp_wrapper": True} if self.device.type == "cpu" else None
         self.compiled_loss = torch.compile(model.loss, options=options) if compiled and context.world_size == 1 else None
         self.forward_model = torch.compile(model) if compiled and context.world_size > 1 else model
-        # Compiled CPU runs also take overtrain's attention kernel (overtrain.model.cpu_attention), which applies
-        # the rotary embedding itself, and one stacked q/k/v product: the compiled nano step ran 1.23x faster
-        # with it than with torch's attention (docs/benchmarks.md). Eager runs keep torch's and three products,
-        # so their numerics stay what they were.
-        model.use_cpu_attention_kernel(compiled and self.device.type == "cpu")
+        # Compiled CPU runs also take overtrain's kernels (LlamaLM.use_cpu_kernels): attention that applies the
+        # rotary embedding itself, after one stacked q/k/v product, and the output layer fused with the loss
+        # (docs/benchmarks.md has what each saves). Eager runs keep torch's operations and three products, so
+        # their numerics stay what they were.
+        model.use_cpu_kernels(compiled and self.device.type == "cpu")
         if context.world_size > 1:
             self.forward_model = context.wrap(self.forward_model)
 

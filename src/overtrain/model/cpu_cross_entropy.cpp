@@ -1,0 +1,133 @@
+// The output layer and its softmax cross-entropy on CPU in fp32, one thread, a block of rows at a time.
+//
+// Why: the compiled nano step wrote its (N, V) logits (4 MB), read them back for the log-softmax and twice
+// more for the gradient. Here each block of logits is made (BLAS sgemm, the one torch links, passed in by
+// the caller), turned into its gradient in place and multiplied back into the gradients of the hidden
+// states and the weight while it sits in the L2 cache, so the logits never travel through memory. The exp
+// of cpu_vector_math.h (2 ulp) costs about half of an accurate one.
+//
+// Layout: row-major contiguous fp32 matrices; targets are int64.
+// No torch headers: plain C entry points on raw pointers, called through ctypes.
+#include <cmath>
+#include <cstdint>
+
+namespace {
+
+#include "cpu_vector_math.h"
+
+inline vf vmax(vf a, vf b) { return a > b ? a : b; }
+
+// Horizontal max and sum by halving: four shuffle-and-combine steps instead of a 15-step scalar chain.
+#define OT_HALVE(x, OP)                                                                                      \
+  x = OP(x, __builtin_shufflevector(x, x, 8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7));              \
+  x = OP(x, __builtin_shufflevector(x, x, 4, 5, 6, 7, 0, 1, 2, 3, 12, 13, 14, 15, 8, 9, 10, 11));              \
+  x = OP(x, __builtin_shufflevector(x, x, 2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13));              \
+  x = OP(x, __builtin_shufflevector(x, x, 1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 13, 12, 15, 14));
+inline vf vadd(vf a, vf b) { return a + b; }
+float horizontal_max(vf x) {
+  OT_HALVE(x, vmax)
+  return x[0];
+}
+float horizontal_sum(vf x) {
+  OT_HALVE(x, vadd)
+  return x[0];
+}
+#undef OT_HALVE
+
+// Overwrites one row of logits x (V >= 16 floats) with scale * (softmax(x) - onehot(target)); returns the
+// row's cross-entropy, log-sum-exp(x) - x[target]. The last V % 16 logits are read as the row's last 16
+// (a window that overlaps the last whole vector), with the overlap masked out of the max and the sum;
+// the window is written last, and its overlapping lanes hold the same values the whole vector got.
+float softmax_cross_entropy_row(float* x, int64_t vocab, int64_t target, float scale) {
+  const int64_t whole = vocab / W * W;
+  const int64_t window = vocab - W;
+  const auto counted = lane_index >= int32_t(whole - window);  // the window's lanes past the whole vectors
+  const float target_logit = x[target];
+  const vf tail = vload(x + window);
+  // Two running maxima and sums, so that each loop is two dependency chains of half the length.
+  vf maxima[2] = {counted ? tail : vbcast(-INFINITY), vbcast(-INFINITY)};
+  for (int64_t j = 0; j < whole; j += W) maxima[(j / W) & 1] = vmax(maxima[(j / W) & 1], vload(x + j));
+  const float row_max = horizontal_max(vmax(maxima[0], maxima[1]));
+  const vf tail_exp = exp_nonpositive(tail - row_max);
+  vf sums[2] = {counted ? tail_exp : vbcast(0.0f), vbcast(0.0f)};
+  for (int64_t j = 0; j < whole; j += W) {
+    const vf e = exp_nonpositive(vload(x + j) - row_max);
+    vstore(x + j, e);
+    sums[(j / W) & 1] += e;
+  }
+  const float sum = horizontal_sum(sums[0] + sums[1]);
+  const float factor = scale / sum;
+  for (int64_t j = 0; j < whole; j += W) vstore(x + j, vload(x + j) * factor);
+  vstore(x + window, tail_exp * factor);
+  x[target] -= scale;
+  return row_max + std::log(sum) - target_logit;
+}
+
+// The same for rows of fewer than 16 logits, one at a time.
+float softmax_cross_entropy_short_row(float* x, int64_t vocab, int64_t target, float scale) {
+  const float target_logit = x[target];
+  float row_max = x[0];
+  for (int64_t j = 1; j < vocab; ++j) row_max = x[j] > row_max ? x[j] : row_max;
+  float sum = 0.0f;
+  for (int64_t j = 0; j < vocab; ++j) sum += (x[j] = std::exp(x[j] - row_max));
+  for (int64_t j = 0; j < vocab; ++j) x[j] *= scale / sum;
+  x[target] -= scale;
+  return row_max + std::log(sum) - target_logit;
+}
+
+// Fortran BLAS sgemm, column-major: C = alpha op(A) op(B) + beta C.
+typedef void (*Sgemm)(const char* trans_a, const char* trans_b, const int* m, const int* n, const int* k, const float* alpha,
+                      const float* a, const int* lda, const float* b, const int* ldb, const float* beta, float* c, const int* ldc);
+
+// Row-major C (m x n) = op(A) op(B) + beta C, op(X) = X or X^T: a row-major matrix is the column-major
+// transpose of itself, so this is the column-major C^T = op(B)^T op(A)^T.
+void gemm(Sgemm sgemm, bool trans_a, bool trans_b, int m, int n, int k, const float* a, int lda, const float* b, int ldb,
+          float beta, float* c, int ldc) {
+  const char ta = trans_a ? 'T' : 'N', tb = trans_b ? 'T' : 'N';
+  const float one = 1.0f;
+  sgemm(&tb, &ta, &n, &m, &k, &one, b, &ldb, a, &lda, &beta, c, &ldc);
+}
+
+// Each row of a block of logits becomes its cross-entropy's gradient times scale (zeros where the target
+// is ignore_index); returns the sum of the rows' cross-entropies.
+double softmax_cross_entropy_block(float* logits, int64_t rows, int64_t vocab, const int64_t* targets, int64_t ignore_index,
+                                   float scale) {
+  double total = 0.0;
+  for (int64_t r = 0; r < rows; ++r) {
+    float* row = logits + r * vocab;
+    if (targets[r] == ignore_index) {
+      for (int64_t j = 0; j < vocab; ++j) row[j] = 0.0f;
+      continue;
+    }
+    total += vocab >= W ? softmax_cross_entropy_row(row, vocab, targets[r], scale)
+                        : softmax_cross_entropy_short_row(row, vocab, targets[r], scale);
+  }
+  return total;
+}
+
+}  // namespace
+
+extern "C" {
+
+// The output layer and its cross-entropy in blocks of `block_rows` rows: logits = hidden W^T (N x V, one
+// block at a time in `logits_block`, block_rows x V), each block turned into scale * (softmax - onehot)
+// in place, then grad_hidden = block W (N x C) and grad_weight += block^T hidden (V x C, written by the
+// first block). Returns the sum of the rows' cross-entropies (nats; rows whose target is ignore_index add
+// nothing and get zero gradients). The caller checks that every other target lies in [0, V).
+double ot_linear_cross_entropy(Sgemm sgemm, const float* hidden, const float* weight, const int64_t* targets, float* grad_hidden,
+                               float* grad_weight, float* logits_block, int64_t rows, int64_t width, int64_t vocab,
+                               int64_t block_rows, int64_t ignore_index, float scale) {
+  const int c = int(width), v = int(vocab);
+  double total = 0.0;
+  for (int64_t first = 0; first < rows; first += block_rows) {
+    const int m = int(rows - first < block_rows ? rows - first : block_rows);
+    const float* hidden_block = hidden + first * width;
+    gemm(sgemm, false, true, m, v, c, hidden_block, c, weight, c, 0.0f, logits_block, v);
+    total += softmax_cross_entropy_block(logits_block, m, vocab, targets + first, ignore_index, scale);
+    gemm(sgemm, false, false, m, c, v, logits_block, v, weight, c, 0.0f, grad_hidden + first * width, c);
+    gemm(sgemm, true, false, v, c, m, logits_block, v, hidden_block, c, first == 0 ? 0.0f : 1.0f, grad_weight, c);
+  }
+  return total;
+}
+
+}  // extern "C"

@@ -1,0 +1,81 @@
+"""The output layer and the mean cross-entropy of a training step in one pass, on one CPU thread.
+
+Why: the compiled nano step writes its (N, V) logits (4 MB), reads them back for the log-softmax and twice
+more for the gradient, and on one core this traffic, not arithmetic, sets the pace (docs/benchmarks.md).
+:func:`linear_cross_entropy` makes the logits a block of rows at a time, turns each block into its
+gradient in place (``cpu_cross_entropy.cpp``) and multiplies it back into the gradients of the hidden
+states and the weight while the block sits in the L2 cache. It computes the gradients in its forward pass
+(the loss is the graph's last node), which is why the model takes it only when gradients are wanted.
+It agrees with ``F.cross_entropy`` to float rounding, not bitwise.
+
+Shapes: N rows (tokens), C width, V vocabulary.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from overtrain.model.cpu_kernels import blas_sgemm, kernel_library
+
+LOGIT_BLOCK_BYTES = 256 << 10
+"""Logits made at a time by :func:`linear_cross_entropy`: an eighth of a 2 MiB L2 cache, so the block,
+its rows of the hidden states and the weight stay cached between its three products."""
+
+
+def loss_kernel_applies(*tensors: torch.Tensor) -> bool:
+    """Whether :func:`linear_cross_entropy` computes on these tensors: fp32 on the CPU. Only tensor
+    properties, so torch.compile traces it without a break (whether the kernel is built and torch exports a
+    BLAS sgemm is asked once, by :meth:`overtrain.model.llama.LlamaLM.use_cpu_kernels`)."""
+    return all(tensor.device.type == "cpu" and tensor.dtype == torch.float32 for tensor in tensors)
+
+
+def _block_rows(vocab_size: int) -> int:
+    """Rows per block of logits: :data:`LOGIT_BLOCK_BYTES` of fp32, rounded down to a multiple of 16, at least 16."""
+    return max(16, LOGIT_BLOCK_BYTES // (4 * vocab_size) // 16 * 16)
+
+
+@torch.library.custom_op("overtrain::linear_cross_entropy", mutates_args=())
+def linear_cross_entropy(
+    hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, ignore_index: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Mean cross-entropy (nats) of the logits ``hidden @ weight.T`` (N, V) against targets (N,), over the
+    targets that are not ``ignore_index`` (NaN when all are), as ``F.cross_entropy`` gives it; with the
+    loss's gradients with respect to hidden (N, C) and weight (V, C), which the backward pass scales."""
+    hidden, weight, targets = hidden.contiguous(), weight.contiguous(), targets.contiguous().long()
+    (rows, width), vocab_size = hidden.shape, weight.shape[0]
+    counted_mask = targets != ignore_index
+    out_of_range = counted_mask & ((targets < 0) | (targets >= vocab_size))
+    if bool(out_of_range.any()):  # F.cross_entropy's check, made before the kernel reads past a row
+        raise IndexError(f"target {int(targets[out_of_range][0])} is out of bounds for {vocab_size} logits")
+    counted = int(counted_mask.sum())
+    block_rows = _block_rows(vocab_size)
+    grad_hidden = torch.empty_like(hidden)
+    grad_weight = torch.empty_like(weight) if rows else torch.zeros_like(weight)  # the first block writes it
+    logits_block = hidden.new_empty(min(block_rows, rows), vocab_size)
+    total = kernel_library().ot_linear_cross_entropy(
+        blas_sgemm(), hidden.data_ptr(), weight.data_ptr(), targets.data_ptr(), grad_hidden.data_ptr(), grad_weight.data_ptr(),
+        logits_block.data_ptr(), rows, width, vocab_size, block_rows, ignore_index, 1.0 / counted if counted else 0.0,
+    )
+    loss = hidden.new_tensor(total / counted if counted else math.nan)
+    return loss, grad_hidden, grad_weight
+
+
+@linear_cross_entropy.register_fake
+def _(hidden, weight, targets, ignore_index):
+    return hidden.new_empty(()), torch.empty_like(hidden, memory_format=torch.contiguous_format), torch.empty_like(weight, memory_format=torch.contiguous_format)
+
+
+def _linear_cross_entropy_setup_context(ctx, inputs, output) -> None:
+    _, grad_hidden, grad_weight = output
+    ctx.save_for_backward(grad_hidden, grad_weight)
+    ctx.mark_non_differentiable(grad_hidden, grad_weight)
+
+
+def _linear_cross_entropy_backward(ctx, grad_loss, _grad_hidden, _grad_weight):
+    grad_hidden, grad_weight = ctx.saved_tensors
+    return grad_loss * grad_hidden, grad_loss * grad_weight, None, None
+
+
+linear_cross_entropy.register_autograd(_linear_cross_entropy_backward, setup_context=_linear_cross_entropy_setup_context)

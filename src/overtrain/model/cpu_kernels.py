@@ -1,0 +1,96 @@
+"""overtrain's C++ kernels for one CPU thread: built on first use, loaded through ctypes.
+
+The sources (``cpu_attention.cpp``, ``cpu_cross_entropy.cpp`` and the header they share) are compiled with the
+system C++ compiler (the one ``torch.compile`` already needs) into one library under
+``~/.cache/overtrain/kernels`` (``OVERTRAIN_KERNEL_DIR`` overrides), keyed by the sources, the flags and
+the CPU. No torch headers, so it builds in seconds. Where it cannot be built, :func:`kernel_library`
+warns once and returns None, and callers use torch's operations instead.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import warnings
+from pathlib import Path
+
+import torch
+
+FOLDER = Path(__file__).parent
+SOURCES = (FOLDER / "cpu_attention.cpp", FOLDER / "cpu_cross_entropy.cpp")
+HEADERS = (FOLDER / "cpu_vector_math.h",)
+_POINTER, _INT, _FLOAT = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float
+
+
+def _cpu_identity() -> str:
+    """What -march=native depends on: the CPU model and its feature flags."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return platform.processor() or platform.machine()
+    wanted = [line for line in lines if line.startswith(("model name", "flags", "Features", "CPU part"))]
+    return "\n".join(sorted(set(wanted)))
+
+
+def _compiler() -> str | None:
+    return os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")
+
+
+def _declare_signatures(library: ctypes.CDLL) -> ctypes.CDLL:
+    library.ot_causal_attention_forward.argtypes = [_POINTER, _INT, _INT, _INT] * 4 + [_POINTER] * 3 + [_INT] * 4 + [_FLOAT]
+    library.ot_causal_attention_backward.argtypes = (
+        [_POINTER, _INT, _INT, _INT] * 5 + [_POINTER] * 4 + [_INT] * 3 + [_POINTER] * 2 + [_INT] * 4 + [_FLOAT]
+    )
+    library.ot_linear_cross_entropy.argtypes = [_POINTER] * 7 + [_INT] * 5 + [_FLOAT]
+    library.ot_linear_cross_entropy.restype = ctypes.c_double
+    return library
+
+
+@functools.lru_cache(maxsize=1)
+def kernel_library() -> ctypes.CDLL | None:
+    """The compiled kernels, building them on first use; None (with one warning) where that fails."""
+    if platform.system() != "Linux" or platform.machine() not in ("x86_64", "aarch64"):
+        return None
+    compiler = _compiler()
+    if compiler is None:
+        return None
+    flags = ["-O3", "-march=native", "-fPIC", "-shared", "-std=c++17", f"-I{FOLDER}"]
+    text = b"".join(path.read_bytes() for path in (*SOURCES, *HEADERS))
+    digest = hashlib.sha256(text + " ".join(flags[:-1]).encode() + _cpu_identity().encode()).hexdigest()[:16]
+    folder = Path(os.environ.get("OVERTRAIN_KERNEL_DIR") or Path.home() / ".cache" / "overtrain" / "kernels")
+    library = folder / f"overtrain-cpu-{digest}.so"
+    try:
+        if not library.exists():
+            folder.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryDirectory(dir=folder) as scratch:  # build aside, then rename: never a torn .so
+                built = Path(scratch) / library.name
+                subprocess.run([compiler, *flags, *map(str, SOURCES), "-o", str(built)], check=True, capture_output=True, text=True)
+                os.replace(built, library)
+        return _declare_signatures(ctypes.CDLL(str(library)))
+    except (OSError, subprocess.CalledProcessError) as error:
+        detail = getattr(error, "stderr", "") or str(error)
+        warnings.warn(f"overtrain: the CPU kernels could not be built ({detail.strip()[:300]}); using torch's operations")
+        return None
+
+
+@functools.lru_cache(maxsize=1)
+def blas_sgemm() -> int | None:
+    """Address of the Fortran BLAS ``sgemm_`` that torch links (MKL in the x86 wheels), for kernels that run
+    products block by block between their own loops; None where torch's library does not export one."""
+    torch_library = Path(torch.__file__).parent / "lib" / "libtorch_cpu.so"
+    try:
+        return ctypes.cast(ctypes.CDLL(str(torch_library)).sgemm_, ctypes.c_void_p).value
+    except (OSError, AttributeError):
+        return None
+
+
+def kernel_available() -> bool:
+    """Whether the kernels are worth taking here, building (or finding) them now: torch runs one CPU thread
+    (torch's operations use every thread, these kernels one) and they build on this machine."""
+    return torch.get_num_threads() == 1 and kernel_library() is not None

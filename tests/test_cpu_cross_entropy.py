@@ -1,0 +1,95 @@
+"""overtrain's fused output layer and cross-entropy: the loss and gradients of ``F.cross_entropy`` on
+``hidden @ weight.T``, taken by the model only where gradients are wanted in fp32."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from overtrain.model import llama
+from overtrain.model.config import ModelConfig
+from overtrain.model.cpu_cross_entropy import linear_cross_entropy
+from overtrain.model.cpu_kernels import kernel_library
+from overtrain.model.llama import build_model
+
+pytestmark = [pytest.mark.skipif(kernel_library() is None, reason="no C++ compiler to build the CPU kernels"),
+              pytest.mark.usefixtures("one_torch_thread")]
+
+IGNORE = -100
+
+
+def _loss_and_grads(hidden, weight, targets, grad_scale: float, fused: bool):
+    hidden, weight = hidden.detach().requires_grad_(), weight.detach().requires_grad_()
+    if fused:
+        loss = linear_cross_entropy(hidden, weight, targets, IGNORE)[0]
+    else:
+        loss = F.cross_entropy(hidden @ weight.t(), targets, ignore_index=IGNORE)
+    (loss * grad_scale).backward()
+    return [loss.detach(), hidden.grad, weight.grad]
+
+
+# 1000 rows of 259 logits are four whole blocks and a part one (_block_rows(259) == 240).
+@pytest.mark.parametrize("rows, vocab_size, logit_scale", [(1000, 259, 1.0), (37, 256, 1.0), (300, 17, 30.0), (5, 1031, 3.0)])
+def test_fused_loss_is_as_accurate_as_torch_and_so_are_its_gradients(rows: int, vocab_size: int, logit_scale: float) -> None:
+    """Against a float64 reference, loss and gradients are as close as torch's fp32 ones: vocabularies that
+    are and are not whole 16-float vectors, several blocks of rows and a part block, large logits, ignored
+    targets, and a loss the caller scales (as gradient accumulation does)."""
+    generator = torch.Generator().manual_seed(rows)
+    hidden = torch.randn(rows, 32, generator=generator, dtype=torch.float64)
+    weight = torch.randn(vocab_size, 32, generator=generator, dtype=torch.float64) * logit_scale / 32**0.5
+    targets = torch.randint(0, vocab_size, (rows,), generator=generator)
+    targets[::7] = IGNORE
+    exact = _loss_and_grads(hidden, weight, targets, 0.5, fused=False)
+    ours = _loss_and_grads(hidden.float(), weight.float(), targets, 0.5, fused=True)
+    theirs = _loss_and_grads(hidden.float(), weight.float(), targets, 0.5, fused=False)
+    for name, mine, reference, truth in zip(("loss", "grad hidden", "grad weight"), ours, theirs, exact):
+        our_error = (mine.double() - truth).abs().max().item()
+        torch_error = (reference.double() - truth).abs().max().item()
+        assert our_error <= 2 * torch_error + 1e-7, f"{name}: fused error {our_error:.2e}, torch's {torch_error:.2e}"
+
+
+def test_fused_loss_of_only_ignored_targets_is_nan_as_torch_gives_it() -> None:
+    hidden, weight = torch.randn(4, 8), torch.randn(11, 8)
+    targets = torch.full((4,), IGNORE)
+    assert torch.isnan(F.cross_entropy(hidden @ weight.t(), targets, ignore_index=IGNORE))
+    loss, grad_hidden, grad_weight = linear_cross_entropy(hidden, weight, targets, IGNORE)
+    assert torch.isnan(loss)
+    assert not grad_hidden.any() and not grad_weight.any()
+
+
+@pytest.mark.parametrize("bad_target", [11, -1])
+def test_fused_loss_refuses_a_target_outside_the_vocabulary(bad_target: int) -> None:
+    targets = torch.tensor([0, bad_target, 3])
+    with pytest.raises(IndexError, match=f"target {bad_target} is out of bounds for 11 logits"):
+        linear_cross_entropy(torch.randn(3, 8), torch.randn(11, 8), targets, IGNORE)
+
+
+def _counting_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    calls: list[int] = []
+
+    def counted(*args):
+        calls.append(1)
+        return linear_cross_entropy(*args)
+
+    monkeypatch.setattr(llama, "linear_cross_entropy", counted)
+    return calls
+
+
+def test_model_takes_the_fused_loss_only_for_fp32_gradients(monkeypatch: pytest.MonkeyPatch) -> None:
+    """It computes gradients in its forward pass: not under no_grad (evaluation), not under autocast (whose
+    logits would be bf16), and not unless the kernels are switched on."""
+    calls = _counting_calls(monkeypatch)
+    model, _ = build_model(ModelConfig(d_model=32, n_layers=1, n_heads=2), vocab_size=50, max_seq_len=8, seed=0)
+    input_ids = torch.randint(0, 50, (2, 8), generator=torch.Generator().manual_seed(0))
+    plain = model.loss(input_ids, input_ids)
+    assert calls == []
+    model.use_cpu_kernels(True)
+    fused = model.loss(input_ids, input_ids)
+    assert calls == [1]
+    torch.testing.assert_close(fused, plain, atol=1e-6, rtol=1e-6)
+    with torch.no_grad():
+        assert torch.equal(model.loss(input_ids, input_ids), plain.detach())  # torch's path, bit for bit
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        model.loss(input_ids, input_ids)
+    assert calls == [1]
