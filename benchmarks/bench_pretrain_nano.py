@@ -10,9 +10,10 @@ overtrain side: ``overtrain.pretrain.loop._TrainingLoop._step``, the step ``trai
 is gathered from the token memmap of the embedded corpus (its first ``--docs`` documents), the learning
 rate comes from the schedule of a demo-like 8M-token run, and the step includes the divergence check,
 gradient clipping and AdamW from ``build_optimizer``. Once with ``train.compile=false`` (eager, torch's
-attention) and once with ``train.compile=true`` (model + loss compiled, overtrain's CPU attention kernel,
-``overtrain.model.cpu_attention``); ``--torch-attention`` adds the compiled loop with torch's attention, to
-show what the kernel adds.
+attention) and once with ``train.compile=true`` (model + loss compiled, with overtrain's CPU kernels:
+attention, ``overtrain.model.cpu_attention``, and the output layer fused with the loss,
+``overtrain.model.cpu_cross_entropy``); ``--without-kernels`` adds the compiled loop with torch's operations
+in their place (inductor alone), to show what the kernels add.
 
 Baseline: what a user writes with transformers: ``LlamaForCausalLM`` with the same initial weights,
 ``model(input_ids, labels=input_ids).loss``, ``loss.backward()``, ``clip_grad_norm_``,
@@ -64,7 +65,7 @@ def nano_config(cache_dir: str, docs: int, compile_setting: bool):
     ])
 
 
-def overtrain_loop(config, data, torch_attention: bool = False):
+def overtrain_loop(config, data, without_kernels: bool = False):
     """The training loop object train_run builds (single process), ready to run ``_step``."""
     from overtrain.model.llama import build_model
     from overtrain.pretrain.distributed import DistributedContext
@@ -74,7 +75,7 @@ def overtrain_loop(config, data, torch_attention: bool = False):
     optimizer = build_optimizer(model, config)
     loop = _TrainingLoop(config, model, optimizer, data, init_std, RunState(), DistributedContext(), torch.device("cpu"),
                          lambda *_: None, False)
-    if torch_attention:
+    if without_kernels:
         model.use_cpu_kernels(False)
     return loop._step, model
 
@@ -123,7 +124,7 @@ def main() -> None:
     parser.add_argument("--docs", type=int, default=400, help="documents of the embedded corpus to tokenize")
     parser.add_argument("--cache-dir", default="runs/cache")
     parser.add_argument("--no-compile", action="store_true", help="skip the compiled overtrain loop")
-    parser.add_argument("--torch-attention", action="store_true", help="also time the compiled loop with torch's attention")
+    parser.add_argument("--without-kernels", action="store_true", help="also time the compiled loop without overtrain's CPU kernels")
     args = parser.parse_args()
     torch.set_num_threads(1)
 
@@ -137,8 +138,8 @@ def main() -> None:
     compiled = "overtrain (train.compile=true)"
     if not args.no_compile:
         loops[compiled], _ = overtrain_loop(nano_config(args.cache_dir, args.docs, True), data)
-    if args.torch_attention and not args.no_compile:
-        loops["overtrain (compiled, torch attention)"], _ = overtrain_loop(nano_config(args.cache_dir, args.docs, True), data, True)
+    if args.without_kernels and not args.no_compile:
+        loops["overtrain (compiled, no CPU kernels)"], _ = overtrain_loop(nano_config(args.cache_dir, args.docs, True), data, True)
     baselines = ("transformers loop (sdpa attention)", "transformers loop (eager attention)")
     for name, attention in zip(baselines, ("sdpa", "eager")):
         loops[name] = transformers_loop(eager_config, data, weights, attention)

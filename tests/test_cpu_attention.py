@@ -87,6 +87,20 @@ def test_kernel_applies_only_where_it_is_built_for() -> None:
     assert not model.cpu_loss_kernel
 
 
+def test_grouped_query_model_keeps_torch_attention_with_the_kernels_on() -> None:
+    """q/k/v can be packed only with as many key/value heads as query heads; a grouped model keeps three
+    products and torch's attention, and its loss and gradients do not change."""
+    model, _ = build_model(ModelConfig(d_model=32, n_layers=1, n_heads=4, n_kv_heads=2), vocab_size=50, max_seq_len=12, seed=1)
+    input_ids = torch.randint(0, 50, (2, 12), generator=torch.Generator().manual_seed(1))
+
+    def loss_and_grads(kernels: bool) -> list[torch.Tensor]:
+        loss = model.use_cpu_kernels(kernels).loss(input_ids, input_ids)
+        return [loss.detach(), *torch.autograd.grad(loss, list(model.parameters()))]
+
+    for mine, reference in zip(loss_and_grads(True), loss_and_grads(False)):
+        torch.testing.assert_close(mine, reference, atol=1e-6, rtol=1e-5)
+
+
 def test_compiled_model_with_the_kernel_is_one_graph() -> None:
     model, _ = build_model(ModelConfig(d_model=32, n_layers=2, n_heads=2), vocab_size=50, max_seq_len=16, seed=0)
     input_ids = torch.randint(0, 50, (2, 16), generator=torch.Generator().manual_seed(0))
