@@ -193,8 +193,40 @@ inline vf exp_keys(int64_t first, int64_t begin, int64_t end, vf shift, vf* p, v
   return row_sum;
 }
 
+// The rows of the next (batch, head) pair that it will read and write. Each pair computing its block of
+// rows `first` asks for the same rows of the next pair into L2 (prefetcht1, not L1: the current pair's
+// working set stays there): the step's activations are far larger than the caches, and without this the
+// kernel waits on each row it first touches. Spread over the blocks, not asked for at once, and into L2,
+// so it costs nothing when the rows are cached (a loop over cached inputs: the same time). In the training
+// step, interleaved with the kernel without it: forward and backward 6% and 11% faster in one quiet run,
+// no change in two runs while other tenants loaded the machine. (Asking for a whole pair at once into L1
+// gained as much, but slowed cached inputs by 12%.)
+struct NextPair {
+  View reads[5];
+  int n_reads = 0;
+  View writes[3];
+  int n_writes = 0;
+
+  template <int D>
+  void prefetch(int64_t first, int64_t rows) const {
+    constexpr int kL2 = 2;  // __builtin_prefetch's locality for prefetcht1
+    for (int i = 0; i < n_reads + n_writes; ++i) {
+      const View x = i < n_reads ? reads[i] : writes[i - n_reads];
+      for (int64_t t = first; t < first + rows; ++t)
+        for (int byte = 0; byte < D * 4; byte += 64) {
+          const char* line = reinterpret_cast<const char*>(x.at(t)) + byte;
+          if (i < n_reads)
+            __builtin_prefetch(line, 0, kL2);
+          else
+            __builtin_prefetch(line, 1, kL2);
+        }
+    }
+  }
+};
+
 template <int D>
-void forward_unit(View q, View k, View v, View o, float* lse, int64_t T, float scale, Rotary rotary, std::vector<vf>& scratch) {
+void forward_unit(View q, View k, View v, View o, float* lse, int64_t T, float scale, Rotary rotary, std::vector<vf>& scratch,
+                  const NextPair& next) {
   scratch.resize(T + (T * D + W * D) / W);  // p, then the rotated keys and one block of rotated queries
   vf* p = scratch.data();
   float *k_rotated = reinterpret_cast<float*>(p + T), *q_rotated = k_rotated + T * D;
@@ -202,6 +234,7 @@ void forward_unit(View q, View k, View v, View o, float* lse, int64_t T, float s
   vf qt[D], acc[D];  // locals, so the compiler keeps them in registers where they fit (D = 16)
   for (int64_t first = 0; first < T; first += W) {
     const int rows = static_cast<int>(T - first < W ? T - first : W);
+    next.prefetch<D>(first, rows);
     const int64_t keys = first + rows;
     load_block_transposed<D>(rotated_rows<D>(q, rotary, first, rows, q_rotated), 0, rows, scale, qt);
     vf row_max = score_keys<D, false>(qt, k, first, 0, first, p, vbcast(-INFINITY));
@@ -217,7 +250,7 @@ void forward_unit(View q, View k, View v, View o, float* lse, int64_t T, float s
 
 template <int D>
 void backward_unit(View q, View k, View v, View o, View dout, const float* lse, View dq, View dk, View dv, int64_t T, float scale,
-                   Rotary rotary, std::vector<vf>& scratch, std::vector<float>& key_grads) {
+                   Rotary rotary, std::vector<vf>& scratch, std::vector<float>& key_grads, const NextPair& next) {
   scratch.resize(2 * T + (T * D + W * D) / W);  // p, dS, then the rotated keys and one block of rotated queries
   vf *p = scratch.data(), *ds = p + T;
   float *k_rotated = reinterpret_cast<float*>(ds + T), *q_rotated = k_rotated + T * D;
@@ -227,6 +260,7 @@ void backward_unit(View q, View k, View v, View o, View dout, const float* lse, 
   float *dk_sum = key_grads.data(), *dv_sum = dk_sum + T * D;
   for (int64_t first = 0; first < T; first += W) {
     const int rows = static_cast<int>(T - first < W ? T - first : W);
+    next.prefetch<D>(first, rows);
     const int64_t keys = first + rows;
     const View q_block = rotated_rows<D>(q, rotary, first, rows, q_rotated);  // rows 0.. of it are rows first.. of q
     load_block_transposed<D>(q_block, 0, rows, scale, qt);
@@ -262,12 +296,23 @@ struct Tensor4 {  // pointer and strides (elements) of a (B, H, T, D) tensor
   View unit(int64_t bi, int64_t hi) const { return {data + bi * b + hi * h, t}; }
 };
 
+// The (batch, head) pair after (bi, hi) in the loops below, in (next_b, next_h); false after the last.
+inline bool next_pair(int64_t bi, int64_t hi, int64_t B, int64_t H, int64_t& next_b, int64_t& next_h) {
+  next_b = hi + 1 < H ? bi : bi + 1;
+  next_h = hi + 1 < H ? hi + 1 : 0;
+  return next_b < B;
+}
+
 template <int D>
 void forward_all(Tensor4 q, Tensor4 k, Tensor4 v, Tensor4 o, float* lse, int64_t B, int64_t H, int64_t T, float scale, Rotary rotary) {
   std::vector<vf> scratch;
   for (int64_t bi = 0; bi < B; ++bi)
-    for (int64_t hi = 0; hi < H; ++hi)
-      forward_unit<D>(q.unit(bi, hi), k.unit(bi, hi), v.unit(bi, hi), o.unit(bi, hi), lse + (bi * H + hi) * T, T, scale, rotary, scratch);
+    for (int64_t hi = 0; hi < H; ++hi) {
+      NextPair next;
+      int64_t nb, nh;
+      if (next_pair(bi, hi, B, H, nb, nh)) next = {{q.unit(nb, nh), k.unit(nb, nh), v.unit(nb, nh)}, 3, {o.unit(nb, nh)}, 1};
+      forward_unit<D>(q.unit(bi, hi), k.unit(bi, hi), v.unit(bi, hi), o.unit(bi, hi), lse + (bi * H + hi) * T, T, scale, rotary, scratch, next);
+    }
 }
 
 template <int D>
@@ -276,9 +321,15 @@ void backward_all(Tensor4 q, Tensor4 k, Tensor4 v, Tensor4 o, Tensor4 dout, cons
   std::vector<vf> scratch;
   std::vector<float> key_grads;
   for (int64_t bi = 0; bi < B; ++bi)
-    for (int64_t hi = 0; hi < H; ++hi)
+    for (int64_t hi = 0; hi < H; ++hi) {
+      NextPair next;
+      int64_t nb, nh;
+      if (next_pair(bi, hi, B, H, nb, nh))
+        next = {{q.unit(nb, nh), k.unit(nb, nh), v.unit(nb, nh), o.unit(nb, nh), dout.unit(nb, nh)}, 5,
+                {dq.unit(nb, nh), dk.unit(nb, nh), dv.unit(nb, nh)}, 3};
       backward_unit<D>(q.unit(bi, hi), k.unit(bi, hi), v.unit(bi, hi), o.unit(bi, hi), dout.unit(bi, hi), lse + (bi * H + hi) * T,
-                       dq.unit(bi, hi), dk.unit(bi, hi), dv.unit(bi, hi), T, scale, rotary, scratch, key_grads);
+                       dq.unit(bi, hi), dk.unit(bi, hi), dv.unit(bi, hi), T, scale, rotary, scratch, key_grads, next);
+    }
 }
 
 }  // namespace
