@@ -13,7 +13,7 @@ from helpers import tiny_pretrain_config, write_stdlib_text_corpus
 
 from overtrain.model.config import ModelConfig
 from overtrain.model.cpu_attention import causal_attention, kernel_applies
-from overtrain.model.cpu_kernels import kernel_library
+from overtrain.model.cpu_kernels import blas_sgemm, kernel_library
 from overtrain.model.llama import apply_rotary, build_model, rotary_cos_sin
 
 pytestmark = [pytest.mark.skipif(kernel_library() is None, reason="no C++ compiler to build the CPU attention kernel"),
@@ -72,6 +72,8 @@ def test_rotary_tables_must_match_the_queries() -> None:
         causal_attention(qkv, 0.25, cos, None)
     with pytest.raises(ValueError, match=r"shape \(T, D\) = \(8, 16\)"):
         causal_attention(qkv, 0.25, cos[:4], sin[:4])
+    with pytest.raises(ValueError, match=r"packed as one \(B, T, 3, H, D\) tensor, got shape \(1, 8, 4, 2, 16\)"):
+        causal_attention(torch.randn(1, 8, 4, 2, 16), 0.25)
 
 
 def test_kernel_applies_only_where_it_is_built_for() -> None:
@@ -81,7 +83,8 @@ def test_kernel_applies_only_where_it_is_built_for() -> None:
     assert not kernel_applies(torch.randn(1, 8, 3, 2, 24))
     assert not kernel_applies(torch.randn(1, 8, 2, 2, 16))  # not q, k and v
     model, _ = build_model(ModelConfig(d_model=32, n_layers=1, n_heads=2), vocab_size=50, max_seq_len=8, seed=0)
-    assert model.use_cpu_kernels(True).model.layers[0].self_attn.cpu_kernel and model.cpu_loss_kernel
+    assert model.use_cpu_kernels(True).model.layers[0].self_attn.cpu_kernel
+    assert model.cpu_loss_kernel == (blas_sgemm() is not None)  # the fused loss calls torch's BLAS
     torch.set_num_threads(2)  # torch's operations use both threads, the kernels one: keep torch's
     assert not model.use_cpu_kernels(True).model.layers[0].self_attn.cpu_kernel
     assert not model.cpu_loss_kernel
@@ -126,7 +129,7 @@ def test_model_with_the_kernel_gives_transformers_logits_and_the_same_gradients(
         return loss.detach(), [g.detach() for g in torch.autograd.grad(loss, list(model.parameters()))]
 
     kernel_loss, kernel_grads = loss_and_grads(True)  # the tied embedding's gradient sums the fused loss's and the lookup's
-    assert all(layer.self_attn.cpu_kernel for layer in model.model.layers) and model.cpu_loss_kernel
+    assert all(layer.self_attn.cpu_kernel for layer in model.model.layers)
     with torch.no_grad():
         torch.testing.assert_close(model(input_ids), theirs(input_ids).logits, atol=2e-5, rtol=1e-4)
     sdpa_loss, sdpa_grads = loss_and_grads(False)
@@ -149,4 +152,4 @@ def test_compiled_cpu_training_takes_the_kernel_and_eager_training_does_not(
     _TrainingLoop(config, model, build_optimizer(model, config), data, init_std, RunState(), DistributedContext(),
                   torch.device("cpu"), lambda *_: None, False)  # torch.compile is lazy: nothing compiles here
     assert [layer.self_attn.cpu_kernel for layer in model.model.layers] == [expected, expected]
-    assert model.cpu_loss_kernel == expected
+    assert model.cpu_loss_kernel == (expected and blas_sgemm() is not None)

@@ -41,9 +41,14 @@ def _last_dim_contiguous(x: torch.Tensor) -> torch.Tensor:
     return x if x.stride(-1) == 1 else x.contiguous()
 
 
-def _heads_first(packed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def heads_first(packed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The (B, H, T, D) views of q, k and v in a (B, T, 3, H, D) tensor, all three with the same strides."""
     return tuple(packed[:, :, index].transpose(1, 2) for index in range(3))
+
+
+def _check_packed(qkv: torch.Tensor) -> None:
+    if qkv.dim() != 5 or qkv.shape[2] != 3:
+        raise ValueError(f"pass q, k and v packed as one (B, T, 3, H, D) tensor, got shape {tuple(qkv.shape)}")
 
 
 def _rotary_pointers(q: torch.Tensor, cos: torch.Tensor | None, sin: torch.Tensor | None) -> list[int | None]:
@@ -69,8 +74,9 @@ def causal_attention(
     output (B, T, H, D) and each row's log-sum-exp (B, H, T), which the backward pass needs. The gradient
     flows to qkv, packed the same way (so the stacked product's backward needs no concatenation), not to
     the tables."""
+    _check_packed(qkv)
     qkv = _last_dim_contiguous(qkv)
-    q, k, v = _heads_first(qkv)
+    q, k, v = heads_first(qkv)
     batch, heads, seq_len, head_dim = q.shape
     out, lse = q.new_empty(batch, seq_len, heads, head_dim), q.new_empty(batch, heads, seq_len)
     status = kernel_library().ot_causal_attention_forward(
@@ -96,10 +102,10 @@ def causal_attention_backward(
     """Gradient of :func:`causal_attention` with respect to the packed, unrotated qkv (B, T, 3, H, D)."""
     grad_out, qkv, out = (_last_dim_contiguous(x) for x in (grad_out, qkv, out))
     lse = lse.contiguous()
-    q, k, v = _heads_first(qkv)
+    q, k, v = heads_first(qkv)
     batch, heads, seq_len, head_dim = q.shape
     grad_qkv = torch.empty(qkv.shape, dtype=qkv.dtype, device=qkv.device)
-    grad_q, grad_k, grad_v = _heads_first(grad_qkv)
+    grad_q, grad_k, grad_v = heads_first(grad_qkv)
     status = kernel_library().ot_causal_attention_backward(
         *_pointer_and_strides(q), *_pointer_and_strides(k), *_pointer_and_strides(v), *_pointer_and_strides(out.transpose(1, 2)),
         *_pointer_and_strides(grad_out.transpose(1, 2)), lse.data_ptr(), grad_q.data_ptr(), grad_k.data_ptr(), grad_v.data_ptr(),

@@ -43,6 +43,10 @@ def linear_cross_entropy(
     """Mean cross-entropy (nats) of the logits ``hidden @ weight.T`` (N, V) against targets (N,), over the
     targets that are not ``ignore_index`` (NaN when all are), as ``F.cross_entropy`` gives it; with the
     loss's gradients with respect to hidden (N, C) and weight (V, C), which the backward pass scales."""
+    sgemm = blas_sgemm()
+    if sgemm is None:
+        raise RuntimeError("torch's library exports no usable BLAS sgemm_ for the fused loss; compute the loss with "
+                           "F.cross_entropy (LlamaLM.use_cpu_kernels does so where it is missing)")
     hidden, weight, targets = hidden.contiguous(), weight.contiguous(), targets.contiguous().long()
     (rows, width), vocab_size = hidden.shape, weight.shape[0]
     counted_mask = targets != ignore_index
@@ -55,7 +59,7 @@ def linear_cross_entropy(
     grad_weight = torch.empty_like(weight) if rows else torch.zeros_like(weight)  # the first block writes it
     logits_block = hidden.new_empty(min(block_rows, rows), vocab_size)
     total = kernel_library().ot_linear_cross_entropy(
-        blas_sgemm(), hidden.data_ptr(), weight.data_ptr(), targets.data_ptr(), grad_hidden.data_ptr(), grad_weight.data_ptr(),
+        sgemm, hidden.data_ptr(), weight.data_ptr(), targets.data_ptr(), grad_hidden.data_ptr(), grad_weight.data_ptr(),
         logits_block.data_ptr(), rows, width, vocab_size, block_rows, ignore_index, 1.0 / counted if counted else 0.0,
     )
     loss = hidden.new_tensor(total / counted if counted else math.nan)

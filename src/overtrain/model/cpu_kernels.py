@@ -79,15 +79,32 @@ def kernel_library() -> ctypes.CDLL | None:
         return None
 
 
+_SGEMM = ctypes.CFUNCTYPE(None, *[ctypes.c_char_p] * 2, *[ctypes.POINTER(ctypes.c_int)] * 3, ctypes.POINTER(ctypes.c_float),
+                          _POINTER, ctypes.POINTER(ctypes.c_int), _POINTER, ctypes.POINTER(ctypes.c_int),
+                          ctypes.POINTER(ctypes.c_float), _POINTER, ctypes.POINTER(ctypes.c_int))
+
+
+def _sgemm_agrees_with_torch(address: int) -> bool:
+    """One small non-square product with a transpose, as the kernels call it (32-bit integers, row-major
+    through the column-major interface), against torch's: a BLAS with another calling convention is refused."""
+    a, b = torch.randn(3, 7), torch.randn(5, 7)
+    c = torch.zeros(3, 5)  # row-major c = a @ b.T is column-major c.T = b @ a.T: sgemm('T', 'N', 5, 3, 7, ...)
+    m, n, k, one, zero = ctypes.c_int(5), ctypes.c_int(3), ctypes.c_int(7), ctypes.c_float(1.0), ctypes.c_float(0.0)
+    _SGEMM(address)(b"T", b"N", m, n, k, one, b.data_ptr(), k, a.data_ptr(), k, zero, c.data_ptr(), m)
+    return torch.allclose(c, a @ b.T, atol=1e-5)
+
+
 @functools.lru_cache(maxsize=1)
 def blas_sgemm() -> int | None:
-    """Address of the Fortran BLAS ``sgemm_`` that torch links (MKL in the x86 wheels), for kernels that run
-    products block by block between their own loops; None where torch's library does not export one."""
+    """Address of the Fortran BLAS ``sgemm_`` (32-bit integers) that torch links (MKL in the x86 wheels), for
+    kernels that run products block by block between their own loops; None where torch's library exports
+    none, or one that does not compute a test product as torch does."""
     torch_library = Path(torch.__file__).parent / "lib" / "libtorch_cpu.so"
     try:
-        return ctypes.cast(ctypes.CDLL(str(torch_library)).sgemm_, ctypes.c_void_p).value
+        address = ctypes.cast(ctypes.CDLL(str(torch_library)).sgemm_, ctypes.c_void_p).value
     except (OSError, AttributeError):
         return None
+    return address if _sgemm_agrees_with_torch(address) else None
 
 
 def kernel_available() -> bool:

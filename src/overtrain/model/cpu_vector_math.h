@@ -6,7 +6,7 @@
 typedef float vf __attribute__((vector_size(64)));
 typedef float vf_unaligned __attribute__((vector_size(64), aligned(4)));
 typedef int32_t vi __attribute__((vector_size(64)));
-constexpr int W = 16;  // floats per vector
+constexpr int W = 16;  // floats per vector (and the attention kernel's queries per block)
 
 inline vf vload(const float* p) { return *reinterpret_cast<const vf_unaligned*>(p); }
 inline void vstore(float* p, vf x) { *reinterpret_cast<vf_unaligned*>(p) = x; }
@@ -37,7 +37,7 @@ inline vf exp_nonpositive(vf x) {
 }
 
 // log(x) for normal x > 0, 16 lanes at once: Cephes' logf (mantissa in [sqrt(1/2), sqrt(2)), degree-8
-// polynomial, within ~1 ulp). Used on softmax row sums, which lie in [1, T].
+// polynomial, within ~1 ulp). For softmax row sums (in [1, T] in the attention kernel).
 inline vf log_positive(vf x) {
   const vi bits = reinterpret_cast<vi>(x);
   vi exponent = ((bits >> 23) & 0xff) - 126;

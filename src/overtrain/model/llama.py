@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from overtrain.model.config import ModelConfig
-from overtrain.model.cpu_attention import causal_attention, kernel_applies
+from overtrain.model.cpu_attention import causal_attention, heads_first, kernel_applies
 from overtrain.model.cpu_cross_entropy import linear_cross_entropy, loss_kernel_applies
 from overtrain.model.cpu_kernels import blas_sgemm, kernel_available
 
@@ -70,7 +70,7 @@ class Attention(nn.Module):
             if kernel_applies(qkv):  # the kernel rotates q and k itself
                 out = causal_attention(qkv, self.head_dim**-0.5, cos.contiguous(), sin.contiguous())[0]  # (B, T, H, D)
                 return self.o_proj(out.reshape(batch, seq_len, -1))
-            q, k, v = (qkv[:, :, index].transpose(1, 2) for index in range(3))
+            q, k, v = heads_first(qkv)
         else:
             q = self.q_proj(x).view(batch, seq_len, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, D)
             k = self.k_proj(x).view(batch, seq_len, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, K, T, D)
@@ -82,8 +82,10 @@ class Attention(nn.Module):
     def _stacked_projection(self, x: torch.Tensor) -> torch.Tensor:
         """(B, T, C) -> q, k and v side by side (B, T, 3*H*D), from one product with the three weights stacked:
         at the nano shape one (4096 x 64) @ (64 x 192) product and its two gradient products take ~1.6 ms less
-        per layer and step than three of width 64. The weights stay three tensors (transformers' layout); runs
-        without the CPU kernel keep three products, so their numerics stay what they were."""
+        per layer and step than three of width 64. The weights stay three tensors (transformers' layout). Taken
+        by every layer with the CPU kernels on and as many key/value heads as query heads (also where the
+        attention kernel then does not apply, e.g. under autocast); runs without the kernels keep three
+        products, so their numerics stay what they were."""
         stacked = torch.cat((self.q_proj.weight, self.k_proj.weight, self.v_proj.weight))
         return F.linear(x, stacked)
 

@@ -59,8 +59,9 @@ class TrainConfig:
     on GPUs and on CPUs with AMX, where it is faster, and fp32 on other CPUs, where bf16 measured slower
     (2.2x slower for the nano step on an AVX512-BF16 Xeon without AMX; see overtrain.precision)."""
     compile: bool | Literal["auto"] = "auto"
-    """Compile the model and loss with torch.compile (on CPU also overtrain's attention kernel, with the
-    rotary embedding and the q/k/v products fused): ~1.8x the steps per second at the nano shape, for a
+    """Compile the model and loss with torch.compile (on CPU also overtrain's kernels: attention with the
+    rotary embedding and the q/k/v products fused, and the output layer fused with the loss): ~1.8x the
+    steps per second at the nano shape, for a
     slower start (~20 s of one core there; ~3 s once inductor's on-disk cache is warm). ``auto`` (the
     default) compiles where that pays: single-process runs of at least 500 steps in all (the run's whole
     length, not what is left, so a resumed run or a WSD trunk segment rounds like the uninterrupted run).

@@ -333,8 +333,9 @@ class _TrainingLoop:
     def _set_up_compile(self) -> None:
         model, context = self.model, self.context
         compiled = should_compile(self.train_config, context.world_size)
-        # One process: compile forward, loss and their backward as one graph (inductor fuses the norms,
-        # SwiGLU, the cross-entropy and, where the CPU kernel does not take it, RoPE). Under DDP the wrapper needs the module, so only it is compiled.
+        # One process: compile forward, loss and their backward as one graph (inductor fuses the norms, SwiGLU
+        # and, where overtrain's CPU kernels do not take them, RoPE and the cross-entropy). Under DDP the
+        # wrapper needs the module, so only it is compiled.
         # On CPU, max-autotune lets inductor pick its own C++ GEMM templates where they beat MKL for these
         # thin products (K = 64): ~4% per step at the nano shape, for about the same compile time; cpp_wrapper
         # runs the graph's host code (allocations, ~60 kernel calls) in C++ instead of Python: ~2-4% more.
