@@ -87,7 +87,7 @@ _SGEMM = ctypes.CFUNCTYPE(None, *[ctypes.c_char_p] * 2, *[ctypes.POINTER(ctypes.
 def _sgemm_agrees_with_torch(address: int) -> bool:
     """One small non-square product with a transpose, as the kernels call it (32-bit integers, row-major
     through the column-major interface), against torch's: a BLAS with another calling convention is refused."""
-    a, b = torch.randn(3, 7), torch.randn(5, 7)
+    a, b = torch.arange(21.0).reshape(3, 7).sin(), torch.arange(35.0).reshape(5, 7).cos()  # no draw from torch's RNG
     c = torch.zeros(3, 5)  # row-major c = a @ b.T is column-major c.T = b @ a.T: sgemm('T', 'N', 5, 3, 7, ...)
     m, n, k, one, zero = ctypes.c_int(5), ctypes.c_int(3), ctypes.c_int(7), ctypes.c_float(1.0), ctypes.c_float(0.0)
     _SGEMM(address)(b"T", b"N", m, n, k, one, b.data_ptr(), k, a.data_ptr(), k, zero, c.data_ptr(), m)
