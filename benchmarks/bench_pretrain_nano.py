@@ -19,7 +19,8 @@ Baseline: what a user writes with transformers: ``LlamaForCausalLM`` with the sa
 ``model(input_ids, labels=input_ids).loss``, ``loss.backward()``, ``clip_grad_norm_``,
 ``torch.optim.AdamW`` (defaults), fed the same batches with the same LR schedule. It runs twice, with
 transformers' default attention (``sdpa``) and with its ``eager`` attention; ratios are against the faster
-of the two in each round (sdpa measured ~7% faster at this shape), so no choice of baseline flatters overtrain.
+of the two in each round (sdpa, faster by 7-28% in the runs in docs/benchmarks.md), so no choice of baseline
+flatters overtrain.
 
 Rounds are interleaved (peak, every loop for ``--steps`` steps, peak again), so machine load hits all
 sides alike. Times are taken two ways: process CPU time (what the one thread actually computed, robust

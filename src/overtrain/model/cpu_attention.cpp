@@ -193,6 +193,13 @@ inline vf exp_keys(int64_t first, int64_t begin, int64_t end, vf shift, vf* p, v
   return row_sum;
 }
 
+// Rows [first, first + rows) of x, asked for into L2 (__builtin_prefetch's locality 2 is prefetcht1).
+template <int D, bool WRITE>
+inline void prefetch_rows_into_l2(View x, int64_t first, int64_t rows) {
+  for (int64_t t = first; t < first + rows; ++t)
+    for (int byte = 0; byte < D * 4; byte += 64) __builtin_prefetch(reinterpret_cast<const char*>(x.at(t)) + byte, WRITE, 2);
+}
+
 // The rows of the next (batch, head) pair that it will read and write. Each pair computing its block of
 // rows `first` asks for the same rows of the next pair into L2 (prefetcht1, not L1: the current pair's
 // working set stays there): the step's activations are far larger than the caches, and without this the
@@ -209,18 +216,8 @@ struct NextPair {
 
   template <int D>
   void prefetch(int64_t first, int64_t rows) const {
-    constexpr int kL2 = 2;  // __builtin_prefetch's locality for prefetcht1
-    for (int i = 0; i < n_reads + n_writes; ++i) {
-      const View x = i < n_reads ? reads[i] : writes[i - n_reads];
-      for (int64_t t = first; t < first + rows; ++t)
-        for (int byte = 0; byte < D * 4; byte += 64) {
-          const char* line = reinterpret_cast<const char*>(x.at(t)) + byte;
-          if (i < n_reads)
-            __builtin_prefetch(line, 0, kL2);
-          else
-            __builtin_prefetch(line, 1, kL2);
-        }
-    }
+    for (int i = 0; i < n_reads; ++i) prefetch_rows_into_l2<D, false>(reads[i], first, rows);
+    for (int i = 0; i < n_writes; ++i) prefetch_rows_into_l2<D, true>(writes[i], first, rows);
   }
 };
 

@@ -30,7 +30,11 @@ def kernel_applies(qkv: torch.Tensor) -> bool:
     on the CPU and a head dim in :data:`HEAD_DIMS` (packing them implies as many key/value heads as query
     heads). Only tensor properties, so torch.compile traces it without a break; whether the kernel is built
     and torch runs one thread is asked once, by :func:`overtrain.model.cpu_kernels.kernel_available`."""
-    return qkv.device.type == "cpu" and qkv.dtype == torch.float32 and qkv.dim() == 5 and qkv.shape[2] == 3 and qkv.shape[-1] in HEAD_DIMS
+    return qkv.device.type == "cpu" and qkv.dtype == torch.float32 and _is_packed(qkv) and qkv.shape[-1] in HEAD_DIMS
+
+
+def _is_packed(qkv: torch.Tensor) -> bool:
+    return qkv.dim() == 5 and qkv.shape[2] == 3
 
 
 def _pointer_and_strides(x: torch.Tensor) -> list[int]:
@@ -47,8 +51,14 @@ def heads_first(packed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch
 
 
 def _check_packed(qkv: torch.Tensor) -> None:
-    if qkv.dim() != 5 or qkv.shape[2] != 3:
+    if not _is_packed(qkv):
         raise ValueError(f"pass q, k and v packed as one (B, T, 3, H, D) tensor, got shape {tuple(qkv.shape)}")
+
+
+def _check_status(status: int, head_dim: int) -> None:
+    """The kernel's entry points return 1 for a head dim they are not compiled for."""
+    if status != 0:
+        raise ValueError(f"the CPU attention kernel has no head dim {head_dim} (it has {HEAD_DIMS})")
 
 
 def _rotary_pointers(q: torch.Tensor, cos: torch.Tensor | None, sin: torch.Tensor | None) -> list[int | None]:
@@ -83,8 +93,7 @@ def causal_attention(
         *_pointer_and_strides(q), *_pointer_and_strides(k), *_pointer_and_strides(v), *_pointer_and_strides(out.transpose(1, 2)),
         lse.data_ptr(), *_rotary_pointers(q, cos, sin), batch, heads, seq_len, head_dim, scale,
     )
-    if status != 0:
-        raise ValueError(f"the CPU attention kernel has no head dim {head_dim} (it has {HEAD_DIMS})")
+    _check_status(status, head_dim)
     return out, lse
 
 
@@ -111,8 +120,7 @@ def causal_attention_backward(
         *_pointer_and_strides(grad_out.transpose(1, 2)), lse.data_ptr(), grad_q.data_ptr(), grad_k.data_ptr(), grad_v.data_ptr(),
         grad_q.stride(0), grad_q.stride(1), grad_q.stride(2), *_rotary_pointers(q, cos, sin), batch, heads, seq_len, head_dim, scale,
     )
-    if status != 0:
-        raise ValueError(f"the CPU attention kernel has no head dim {head_dim} (it has {HEAD_DIMS})")
+    _check_status(status, head_dim)
     return grad_qkv
 
 

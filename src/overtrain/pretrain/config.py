@@ -61,8 +61,8 @@ class TrainConfig:
     compile: bool | Literal["auto"] = "auto"
     """Compile the model and loss with torch.compile (on CPU also overtrain's kernels: attention with the
     rotary embedding and the q/k/v products fused, and the output layer fused with the loss): ~1.8x the
-    steps per second at the nano shape, for a
-    slower start (~20 s of one core there; ~3 s once inductor's on-disk cache is warm). ``auto`` (the
+    steps per second at the nano shape, for a slower start (~20 s of one core there; ~3 s once inductor's
+    on-disk cache is warm). ``auto`` (the
     default) compiles where that pays: single-process runs of at least 500 steps in all (the run's whole
     length, not what is left, so a resumed run or a WSD trunk segment rounds like the uninterrupted run).
     Compiled and eager steps agree to float rounding, not bitwise: a WSD branch of fewer than 500 steps
