@@ -336,10 +336,11 @@ class _TrainingLoop:
         # One process: compile forward, loss and their backward as one graph (inductor fuses the norms, SwiGLU
         # and, where overtrain's CPU kernels do not take them, RoPE and the cross-entropy). Under DDP the
         # wrapper needs the module, so only it is compiled.
-        # On CPU, max-autotune lets inductor pick its own C++ GEMM templates where they beat MKL for these
-        # thin products (K = 64): ~4% per step at the nano shape, for about the same compile time; cpp_wrapper
-        # runs the graph's host code (allocations, ~60 kernel calls) in C++ instead of Python: ~2-4% more.
-        options = {"max_autotune": True, "cpp_wrapper": True} if self.device.type == "cpu" else None
+        # On CPU, cpp_wrapper runs the graph's host code (allocations, ~60 kernel calls) in C++ instead of
+        # Python: ~2-4% per step at the nano shape. No max-autotune: inductor's C++ GEMM templates take only
+        # constant (frozen) weights, so in training every product is MKL's either way (forced onto these
+        # products, the templates measured at half MKL's speed), and the step measured the same without it.
+        options = {"cpp_wrapper": True} if self.device.type == "cpu" else None
         self.compiled_loss = torch.compile(model.loss, options=options) if compiled and context.world_size == 1 else None
         self.forward_model = torch.compile(model) if compiled and context.world_size > 1 else model
         # Compiled CPU runs also take overtrain's kernels (LlamaLM.use_cpu_kernels): attention that applies the
