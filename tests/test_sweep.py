@@ -178,8 +178,13 @@ def test_a_row_records_how_many_tokens_its_loss_was_measured_on(finished_sweep: 
     assert cli_main(["noise", checkpoint, "gammas=[1.0]", "seeds=1", "eval_tokens=100000000", "report=false", "--out", str(out)]) == 0
     with ResultStore(out / "results.sqlite") as store:
         (row,) = store.rows(kind="noise")
-    assert 0 < row.provenance["eval_tokens_measured"] < 100_000_000  # capped by the held-out split, and said so
+    measured = row.provenance["eval_tokens_measured"]
+    assert 0 < measured < 100_000_000  # capped by the held-out split, and said so
     assert row.provenance["eval_source"].startswith("heldout split of")
+    assert cli_main(["report", str(out)]) == 0  # and the report says it too
+    summary = (out / "report" / "summary.md").read_text()
+    table = summary.split("What the probes measured the pre-training loss on", 1)[1]
+    assert "| noise | heldout split of" in table and f"| 100000000 | {measured} | 1 |" in table
 
 
 def test_report_can_be_rebuilt_from_the_store(finished_sweep: tuple[Path, list[str]], tmp_path: Path) -> None:

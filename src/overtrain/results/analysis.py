@@ -95,6 +95,22 @@ def pretrain_frame(store: ResultStore) -> pd.DataFrame:
                          for row in store.rows(kind="pretrain") if not row.metrics.get("trunk_segment")])
 
 
+EVALUATION_COLUMNS = ["probe", "measured on", "tokens asked", "tokens measured", "jobs"]
+
+
+def evaluation_text_frame(store: ResultStore) -> pd.DataFrame:
+    """What each probe kind measured the pre-training loss on: one row per (kind, text, tokens asked,
+    tokens measured) with its number of jobs. Fewer tokens measured than asked means the held-out split or
+    the text was shorter than ``eval_tokens``: the row's loss is still exact, over fewer tokens."""
+    counts: dict[tuple[Any, ...], int] = {}
+    for row in store.rows():
+        source = row.provenance.get("eval_source")
+        if source is not None:
+            key = (row.kind, source, row.spec.get("eval_tokens"), row.provenance.get("eval_tokens_measured"))
+            counts[key] = counts.get(key, 0) + 1
+    return pd.DataFrame([[*key, jobs] for key, jobs in sorted(counts.items(), key=str)], columns=EVALUATION_COLUMNS)
+
+
 def _without_factors(metrics: dict[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in metrics.items() if key != "factors"}
 

@@ -169,6 +169,8 @@ class _Frames:
     multimodal: pd.DataFrame = field(default_factory=pd.DataFrame)
     pooled_settings: list[str] = field(default_factory=list)
     """Warnings: rows of one checkpoint measured under settings the tables do not draw apart (results.mixing)."""
+    evaluation_text: pd.DataFrame = field(default_factory=pd.DataFrame)
+    """What the probes measured the pre-training loss on (analysis.evaluation_text_frame)."""
 
 
 def _nothing_to_report(store_path: Path, why: str) -> OvertrainError:
@@ -194,6 +196,7 @@ def _read_store(store_path: Path) -> _Frames:
         frames.multimodal = multimodal_frame(store)
         frames.benchmarks = base_benchmark_frame(store)
         frames.pooled_settings = pooled_settings(store, _frame_columns(frames))
+        frames.evaluation_text = analysis.evaluation_text_frame(store)
     if frames.noise.empty and frames.finetune.empty and frames.pretrain.empty and frames.sharpness.empty \
             and frames.multimodal.empty and frames.benchmarks.empty:
         raise _nothing_to_report(store_path, "holds no pre-training, noise, fine-tuning or sharpness result")
@@ -235,6 +238,8 @@ def _build_report(frames: _Frames, report: Report) -> Report:
     pretrain = frames.pretrain
     report.headlines += [f"WARNING: {warning}" for warning in frames.pooled_settings]
     report.headlines += [claim.headline() for claim in analysis.paper_claims(noise, finetune)]
+    if not frames.evaluation_text.empty:
+        report.tables["What the probes measured the pre-training loss on"] = frames.evaluation_text
     if not pretrain.empty:
         report.tables["Pre-training runs"] = pretrain.sort_values("tokens_seen")
         _weight_norm_section(pretrain, report)
