@@ -225,12 +225,15 @@ def run_sweep_file(path: str | None, overrides: list[str], dry_run: bool) -> int
     print(f"plan: {describe_plan(jobs)}; executor {config.executor.kind}; store {config.store_path}")
     check_sweep_inputs(jobs, config.out_dir)
     if dry_run:
-        from overtrain.sweep.estimate import estimate_sweep_seconds, format_estimate
+        from overtrain.sweep.estimate import CalibrationError, estimate_sweep_seconds, format_estimate
 
         finished = stored_keys(config.store_path) & {job.key for job in jobs}
         if finished:
             print(f"stored: {len(finished)} of {len(jobs)} jobs already finished; the estimate covers the {len(jobs) - len(finished)} left")
-        print(format_estimate(estimate_sweep_seconds(config, jobs, finished)))
+        try:
+            print(format_estimate(estimate_sweep_seconds(config, jobs, finished)))
+        except CalibrationError as error:  # the plan stands; only the estimate is missing
+            print(f"estimate: not available on this machine ({error})")
         from overtrain.sweep.estimate import gpu_finetune_lines
 
         for line in gpu_finetune_lines(jobs):

@@ -5,19 +5,35 @@ count), then counts tokens: pre-training tokens at that rate, evaluation tokens 
 forward pass is about a third of a training step), fine-tuning tokens at the training rate. Jobs run
 ``workers`` at a time. Sharpness jobs count forwards: a Hessian-vector product costs ~11 forward passes
 (measured, docs/sharpness.md), a worst-case step (forward+backward) ~3, and the top eigenvalue is assumed to
-take ``min(max_iters, 25)`` products. It is a plan, not a promise: it ignores start-up and tokenizing the corpus.
+take ``min(max_iters, 25)`` products. It is a plan, not a promise: it ignores start-up and tokenizing the corpus,
+and it names the job kinds it has no arithmetic for (multimodal tuning, benchmarks, image features) instead
+of counting them as free.
+
+The calibration steps take at most :data:`CALIBRATION_TOKENS` tokens each, whatever the sweep's batch: a
+paper-scale batch (256 x 1024 tokens of a 50k vocabulary) needs tens of GB for its logits alone, and a dry
+run must not need the memory of a real step. The per-token rate of a smaller batch is the same or a little
+slower (fixed costs per step weigh more), so the estimate errs long.
 """
 
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Collection
+from dataclasses import dataclass, field
 
 import torch
 
 from overtrain.results.records import Job
 from overtrain.units import format_seconds
 
+CALIBRATION_TOKENS = 4096
+"""Tokens per calibration step at most (the nano demo's whole batch: 32 x 128)."""
+CALIBRATION_LOGIT_BYTES = 256 << 20
+"""Bytes of fp32 logits per calibration step at most (a 50k vocabulary allows ~1.3k tokens)."""
+CALIBRATION_SECONDS = 20.0
+"""Timed steps stop once they have taken this long (at least one): a big model on a CPU is slow."""
+ESTIMATED_KINDS = ("pretrain", "noise", "finetune", "sharpness")
 FINETUNE_TOKENS_PER_EXAMPLE = 250  # typical prompt + completion of the offline tasks at a byte-level vocabulary
 FORWARDS_PER_HVP = 11  # a Hessian-vector product in forward passes (docs/sharpness.md, nano shape)
 FORWARDS_PER_STEP = 3  # a forward+backward pass
@@ -37,33 +53,62 @@ def sharpness_forwards(spec: dict) -> float:
     return per_group * len(spec.get("groups") or [None])
 
 
+class CalibrationError(RuntimeError):
+    """The calibration steps could not run here (out of memory, say): the dry run says so and goes on."""
+
+
+def calibration_rows(batch_size: int, seq_len: int, vocab_size: int) -> int:
+    """Rows of ``seq_len`` tokens per calibration step: the sweep's batch, or fewer to stay within
+    :data:`CALIBRATION_TOKENS` and :data:`CALIBRATION_LOGIT_BYTES` (at least one)."""
+    by_logits = CALIBRATION_LOGIT_BYTES // (4 * vocab_size * seq_len)
+    return max(1, min(batch_size, CALIBRATION_TOKENS // seq_len, by_logits))
+
+
 def measure_train_tokens_per_second(config, threads: int) -> float:
+    """Training tokens per second of the config's model here: the best of up to three timed AdamW steps
+    (fewer once they pass :data:`CALIBRATION_SECONDS`) after one untimed, on random tokens, at
+    :func:`calibration_rows` rows."""
     from overtrain.model.llama import build_model
 
     previous = torch.get_num_threads()
     torch.set_num_threads(max(1, threads))
+    train = config.train
+    rows = calibration_rows(train.batch_size, train.seq_len, config.data.vocab_size)
     try:
-        train = config.train
         model, _ = build_model(config.model, config.data.vocab_size, train.seq_len, seed=0)
         optimizer = torch.optim.AdamW(model.parameters())
-        inputs = torch.randint(0, config.data.vocab_size, (train.batch_size, train.seq_len))
-        timings = []
-        for _ in range(4):
+        inputs = torch.randint(0, config.data.vocab_size, (rows, train.seq_len))
+        timings: list[float] = []
+        while len(timings) < 4 and (len(timings) < 2 or sum(timings[1:]) < CALIBRATION_SECONDS):
             started = time.perf_counter()
             model.loss(inputs, inputs).backward()
             optimizer.step()
             optimizer.zero_grad()
             timings.append(time.perf_counter() - started)
-        return train.tokens_per_step / min(timings[1:])
+        return rows * train.seq_len / min(timings[1:])
+    except RuntimeError as error:  # torch's out-of-memory error among them
+        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+        raise CalibrationError(f"a calibration step of {rows} x {train.seq_len} tokens failed: {first_line}") from None
     finally:
         torch.set_num_threads(previous)
 
 
-def estimate_sweep_seconds(config, jobs: list[Job], finished_keys: Collection[str] = frozenset()) -> dict[str, float]:
-    """Seconds per job kind of the jobs not in ``finished_keys``, for a sweep whose checkpoints come from
-    its own ``pretrain`` section."""
+@dataclass
+class SweepEstimate:
+    """Seconds per job kind of the jobs left (workers in parallel), the calibrated rate, and the job
+    kinds left that have no estimate, with their counts."""
+
+    seconds: dict[str, float]
+    train_tokens_per_second: float
+    not_estimated: dict[str, int] = field(default_factory=dict)
+
+
+def estimate_sweep_seconds(config, jobs: list[Job], finished_keys: Collection[str] = frozenset()) -> SweepEstimate | None:
+    """The estimate for the jobs not in ``finished_keys``, for a sweep whose checkpoints come from its own
+    ``pretrain`` section (None without one: there is no model to calibrate on). Raises
+    :class:`CalibrationError` where the calibration steps cannot run."""
     if config.pretrain is None:
-        return {}
+        return None
     rate = measure_train_tokens_per_second(config.pretrain, config.executor.threads_per_worker)
     workers = config.executor.workers if config.executor.kind != "in-process" else 1
     pretrain_tokens, trunk_tokens = pretrain_tokens_left(jobs, finished_keys)
@@ -82,9 +127,12 @@ def estimate_sweep_seconds(config, jobs: list[Job], finished_keys: Collection[st
             seconds["finetune"] += train_tokens / rate + eval_tokens / (3 * rate)
         elif job.kind == "sharpness":
             seconds["sharpness"] = seconds.get("sharpness", 0.0) + sharpness_forwards(job.spec) * job.spec["eval_tokens"] / (3 * rate)
-    parallel = {kind: value / workers for kind, value in seconds.items()}
-    parallel["pretrain"] = max(pretrain_tokens / rate / workers, trunk_tokens / rate)
-    return parallel | {"train_tokens_per_second": rate}
+    kinds_left = {job.kind for job in jobs}
+    parallel = {kind: value / workers for kind, value in seconds.items() if kind in kinds_left}
+    if "pretrain" in kinds_left:
+        parallel["pretrain"] = max(pretrain_tokens / rate / workers, trunk_tokens / rate)
+    not_estimated = dict(Counter(job.kind for job in jobs if job.kind not in ESTIMATED_KINDS))
+    return SweepEstimate(parallel, rate, not_estimated)
 
 
 def pretrain_tokens_left(jobs: list[Job], finished_keys: Collection[str] = frozenset()) -> tuple[int, int]:
@@ -99,12 +147,17 @@ def pretrain_tokens_left(jobs: list[Job], finished_keys: Collection[str] = froze
     return sum(tokens_by_job[key] for key in left), trunk
 
 
-def format_estimate(seconds: dict[str, float]) -> str:
-    if not seconds:
+def format_estimate(estimate: SweepEstimate | None) -> str:
+    if estimate is None:
         return "estimate: needs a pretrain section (the model to calibrate on)"
-    rate = seconds.pop("train_tokens_per_second")
-    parts = ", ".join(f"{kind} {format_seconds(value)}" for kind, value in seconds.items())
-    return f"estimate on this machine ({rate:,.0f} training tokens/s per worker): {parts}; total {format_seconds(sum(seconds.values()))}"
+    parts = [f"{kind} {format_seconds(value)}" for kind, value in estimate.seconds.items()]
+    parts.append(f"total {format_seconds(sum(estimate.seconds.values()))}")  # with nothing left: total 0m00s alone
+    line = f"estimate on this machine ({estimate.train_tokens_per_second:,.0f} training tokens/s per worker): {', '.join(parts[:-1])}"
+    line = f"{line}; {parts[-1]}" if len(parts) > 1 else f"{line}{parts[-1]}"
+    if estimate.not_estimated:
+        left_out = ", ".join(f"{count} {kind}" for kind, count in sorted(estimate.not_estimated.items()))
+        line += f"; not counted: {left_out} job(s), whose kinds it has no arithmetic for (their docs give measured times)"
+    return line
 
 
 GPU_COUNTS = (1, 8)
