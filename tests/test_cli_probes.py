@@ -130,6 +130,19 @@ def test_generated_help_lists_every_key_with_its_docstring(capsys: pytest.Captur
     with pytest.raises(SystemExit):
         cli_main(["sweep", "--help"])
     assert "noise.gammas=" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        cli_main(["theory", "--help"])
+    theory = " ".join(capsys.readouterr().out.split())
+    assert "network.hidden_dim=32 h: hidden width" in theory and "pretrain.spectrum_top=" in theory
+
+
+def test_sweep_takes_out_as_its_folder_like_the_probe_verbs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    spec = str(Path(__file__).resolve().parents[1] / "configs" / "demo" / "sweep_small.yaml")
+    out = tmp_path / "mine"
+    assert cli_main(["sweep", spec, "--out", str(out), "--dry-run"]) == 0
+    assert f"store {out / 'results.sqlite'}" in capsys.readouterr().out
+    assert cli_main(["sweep", spec, "--out", str(out), f"out_dir={tmp_path / 'other'}", "--dry-run"]) == 2
+    assert "--out" in capsys.readouterr().err and not out.exists()
 
 
 def test_the_finetune_section_is_derived_from_finetune_config() -> None:
@@ -175,7 +188,7 @@ def test_chat_records_train_on_assistant_turns_only(checkpoint: Path) -> None:
 
 
 def test_probe_verbs_on_a_hugging_face_folder_store_its_identity_and_use_its_chat_template(
-        checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     import shutil
 
     import torch
@@ -199,6 +212,13 @@ def test_probe_verbs_on_a_hugging_face_folder_store_its_identity_and_use_its_cha
     chat = tmp_path / "chat.jsonl"
     chat.write_text("".join(json.dumps({"messages": [{"role": "user", "content": f"say {i}"}, {"role": "assistant", "content": str(i)}]}) + "\n"
                             for i in range(12)))
+    # Without eval_data a foreign model has no held-out text: the dry run refuses it, before any job does.
+    for verb in (["noise", str(model), "gammas=[0.01]"], ["finetune", str(model), f"task=file:{chat}", "steps=1"]):
+        assert cli_main([*verb, "--out", str(tmp_path / "refused"), "--dry-run"]) == 2
+        captured = capsys.readouterr()
+        assert "qwen was not trained by overtrain, so there is no held-out split" in captured.out + captured.err
+        assert "fix: pass eval_data=" in captured.out + captured.err
+    assert not (tmp_path / "refused").exists()
     out, common = tmp_path / "out", [f"eval_data={tmp_path / 'eval.txt'}", "eval_tokens=256", "report=false", "--out", str(tmp_path / "out")]
     assert cli_main(["noise", str(model), "gammas=[0.01]", "seeds=2", "mode=relative", *common]) == 0
     import overtrain.probes.finetune as finetune_module

@@ -308,3 +308,14 @@ def test_compiled_run_paused_and_resumed_equals_the_uninterrupted_one_and_tracks
     assert eager.final_heldout_loss == pytest.approx(whole.final_heldout_loss, rel=1e-4)
     eager_weights = load_file(eager.final_checkpoint / "model.safetensors")
     assert not all(torch.equal(expected[name], eager_weights[name]) for name in expected), "bitwise eager: nothing was compiled"
+
+
+def test_the_ladder_dry_run_says_which_runs_compile(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = Path(__file__).resolve().parents[1] / "configs" / "demo" / "nano_ladder.yaml"
+    overrides = [f"out_dir={tmp_path / 'ladder'}", f"data.cache_dir={tmp_path / 'cache'}", "ladder.budgets_tokens=[1e6,4e6]"]
+    assert cli_main(["pretrain-ladder", str(config), *overrides, "--dry-run"]) == 0
+    lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines() if " steps " in line and "->" in line}
+    assert " eager " in lines["1M"] and " compiled " in lines["4M"]  # 244 and 976 steps under train.compile=auto
+    assert cli_main(["pretrain-ladder", str(config), *overrides, "train.compile=false", "--dry-run"]) == 0
+    assert " compiled " not in capsys.readouterr().out
+    assert not (tmp_path / "ladder").exists()

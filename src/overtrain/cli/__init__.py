@@ -73,7 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
         add_config_arguments(sub, "YAML config (see configs/demo/); omitted: all defaults")
         sub.set_defaults(function=_run_verb)
     _add_probe_parsers(verbs)
-    theory = verbs.add_parser("theory", help=COMMANDS["theory"][1], description=COMMANDS["theory"][1])
+    theory = verbs.add_parser("theory", help=COMMANDS["theory"][1], add_help=False, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_lazy_help(theory, theory_help)
     theory.add_argument("overrides", nargs="*", metavar="key=value", help="settings of the simulator, e.g. network.hidden_dim=32 (an unknown key lists them all)")
     theory.add_argument("--out", default="runs/theory", help="folder for figures and numbers (default runs/theory)")
     theory.add_argument("--dry-run", action="store_true", help="print the resolved settings only")
@@ -124,6 +125,14 @@ def add_lazy_help(parser: argparse.ArgumentParser, describe) -> None:
     parser.add_argument("-h", "--help", action=_LazyHelp, describe=describe)
 
 
+def theory_help() -> str:
+    """The theory verb's description and every simulator setting, generated from :class:`TheoryConfig`."""
+    from overtrain.cli.help import keys_help
+    from overtrain.theory.config import TheoryConfig
+
+    return f"{COMMANDS['theory'][1]}: every experiment of docs/theory.md, with figures. Settings:\n\n{keys_help(TheoryConfig)}"
+
+
 def probe_help(name: str) -> str:
     """A probe verb's description: its usage and every key, generated from the settings dataclasses."""
     from overtrain.cli.help import keys_help
@@ -152,6 +161,7 @@ def _add_probe_parsers(verbs) -> None:
     sweep = verbs.add_parser("sweep", help=COMMANDS["sweep"][1], add_help=False, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_lazy_help(sweep, lambda: COMMANDS["sweep"][1] + ".\n\n" + sweep_help())
     add_config_arguments(sweep, "sweep spec YAML (see configs/)")
+    sweep.add_argument("--out", metavar="DIR", help="the sweep's folder (its out_dir setting): runs, DIR/results.sqlite and DIR/report")
     sweep.set_defaults(function=_run_verb)
     demo = verbs.add_parser("demo", help=COMMANDS["demo"][1], description=COMMANDS["demo"][1] + ".\n\n" + DEMO_HELP,
                             formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -193,7 +203,8 @@ Lists: seeds=N means N seeds (0..N-1) everywhere, seeds=[4,7] those seeds; lr=X 
 
 DEMO_HELP = """\
 Pre-trains a ladder of token budgets of a small model on the embedded corpus, runs the noise probe and
-fixed-LR fine-tuning on two offline tasks, and writes runs/demo/report/report.html. Resumes if killed."""
+fine-tuning at three fixed LRs on the offline python-code task, and writes runs/demo/report/report.html.
+Resumes if killed; --dry-run prints the plan and an estimate of its time here."""
 
 
 def pretrain_help() -> str:

@@ -37,12 +37,14 @@ def command_pretrain_ladder(args: argparse.Namespace) -> int:
     from overtrain.config import dump_yaml
     from overtrain.pretrain.config import load_pretrain_config
     from overtrain.pretrain.ladder import describe_ladder, plan_ladder, run_ladder
+    from overtrain.pretrain.loop import COMPILE_MIN_STEPS
 
     path, overrides = split_config_and_overrides(args)
     config = load_pretrain_config(path, overrides)
     rungs = plan_ladder(config)
     print(dump_yaml(config))
-    print(f"ladder ({config.ladder.mode}), {len(rungs)} runs:\n{describe_ladder(rungs)}")
+    print(f"ladder ({config.ladder.mode}), {len(rungs)} runs (train.compile={str(config.train.compile).lower()}: "
+          f"'auto' compiles runs of {COMPILE_MIN_STEPS}+ steps):\n{describe_ladder(rungs)}")
     if args.dry_run:
         print(_token_plan(config))
         return 0

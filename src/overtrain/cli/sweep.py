@@ -7,11 +7,16 @@ from importlib import resources
 from pathlib import Path
 
 from overtrain.cli.arguments import split_config_and_overrides
+from overtrain.errors import OvertrainError
 from overtrain.sweep.driver import run_sweep_file
 
 
 def command_sweep(args: argparse.Namespace) -> int:
     path, overrides = split_config_and_overrides(args)
+    if args.out is not None:  # --out DIR, as the probe verbs take it, is the spec's out_dir
+        if any(override.split("=", 1)[0] == "out_dir" for override in overrides):
+            raise OvertrainError(f"--out {args.out} and an out_dir= override both name the sweep's folder", "pass one of them")
+        overrides = [*overrides, f"out_dir={args.out}"]
     return run_sweep_file(path, overrides, args.dry_run)
 
 

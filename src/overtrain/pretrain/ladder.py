@@ -66,10 +66,16 @@ def _plan_wsd_ladder(config: PretrainConfig, budgets: list[int]) -> list[LadderR
 
 
 def describe_ladder(rungs: list[LadderRung]) -> str:
+    """One line per run: budget, steps, schedule, whether it compiles (as the run decides it, alone in its
+    process: torchrun's data-parallel runs compile the module only) and its folder."""
+    from overtrain.pretrain.loop import should_compile
+
     lines = []
     for rung in rungs:
         how = f"decay branch from {format_tokens(rung.branch_from_tokens)}" if rung.branch_from_tokens is not None else rung.config.train.schedule
-        lines.append(f"  {format_tokens(rung.budget_tokens):>7} tokens  {rung.config.train.total_steps:>7,} steps  {how:<28} -> {rung.config.out_dir}")
+        compiled = "compiled" if should_compile(rung.config.train, 1) else "eager"
+        lines.append(f"  {format_tokens(rung.budget_tokens):>7} tokens  {rung.config.train.total_steps:>7,} steps  {how:<28} "
+                     f"{compiled:<8} -> {rung.config.out_dir}")
     return "\n".join(lines)
 
 

@@ -7,7 +7,9 @@ who asked for ``--dry-run`` was told all was well. These checks are the cheap on
   changed pre-training setting into the same ``out_dir``: every such job would be refused);
 - a checkpoint the sweep does not train itself that is missing, incomplete or truncated (its safetensors
   headers are read, not its tensors: a same-size corruption is still caught by the job's checksum check);
-- ``eval_data`` paths that do not exist.
+- ``eval_data`` paths that do not exist;
+- a model not trained by overtrain (a Hugging Face folder or ``hf:`` reference) probed without
+  ``eval_data``: it has no held-out split of its pre-training text to measure the loss on.
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ SHOWN_PER_PROBLEM = 3
 def check_sweep_inputs(jobs: list[Job], out_dir: Path) -> None:
     """Raise one :class:`OvertrainError` naming every input problem of ``jobs`` (nothing is written)."""
     problems = SettingProblems()
-    for message, fix in (*_pretrain_folder_conflicts(jobs, out_dir), *_damaged_checkpoints(jobs), *_missing_eval_data(jobs)):
+    for message, fix in (*_pretrain_folder_conflicts(jobs, out_dir), *_damaged_checkpoints(jobs), *_missing_eval_data(jobs),
+                         *_foreign_models_without_eval_data(jobs)):
         problems.add_text(message, fix)
     problems.raise_if_any(summary="inputs of this sweep would be refused by its jobs")
 
@@ -110,6 +113,27 @@ def _missing_eval_data(jobs: Iterable[Job]) -> list[tuple[str, str]]:
         return []
     return [(f"eval_data {', '.join(missing[:SHOWN_PER_PROBLEM])} does not exist",
              "pass a .txt or .jsonl file, a folder of them, or hf:NAME[:CONFIG] as eval_data")]
+
+
+def _foreign_models_without_eval_data(jobs: Iterable[Job]) -> list[tuple[str, str]]:
+    """Models that are not overtrain checkpoints, named by jobs that measure a pre-training loss
+    (``eval_tokens`` in their spec) with no ``eval_data``: the job would refuse them after loading."""
+    from overtrain.checkpoints.folder import METADATA_FILE
+    from overtrain.checkpoints.hub import is_hub_reference
+
+    def foreign(reference: str) -> bool:
+        folder = Path(reference).expanduser()
+        return is_hub_reference(reference) or (folder.is_dir() and not (folder / METADATA_FILE).is_file())
+
+    references = sorted({str(job.spec["checkpoint"]) for job in jobs
+                         if "checkpoint" in job.spec and "eval_tokens" in job.spec and not _eval_data_of(job.spec)})
+    without = [reference for reference in references if foreign(reference)]
+    if not without:
+        return []
+    return [(f"{', '.join(without[:SHOWN_PER_PROBLEM])}{' and others' if len(without) > SHOWN_PER_PROBLEM else ''} "
+             f"{'was' if len(without) == 1 else 'were'} not trained by overtrain, so there is no held-out split of "
+             "the pre-training text to measure the loss on",
+             "pass eval_data= a .txt or .jsonl file, a folder of them, or an hf: dataset (ideally text like its pre-training data)")]
 
 
 def _eval_data_of(spec: dict[str, Any]) -> str | None:
