@@ -243,3 +243,27 @@ def test_probe_verbs_on_a_hugging_face_folder_store_its_identity_and_use_its_cha
     summary = (out / "report" / "summary.md").read_text()
     assert "Noise probe: checkpoints without a token count" in summary
     assert "Fine-tuning probe: checkpoints without a token count" in summary
+
+
+@pytest.mark.parametrize("argv", [["noise", "CHECKPOINT", "--out="], ["theory", "--out", " ", "--dry-run"],
+                                  ["sweep", "SPEC", "--out", "", "--dry-run"], ["bench", "CHECKPOINT", "--out="]])
+def test_an_empty_out_is_refused_not_read_as_the_current_folder(argv: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.chdir(tmp_path)
+    spec = str(Path(__file__).resolve().parents[1] / "configs" / "demo" / "sweep_small.yaml")
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main([spec if word == "SPEC" else word for word in argv])
+    assert exit_info.value.code == 2
+    assert "argument --out: is empty" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("verb", ["sweep", "pretrain"])
+def test_an_empty_out_dir_setting_is_one_message(verb: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.chdir(tmp_path)
+    spec = Path(__file__).resolve().parents[1] / "configs" / "demo" / ("sweep_small.yaml" if verb == "sweep" else "nano.yaml")
+    for value, message in (("out_dir=''", "config key out_dir is empty"), ("out_dir=", "config key out_dir must be text, got None")):
+        assert cli_main([verb, str(spec), value, "--dry-run"]) == 2
+        assert message in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())

@@ -200,6 +200,10 @@ def _coerce_sequence(value: Any, origin: Any, args: tuple[Any, ...], where: str)
     return tuple(items) if origin is tuple else items
 
 
+FOLDER_KEYS = ("out_dir", "cache_dir")
+"""Text keys naming a folder: empty text is refused (an unset shell variable, say), not read as the current folder."""
+
+
 def _coerce_leaf(value: Any, annotation: Any, where: str) -> Any:
     if annotation is Any:
         return value
@@ -219,6 +223,8 @@ def _coerce_leaf(value: Any, annotation: Any, where: str) -> Any:
             return float(value)
         raise OvertrainError(f"config key {where} must be a number, got {value!r}", f"set {where}=<number>")
     if annotation is str:
+        if where.rsplit(".", 1)[-1] in FOLDER_KEYS and isinstance(value, str) and not value.strip():
+            raise OvertrainError(f"config key {where} is empty, which would mean the current folder", f"set {where}=<folder>")
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)
         raise OvertrainError(f"config key {where} must be text, got {value!r}", f"set {where}=<text>")

@@ -12,7 +12,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-from overtrain.cli.arguments import add_config_arguments
+from overtrain.cli.arguments import add_config_arguments, path_argument
 from overtrain.errors import OvertrainError
 
 DESCRIPTION = """\
@@ -76,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     theory = verbs.add_parser("theory", help=COMMANDS["theory"][1], add_help=False, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_lazy_help(theory, theory_help)
     theory.add_argument("overrides", nargs="*", metavar="key=value", help="settings of the simulator, e.g. network.hidden_dim=32 (an unknown key lists them all)")
-    theory.add_argument("--out", default="runs/theory", help="folder for figures and numbers (default runs/theory)")
+    theory.add_argument("--out", type=path_argument, default="runs/theory", help="folder for figures and numbers (default runs/theory)")
     theory.add_argument("--dry-run", action="store_true", help="print the resolved settings only")
     theory.set_defaults(function=_run_verb)
     return parser
@@ -155,13 +155,13 @@ def _add_probe_parsers(verbs) -> None:
         sub = verbs.add_parser(name, help=COMMANDS[name][1], add_help=False, formatter_class=argparse.RawDescriptionHelpFormatter)
         add_lazy_help(sub, lambda name=name: COMMANDS[name][1] + ".\n\n" + probe_help(name))
         sub.add_argument("arguments", nargs="+", metavar="CHECKPOINT|key=value", help="checkpoint, run or ladder folders, then settings")
-        sub.add_argument("--out", default=f"runs/{name}", help=f"folder of the store (results.sqlite) and the report (default runs/{name})")
+        sub.add_argument("--out", type=path_argument, default=f"runs/{name}", help=f"folder of the store (results.sqlite) and the report (default runs/{name})")
         sub.add_argument("--dry-run", action="store_true", help="print the plan and validate every setting; run nothing")
         sub.set_defaults(function=_run_verb)
     sweep = verbs.add_parser("sweep", help=COMMANDS["sweep"][1], add_help=False, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_lazy_help(sweep, lambda: COMMANDS["sweep"][1] + ".\n\n" + sweep_help())
     add_config_arguments(sweep, "sweep spec YAML (see configs/)")
-    sweep.add_argument("--out", metavar="DIR", help="the sweep's folder (its out_dir setting): runs, DIR/results.sqlite and DIR/report")
+    sweep.add_argument("--out", type=path_argument, metavar="DIR", help="the sweep's folder (its out_dir setting): runs, DIR/results.sqlite and DIR/report")
     sweep.set_defaults(function=_run_verb)
     demo = verbs.add_parser("demo", help=COMMANDS["demo"][1], description=COMMANDS["demo"][1] + ".\n\n" + DEMO_HELP,
                             formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -173,7 +173,7 @@ def _add_probe_parsers(verbs) -> None:
     report = verbs.add_parser("report", help=COMMANDS["report"][1], description=COMMANDS["report"][1] + ".\n\n" + REPORT_HELP,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
     report.add_argument("store", help="results.sqlite of a sweep, or the sweep's out_dir")
-    report.add_argument("--out", default=None, help="folder for the report (default: next to the store)")
+    report.add_argument("--out", type=path_argument, default=None, help="folder for the report (default: next to the store)")
     report.set_defaults(function=_run_verb)
     tasks = verbs.add_parser("tasks", help=COMMANDS["tasks"][1], description=COMMANDS["tasks"][1] + ".\n\n" + TASKS_HELP,
                              formatter_class=argparse.RawDescriptionHelpFormatter)

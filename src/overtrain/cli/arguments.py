@@ -12,6 +12,13 @@ def add_config_arguments(parser: argparse.ArgumentParser, config_help: str) -> N
     parser.add_argument("--dry-run", action="store_true", help="print the resolved config and the plan; train nothing")
 
 
+def path_argument(text: str) -> str:
+    """An ``--out`` value: not empty (an unset shell variable), which would mean the current folder."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("is empty; name a folder or file (an empty value would mean the current folder)")
+    return text
+
+
 def split_config_and_overrides(args: argparse.Namespace) -> tuple[str | None, list[str]]:
     """argparse cannot tell ``CONFIG`` from a first ``key=value``; an argument with '=' is an override."""
     config, overrides = args.config, list(args.overrides)

@@ -8,6 +8,8 @@ imported at module level, so the parser is built without loading the stage.
 
 from __future__ import annotations
 
+from overtrain.cli.arguments import path_argument
+
 import argparse
 from pathlib import Path
 
@@ -36,7 +38,7 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     """The arguments of ``overtrain bench`` (the parser in ``overtrain.cli`` adds them)."""
     parser.add_argument("arguments", nargs="+", metavar="CHECKPOINT|key=value",
                         help="checkpoint, run or ladder folders (or hf:ORG/NAME@REV), then settings")
-    parser.add_argument("--out", default="runs/bench", help="folder of the store (results.sqlite) and the report (default runs/bench)")
+    parser.add_argument("--out", type=path_argument, default="runs/bench", help="folder of the store (results.sqlite) and the report (default runs/bench)")
     parser.add_argument("--dry-run", action="store_true", help="print the plan and validate every setting; run nothing")
 
 

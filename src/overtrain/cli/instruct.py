@@ -8,6 +8,8 @@ Only ``argparse`` is imported at module level, so the parser can be built withou
 
 from __future__ import annotations
 
+from overtrain.cli.arguments import path_argument
+
 import argparse
 
 ALPACA_EXPORT_SUMMARY = "answer the 805 AlpacaEval instructions greedily and write them in alpaca_eval's model_outputs format"
@@ -27,7 +29,7 @@ def add_alpaca_export_parser(verbs, run_verb) -> None:
     parser = verbs.add_parser("alpaca-export", help=ALPACA_EXPORT_SUMMARY, description=ALPACA_EXPORT_SUMMARY + ".\n\n" + ALPACA_EXPORT_HELP,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("checkpoint", help="overtrain checkpoint or run folder, Hugging Face folder, or hf:ORG/NAME@REVISION")
-    parser.add_argument("--out", required=True, help="the JSON file to write (written whole or not at all)")
+    parser.add_argument("--out", type=path_argument, required=True, help="the JSON file to write (written whole or not at all)")
     parser.add_argument("--generator", default=None, help="the name in the 'generator' field (default: the checkpoint's folder name)")
     parser.add_argument("--limit", type=int, default=None, help="only the first N instructions (default: all 805)")
     parser.add_argument("--max-new-tokens", type=int, default=256, help="longest answer in tokens (default 256)")

@@ -321,8 +321,9 @@ def sweep_config_from_tree(tree: dict[str, Any]) -> SweepConfig:
     """Build and validate a sweep from a nested dict (a YAML file's contents after overrides)."""
     tree = copy.deepcopy(tree)
     pretrain = tree.get("pretrain")
-    if isinstance(pretrain, dict):
-        pretrain.setdefault("out_dir", str(Path(tree.get("out_dir", SweepConfig.out_dir)) / "pretrain"))
+    out_dir = tree.get("out_dir", SweepConfig.out_dir)
+    if isinstance(pretrain, dict) and isinstance(out_dir, str) and out_dir.strip():  # else building the config says what is wrong
+        pretrain.setdefault("out_dir", str(Path(out_dir) / "pretrain"))
         if isinstance(pretrain.get("model"), dict):
             pretrain["model"] = apply_preset(pretrain["model"])
     for section, axes in SECTION_AXES.items():
