@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from overtrain.cli import main as cli_main
+from overtrain.sweep.config import load_sweep_config
 from overtrain.sweep.estimate import (
     CALIBRATION_LOGIT_BYTES,
     CalibrationError,
@@ -15,7 +16,6 @@ from overtrain.sweep.estimate import (
     format_estimate,
     measure_train_tokens_per_second,
 )
-from overtrain.sweep.config import load_sweep_config
 
 REPO = Path(__file__).resolve().parents[1]
 

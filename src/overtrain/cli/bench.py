@@ -8,10 +8,10 @@ imported at module level, so the parser is built without loading the stage.
 
 from __future__ import annotations
 
-from overtrain.cli.arguments import path_argument
-
 import argparse
 from pathlib import Path
+
+from overtrain.cli.arguments import path_argument
 
 BENCH_USAGE = """\
 Scores each checkpoint on the paper's ten benchmarks (ARC-Easy, ARC-Challenge, PIQA, HellaSwag, BoolQ,

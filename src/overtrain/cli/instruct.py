@@ -8,9 +8,9 @@ Only ``argparse`` is imported at module level, so the parser can be built withou
 
 from __future__ import annotations
 
-from overtrain.cli.arguments import path_argument
-
 import argparse
+
+from overtrain.cli.arguments import path_argument
 
 ALPACA_EXPORT_SUMMARY = "answer the 805 AlpacaEval instructions greedily and write them in alpaca_eval's model_outputs format"
 
