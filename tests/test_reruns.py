@@ -57,10 +57,22 @@ def test_a_rerun_with_other_result_settings_is_refused(finished, tmp_path: Path,
 
 
 def test_result_neutral_settings_may_change(finished, tmp_path: Path) -> None:
-    config = copy_of_run(finished, tmp_path, "train.threads=2", "train.eval_every_tokens=1024", "train.checkpoint_every_tokens=2048")
-    result = train_run(config, log=lambda *_: None)
+    config = copy_of_run(finished, tmp_path, "train.threads=2", "train.eval_every_tokens=1024", "train.checkpoint_at_tokens=[4096]")
+    lines: list[str] = []
+    result = train_run(config, log=lines.append)
     assert result.steps_trained == 0 and result.tokens_seen == 4096
     assert result.final_heldout_loss == pytest.approx(finished[1].final_heldout_loss, rel=1e-6)
+    assert any("train.eval_every_tokens is now 1,024" in line and "keep the old spacing" in line for line in lines)
+
+
+@pytest.mark.parametrize("change", ["train.checkpoint_every_tokens=2048", "train.checkpoint_at_tokens=[1024]"])
+def test_a_checkpoint_the_run_trained_past_is_refused_not_claimed(change: str, finished, tmp_path: Path) -> None:
+    config = copy_of_run(finished, tmp_path, change)
+    config_yaml = (tmp_path / "run" / "config.yaml").read_text()
+    with pytest.raises(OvertrainError, match=r"trained to 4,096 tokens and kept none there") as error:
+        train_run(config, log=lambda *_: None)
+    assert "new out_dir" in error.value.fix
+    assert (tmp_path / "run" / "config.yaml").read_text() == config_yaml  # the run's config never claims them
 
 
 def test_a_run_from_before_run_json_is_bound_to_its_checkpoint_settings(finished, tmp_path: Path) -> None:

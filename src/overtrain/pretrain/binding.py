@@ -11,8 +11,10 @@ annealed to zero; a halved one would report the old, larger run's result).
 says so, and records the change (tokens, step, differences) in ``run.json``. The model, the data and
 the seed, batch size and sequence length cannot change within a run, extended or not.
 
-Result-neutral settings (:data:`EXECUTION_KEYS`) may change freely between invocations: they decide how
-and where a run executes or what it logs, not the weights it reaches.
+Result-neutral settings (:data:`EXECUTION_KEYS`) may change between invocations: they decide how and
+where a run executes or what it logs, not the weights it reaches. The loop still refuses a checkpoint
+milestone the run has trained past without keeping (``pretrain.loop``): a run's config must not claim a
+checkpoint it does not have.
 """
 
 from __future__ import annotations

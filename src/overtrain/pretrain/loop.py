@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from overtrain.atomic import atomic_write_text, ensure_writable_folder, remove_stale_temporaries
-from overtrain.checkpoints.discovery import list_checkpoints
+from overtrain.checkpoints.discovery import checkpoint_at_tokens, list_checkpoints
 from overtrain.checkpoints.folder import (
     CheckpointInfo,
     load_tensors,
@@ -193,6 +193,9 @@ def train_run(
     binding, note = check_run_binding(out_dir, config_to_dict(config), config.train.extend, _describe(newest))
     if note and context.is_main:
         log(note)
+    _refuse_milestones_already_passed(config, out_dir, newest)
+    if context.is_main and (eval_note := _eval_spacing_change(config, newest)):
+        log(eval_note)
     needed = train_tokens_needed(config.train.total_steps, config.train.batch_size, config.train.seq_len)  # sharded data: no more
     data = prepare_token_data(config.data, log=log if context.is_main else _silent, train_tokens=needed)
     model, init_std = build_model(config.model, data.vocab_size, config.train.seq_len, config.train.seed)
@@ -222,6 +225,37 @@ def _newest_checkpoint(out_dir: Path) -> CheckpointInfo | None:
     info = read_checkpoint_info(existing[-1])
     verify_checkpoint(info)
     return info
+
+
+def _refuse_milestones_already_passed(config: PretrainConfig, out_dir: Path, newest: CheckpointInfo | None) -> None:
+    """Checkpoint settings may change between invocations of a run (they do not change its weights), but a
+    milestone the run has already trained past without keeping a checkpoint cannot be written after the
+    fact: refused, so that the run's config never claims checkpoints it does not have."""
+    if newest is None:
+        return
+    passed = sorted(tokens for tokens in milestone_tokens(config)
+                    if tokens < newest.tokens_seen and checkpoint_at_tokens(out_dir, tokens) is None)
+    if passed:
+        shown = ", ".join(f"{tokens:,}" for tokens in passed[:5]) + (" ..." if len(passed) > 5 else "")
+        raise OvertrainError(
+            f"train.checkpoint_at_tokens / train.checkpoint_every_tokens ask {out_dir} for checkpoints at {shown} tokens, "
+            f"but the run is trained to {newest.tokens_seen:,} tokens and kept none there: a checkpoint cannot be written after the fact",
+            "resume with the checkpoint settings the run had (they are in its config.yaml), or train a run with these "
+            "milestones into a new out_dir",
+        )
+
+
+def _eval_spacing_change(config: PretrainConfig, newest: CheckpointInfo | None) -> str | None:
+    """A note when ``train.eval_every_tokens`` differs from the spacing the run logged so far (allowed: it
+    changes what is logged, not the weights; but the metrics before and after differ in spacing)."""
+    if newest is None:
+        return None
+    before = newest.run_config.get("train", {}).get("eval_every_tokens")
+    now = config.train.eval_every_tokens
+    if before is None or before == now:
+        return None
+    return (f"train.eval_every_tokens is now {now:,} (was {before:,}): the held-out losses logged up to "
+            f"{newest.tokens_seen:,} tokens keep the old spacing")
 
 
 def _describe(info: CheckpointInfo | None) -> tuple[int, int, dict[str, Any]] | None:
