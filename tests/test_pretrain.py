@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -222,9 +223,9 @@ def test_nan_after_a_checkpoint_stops_with_advice_and_keeps_the_last_good_checkp
 
     monkeypatch.setattr(loop_module._TrainingLoop, "_checkpoint", checkpoint_then_poison)
     config = tiny_pretrain_config(tmp_path, corpus, "train.checkpoint_every_tokens=2048")
-    with pytest.raises(OvertrainError, match="training diverged: loss nan at step 8") as caught:
+    with pytest.raises(OvertrainError, match=r"training diverged: training loss nan in step 9 \(after 2.05k tokens") as caught:
         train_run(config, log=lambda *_: None)
-    assert "train.lr" in caught.value.fix and "last good checkpoint" in caught.value.fix
+    assert "train.lr" in caught.value.fix and "keeps its checkpoint at 2.05k tokens" in caught.value.fix
     kept = list_checkpoints(Path(config.out_dir))
     assert [path.name for path in kept] == ["step-000008-tokens-2048"]
     assert not [p for p in (Path(config.out_dir) / "checkpoints").iterdir() if ".tmp-" in p.name]
@@ -319,3 +320,15 @@ def test_the_ladder_dry_run_says_which_runs_compile(tmp_path: Path, capsys: pyte
     assert cli_main(["pretrain-ladder", str(config), *overrides, "train.compile=false", "--dry-run"]) == 0
     assert " compiled " not in capsys.readouterr().out
     assert not (tmp_path / "ladder").exists()
+
+
+def test_weights_broken_by_a_step_whose_own_loss_was_finite_stop_at_the_evaluation(tmp_path: Path, corpus: Path) -> None:
+    """An LR so large that one step leaves NaN weights: that step's training loss is still finite, the held-out
+    loss after it is not, and the run stops there (at the LR that broke it), with no NaN written to its metrics."""
+    config = tiny_pretrain_config(tmp_path, corpus, "train.lr=1e6", "train.grad_clip=0", "train.warmup_tokens=256",
+                                  "train.eval_every_tokens=256")  # every step
+    with pytest.raises(OvertrainError, match=r"training diverged: held-out loss nan after step \d+") as caught:
+        train_run(config, log=lambda *_: None)
+    assert "kept no checkpoint before diverging" in caught.value.fix
+    metrics = Path(config.out_dir) / "metrics.jsonl"
+    assert not metrics.exists() or all(math.isfinite(json.loads(line)["heldout_loss"]) for line in metrics.read_text().splitlines())

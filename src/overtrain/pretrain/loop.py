@@ -31,6 +31,7 @@ from overtrain.checkpoints.folder import (
     save_checkpoint,
     verify_checkpoint,
 )
+from overtrain.checkpoints.names import parse_checkpoint_name
 from overtrain.config import config_to_dict, dump_yaml
 from overtrain.data.tokens import (
     TokenData,
@@ -451,22 +452,36 @@ class _TrainingLoop:
         return torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
 
     def _check_loss(self, loss: float, lr: float) -> None:
+        """The training loss of the step being taken (``state.step`` steps done before it, at ``lr``)."""
         if self.state.first_loss is None:
             self.state.first_loss = loss
-        diverged = not math.isfinite(loss) or loss > LOSS_SPIKE_FACTOR * self.state.first_loss
-        if diverged:
-            raise OvertrainError(
-                f"training diverged: loss {loss:.4g} at step {self.state.step} "
-                f"({format_tokens(self.state.tokens_seen)} tokens, lr {lr:.3g}); first loss was {self.state.first_loss:.4g}",
-                f"lower train.lr (now {self.train_config.lr:g}), raise train.warmup_tokens, or keep train.grad_clip > 0; "
-                "the run folder keeps its last good checkpoint",
-            )
+        if not math.isfinite(loss) or loss > LOSS_SPIKE_FACTOR * self.state.first_loss:
+            raise self._divergence(f"training loss {loss:.4g} in step {self.state.step + 1:,} "
+                                   f"(after {format_tokens(self.state.tokens_seen)} tokens, lr {lr:.3g})")
+
+    def _divergence(self, what: str) -> OvertrainError:
+        """The error for a diverged run: what was seen, and what the run folder holds to continue from."""
+        first = f"; the first step's loss was {self.state.first_loss:.4g}" if self.state.first_loss is not None else ""
+        kept = list_checkpoints(Path(self.config.out_dir)) if self.context.is_main else []
+        if kept:
+            name = parse_checkpoint_name(kept[-1])
+            at = f" at {format_tokens(name[1])} tokens" if name else f" {kept[-1].name}"
+            where = (f"the run folder keeps its checkpoint{at}: continue from it with a lower "
+                     "train.lr and train.extend=true, or start over in a new out_dir")
+        else:
+            where = "it kept no checkpoint before diverging: start over with a lower train.lr in a new out_dir (or add train.extend=true)"
+        return OvertrainError(f"training diverged: {what}{first}",
+                              f"lower train.lr (now {self.train_config.lr:g}), raise train.warmup_tokens, or keep "
+                              f"train.grad_clip > 0 (now {self.train_config.grad_clip:g}); {where}")
 
     def _heldout_loss(self) -> float:
         return mean_token_loss(self.model, self.eval_inputs, self.eval_targets, batch_size=16, dtype=self.train_config.dtype).loss
 
     def _evaluate_and_log(self, out_dir: Path, started: float, start_tokens: int, progress: TokenProgress) -> float:
         heldout = self._heldout_loss()
+        if not math.isfinite(heldout):  # the last step broke the weights; its own training loss was still finite
+            raise self._divergence(f"held-out loss {heldout} after step {self.state.step:,} "
+                                   f"({format_tokens(self.state.tokens_seen)} tokens, lr {lr_at(self.state.step - 1, self.train_config):.3g})")
         if not self.context.is_main:
             return heldout
         seconds = time.perf_counter() - started
