@@ -267,3 +267,22 @@ def test_an_empty_out_dir_setting_is_one_message(verb: str, tmp_path: Path, monk
         assert cli_main([verb, str(spec), value, "--dry-run"]) == 2
         assert message in capsys.readouterr().err
     assert not any(tmp_path.iterdir())
+
+
+def test_the_dry_run_refuses_what_the_jobs_would_refuse_only_after_loading(tmp_path: Path, checkpoint: Path,
+                                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """A sharpness group that matches no parameter of any model, a benchmark the harness does not know, a
+    tokenizer path that does not exist or holds no tokenizer: each is one message from the dry run."""
+    out = ["--out", str(tmp_path / "out"), "--dry-run"]
+    assert cli_main(["sharpness", str(checkpoint), "groups=[nope]", *out]) == 2
+    assert "'nope' is neither a group name" in capsys.readouterr().err
+    assert cli_main(["sharpness", str(checkpoint), "groups=[all,mlp,*up_proj*,model.norm.weight]", *out]) == 0
+    capsys.readouterr()
+    assert cli_main(["bench", str(checkpoint), "tasks=[arc_esy]", *out]) == 2
+    assert "unknown lm-eval task(s): 'arc_esy' (did you mean 'arc_easy'" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    nano = str(Path(__file__).resolve().parents[1] / "configs" / "demo" / "nano.yaml")
+    for tokenizer, message in ((tmp_path / "missing", "is not a folder that exists"), (tmp_path / "empty", "is a folder without tokenizer files")):
+        assert cli_main(["pretrain", nano, f"data.tokenizer={tokenizer}", f"out_dir={tmp_path / 'run'}", "--dry-run"]) == 2
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists() and not (tmp_path / "run").exists()

@@ -57,18 +57,21 @@ def command_pretrain_ladder(args: argparse.Namespace) -> int:
 
 
 def _refuse_what_the_run_would_refuse(config) -> None:
-    """The dry run's share of the run's own checks: a corpus path that does not exist, and a run folder bound
-    to other settings (read only: nothing is written). Prints the note of a ``train.extend`` extension."""
+    """The dry run's share of the run's own checks: a corpus or tokenizer path that does not exist (or a
+    tokenizer folder without tokenizer files), and a run folder bound to other settings (read only: nothing
+    is written). Prints the note of a ``train.extend`` extension."""
     from pathlib import Path
 
     from overtrain.checkpoints.discovery import list_checkpoints
     from overtrain.checkpoints.folder import read_checkpoint_info
     from overtrain.config import config_to_dict
     from overtrain.data.corpus import is_local_source, require_local_source
+    from overtrain.data.tokenizer import require_local_tokenizer
     from overtrain.pretrain.binding import check_run_binding
 
     if is_local_source(str(config.data.corpus)):
         require_local_source(str(config.data.corpus))
+    require_local_tokenizer(str(config.data.tokenizer))
     out_dir = Path(config.out_dir)
     checkpoints = list_checkpoints(out_dir) if out_dir.is_dir() else []
     newest = read_checkpoint_info(checkpoints[-1]) if checkpoints else None

@@ -175,16 +175,30 @@ def _looks_like_a_path(name: str) -> bool:
     return name.startswith(("/", ".", "~")) or not REPO_NAME.fullmatch(name.partition("@")[0])
 
 
-def _tokenizer_folder(name: str) -> tuple[Path, str | None]:
+def require_local_tokenizer(name: str) -> None:
+    """The run's refusals of a local ``data.tokenizer`` without reading the Hub (dry runs take them too): a
+    path that is no folder, and a folder that holds no tokenizer file. Hub names and ``bpe`` pass."""
     local = Path(name).expanduser()
-    if local.is_dir():
-        return local, None
-    if not is_hub_reference(name) and _looks_like_a_path(name):
+    if name == TRAINED_BPE or (not local.is_dir() and (is_hub_reference(name) or not _looks_like_a_path(name))):
+        return
+    if not local.is_dir():
         raise OvertrainError(
             f"data.tokenizer {name!r} is not a folder that exists, nor a Hub name",
             "pass a folder holding tokenizer.json, a Hub repository such as allenai/OLMo-1B-hf (or "
             f"hf:ORG/NAME@REVISION), or {TRAINED_BPE!r} to train a BPE on the corpus",
         )
+    if not any((local / file).is_file() for file in TOKENIZER_FILES):
+        raise OvertrainError(
+            f"data.tokenizer {name!r} is a folder without tokenizer files (none of {', '.join(TOKENIZER_FILES[:3])}, ...)",
+            "pass the folder a tokenizer was saved into (save_pretrained writes tokenizer.json), or a Hub name",
+        )
+
+
+def _tokenizer_folder(name: str) -> tuple[Path, str | None]:
+    require_local_tokenizer(name)
+    local = Path(name).expanduser()
+    if local.is_dir():
+        return local, None
     try:
         return download_repo_files(parse_hub_reference(name), list(TOKENIZER_FILES))
     except OvertrainError as error:

@@ -259,6 +259,13 @@ def _task_search_paths(include_path: Path | None) -> list[Path]:
     return paths
 
 
+def check_harness_tasks(task_names: list[str], include_path: str | Path | None = None) -> None:
+    """Raise the one error the harness run would raise for task names it does not know (the harness must be
+    installed); the offline copies are looked up first, the built-in catalogue (~10 s) only if needed."""
+    _require_harness()
+    _task_manager_for(list(task_names), _task_search_paths(include_path))
+
+
 def _task_manager_for(task_names: list[str], paths: list[Path]) -> Any:
     """A harness TaskManager that knows every requested task, indexing the built-in catalogue only if needed.
 

@@ -415,6 +415,14 @@ def _check_axis(values: list[Any], key: str, example: str, problems: SettingProb
         problems.add_text(f"{key}={values} repeats a value (the same job or draw twice)", f"list each value of {key} once")
 
 
+def _could_be_a_tensor_group(group: str) -> bool:
+    """A group name, or what could match parameter names (a glob, or a dotted name): a bare unknown word
+    ('nope') matches no parameter of any model, which the job would find only after loading it."""
+    from overtrain.probes.sharpness import TENSOR_GROUPS
+
+    return group == "all" or group in TENSOR_GROUPS or any(character in group for character in "*?[.")
+
+
 def _check_probe_data(section: ProbeData, prefix: str, problems: SettingProblems) -> None:
     problems.require(section.eval_tokens >= 1, f"{prefix}eval_tokens", section.eval_tokens, "a whole number of tokens >= 1, e.g. 65536")
     problems.require(section.eval_data is None or bool(str(section.eval_data).strip()), f"{prefix}eval_data", section.eval_data,
@@ -457,6 +465,10 @@ def _check_sharpness(section: SharpnessSweep, problems: SettingProblems) -> None
         for group in section.groups:
             if not str(group).strip():
                 problems.add_text(f"sharpness.groups={section.groups} holds an empty name", "use group names (all, embeddings, attention, mlp, norms) or globs")
+            elif not _could_be_a_tensor_group(str(group)):
+                problems.add_text(f"sharpness.groups: {group!r} is neither a group name (all, embeddings, attention, mlp, norms) "
+                                  "nor a glob or a name of parameters (those hold * ? [ or a dot)",
+                                  "use a group name, or a glob over parameter names such as *mlp.up_proj*")
     problems.require(section.probes >= 2, "sharpness.probes", section.probes, "a whole number >= 2 (the standard error needs two), e.g. 16")
     problems.require(0 < section.tol < 1, "sharpness.tol", section.tol, "a number in (0, 1), e.g. 1e-3")
     problems.require(section.max_iters >= 1, "sharpness.max_iters", section.max_iters, "a whole number >= 1, e.g. 100")

@@ -9,7 +9,8 @@ who asked for ``--dry-run`` was told all was well. These checks are the cheap on
   headers are read, not its tensors: a same-size corruption is still caught by the job's checksum check);
 - ``eval_data`` paths that do not exist;
 - a model not trained by overtrain (a Hugging Face folder or ``hf:`` reference) probed without
-  ``eval_data``: it has no held-out split of its pre-training text to measure the loss on.
+  ``eval_data``: it has no held-out split of its pre-training text to measure the loss on;
+- benchmark names that lm-evaluation-harness does not know (asked only when a job scores benchmarks).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ def check_sweep_inputs(jobs: list[Job], out_dir: Path) -> None:
     """Raise one :class:`OvertrainError` naming every input problem of ``jobs`` (nothing is written)."""
     problems = SettingProblems()
     for message, fix in (*_pretrain_folder_conflicts(jobs, out_dir), *_damaged_checkpoints(jobs), *_missing_eval_data(jobs),
-                         *_foreign_models_without_eval_data(jobs)):
+                         *_foreign_models_without_eval_data(jobs), *_unknown_benchmarks(jobs)):
         problems.add_text(message, fix)
     problems.raise_if_any(summary="inputs of this sweep would be refused by its jobs")
 
@@ -134,6 +135,30 @@ def _foreign_models_without_eval_data(jobs: Iterable[Job]) -> list[tuple[str, st
              f"{'was' if len(without) == 1 else 'were'} not trained by overtrain, so there is no held-out split of "
              "the pre-training text to measure the loss on",
              "pass eval_data= a .txt or .jsonl file, a folder of them, or an hf: dataset (ideally text like its pre-training data)")]
+
+
+def _unknown_benchmarks(jobs: Iterable[Job]) -> list[tuple[str, str]]:
+    """The harness's own error for benchmark names it does not know, from the benchmark jobs' ``tasks``
+    and the fine-tuning jobs' ``benchmarks`` (scored after tuning)."""
+    from overtrain.probes.benchmarks import harness_task_names
+    from overtrain.probes.harness import check_harness_tasks
+
+    benchmarks = sorted({str(name) for job in jobs for name in _benchmarks_of(job)})
+    if not benchmarks:
+        return []
+    try:
+        check_harness_tasks([task for benchmark in benchmarks for task in harness_task_names(benchmark)])
+    except OvertrainError as error:
+        return [(error.problem, error.fix or "")]
+    return []
+
+
+def _benchmarks_of(job: Job) -> list[Any]:
+    if job.kind == "benchmarks":
+        return list(job.spec.get("tasks") or [])
+    if job.kind == "finetune":
+        return list(job.spec.get("finetune", {}).get("benchmarks") or [])
+    return []
 
 
 def _eval_data_of(spec: dict[str, Any]) -> str | None:
