@@ -280,8 +280,17 @@ def test_local_run_and_ladder_of_ours(tmp_path: Path) -> None:
     run = list_local_family(ladder / "budget-1k")
     assert [r.name for r in run.revisions] == ["step-000000-tokens-500", "step-000001-tokens-1000"]
     assert run.revisions[0].tokens_per_parameter == 50.0 and run.revisions[0].reference.endswith("step-000000-tokens-500")
-    with pytest.raises(OvertrainError, match="holds no checkpoints"):
+    with pytest.raises(OvertrainError, match="is one checkpoint, not a family of them") as error:
         list_local_family(tmp_path / "ladder" / "budget-1k" / "checkpoints" / "step-000000-tokens-500")
+    assert str(tmp_path / "ladder" / "budget-1k" / "checkpoints") in error.value.fix
+    with pytest.raises(OvertrainError, match="holds no checkpoints"):
+        list_local_family(tmp_path)
+
+
+@pytest.mark.parametrize("path", ["/no/such/ladder", "./no_such_ladder", "~/no_such_ladder"])
+def test_a_family_path_that_does_not_exist_is_said_so_not_taken_for_a_hub_name(path: str) -> None:
+    with pytest.raises(OvertrainError, match=f"{path} does not exist"):
+        find_family(path)
 
 
 # --- the verb -----------------------------------------------------------------------------------------------

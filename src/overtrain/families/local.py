@@ -44,6 +44,12 @@ def list_local_family(folder: Path) -> FamilyListing:
         revisions = [_ours(list_checkpoints(run)[-1], folder) for run in _subfolders(folder) if list_checkpoints(run)]
     else:
         revisions = [_foreign(path, folder) for path in _subfolders(folder) if (path / "config.json").is_file()]
+    if not revisions and any((folder / name).is_file() for name in ("config.json", METADATA_FILE)):
+        raise OvertrainError(
+            f"{folder} is one checkpoint, not a family of them",
+            f"pass the folder that holds it and its siblings ({folder.parent}), or probe this one checkpoint directly "
+            "(overtrain noise/finetune/sharpness take it as it is)",
+        )
     if not revisions:
         raise OvertrainError(
             f"{folder} holds no checkpoints (no RUN/checkpoints/step-*, no run folders, no folders with config.json)",

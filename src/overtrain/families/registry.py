@@ -168,6 +168,8 @@ def find_family(source: str) -> Family:
     later (:func:`infer_family`); an unknown short name is an error that lists the known ones.
     """
     text = source.removeprefix(HUB_PREFIX)
+    if source.startswith(("/", "./", "../", "~")):  # a path (local families are folders that exist), never a Hub name
+        raise OvertrainError(f"{source} does not exist", "pass a run, a ladder, or a folder of Hugging Face checkpoint folders that exists")
     _refuse_revision_suffix(source, text)
     if text in FAMILIES:
         return FAMILIES[text]
