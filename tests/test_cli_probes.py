@@ -286,3 +286,11 @@ def test_the_dry_run_refuses_what_the_jobs_would_refuse_only_after_loading(tmp_p
         assert cli_main(["pretrain", nano, f"data.tokenizer={tokenizer}", f"out_dir={tmp_path / 'run'}", "--dry-run"]) == 2
         assert message in capsys.readouterr().err
     assert not (tmp_path / "out").exists() and not (tmp_path / "run").exists()
+
+
+def test_a_pretrain_config_given_to_sweep_is_named_as_such(capsys: pytest.CaptureFixture[str]) -> None:
+    configs = Path(__file__).resolve().parents[1] / "configs" / "demo"
+    assert cli_main(["sweep", str(configs / "nano.yaml"), "--dry-run"]) == 2
+    assert "this is a pre-training config, not a sweep spec: it has model, data, train at the top" in capsys.readouterr().err
+    assert cli_main(["sweep", str(configs / "sweep_small.yaml"), "train.lr=1e-3", "--dry-run"]) == 2
+    assert "write them as pretrain.train.KEY=VALUE" in capsys.readouterr().err

@@ -242,13 +242,13 @@ def verify_checkpoint(info: CheckpointInfo) -> None:
         raise OvertrainError(
             f"checkpoint {info.folder} is incomplete: {', '.join(absent)} is missing",
             "restore the file (every checkpoint of a run has the same tokenizer.json and config.json shape), "
-            f"or delete {info.folder}; a run then resumes from its previous checkpoint",
+            f"or {_retrain(info.folder)}",
         )
     unrecorded = [name for name in TENSOR_FILES if (info.folder / name).is_file() and name not in info.checksums]
     if unrecorded:
         raise OvertrainError(
             f"checkpoint {info.folder} cannot be verified: {METADATA_FILE} records no checksum for {', '.join(unrecorded)}",
-            f"restore {METADATA_FILE} from a backup, or delete {info.folder} (a run then resumes from its previous checkpoint)",
+            f"restore {METADATA_FILE} from a backup, or {_retrain(info.folder)}",
         )
     for name, expected in info.checksums.items():
         path = info.folder / name
@@ -275,9 +275,15 @@ def _check_json_object(folder: Path, name: str) -> None:
 
 def _restore_fix(folder: Path, name: str) -> str:
     if name in TENSOR_FILES:
-        return f"delete {folder} (a run then resumes from its previous checkpoint) or restore the file"
+        return f"restore {name} from a backup, or {_retrain(folder)}"
     return (f"copy {name} from another checkpoint of the same run (all of a run's checkpoints hold the same one), "
-            f"or delete {folder} (a run then resumes from its previous checkpoint)")
+            f"or {_retrain(folder)}")
+
+
+def _retrain(folder: Path) -> str:
+    """The fix that works for any caller, a probe or a resumed run: the run makes the checkpoint again."""
+    return (f"delete {folder} and every later checkpoint of its run, then resume the run (the same overtrain pretrain "
+            "command): it trains them again from the one before")
 
 
 def load_tensors(path: Path) -> dict[str, torch.Tensor]:

@@ -317,9 +317,25 @@ def axis_override(text: str) -> str:
     return f"{keys[0]}.{axes[keys[-1]]}={yaml.safe_dump(values, default_flow_style=True, width=10**9).strip()}"
 
 
+PRETRAIN_ONLY_SECTIONS = ("model", "data", "train", "ladder")
+"""Top-level sections of a pre-training config that a sweep spec holds under ``pretrain:``."""
+
+
 def sweep_config_from_tree(tree: dict[str, Any]) -> SweepConfig:
     """Build and validate a sweep from a nested dict (a YAML file's contents after overrides)."""
     tree = copy.deepcopy(tree)
+    misplaced = [key for key in PRETRAIN_ONLY_SECTIONS if key in tree]
+    if misplaced and any(key in tree for key in ("pretrain", "pretrain_axes", "checkpoints", "noise", "finetune", "sharpness", "multimodal", "benchmarks", "family")):
+        raise OvertrainError(
+            f"{', '.join(misplaced)} at the top of a sweep spec: a sweep holds pre-training settings under pretrain:",
+            f"write them as pretrain.{misplaced[0]}.KEY=VALUE on the command line (or under pretrain: in the spec)",
+        )
+    if misplaced:
+        raise OvertrainError(
+            f"this is a pre-training config, not a sweep spec: it has {', '.join(misplaced)} at the top, which a sweep holds under pretrain:",
+            "run it with `overtrain pretrain` (or `pretrain-ladder`), or make it a sweep spec (configs/demo/sweep_small.yaml "
+            "shows one: its pre-training settings under pretrain:)",
+        )
     pretrain = tree.get("pretrain")
     out_dir = tree.get("out_dir", SweepConfig.out_dir)
     if isinstance(pretrain, dict) and isinstance(out_dir, str) and out_dir.strip():  # else building the config says what is wrong
