@@ -66,8 +66,9 @@ class FinetuneConfig:
     """Hyper-parameters of one fine-tuning run; the same for every checkpoint of a ladder."""
 
     task: str = "python-code"
-    """A name from ``overtrain tasks`` (offline: python-code, gsm-symbolic, wordnet-class, kjv-to-web), or
-    ``file:PATH`` for your own JSONL (prompt/completion, chat messages or plain text; docs/tasks.md)."""
+    """A name from ``overtrain tasks`` (offline: python-code, gsm-symbolic, wordnet-class, kjv-to-web; and the
+    chat tasks natural_instructions, topical_chat, alpaca_eval, fetched once from PyPI), or ``file:PATH`` for
+    your own JSONL (prompt/completion, chat messages or plain text; docs/tasks.md)."""
     lr: float = 1e-3
     """Peak learning rate (> 0)."""
     steps: int = 100
