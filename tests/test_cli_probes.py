@@ -294,3 +294,10 @@ def test_a_pretrain_config_given_to_sweep_is_named_as_such(capsys: pytest.Captur
     assert "this is a pre-training config, not a sweep spec: it has model, data, train at the top" in capsys.readouterr().err
     assert cli_main(["sweep", str(configs / "sweep_small.yaml"), "train.lr=1e-3", "--dry-run"]) == 2
     assert "write them as pretrain.train.KEY=VALUE" in capsys.readouterr().err
+
+
+def test_a_sweeps_pretraining_setting_is_named_as_the_user_wrote_it(capsys: pytest.CaptureFixture[str]) -> None:
+    spec = str(Path(__file__).resolve().parents[1] / "configs" / "demo" / "sweep_small.yaml")
+    assert cli_main(["sweep", spec, "pretrain.train.batch_size=0", "--dry-run"]) == 2
+    error = capsys.readouterr().err
+    assert "pretrain.train.batch_size=0 is invalid" in error and "fix: pretrain.train.batch_size: use" in error

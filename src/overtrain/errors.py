@@ -20,11 +20,15 @@ class OvertrainError(Exception):
 class SettingProblems:
     """Collects every invalid setting of a config, so that one error names them all (and every fix)."""
 
-    def __init__(self) -> None:
+    def __init__(self, key_prefix: str = "") -> None:
         self.messages: list[str] = []
         self.fixes: list[str] = []
+        self.key_prefix = key_prefix
+        """Prepended to the keys of :meth:`add`: a section checked inside a bigger config (a sweep's
+        ``pretrain.``) names its keys as the user writes them."""
 
     def add(self, key: str, value: object, allowed: str) -> None:
+        key = self.key_prefix + key
         self.add_text(f"{key}={value!r} is invalid", f"{key}: use {allowed}")
 
     def require(self, condition: bool, key: str, value: object, allowed: str) -> None:

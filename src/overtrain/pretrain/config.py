@@ -123,16 +123,17 @@ class PretrainConfig:
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
 
-def validate_pretrain_config(config: PretrainConfig, *, as_written: bool = False) -> None:
+def validate_pretrain_config(config: PretrainConfig, *, as_written: bool = False, key_prefix: str = "") -> None:
     """Reject settings that would fail later (or, worse, run and mean nothing), before any compute.
 
     Every problem is collected, and all of them are raised together as one :class:`OvertrainError`.
     ``as_written``: ``config`` is a single run as the user wrote it, so every ``train.checkpoint_at_tokens``
     must fall within its ``train.max_tokens``. The rungs a ladder plans are checked without it: they share
     the ladder's checkpoint list, and a smaller rung skips the checkpoints past its budget (the ladder
-    itself is checked against its largest budget).
+    itself is checked against its largest budget). ``key_prefix`` (a sweep's ``pretrain.``) is put before
+    the keys the problems name.
     """
-    problems = SettingProblems()
+    problems = SettingProblems(key_prefix)
     _check_model(config.model, problems)
     _check_data(config.data, problems)
     _check_train(config.train, problems)

@@ -346,7 +346,7 @@ def sweep_config_from_tree(tree: dict[str, Any]) -> SweepConfig:
         normalize_axes(tree, section, axes)
     config = build_dataclass(SweepConfig, tree)
     if config.pretrain is not None:
-        validate_pretrain_config(config.pretrain)
+        validate_pretrain_config(config.pretrain, key_prefix="pretrain.")
         if config.pretrain.train.extend:  # job specs leave the instruction out: it would be dropped without a word
             raise OvertrainError(
                 "pretrain.train.extend=true continues one run under new settings (overtrain pretrain); a sweep's pre-training "
