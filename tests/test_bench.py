@@ -289,3 +289,14 @@ def test_mmlu_is_scored_offline_as_one_benchmark_over_its_subjects(tmp_path):
     assert mmlu["acc"] == pytest.approx(np.mean(list(mmlu["subjects"].values())))
     assert mmlu["acc_stderr"] == pytest.approx(accuracy.std(ddof=1) / math.sqrt(57))
     assert len(mmlu["items"]["gold_logprob_per_byte"]) == 57 and math.isfinite(mmlu["gold_logprob_per_byte"])
+
+
+def test_bench_prints_no_table_when_no_job_of_the_call_finished(tmp_path: Path) -> None:
+    from overtrain.cli.bench import benchmark_lines
+    from overtrain.results.store import ResultStore
+
+    store_path = tmp_path / "results.sqlite"
+    with ResultStore(store_path):
+        pass  # an empty store: every job of the call failed
+    assert benchmark_lines(store_path, {"some-job-key"}) == []
+    assert benchmark_lines(tmp_path / "missing.sqlite", {"some-job-key"}) == []

@@ -159,3 +159,13 @@ def test_a_sweep_refuses_the_one_run_instruction_train_extend(tmp_path: Path) ->
     with pytest.raises(OvertrainError, match="a sweep's pre-training jobs are keyed by their settings and are never extended"):
         load_sweep_config("configs/demo/sweep_small.yaml", [f"out_dir={tmp_path}", "pretrain.train.extend=true"])
     assert load_sweep_config("configs/demo/sweep_small.yaml", [f"out_dir={tmp_path}"]).pretrain.train.extend is False
+
+
+def test_a_head_count_is_blamed_for_what_it_breaks_and_nothing_else() -> None:
+    from overtrain.pretrain.config import load_pretrain_config
+
+    with pytest.raises(OvertrainError) as not_a_divisor:
+        load_pretrain_config(None, ["model.d_model=64", "model.n_heads=3"])
+    assert str(not_a_divisor.value).splitlines()[0] == "model.n_heads=3 is invalid"  # not d_model as well
+    with pytest.raises(OvertrainError, match=r"model.d_model / model.n_heads = 64 / 64 = 1 is odd"):
+        load_pretrain_config(None, ["model.d_model=64", "model.n_heads=64"])

@@ -70,6 +70,8 @@ def benchmark_lines(store_path: Path, keys: set[str]) -> list[str]:
         return []
     with ResultStore(store_path) as store:
         rows = [row for row in store.rows(kind="benchmarks") if row.key in keys]
+    if not rows:  # every job failed (the driver said why): no table without rows
+        return []
     lines = [f"\n{'checkpoint':>12} {'benchmark':>14} {'docs':>5} {'acc':>6} {'acc_norm':>8} {'gold lp/byte':>12} {'margin/byte':>11}"]
     for row in sorted(rows, key=lambda row: (row.metrics.get("tokens_seen") or 0, str(row.spec["checkpoint"]))):
         tokens = row.metrics.get("tokens_seen")

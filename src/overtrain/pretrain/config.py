@@ -171,7 +171,10 @@ def _check_model(model: ModelConfig, problems: SettingProblems) -> None:
         return  # the checks below divide by these
     problems.require(model.d_model % model.n_heads == 0, "model.n_heads", model.n_heads, f"a divisor of d_model={model.d_model}")
     problems.require(model.n_heads % model.kv_heads == 0, "model.n_kv_heads", model.n_kv_heads, "a divisor of n_heads")
-    problems.require((model.d_model // model.n_heads) % 2 == 0, "model.d_model", model.d_model, "d_model / n_heads even (RoPE)")
+    head_dim = model.d_model // model.n_heads
+    if model.d_model % model.n_heads == 0 and head_dim % 2:  # (a width that is no whole number is named above)
+        problems.add_text(f"model.d_model / model.n_heads = {model.d_model} / {model.n_heads} = {head_dim} is odd, and the rotary "
+                          "embedding rotates pairs of dimensions", "choose model.n_heads (or model.d_model) so that the head width is even")
     names = parameter_names(model)
     for pattern, std in model.init_std_overrides.items():
         problems.require(_is_number(std) and std >= 0, f"model.init_std_overrides[{pattern!r}]", std, "a std >= 0")
