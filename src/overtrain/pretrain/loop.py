@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from overtrain.atomic import atomic_write_text, ensure_writable_folder, remove_stale_temporaries
-from overtrain.checkpoints.discovery import checkpoint_at_tokens, list_checkpoints
+from overtrain.checkpoints.discovery import list_checkpoints
 from overtrain.checkpoints.folder import (
     CheckpointInfo,
     load_tensors,
@@ -234,8 +234,8 @@ def _refuse_milestones_already_passed(config: PretrainConfig, out_dir: Path, new
     fact: refused, so that the run's config never claims checkpoints it does not have."""
     if newest is None:
         return
-    passed = sorted(tokens for tokens in milestone_tokens(config)
-                    if tokens < newest.tokens_seen and checkpoint_at_tokens(out_dir, tokens) is None)
+    kept = {parse_checkpoint_name(path)[1] for path in list_checkpoints(out_dir)}  # listed once, not once per milestone
+    passed = sorted(tokens for tokens in milestone_tokens(config) if tokens < newest.tokens_seen and tokens not in kept)
     if passed:
         shown = ", ".join(f"{tokens:,}" for tokens in passed[:5]) + (" ..." if len(passed) > 5 else "")
         raise OvertrainError(
@@ -463,10 +463,9 @@ class _TrainingLoop:
         """The error for a diverged run: what was seen, and what the run folder holds to continue from."""
         first = f"; the first step's loss was {self.state.first_loss:.4g}" if self.state.first_loss is not None else ""
         kept = list_checkpoints(Path(self.config.out_dir)) if self.context.is_main else []
-        if kept:
-            name = parse_checkpoint_name(kept[-1])
-            at = f" at {format_tokens(name[1])} tokens" if name else f" {kept[-1].name}"
-            where = (f"the run folder keeps its checkpoint{at}: continue from it with a lower "
+        if kept:  # list_checkpoints returns only folders whose names parse
+            tokens = parse_checkpoint_name(kept[-1])[1]
+            where = (f"the run folder keeps its checkpoint at {format_tokens(tokens)} tokens: continue from it with a lower "
                      "train.lr and train.extend=true, or start over in a new out_dir")
         else:
             where = "it kept no checkpoint before diverging: start over with a lower train.lr in a new out_dir (or add train.extend=true)"
