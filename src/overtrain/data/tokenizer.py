@@ -179,9 +179,11 @@ def require_local_tokenizer(name: str) -> None:
     """The run's refusals of a local ``data.tokenizer`` without reading the Hub (dry runs take them too): a
     path that is no folder, and a folder that holds no tokenizer file. Hub names and ``bpe`` pass."""
     local = Path(name).expanduser()
-    if name == TRAINED_BPE or (not local.is_dir() and (is_hub_reference(name) or not _looks_like_a_path(name))):
+    if name == TRAINED_BPE:
         return
     if not local.is_dir():
+        if is_hub_reference(name) or not _looks_like_a_path(name):
+            return  # a Hub name: only the Hub can say whether it exists
         raise OvertrainError(
             f"data.tokenizer {name!r} is not a folder that exists, nor a Hub name",
             "pass a folder holding tokenizer.json, a Hub repository such as allenai/OLMo-1B-hf (or "

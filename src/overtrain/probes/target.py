@@ -197,12 +197,16 @@ def _load_ours(folder: Path, *, eval_tokens, eval_data, dtype, log, eval_seq_len
     return ProbeTarget(model, info, data, inputs, targets, dtype, identity, files, keys, init.stds, init.source, source, batch)
 
 
+FOREIGN_EVAL_DATA_FIX = "pass eval_data= a .txt or .jsonl file, a folder of them, or an hf: dataset (ideally text like its pre-training data)"
+"""What to do when a model not trained by overtrain is probed without eval_data (here, and in the sweep's preflight)."""
+
+
 def _load_foreign(folder: Path, origin: dict[str, Any], *, eval_tokens, eval_data, dtype, log, eval_seq_len, text_field, init_std_rules, cache) -> ProbeTarget:
     config = read_hf_config(folder)
     if eval_data is None:
         raise OvertrainError(
             f"{origin['reference']} was not trained by overtrain, so there is no held-out split of its pre-training text",
-            "pass eval_data= a .txt or .jsonl file, a folder of them, or an hf: dataset (ideally text like its pre-training data)",
+            FOREIGN_EVAL_DATA_FIX,
         )
     files = safetensors_files(folder)  # refuses pickles before anything is loaded
     index = tensor_index(files)

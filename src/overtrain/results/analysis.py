@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
@@ -102,12 +103,8 @@ def evaluation_text_frame(store: ResultStore) -> pd.DataFrame:
     """What each probe kind measured the pre-training loss on: one row per (kind, text, tokens asked,
     tokens measured) with its number of jobs. Fewer tokens measured than asked means the held-out split or
     the text was shorter than ``eval_tokens``: the row's loss is still exact, over fewer tokens."""
-    counts: dict[tuple[Any, ...], int] = {}
-    for row in store.rows():
-        source = row.provenance.get("eval_source")
-        if source is not None:
-            key = (row.kind, source, row.spec.get("eval_tokens"), row.provenance.get("eval_tokens_measured"))
-            counts[key] = counts.get(key, 0) + 1
+    counts = Counter((row.kind, row.provenance["eval_source"], row.spec.get("eval_tokens"), row.provenance.get("eval_tokens_measured"))
+                     for row in store.rows() if row.provenance.get("eval_source") is not None)
     return pd.DataFrame([[*key, jobs] for key, jobs in sorted(counts.items(), key=str)], columns=EVALUATION_COLUMNS)
 
 

@@ -325,7 +325,8 @@ def sweep_config_from_tree(tree: dict[str, Any]) -> SweepConfig:
     """Build and validate a sweep from a nested dict (a YAML file's contents after overrides)."""
     tree = copy.deepcopy(tree)
     misplaced = [key for key in PRETRAIN_ONLY_SECTIONS if key in tree]
-    if misplaced and any(key in tree for key in ("pretrain", "pretrain_axes", "checkpoints", "noise", "finetune", "sharpness", "multimodal", "benchmarks", "family")):
+    sweep_keys = {item.name for item in dataclasses.fields(SweepConfig)} - {"out_dir"}  # out_dir: a pre-training config has one too
+    if misplaced and sweep_keys.intersection(tree):
         raise OvertrainError(
             f"{', '.join(misplaced)} at the top of a sweep spec: a sweep holds pre-training settings under pretrain:",
             f"write them as pretrain.{misplaced[0]}.KEY=VALUE on the command line (or under pretrain: in the spec)",

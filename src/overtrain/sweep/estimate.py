@@ -150,10 +150,9 @@ def pretrain_tokens_left(jobs: list[Job], finished_keys: Collection[str] = froze
 def format_estimate(estimate: SweepEstimate | None) -> str:
     if estimate is None:
         return "estimate: needs a pretrain section (the model to calibrate on)"
-    parts = [f"{kind} {format_seconds(value)}" for kind, value in estimate.seconds.items()]
-    parts.append(f"total {format_seconds(sum(estimate.seconds.values()))}")  # with nothing left: total 0m00s alone
-    line = f"estimate on this machine ({estimate.train_tokens_per_second:,.0f} training tokens/s per worker): {', '.join(parts[:-1])}"
-    line = f"{line}; {parts[-1]}" if len(parts) > 1 else f"{line}{parts[-1]}"
+    per_kind = ", ".join(f"{kind} {format_seconds(value)}" for kind, value in estimate.seconds.items())  # empty with nothing left
+    line = (f"estimate on this machine ({estimate.train_tokens_per_second:,.0f} training tokens/s per worker): "
+            f"{per_kind + '; ' if per_kind else ''}total {format_seconds(sum(estimate.seconds.values()))}")
     if estimate.not_estimated:
         left_out = ", ".join(f"{count} {kind}" for kind, count in sorted(estimate.not_estimated.items()))
         line += f"; not counted: {left_out} job(s), whose kinds it has no arithmetic for (their docs give measured times)"

@@ -121,6 +121,7 @@ def _foreign_models_without_eval_data(jobs: Iterable[Job]) -> list[tuple[str, st
     (``eval_tokens`` in their spec) with no ``eval_data``: the job would refuse them after loading."""
     from overtrain.checkpoints.folder import METADATA_FILE
     from overtrain.checkpoints.hub import is_hub_reference
+    from overtrain.probes.target import FOREIGN_EVAL_DATA_FIX
 
     def foreign(reference: str) -> bool:
         folder = Path(reference).expanduser()
@@ -133,8 +134,7 @@ def _foreign_models_without_eval_data(jobs: Iterable[Job]) -> list[tuple[str, st
         return []
     return [(f"{', '.join(without[:SHOWN_PER_PROBLEM])}{' and others' if len(without) > SHOWN_PER_PROBLEM else ''} "
              f"{'was' if len(without) == 1 else 'were'} not trained by overtrain, so there is no held-out split of "
-             "the pre-training text to measure the loss on",
-             "pass eval_data= a .txt or .jsonl file, a folder of them, or an hf: dataset (ideally text like its pre-training data)")]
+             "the pre-training text to measure the loss on", FOREIGN_EVAL_DATA_FIX)]
 
 
 def _unknown_benchmarks(jobs: Iterable[Job]) -> list[tuple[str, str]]:
