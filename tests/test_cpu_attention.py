@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from helpers import tiny_pretrain_config, write_stdlib_text_corpus
 
 from overtrain.model.config import ModelConfig
+from overtrain.model import cpu_attention
 from overtrain.model.cpu_attention import causal_attention, kernel_applies
 from overtrain.model.cpu_kernels import blas_sgemm, kernel_library
 from overtrain.model.llama import apply_rotary, build_model, rotary_cos_sin
@@ -47,11 +48,17 @@ def _attention_and_grads(qkv, grad_out, kernel: bool, rotary: bool):
     return [out, *grad_qkv.unbind(2)]
 
 
+@pytest.mark.parametrize("probabilities", ["kept", "recomputed"])
 @pytest.mark.parametrize("rotary", [False, True], ids=["plain", "rotary"])
 @pytest.mark.parametrize("batch, heads, seq_len, head_dim", [(2, 3, 37, 16), (1, 2, 130, 32), (2, 1, 16, 64), (1, 2, 21, 48), (1, 1, 1, 16)])
-def test_kernel_is_as_accurate_as_torch_attention_and_its_gradients(batch: int, heads: int, seq_len: int, head_dim: int, rotary: bool) -> None:
+def test_kernel_is_as_accurate_as_torch_attention_and_its_gradients(
+    batch: int, heads: int, seq_len: int, head_dim: int, rotary: bool, probabilities: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Against a float64 reference, the kernel's output and gradients are as close as torch's fp32 kernel's
-    (both round differently, so they are compared with the truth, not bitwise with each other)."""
+    (both round differently, so they are compared with the truth, not bitwise with each other), whether
+    the backward pass reads the probabilities the forward pass kept or recomputes them."""
+    if probabilities == "recomputed":
+        monkeypatch.setattr(cpu_attention, "KEEP_PROBABILITIES_MAX_SEQ_LEN", 0)
     generator = torch.Generator().manual_seed(seq_len)
     qkv = (torch.randn(batch, seq_len, 3, heads, head_dim, generator=generator) * 2).requires_grad_()
     grad_out = torch.randn(batch, seq_len, heads, head_dim, generator=generator)
@@ -63,6 +70,39 @@ def test_kernel_is_as_accurate_as_torch_attention_and_its_gradients(batch: int, 
         torch_error = (reference.double() - truth).abs().max().item()
         assert our_error <= 2 * torch_error + 1e-6, f"{name}: kernel error {our_error:.2e}, torch's {torch_error:.2e}"
         torch.testing.assert_close(mine, reference, atol=2e-5, rtol=1e-4)  # and near torch's, a grosser check
+
+
+@pytest.mark.parametrize("seq_len", [1, 15, 16, 17, 100, 128, 256, 257, 300])
+def test_kept_probabilities_are_sized_as_the_kernel_writes_them(seq_len: int) -> None:
+    """The buffer Python allocates holds exactly what the kernel writes (one 16-float vector per block of 16
+    queries and key up to the block's last query), and none is kept above the threshold or without gradients."""
+    written = kernel_library().ot_causal_attention_probability_floats(seq_len)
+    expected = written if seq_len <= cpu_attention.KEEP_PROBABILITIES_MAX_SEQ_LEN else 0
+    assert cpu_attention.kept_probability_floats(seq_len) == expected
+    qkv = torch.randn(2, seq_len, 3, 2, 16)
+    assert causal_attention(qkv, 0.25)[2].shape == (2, 2, expected)
+    assert causal_attention(qkv, 0.25, keep_probabilities=False)[2].numel() == 0
+
+
+def test_a_pass_without_gradients_keeps_no_probabilities() -> None:
+    model, _ = build_model(ModelConfig(d_model=32, n_layers=1, n_heads=2), vocab_size=50, max_seq_len=16, seed=0)
+    model.use_cpu_kernels(True)
+    kept = []  # floats of probabilities each call of the kernel kept
+    attention = model.model.layers[0].self_attn
+    original = cpu_attention.causal_attention
+
+    def recording(*args, **kwargs):
+        result = original(*args, **kwargs)
+        kept.append(result[2].numel())
+        return result
+
+    input_ids = torch.randint(0, 50, (2, 16), generator=torch.Generator().manual_seed(0))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("overtrain.model.llama.causal_attention", recording)
+        with torch.no_grad():
+            model.loss(input_ids, input_ids)
+        model.loss(input_ids, input_ids).backward()
+    assert attention.cpu_kernel and kept == [0, 2 * 2 * cpu_attention.kept_probability_floats(16)]
 
 
 def test_rotary_tables_must_match_the_queries() -> None:

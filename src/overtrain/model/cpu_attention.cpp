@@ -7,8 +7,11 @@
 // vertical vector operations, never horizontal reductions, and every key's work is independent of the
 // last, so no loop waits on a per-row chain of dependent operations (the row-at-a-time layout this
 // replaced took about twice as long for the forward pass, most of it in such chains).
-// The forward pass keeps each row's log-sum-exp; the backward pass recomputes the probabilities from it,
-// as FlashAttention does, so nothing of size T x T is kept, and per block only T vectors are.
+// The forward pass keeps each row's log-sum-exp, and, when given a buffer, the probabilities themselves
+// (T^2 / 2 floats per (batch, head)). The backward pass reads them back where they were kept, and
+// otherwise recomputes them from the log-sum-exp as FlashAttention does, so that nothing of size T x T is
+// kept. Reading them saves the backward pass its scores and exponentials, about a third of its work;
+// the caller keeps them only for short sequences, where they cost little memory.
 // GCC vector extensions: AVX-512 registers where the CPU has them, pairs of AVX registers otherwise.
 //
 // Rotary position embedding (Llama's rotate-half form) is applied here too when tables are passed: q and k
@@ -22,6 +25,7 @@
 #include <cstdint>
 #include <cstring>
 #include <vector>
+#include <immintrin.h>
 
 namespace {
 
@@ -206,6 +210,17 @@ inline vf exp_keys(int64_t first, int64_t begin, int64_t end, vf shift, vf* p, v
   return row_sum;
 }
 
+// *to = x, past the caches where the CPU can (AVX-512's non-temporal store): the kept probabilities are
+// read back only in the backward pass, long after the rest of the forward pass would have evicted them,
+// so they are not worth the cache lines, nor the read of each line that a cached store makes first.
+inline void stream_store(vf* to, vf x) {
+#ifdef __AVX512F__
+  _mm512_stream_ps(reinterpret_cast<float*>(to), reinterpret_cast<__m512>(x));
+#else
+  *to = x;
+#endif
+}
+
 // Rows [first, first + rows) of x, asked for into L2 (__builtin_prefetch's locality 2 is prefetcht1).
 template <int D, bool WRITE>
 inline void prefetch_rows_into_l2(View x, int64_t first, int64_t rows) {
@@ -235,8 +250,8 @@ struct NextPair {
 };
 
 template <int D>
-void forward_unit(View q, View k, View v, View o, float* lse, int64_t T, float scale, Rotary rotary, std::vector<vf>& scratch,
-                  const NextPair& next) {
+void forward_unit(View q, View k, View v, View o, float* lse, vf* probabilities, int64_t T, float scale, Rotary rotary,
+                  std::vector<vf>& scratch, const NextPair& next) {
   scratch.resize(T + (T * D + W * D) / W);  // p, then the rotated keys and one block of rotated queries
   vf* p = scratch.data();
   float *k_rotated = reinterpret_cast<float*>(p + T), *q_rotated = k_rotated + T * D;
@@ -253,14 +268,19 @@ void forward_unit(View q, View k, View v, View o, float* lse, int64_t T, float s
     row_sum = exp_keys<true>(first, first, keys, row_max, p, row_sum);
     const vf row_lse = row_max + log_positive(row_sum);
     for (int r = 0; r < rows; ++r) lse[first + r] = row_lse[r];
+    const vf inverse_sum = 1.0f / row_sum;
+    if (probabilities) {  // the block's normalized probabilities, for the backward pass to read back
+      for (int64_t j = 0; j < keys; ++j) stream_store(probabilities + j, p[j] * inverse_sum);
+      probabilities += keys;
+    }
     block_times_rows<D>(p, v, keys, acc);
-    store_block_transposed<D>(acc, 1.0f / row_sum, first, rows, o);
+    store_block_transposed<D>(acc, inverse_sum, first, rows, o);
   }
 }
 
 template <int D>
-void backward_unit(View q, View k, View v, View o, View dout, const float* lse, View dq, View dk, View dv, int64_t T, float scale,
-                   Rotary rotary, std::vector<vf>& scratch, std::vector<float>& key_grads, const NextPair& next) {
+void backward_unit(View q, View k, View v, View o, View dout, const float* lse, const vf* probabilities, View dq, View dk, View dv,
+                   int64_t T, float scale, Rotary rotary, std::vector<vf>& scratch, std::vector<float>& key_grads, const NextPair& next) {
   scratch.resize(2 * T + (T * D + W * D) / W);  // p, dS, then the rotated keys and one block of rotated queries
   vf *p = scratch.data(), *ds = p + T;
   float *k_rotated = reinterpret_cast<float*>(ds + T), *q_rotated = k_rotated + T * D;
@@ -273,22 +293,29 @@ void backward_unit(View q, View k, View v, View o, View dout, const float* lse, 
     next.prefetch<D>(first, rows);
     const int64_t keys = first + rows;
     const View q_block = rotated_rows<D>(q, rotary, first, rows, q_rotated);  // rows 0.. of it are rows first.. of q
-    load_block_transposed<D>(q_block, 0, rows, scale, qt);
     load_block_transposed<D>(dout, first, rows, 1.0f, dot);
     load_block_transposed<D>(o, first, rows, 1.0f, ot);
-    vf delta = {}, row_lse = {};  // delta: rowsum(dO * O) = sum_j P_ij dP_ij
+    vf delta = {};  // rowsum(dO * O) = sum_j P_ij dP_ij
     for (int d = 0; d < D; ++d) delta += dot[d] * ot[d];
-    for (int r = 0; r < rows; ++r) row_lse[r] = lse[first + r];
-    for (int64_t j = 0; j < first; ++j) p[j] = exp_nonpositive(block_dot<D>(qt, k.at(j)) - row_lse);
-    // Lanes right of the diagonal may exceed the log-sum-exp (they were never in the softmax): exp's
-    // result there is garbage, and the select, not a multiply, drops it.
-    for (int64_t j = first; j < keys; ++j) p[j] = causal(exp_nonpositive(block_dot<D>(qt, k.at(j)) - row_lse), first, j, vf{});
-    for (int64_t j = 0; j < keys; ++j) ds[j] = p[j] * (block_dot<D>(dot, v.at(j)) - delta);
+    const vf* block_p = probabilities;  // the forward pass's probabilities where it kept them; else recomputed
+    if (probabilities) {
+      probabilities += keys;
+    } else {
+      load_block_transposed<D>(q_block, 0, rows, scale, qt);
+      vf row_lse = {};
+      for (int r = 0; r < rows; ++r) row_lse[r] = lse[first + r];
+      for (int64_t j = 0; j < first; ++j) p[j] = exp_nonpositive(block_dot<D>(qt, k.at(j)) - row_lse);
+      // Lanes right of the diagonal may exceed the log-sum-exp (they were never in the softmax): exp's
+      // result there is garbage, and the select, not a multiply, drops it.
+      for (int64_t j = first; j < keys; ++j) p[j] = causal(exp_nonpositive(block_dot<D>(qt, k.at(j)) - row_lse), first, j, vf{});
+      block_p = p;
+    }
+    for (int64_t j = 0; j < keys; ++j) ds[j] = block_p[j] * (block_dot<D>(dot, v.at(j)) - delta);
     block_times_rows<D>(ds, k, keys, acc);
     store_block_transposed<D>(acc, vbcast(scale), first, rows, dq);
     rotate_rows_back<D>(dq, rotary, first, rows);
     accumulate_into_keys<D>(ds, q_block, 0, rows, keys, dk_sum);
-    accumulate_into_keys<D>(p, dout, first, rows, keys, dv_sum);
+    accumulate_into_keys<D>(block_p, dout, first, rows, keys, dv_sum);
   }
   for (int64_t j = 0; j < T; ++j) {
     float *dkj = dk.at(j), *dvj = dv.at(j);
@@ -298,6 +325,14 @@ void backward_unit(View q, View k, View v, View o, View dout, const float* lse, 
     }
   }
   rotate_rows_back<D>(dk, rotary, 0, T);
+}
+
+// Vectors of kept probabilities per (batch, head): each block of 16 queries keeps one per key it sees
+// (the keys up to its last query), T^2 / 32 + T / 2 of them for T a multiple of 16.
+inline int64_t probability_vectors(int64_t T) {
+  int64_t total = 0;
+  for (int64_t first = 0; first < T; first += W) total += first + W < T ? first + W : T;
+  return total;
 }
 
 struct Tensor4 {  // pointer and strides (elements) of a (B, H, T, D) tensor
@@ -314,20 +349,26 @@ inline bool next_pair(int64_t bi, int64_t hi, int64_t B, int64_t H, int64_t& nex
 }
 
 template <int D>
-void forward_all(Tensor4 q, Tensor4 k, Tensor4 v, Tensor4 o, float* lse, int64_t B, int64_t H, int64_t T, float scale, Rotary rotary) {
+void forward_all(Tensor4 q, Tensor4 k, Tensor4 v, Tensor4 o, float* lse, vf* probabilities, int64_t B, int64_t H, int64_t T, float scale,
+                 Rotary rotary) {
   std::vector<vf> scratch;
   for (int64_t bi = 0; bi < B; ++bi)
     for (int64_t hi = 0; hi < H; ++hi) {
       NextPair next;
       int64_t nb, nh;
       if (next_pair(bi, hi, B, H, nb, nh)) next = {{q.unit(nb, nh), k.unit(nb, nh), v.unit(nb, nh)}, 3, {o.unit(nb, nh)}, 1};
-      forward_unit<D>(q.unit(bi, hi), k.unit(bi, hi), v.unit(bi, hi), o.unit(bi, hi), lse + (bi * H + hi) * T, T, scale, rotary, scratch, next);
+      vf* unit_probabilities = probabilities ? probabilities + (bi * H + hi) * probability_vectors(T) : nullptr;
+      forward_unit<D>(q.unit(bi, hi), k.unit(bi, hi), v.unit(bi, hi), o.unit(bi, hi), lse + (bi * H + hi) * T, unit_probabilities, T, scale,
+                      rotary, scratch, next);
     }
+#ifdef __AVX512F__
+  if (probabilities) _mm_sfence();  // order the streamed stores before anything that reads them
+#endif
 }
 
 template <int D>
-void backward_all(Tensor4 q, Tensor4 k, Tensor4 v, Tensor4 o, Tensor4 dout, const float* lse, Tensor4 dq, Tensor4 dk, Tensor4 dv,
-                  int64_t B, int64_t H, int64_t T, float scale, Rotary rotary) {
+void backward_all(Tensor4 q, Tensor4 k, Tensor4 v, Tensor4 o, Tensor4 dout, const float* lse, const vf* probabilities, Tensor4 dq, Tensor4 dk,
+                  Tensor4 dv, int64_t B, int64_t H, int64_t T, float scale, Rotary rotary) {
   std::vector<vf> scratch;
   std::vector<float> key_grads;
   for (int64_t bi = 0; bi < B; ++bi)
@@ -337,8 +378,9 @@ void backward_all(Tensor4 q, Tensor4 k, Tensor4 v, Tensor4 o, Tensor4 dout, cons
       if (next_pair(bi, hi, B, H, nb, nh))
         next = {{q.unit(nb, nh), k.unit(nb, nh), v.unit(nb, nh), o.unit(nb, nh), dout.unit(nb, nh)}, 5,
                 {dq.unit(nb, nh), dk.unit(nb, nh), dv.unit(nb, nh)}, 3};
+      const vf* unit_probabilities = probabilities ? probabilities + (bi * H + hi) * probability_vectors(T) : nullptr;
       backward_unit<D>(q.unit(bi, hi), k.unit(bi, hi), v.unit(bi, hi), o.unit(bi, hi), dout.unit(bi, hi), lse + (bi * H + hi) * T,
-                       dq.unit(bi, hi), dk.unit(bi, hi), dv.unit(bi, hi), T, scale, rotary, scratch, key_grads, next);
+                       unit_probabilities, dq.unit(bi, hi), dk.unit(bi, hi), dv.unit(bi, hi), T, scale, rotary, scratch, key_grads, next);
     }
 }
 
@@ -354,19 +396,25 @@ void backward_all(Tensor4 q, Tensor4 k, Tensor4 v, Tensor4 o, Tensor4 dout, cons
   }
 
 // Each tensor is passed as (pointer, stride_b, stride_h, stride_t); cos and sin are (T, D) rotary tables,
-// or both null for no rotation. Returns 0, or 1 for an unsupported D.
+// or both null for no rotation; `probabilities` holds ot_causal_attention_probability_floats(T) floats per
+// (batch, head), 64-byte aligned, or is null (the forward pass keeps none, the backward pass recomputes
+// them). Returns 0, or 1 for an unsupported D.
 extern "C" int ot_causal_attention_forward(float* q, int64_t qb, int64_t qh, int64_t qt, float* k, int64_t kb, int64_t kh, int64_t kt,
                                            float* v, int64_t vb, int64_t vh, int64_t vt, float* o, int64_t ob, int64_t oh, int64_t ot,
-                                           float* lse, const float* cos, const float* sin, int64_t B, int64_t H, int64_t T, int64_t D,
-                                           float scale) {
-  OT_DISPATCH(D, (forward_all<D>({q, qb, qh, qt}, {k, kb, kh, kt}, {v, vb, vh, vt}, {o, ob, oh, ot}, lse, B, H, T, scale, {cos, sin})))
+                                           float* lse, float* probabilities, const float* cos, const float* sin, int64_t B, int64_t H,
+                                           int64_t T, int64_t D, float scale) {
+  OT_DISPATCH(D, (forward_all<D>({q, qb, qh, qt}, {k, kb, kh, kt}, {v, vb, vh, vt}, {o, ob, oh, ot}, lse, reinterpret_cast<vf*>(probabilities),
+                                 B, H, T, scale, {cos, sin})))
 }
+
+// How many floats ot_causal_attention_forward writes to `probabilities` per (batch, head) when asked to.
+extern "C" int64_t ot_causal_attention_probability_floats(int64_t T) { return probability_vectors(T) * W; }
 
 extern "C" int ot_causal_attention_backward(float* q, int64_t qb, int64_t qh, int64_t qt, float* k, int64_t kb, int64_t kh, int64_t kt,
                                             float* v, int64_t vb, int64_t vh, int64_t vt, float* o, int64_t ob, int64_t oh, int64_t ot,
-                                            float* dout, int64_t db, int64_t dh, int64_t dt, float* lse,
+                                            float* dout, int64_t db, int64_t dh, int64_t dt, float* lse, const float* probabilities,
                                             float* dq, float* dk, float* dv, int64_t gb, int64_t gh, int64_t gt,
                                             const float* cos, const float* sin, int64_t B, int64_t H, int64_t T, int64_t D, float scale) {
   OT_DISPATCH(D, (backward_all<D>({q, qb, qh, qt}, {k, kb, kh, kt}, {v, vb, vh, vt}, {o, ob, oh, ot}, {dout, db, dh, dt}, lse,
-                                  {dq, gb, gh, gt}, {dk, gb, gh, gt}, {dv, gb, gh, gt}, B, H, T, scale, {cos, sin})))
+                                  reinterpret_cast<const vf*>(probabilities), {dq, gb, gh, gt}, {dk, gb, gh, gt}, {dv, gb, gh, gt}, B, H, T, scale, {cos, sin})))
 }

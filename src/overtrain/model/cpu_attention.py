@@ -2,8 +2,9 @@
 
 Why: at the nano shape (head dim 16, 128 tokens) torch's CPU flash-attention kernel takes about a third
 of a compiled training step, mostly outside arithmetic. ``cpu_attention.cpp`` computes one (batch, head)
-pair at a time from L1/L2 with register-blocked 16-float vector loops; its backward pass recomputes the
-probabilities from each row's log-sum-exp, as FlashAttention does. Given the rotary tables it also applies
+pair at a time from L1/L2 with register-blocked 16-float vector loops; its backward pass reads the
+probabilities its forward pass kept (sequences up to 256 tokens) or recomputes them from each row's
+log-sum-exp, as FlashAttention does. Given the rotary tables it also applies
 the rotary embedding to q and k (and its transpose to their gradients), which saves the training step
 its separate passes. It agrees with ``F.scaled_dot_product_attention(is_causal=True)`` (after
 ``apply_rotary``) to float rounding, not bitwise: against a float64 reference its error is that of
@@ -23,6 +24,25 @@ from overtrain.model.cpu_kernels import kernel_library
 
 HEAD_DIMS = (16, 32, 48, 64)
 """Head dims the kernel is compiled for (whole 16-float vectors)."""
+
+KEEP_PROBABILITIES_MAX_SEQ_LEN = 256
+"""Up to this sequence length the forward pass keeps the attention probabilities for the backward pass,
+which then reads them instead of recomputing scores and exponentials (about a third of its work: at the
+nano shape the backward pass takes ~30% less time). They cost T^2 / 2 floats per (batch, head): at 256
+tokens 128 KiB, about the size of that head's q, k, v and output at head dim 16; above it, their memory
+would grow past the rest of the layer's activations, and they are recomputed from the log-sum-exp."""
+
+_VECTOR_FLOATS = 16
+"""The kernel's vector width in floats: each block of 16 queries keeps one vector per key it sees."""
+
+
+def kept_probability_floats(seq_len: int) -> int:
+    """Floats of probabilities the forward pass keeps per (batch, head) at ``seq_len``: one 16-float vector
+    per (block of 16 queries, key up to the block's last query); 0 above the threshold."""
+    if seq_len > KEEP_PROBABILITIES_MAX_SEQ_LEN:
+        return 0
+    blocks = range(0, seq_len, _VECTOR_FLOATS)
+    return _VECTOR_FLOATS * sum(min(first + _VECTOR_FLOATS, seq_len) for first in blocks)
 
 
 def kernel_applies(qkv: torch.Tensor) -> bool:
@@ -76,39 +96,59 @@ def _rotary_pointers(q: torch.Tensor, cos: torch.Tensor | None, sin: torch.Tenso
 
 @torch.library.custom_op("overtrain::causal_attention", mutates_args=())
 def causal_attention(
-    qkv: torch.Tensor, scale: float, cos: torch.Tensor | None = None, sin: torch.Tensor | None = None
-) -> tuple[torch.Tensor, torch.Tensor]:
+    qkv: torch.Tensor, scale: float, cos: torch.Tensor | None = None, sin: torch.Tensor | None = None, keep_probabilities: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """softmax(scale q k^T + causal mask) v for queries, keys and values packed as one (B, T, 3, H, D) tensor
     (what one product with the three weights stacked gives), with q and k first rotated by the rotary
     tables cos and sin (T, D) when given (``overtrain.model.llama.apply_rotary``'s rotation). Returns the
-    output (B, T, H, D) and each row's log-sum-exp (B, H, T), which the backward pass needs. The gradient
-    flows to qkv, packed the same way (so the stacked product's backward needs no concatenation), not to
-    the tables."""
+    output (B, T, H, D) and what the backward pass needs: each row's log-sum-exp (B, H, T) and the kept
+    probabilities (B, H, :func:`kept_probability_floats`; none above
+    :data:`KEEP_PROBABILITIES_MAX_SEQ_LEN`, or when ``keep_probabilities`` is false: pass
+    ``qkv.requires_grad``, so that a pass without gradients writes none). The gradient flows to qkv, packed the same way (so the stacked
+    product's backward needs no concatenation), not to the tables."""
     _check_packed(qkv)
     qkv = _last_dim_contiguous(qkv)
     q, k, v = heads_first(qkv)
     batch, heads, seq_len, head_dim = q.shape
-    out, lse = q.new_empty(batch, seq_len, heads, head_dim), q.new_empty(batch, heads, seq_len)
+    out, lse, probabilities = _forward_outputs(qkv, keep_probabilities)
     status = kernel_library().ot_causal_attention_forward(
         *_pointer_and_strides(q), *_pointer_and_strides(k), *_pointer_and_strides(v), *_pointer_and_strides(out.transpose(1, 2)),
-        lse.data_ptr(), *_rotary_pointers(q, cos, sin), batch, heads, seq_len, head_dim, scale,
+        lse.data_ptr(), _probabilities_pointer(probabilities), *_rotary_pointers(q, cos, sin), batch, heads, seq_len, head_dim, scale,
     )
     _check_status(status, head_dim)
-    return out, lse
+    return out, lse, probabilities
+
+
+def _forward_outputs(qkv: torch.Tensor, keep_probabilities: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Empty output (B, T, H, D), log-sum-exp (B, H, T) and kept probabilities for packed qkv (B, T, 3, H, D)."""
+    batch, seq_len, _, heads, head_dim = qkv.shape
+    kept_floats = kept_probability_floats(seq_len) if keep_probabilities else 0
+    return (qkv.new_empty(batch, seq_len, heads, head_dim), qkv.new_empty(batch, heads, seq_len),
+            qkv.new_empty(batch, heads, kept_floats))
+
+
+def _probabilities_pointer(probabilities: torch.Tensor) -> int | None:
+    """The kept probabilities' pointer for the kernel, None for none kept. The kernel reads and writes them
+    as whole aligned 64-byte vectors, so a tensor that is not is refused rather than misread."""
+    if probabilities.numel() == 0:
+        return None
+    if not probabilities.is_contiguous() or probabilities.data_ptr() % 64:
+        raise ValueError("the attention probabilities must be contiguous and 64-byte aligned (as torch allocates them)")
+    return probabilities.data_ptr()
 
 
 @causal_attention.register_fake
-def _(qkv, scale, cos=None, sin=None):
-    batch, seq_len, _, heads, head_dim = qkv.shape
-    return qkv.new_empty(batch, seq_len, heads, head_dim), qkv.new_empty(batch, heads, seq_len)
+def _(qkv, scale, cos=None, sin=None, keep_probabilities=True):
+    return _forward_outputs(qkv, keep_probabilities)
 
 
 @torch.library.custom_op("overtrain::causal_attention_backward", mutates_args=())
 def causal_attention_backward(
-    grad_out: torch.Tensor, qkv: torch.Tensor, out: torch.Tensor, lse: torch.Tensor, scale: float,
+    grad_out: torch.Tensor, qkv: torch.Tensor, out: torch.Tensor, lse: torch.Tensor, probabilities: torch.Tensor, scale: float,
     cos: torch.Tensor | None = None, sin: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Gradient of :func:`causal_attention` with respect to the packed, unrotated qkv (B, T, 3, H, D)."""
+    """Gradient of :func:`causal_attention` with respect to the packed, unrotated qkv (B, T, 3, H, D), from its
+    forward pass's log-sum-exp and kept probabilities (read where kept, else recomputed)."""
     grad_out, qkv, out = (_last_dim_contiguous(x) for x in (grad_out, qkv, out))
     lse = lse.contiguous()
     q, k, v = heads_first(qkv)
@@ -117,7 +157,7 @@ def causal_attention_backward(
     grad_q, grad_k, grad_v = heads_first(grad_qkv)
     status = kernel_library().ot_causal_attention_backward(
         *_pointer_and_strides(q), *_pointer_and_strides(k), *_pointer_and_strides(v), *_pointer_and_strides(out.transpose(1, 2)),
-        *_pointer_and_strides(grad_out.transpose(1, 2)), lse.data_ptr(), grad_q.data_ptr(), grad_k.data_ptr(), grad_v.data_ptr(),
+        *_pointer_and_strides(grad_out.transpose(1, 2)), lse.data_ptr(), _probabilities_pointer(probabilities), grad_q.data_ptr(), grad_k.data_ptr(), grad_v.data_ptr(),
         grad_q.stride(0), grad_q.stride(1), grad_q.stride(2), *_rotary_pointers(q, cos, sin), batch, heads, seq_len, head_dim, scale,
     )
     _check_status(status, head_dim)
@@ -125,20 +165,20 @@ def causal_attention_backward(
 
 
 @causal_attention_backward.register_fake
-def _(grad_out, qkv, out, lse, scale, cos=None, sin=None):
+def _(grad_out, qkv, out, lse, probabilities, scale, cos=None, sin=None):
     return torch.empty(qkv.shape, dtype=qkv.dtype, device=qkv.device)
 
 
 def _setup_context(ctx, inputs, output) -> None:
-    qkv, scale, cos, sin = inputs
-    out, lse = output
-    ctx.save_for_backward(qkv, out, lse, cos, sin)
+    qkv, scale, cos, sin, _keep_probabilities = inputs
+    out, lse, probabilities = output
+    ctx.save_for_backward(qkv, out, lse, probabilities, cos, sin)
     ctx.scale = scale
 
 
-def _backward(ctx, grad_out, _grad_lse):
-    qkv, out, lse, cos, sin = ctx.saved_tensors
-    return causal_attention_backward(grad_out, qkv, out, lse, ctx.scale, cos, sin), None, None, None
+def _backward(ctx, grad_out, _grad_lse, _grad_probabilities):
+    qkv, out, lse, probabilities, cos, sin = ctx.saved_tensors
+    return causal_attention_backward(grad_out, qkv, out, lse, probabilities, ctx.scale, cos, sin), None, None, None, None
 
 
 causal_attention.register_autograd(_backward, setup_context=_setup_context)

@@ -43,10 +43,12 @@ def _compiler() -> str | None:
 
 
 def _declare_signatures(library: ctypes.CDLL) -> ctypes.CDLL:
-    library.ot_causal_attention_forward.argtypes = [_POINTER, _INT, _INT, _INT] * 4 + [_POINTER] * 3 + [_INT] * 4 + [_FLOAT]
+    library.ot_causal_attention_forward.argtypes = [_POINTER, _INT, _INT, _INT] * 4 + [_POINTER] * 4 + [_INT] * 4 + [_FLOAT]
     library.ot_causal_attention_backward.argtypes = (
-        [_POINTER, _INT, _INT, _INT] * 5 + [_POINTER] * 4 + [_INT] * 3 + [_POINTER] * 2 + [_INT] * 4 + [_FLOAT]
+        [_POINTER, _INT, _INT, _INT] * 5 + [_POINTER] * 5 + [_INT] * 3 + [_POINTER] * 2 + [_INT] * 4 + [_FLOAT]
     )
+    library.ot_causal_attention_probability_floats.argtypes = [_INT]
+    library.ot_causal_attention_probability_floats.restype = _INT
     library.ot_linear_cross_entropy.argtypes = [_POINTER] * 7 + [_INT] * 5 + [_FLOAT]
     library.ot_linear_cross_entropy.restype = ctypes.c_double
     return library

@@ -68,7 +68,8 @@ class Attention(nn.Module):
         if self.cpu_kernel and self.n_kv_heads == self.n_heads:
             qkv = self._stacked_projection(x).view(batch, seq_len, 3, self.n_heads, self.head_dim)  # (B, T, 3, H, D)
             if kernel_applies(qkv):  # the kernel rotates q and k itself
-                out = causal_attention(qkv, self.head_dim**-0.5, cos.contiguous(), sin.contiguous())[0]  # (B, T, H, D)
+                scale, keep = self.head_dim**-0.5, qkv.requires_grad  # no probabilities kept for a pass without gradients
+                out = causal_attention(qkv, scale, cos.contiguous(), sin.contiguous(), keep_probabilities=keep)[0]  # (B, T, H, D)
                 return self.o_proj(out.reshape(batch, seq_len, -1))
             q, k, v = heads_first(qkv)
         else:
