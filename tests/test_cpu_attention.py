@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 from helpers import tiny_pretrain_config, write_stdlib_text_corpus
 
-from overtrain.model.config import ModelConfig
 from overtrain.model import cpu_attention
+from overtrain.model.config import ModelConfig
 from overtrain.model.cpu_attention import causal_attention, kernel_applies
 from overtrain.model.cpu_kernels import blas_sgemm, kernel_library
 from overtrain.model.llama import apply_rotary, build_model, rotary_cos_sin
