@@ -76,9 +76,11 @@ def test_a_worker_killed_mid_job_fails_only_the_jobs_in_flight_with_it(tmp_path:
     jobs = [Job("die", {}, label="oom"), *integer_work_jobs(3)]
     summary, rows = run_into(tmp_path / "s.sqlite", jobs, LocalProcessExecutor(workers=2))
     assert summary.failures[jobs[0].key].startswith("oom: its worker process died")
-    # two workers: at most the job running beside the dead one fails with the pool; later jobs run on a fresh one
-    assert set(summary.failures) <= {jobs[0].key, jobs[1].key}
-    assert jobs[2].key in rows and jobs[3].key in rows and summary.done + summary.failed == 4
+    # Two workers: at most the one job in flight beside the dead one fails with the pool (job 1, or job 2 if job 1
+    # finished before the death was seen); every later job runs on a fresh pool.
+    beside = set(summary.failures) - {jobs[0].key}
+    assert len(beside) <= 1 and all(summary.failures[key].endswith("its worker process died (killed, or out of memory?)") for key in beside)
+    assert set(rows) == {job.key for job in jobs[1:]} - beside and summary.done + summary.failed == 4
 
 
 def test_failed_jobs_run_again_next_time(tmp_path: Path) -> None:
