@@ -57,8 +57,19 @@ def _is_packed(qkv: torch.Tensor) -> bool:
     return qkv.dim() == 5 and qkv.shape[2] == 3
 
 
-def _pointer_and_strides(x: torch.Tensor) -> list[int]:
-    return [x.data_ptr(), x.stride(0), x.stride(1), x.stride(2)]
+def _packed_pointers_and_strides(packed: torch.Tensor) -> list[int]:
+    """Pointer and (batch, head, position) strides, in elements, of q, k and v in turn in a (B, T, 3, H, D)
+    tensor: what the kernel reads from :func:`heads_first`'s views, without making them (three views cost
+    ~15 us of Python, and the step makes four such calls)."""
+    batch_stride, position_stride, part_stride, head_stride, _ = packed.stride()
+    base, item_bytes = packed.data_ptr(), packed.element_size()
+    return [value for part in range(3) for value in (base + part * part_stride * item_bytes, batch_stride, head_stride, position_stride)]
+
+
+def _heads_first_pointer_and_strides(x: torch.Tensor) -> list[int]:
+    """Pointer and (batch, head, position) strides of a (B, T, H, D) tensor, as the kernel takes (B, H, T, D)."""
+    batch_stride, position_stride, head_stride, _ = x.stride()
+    return [x.data_ptr(), batch_stride, head_stride, position_stride]
 
 
 def _last_dim_contiguous(x: torch.Tensor) -> torch.Tensor:
@@ -81,13 +92,13 @@ def _check_status(status: int, head_dim: int) -> None:
         raise ValueError(f"the CPU attention kernel has no head dim {head_dim} (it has {HEAD_DIMS})")
 
 
-def _rotary_pointers(q: torch.Tensor, cos: torch.Tensor | None, sin: torch.Tensor | None) -> list[int | None]:
-    """Pointers to the (T, D) rotary tables (None, None for no rotation), checked against q's shape."""
+def _rotary_pointers(qkv: torch.Tensor, cos: torch.Tensor | None, sin: torch.Tensor | None) -> list[int | None]:
+    """Pointers to the (T, D) rotary tables (None, None for no rotation), checked against packed qkv's shape."""
     if cos is None and sin is None:
         return [None, None]
     if cos is None or sin is None:
         raise ValueError("pass both rotary tables (cos and sin) or neither")
-    expected = (q.shape[2], q.shape[3])
+    expected = (qkv.shape[1], qkv.shape[-1])
     for name, table in (("cos", cos), ("sin", sin)):
         if tuple(table.shape) != expected or table.dtype != torch.float32 or not table.is_contiguous():
             raise ValueError(f"rotary table {name} must be contiguous fp32 of shape (T, D) = {expected}, got {tuple(table.shape)} {table.dtype}")
@@ -108,12 +119,11 @@ def causal_attention(
     product's backward needs no concatenation), not to the tables."""
     _check_packed(qkv)
     qkv = _last_dim_contiguous(qkv)
-    q, k, v = heads_first(qkv)
-    batch, heads, seq_len, head_dim = q.shape
+    batch, seq_len, _, heads, head_dim = qkv.shape
     out, lse, probabilities = _forward_outputs(qkv, keep_probabilities)
     status = kernel_library().ot_causal_attention_forward(
-        *_pointer_and_strides(q), *_pointer_and_strides(k), *_pointer_and_strides(v), *_pointer_and_strides(out.transpose(1, 2)),
-        lse.data_ptr(), _probabilities_pointer(probabilities), *_rotary_pointers(q, cos, sin), batch, heads, seq_len, head_dim, scale,
+        *_packed_pointers_and_strides(qkv), *_heads_first_pointer_and_strides(out), lse.data_ptr(), _probabilities_pointer(probabilities),
+        *_rotary_pointers(qkv, cos, sin), batch, heads, seq_len, head_dim, scale,
     )
     _check_status(status, head_dim)
     return out, lse, probabilities
@@ -151,14 +161,13 @@ def causal_attention_backward(
     forward pass's log-sum-exp and kept probabilities (read where kept, else recomputed)."""
     grad_out, qkv, out = (_last_dim_contiguous(x) for x in (grad_out, qkv, out))
     lse = lse.contiguous()
-    q, k, v = heads_first(qkv)
-    batch, heads, seq_len, head_dim = q.shape
+    batch, seq_len, _, heads, head_dim = qkv.shape
     grad_qkv = torch.empty(qkv.shape, dtype=qkv.dtype, device=qkv.device)
-    grad_q, grad_k, grad_v = heads_first(grad_qkv)
+    grad_pointers = _packed_pointers_and_strides(grad_qkv)  # q, k, v in turn; all three share the strides
     status = kernel_library().ot_causal_attention_backward(
-        *_pointer_and_strides(q), *_pointer_and_strides(k), *_pointer_and_strides(v), *_pointer_and_strides(out.transpose(1, 2)),
-        *_pointer_and_strides(grad_out.transpose(1, 2)), lse.data_ptr(), _probabilities_pointer(probabilities), grad_q.data_ptr(), grad_k.data_ptr(), grad_v.data_ptr(),
-        grad_q.stride(0), grad_q.stride(1), grad_q.stride(2), *_rotary_pointers(q, cos, sin), batch, heads, seq_len, head_dim, scale,
+        *_packed_pointers_and_strides(qkv), *_heads_first_pointer_and_strides(out), *_heads_first_pointer_and_strides(grad_out),
+        lse.data_ptr(), _probabilities_pointer(probabilities), *grad_pointers[0:12:4], *grad_pointers[1:4],
+        *_rotary_pointers(qkv, cos, sin), batch, heads, seq_len, head_dim, scale,
     )
     _check_status(status, head_dim)
     return grad_qkv
