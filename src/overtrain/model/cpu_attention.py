@@ -27,10 +27,11 @@ HEAD_DIMS = (16, 32, 48, 64)
 
 KEEP_PROBABILITIES_MAX_SEQ_LEN = 256
 """Up to this sequence length the forward pass keeps the attention probabilities for the backward pass,
-which then reads them instead of recomputing scores and exponentials (about a third of its work: at the
-nano shape the backward pass takes ~30% less time). They cost T^2 / 2 floats per (batch, head): at 256
-tokens 128 KiB, about the size of that head's q, k, v and output at head dim 16; above it, their memory
-would grow past the rest of the layer's activations, and they are recomputed from the log-sum-exp."""
+which then reads them instead of recomputing scores and exponentials (about a third of its operations).
+At the nano shape the backward pass takes ~15% less time and the forward pass ~15% more, for writing
+them; the step gains 1-4% (docs/benchmarks.md). They cost T^2 / 2 floats per (batch, head): at 256 tokens
+128 KiB, twice that head's q, k, v and output at head dim 16 and half of them at head dim 64, a small part
+of a layer's activations. They grow with T^2 and the rest with T, so longer sequences recompute them."""
 
 _VECTOR_FLOATS = 16
 """The kernel's vector width in floats: each block of 16 queries keeps one vector per key it sees."""
