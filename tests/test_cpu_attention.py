@@ -13,7 +13,7 @@ from helpers import tiny_pretrain_config, write_stdlib_text_corpus
 
 from overtrain.model import cpu_attention
 from overtrain.model.config import ModelConfig
-from overtrain.model.cpu_attention import causal_attention, kernel_applies
+from overtrain.model.cpu_attention import causal_attention, causal_attention_backward, kernel_applies
 from overtrain.model.cpu_kernels import blas_sgemm, kernel_library
 from overtrain.model.llama import apply_rotary, build_model, rotary_cos_sin
 
@@ -82,6 +82,57 @@ def test_kept_probabilities_are_sized_as_the_kernel_writes_them(seq_len: int) ->
     qkv = torch.randn(2, seq_len, 3, 2, 16)
     assert causal_attention(qkv, 0.25)[2].shape == (2, 2, expected)
     assert causal_attention(qkv, 0.25, keep_probabilities=False)[2].numel() == 0
+
+
+@pytest.mark.parametrize("seq_len", [1, 16, 17, 37, 128, 256, 300])
+def test_the_kernel_writes_exactly_the_kept_probabilities_buffer(seq_len: int) -> None:
+    """Called with a buffer inside NaN guard zones, the forward pass fills every float of it with a finite
+    probability and touches nothing outside it (the size Python allocates is what the kernel writes)."""
+    batch, heads, head_dim, guard = 2, 3, 16, 64  # the guard a multiple of 16 floats: the buffer stays aligned
+    floats = kernel_library().ot_causal_attention_probability_floats(seq_len) * batch * heads
+    qkv = torch.randn(batch, seq_len, 3, heads, head_dim)
+    out, lse = torch.empty(batch, seq_len, heads, head_dim), torch.empty(batch, heads, seq_len)
+    guarded = torch.full((guard + floats + guard,), float("nan"))
+    status = kernel_library().ot_causal_attention_forward(
+        *cpu_attention._packed_pointers_and_strides(qkv), *cpu_attention._heads_first_pointer_and_strides(out), lse.data_ptr(),
+        guarded[guard:].data_ptr(), None, None, batch, heads, seq_len, head_dim, 0.25)
+    assert status == 0
+    assert guarded[:guard].isnan().all() and guarded[guard + floats:].isnan().all()
+    assert guarded[guard:guard + floats].isfinite().all()
+
+
+def test_the_backward_pass_reads_the_kept_probabilities() -> None:
+    """Halving the kept probabilities changes the gradient (so it is read, not recomputed); a buffer of
+    another size is refused rather than read past its end."""
+    qkv, grad_out = torch.randn(1, 37, 3, 2, 16), torch.randn(1, 37, 2, 16)
+    out, lse, probabilities = causal_attention(qkv, 0.25)
+    read = causal_attention_backward(grad_out, qkv, out, lse, probabilities, 0.25)
+    halved = causal_attention_backward(grad_out, qkv, out, lse, probabilities * 0.5, 0.25)
+    recomputed = causal_attention_backward(grad_out, qkv, out, lse, probabilities[:, :, :0], 0.25)
+    torch.testing.assert_close(read, recomputed, atol=1e-5, rtol=1e-5)
+    assert (read - halved).abs().max() > 0.1
+    with pytest.raises(ValueError, match="the kept attention probabilities hold 16 floats"):
+        causal_attention_backward(grad_out, qkv, out, lse, torch.zeros(1, 1, 16), 0.25)
+
+
+def test_kernel_reads_and_writes_through_any_strides_with_a_contiguous_last_dim() -> None:
+    """q, k, v sliced out of a wider tensor (row strides that are not the shape's, a storage offset) and a
+    transposed incoming gradient give torch's attention and gradients."""
+    generator = torch.Generator().manual_seed(5)
+    wide = torch.randn(2, 21, 3, 2, 48, generator=generator)
+    grad_out = torch.randn(2, 2, 21, 16, generator=generator).transpose(1, 2)  # (B, T, H, D), not contiguous
+    cos, sin = rotary_cos_sin(21, 16, 10_000.0, wide.device)
+    for columns in (slice(16, 32), slice(32, 48)):
+        wide_leaf = wide.clone().requires_grad_()
+        out = causal_attention(wide_leaf[..., columns], 0.25, cos, sin)[0]
+        (grad_wide,) = torch.autograd.grad(out, wide_leaf, grad_out)
+        reference = _attention_and_grads(wide[..., columns].contiguous().requires_grad_(), grad_out.contiguous(), kernel=False, rotary=True)
+        torch.testing.assert_close(out, reference[0], atol=2e-5, rtol=1e-4)
+        for mine, theirs in zip(grad_wide[..., columns].unbind(2), reference[1:]):
+            torch.testing.assert_close(mine, theirs, atol=2e-5, rtol=1e-4)
+        outside = torch.ones(48, dtype=torch.bool)
+        outside[columns] = False
+        assert (grad_wide[..., outside] == 0).all()
 
 
 def test_a_pass_without_gradients_keeps_no_probabilities() -> None:

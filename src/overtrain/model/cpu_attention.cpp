@@ -25,7 +25,9 @@
 #include <cstdint>
 #include <cstring>
 #include <vector>
-#include <immintrin.h>
+#if defined(__AVX512F__)
+#include <immintrin.h>  // x86 only: the non-temporal store of stream_store
+#endif
 
 namespace {
 

@@ -29,8 +29,8 @@ KEEP_PROBABILITIES_MAX_SEQ_LEN = 256
 """Up to this sequence length the forward pass keeps the attention probabilities for the backward pass,
 which then reads them instead of recomputing scores and exponentials (about a third of its operations).
 At the nano shape the backward pass takes ~15% less time and the forward pass ~15% more, for writing
-them; the step gains 1-4% (docs/benchmarks.md). They cost T^2 / 2 floats per (batch, head): at 256 tokens
-128 KiB, twice that head's q, k, v and output at head dim 16 and half of them at head dim 64, a small part
+them; the step gains 1-4% (docs/benchmarks.md). They cost ~T^2 / 2 floats per (batch, head): at 256 tokens
+136 KiB, twice that head's q, k, v and output at head dim 16 and half of them at head dim 64, a small part
 of a layer's activations. They grow with T^2 and the rest with T, so longer sequences recompute them."""
 
 _VECTOR_FLOATS = 16
@@ -39,11 +39,14 @@ _VECTOR_FLOATS = 16
 
 def kept_probability_floats(seq_len: int) -> int:
     """Floats of probabilities the forward pass keeps per (batch, head) at ``seq_len``: one 16-float vector
-    per (block of 16 queries, key up to the block's last query); 0 above the threshold."""
+    per (block of 16 queries, key up to the block's last query); 0 above the threshold.
+
+    Block b < n - 1 of the n blocks sees 16 (b + 1) keys and the last sees all T, so there are
+    16 n (n - 1) / 2 + T vectors: a closed form, so that torch.compile can keep T symbolic."""
     if seq_len > KEEP_PROBABILITIES_MAX_SEQ_LEN:
         return 0
-    blocks = range(0, seq_len, _VECTOR_FLOATS)
-    return _VECTOR_FLOATS * sum(min(first + _VECTOR_FLOATS, seq_len) for first in blocks)
+    blocks = (seq_len + _VECTOR_FLOATS - 1) // _VECTOR_FLOATS
+    return _VECTOR_FLOATS * (_VECTOR_FLOATS * blocks * (blocks - 1) // 2 + seq_len)
 
 
 def kernel_applies(qkv: torch.Tensor) -> bool:
@@ -163,6 +166,7 @@ def causal_attention_backward(
     grad_out, qkv, out = (_last_dim_contiguous(x) for x in (grad_out, qkv, out))
     lse = lse.contiguous()
     batch, seq_len, _, heads, head_dim = qkv.shape
+    _check_kept_probabilities(probabilities, batch, heads, seq_len)
     grad_qkv = torch.empty(qkv.shape, dtype=qkv.dtype, device=qkv.device)
     grad_pointers = _packed_pointers_and_strides(grad_qkv)  # q, k, v in turn; all three share the strides
     status = kernel_library().ot_causal_attention_backward(
@@ -172,6 +176,15 @@ def causal_attention_backward(
     )
     _check_status(status, head_dim)
     return grad_qkv
+
+
+def _check_kept_probabilities(probabilities: torch.Tensor, batch: int, heads: int, seq_len: int) -> None:
+    """The backward pass reads every kept probability the forward pass wrote: a buffer of another size (the
+    threshold changed between the passes, say) would be read past its end, so it is refused."""
+    expected = batch * heads * kernel_library().ot_causal_attention_probability_floats(seq_len)
+    if probabilities.numel() not in (0, expected):
+        raise ValueError(f"the kept attention probabilities hold {probabilities.numel()} floats; the backward pass of "
+                         f"({batch}, {heads}) heads of {seq_len} tokens reads {expected} (or none, to recompute them)")
 
 
 @causal_attention_backward.register_fake
