@@ -77,6 +77,7 @@ def test_kept_probabilities_are_sized_as_the_kernel_writes_them(seq_len: int) ->
     """The buffer Python allocates holds exactly what the kernel writes (one 16-float vector per block of 16
     queries and key up to the block's last query), and none is kept above the threshold or without gradients."""
     written = kernel_library().ot_causal_attention_probability_floats(seq_len)
+    assert cpu_attention._probability_floats(seq_len) == written  # what the backward pass checks a buffer against
     expected = written if seq_len <= cpu_attention.KEEP_PROBABILITIES_MAX_SEQ_LEN else 0
     assert cpu_attention.kept_probability_floats(seq_len) == expected
     qkv = torch.randn(2, seq_len, 3, 2, 16)

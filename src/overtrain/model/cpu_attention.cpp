@@ -354,12 +354,13 @@ template <int D>
 void forward_all(Tensor4 q, Tensor4 k, Tensor4 v, Tensor4 o, float* lse, vf* probabilities, int64_t B, int64_t H, int64_t T, float scale,
                  Rotary rotary) {
   std::vector<vf> scratch;
+  const int64_t unit_vectors = probability_vectors(T);
   for (int64_t bi = 0; bi < B; ++bi)
     for (int64_t hi = 0; hi < H; ++hi) {
       NextPair next;
       int64_t nb, nh;
       if (next_pair(bi, hi, B, H, nb, nh)) next = {{q.unit(nb, nh), k.unit(nb, nh), v.unit(nb, nh)}, 3, {o.unit(nb, nh)}, 1};
-      vf* unit_probabilities = probabilities ? probabilities + (bi * H + hi) * probability_vectors(T) : nullptr;
+      vf* unit_probabilities = probabilities ? probabilities + (bi * H + hi) * unit_vectors : nullptr;
       forward_unit<D>(q.unit(bi, hi), k.unit(bi, hi), v.unit(bi, hi), o.unit(bi, hi), lse + (bi * H + hi) * T, unit_probabilities, T, scale,
                       rotary, scratch, next);
     }
@@ -373,6 +374,7 @@ void backward_all(Tensor4 q, Tensor4 k, Tensor4 v, Tensor4 o, Tensor4 dout, cons
                   Tensor4 dv, int64_t B, int64_t H, int64_t T, float scale, Rotary rotary) {
   std::vector<vf> scratch;
   std::vector<float> key_grads;
+  const int64_t unit_vectors = probability_vectors(T);
   for (int64_t bi = 0; bi < B; ++bi)
     for (int64_t hi = 0; hi < H; ++hi) {
       NextPair next;
@@ -380,7 +382,7 @@ void backward_all(Tensor4 q, Tensor4 k, Tensor4 v, Tensor4 o, Tensor4 dout, cons
       if (next_pair(bi, hi, B, H, nb, nh))
         next = {{q.unit(nb, nh), k.unit(nb, nh), v.unit(nb, nh), o.unit(nb, nh), dout.unit(nb, nh)}, 5,
                 {dq.unit(nb, nh), dk.unit(nb, nh), dv.unit(nb, nh)}, 3};
-      const vf* unit_probabilities = probabilities ? probabilities + (bi * H + hi) * probability_vectors(T) : nullptr;
+      const vf* unit_probabilities = probabilities ? probabilities + (bi * H + hi) * unit_vectors : nullptr;
       backward_unit<D>(q.unit(bi, hi), k.unit(bi, hi), v.unit(bi, hi), o.unit(bi, hi), dout.unit(bi, hi), lse + (bi * H + hi) * T,
                        unit_probabilities, dq.unit(bi, hi), dk.unit(bi, hi), dv.unit(bi, hi), T, scale, rotary, scratch, key_grads, next);
     }

@@ -38,13 +38,16 @@ _VECTOR_FLOATS = 16
 
 
 def kept_probability_floats(seq_len: int) -> int:
-    """Floats of probabilities the forward pass keeps per (batch, head) at ``seq_len``: one 16-float vector
-    per (block of 16 queries, key up to the block's last query); 0 above the threshold.
+    """Floats of probabilities the forward pass keeps per (batch, head) at ``seq_len``: 0 above the
+    threshold, else :func:`_probability_floats`."""
+    return 0 if seq_len > KEEP_PROBABILITIES_MAX_SEQ_LEN else _probability_floats(seq_len)
 
-    Block b < n - 1 of the n blocks sees 16 (b + 1) keys and the last sees all T, so there are
-    16 n (n - 1) / 2 + T vectors: a closed form, so that torch.compile can keep T symbolic."""
-    if seq_len > KEEP_PROBABILITIES_MAX_SEQ_LEN:
-        return 0
+
+def _probability_floats(seq_len: int) -> int:
+    """Floats the kernel writes per (batch, head) when asked to keep the probabilities: one 16-float vector
+    per (block of 16 queries, key up to the block's last query). Block b < n - 1 of the n blocks sees
+    16 (b + 1) keys and the last sees all T, so there are 16 n (n - 1) / 2 + T vectors: a closed form, so
+    that torch.compile can keep T symbolic (the tests check it against the kernel's own count)."""
     blocks = (seq_len + _VECTOR_FLOATS - 1) // _VECTOR_FLOATS
     return _VECTOR_FLOATS * (_VECTOR_FLOATS * blocks * (blocks - 1) // 2 + seq_len)
 
@@ -119,8 +122,8 @@ def causal_attention(
     output (B, T, H, D) and what the backward pass needs: each row's log-sum-exp (B, H, T) and the kept
     probabilities (B, H, :func:`kept_probability_floats`; none above
     :data:`KEEP_PROBABILITIES_MAX_SEQ_LEN`, or when ``keep_probabilities`` is false: pass
-    ``qkv.requires_grad``, so that a pass without gradients writes none). The gradient flows to qkv, packed the same way (so the stacked
-    product's backward needs no concatenation), not to the tables."""
+    ``qkv.requires_grad``, so that a pass without gradients writes none). The gradient flows to qkv,
+    packed the same way (so the stacked product's backward needs no concatenation), not to the tables."""
     _check_packed(qkv)
     qkv = _last_dim_contiguous(qkv)
     batch, seq_len, _, heads, head_dim = qkv.shape
@@ -181,7 +184,7 @@ def causal_attention_backward(
 def _check_kept_probabilities(probabilities: torch.Tensor, batch: int, heads: int, seq_len: int) -> None:
     """The backward pass reads every kept probability the forward pass wrote: a buffer of another size (the
     threshold changed between the passes, say) would be read past its end, so it is refused."""
-    expected = batch * heads * kernel_library().ot_causal_attention_probability_floats(seq_len)
+    expected = batch * heads * _probability_floats(seq_len)
     if probabilities.numel() not in (0, expected):
         raise ValueError(f"the kept attention probabilities hold {probabilities.numel()} floats; the backward pass of "
                          f"({batch}, {heads}) heads of {seq_len} tokens reads {expected} (or none, to recompute them)")
