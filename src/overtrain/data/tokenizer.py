@@ -175,15 +175,16 @@ def _looks_like_a_path(name: str) -> bool:
     return name.startswith(("/", ".", "~")) or not REPO_NAME.fullmatch(name.partition("@")[0])
 
 
-def require_local_tokenizer(name: str) -> None:
+def require_local_tokenizer(name: str) -> Path | None:
     """The run's refusals of a local ``data.tokenizer`` without reading the Hub (dry runs take them too): a
-    path that is no folder, and a folder that holds no tokenizer file. Hub names and ``bpe`` pass."""
+    path that is no folder, and a folder that holds no tokenizer file. Returns the local folder; None for
+    a Hub name or ``bpe``, which pass."""
     local = Path(name).expanduser()
     if name == TRAINED_BPE:
-        return
+        return None
     if not local.is_dir():
         if is_hub_reference(name) or not _looks_like_a_path(name):
-            return  # a Hub name: only the Hub can say whether it exists
+            return None  # a Hub name: only the Hub can say whether it exists
         raise OvertrainError(
             f"data.tokenizer {name!r} is not a folder that exists, nor a Hub name",
             "pass a folder holding tokenizer.json, a Hub repository such as allenai/OLMo-1B-hf (or "
@@ -194,12 +195,12 @@ def require_local_tokenizer(name: str) -> None:
             f"data.tokenizer {name!r} is a folder without tokenizer files (none of {', '.join(TOKENIZER_FILES[:3])}, ...)",
             "pass the folder a tokenizer was saved into (save_pretrained writes tokenizer.json), or a Hub name",
         )
+    return local
 
 
 def _tokenizer_folder(name: str) -> tuple[Path, str | None]:
-    require_local_tokenizer(name)
-    local = Path(name).expanduser()
-    if local.is_dir():
+    local = require_local_tokenizer(name)
+    if local is not None:
         return local, None
     try:
         return download_repo_files(parse_hub_reference(name), list(TOKENIZER_FILES))
