@@ -49,6 +49,7 @@ from overtrain.pretrain.binding import check_run_binding, write_binding
 from overtrain.pretrain.config import PretrainConfig, validate_pretrain_config
 from overtrain.pretrain.distributed import DistributedContext, all_reduce_mean, distributed_context
 from overtrain.pretrain.schedules import lr_at
+from overtrain.pretrain.update import clip_and_update
 from overtrain.progress import TokenProgress
 from overtrain.units import format_tokens
 
@@ -434,10 +435,7 @@ class _TrainingLoop:
             loss_sum += float(loss.detach())
         loss_value = all_reduce_mean(loss_sum / train.grad_accum, context)
         self._check_loss(loss_value, lr)
-        if train.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(self.params, train.grad_clip, foreach=True)
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        clip_and_update(self.optimizer, self.params, train.grad_clip)
         if self.state.first_step_loss is None:
             self.state.first_step_loss = loss_value
         self.state.step += 1
