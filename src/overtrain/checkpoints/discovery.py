@@ -7,7 +7,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from overtrain.checkpoints.folder import METADATA_FILE, read_checkpoint_info
+from overtrain.checkpoints.folder import is_overtrain_checkpoint, read_checkpoint_info
 from overtrain.checkpoints.foreign import is_hf_model_folder
 from overtrain.checkpoints.hub import is_hub_reference, parse_hub_reference
 from overtrain.checkpoints.names import parse_checkpoint_name
@@ -63,7 +63,7 @@ def _expand_one(text: str) -> list[CheckpointRef]:
     if is_hub_reference(text):
         return [CheckpointRef(str(parse_hub_reference(text)), KIND_HUB)]
     path = Path(text).expanduser()
-    if (path / METADATA_FILE).is_file():
+    if is_overtrain_checkpoint(path):
         return [_ours(path)]
     if is_hf_model_folder(path):
         return [CheckpointRef(str(path), KIND_LOCAL)]
@@ -73,9 +73,9 @@ def _expand_one(text: str) -> list[CheckpointRef]:
     runs = [list_checkpoints(child)[-1] for child in children if list_checkpoints(child)]
     if runs:
         return [_ours(folder) for folder in runs]
-    models = [child for child in children if (child / METADATA_FILE).is_file() or is_hf_model_folder(child)]
+    models = [child for child in children if is_overtrain_checkpoint(child) or is_hf_model_folder(child)]
     if models:
-        return [_ours(child) if (child / METADATA_FILE).is_file() else CheckpointRef(str(child), KIND_LOCAL) for child in models]
+        return [_ours(child) if is_overtrain_checkpoint(child) else CheckpointRef(str(child), KIND_LOCAL) for child in models]
     raise OvertrainError(
         f"{text} is not a checkpoint, a run or ladder folder, a Hugging Face model folder (or a folder of them), or hf:ORG/NAME@REVISION",
         "pass e.g. runs/nano_ladder, RUN/checkpoints/step-..., a folder written by save_pretrained, or hf:EleutherAI/pythia-160m@step1000",

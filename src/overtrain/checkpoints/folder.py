@@ -166,6 +166,11 @@ REQUIRED_FILES = ("config.json", "model.safetensors", "rng.safetensors", "tokeni
 """Files every checkpoint folder has (transformers needs config.json and tokenizer.json; resuming, rng)."""
 
 
+def is_overtrain_checkpoint(folder: Path) -> bool:
+    """Whether ``folder`` is a checkpoint overtrain wrote (it has ``overtrain.json``), not a foreign model folder."""
+    return (Path(folder) / METADATA_FILE).is_file()
+
+
 def read_checkpoint_info(folder: Path) -> CheckpointInfo:
     """``overtrain.json`` of a checkpoint, checked for every key and its type (never a KeyError later)."""
     folder = Path(folder)

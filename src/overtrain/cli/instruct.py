@@ -43,7 +43,7 @@ def load_chat_model(reference: str):
     a Hugging Face folder or ``hf:ORG/NAME@REV`` (transformers' model and tokenizer)."""
     from pathlib import Path
 
-    from overtrain.checkpoints.folder import METADATA_FILE, load_model
+    from overtrain.checkpoints.folder import is_overtrain_checkpoint, load_model
     from overtrain.checkpoints.foreign import is_hf_model_folder, load_transformers_model, read_hf_config, safetensors_files
     from overtrain.checkpoints.hub import download_snapshot, is_hub_reference, parse_hub_reference
     from overtrain.data.tokenizer import load_tokenizer
@@ -51,7 +51,7 @@ def load_chat_model(reference: str):
     from overtrain.probes.task_batches import chat_template_of
 
     folder = download_snapshot(parse_hub_reference(reference))[0] if is_hub_reference(reference) else Path(reference).expanduser()
-    if (folder / METADATA_FILE).is_file():
+    if is_overtrain_checkpoint(folder):
         model, _ = load_model(folder)
         return model.eval(), load_tokenizer(folder), chat_template_of(folder)
     if not is_hf_model_folder(folder):

@@ -17,7 +17,7 @@ import re
 from pathlib import Path
 
 from overtrain.checkpoints.discovery import list_checkpoints
-from overtrain.checkpoints.folder import METADATA_FILE, read_checkpoint_info
+from overtrain.checkpoints.folder import METADATA_FILE, is_overtrain_checkpoint, read_checkpoint_info
 from overtrain.checkpoints.names import parse_checkpoint_name
 from overtrain.errors import OvertrainError
 from overtrain.families.integrity import is_weight_file
@@ -65,7 +65,7 @@ def local_weight_files(revision: Revision) -> dict[str, str]:
     """``{file: sha256:HEX}`` of a local revision's weights: recorded, read from a cache link, or hashed."""
     folder = Path(revision.path or revision.source)
     recorded: dict[str, str] = {}
-    if (folder / METADATA_FILE).is_file():
+    if is_overtrain_checkpoint(folder):
         recorded = read_checkpoint_info(folder).checksums
     files = {}
     for path in sorted(folder.iterdir()):

@@ -210,7 +210,7 @@ def load_benchmark_model(reference: str) -> BenchmarkModel:
     import torch
     from transformers import AutoTokenizer
 
-    from overtrain.checkpoints.folder import METADATA_FILE, read_checkpoint_info
+    from overtrain.checkpoints.folder import is_overtrain_checkpoint, read_checkpoint_info
     from overtrain.checkpoints.foreign import is_hf_model_folder, load_transformers_model, read_hf_config, safetensors_files
     from overtrain.checkpoints.hub import download_snapshot, is_hub_reference, parse_hub_reference
     from overtrain.checkpoints.identity import combined_sha256, make_identity, overtrain_cache_dir, weight_file_hashes
@@ -228,7 +228,7 @@ def load_benchmark_model(reference: str) -> BenchmarkModel:
     files = safetensors_files(folder)  # refuses pickles before anything is loaded
     model = load_transformers_model(folder, read_hf_config(folder)).to(torch.float32).eval()
     tokenizer = AutoTokenizer.from_pretrained(str(folder))
-    if (folder / METADATA_FILE).is_file():
+    if is_overtrain_checkpoint(folder):
         info = read_checkpoint_info(folder)
         sha = info.checksums.get("model.safetensors")
         provenance = {"checkpoint": reference, "checkpoint_sha256": sha, "tokens_seen": info.tokens_seen}

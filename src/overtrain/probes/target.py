@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from overtrain.checkpoints.folder import METADATA_FILE, CheckpointInfo, load_model
+from overtrain.checkpoints.folder import METADATA_FILE, CheckpointInfo, is_overtrain_checkpoint, load_model
 from overtrain.checkpoints.foreign import (
     IMPLEMENTATION_OURS,
     IMPLEMENTATION_TRANSFORMERS,
@@ -156,7 +156,7 @@ def load_probe_target(
         origin = dict(kind="hub", reference=str(hub), repo=hub.repo, revision=hub.revision, commit=commit)
         return _load_foreign(folder, origin, **options)
     folder = Path(text).expanduser()
-    if (folder / METADATA_FILE).is_file():
+    if is_overtrain_checkpoint(folder):
         return _load_ours(folder, **options)
     if is_hf_model_folder(folder):
         return _load_foreign(folder, dict(kind="local", reference=text), **options)

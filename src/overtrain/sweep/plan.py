@@ -49,13 +49,13 @@ def family_checkpoints(config: SweepConfig) -> list[PlannedCheckpoint]:
     ``tokens_seen``, which its jobs' specs keep (a model's own files do not say how long it was trained)."""
     if config.family is None:
         return []
-    from overtrain.checkpoints.folder import METADATA_FILE
+    from overtrain.checkpoints.folder import is_overtrain_checkpoint
     from overtrain.families.plan import plan_family
 
     family = config.family
     plan = plan_family(family.source, family.select, family.include_duplicates)
     return [PlannedCheckpoint(revision.reference, revision.tokens, None,
-                              listed_tokens=None if revision.path is not None and (revision.path / METADATA_FILE).is_file() else revision.tokens)
+                              listed_tokens=None if revision.path is not None and is_overtrain_checkpoint(revision.path) else revision.tokens)
             for revision in plan.chosen]
 
 

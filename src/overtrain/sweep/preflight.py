@@ -88,9 +88,9 @@ def _checkpoint_damage(folder: Path) -> str | None:
         return "it does not exist"
     if folder.is_file():
         return None  # a single weights file is the job's to judge
-    from overtrain.checkpoints.folder import METADATA_FILE, REQUIRED_FILES
+    from overtrain.checkpoints.folder import REQUIRED_FILES, is_overtrain_checkpoint
 
-    required = REQUIRED_FILES if (folder / METADATA_FILE).is_file() else ("config.json",)  # ours, or a Hugging Face folder
+    required = REQUIRED_FILES if is_overtrain_checkpoint(folder) else ("config.json",)  # ours, or a Hugging Face folder
     missing = [name for name in required if not (folder / name).is_file()]
     if missing:
         return f"{', '.join(missing)} {'is' if len(missing) == 1 else 'are'} missing"
@@ -119,13 +119,13 @@ def _missing_eval_data(jobs: Iterable[Job]) -> list[tuple[str, str]]:
 def _foreign_models_without_eval_data(jobs: Iterable[Job]) -> list[tuple[str, str]]:
     """Models that are not overtrain checkpoints, named by jobs that measure a pre-training loss
     (``eval_tokens`` in their spec) with no ``eval_data``: the job would refuse them after loading."""
-    from overtrain.checkpoints.folder import METADATA_FILE
+    from overtrain.checkpoints.folder import is_overtrain_checkpoint
     from overtrain.checkpoints.hub import is_hub_reference
     from overtrain.probes.target import FOREIGN_EVAL_DATA_FIX
 
     def foreign(reference: str) -> bool:
         folder = Path(reference).expanduser()
-        return is_hub_reference(reference) or (folder.is_dir() and not (folder / METADATA_FILE).is_file())
+        return is_hub_reference(reference) or (folder.is_dir() and not is_overtrain_checkpoint(folder))
 
     references = sorted({str(job.spec["checkpoint"]) for job in jobs
                          if "checkpoint" in job.spec and "eval_tokens" in job.spec and not _eval_data_of(job.spec)})
