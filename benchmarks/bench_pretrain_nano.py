@@ -26,8 +26,9 @@ Rounds are interleaved (peak, every loop for ``--steps`` steps, peak again), so 
 sides alike. Times are taken two ways: process CPU time (what the one thread actually computed, robust
 when other jobs share the cores) and wall time. Ratios are medians of the per-round ratios; the goal line
 adds a bootstrap 95% interval of that median, resampling the rounds. The peak is a 2048 x 2048 fp32 matmul
-on the same thread; "% of peak" is model FLOP/s (``estimate_flops_per_token``) over it. The load average is printed; quote ratios, not absolute rates, from a shared machine. The last
-line compares the compiled loop with the goals of issue 12 (2x the transformers loop, 60% of the peak).
+on the same thread; "% of peak" is model FLOP/s (``estimate_flops_per_token``) over it. The load average
+is printed; quote ratios, not absolute rates, from a shared machine. The last line compares the compiled
+loop with the goals of issue 12 (2x the transformers loop, 60% of the peak).
 """
 
 from __future__ import annotations
