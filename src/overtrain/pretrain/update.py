@@ -21,7 +21,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torch.optim.optimizer import _global_optimizer_post_hooks, _global_optimizer_pre_hooks
+import torch.optim.optimizer as torch_optimizer_module
 
 _CLIP_EPSILON = 1e-6  # clip_grad_norm_'s: the coefficient is max_norm / (total_norm + 1e-6)
 _FUSED_DEVICE_TYPES = ("cpu", "cuda")  # where torch has both the fused AdamW and the foreach norm
@@ -70,7 +70,11 @@ def _step_is_observed(optimizer: torch.optim.Optimizer) -> bool:
     ones), a step replaced on the instance, or a GradScaler's unscale and skip of non-finite steps."""
     if optimizer._optimizer_step_pre_hooks or optimizer._optimizer_step_post_hooks:
         return True
-    if _global_optimizer_pre_hooks or _global_optimizer_post_hooks or "step" in vars(optimizer):
+    if "step" in vars(optimizer):
+        return True
+    # torch's registries of global step hooks are private: where a torch lacks them, assume hooks
+    global_hooks = [getattr(torch_optimizer_module, name, None) for name in ("_global_optimizer_pre_hooks", "_global_optimizer_post_hooks")]
+    if any(hooks is None or len(hooks) > 0 for hooks in global_hooks) or not hasattr(torch, "_fused_adamw_"):
         return True
     return getattr(optimizer, "grad_scale", None) is not None or getattr(optimizer, "found_inf", None) is not None
 
