@@ -8,7 +8,7 @@ from pathlib import Path
 import overtrain
 
 PACKAGE_ROOT = Path(overtrain.__file__).parent
-SHARED_LEAVES = {"errors", "atomic", "config", "units", "precision", "provenance", "progress", "hub_files"}
+SHARED_LEAVES = {"errors", "atomic", "process_lock", "config", "units", "precision", "provenance", "progress", "hub_files"}
 STAGE_RANK = {
     "data": 1, "model": 2, "checkpoints": 3, "families": 3.5, "pretrain": 4, "tasks": 5, "probes": 6, "multimodal": 6.5,
     "results": 7, "theory": 8, "sweep": 8, "cli": 9, "__main__": 10,

@@ -332,3 +332,22 @@ def test_weights_broken_by_a_step_whose_own_loss_was_finite_stop_at_the_evaluati
     assert "kept no checkpoint before diverging" in caught.value.fix
     metrics = Path(config.out_dir) / "metrics.jsonl"
     assert not metrics.exists() or all(math.isfinite(json.loads(line)["heldout_loss"]) for line in metrics.read_text().splitlines())
+
+
+def test_a_second_process_on_a_run_folder_is_refused_naming_the_holder(corpus: Path, tmp_path: Path) -> None:
+    """Two `overtrain pretrain` on one out_dir would both write its checkpoints and interleave metrics.jsonl:
+    the second is refused before it reads or writes anything, and the folder trains once the holder is gone."""
+    config = tiny_pretrain_config(tmp_path, corpus)
+    hold = ("import sys, time; from overtrain.pretrain.loop import run_lock\n"
+            "with run_lock(sys.argv[1]):\n print('held', flush=True); time.sleep(120)")
+    holder = subprocess.Popen([sys.executable, "-c", hold, config.out_dir], stdout=subprocess.PIPE)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == b"held"
+        with pytest.raises(OvertrainError, match=f"another process is training the run in .*pid {holder.pid} on host"):
+            train_run(config, log=lambda *_: None, show_progress=False)
+        assert [path.name for path in Path(config.out_dir).iterdir()] == ["run.lock"]  # nothing written
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait(timeout=10)
+    result = train_run(config, log=lambda *_: None, show_progress=False)  # the dead holder's lock is released
+    assert result.tokens_seen == config.train.max_tokens

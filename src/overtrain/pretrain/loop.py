@@ -9,6 +9,7 @@ depend on the number of processes.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import json
 import math
@@ -50,6 +51,7 @@ from overtrain.pretrain.config import PretrainConfig, validate_pretrain_config
 from overtrain.pretrain.distributed import DistributedContext, all_reduce_mean, distributed_context
 from overtrain.pretrain.schedules import lr_at
 from overtrain.pretrain.update import clip_and_update
+from overtrain.process_lock import exclusive_lock
 from overtrain.progress import TokenProgress
 from overtrain.units import format_tokens
 
@@ -187,10 +189,37 @@ def train_run(
     if config.train.threads > 0:
         torch.set_num_threads(config.train.threads)
     out_dir = Path(config.out_dir)
-    if context.is_main:
-        ensure_writable_folder(out_dir, "the run folder", "out_dir")
-        ensure_writable_folder(out_dir / "checkpoints", "the checkpoints folder", "out_dir")
-        remove_stale_temporaries(out_dir / "checkpoints")
+    with contextlib.ExitStack() as held:
+        if context.is_main:
+            ensure_writable_folder(out_dir, "the run folder", "out_dir")
+            held.enter_context(run_lock(out_dir))  # before removing temporaries: a running process's are not stale
+            ensure_writable_folder(out_dir / "checkpoints", "the checkpoints folder", "out_dir")
+            remove_stale_temporaries(out_dir / "checkpoints")
+        return _train_locked_run(config, init_from, log, stop_at_tokens, show_progress, context, device, out_dir)
+
+
+RUN_LOCK_FILE = "run.lock"
+
+
+def run_lock(out_dir: Path) -> contextlib.AbstractContextManager[Path]:
+    """One process trains a run folder at a time: a second ``overtrain pretrain`` on it (or a sweep job on a
+    folder another process is training) is refused, naming the holder, instead of both writing its
+    checkpoints and metrics.jsonl interleaved. A process that died releases the lock by itself."""
+    path = Path(out_dir) / RUN_LOCK_FILE
+
+    def refusal(holder: str) -> OvertrainError:
+        return OvertrainError(
+            f"another process is training the run in {out_dir}: {holder}",
+            f"wait for it to finish (then rerun to continue), or stop it; a process that died releases {RUN_LOCK_FILE} "
+            "by itself. To train a second run, give it its own out_dir",
+        )
+
+    return exclusive_lock(path, refusal, f"make {out_dir} writable, or choose an out_dir you can write")
+
+
+def _train_locked_run(config: PretrainConfig, init_from: Path | None, log, stop_at_tokens: int | None, show_progress: bool,
+                      context: DistributedContext, device: torch.device, out_dir: Path) -> RunResult:
+    """The rest of :func:`train_run`, with the run folder's lock held by the main process."""
     newest = _newest_checkpoint(out_dir)
     binding, note = check_run_binding(out_dir, config_to_dict(config), config.train.extend, _describe(newest))
     if note and context.is_main:
