@@ -39,6 +39,17 @@ def test_repeated_ladder_budgets_are_refused_as_repeated_gammas_are() -> None:
         assert caught.value.fix == "list each value of ladder.budgets_tokens once"
 
 
+def test_ladder_budgets_that_train_the_same_number_of_steps_are_refused() -> None:
+    """4,096 tokens a step: 37,000 and 40,000 both train 9 steps (36,864 tokens), the same run twice; 45,000
+    (10 steps) is another run."""
+    for load, prefix in ((lambda o: load_pretrain_config(None, o), ""), (lambda o: load_sweep_config(SWEEP_DEMO, o), "pretrain.")):
+        with pytest.raises(OvertrainError, match=re.escape("37,000, 40,000 both train 9 steps of 4,096 tokens (36,864 tokens)")) as caught:
+            load([f"{prefix}train.warmup_tokens=1000", f"{prefix}train.batch_size=32", f"{prefix}train.seq_len=128",
+                  f"{prefix}ladder.budgets_tokens=[37000,40000,45000]"])
+        assert caught.value.fix == "give budgets at least one step (4,096 tokens) apart"
+    assert load_pretrain_config(None, ["train.warmup_tokens=1000", "ladder.budgets_tokens=[40000,45000]"]).ladder.budgets_tokens == [40000, 45000]
+
+
 def test_checkpoints_past_the_end_of_the_run_or_repeated_are_refused() -> None:
     with pytest.raises(OvertrainError) as caught:
         load_pretrain_config(None, [*SMALL_RUN, "train.checkpoint_at_tokens=[30000]"])

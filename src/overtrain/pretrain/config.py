@@ -144,6 +144,8 @@ def validate_pretrain_config(config: PretrainConfig, *, as_written: bool = False
         if len(set(budgets)) != len(budgets):
             problems.add_text(f"ladder.budgets_tokens={budgets} repeats a value (the same run twice)",
                               "list each value of ladder.budgets_tokens once")
+        else:
+            _check_budgets_train_different_steps(budgets, config.train, problems)
         for budget in budgets:
             _check_budget(budget, "ladder.budgets_tokens", config.train, problems)
         _check_checkpoints_within(max(budgets), "the largest ladder.budgets_tokens", config.train, problems)
@@ -152,6 +154,23 @@ def validate_pretrain_config(config: PretrainConfig, *, as_written: bool = False
         if as_written:
             _check_checkpoints_within(config.train.max_tokens, "train.max_tokens", config.train, problems)
     problems.raise_if_any()
+
+
+def _check_budgets_train_different_steps(budgets: list[int], train: TrainConfig, problems: SettingProblems) -> None:
+    """Budgets that round down to the same whole number of steps train the same run twice (identical weights,
+    two points at one x): refused, naming them."""
+    if train.tokens_per_step <= 0 or not all(_is_number(budget) for budget in budgets):
+        return  # named by the other checks
+    by_steps: dict[int, list[int]] = {}
+    for budget in budgets:
+        by_steps.setdefault(int(budget) // train.tokens_per_step, []).append(budget)
+    for steps, same in by_steps.items():
+        if len(same) > 1:
+            problems.add_text(
+                f"ladder.budgets_tokens {', '.join(f'{b:,}' for b in same)} {'both' if len(same) == 2 else 'all'} train {steps:,} steps of {train.tokens_per_step:,} "
+                f"tokens ({steps * train.tokens_per_step:,} tokens): the same run twice",
+                f"give budgets at least one step ({train.tokens_per_step:,} tokens) apart",
+            )
 
 
 def _is_number(value: object) -> bool:
