@@ -9,6 +9,7 @@ where a claim stops holding, as docs/theory.md reports.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -260,6 +261,9 @@ def test_overrides_are_typed_and_unknown_keys_name_the_allowed_ones():
         load_theory_config(["pretrain.spectrum_ratio=1.5"])
     with pytest.raises(OvertrainError, match="whole number"):
         load_theory_config(["network.input_dim=abc"])
+    for swept in ("finetune.lrs=[0.03,0.03]", "noise.stds=[0.02,0.02]", "finetune.lambdas=[0,0]", "finetune.wise_alphas=[0.5,0.5]"):
+        with pytest.raises(OvertrainError, match=re.escape(swept.split("=")[0]) + ".*each value once"):  # the same curve twice
+            load_theory_config([swept])
 
 
 def test_dry_run_prints_the_plan_and_computes_nothing(tmp_path, capsys):
