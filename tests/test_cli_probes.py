@@ -276,8 +276,10 @@ def test_the_dry_run_refuses_what_the_jobs_would_refuse_only_after_loading(tmp_p
     out = ["--out", str(tmp_path / "out"), "--dry-run"]
     assert cli_main(["sharpness", str(checkpoint), "groups=[nope]", *out]) == 2
     assert "'nope' is neither a group name" in capsys.readouterr().err
-    assert cli_main(["sharpness", str(checkpoint), "groups=[all,mlp,*up_proj*,model.norm.weight]", *out]) == 0
+    assert cli_main(["sharpness", str(checkpoint), 'groups=[all,mlp,"*up_proj*",model.norm.weight]', *out]) == 0
     capsys.readouterr()
+    assert cli_main(["sharpness", str(checkpoint), "groups=[all,*up_proj*]", *out]) == 2  # unquoted: a YAML alias, not a glob
+    assert "quote the items that start with a YAML symbol" in capsys.readouterr().err
     assert cli_main(["bench", str(checkpoint), "tasks=[arc_esy]", *out]) == 2
     assert "unknown lm-eval task(s): 'arc_esy' (did you mean 'arc_easy'" in capsys.readouterr().err
     (tmp_path / "empty").mkdir()

@@ -20,6 +20,17 @@ def test_override_values_are_typed() -> None:
     assert apply_overrides({"a": {"b": 1}}, ["a.c=x"]) == {"a": {"b": 1, "c": "x"}}
 
 
+def test_a_list_override_that_is_not_yaml_is_refused_not_kept_as_one_string() -> None:
+    """``groups=[all,*mlp*]`` (a YAML alias where a glob was meant) was the one string '[all,*mlp*]': its jobs
+    all failed later with "matches no parameter". Quoted, it is the list; other text stays text."""
+    for text in ("sharpness.groups=[all,*mlp*]", "ladder.budgets_tokens=[1e6,2e6", "a={b: 1"):
+        with pytest.raises(OvertrainError, match="opens a list or mapping but is not valid YAML") as caught:
+            parse_override(text)
+        assert 'groups=["*mlp*",all]' in caught.value.fix
+    assert parse_override('groups=["*mlp*",all]') == (["groups"], ["*mlp*", "all"])
+    assert parse_override("name=run*2") == (["name"], "run*2")
+
+
 def test_yaml_file_and_overrides(tmp_path: Path) -> None:
     path = tmp_path / "c.yaml"
     path.write_text("model: {preset: nano}\ntrain: {max_tokens: 2e6, lr: 1e-3}\n")

@@ -91,7 +91,14 @@ def _parse_scalar(raw_value: str) -> Any:
         return load_yaml_text(raw_value)
     except DuplicateKeyError as error:
         raise OvertrainError(f"override value {raw_value!r}: {error.problem}", "name each key once") from None
-    except (yaml.YAMLError, RecursionError):
+    except (yaml.YAMLError, RecursionError) as error:
+        if raw_value.strip().startswith(("[", "{")):  # meant as a list or mapping: never kept as one string
+            detail = getattr(error, "problem", None) or type(error).__name__
+            raise OvertrainError(
+                f"override value {raw_value!r} opens a list or mapping but is not valid YAML ({detail})",
+                "write it as YAML: close every bracket, and quote the items that start with a YAML symbol (* & ! | > % @ `), "
+                "e.g. groups=[\"*mlp*\",all]",
+            ) from None
         return raw_value
 
 
