@@ -180,3 +180,19 @@ def test_a_head_count_is_blamed_for_what_it_breaks_and_nothing_else() -> None:
     assert str(not_a_divisor.value).splitlines()[0] == "model.n_heads=3 is invalid"  # not d_model as well
     with pytest.raises(OvertrainError, match=r"model.d_model / model.n_heads = 64 / 64 = 1 is odd"):
         load_pretrain_config(None, ["model.d_model=64", "model.n_heads=64"])
+
+
+def test_max_tokens_given_to_a_ladder_is_refused_not_ignored() -> None:
+    """A ladder trains one run to each budget: train.max_tokens on its command line would be shown in the
+    resolved config and never used. In the file beside the budgets it is a run config reused, and allowed."""
+    for load, prefix in ((lambda o: load_pretrain_config(None, o), ""), (lambda o: load_sweep_config(SWEEP_DEMO, o), "pretrain.")):
+        with pytest.raises(OvertrainError, match=re.escape(f"{prefix}train.max_tokens=50000 is given, but a ladder trains")) as caught:
+            load([f"{prefix}train.warmup_tokens=1000", f"{prefix}ladder.budgets_tokens=[20000,40000]", f"{prefix}train.max_tokens=50000"])
+        assert caught.value.fix.startswith(f"remove {prefix}train.max_tokens")
+    assert load_pretrain_config(None, ["train.warmup_tokens=1000", "train.max_tokens=50000"]).train.max_tokens == 50000
+
+
+def test_a_sweep_spec_given_to_pretrain_is_named_as_one() -> None:
+    with pytest.raises(OvertrainError, match="this is a sweep spec, not a pre-training config: it has pretrain") as caught:
+        load_pretrain_config(SWEEP_DEMO, [])
+    assert "overtrain sweep" in caught.value.fix

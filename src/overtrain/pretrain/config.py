@@ -12,12 +12,12 @@ import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from overtrain.config import TRANSIENT, apply_overrides, build_dataclass, read_yaml
+from overtrain.config import TRANSIENT, apply_overrides, build_dataclass, parse_override, read_yaml
 from overtrain.data.config import DataConfig, tokenizer_problems
 from overtrain.data.synthetic import long_tail_problems
-from overtrain.errors import SettingProblems
+from overtrain.errors import OvertrainError, SettingProblems
 from overtrain.model.config import ModelConfig, parameter_names
 from overtrain.model.presets import apply_preset
 
@@ -287,10 +287,42 @@ def _check_checkpoints_within(budget: int, name: str, train: TrainConfig, proble
             )
 
 
+SWEEP_SPEC_SECTIONS = ("pretrain", "pretrain_axes", "checkpoints", "family", "noise", "sharpness", "finetune", "benchmarks", "multimodal")
+"""Sections only a sweep spec has (its pre-training settings sit under ``pretrain:``)."""
+
+
+def _refuse_a_sweep_spec(tree: dict[str, Any]) -> None:
+    """A sweep spec given to ``overtrain pretrain``: said as such, not as an unknown key ``pretrain``."""
+    found = [key for key in SWEEP_SPEC_SECTIONS if isinstance(tree, dict) and key in tree]
+    if found:
+        raise OvertrainError(
+            f"this is a sweep spec, not a pre-training config: it has {', '.join(found)}",
+            "run it with `overtrain sweep` (its --dry-run lists the jobs)",
+        )
+
+
+def refuse_unused_max_tokens(tree: dict[str, Any], overrides: list[str], prefix: str = "") -> None:
+    """``train.max_tokens=N`` on the command line of a ladder: a ladder trains one run to each of
+    ``ladder.budgets_tokens``, so the value would be shown in the resolved config and never used; refused
+    rather than ignored. (In a file, beside the budgets, it is a pre-training config reused for a ladder.)"""
+    train, ladder = (tree.get("train"), tree.get("ladder")) if isinstance(tree, dict) else (None, None)
+    if not (isinstance(ladder, dict) and ladder.get("budgets_tokens") and isinstance(train, dict)):
+        return
+    wanted = [*prefix.strip(".").split("."), "train", "max_tokens"] if prefix else ["train", "max_tokens"]
+    if any(parse_override(text)[0] == wanted for text in overrides):
+        raise OvertrainError(
+            f"{prefix}train.max_tokens={train.get('max_tokens')} is given, but a ladder trains one run to each of "
+            f"{prefix}ladder.budgets_tokens, so it would not be used",
+            f"remove {prefix}train.max_tokens (add its value to {prefix}ladder.budgets_tokens to train that budget too)",
+        )
+
+
 def load_pretrain_config(path: str | Path | None, overrides: list[str] | None = None) -> PretrainConfig:
     """YAML + overrides -> validated :class:`PretrainConfig` (model presets expanded)."""
     tree = read_yaml(path) if path is not None else {}
     tree = apply_overrides(tree, overrides or [])
+    _refuse_a_sweep_spec(tree)
+    refuse_unused_max_tokens(tree, overrides or [])
     if isinstance(tree.get("model"), dict):
         tree["model"] = apply_preset(tree["model"])
     config = build_dataclass(PretrainConfig, tree)

@@ -45,7 +45,7 @@ from overtrain.config import apply_overrides, build_dataclass, config_to_dict, p
 from overtrain.errors import OvertrainError, SettingProblems
 from overtrain.model.presets import apply_preset
 from overtrain.multimodal.tuning import MultimodalConfig
-from overtrain.pretrain.config import PretrainConfig, validate_pretrain_config
+from overtrain.pretrain.config import PretrainConfig, refuse_unused_max_tokens, validate_pretrain_config
 from overtrain.probes.benchmarks import PAPER_BENCHMARKS
 from overtrain.probes.finetune import FinetuneConfig, check_benchmark_reading
 
@@ -304,6 +304,7 @@ def load_sweep_config(path: str | Path | None, overrides: list[str] | None = Non
     for section, axes in SECTION_AXES.items():
         normalize_axes(tree, section, axes)  # so that an override of `lr` replaces the file's `lrs`
     tree = apply_overrides(tree, [axis_override(text) for text in overrides or []])
+    refuse_unused_max_tokens(tree.get("pretrain"), overrides or [], "pretrain.")
     return sweep_config_from_tree(tree)
 
 
