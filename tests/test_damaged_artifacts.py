@@ -248,3 +248,16 @@ def test_pretrain_does_not_resume_from_a_checkpoint_with_a_garbage_tokenizer(tmp
     with pytest.raises(OvertrainError, match="tokenizer.json is missing or does not match its recorded checksum") as caught:
         train_run(config, log=quiet)
     assert str(finished.final_checkpoint) in caught.value.problem
+
+
+def test_pretrain_names_a_newest_checkpoint_without_its_metadata_as_damaged(tmp_path: Path, corpus: Path) -> None:
+    """Its fix was the noise verb's ('use the absolute/relative noise modes'); now: restore it, or delete the
+    folder and resume, which trains it again."""
+    config = tiny_pretrain_config(tmp_path, corpus, "train.checkpoint_every_tokens=4096")
+    finished = train_run(config, log=quiet)
+    (finished.final_checkpoint / "overtrain.json").unlink()
+    with pytest.raises(OvertrainError, match="newest checkpoint .* has no overtrain.json: it is damaged") as caught:
+        train_run(config, log=quiet)
+    assert f"delete {finished.final_checkpoint} and resume" in caught.value.fix
+    shutil.rmtree(finished.final_checkpoint)
+    assert train_run(config, log=quiet).tokens_seen == finished.tokens_seen

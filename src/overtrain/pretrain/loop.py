@@ -24,7 +24,9 @@ import torch
 from overtrain.atomic import atomic_write_text, ensure_writable_folder, remove_stale_temporaries
 from overtrain.checkpoints.discovery import list_checkpoints
 from overtrain.checkpoints.folder import (
+    METADATA_FILE,
     CheckpointInfo,
+    is_overtrain_checkpoint,
     load_tensors,
     load_weights_into,
     read_checkpoint_info,
@@ -253,6 +255,12 @@ def _newest_checkpoint(out_dir: Path) -> CheckpointInfo | None:
     existing = list_checkpoints(out_dir)
     if not existing:
         return None
+    if not is_overtrain_checkpoint(existing[-1]):  # named as a checkpoint, but its metadata is gone
+        raise OvertrainError(
+            f"the run's newest checkpoint {existing[-1]} has no {METADATA_FILE}: it is damaged",
+            f"restore {METADATA_FILE} from a backup, or delete {existing[-1]} and resume (the same command): the run "
+            "trains it again from the checkpoint before",
+        )
     info = read_checkpoint_info(existing[-1])
     verify_checkpoint(info)
     return info
