@@ -96,6 +96,16 @@ def test_a_damaged_meta_json_is_refused(cache: tuple[DataConfig, Path], content:
     refused(config, folder, "meta.json")
 
 
+def test_a_cache_folder_without_meta_json_is_refused_before_tokenizing_again(cache: tuple[DataConfig, Path]) -> None:
+    """It was tokenized anew (seconds to hours), the new tokens dropped for the folder already there, then refused."""
+    config, folder = cache
+    (folder / "meta.json").unlink()
+    said: list[str] = []
+    with pytest.raises(OvertrainError, match="meta.json is missing"):
+        prepare_token_data(config, log=said.append)
+    assert not any("tokenizing" in line for line in said)
+
+
 def test_a_garbage_tokenizer_in_the_cache_is_refused_before_it_reaches_a_checkpoint(cache: tuple[DataConfig, Path]) -> None:
     config, folder = cache
     (folder / "tokenizer" / "tokenizer.json").write_text(GARBAGE)

@@ -98,6 +98,8 @@ def prepare_token_data(config: DataConfig, log=print, train_tokens: int = 0) -> 
     if uses_pretrained_tokenizer(config.tokenizer):
         return _prepare_sharded_data(config, log, train_tokens)
     folder = Path(config.cache_dir) / f"tokens-{data_cache_key(config)}"
+    if folder.exists() and not (folder / "meta.json").is_file():  # refused before tokenizing, not after (see open_token_data)
+        raise _damaged_cache(folder, "meta.json is missing")
     if not (folder / "meta.json").is_file():
         ensure_writable_folder(Path(config.cache_dir), "the token cache folder", "data.cache_dir")
         started = time.perf_counter()
