@@ -182,13 +182,17 @@ def test_a_head_count_is_blamed_for_what_it_breaks_and_nothing_else() -> None:
         load_pretrain_config(None, ["model.d_model=64", "model.n_heads=64"])
 
 
-def test_max_tokens_given_to_a_ladder_is_refused_not_ignored() -> None:
+def test_max_tokens_given_to_a_ladder_is_refused_not_ignored(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """A ladder trains one run to each budget: train.max_tokens on its command line would be shown in the
     resolved config and never used. In the file beside the budgets it is a run config reused, and allowed."""
-    for load, prefix in ((lambda o: load_pretrain_config(None, o), ""), (lambda o: load_sweep_config(SWEEP_DEMO, o), "pretrain.")):
-        with pytest.raises(OvertrainError, match=re.escape(f"{prefix}train.max_tokens=50000 is given, but a ladder trains")) as caught:
-            load([f"{prefix}train.warmup_tokens=1000", f"{prefix}ladder.budgets_tokens=[20000,40000]", f"{prefix}train.max_tokens=50000"])
-        assert caught.value.fix.startswith(f"remove {prefix}train.max_tokens")
+    ladder = ["train.warmup_tokens=1000", "ladder.budgets_tokens=[20000,40000]", f"out_dir={tmp_path / 'ladder'}"]
+    assert cli_main(["pretrain-ladder", *ladder, "train.max_tokens=50000", "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert "train.max_tokens=50000 is given, but a ladder trains one run to each of ladder.budgets_tokens" in err
+    assert "fix: remove train.max_tokens" in err
+    with pytest.raises(OvertrainError, match=re.escape("pretrain.train.max_tokens=50000 is given, but a ladder trains")):
+        load_sweep_config(SWEEP_DEMO, ["pretrain.train.warmup_tokens=1000", "pretrain.train.max_tokens=50000"])
+    assert cli_main(["pretrain-ladder", *ladder, "--dry-run"]) == 0  # the default max_tokens: fine
     assert load_pretrain_config(None, ["train.warmup_tokens=1000", "train.max_tokens=50000"]).train.max_tokens == 50000
 
 

@@ -75,6 +75,15 @@ def test_a_truncated_train_split_is_refused_not_trained_on(cache: tuple[DataConf
     refused(config, folder, r"train.bin holds 1,000 bytes, but meta.json lists [\d,]+ uint16 tokens")
 
 
+def test_a_split_whose_tokens_changed_at_the_same_size_is_refused(cache: tuple[DataConfig, Path]) -> None:
+    """Every token replaced by id 7, the size unchanged: trained on before (held-out loss 5.76, not 4.21)."""
+    config, folder = cache
+    path = folder / "train.bin"
+    data = np.fromfile(path, dtype=read_meta(folder)["dtype"])
+    np.full_like(data, 7).tofile(path)
+    refused(config, folder, "train.bin does not match the sha256 meta.json recorded")
+
+
 def test_a_split_cut_to_an_odd_byte_count_is_refused(cache: tuple[DataConfig, Path]) -> None:
     config, folder = cache
     path = folder / "heldout.bin"

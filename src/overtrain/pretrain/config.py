@@ -301,17 +301,17 @@ def _refuse_a_sweep_spec(tree: dict[str, Any]) -> None:
         )
 
 
-def refuse_unused_max_tokens(tree: dict[str, Any], overrides: list[str], prefix: str = "") -> None:
-    """``train.max_tokens=N`` on the command line of a ladder: a ladder trains one run to each of
-    ``ladder.budgets_tokens``, so the value would be shown in the resolved config and never used; refused
-    rather than ignored. (In a file, beside the budgets, it is a pre-training config reused for a ladder.)"""
-    train, ladder = (tree.get("train"), tree.get("ladder")) if isinstance(tree, dict) else (None, None)
-    if not (isinstance(ladder, dict) and ladder.get("budgets_tokens") and isinstance(train, dict)):
+def refuse_unused_max_tokens(budgets_tokens: object, max_tokens: object, overrides: list[str], prefix: str = "") -> None:
+    """``train.max_tokens=N`` on the command line of a ladder (``overtrain pretrain-ladder``, a sweep's
+    ``pretrain.``): a ladder trains one run to each of ``ladder.budgets_tokens``, so the value would be shown
+    in the resolved config and never used; refused rather than ignored. (In a file beside the budgets it
+    is a pre-training config reused for a ladder, and allowed.)"""
+    if not budgets_tokens:
         return
     wanted = [*prefix.strip(".").split("."), "train", "max_tokens"] if prefix else ["train", "max_tokens"]
     if any(parse_override(text)[0] == wanted for text in overrides):
         raise OvertrainError(
-            f"{prefix}train.max_tokens={train.get('max_tokens')} is given, but a ladder trains one run to each of "
+            f"{prefix}train.max_tokens={max_tokens} is given, but a ladder trains one run to each of "
             f"{prefix}ladder.budgets_tokens, so it would not be used",
             f"remove {prefix}train.max_tokens (add its value to {prefix}ladder.budgets_tokens to train that budget too)",
         )
@@ -322,7 +322,6 @@ def load_pretrain_config(path: str | Path | None, overrides: list[str] | None = 
     tree = read_yaml(path) if path is not None else {}
     tree = apply_overrides(tree, overrides or [])
     _refuse_a_sweep_spec(tree)
-    refuse_unused_max_tokens(tree, overrides or [])
     if isinstance(tree.get("model"), dict):
         tree["model"] = apply_preset(tree["model"])
     config = build_dataclass(PretrainConfig, tree)

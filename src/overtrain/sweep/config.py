@@ -304,7 +304,9 @@ def load_sweep_config(path: str | Path | None, overrides: list[str] | None = Non
     for section, axes in SECTION_AXES.items():
         normalize_axes(tree, section, axes)  # so that an override of `lr` replaces the file's `lrs`
     tree = apply_overrides(tree, [axis_override(text) for text in overrides or []])
-    refuse_unused_max_tokens(tree.get("pretrain"), overrides or [], "pretrain.")
+    pretrain = tree.get("pretrain") if isinstance(tree.get("pretrain"), dict) else {}
+    ladder, train = (pretrain.get(key) if isinstance(pretrain.get(key), dict) else {} for key in ("ladder", "train"))
+    refuse_unused_max_tokens(ladder.get("budgets_tokens"), train.get("max_tokens"), overrides or [], "pretrain.")
     return sweep_config_from_tree(tree)
 
 
