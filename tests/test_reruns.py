@@ -143,3 +143,20 @@ def test_dry_run_refuses_what_the_run_refuses(finished, tmp_path: Path, capsys: 
     assert cli_main(["pretrain", str(spec), f"data.corpus={tmp_path / 'no-such-corpus'}", "--dry-run"]) == 2
     assert "no-such-corpus' does not exist" in capsys.readouterr().err
     assert sorted(path.name for path in (tmp_path / "run").rglob("*")) == before  # a dry run writes nothing
+
+
+def test_a_run_killed_before_its_first_checkpoint_is_not_told_to_continue_from_one(tmp_path: Path) -> None:
+    """Its run.json binds the settings, but there is no checkpoint: the fix says train.extend=true starts it over."""
+    from overtrain.config import config_to_dict
+    from overtrain.pretrain.binding import check_run_binding, write_binding
+    from overtrain.pretrain.config import load_pretrain_config
+
+    first = load_pretrain_config(None, [f"out_dir={tmp_path / 'run'}", "train.max_tokens=20000", "train.warmup_tokens=1000"])
+    (tmp_path / "run").mkdir()
+    binding, _ = check_run_binding(tmp_path / "run", config_to_dict(first), False, None)
+    write_binding(tmp_path / "run", binding)
+    changed = load_pretrain_config(None, [f"out_dir={tmp_path / 'run'}", "train.max_tokens=30000", "train.warmup_tokens=1000"])
+    with pytest.raises(OvertrainError, match="holds a run started \\(no checkpoint yet\\) with other settings") as caught:
+        check_run_binding(tmp_path / "run", config_to_dict(changed), False, None)
+    assert "to start it over under them in this folder (it kept no checkpoint), add train.extend=true" in caught.value.fix
+    assert "from its newest checkpoint" not in caught.value.fix

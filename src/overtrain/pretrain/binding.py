@@ -130,11 +130,12 @@ def _changed_settings_error(out_dir: Path, differences: list[str], newest: tuple
     trained = f"trained to {format_tokens(newest[0])} tokens" if newest else "started (no checkpoint yet)"
     folder = Path(out_dir)
     user_folder = folder.parent if folder.name.startswith("budget-") else folder  # a ladder's rung: its out_dir is the ladder's
+    extend = ("to continue this run under them from its newest checkpoint, add train.extend=true" if newest else
+              "to start it over under them in this folder (it kept no checkpoint), add train.extend=true")
     return OvertrainError(
         f"{out_dir} holds a run {trained} with other settings than this config: " + "; ".join(differences),
-        f"to train these settings, use a new out_dir (e.g. out_dir={user_folder.with_name(user_folder.name + '-2')}); to continue "
-        "this run under them from its newest checkpoint, add train.extend=true; to resume it as it was, restore its "
-        f"settings (they are in {Path(out_dir) / 'config.yaml'})",
+        f"to train these settings, use a new out_dir (e.g. out_dir={user_folder.with_name(user_folder.name + '-2')}); {extend}; "
+        f"to resume it as it was, restore its settings (they are in {Path(out_dir) / 'config.yaml'})",
     )
 
 
