@@ -163,8 +163,9 @@ def require_non_empty(splits: TaskSplits, options: LoadOptions) -> None:
         raise OvertrainError(
             f"task {splits.name!r}: the {split_name} split is empty (source: {splits.source or 'built in'}; "
             f"max_chars={options.max_chars}).",
-            "check that the source has rows for this split in the documented schema (docs/tasks.md), or "
-            "raise max_chars if every example was longer than it.",
+            "check that the source has enough rows for this split in the documented schema (docs/tasks.md: a file of "
+            "very few rows can leave a split empty); from Python, load_task's max_chars drops longer examples: raise it "
+            "if every example was longer than it.",
         )
 
 
