@@ -15,17 +15,15 @@ def command_pretrain(args: argparse.Namespace) -> int:
 
     path, overrides = split_config_and_overrides(args)
     config = load_pretrain_config(path, overrides)
-    if config.ladder.budgets_tokens and not args.dry_run:
-        raise OvertrainError("this config has ladder.budgets_tokens", "run it with `overtrain pretrain-ladder`")
+    if config.ladder.budgets_tokens:  # refused by the dry run too: it plans what the run would do
+        raise OvertrainError("this config has ladder.budgets_tokens",
+                             "run it with `overtrain pretrain-ladder` (its --dry-run lists the runs)")
     print(dump_yaml(config))
     if args.dry_run:
         _refuse_what_the_run_would_refuse(config)
         train = config.train
-        if config.ladder.budgets_tokens:
-            print("this config has ladder.budgets_tokens: run it with `overtrain pretrain-ladder` (its --dry-run lists the runs)")
-        else:
-            print(f"plan: {train.total_steps:,} steps of {train.tokens_per_step:,} tokens into {config.out_dir}, "
-                  f"{describe_compile(train)}")
+        print(f"plan: {train.total_steps:,} steps of {train.tokens_per_step:,} tokens into {config.out_dir}, "
+              f"{describe_compile(train)}")
         print(_token_plan(config))
         return 0
     result = train_run(config)
@@ -47,6 +45,7 @@ def command_pretrain_ladder(args: argparse.Namespace) -> int:
     print(f"ladder ({config.ladder.mode}), {len(rungs)} runs (train.compile={str(config.train.compile).lower()}: "
           f"'auto' compiles runs of {COMPILE_MIN_STEPS}+ steps):\n{describe_ladder(rungs)}")
     if args.dry_run:
+        _refuse_what_every_run_would_refuse(config)
         print(_token_plan(config))
         return 0
     results = run_ladder(config)
@@ -57,22 +56,30 @@ def command_pretrain_ladder(args: argparse.Namespace) -> int:
 
 
 
+def _refuse_what_every_run_would_refuse(config) -> None:
+    """What a run (or each run of a ladder) refuses before it computes anything: device=cuda without a GPU,
+    and a corpus or tokenizer path that does not exist (or a tokenizer folder without tokenizer files)."""
+    from overtrain.data.corpus import is_local_source, require_local_source
+    from overtrain.data.tokenizer import require_local_tokenizer
+    from overtrain.pretrain.loop import resolve_device
+
+    resolve_device(config.device)
+    if is_local_source(str(config.data.corpus)):
+        require_local_source(str(config.data.corpus))
+    require_local_tokenizer(str(config.data.tokenizer))
+
+
 def _refuse_what_the_run_would_refuse(config) -> None:
-    """The dry run's share of the run's own checks: a corpus or tokenizer path that does not exist (or a
-    tokenizer folder without tokenizer files), and a run folder bound to other settings (read only: nothing
-    is written). Prints the note of a ``train.extend`` extension."""
+    """The dry run's share of the run's own checks: those of every run (above), and a run folder bound to other
+    settings (read only: nothing is written). Prints the note of a ``train.extend`` extension."""
     from pathlib import Path
 
     from overtrain.checkpoints.discovery import list_checkpoints
     from overtrain.checkpoints.folder import read_checkpoint_info
     from overtrain.config import config_to_dict
-    from overtrain.data.corpus import is_local_source, require_local_source
-    from overtrain.data.tokenizer import require_local_tokenizer
     from overtrain.pretrain.binding import check_run_binding
 
-    if is_local_source(str(config.data.corpus)):
-        require_local_source(str(config.data.corpus))
-    require_local_tokenizer(str(config.data.tokenizer))
+    _refuse_what_every_run_would_refuse(config)
     out_dir = Path(config.out_dir)
     checkpoints = list_checkpoints(out_dir) if out_dir.is_dir() else []
     newest = read_checkpoint_info(checkpoints[-1]) if checkpoints else None
