@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from helpers import tiny_pretrain_config, write_stdlib_text_corpus
 
 from overtrain.cli import main as cli_main
@@ -303,3 +304,11 @@ def test_a_sweeps_pretraining_setting_is_named_as_the_user_wrote_it(capsys: pyte
     assert cli_main(["sweep", spec, "pretrain.train.batch_size=0", "--dry-run"]) == 2
     error = capsys.readouterr().err
     assert "pretrain.train.batch_size=0 is invalid" in error and "fix: pretrain.train.batch_size: use" in error
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
+def test_the_dry_run_refuses_device_cuda_without_a_gpu(tmp_path: Path, checkpoint: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Every such job would fail after loading its model; the dry run passed them (exit 0)."""
+    assert cli_main(["finetune", str(checkpoint), "device=cuda", "--out", str(tmp_path / "out"), "--dry-run"]) == 2
+    assert "1 job(s) ask for device=cuda but torch sees no GPU" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

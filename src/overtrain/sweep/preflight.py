@@ -30,7 +30,7 @@ def check_sweep_inputs(jobs: list[Job], out_dir: Path) -> None:
     """Raise one :class:`OvertrainError` naming every input problem of ``jobs`` (nothing is written)."""
     problems = SettingProblems()
     for message, fix in (*_pretrain_folder_conflicts(jobs, out_dir), *_damaged_checkpoints(jobs), *_missing_eval_data(jobs),
-                         *_foreign_models_without_eval_data(jobs), *_unknown_benchmarks(jobs)):
+                         *_foreign_models_without_eval_data(jobs), *_unknown_benchmarks(jobs), *_cuda_without_a_gpu(jobs)):
         problems.add_text(message, fix)
     problems.raise_if_any(summary="inputs of this sweep would be refused by its jobs")
 
@@ -105,6 +105,26 @@ def _checkpoint_damage(folder: Path) -> str | None:
         except Exception as error:  # safetensors raises its own error type for a torn header or a short file
             return f"{path.name} is truncated or not a safetensors file ({str(error).strip()[:80]})"
     return None
+
+
+def _cuda_without_a_gpu(jobs: Iterable[Job]) -> list[tuple[str, str]]:
+    """Jobs that ask for device=cuda (pre-training or fine-tuning) where torch sees no GPU: each would fail."""
+    import torch
+
+    if torch.cuda.is_available():
+        return []
+    asking = [job for job in jobs if str(_device_of(job.spec)).startswith("cuda")]
+    if not asking:
+        return []
+    return [(f"{len(asking)} job(s) ask for device={_device_of(asking[0].spec)} but torch sees no GPU", "use device=cpu or device=auto")]
+
+
+def _device_of(spec: dict[str, Any]) -> object:
+    """The device a job's spec names: a pre-training job's config, or its fine-tuning settings."""
+    for section in ("config", "finetune"):
+        if isinstance(spec.get(section), dict) and "device" in spec[section]:
+            return spec[section]["device"]
+    return spec.get("device", "auto")
 
 
 def _missing_eval_data(jobs: Iterable[Job]) -> list[tuple[str, str]]:
