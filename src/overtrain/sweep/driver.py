@@ -223,7 +223,7 @@ def run_sweep_file(path: str | None, overrides: list[str], dry_run: bool) -> int
         return 0 if dry_run else follow_rank_zero()
     print(dump_yaml(config))
     print(f"plan: {describe_plan(jobs)}; executor {config.executor.kind}; store {config.store_path}")
-    check_sweep_inputs(jobs, config.out_dir)
+    check_sweep_inputs(jobs, config.out_dir, jobs_run_here=config.executor.kind != "ray")
     if dry_run:
         from overtrain.sweep.estimate import CalibrationError, estimate_sweep_seconds, format_estimate
 

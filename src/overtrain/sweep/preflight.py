@@ -26,11 +26,13 @@ SHOWN_PER_PROBLEM = 3
 """Examples named per kind of problem; the count says how many there are."""
 
 
-def check_sweep_inputs(jobs: list[Job], out_dir: Path) -> None:
-    """Raise one :class:`OvertrainError` naming every input problem of ``jobs`` (nothing is written)."""
+def check_sweep_inputs(jobs: list[Job], out_dir: Path, jobs_run_here: bool = True) -> None:
+    """Raise one :class:`OvertrainError` naming every input problem of ``jobs`` (nothing is written).
+    ``jobs_run_here``: the jobs run on this machine (not on a Ray cluster), so its devices are theirs."""
     problems = SettingProblems()
+    devices = _cuda_without_a_gpu(jobs) if jobs_run_here else []
     for message, fix in (*_pretrain_folder_conflicts(jobs, out_dir), *_damaged_checkpoints(jobs), *_missing_eval_data(jobs),
-                         *_foreign_models_without_eval_data(jobs), *_unknown_benchmarks(jobs), *_cuda_without_a_gpu(jobs)):
+                         *_foreign_models_without_eval_data(jobs), *_unknown_benchmarks(jobs), *devices):
         problems.add_text(message, fix)
     problems.raise_if_any(summary="inputs of this sweep would be refused by its jobs")
 
