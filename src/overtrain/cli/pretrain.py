@@ -15,15 +15,17 @@ def command_pretrain(args: argparse.Namespace) -> int:
 
     path, overrides = split_config_and_overrides(args)
     config = load_pretrain_config(path, overrides)
-    if config.ladder.budgets_tokens:  # refused by the dry run too: it plans what the run would do
-        raise OvertrainError("this config has ladder.budgets_tokens",
-                             "run it with `overtrain pretrain-ladder` (its --dry-run lists the runs)")
+    if config.ladder.budgets_tokens and not args.dry_run:
+        raise OvertrainError("this config has ladder.budgets_tokens", "run it with `overtrain pretrain-ladder`")
     print(dump_yaml(config))
-    if args.dry_run:
+    if args.dry_run:  # of a ladder config too: it shows the tokenization plan, and says which verb runs it
         _refuse_what_the_run_would_refuse(config)
         train = config.train
-        print(f"plan: {train.total_steps:,} steps of {train.tokens_per_step:,} tokens into {config.out_dir}, "
-              f"{describe_compile(train)}")
+        if config.ladder.budgets_tokens:
+            print("this config has ladder.budgets_tokens: run it with `overtrain pretrain-ladder` (its --dry-run lists the runs)")
+        else:
+            print(f"plan: {train.total_steps:,} steps of {train.tokens_per_step:,} tokens into {config.out_dir}, "
+                  f"{describe_compile(train)}")
         print(_token_plan(config))
         return 0
     result = train_run(config)
