@@ -104,3 +104,13 @@ def test_export_to_a_folder_or_an_unwritable_place_is_one_message(pretrain_store
             store.export(tmp_path / "out.csv")
         with pytest.raises(OvertrainError, match="cannot write"):
             store.export(tmp_path / "file" / "results.csv")
+
+
+def test_report_on_a_file_that_is_not_a_store_says_what_to_pass(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Its fix was a sweep's ('choose another path for the store'), for a verb that only reads."""
+    not_a_store = tmp_path / "notes.txt"
+    not_a_store.write_text("not a database")
+    assert cli_main(["report", str(not_a_store)]) == 2
+    err = capsys.readouterr().err
+    assert "is not an SQLite file" in err and "to read results, pass the results.sqlite a sweep or probe wrote" in err
+    assert not_a_store.read_text() == "not a database"

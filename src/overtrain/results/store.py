@@ -196,7 +196,8 @@ def _refuse_non_sqlite_file(path: Path) -> None:
     if header != SQLITE_HEADER:
         raise OvertrainError(
             f"{path} is not an SQLite file, so it cannot be an overtrain results store",
-            "choose another path for the store, or move this file aside if it was damaged (finished jobs are then run again)",
+            "to read results, pass the results.sqlite a sweep or probe wrote (or its folder); to write a store here, "
+            "choose another path, or move this file aside if it was damaged (finished jobs are then run again)",
         )
 
 

@@ -149,7 +149,7 @@ def pretrain_tokens_left(jobs: list[Job], finished_keys: Collection[str] = froze
 
 def format_estimate(estimate: SweepEstimate | None) -> str:
     if estimate is None:
-        return "estimate: needs a pretrain section (the model to calibrate on)"
+        return "estimate: none (it is calibrated by timing the pre-training the sweep describes, and this one has none)"
     per_kind = ", ".join(f"{kind} {format_seconds(value)}" for kind, value in estimate.seconds.items())  # empty with nothing left
     line = (f"estimate on this machine ({estimate.train_tokens_per_second:,.0f} training tokens/s per worker): "
             f"{per_kind + '; ' if per_kind else ''}total {format_seconds(sum(estimate.seconds.values()))}")
