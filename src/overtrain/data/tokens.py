@@ -99,9 +99,9 @@ def prepare_token_data(config: DataConfig, log=print, train_tokens: int = 0) -> 
     if uses_pretrained_tokenizer(config.tokenizer):
         return _prepare_sharded_data(config, log, train_tokens)
     folder = Path(config.cache_dir) / f"tokens-{data_cache_key(config)}"
-    if folder.exists() and not (folder / "meta.json").is_file():  # refused before tokenizing, not after (see open_token_data)
-        raise _damaged_cache(folder, "meta.json is missing")
     if not (folder / "meta.json").is_file():
+        if folder.exists():  # refused before tokenizing, not after (see open_token_data)
+            raise _damaged_cache(folder, "meta.json is missing")
         ensure_writable_folder(Path(config.cache_dir), "the token cache folder", "data.cache_dir")
         started = time.perf_counter()
         log(f"tokenizing corpus {config.corpus!r} with a {config.vocab_size}-token BPE into {folder} ...")
@@ -177,7 +177,7 @@ def open_token_data(folder: Path) -> TokenData:
             found = "is missing" if size is None else f"holds {size:,} bytes"
             raise _damaged_cache(folder, f"{path.name} {found}, but meta.json lists {meta['tokens'][split]:,} "
                                          f"{dtype.name} tokens ({expected:,} bytes)")
-        _check_split_checksum(folder, path, meta)
+        _check_split_checksum(folder, path, size, meta)
         splits[split] = np.memmap(path, dtype=dtype, mode="r") if expected else np.zeros(0, dtype)
     _check_cache_tokenizer(folder, meta)
     return TokenData(folder, splits["train"], splits["heldout"], meta["vocab_size"], meta["end_of_text_id"], meta)
@@ -190,10 +190,11 @@ before the checksums were recorded, are checked by size only: hashing gigabytes 
 cost more than it protects."""
 
 
-def _check_split_checksum(folder: Path, path: Path, meta: dict) -> None:
+def _check_split_checksum(folder: Path, path: Path, size_bytes: int, meta: dict) -> None:
     """A split whose bytes changed at the same size (a bad copy, a stray write) is refused, not trained on."""
-    recorded = (meta.get("sha256") or {}).get(path.stem) if isinstance(meta.get("sha256"), dict) else None
-    if recorded is None or path.stat().st_size > CHECKSUMMED_SPLIT_BYTES:
+    checksums = meta.get("sha256")
+    recorded = checksums.get(path.stem) if isinstance(checksums, dict) else None
+    if recorded is None or size_bytes > CHECKSUMMED_SPLIT_BYTES:
         return
     if file_sha256(path) != recorded:
         raise _damaged_cache(folder, f"{path.name} does not match the sha256 meta.json recorded when it was written")

@@ -293,7 +293,7 @@ SWEEP_SPEC_SECTIONS = ("pretrain", "pretrain_axes", "checkpoints", "family", "no
 
 def _refuse_a_sweep_spec(tree: dict[str, Any]) -> None:
     """A sweep spec given to ``overtrain pretrain``: said as such, not as an unknown key ``pretrain``."""
-    found = [key for key in SWEEP_SPEC_SECTIONS if isinstance(tree, dict) and key in tree]
+    found = [key for key in SWEEP_SPEC_SECTIONS if key in tree]
     if found:
         raise OvertrainError(
             f"this is a sweep spec, not a pre-training config: it has {', '.join(found)}",

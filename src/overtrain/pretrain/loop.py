@@ -191,13 +191,34 @@ def train_run(
     if config.train.threads > 0:
         torch.set_num_threads(config.train.threads)
     out_dir = Path(config.out_dir)
-    with contextlib.ExitStack() as held:
-        if context.is_main:
-            ensure_writable_folder(out_dir, "the run folder", "out_dir")
-            held.enter_context(run_lock(out_dir))  # before removing temporaries: a running process's are not stale
+    if context.is_main:
+        ensure_writable_folder(out_dir, "the run folder", "out_dir")
+    with run_lock(out_dir) if context.is_main else contextlib.nullcontext():
+        if context.is_main:  # the lock held first: the temporaries of a process training this folder are not stale
             ensure_writable_folder(out_dir / "checkpoints", "the checkpoints folder", "out_dir")
             remove_stale_temporaries(out_dir / "checkpoints")
-        return _train_locked_run(config, init_from, log, stop_at_tokens, show_progress, context, device, out_dir)
+        newest = _newest_checkpoint(out_dir)
+        binding, note = check_run_binding(out_dir, config_to_dict(config), config.train.extend, _describe(newest))
+        if note and context.is_main:
+            log(note)
+        _refuse_milestones_already_passed(config, out_dir, newest)
+        if context.is_main and (eval_note := _eval_spacing_change(config, newest)):
+            log(eval_note)
+        needed = train_tokens_needed(config.train.total_steps, config.train.batch_size, config.train.seq_len)  # sharded data: no more
+        data = prepare_token_data(config.data, log=log if context.is_main else _silent, train_tokens=needed)
+        model, init_std = build_model(config.model, data.vocab_size, config.train.seq_len, config.train.seed)
+        model.to(device)
+        optimizer = build_optimizer(model, config)
+        state = _restore_or_start(config, model, optimizer, newest, init_from, context, log)
+        if context.is_main:
+            write_binding(out_dir, binding)
+            _truncate_metrics(out_dir / "metrics.jsonl", state.tokens_seen)
+            _write_run_files(config, out_dir, model, data, device, log)
+        loop = _TrainingLoop(config, model, optimizer, data, init_std, state, context, device, log, show_progress)
+        if stop_at_tokens is not None:
+            per_step = config.train.tokens_per_step
+            loop.milestones.add(math.ceil(stop_at_tokens / per_step) * per_step)
+        return loop.run(out_dir, stop_at_tokens)
 
 
 RUN_LOCK_FILE = "run.lock"
@@ -217,33 +238,6 @@ def run_lock(out_dir: Path) -> contextlib.AbstractContextManager[Path]:
         )
 
     return exclusive_lock(path, refusal, f"make {out_dir} writable, or choose an out_dir you can write")
-
-
-def _train_locked_run(config: PretrainConfig, init_from: Path | None, log, stop_at_tokens: int | None, show_progress: bool,
-                      context: DistributedContext, device: torch.device, out_dir: Path) -> RunResult:
-    """The rest of :func:`train_run`, with the run folder's lock held by the main process."""
-    newest = _newest_checkpoint(out_dir)
-    binding, note = check_run_binding(out_dir, config_to_dict(config), config.train.extend, _describe(newest))
-    if note and context.is_main:
-        log(note)
-    _refuse_milestones_already_passed(config, out_dir, newest)
-    if context.is_main and (eval_note := _eval_spacing_change(config, newest)):
-        log(eval_note)
-    needed = train_tokens_needed(config.train.total_steps, config.train.batch_size, config.train.seq_len)  # sharded data: no more
-    data = prepare_token_data(config.data, log=log if context.is_main else _silent, train_tokens=needed)
-    model, init_std = build_model(config.model, data.vocab_size, config.train.seq_len, config.train.seed)
-    model.to(device)
-    optimizer = build_optimizer(model, config)
-    state = _restore_or_start(config, model, optimizer, newest, init_from, context, log)
-    if context.is_main:
-        write_binding(out_dir, binding)
-        _truncate_metrics(out_dir / "metrics.jsonl", state.tokens_seen)
-        _write_run_files(config, out_dir, model, data, device, log)
-    loop = _TrainingLoop(config, model, optimizer, data, init_std, state, context, device, log, show_progress)
-    if stop_at_tokens is not None:
-        per_step = config.train.tokens_per_step
-        loop.milestones.add(math.ceil(stop_at_tokens / per_step) * per_step)
-    return loop.run(out_dir, stop_at_tokens)
 
 
 def _silent(*_args: Any, **_kwargs: Any) -> None:
