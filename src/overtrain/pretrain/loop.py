@@ -99,10 +99,11 @@ class RunResult:
 
 
 def resolve_device(name: str) -> torch.device:
+    """``auto`` -> CUDA where torch sees a GPU, else the CPU; ``cuda`` or ``cuda:N`` without one is refused."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise OvertrainError("device=cuda was asked for but torch sees no GPU", "use device=cpu or device=auto")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise OvertrainError(f"device={name} was asked for but torch sees no GPU", "use device=cpu or device=auto")
     return torch.device(name)
 
 

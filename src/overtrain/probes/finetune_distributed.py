@@ -52,9 +52,6 @@ def finetune_device(name: str, context: DistributedContext) -> torch.device:
     """Where a run computes: the process's own device under torchrun, else ``name`` (auto: CUDA if present)."""
     if context.world_size > 1:
         return context.device
-    if name.startswith("cuda:") and name[5:].isdigit():
-        resolve_device("cuda")  # refuses when torch sees no GPU
-        return torch.device(name)
     return resolve_device(name)
 
 

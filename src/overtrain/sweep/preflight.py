@@ -110,15 +110,21 @@ def _checkpoint_damage(folder: Path) -> str | None:
 
 
 def _cuda_without_a_gpu(jobs: Iterable[Job]) -> list[tuple[str, str]]:
-    """Jobs that ask for device=cuda (pre-training or fine-tuning) where torch sees no GPU: each would fail."""
-    import torch
+    """Jobs that ask for device=cuda or cuda:N (pre-training or fine-tuning) where torch sees no GPU: each
+    would fail after loading its model. Whether a device is refused is the runs' own test (resolve_device)."""
+    from overtrain.pretrain.loop import resolve_device
 
-    if torch.cuda.is_available():
-        return []
-    asking = [job for job in jobs if str(_device_of(job.spec)).startswith("cuda")]
-    if not asking:
-        return []
-    return [(f"{len(asking)} job(s) ask for device={_device_of(asking[0].spec)} but torch sees no GPU", "use device=cpu or device=auto")]
+    by_device: dict[str, int] = {}
+    for job in jobs:
+        device = str(_device_of(job.spec))
+        by_device[device] = by_device.get(device, 0) + 1
+    problems = []
+    for device, count in by_device.items():
+        try:
+            resolve_device(device)
+        except OvertrainError as refused:
+            problems.append((f"{count} job(s) ask for device={device} but torch sees no GPU", refused.fix))
+    return problems
 
 
 def _device_of(spec: dict[str, Any]) -> object:
