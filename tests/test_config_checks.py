@@ -211,3 +211,23 @@ def test_the_pretrain_dry_runs_refuse_what_their_runs_refuse(tmp_path: Path, cap
         assert cli_main([verb, *base, *extra, "device=cuda", "--dry-run"]) == 2
         assert "device=cuda was asked for but torch sees no GPU" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("corpus", ["embedded", "notes.txt"])
+def test_a_text_field_for_a_corpus_without_fields_is_refused(corpus: str) -> None:
+    """Plain text has no record fields: the setting would change the token cache's key and nothing else."""
+    with pytest.raises(OvertrainError, match="data.text_field='content' names a record field.*would be ignored") as refused:
+        load_pretrain_config(None, [f"data.corpus={corpus}", "data.text_field=content"])
+    assert "leave data.text_field out" in refused.value.fix
+    assert load_pretrain_config(None, ["data.corpus=records.jsonl", "data.text_field=content"]).data.text_field == "content"
+
+
+def test_a_sweep_dry_run_refuses_a_corpus_its_pretraining_jobs_would_refuse(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    empty = tmp_path / "empty.txt"
+    empty.write_bytes(b"")
+    out = tmp_path / "out"
+    for extra in (["--dry-run"], []):
+        code = cli_main(["sweep", str(SWEEP_DEMO), f"out_dir={out}", f"pretrain.data.corpus={empty}", *extra])
+        error = capsys.readouterr().err
+        assert code == 2 and f"the corpus {str(empty)!r} has no documents" in error
+    assert not out.exists()  # refused before the store was opened

@@ -219,6 +219,35 @@ def test_unsupported_file_type_and_empty_folder(tmp_path: Path) -> None:
         list(iter_documents(str(empty)))
 
 
+def test_require_local_source_refuses_from_names_and_sizes_what_reading_would(tmp_path: Path) -> None:
+    """The dry run's check reads nothing, yet refuses each source that reading refuses, with the same message."""
+    from overtrain.data.corpus import require_local_source
+
+    unsupported = tmp_path / "notes.md"
+    unsupported.write_text("# text in a format that is not read\n", encoding="utf-8")
+    empty_file = tmp_path / "empty.txt"
+    empty_file.write_bytes(b"")
+    empty_files = tmp_path / "empty_files"
+    (empty_files / "nested").mkdir(parents=True)
+    for name in ("a.txt", "nested/b.jsonl"):
+        (empty_files / name).write_bytes(b"")
+    no_text = tmp_path / "no_text"
+    no_text.mkdir()
+    (no_text / "image.png").write_bytes(b"\x89PNG")
+    for source, message in ((unsupported, "not a supported type"), (empty_file, "has no documents"),
+                            (empty_files, "has no documents"), (no_text, "has no .txt, .jsonl")):
+        with pytest.raises(OvertrainError, match=message):
+            require_local_source(str(source))
+        with pytest.raises(OvertrainError, match=message):
+            list(iter_documents(str(source)))
+    readable = tmp_path / "readable"
+    readable.mkdir()
+    (readable / "empty.txt").write_bytes(b"")
+    (readable / "text.txt").write_text("one document", encoding="utf-8")
+    assert require_local_source(str(readable)) == readable  # an empty file beside text is no problem
+    assert list(iter_documents(str(readable))) == ["one document"]
+
+
 def test_unknown_hub_dataset_while_offline_says_network_or_local_folder() -> None:
     pytest.importorskip("datasets")
     with pytest.raises(OvertrainError) as raised:

@@ -70,10 +70,7 @@ def iter_documents(
         if max_documents is not None and yielded >= max_documents:
             return
     if yielded == 0:
-        raise OvertrainError(
-            f"the corpus {str(source)!r} has no documents (it is empty or holds only whitespace)",
-            "point the corpus at files with text in them, or use 'embedded' for the shipped corpus",
-        )
+        raise _empty_corpus(str(source))
 
 
 def is_heldout_document(text: str, heldout_fraction: float) -> bool:
@@ -83,11 +80,38 @@ def is_heldout_document(text: str, heldout_fraction: float) -> bool:
 
 
 def require_local_source(source: str) -> Path:
-    """The path of a local corpus source (a file or folder), or one clear error when it does not exist."""
+    """The path of a local corpus source (a file or folder), or one clear error when it does not exist, is a
+    file of a type that is not read, is empty, or is a folder with nothing to read: checked from the names and
+    sizes alone (nothing is read), so a dry run refuses what the run would."""
     path = Path(source).expanduser()
     if not path.exists():
         raise OvertrainError(f"the corpus path {source!r} does not exist", f"pass {SOURCE_FORMS}")
+    if path.is_dir():
+        _require_readable_folder(path)
+    else:
+        if not _has_suffix(path, TEXT_SUFFIXES + JSONL_SUFFIXES):
+            raise _unsupported_file(path)
+        if path.stat().st_size == 0:
+            raise _empty_corpus(source)
     return path
+
+
+def _require_readable_folder(folder: Path) -> None:
+    """A folder holds a saved dataset, text/JSONL files that are not all empty, or dataset files."""
+    if _is_saved_hf_dataset(folder):
+        return
+    files = _text_files(folder)
+    if files and all(path.stat().st_size == 0 for path in files):
+        raise _empty_corpus(str(folder))
+    if not files and not _has_hf_data_files(folder):
+        raise _folder_without_text(folder)
+
+
+def _empty_corpus(source: str) -> OvertrainError:
+    return OvertrainError(
+        f"the corpus {source!r} has no documents (it is empty or holds only whitespace)",
+        "point the corpus at files with text in them, or use 'embedded' for the shipped corpus",
+    )
 
 
 def is_local_source(source: str) -> bool:
@@ -164,7 +188,11 @@ def _file_documents(path: Path, *, text_field: str) -> Iterator[str]:
         return _txt_documents(path)
     if _has_suffix(path, JSONL_SUFFIXES):
         return _jsonl_documents(path, text_field=text_field)
-    raise OvertrainError(
+    raise _unsupported_file(path)
+
+
+def _unsupported_file(path: Path) -> OvertrainError:
+    return OvertrainError(
         f"the corpus file {str(path)!r} is not a supported type",
         "use a .txt file (one document), a .jsonl/.jsonl.gz/.json.gz file of records with a text field, "
         "or a folder of such files",
@@ -175,12 +203,25 @@ def _folder_documents(folder: Path, *, text_field: str, split: str) -> Iterator[
     """Every text/JSONL file under ``folder`` in sorted order; ``datasets`` folders go to the HF reader."""
     if _is_saved_hf_dataset(folder):
         return _hf_documents(str(folder), text_field=text_field, split=split)
-    files = sorted(p for p in folder.rglob("*") if p.is_file() and _has_suffix(p, TEXT_SUFFIXES + JSONL_SUFFIXES))
+    files = _text_files(folder)
     if files:
         return (document for path in files for document in _file_documents(path, text_field=text_field))
-    if any(p.is_file() and _has_suffix(p, HF_DATA_SUFFIXES) for p in folder.rglob("*")):
+    if _has_hf_data_files(folder):
         return _hf_documents(str(folder), text_field=text_field, split=split)
-    raise OvertrainError(
+    raise _folder_without_text(folder)
+
+
+def _text_files(folder: Path) -> list[Path]:
+    """The .txt and JSONL files under ``folder``, recursively, in sorted order."""
+    return sorted(p for p in folder.rglob("*") if p.is_file() and _has_suffix(p, TEXT_SUFFIXES + JSONL_SUFFIXES))
+
+
+def _has_hf_data_files(folder: Path) -> bool:
+    return any(p.is_file() and _has_suffix(p, HF_DATA_SUFFIXES) for p in folder.rglob("*"))
+
+
+def _folder_without_text(folder: Path) -> OvertrainError:
+    return OvertrainError(
         f"the corpus folder {str(folder)!r} has no .txt, .jsonl, .jsonl.gz or .json.gz files",
         "put the text files in that folder, or point at another folder or file",
     )

@@ -7,6 +7,7 @@ who asked for ``--dry-run`` was told all was well. These checks are the cheap on
   changed pre-training setting into the same ``out_dir``: every such job would be refused);
 - a checkpoint the sweep does not train itself that is missing, incomplete or truncated (its safetensors
   headers are read, not its tensors: a same-size corruption is still caught by the job's checksum check);
+- a pre-training corpus or tokenizer path that the run would refuse (missing, not a type it reads, empty);
 - ``eval_data`` paths that do not exist;
 - a model not trained by overtrain (a Hugging Face folder or ``hf:`` reference) probed without
   ``eval_data``: it has no held-out split of its pre-training text to measure the loss on;
@@ -31,7 +32,8 @@ def check_sweep_inputs(jobs: list[Job], out_dir: Path, jobs_run_here: bool = Tru
     ``jobs_run_here``: the jobs run on this machine (not on a Ray cluster), so its devices are theirs."""
     problems = SettingProblems()
     devices = _cuda_without_a_gpu(jobs) if jobs_run_here else []
-    for message, fix in (*_pretrain_folder_conflicts(jobs, out_dir), *_damaged_checkpoints(jobs), *_missing_eval_data(jobs),
+    for message, fix in (*_pretrain_folder_conflicts(jobs, out_dir), *_unreadable_pretraining_data(jobs), *_damaged_checkpoints(jobs),
+                         *_missing_eval_data(jobs),
                          *_foreign_models_without_eval_data(jobs), *_unknown_benchmarks(jobs), *devices):
         problems.add_text(message, fix)
     problems.raise_if_any(summary="inputs of this sweep would be refused by its jobs")
@@ -61,6 +63,29 @@ def _pretrain_folder_conflicts(jobs: list[Job], out_dir: Path) -> list[tuple[str
         f"a sweep's pre-training settings are part of its runs: give this sweep its own out_dir (not {out_dir}), "
         "set the settings back, or delete those run folders to train them anew",
     )]
+
+
+def _unreadable_pretraining_data(jobs: list[Job]) -> list[tuple[str, str]]:
+    """Each distinct corpus or tokenizer of the pre-training jobs that the run would refuse before reading it
+    (a missing path, a file type that is not read, an empty corpus, a tokenizer folder without its files)."""
+    from overtrain.data.corpus import is_local_source, require_local_source
+    from overtrain.data.tokenizer import require_local_tokenizer
+
+    checks = {}
+    for job in jobs:
+        if job.kind == "pretrain":
+            data = job.spec["config"].get("data") or {}
+            corpus, tokenizer = str(data.get("corpus", "embedded")), str(data.get("tokenizer", "bpe"))
+            if is_local_source(corpus):
+                checks[("corpus", corpus)] = lambda corpus=corpus: require_local_source(corpus)
+            checks[("tokenizer", tokenizer)] = lambda tokenizer=tokenizer: require_local_tokenizer(tokenizer)
+    problems = []
+    for check in checks.values():
+        try:
+            check()
+        except OvertrainError as refused:
+            problems.append((refused.problem, refused.fix))
+    return problems
 
 
 def _damaged_checkpoints(jobs: list[Job]) -> list[tuple[str, str]]:
