@@ -147,3 +147,20 @@ def test_a_damaged_checkpoint_of_a_real_sweep_is_trained_again_bit_for_bit(tmp_p
     for key, folder in finals.items():
         verify_checkpoint(read_checkpoint_info(folder))
         assert file_sha256(folder / "model.safetensors") == originals[key]  # exact resume: the same weights
+
+
+def test_the_dry_runs_view_finds_what_the_run_would_repair_and_changes_nothing(finished) -> None:
+    from overtrain.results.store import stored_rows
+    from overtrain.sweep.driver import stored_jobs_to_rerun
+
+    store, folder, writer, reader = finished
+    assert stored_jobs_to_rerun([writer, reader], stored_rows(store)) == {}
+    weights = folder / "model.safetensors"
+    os.truncate(weights, 100)
+    store_bytes, weights_bytes = store.read_bytes(), weights.read_bytes()
+    rerun = stored_jobs_to_rerun([writer, reader], stored_rows(store))
+    assert list(rerun) == [writer.key] and rerun[writer.key].startswith("pretrain 1M: ")
+    assert store.read_bytes() == store_bytes and weights.read_bytes() == weights_bytes  # nothing moved or deleted
+    assert stored_jobs_to_rerun([reader], stored_rows(store)) == {}  # only the planned jobs are asked about
+    summary = run(store, [writer, reader])
+    assert list(summary.repaired) == [writer.key] and summary.repaired[writer.key] == rerun[writer.key]

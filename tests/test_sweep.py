@@ -131,6 +131,26 @@ def test_a_rerun_with_a_changed_pretraining_setting_is_refused_before_any_job(
     assert config.store_path.read_bytes() == store_bytes  # refused before the store was touched
 
 
+def test_a_dry_run_counts_a_job_with_a_missing_checkpoint_as_to_run_and_names_it(
+    finished_sweep: tuple[Path, list[str]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    root, overrides = finished_sweep
+    weights = next((root / "sweep").rglob("step-*-tokens-*/model.safetensors"))
+    hidden = weights.with_name("hidden-during-the-test")
+    weights.rename(hidden)  # renamed back below: size and modification time stay what the store recorded
+    try:
+        assert cli_main(["sweep", *overrides, "--dry-run"]) == 0
+    finally:
+        hidden.rename(weights)
+    out = capsys.readouterr().out
+    jobs = len(plan_jobs(load_sweep_config(None, overrides)))
+    assert f"stored: {jobs - 1} of {jobs} jobs already finished" in out
+    assert "damaged: 1 stored job(s) point to a missing or damaged artefact and will run again" in out
+    assert str(weights.parent) in out
+    assert cli_main(["sweep", *overrides, "--dry-run"]) == 0
+    assert f"stored: {jobs} of {jobs} jobs already finished" in capsys.readouterr().out
+
+
 def test_a_truncated_checkpoint_and_missing_eval_data_are_refused_before_the_store_opens(
     finished_sweep: tuple[Path, list[str]], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

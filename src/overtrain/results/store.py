@@ -204,13 +204,22 @@ def _refuse_non_sqlite_file(path: Path) -> None:
 def stored_keys(path: str | Path) -> set[str]:
     """Keys of the finished jobs in the store at ``path``, read without creating, locking or changing
     anything (a dry run's view); no file is no keys, a damaged file one clear message."""
-    path = Path(path)
+    return {key for (key,) in _read_only_query(Path(path), "SELECT key FROM results")}
+
+
+def stored_rows(path: str | Path) -> list[ResultRow]:
+    """The rows of the store at ``path``, read as :func:`stored_keys` reads its keys (nothing created or changed)."""
+    return [_parse_row(row) for row in _read_only_query(Path(path), f"SELECT {', '.join(COLUMNS)} FROM results ORDER BY finished_at, key")]
+
+
+def _read_only_query(path: Path, query: str) -> list[tuple[Any, ...]]:
+    """Every row ``query`` returns from the store at ``path`` opened read-only; none if there is no file."""
     if not path.is_file():
-        return set()
+        return []
     try:
         connection = sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_SECONDS)
         try:
-            return {key for (key,) in connection.execute("SELECT key FROM results")}
+            return connection.execute(query).fetchall()
         finally:
             connection.close()
     except sqlite3.DatabaseError as error:

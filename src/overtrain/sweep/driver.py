@@ -21,7 +21,7 @@ from typing import Any
 from overtrain.errors import OvertrainError
 from overtrain.provenance import collect_provenance
 from overtrain.results.records import Job, JobFailure, JobOutput
-from overtrain.results.store import ResultStore
+from overtrain.results.store import ResultRow, ResultStore
 from overtrain.sweep.artifacts import FINGERPRINT_KEY, check_artifacts, fingerprint_artifacts
 from overtrain.sweep.executors import BLOCKED_ERROR_TYPE, Executor, InProcessExecutor, Outcome
 from overtrain.sweep.lock import driver_lock
@@ -112,6 +112,19 @@ def repair_damaged_jobs(jobs: list[Job], store: ResultStore, progress: bool = Tr
         where = "".join(f"; the damaged copy is kept as {path}" for path in moved)
         _say(progress, f"re-running {row.label}: {check.problem}{where}")
     return repaired
+
+
+def stored_jobs_to_rerun(jobs: list[Job], rows: list[ResultRow]) -> dict[str, str]:
+    """What :func:`repair_damaged_jobs` would re-plan, found without changing anything (a dry run's view):
+    job key -> 'label: problem' for the stored rows of ``jobs`` whose artefacts are missing or damaged."""
+    planned = {job.key for job in jobs}
+    rerun = {}
+    for row in rows:
+        if row.key in planned and row.artifacts:
+            problem = check_artifacts(row.artifacts, row.provenance).problem
+            if problem is not None:
+                rerun[row.key] = f"{row.label}: {problem}"
+    return rerun
 
 
 def _move_aside(path: Path) -> Path:
@@ -210,11 +223,10 @@ def build_executor(config):
 def run_sweep_file(path: str | None, overrides: list[str], dry_run: bool) -> int:
     from overtrain.config import dump_yaml
     from overtrain.results.report import write_report
-    from overtrain.results.store import ResultStore, stored_keys
+    from overtrain.results.store import ResultStore, stored_keys, stored_rows
     from overtrain.sweep.config import load_sweep_config
-    from overtrain.sweep.driver import run_jobs
     from overtrain.sweep.plan import describe_plan, plan_jobs
-    from overtrain.sweep.preflight import check_sweep_inputs
+    from overtrain.sweep.preflight import SHOWN_PER_PROBLEM, check_sweep_inputs
     from overtrain.sweep.torchrun import follow_rank_zero, is_follower, release_followers
 
     config = load_sweep_config(path, overrides)
@@ -227,9 +239,14 @@ def run_sweep_file(path: str | None, overrides: list[str], dry_run: bool) -> int
     if dry_run:
         from overtrain.sweep.estimate import CalibrationError, estimate_sweep_seconds, format_estimate
 
-        finished = stored_keys(config.store_path) & {job.key for job in jobs}
-        if finished:
+        rows = stored_rows(config.store_path)
+        rerun = stored_jobs_to_rerun(jobs, rows)  # the run re-plans these before anything else
+        finished = {row.key for row in rows if row.key not in rerun} & {job.key for job in jobs}
+        if finished or rerun:
             print(f"stored: {len(finished)} of {len(jobs)} jobs already finished; the estimate covers the {len(jobs) - len(finished)} left")
+        if rerun:
+            examples = "; ".join(list(rerun.values())[:SHOWN_PER_PROBLEM])
+            print(f"damaged: {len(rerun)} stored job(s) point to a missing or damaged artefact and will run again ({examples})")
         try:
             print(format_estimate(estimate_sweep_seconds(config, jobs, finished)))
         except CalibrationError as error:  # the plan stands; only the estimate is missing
