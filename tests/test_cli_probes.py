@@ -312,3 +312,19 @@ def test_the_dry_run_refuses_device_cuda_without_a_gpu(tmp_path: Path, checkpoin
     assert cli_main(["finetune", str(checkpoint), "device=cuda", "--out", str(tmp_path / "out"), "--dry-run"]) == 2
     assert "1 job(s) ask for device=cuda but torch sees no GPU" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_a_probe_verbs_errors_name_its_keys_as_the_user_typed_them(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    for verb, setting, named in (("bench", "limit=0", "limit=0 is invalid"), ("noise", "gammas=[-1]", "gammas holds -1.0")):
+        assert cli_main([verb, str(tmp_path / "missing"), setting, "--out", str(tmp_path / "out"), "--dry-run"]) == 2
+        error = capsys.readouterr().err
+        assert f"error: {named}" in error and "benchmarks." not in error and "noise." not in error
+
+
+def test_keys_as_typed_leaves_other_sections_and_paths_alone() -> None:
+    from overtrain.cli.probes import keys_as_typed
+    from overtrain.errors import OvertrainError
+
+    with pytest.raises(OvertrainError) as raised, keys_as_typed("noise"):
+        raise OvertrainError("noise.gammas and pretrain.noise.x differ for runs/noise.gammas", "set noise.seeds")
+    assert raised.value.problem == "gammas and pretrain.noise.x differ for runs/noise.gammas" and raised.value.fix == "set seeds"

@@ -44,7 +44,7 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
 
 def command_bench(args: argparse.Namespace) -> int:
     """Run the ``benchmarks`` probe as a sweep through the sweep driver; print the stored rows of this call."""
-    from overtrain.cli.probes import check_out_dir, probe_overrides, split_paths_and_overrides
+    from overtrain.cli.probes import check_out_dir, keys_as_typed, probe_overrides, split_paths_and_overrides
     from overtrain.errors import OvertrainError
     from overtrain.sweep.config import load_sweep_config
     from overtrain.sweep.driver import run_sweep_file
@@ -54,7 +54,8 @@ def command_bench(args: argparse.Namespace) -> int:
     if not references:
         raise OvertrainError("`overtrain bench` names no checkpoint", "pass checkpoint, run or ladder folders first, e.g. overtrain bench runs/nano_ladder")
     overrides = probe_overrides("benchmarks", references, settings, check_out_dir(args.out))
-    code = run_sweep_file(None, overrides, args.dry_run)
+    with keys_as_typed("benchmarks"):
+        code = run_sweep_file(None, overrides, args.dry_run)
     if not args.dry_run:
         config = load_sweep_config(None, overrides)
         print("\n".join(benchmark_lines(config.store_path, {job.key for job in plan_jobs(config)})))

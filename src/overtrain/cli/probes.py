@@ -13,7 +13,10 @@ Settings are the probe section's keys (``gammas=[1,2]``, ``lrs=[1e-3]``); ``exec
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import re
+from collections.abc import Iterator
 from pathlib import Path
 
 from overtrain.config import parse_override
@@ -44,6 +47,21 @@ def probe_overrides(probe: str, references: list[str], settings: list[str], out_
     return overrides
 
 
+@contextlib.contextmanager
+def keys_as_typed(section: str) -> Iterator[None]:
+    """Errors raised inside name the probe section's keys as the verb's user typed them (``limit``, not
+    ``benchmarks.limit``): the verb is a sweep with one section, and its checks name the sweep's keys."""
+    try:
+        yield
+    except OvertrainError as error:
+        raise OvertrainError(_without_section(error.problem, section), error.fix and _without_section(error.fix, section)) from None
+
+
+def _without_section(text: str, section: str) -> str:
+    """``text`` with ``SECTION.`` taken off the keys it names; a path such as ``runs/noise.x`` is left alone."""
+    return re.sub(rf"(?<![\w./\\-]){re.escape(section)}\.(?=[A-Za-z_])", "", text)
+
+
 def check_out_dir(out: str) -> str:
     path = Path(out)
     if path.exists() and not path.is_dir():
@@ -61,7 +79,8 @@ def run_probe_verb(probe: str, args: argparse.Namespace) -> int:
     if not references:
         raise OvertrainError(f"`overtrain {probe}` names no checkpoint", f"pass checkpoint, run or ladder folders first, e.g. overtrain {probe} runs/nano_ladder")
     overrides = probe_overrides(probe, references, settings, check_out_dir(args.out))
-    code = run_sweep_file(None, overrides, args.dry_run)
+    with keys_as_typed(probe):
+        code = run_sweep_file(None, overrides, args.dry_run)
     from overtrain.sweep.torchrun import is_follower
 
     if not args.dry_run and not is_follower():  # under torchrun only rank 0 has the store
