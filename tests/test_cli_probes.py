@@ -328,3 +328,11 @@ def test_keys_as_typed_leaves_other_sections_and_paths_alone() -> None:
     with pytest.raises(OvertrainError) as raised, keys_as_typed("noise"):
         raise OvertrainError("noise.gammas and pretrain.noise.x differ for runs/noise.gammas", "set noise.seeds")
     assert raised.value.problem == "gammas and pretrain.noise.x differ for runs/noise.gammas" and raised.value.fix == "set seeds"
+
+
+def test_an_argument_a_verb_cannot_place_is_refused_with_that_verbs_usage(capsys: pytest.CaptureFixture[str]) -> None:
+    for argv, usage in ((["tasks", "bogus"], "usage: overtrain tasks"), (["pretrain", "--bogus"], "usage: overtrain pretrain")):
+        with pytest.raises(SystemExit) as exited:
+            cli_main(argv)
+        error = capsys.readouterr().err
+        assert exited.value.code == 2 and usage in error and f"error: unrecognized arguments: {argv[1]}" in error

@@ -228,9 +228,18 @@ def parse_arguments(parser: argparse.ArgumentParser, argv: Sequence[str] | None)
         return args
     positional = next((name for name in POSITIONAL_LISTS if isinstance(getattr(args, name, None), list)), None)
     if positional is None or any(item.startswith("-") for item in extras):
-        return parser.parse_args(argv)  # argparse's own message for what it cannot place
+        # argparse's message for what it cannot place, with the verb's usage (the root parser would show its own)
+        _verb_parser(parser, getattr(args, "verb", None)).error(f"unrecognized arguments: {' '.join(extras)}")
     getattr(args, positional).extend(extras)
     return args
+
+
+def _verb_parser(parser: argparse.ArgumentParser, verb: str | None) -> argparse.ArgumentParser:
+    """The sub-parser of ``verb`` (``overtrain tasks``'s own), or ``parser`` itself when there is none."""
+    for action in parser._actions:  # argparse keeps its sub-parsers in the action that adds them
+        if isinstance(action, argparse._SubParsersAction) and verb in action.choices:
+            return action.choices[verb]
+    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
