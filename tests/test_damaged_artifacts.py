@@ -280,3 +280,23 @@ def test_pretrain_names_a_newest_checkpoint_without_its_metadata_as_damaged(tmp_
     assert f"delete {finished.final_checkpoint} and resume" in caught.value.fix
     shutil.rmtree(finished.final_checkpoint)
     assert train_run(config, log=quiet).tokens_seen == finished.tokens_seen
+
+
+def test_a_truncated_tensor_file_is_named_as_cut_short_by_the_run_and_its_dry_run(
+    tmp_path: Path, corpus: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = tmp_path / "run"
+    args = [f"out_dir={run}", f"data.corpus={corpus}", f"data.cache_dir={tmp_path / 'cache'}", "data.vocab_size=512",
+            "data.heldout_fraction=0.15", "model.d_model=16", "model.n_layers=1", "model.n_heads=2", "train.batch_size=4",
+            "train.seq_len=32", "train.warmup_tokens=256", "train.eval_every_tokens=1024", "train.eval_tokens=512", "train.threads=1"]
+    assert cli_main(["pretrain", *args, "train.max_tokens=1024"]) == 0
+    (newest,) = (run / "checkpoints").iterdir()
+    with open(newest / "model.safetensors", "r+b") as handle:
+        handle.truncate(100)
+    capsys.readouterr()
+    for dry_run in (["--dry-run"], []):  # resuming (extending) reads the newest checkpoint: both refuse it alike
+        assert cli_main(["pretrain", *args, "train.max_tokens=2048", "train.extend=true", *dry_run]) == 2
+        error = capsys.readouterr().err
+        assert f"checkpoint {newest} is corrupted: model.safetensors is truncated or not a safetensors file" in error
+        assert "restore model.safetensors from a backup" in error and "Traceback" not in error
+    assert [path.name for path in (run / "checkpoints").iterdir()] == [newest.name]  # nothing written

@@ -242,19 +242,14 @@ def verify_checkpoint(info: CheckpointInfo) -> None:
     A tensor file present without a recorded checksum is refused too: deleting entries from the
     ``checksums`` map must not switch verification off.
     """
-    absent = [name for name in REQUIRED_FILES if not (info.folder / name).is_file()]
-    if absent:
-        raise OvertrainError(
-            f"checkpoint {info.folder} is incomplete: {', '.join(absent)} is missing",
-            "restore the file (every checkpoint of a run has the same tokenizer.json and config.json shape), "
-            f"or {_retrain(info.folder)}",
-        )
+    _refuse_absent_files(info.folder)
     unrecorded = [name for name in TENSOR_FILES if (info.folder / name).is_file() and name not in info.checksums]
     if unrecorded:
         raise OvertrainError(
             f"checkpoint {info.folder} cannot be verified: {METADATA_FILE} records no checksum for {', '.join(unrecorded)}",
             f"restore {METADATA_FILE} from a backup, or {_retrain(info.folder)}",
         )
+    check_tensor_headers(info.folder)  # a file cut short is named as such, before any hashing
     for name, expected in info.checksums.items():
         path = info.folder / name
         if not path.is_file() or file_sha256(path) != expected:
@@ -265,6 +260,35 @@ def verify_checkpoint(info: CheckpointInfo) -> None:
     for name in JSON_FILES:
         if name not in info.checksums:  # a checkpoint written before these files were checksummed
             _check_json_object(info.folder, name)
+
+
+def _refuse_absent_files(folder: Path) -> None:
+    absent = [name for name in REQUIRED_FILES if not (folder / name).is_file()]
+    if absent:
+        raise OvertrainError(
+            f"checkpoint {folder} is incomplete: {', '.join(absent)} is missing",
+            "restore the file (every checkpoint of a run has the same tokenizer.json and config.json shape), "
+            f"or {_retrain(folder)}",
+        )
+
+
+def check_tensor_headers(folder: Path) -> None:
+    """Refuse, as :func:`verify_checkpoint` would, a checkpoint whose tensor files are missing or cut short,
+    from their headers alone: a dry run's check (no file is hashed, so a same-size corruption is left to
+    the run's checksums)."""
+    from safetensors import safe_open
+
+    _refuse_absent_files(folder)
+    for name in TENSOR_FILES:
+        path = folder / name
+        if not path.is_file():
+            continue  # an optional file (the optimizer's state); the required ones were checked above
+        try:
+            with safe_open(str(path), "pt") as handle:
+                handle.keys()
+        except Exception as error:  # safetensors raises its own error type for a torn header or a short file  # noqa: BLE001
+            raise OvertrainError(f"checkpoint {folder} is corrupted: {name} is truncated or not a safetensors file "
+                                 f"({str(error).strip()[:80]})", _restore_fix(folder, name)) from None
 
 
 def _check_json_object(folder: Path, name: str) -> None:
