@@ -180,7 +180,8 @@ def read_checkpoint_info(folder: Path) -> CheckpointInfo:
     if not path.is_file():
         raise OvertrainError(
             f"{folder} has no {METADATA_FILE}, so it is not an overtrain checkpoint",
-            "pass a folder written by `overtrain pretrain`, or use the absolute/relative noise modes for foreign models",
+            "pass a checkpoint folder written by `overtrain pretrain` (RUN/checkpoints/step-...); a model from elsewhere is "
+            "probed as it is by `overtrain noise`, `finetune`, `sharpness` and `bench`",
         )
     try:
         meta = json.loads(path.read_text())
