@@ -281,6 +281,8 @@ def test_the_dry_run_refuses_what_the_jobs_would_refuse_only_after_loading(tmp_p
     capsys.readouterr()
     assert cli_main(["sharpness", str(checkpoint), "groups=[all,*up_proj*]", *out]) == 2  # unquoted: a YAML alias, not a glob
     assert "quote the items that start with a YAML symbol" in capsys.readouterr().err
+    assert cli_main(["sharpness", str(checkpoint), 'groups=[mlp,"*layers.7.*"]', *out]) == 2  # a glob, but this model has 2 layers
+    assert f"sharpness group '*layers.7.*' matches no tensor of 1 model(s) of this sweep (e.g. {checkpoint})" in capsys.readouterr().err
     assert cli_main(["bench", str(checkpoint), "tasks=[arc_esy]", *out]) == 2
     assert "unknown lm-eval task(s): 'arc_esy' (did you mean 'arc_easy'" in capsys.readouterr().err
     (tmp_path / "empty").mkdir()

@@ -231,3 +231,13 @@ def test_a_sweep_dry_run_refuses_a_corpus_its_pretraining_jobs_would_refuse(tmp_
         error = capsys.readouterr().err
         assert code == 2 and f"the corpus {str(empty)!r} has no documents" in error
     assert not out.exists()  # refused before the store was opened
+
+
+def test_a_sweep_dry_run_refuses_a_sharpness_group_that_matches_no_tensor_of_the_models_it_trains(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    common = ["sweep", str(SWEEP_DEMO), f"out_dir={tmp_path / 'out'}", "sharpness.kinds=[hessian_trace]", "--dry-run"]
+    assert cli_main([*common, 'sharpness.groups=[attention,"*layers.1.mlp*"]']) == 0  # the demo's models have 2 layers
+    capsys.readouterr()
+    assert cli_main([*common, 'sharpness.groups=[attention,"*layers.2.mlp*"]']) == 2
+    assert "sharpness group '*layers.2.mlp*' matches no tensor of 3 model(s) of this sweep" in capsys.readouterr().err

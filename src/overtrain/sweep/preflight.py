@@ -11,11 +11,13 @@ who asked for ``--dry-run`` was told all was well. These checks are the cheap on
 - ``eval_data`` paths that do not exist;
 - a model not trained by overtrain (a Hugging Face folder or ``hf:`` reference) probed without
   ``eval_data``: it has no held-out split of its pre-training text to measure the loss on;
+- sharpness groups that match no tensor of an overtrain model the sweep probes;
 - benchmark names that lm-evaluation-harness does not know (asked only when a job scores benchmarks).
 """
 
 from __future__ import annotations
 
+import fnmatch
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -34,7 +36,8 @@ def check_sweep_inputs(jobs: list[Job], out_dir: Path, jobs_run_here: bool = Tru
     devices = _cuda_without_a_gpu(jobs) if jobs_run_here else []
     for message, fix in (*_pretrain_folder_conflicts(jobs, out_dir), *_unreadable_pretraining_data(jobs), *_damaged_checkpoints(jobs),
                          *_missing_eval_data(jobs),
-                         *_foreign_models_without_eval_data(jobs), *_unknown_benchmarks(jobs), *devices):
+                         *_foreign_models_without_eval_data(jobs), *_sharpness_groups_matching_nothing(jobs), *_unknown_benchmarks(jobs),
+                         *devices):
         problems.add_text(message, fix)
     problems.raise_if_any(summary="inputs of this sweep would be refused by its jobs")
 
@@ -86,6 +89,47 @@ def _unreadable_pretraining_data(jobs: list[Job]) -> list[tuple[str, str]]:
         except OvertrainError as refused:
             problems.append((refused.problem, refused.fix))
     return problems
+
+
+def _sharpness_groups_matching_nothing(jobs: list[Job]) -> list[tuple[str, str]]:
+    """Sharpness groups that select no tensor of an overtrain model this sweep probes (trained by one of its
+    pre-training jobs, or a checkpoint with overtrain.json): the job would load the model and refuse them.
+    A model from elsewhere names its tensors only once loaded, so its groups are left to the job."""
+    from overtrain.model.config import parameter_names
+    from overtrain.probes.sharpness import ALL_PARAMETERS, group_globs
+
+    unmatched: dict[str, list[str]] = {}
+    for job in jobs:
+        if job.kind != "sharpness" or not job.spec.get("groups"):
+            continue
+        names = _overtrain_parameter_names(job, jobs, parameter_names)
+        if names is None:
+            continue
+        for group in job.spec["groups"]:
+            if group != ALL_PARAMETERS and not any(fnmatch.fnmatch(name, glob) for name in names for glob in group_globs(group)):
+                unmatched.setdefault(group, []).append(str(job.spec["checkpoint"]))
+    return [(f"sharpness group {group!r} matches no tensor of {len(checkpoints)} model(s) of this sweep (e.g. {checkpoints[0]})",
+             "use a group name (all, embeddings, attention, mlp, norms) or a glob over names like 'model.layers.0.mlp.up_proj.weight'")
+            for group, checkpoints in unmatched.items()]
+
+
+def _overtrain_parameter_names(job: Job, jobs: list[Job], parameter_names) -> list[str] | None:
+    """The parameter names of the overtrain model ``job`` probes, from its settings alone; None if unknown."""
+    from overtrain.checkpoints.folder import is_overtrain_checkpoint, read_checkpoint_info
+    from overtrain.config import build_dataclass
+    from overtrain.model.config import ModelConfig
+    from overtrain.pretrain.config import PretrainConfig
+
+    producers = [other for other in jobs if other.key in job.depends_on and other.kind == "pretrain"]
+    try:
+        if producers:
+            return parameter_names(build_dataclass(PretrainConfig, dict(producers[0].spec["config"])).model)
+        folder = Path(str(job.spec["checkpoint"]))
+        if folder.is_dir() and is_overtrain_checkpoint(folder):
+            return parameter_names(build_dataclass(ModelConfig, dict(read_checkpoint_info(folder).run_config["model"])))
+    except OvertrainError:
+        return None  # a damaged checkpoint is named by its own check
+    return None
 
 
 def _damaged_checkpoints(jobs: list[Job]) -> list[tuple[str, str]]:
