@@ -241,3 +241,15 @@ def test_a_sweep_dry_run_refuses_a_sharpness_group_that_matches_no_tensor_of_the
     capsys.readouterr()
     assert cli_main([*common, 'sharpness.groups=[attention,"*layers.2.mlp*"]']) == 2
     assert "sharpness group '*layers.2.mlp*' matches no tensor of 3 model(s) of this sweep" in capsys.readouterr().err
+
+
+def test_the_sections_that_mark_a_sweep_spec_are_the_sweeps_own() -> None:
+    """pretrain/config.py names the sweep's sections without importing the sweep (which imports it): kept in step here."""
+    import dataclasses
+
+    from overtrain.pretrain.config import PretrainConfig, SWEEP_SPEC_SECTIONS
+    from overtrain.sweep.config import SweepConfig
+
+    shared_with_a_run = {field.name for field in dataclasses.fields(PretrainConfig)}
+    only_a_sweeps = {field.name for field in dataclasses.fields(SweepConfig)} - shared_with_a_run - {"eval_data", "report"}
+    assert set(SWEEP_SPEC_SECTIONS) == only_a_sweeps

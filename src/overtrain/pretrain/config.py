@@ -299,8 +299,12 @@ def _check_checkpoints_within(budget: int, name: str, train: TrainConfig, proble
             )
 
 
-SWEEP_SPEC_SECTIONS = ("pretrain", "pretrain_axes", "checkpoints", "family", "noise", "sharpness", "finetune", "benchmarks", "multimodal")
-"""Sections only a sweep spec has (its pre-training settings sit under ``pretrain:``)."""
+SWEEP_SPEC_SECTIONS = (
+    "pretrain", "pretrain_axes", "checkpoints", "family", "noise", "sharpness", "finetune", "benchmarks", "multimodal", "executor",
+)
+"""Sections only a sweep spec has (its pre-training settings sit under ``pretrain:``); its top-level
+``eval_data`` and ``report`` are left out, as words too plain to say what a file is. Named here, not read
+from SweepConfig, because the sweep imports this module (a test keeps the two in step)."""
 
 
 def _refuse_a_sweep_spec(tree: dict[str, Any]) -> None:
