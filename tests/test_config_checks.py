@@ -213,13 +213,17 @@ def test_the_pretrain_dry_runs_refuse_what_their_runs_refuse(tmp_path: Path, cap
     assert not (tmp_path / "run").exists()
 
 
-@pytest.mark.parametrize("corpus", ["embedded", "notes.txt"])
-def test_a_text_field_for_a_corpus_without_fields_is_refused(corpus: str) -> None:
-    """Plain text has no record fields: the setting would change the token cache's key and nothing else."""
-    with pytest.raises(OvertrainError, match="data.text_field='content' names a record field.*would be ignored") as refused:
-        load_pretrain_config(None, [f"data.corpus={corpus}", "data.text_field=content"])
-    assert "leave data.text_field out" in refused.value.fix
-    assert load_pretrain_config(None, ["data.corpus=records.jsonl", "data.text_field=content"]).data.text_field == "content"
+@pytest.mark.parametrize("corpus", ["embedded", "notes.TXT"])
+def test_a_text_field_set_on_plain_text_changes_no_cache_key(corpus: str, tmp_path: Path) -> None:
+    """Plain text has no record fields: the setting changes no document, so it must not tokenize the corpus again."""
+    from overtrain.data.tokens import data_cache_key, shard_cache_key
+
+    plain, with_field = DataConfig(corpus=corpus), DataConfig(corpus=corpus, text_field="content")
+    assert data_cache_key(with_field) == data_cache_key(plain)
+    (tmp_path / "tokenizer.json").write_text("{}")
+    assert shard_cache_key(with_field, tmp_path) == shard_cache_key(plain, tmp_path)
+    records, records_with_field = DataConfig(corpus="records.jsonl"), DataConfig(corpus="records.jsonl", text_field="content")
+    assert data_cache_key(records_with_field) != data_cache_key(records)  # where fields exist, the field is part of the key
 
 
 def test_a_sweep_dry_run_refuses_a_corpus_its_pretraining_jobs_would_refuse(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

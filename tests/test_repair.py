@@ -164,3 +164,18 @@ def test_the_dry_runs_view_finds_what_the_run_would_repair_and_changes_nothing(f
     assert stored_jobs_to_rerun([reader], stored_rows(store)) == {}  # only the planned jobs are asked about
     summary = run(store, [writer, reader])
     assert list(summary.repaired) == [writer.key] and summary.repaired[writer.key] == rerun[writer.key]
+
+
+def test_the_dry_runs_view_hashes_nothing_and_leaves_a_touched_file_to_the_run(finished, monkeypatch: pytest.MonkeyPatch) -> None:
+    from overtrain.results.store import stored_rows
+    from overtrain.sweep.driver import stored_jobs_to_rerun
+
+    store, folder, writer, reader = finished
+    weights = folder / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[100] ^= 0x01
+    weights.write_bytes(bytes(data))  # same size, new modification time: only a hash can tell
+    with monkeypatch.context() as patched:
+        patched.setattr(artifacts_module, "file_sha256", lambda path: pytest.fail(f"the dry run hashed {path}"))
+        assert stored_jobs_to_rerun([writer, reader], stored_rows(store)) == {}
+    assert "model.safetensors no longer matches" in run(store, [writer, reader]).repaired[writer.key]  # the run hashes it

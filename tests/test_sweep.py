@@ -151,6 +151,20 @@ def test_a_dry_run_counts_a_job_with_a_missing_checkpoint_as_to_run_and_names_it
     assert f"stored: {jobs} of {jobs} jobs already finished" in capsys.readouterr().out
 
 
+def test_a_finished_sweep_whose_corpus_was_moved_is_not_refused(finished_sweep: tuple[Path, list[str]],
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """Only the jobs that will run are checked: a finished sweep reruns nothing and needs no corpus."""
+    root, overrides = finished_sweep
+    corpus = root / "corpus"
+    moved = corpus.rename(root / "corpus-moved-during-the-test")
+    try:
+        assert cli_main(["sweep", *overrides, "--dry-run"]) == 0
+        assert cli_main(["sweep", *overrides, "report=false"]) == 0
+        assert "jobs are already in" in capsys.readouterr().err
+    finally:
+        moved.rename(corpus)
+
+
 def test_a_truncated_checkpoint_and_missing_eval_data_are_refused_before_the_store_opens(
     finished_sweep: tuple[Path, list[str]], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -277,19 +277,25 @@ def check_tensor_headers(folder: Path) -> None:
     """Refuse, as :func:`verify_checkpoint` would, a checkpoint whose tensor files are missing or cut short,
     from their headers alone: a dry run's check (no file is hashed, so a same-size corruption is left to
     the run's checksums)."""
-    from safetensors import safe_open
-
     _refuse_absent_files(folder)
     for name in TENSOR_FILES:
         path = folder / name
-        if not path.is_file():
-            continue  # an optional file (the optimizer's state); the required ones were checked above
-        try:
-            with safe_open(str(path), "pt") as handle:
-                handle.keys()
-        except Exception as error:  # safetensors raises its own error type for a torn header or a short file  # noqa: BLE001
-            raise OvertrainError(f"checkpoint {folder} is corrupted: {name} is truncated or not a safetensors file "
-                                 f"({str(error).strip()[:80]})", _restore_fix(folder, name)) from None
+        problem = safetensors_header_problem(path) if path.is_file() else None  # absent: the optimizer's state, optional
+        if problem:
+            raise OvertrainError(f"checkpoint {folder} is corrupted: {problem}", _restore_fix(folder, name))
+
+
+def safetensors_header_problem(path: Path) -> str | None:
+    """Why the safetensors file ``path`` cannot be opened (cut short, or not safetensors), from its header
+    alone; None when it opens."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), "pt") as handle:
+            handle.keys()
+    except Exception as error:  # safetensors raises its own error type for a torn header or a short file  # noqa: BLE001
+        return f"{path.name} is truncated or not a safetensors file ({str(error).strip()[:80]})"
+    return None
 
 
 def _check_json_object(folder: Path, name: str) -> None:

@@ -76,17 +76,13 @@ def _refuse_what_the_run_would_refuse(config) -> None:
     settings (read only: nothing is written). Prints the note of a ``train.extend`` extension."""
     from pathlib import Path
 
-    from overtrain.checkpoints.discovery import list_checkpoints
-    from overtrain.checkpoints.folder import check_tensor_headers, read_checkpoint_info
     from overtrain.config import config_to_dict
     from overtrain.pretrain.binding import check_run_binding
+    from overtrain.pretrain.loop import newest_checkpoint
 
     _refuse_what_every_run_would_refuse(config)
     out_dir = Path(config.out_dir)
-    checkpoints = list_checkpoints(out_dir) if out_dir.is_dir() else []
-    newest = read_checkpoint_info(checkpoints[-1]) if checkpoints else None
-    if newest is not None:
-        check_tensor_headers(newest.folder)  # the run resumes from it, and would refuse it
+    newest = newest_checkpoint(out_dir, hash_files=False) if out_dir.is_dir() else None  # the run resumes from it
     described = None if newest is None else (newest.tokens_seen, newest.step, newest.run_config)
     _, note = check_run_binding(out_dir, config_to_dict(config), config.train.extend, described)
     if note:

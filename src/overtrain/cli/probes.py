@@ -58,8 +58,23 @@ def keys_as_typed(section: str) -> Iterator[None]:
 
 
 def _without_section(text: str, section: str) -> str:
-    """``text`` with ``SECTION.`` taken off the keys it names; a path such as ``runs/noise.x`` is left alone."""
-    return re.sub(rf"(?<![\w./\\-]){re.escape(section)}\.(?=[A-Za-z_])", "", text)
+    """``text`` with ``SECTION.`` taken off the section's own keys (``noise.gammas``); other text that starts
+    the same way (a file ``noise.txt``, a path ``runs/noise.gammas``) is left alone."""
+    keys = "|".join(sorted(map(re.escape, _section_keys(section)), key=len, reverse=True))
+    return re.sub(rf"(?<![\w./\\-]){re.escape(section)}\.(?=(?:{keys})(?![\w.]))", "", text)
+
+
+def _section_keys(section: str) -> list[str]:
+    """The keys of the sweep section ``section`` (a field of SweepConfig holding a dataclass, or None), and the
+    singular of each of its axes (``lr`` for ``lrs``: what a job's own check names, and what a user may type)."""
+    import dataclasses
+    import typing
+
+    from overtrain.sweep.config import SECTION_AXES, SweepConfig
+
+    hint = typing.get_type_hints(SweepConfig)[section]
+    section_class = next(option for option in typing.get_args(hint) if dataclasses.is_dataclass(option))
+    return [field.name for field in dataclasses.fields(section_class)] + list(SECTION_AXES.get(section, {}))
 
 
 def check_out_dir(out: str) -> str:

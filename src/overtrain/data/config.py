@@ -31,7 +31,8 @@ class DataConfig:
     corpus: str = "embedded"
     """``embedded`` (the shipped public-domain corpus), a .txt/.jsonl file or folder, or ``hf:NAME[:CONFIG]``."""
     text_field: str = "text"
-    """Field holding the text in JSONL records or Hugging Face datasets."""
+    """Field holding the text in JSONL records or Hugging Face datasets (plain text, the embedded corpus or a
+    .txt file, has no fields: there it changes nothing, not even the cache key)."""
     vocab_size: int = 2048
     """Size of the byte-level BPE vocabulary trained on the corpus. With a pre-trained ``tokenizer``: the
     model's vocabulary (embedding rows), raised to the tokenizer's size when smaller; a larger value pads

@@ -114,6 +114,12 @@ def _empty_corpus(source: str) -> OvertrainError:
     )
 
 
+def reads_record_fields(source: str) -> bool:
+    """Whether ``text_field`` can matter for ``source``: not for plain text (the embedded corpus, whose field
+    is fixed, or a .txt file), which has no record fields."""
+    return source != EMBEDDED_SOURCE and not (_has_suffix(Path(source), TEXT_SUFFIXES) and not Path(source).is_dir())
+
+
 def is_local_source(source: str) -> bool:
     """Whether ``source`` names a file or folder (not the embedded corpus, not ``hf:``)."""
     return source != EMBEDDED_SOURCE and not source.startswith(HF_PREFIX)

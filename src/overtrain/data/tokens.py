@@ -31,7 +31,7 @@ import torch
 
 from overtrain.atomic import atomic_directory, ensure_writable_folder
 from overtrain.data.config import DataConfig
-from overtrain.data.corpus import is_heldout_document
+from overtrain.data.corpus import is_heldout_document, reads_record_fields
 from overtrain.data.shards import SHARD_FORMAT_VERSION, ShardedTokens, delete_token_folder_fix, open_split
 from overtrain.data.synthetic import mix_long_tail
 from overtrain.data.tokenize_parallel import tokenize_into_shards
@@ -81,8 +81,14 @@ def corpus_identity(config: DataConfig) -> str:
     return source
 
 
+def _keyed_text_field(config: DataConfig) -> str:
+    """``text_field`` as the cache keys see it: the default for plain text, which has no fields, so that setting
+    it there (where it changes no document) does not tokenize the same corpus again."""
+    return config.text_field if reads_record_fields(str(config.corpus)) else DataConfig.text_field
+
+
 def data_cache_key(config: DataConfig) -> str:
-    fields = [corpus_identity(config), config.text_field, config.vocab_size, config.heldout_fraction]
+    fields = [corpus_identity(config), _keyed_text_field(config), config.vocab_size, config.heldout_fraction]
     fields += [config.max_documents, DATA_FORMAT_VERSION]
     if config.long_tail.fraction > 0:  # only then: the keys of corpora without the mix stay what they were
         fields.append(dataclasses.asdict(config.long_tail))
@@ -125,7 +131,7 @@ def train_tokens_needed(steps: int, batch_size: int, seq_len: int) -> int:
 def shard_cache_key(config: DataConfig, tokenizer_folder: Path) -> str:
     """What decides the shards' bytes: the corpus, the tokenizer's files, the split and the shard size (not
     ``vocab_size``, which only pads the model's embedding, nor the workers or engine)."""
-    fields = [corpus_identity(config), config.text_field, tokenizer_hash(tokenizer_folder), config.heldout_fraction,
+    fields = [corpus_identity(config), _keyed_text_field(config), tokenizer_hash(tokenizer_folder), config.heldout_fraction,
               config.heldout_tokens, config.max_documents, config.tokenize.shard_tokens, SHARD_FORMAT_VERSION]
     if config.long_tail.fraction > 0:
         fields.append(dataclasses.asdict(config.long_tail))

@@ -16,7 +16,6 @@ from typing import Any, Literal
 
 from overtrain.config import TRANSIENT, apply_overrides, build_dataclass, parse_override, read_yaml
 from overtrain.data.config import DataConfig, tokenizer_problems
-from overtrain.data.corpus import EMBEDDED_SOURCE, TEXT_SUFFIXES
 from overtrain.data.synthetic import long_tail_problems
 from overtrain.errors import OvertrainError, SettingProblems
 from overtrain.model.config import ModelConfig, parameter_names
@@ -213,11 +212,6 @@ def _name_examples(names: list[str]) -> list[str]:
 def _check_data(data: DataConfig, problems: SettingProblems) -> None:
     problems.require(bool(str(data.corpus).strip()), "data.corpus", data.corpus, "'embedded', a path, or hf:NAME")
     problems.require(bool(data.text_field), "data.text_field", data.text_field, "the name of the field holding the text")
-    if data.text_field != "text" and _corpus_without_fields(str(data.corpus)):
-        # Plain text has no fields: the setting would change only the cache key, never the documents.
-        problems.add_text(f"data.text_field={data.text_field!r} names a record field, but the corpus {data.corpus!r} is plain text "
-                          "without fields, so it would be ignored", "leave data.text_field out (it applies to JSONL records and "
-                          "Hugging Face datasets)")
     problems.require(259 <= data.vocab_size <= 65_536, "data.vocab_size", data.vocab_size, "259 (256 bytes + specials) to 65536")
     problems.require(_is_number(data.heldout_fraction) and 0 < data.heldout_fraction < 1, "data.heldout_fraction",
                      data.heldout_fraction, "a fraction in (0, 1), e.g. 0.02")
@@ -225,12 +219,6 @@ def _check_data(data: DataConfig, problems: SettingProblems) -> None:
                      "a positive number of documents, or leave it unset for all")
     for key, value, allowed in long_tail_problems(data.long_tail) + tokenizer_problems(data):
         problems.add(key, value, allowed)
-
-
-def _corpus_without_fields(corpus: str) -> bool:
-    """Whether every document of ``corpus`` is plain text, read without a record field: the embedded corpus
-    (its field is fixed) or a .txt file."""
-    return corpus == EMBEDDED_SOURCE or corpus.endswith(TEXT_SUFFIXES)
 
 
 def _check_train(train: TrainConfig, problems: SettingProblems) -> None:

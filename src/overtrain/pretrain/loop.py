@@ -26,6 +26,7 @@ from overtrain.checkpoints.discovery import list_checkpoints
 from overtrain.checkpoints.folder import (
     METADATA_FILE,
     CheckpointInfo,
+    check_tensor_headers,
     is_overtrain_checkpoint,
     load_tensors,
     load_weights_into,
@@ -198,7 +199,7 @@ def train_run(
         if context.is_main:  # the lock held first: the temporaries of a process training this folder are not stale
             ensure_writable_folder(out_dir / "checkpoints", "the checkpoints folder", "out_dir")
             remove_stale_temporaries(out_dir / "checkpoints")
-        newest = _newest_checkpoint(out_dir)
+        newest = newest_checkpoint(out_dir)
         binding, note = check_run_binding(out_dir, config_to_dict(config), config.train.extend, _describe(newest))
         if note and context.is_main:
             log(note)
@@ -245,8 +246,10 @@ def _silent(*_args: Any, **_kwargs: Any) -> None:
     return None
 
 
-def _newest_checkpoint(out_dir: Path) -> CheckpointInfo | None:
-    """The run's own newest checkpoint, read and verified (a damaged one is named with the fix)."""
+def newest_checkpoint(out_dir: Path, *, hash_files: bool = True) -> CheckpointInfo | None:
+    """The run's own newest checkpoint, read and verified (a damaged one is named with the fix). A dry run
+    passes ``hash_files=False``: the tensor files' headers are read instead (a same-size corruption is then
+    left to the run)."""
     existing = list_checkpoints(out_dir)
     if not existing:
         return None
@@ -257,7 +260,10 @@ def _newest_checkpoint(out_dir: Path) -> CheckpointInfo | None:
             "trains it again from the checkpoint before",
         )
     info = read_checkpoint_info(existing[-1])
-    verify_checkpoint(info)
+    if hash_files:
+        verify_checkpoint(info)
+    else:
+        check_tensor_headers(info.folder)
     return info
 
 

@@ -46,8 +46,10 @@ def fingerprint_artifacts(artifacts: dict[str, str]) -> dict[str, Fingerprint]:
     return {name: _fingerprint(Path(path)) for name, path in artifacts.items() if Path(path).exists()}
 
 
-def check_artifacts(artifacts: dict[str, str], provenance: dict[str, Any]) -> ArtifactCheck:
-    """Whether the artifacts a row points to are intact, hashing only files whose stats changed."""
+def check_artifacts(artifacts: dict[str, str], provenance: dict[str, Any], hash_files: bool = True) -> ArtifactCheck:
+    """Whether the artifacts a row points to are intact, hashing only files whose modification time changed
+    at the recorded size. ``hash_files=False`` (a dry run's look) hashes nothing: it finds missing files and
+    changed sizes, and leaves a file that needs hashing to tell to the run (no fresh fingerprints then)."""
     recorded: dict[str, Fingerprint] = provenance.get(FINGERPRINT_KEY) or {}
     refreshed, changed = {}, False
     for name, text in artifacts.items():
@@ -55,14 +57,16 @@ def check_artifacts(artifacts: dict[str, str], provenance: dict[str, Any]) -> Ar
         if not path.exists():
             return ArtifactCheck(problem=f"its {name} {path} is missing")
         if name in recorded:
-            problem, fingerprint = _compare(path, recorded[name])
-        else:
+            problem, fingerprint = _compare(path, recorded[name], hash_files)
+        elif hash_files:
             problem, fingerprint = _verify_unrecorded(path, provenance)
+        else:
+            continue  # a row stored before fingerprints: only hashing can verify it
         if problem:
             return ArtifactCheck(problem=f"its {name} {path} is damaged: {problem}")
         changed |= fingerprint != recorded.get(name)
         refreshed[name] = fingerprint
-    return ArtifactCheck(refreshed=refreshed if changed else None)
+    return ArtifactCheck(refreshed=refreshed if changed and hash_files else None)  # unhashed stats are never recorded
 
 
 def _files_of(path: Path) -> list[Path]:
@@ -101,15 +105,17 @@ def _fingerprint(root: Path) -> Fingerprint:
     return fingerprint
 
 
-def _compare(root: Path, recorded: Fingerprint) -> tuple[str | None, Fingerprint]:
-    """Check ``root`` against its recorded fingerprint; hash a file only when its size or mtime changed."""
+def _compare(root: Path, recorded: Fingerprint, hash_files: bool = True) -> tuple[str | None, Fingerprint]:
+    """Check ``root`` against its recorded fingerprint: a changed size is damage, a changed modification time
+    at the same size is hashed (unless ``hash_files`` is false, when the file is left for the run to hash)."""
     current = {}
     for name, (size, mtime_ns, sha256) in recorded.items():
         path = root / name if root.is_dir() else root
         if not path.is_file():
             return f"{name} is missing", {}
         stats = _stats(path)
-        if stats != (size, mtime_ns) and file_sha256(path) != sha256:
+        damaged = stats[0] != size or (stats[1] != mtime_ns and hash_files and file_sha256(path) != sha256)
+        if damaged:
             return f"{name} no longer matches the sha256 recorded when the job finished", {}
         current[name] = [*stats, sha256]
     return None, current

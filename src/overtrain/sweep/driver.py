@@ -115,13 +115,14 @@ def repair_damaged_jobs(jobs: list[Job], store: ResultStore, progress: bool = Tr
 
 
 def stored_jobs_to_rerun(jobs: list[Job], rows: list[ResultRow]) -> dict[str, str]:
-    """What :func:`repair_damaged_jobs` would re-plan, found without changing anything (a dry run's view):
-    job key -> 'label: problem' for the stored rows of ``jobs`` whose artefacts are missing or damaged."""
+    """What :func:`repair_damaged_jobs` would re-plan, found without changing or hashing anything (a dry run's
+    view): job key -> 'label: problem' for the stored rows of ``jobs`` whose artefacts are missing or changed
+    size. A file whose modification time alone changed is hashed by the run, not here (it may be intact)."""
     planned = {job.key for job in jobs}
     rerun = {}
     for row in rows:
         if row.key in planned and row.artifacts:
-            problem = check_artifacts(row.artifacts, row.provenance).problem
+            problem = check_artifacts(row.artifacts, row.provenance, hash_files=False).problem
             if problem is not None:
                 rerun[row.key] = f"{row.label}: {problem}"
     return rerun
@@ -235,7 +236,7 @@ def run_sweep_file(path: str | None, overrides: list[str], dry_run: bool) -> int
         return 0 if dry_run else follow_rank_zero()
     print(dump_yaml(config))
     print(f"plan: {describe_plan(jobs)}; executor {config.executor.kind}; store {config.store_path}")
-    check_sweep_inputs(jobs, config.out_dir, jobs_run_here=config.executor.kind != "ray")
+    check_sweep_inputs(jobs, config.out_dir, jobs_run_here=config.executor.kind != "ray", finished=stored_keys(config.store_path))
     if dry_run:
         from overtrain.sweep.estimate import CalibrationError, estimate_sweep_seconds, format_estimate
 

@@ -29,15 +29,18 @@ SHOWN_PER_PROBLEM = 3
 """Examples named per kind of problem; the count says how many there are."""
 
 
-def check_sweep_inputs(jobs: list[Job], out_dir: Path, jobs_run_here: bool = True) -> None:
-    """Raise one :class:`OvertrainError` naming every input problem of ``jobs`` (nothing is written).
-    ``jobs_run_here``: the jobs run on this machine (not on a Ray cluster), so its devices are theirs."""
+def check_sweep_inputs(jobs: list[Job], out_dir: Path, jobs_run_here: bool = True, finished: Iterable[str] = ()) -> None:
+    """Raise one :class:`OvertrainError` naming every input problem of the jobs that will run: ``jobs`` less the
+    ``finished`` ones (their keys; a finished sweep whose corpus was since moved reruns nothing, and is not
+    refused). Nothing is written. ``jobs_run_here``: the jobs run on this machine (not on a Ray cluster), so
+    its devices are theirs."""
     problems = SettingProblems()
-    devices = _cuda_without_a_gpu(jobs) if jobs_run_here else []
-    for message, fix in (*_pretrain_folder_conflicts(jobs, out_dir), *_unreadable_pretraining_data(jobs), *_damaged_checkpoints(jobs),
-                         *_missing_eval_data(jobs),
-                         *_foreign_models_without_eval_data(jobs), *_sharpness_groups_matching_nothing(jobs), *_unknown_benchmarks(jobs),
-                         *devices):
+    finished = set(finished)
+    pending = [job for job in jobs if job.key not in finished]
+    devices = _cuda_without_a_gpu(pending) if jobs_run_here else []
+    for message, fix in (*_pretrain_folder_conflicts(pending, out_dir), *_unreadable_pretraining_data(pending),
+                         *_damaged_checkpoints(pending, jobs), *_missing_eval_data(pending), *_foreign_models_without_eval_data(pending),
+                         *_sharpness_groups_matching_nothing(pending, jobs), *_unknown_benchmarks(pending), *devices):
         problems.add_text(message, fix)
     problems.raise_if_any(summary="inputs of this sweep would be refused by its jobs")
 
@@ -91,7 +94,7 @@ def _unreadable_pretraining_data(jobs: list[Job]) -> list[tuple[str, str]]:
     return problems
 
 
-def _sharpness_groups_matching_nothing(jobs: list[Job]) -> list[tuple[str, str]]:
+def _sharpness_groups_matching_nothing(jobs: list[Job], every_job: list[Job]) -> list[tuple[str, str]]:
     """Sharpness groups that select no tensor of an overtrain model this sweep probes (trained by one of its
     pre-training jobs, or a checkpoint with overtrain.json): the job would load the model and refuse them.
     A model from elsewhere names its tensors only once loaded, so its groups are left to the job."""
@@ -102,7 +105,7 @@ def _sharpness_groups_matching_nothing(jobs: list[Job]) -> list[tuple[str, str]]
     for job in jobs:
         if job.kind != "sharpness" or not job.spec.get("groups"):
             continue
-        names = _overtrain_parameter_names(job, jobs, parameter_names)
+        names = _overtrain_parameter_names(job, every_job, parameter_names)
         if names is None:
             continue
         for group in job.spec["groups"]:
@@ -132,11 +135,11 @@ def _overtrain_parameter_names(job: Job, jobs: list[Job], parameter_names) -> li
     return None
 
 
-def _damaged_checkpoints(jobs: list[Job]) -> list[tuple[str, str]]:
-    """Checkpoints named by jobs that do not wait for a pre-training job of this sweep (those exist now)."""
+def _damaged_checkpoints(jobs: list[Job], every_job: list[Job]) -> list[tuple[str, str]]:
+    """Checkpoints named by ``jobs`` that do not wait for a pre-training job of this sweep (those exist now)."""
     from overtrain.checkpoints.hub import is_hub_reference
 
-    produced_here = {job.key for job in jobs if job.kind == "pretrain"}
+    produced_here = {job.key for job in every_job if job.kind == "pretrain"}
     references = sorted({str(job.spec["checkpoint"]) for job in jobs
                          if "checkpoint" in job.spec and not produced_here.intersection(job.depends_on)})
     damaged = [(reference, why) for reference in references if not is_hub_reference(reference)
@@ -151,15 +154,13 @@ def _damaged_checkpoints(jobs: list[Job]) -> list[tuple[str, str]]:
 def _checkpoint_damage(folder: Path) -> str | None:
     """Why ``folder`` cannot be a checkpoint (missing, no config.json, a missing or truncated safetensors
     file), or None. Reads only the files' headers."""
-    from safetensors import safe_open
-
     from overtrain.checkpoints.foreign import safetensors_files
 
     if not folder.exists():
         return "it does not exist"
     if folder.is_file():
         return None  # a single weights file is the job's to judge
-    from overtrain.checkpoints.folder import REQUIRED_FILES, is_overtrain_checkpoint
+    from overtrain.checkpoints.folder import REQUIRED_FILES, is_overtrain_checkpoint, safetensors_header_problem
 
     required = REQUIRED_FILES if is_overtrain_checkpoint(folder) else ("config.json",)  # ours, or a Hugging Face folder
     missing = [name for name in required if not (folder / name).is_file()]
@@ -169,13 +170,7 @@ def _checkpoint_damage(folder: Path) -> str | None:
         weights = safetensors_files(folder)  # as the loaders find them: a shard index, shards, pickles refused
     except OvertrainError as error:
         return error.problem
-    for path in weights:
-        try:
-            with safe_open(str(path), "pt") as handle:
-                handle.keys()
-        except Exception as error:  # safetensors raises its own error type for a torn header or a short file
-            return f"{path.name} is truncated or not a safetensors file ({str(error).strip()[:80]})"
-    return None
+    return next(filter(None, map(safetensors_header_problem, weights)), None)
 
 
 def _cuda_without_a_gpu(jobs: Iterable[Job]) -> list[tuple[str, str]]:
