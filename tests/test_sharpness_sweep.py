@@ -123,8 +123,9 @@ def test_sharpness_verb_is_a_resumable_sweep_with_the_sweeps_job_key(tmp_path: P
     assert "Sharpness probes: one budget only" in (out / "report" / "summary.md").read_text()
     bad = ["sharpness", str(checkpoints[0]), "groups=[no_such_tensor*]", "kind=hessian_trace", f"eval_data={tmp_path / 'eval.txt'}",
            "eval_tokens=128", "report=false", "--out", str(tmp_path / "bad")]
-    assert cli_main(bad) == 1  # a group that matches no tensor fails its job, with the fix
-    assert "matches no parameter" in capsys.readouterr().out
+    assert cli_main(bad) == 2  # a group that matches no tensor is refused before the store opens, with the fix
+    assert "sharpness group 'no_such_tensor*' matches no tensor of 1 model(s)" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
     with pytest.raises(SystemExit):
         cli_main(["sharpness", "--help"])
     flat = " ".join(capsys.readouterr().out.split())
