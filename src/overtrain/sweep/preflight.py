@@ -77,18 +77,15 @@ def _unreadable_pretraining_data(jobs: list[Job]) -> list[tuple[str, str]]:
     from overtrain.data.corpus import is_local_source, require_local_source
     from overtrain.data.tokenizer import require_local_tokenizer
 
-    checks = {}
-    for job in jobs:
-        if job.kind == "pretrain":
-            data = job.spec["config"].get("data") or {}
-            corpus, tokenizer = str(data.get("corpus", "embedded")), str(data.get("tokenizer", "bpe"))
-            if is_local_source(corpus):
-                checks[("corpus", corpus)] = lambda corpus=corpus: require_local_source(corpus)
-            checks[("tokenizer", tokenizer)] = lambda tokenizer=tokenizer: require_local_tokenizer(tokenizer)
+    data = [job.spec["config"].get("data") or {} for job in jobs if job.kind == "pretrain"]
+    corpora = dict.fromkeys(str(section.get("corpus", "embedded")) for section in data)
+    tokenizers = dict.fromkeys(str(section.get("tokenizer", "bpe")) for section in data)
+    checks = [(require_local_source, corpus) for corpus in corpora if is_local_source(corpus)]
+    checks += [(require_local_tokenizer, tokenizer) for tokenizer in tokenizers]
     problems = []
-    for check in checks.values():
+    for check, source in checks:
         try:
-            check()
+            check(source)
         except OvertrainError as refused:
             problems.append((refused.problem, refused.fix))
     return problems
@@ -98,14 +95,13 @@ def _sharpness_groups_matching_nothing(jobs: list[Job], every_job: list[Job]) ->
     """Sharpness groups that select no tensor of an overtrain model this sweep probes (trained by one of its
     pre-training jobs, or a checkpoint with overtrain.json): the job would load the model and refuse them.
     A model from elsewhere names its tensors only once loaded, so its groups are left to the job."""
-    from overtrain.model.config import parameter_names
     from overtrain.probes.sharpness import ALL_PARAMETERS, group_globs
 
     unmatched: dict[str, list[str]] = {}
     for job in jobs:
         if job.kind != "sharpness" or not job.spec.get("groups"):
             continue
-        names = _overtrain_parameter_names(job, every_job, parameter_names)
+        names = _overtrain_parameter_names(job, every_job)
         if names is None:
             continue
         for group in job.spec["groups"]:
@@ -116,11 +112,11 @@ def _sharpness_groups_matching_nothing(jobs: list[Job], every_job: list[Job]) ->
             for group, checkpoints in unmatched.items()]
 
 
-def _overtrain_parameter_names(job: Job, jobs: list[Job], parameter_names) -> list[str] | None:
+def _overtrain_parameter_names(job: Job, jobs: list[Job]) -> list[str] | None:
     """The parameter names of the overtrain model ``job`` probes, from its settings alone; None if unknown."""
     from overtrain.checkpoints.folder import is_overtrain_checkpoint, read_checkpoint_info
     from overtrain.config import build_dataclass
-    from overtrain.model.config import ModelConfig
+    from overtrain.model.config import ModelConfig, parameter_names
     from overtrain.pretrain.config import PretrainConfig
 
     producers = [other for other in jobs if other.key in job.depends_on and other.kind == "pretrain"]
