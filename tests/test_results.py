@@ -121,6 +121,26 @@ def test_a_damaged_store_is_reported_with_a_fix(tmp_path: Path) -> None:
     assert str(path) in str(caught.value) and "aside" in caught.value.fix
 
 
+@pytest.mark.parametrize("damage", ["{bad json", "[1, 2]"])
+def test_a_row_with_damaged_json_is_named_with_the_way_out(tmp_path: Path, damage: str) -> None:
+    from overtrain.results.store import stored_rows
+
+    path = tmp_path / "results.sqlite"
+    with ResultStore(path) as store:
+        damaged, intact = put_noise(store, 1.0, 2.0), put_noise(store, 2.0, 3.0)
+    with sqlite3.connect(path) as connection:
+        connection.execute("UPDATE results SET metrics_json = ? WHERE key = ?", (damage, damaged.key))
+    connection.close()
+    for read in (lambda: ResultStore(path).rows(), lambda: stored_rows(path)):
+        with pytest.raises(OvertrainError, match=f"the row of job {damaged.key} .* in results store {path} is damaged: its metrics_json") as caught:
+            read()
+        assert f"DELETE FROM results WHERE key = '{damaged.key}'" in caught.value.fix
+    with sqlite3.connect(path) as connection:  # the fix, as given
+        connection.execute(f"DELETE FROM results WHERE key = '{damaged.key}'")
+    connection.close()
+    assert [row.key for row in stored_rows(path)] == [intact.key]
+
+
 def test_another_applications_database_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "other.sqlite"
     with sqlite3.connect(path) as connection:

@@ -143,7 +143,7 @@ class ResultStore:
         """The row of a finished job, or ``None``."""
         cursor = self._connection.execute(f"SELECT {', '.join(COLUMNS)} FROM results WHERE key = ?", (key,))
         row = cursor.fetchone()
-        return None if row is None else _parse_row(row)
+        return None if row is None else _parse_row(row, self.path)
 
     def rows(self, kind: str | None = None) -> list[ResultRow]:
         """All rows (or those of one job kind), oldest first."""
@@ -151,7 +151,7 @@ class ResultStore:
         parameters: tuple[str, ...] = ()
         if kind is not None:
             query, parameters = query + " WHERE kind = ?", (kind,)
-        return [_parse_row(row) for row in self._connection.execute(query + " ORDER BY finished_at, key", parameters)]
+        return [_parse_row(row, self.path) for row in self._connection.execute(query + " ORDER BY finished_at, key", parameters)]
 
     def to_dataframe(self, kind: str | None = None) -> pandas.DataFrame:
         """One line per row; nested spec and metrics flattened to ``spec.a.b`` / ``metrics.x`` columns."""
@@ -209,7 +209,7 @@ def stored_keys(path: str | Path) -> set[str]:
 
 def stored_rows(path: str | Path) -> list[ResultRow]:
     """The rows of the store at ``path``, read as :func:`stored_keys` reads its keys (nothing created or changed)."""
-    return [_parse_row(row) for row in _read_only_query(Path(path), f"SELECT {', '.join(COLUMNS)} FROM results ORDER BY finished_at, key")]
+    return [_parse_row(row, Path(path)) for row in _read_only_query(Path(path), f"SELECT {', '.join(COLUMNS)} FROM results ORDER BY finished_at, key")]
 
 
 def _read_only_query(path: Path, query: str) -> list[tuple[Any, ...]]:
@@ -313,20 +313,39 @@ def _row_values(job: Job, output: JobOutput, provenance: Mapping[str, Any], seco
     )
 
 
-def _parse_row(row: tuple[Any, ...]) -> ResultRow:
+def _parse_row(row: tuple[Any, ...], path: Path) -> ResultRow:
     values = dict(zip(COLUMNS, row, strict=True))
+    parsed = {column: _json_object_of(values, column, path) for column in ("spec_json", "metrics_json", "artifacts_json", "provenance_json")}
     return ResultRow(
         key=values["key"],
         kind=values["kind"],
         label=values["label"],
-        spec=json.loads(values["spec_json"]),
-        metrics=json.loads(values["metrics_json"]),
-        artifacts=json.loads(values["artifacts_json"]),
-        provenance=json.loads(values["provenance_json"]),
+        spec=parsed["spec_json"],
+        metrics=parsed["metrics_json"],
+        artifacts=parsed["artifacts_json"],
+        provenance=parsed["provenance_json"],
         seconds=values["seconds"],
         finished_at=values["finished_at"],
         overtrain_version=values["overtrain_version"],
         git_commit=values["git_commit"],
+    )
+
+
+def _json_object_of(values: dict[str, Any], column: str, path: Path) -> dict[str, Any]:
+    """The JSON object a row of the store at ``path`` holds in ``column``; a damaged one is named with the row
+    and the way out."""
+    try:
+        parsed = json.loads(values[column])
+    except (TypeError, ValueError) as error:
+        parsed, detail = None, f"{type(error).__name__}: {error}"
+    else:
+        detail = f"a JSON {type(parsed).__name__}, not an object"
+    if isinstance(parsed, dict):
+        return parsed
+    key = values["key"]
+    raise OvertrainError(
+        f"the row of job {key} ({values['label']}) in results store {path} is damaged: its {column} column holds {detail}",
+        f"delete that row (sqlite3 {path} \"DELETE FROM results WHERE key = '{key}'\") and rerun: its job runs again",
     )
 
 
