@@ -141,6 +141,20 @@ def test_a_row_with_damaged_json_is_named_with_the_way_out(tmp_path: Path, damag
     assert [row.key for row in stored_rows(path)] == [intact.key]
 
 
+@pytest.mark.parametrize("schema", ["CREATE TABLE users (name TEXT)", "PRAGMA user_version = 7"])
+def test_the_report_refuses_another_database_and_leaves_it_byte_for_byte(tmp_path: Path, schema: str) -> None:
+    from overtrain.results.report import write_report
+
+    path = tmp_path / "other.sqlite"
+    with sqlite3.connect(path) as connection:
+        connection.execute(schema)
+    connection.close()
+    before = path.read_bytes()
+    with pytest.raises(OvertrainError, match="not an overtrain results store"):
+        write_report(path, tmp_path / "report")
+    assert path.read_bytes() == before and sorted(item.name for item in tmp_path.iterdir()) == ["other.sqlite"]
+
+
 def test_another_applications_database_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "other.sqlite"
     with sqlite3.connect(path) as connection:

@@ -188,7 +188,7 @@ def _read_store(store_path: Path) -> _Frames:
         raise OvertrainError(f"no results store at {store_path}", "run `overtrain sweep SPEC.yaml` first, or pass the path of results.sqlite")
     if store_path.stat().st_size == 0:
         raise _nothing_to_report(store_path, "is an empty file")
-    with ResultStore(store_path) as store:
+    with ResultStore(store_path, read_only=True) as store:
         if len(store) == 0:
             raise _nothing_to_report(store_path, "holds no finished job")
         frames = _Frames(analysis.noise_frame(store), analysis.finetune_frame(store), analysis.pretrain_frame(store),

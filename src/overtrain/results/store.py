@@ -68,12 +68,14 @@ class ResultStore:
     (or is damaged) raises :class:`OvertrainError` naming the file and what to do.
     """
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, *, read_only: bool = False) -> None:
+        """``read_only``: open an existing store without writing anything to the file (no journal mode, no
+        schema), as the report reads it; puts and deletes then fail."""
         self.path = Path(path)
         _refuse_non_sqlite_file(self.path)
-        self._connection = _connect(self.path)
+        self._connection = _connect_read_only(self.path) if read_only else _connect(self.path)
         try:
-            _prepare(self._connection, self.path)
+            _prepare(self._connection, self.path, read_only)
         except sqlite3.DatabaseError as error:
             self._connection.close()
             if _is_access_error(error):
@@ -258,12 +260,23 @@ def _unwritable_store_error(path: Path, error: BaseException) -> OvertrainError:
     )
 
 
-def _prepare(connection: sqlite3.Connection, path: Path) -> None:
+def _connect_read_only(path: Path) -> sqlite3.Connection:
+    """Open an existing SQLite file for reading only (nothing about it changes)."""
+    if not path.is_file():
+        raise OvertrainError(f"no results store at {path}", "pass the path of a results.sqlite a sweep or probe wrote")
+    return sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_SECONDS, isolation_level=None)
+
+
+def _prepare(connection: sqlite3.Connection, path: Path, read_only: bool = False) -> None:
     connection.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_SECONDS * 1000)}")
-    connection.execute("PRAGMA journal_mode = WAL")
-    connection.execute("PRAGMA synchronous = FULL")
+    if not read_only:
+        connection.execute("PRAGMA journal_mode = WAL")
+        connection.execute("PRAGMA synchronous = FULL")
     if connection.execute("PRAGMA quick_check").fetchone()[0] != "ok":
         raise sqlite3.DatabaseError("quick_check found damage")
+    if read_only:
+        _check_schema(connection, path)
+        return
     connection.execute("BEGIN IMMEDIATE")
     try:
         _create_or_check_schema(connection, path)
@@ -281,6 +294,13 @@ def _create_or_check_schema(connection: sqlite3.Connection, path: Path) -> None:
         connection.execute(f"PRAGMA application_id = {APPLICATION_ID}")
         connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         return
+    _check_schema(connection, path)
+
+
+def _check_schema(connection: sqlite3.Connection, path: Path) -> None:
+    """Refuse a database that is not an overtrain store (another program's, or an empty one)."""
+    application_id = connection.execute("PRAGMA application_id").fetchone()[0]
+    tables = {name for (name,) in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     columns = {row[1] for row in connection.execute("PRAGMA table_info(results)")}
     if application_id != APPLICATION_ID or not set(COLUMNS) <= columns:
         raise OvertrainError(
