@@ -160,8 +160,10 @@ def test_another_applications_database_is_refused(tmp_path: Path) -> None:
     with sqlite3.connect(path) as connection:
         connection.execute("CREATE TABLE users (name TEXT)")
     connection.close()
+    before = path.read_bytes()
     with pytest.raises(OvertrainError, match="not an overtrain results store"):
         ResultStore(path)
+    assert path.read_bytes() == before  # refused before its journal mode was set
 
 
 WRITER = """

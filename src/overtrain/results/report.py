@@ -26,7 +26,7 @@ from overtrain.results.plots import Curve, InflectionMark, Panel, plot_panels
 from overtrain.results.report_benchmarks import benchmark_section
 from overtrain.results.report_multimodal import multimodal_frame, multimodal_section
 from overtrain.results.report_remedies import remedies_section
-from overtrain.results.store import ResultStore
+from overtrain.results.store import ResultStore, require_results_store
 from overtrain.units import format_tokens
 
 TOKENS_LABEL = "pre-training tokens"
@@ -188,7 +188,8 @@ def _read_store(store_path: Path) -> _Frames:
         raise OvertrainError(f"no results store at {store_path}", "run `overtrain sweep SPEC.yaml` first, or pass the path of results.sqlite")
     if store_path.stat().st_size == 0:
         raise _nothing_to_report(store_path, "is an empty file")
-    with ResultStore(store_path, read_only=True) as store:
+    require_results_store(store_path)  # read-only: a file it refuses is left as it was
+    with ResultStore(store_path) as store:
         if len(store) == 0:
             raise _nothing_to_report(store_path, "holds no finished job")
         frames = _Frames(analysis.noise_frame(store), analysis.finetune_frame(store), analysis.pretrain_frame(store),

@@ -68,14 +68,12 @@ class ResultStore:
     (or is damaged) raises :class:`OvertrainError` naming the file and what to do.
     """
 
-    def __init__(self, path: str | Path, *, read_only: bool = False) -> None:
-        """``read_only``: open an existing store without writing anything to the file (no journal mode, no
-        schema), as the report reads it; puts and deletes then fail."""
+    def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         _refuse_non_sqlite_file(self.path)
-        self._connection = _connect_read_only(self.path) if read_only else _connect(self.path)
+        self._connection = _connect(self.path)
         try:
-            _prepare(self._connection, self.path, read_only)
+            _prepare(self._connection, self.path)
         except sqlite3.DatabaseError as error:
             self._connection.close()
             if _is_access_error(error):
@@ -260,30 +258,33 @@ def _unwritable_store_error(path: Path, error: BaseException) -> OvertrainError:
     )
 
 
-def _connect_read_only(path: Path) -> sqlite3.Connection:
-    """Open an existing SQLite file for reading only (nothing about it changes)."""
-    if not path.is_file():
-        raise OvertrainError(f"no results store at {path}", "pass the path of a results.sqlite a sweep or probe wrote")
-    return sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_SECONDS, isolation_level=None)
+def require_results_store(path: Path) -> None:
+    """Refuse, without changing the file, an SQLite file that is not an overtrain store (another program's,
+    or one without overtrain's table): what a reader such as the report checks before opening it."""
+    _refuse_non_sqlite_file(path)
+    try:
+        connection = sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_SECONDS)
+        try:
+            _check_schema(connection, path)
+        finally:
+            connection.close()
+    except sqlite3.DatabaseError as error:
+        raise _damaged_store_error(path, error) from None
 
 
-def _prepare(connection: sqlite3.Connection, path: Path, read_only: bool = False) -> None:
+def _prepare(connection: sqlite3.Connection, path: Path) -> None:
     connection.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_SECONDS * 1000)}")
-    if not read_only:
-        connection.execute("PRAGMA journal_mode = WAL")
-        connection.execute("PRAGMA synchronous = FULL")
     if connection.execute("PRAGMA quick_check").fetchone()[0] != "ok":
         raise sqlite3.DatabaseError("quick_check found damage")
-    if read_only:
-        _check_schema(connection, path)
-        return
-    connection.execute("BEGIN IMMEDIATE")
+    connection.execute("BEGIN IMMEDIATE")  # the schema first: a database that is refused is left as it was
     try:
         _create_or_check_schema(connection, path)
         connection.execute("COMMIT")
     except BaseException:
         connection.execute("ROLLBACK")
         raise
+    connection.execute("PRAGMA journal_mode = WAL")
+    connection.execute("PRAGMA synchronous = FULL")
 
 
 def _create_or_check_schema(connection: sqlite3.Connection, path: Path) -> None:
