@@ -294,3 +294,14 @@ def test_cli_writes_json_and_figures_and_prints_a_table(tmp_path, capsys, monkey
     assert set(report["remedies"]) == {"replay", "lpft", "wise"}
     printed = capsys.readouterr().out
     assert "inflection T" in printed and "remedies at rate" in printed
+
+
+def test_a_diverged_simulation_is_refused_before_any_file_is_written(tmp_path):
+    """Fine-tuning at rate 1 on a small network overflows: its curves are inf/NaN, and would have been drawn."""
+    overrides = ["network.input_dim=8", "network.hidden_dim=8", "network.output_dim=8", "pretrain.time_max=8",
+                 "pretrain.points_per_octave=1", "noise.draws=2", "finetune.lrs=[1]"]
+    with np.errstate(all="ignore"), pytest.raises(OvertrainError, match=r"the simulation diverged: .* not finite .*finetune") as caught:
+        run_theory_cli(overrides, tmp_path / "out", dry_run=False)
+    assert "finetune.lrs" in caught.value.fix and not (tmp_path / "out").exists()
+    with pytest.raises(OvertrainError, match="network.seed"):
+        load_theory_config(["network.seed=-1"])

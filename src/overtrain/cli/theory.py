@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import math
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import yaml
@@ -68,11 +70,39 @@ def run_theory_cli(overrides: list[str], out_dir: Path, dry_run: bool = False) -
     results = run_all(config)
     seconds = time.perf_counter() - started
     out_dir = Path(out_dir)
+    written = results_to_dict(results, seconds)
+    _refuse_non_finite(written)  # before any figure: a diverged simulation writes nothing
     figures = write_figures(results, out_dir)
-    atomic_write_json(out_dir / "theory.json", results_to_dict(results, seconds))
+    atomic_write_json(out_dir / "theory.json", written)
     print(summary_table(results))
     print(f"computed in {seconds:.1f} s; wrote {len(figures)} figures and theory.json to {out_dir}")
     return 0
+
+
+def _refuse_non_finite(written: dict[str, object]) -> None:
+    """Refuse results that hold an infinite or NaN number: gradient descent on the linear model diverged (a
+    step or rate too large for the sizes and times asked for), and its curves would be drawn as if it had not."""
+    bad = list(_non_finite_paths(written["sweeps"], "sweeps")) + list(_non_finite_paths(written["pretrain_loss"], "pretrain_loss"))
+    if bad:
+        raise OvertrainError(
+            f"the simulation diverged: {len(bad)} results are not finite numbers (first: {', '.join(bad[:3])})",
+            "lower the step sizes and rates (pretrain.step, finetune.lrs, finetune.lambda_lr, finetune.remedy_lr; a larger "
+            "pretrain.spectrum_top needs a smaller step), or pretrain.time_max; the defaults are stable",
+        )
+
+
+def _non_finite_paths(value: object, path: str, in_curve: bool = False) -> Iterator[str]:
+    """Paths (``sweeps.lr.loss[3]``) of the infinite or NaN numbers of the curves (lists) in a JSON-like tree.
+    Single statistics may be NaN by design (an inflection's standard error where there is no U), so only
+    curve points count."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            yield from _non_finite_paths(item, f"{path}.{key}")
+    elif isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            yield from _non_finite_paths(item, f"{path}[{index}]", in_curve=True)
+    elif in_curve and isinstance(value, float) and not math.isfinite(value):
+        yield path
 
 
 def command_theory(args: argparse.Namespace) -> int:

@@ -168,6 +168,8 @@ def validate_theory_config(config: TheoryConfig) -> TheoryConfig:
     _require(all(0 <= a <= 1 for a in finetune.wise_alphas), "finetune.wise_alphas", finetune.wise_alphas, "numbers in [0, 1], e.g. [0.25,0.5,1]")
     _require(len(noise.stds) >= 1 and all(std > 0 for std in noise.stds), "noise.stds", noise.stds, "one or more positive stds, e.g. [0.05]")
     _require(noise.draws >= 1, "noise.draws", noise.draws, "a whole number >= 1")
+    for field_path, seed in (("network.seed", network.seed), ("noise.seed", noise.seed), ("target.data_seed", target.data_seed)):
+        _require(isinstance(seed, int) and seed >= 0, field_path, seed, "a whole number >= 0 (numpy's seeds are)")
     swept = {"finetune.lrs": finetune.lrs, "finetune.lambdas": finetune.lambdas, "finetune.replay_fractions": finetune.replay_fractions,
              "finetune.probe_steps": finetune.probe_steps, "finetune.wise_alphas": finetune.wise_alphas, "noise.stds": noise.stds}
     for field_path, values in swept.items():  # a repeated value is the same curve twice, as the other verbs refuse
