@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import math
 from pathlib import Path
 from types import SimpleNamespace
@@ -285,6 +286,20 @@ def test_local_run_and_ladder_of_ours(tmp_path: Path) -> None:
     assert str(tmp_path / "ladder" / "budget-1k" / "checkpoints") in error.value.fix
     with pytest.raises(OvertrainError, match="holds no checkpoints"):
         list_local_family(tmp_path)
+
+
+def test_a_local_checkpoint_cut_short_is_flagged_damaged_and_never_computed_on(tmp_path: Path) -> None:
+    """Its recorded checksum still names the intact weights, so only reading the file's header tells."""
+    run = tmp_path / "run"
+    for step, seed in ((1, 1), (2, 2)):
+        _our_checkpoint(run / "checkpoints" / f"step-00000{step}-tokens-{step}000", step, step * 1000, seed)
+    damaged = run / "checkpoints" / "step-000002-tokens-2000"
+    os.truncate(damaged / "model.safetensors", 60)
+    for include_duplicates in (False, True):
+        plan = plan_family(str(run), "all", include_duplicates=include_duplicates)
+        assert [r.name for r in plan.chosen] == ["step-000001-tokens-1000"]
+        assert [str(flag) for flag in plan.report.flags["step-000002-tokens-2000"]] == ["damaged(model.safetensors)"]
+    assert "damaged(model.safetensors)" in format_table(plan_family(str(run), "all"))
 
 
 @pytest.mark.parametrize("path", ["/no/such/ladder", "./no_such_ladder", "~/no_such_ladder"])

@@ -16,7 +16,9 @@ Flags (:class:`Flag`), all but ``tokens-mismatch`` skipped unless asked:
 - ``alias``: the same weights under a second name for the same step (only the first name is kept);
 - ``shares-files``: some weight files, not all, are another revision's (a mixed checkpoint);
 - ``no-weights``: the branch has no weight file;
-- ``tokens-mismatch``: the name's token count disagrees with step x batch (kept; tokens from the name).
+- ``tokens-mismatch``: the name's token count disagrees with step x batch (kept; tokens from the name);
+- ``damaged``: a local revision's weight file is cut short or not safetensors (skipped even with
+  ``include_duplicates``).
 """
 
 from __future__ import annotations
@@ -31,7 +33,9 @@ from typing import Any
 from overtrain.errors import OvertrainError
 from overtrain.families.listing import FamilyListing, HubClient, Revision, default_client
 
-SKIPPED = frozenset({"equals-final", "duplicate", "alias", "shares-files", "no-weights"})
+SKIPPED = frozenset({"equals-final", "duplicate", "alias", "shares-files", "no-weights", "damaged"})
+ALWAYS_SKIPPED = frozenset({"damaged"})
+"""Flags no option includes: weights that cannot be read are not computed on."""
 WeightFiles = Mapping[str, str]
 """``{file path: content hash}``; hashes are ``sha256:HEX`` (LFS) or ``git:OID`` (files kept in git)."""
 
@@ -139,6 +143,12 @@ def integrity_report(revisions: Sequence[Revision], weights: dict[str, dict[str,
     return IntegrityReport({name: tuple(flags[name]) for name in order}, dict(weights), final_alias)
 
 
+def with_flags(report: IntegrityReport, added: Mapping[str, Flag]) -> IntegrityReport:
+    """``report`` with one more flag for each revision named in ``added``."""
+    flags = {name: (*found, added[name]) if name in added else found for name, found in report.flags.items()}
+    return IntegrityReport(flags, report.weights, report.final_alias)
+
+
 def _identity_keys(files: WeightFiles) -> list[tuple[str, tuple[str, ...]]]:
     """One key per weight format: two revisions are the same weights when a key is shared."""
     by_format: dict[str, list[str]] = defaultdict(list)
@@ -218,6 +228,8 @@ def _flag_shared_files(
 
 def kept_revisions(revisions: Sequence[Revision], report: IntegrityReport | None, include_duplicates: bool = False) -> list[Revision]:
     """The revisions to compute on: all when ``include_duplicates`` (or no report), else the unflagged ones."""
-    if include_duplicates or report is None:
+    if report is None:
         return list(revisions)
+    if include_duplicates:
+        return [revision for revision in revisions if not any(flag.kind in ALWAYS_SKIPPED for flag in report.flags.get(revision.name, ()))]
     return [revision for revision in revisions if not report.skipped(revision.name)]

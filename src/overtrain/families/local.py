@@ -17,7 +17,7 @@ import re
 from pathlib import Path
 
 from overtrain.checkpoints.discovery import list_checkpoints
-from overtrain.checkpoints.folder import METADATA_FILE, is_overtrain_checkpoint, read_checkpoint_info
+from overtrain.checkpoints.folder import METADATA_FILE, is_overtrain_checkpoint, read_checkpoint_info, safetensors_header_problem
 from overtrain.checkpoints.names import parse_checkpoint_name
 from overtrain.errors import OvertrainError
 from overtrain.families.integrity import is_weight_file
@@ -75,6 +75,17 @@ def local_weight_files(revision: Revision) -> dict[str, str]:
         digest = recorded.get(path.name) or (linked if SHA256_NAME.match(linked) else None) or file_sha256(path)
         files[path.name] = f"sha256:{digest}"
     return files
+
+
+def damaged_weight_file(revision: Revision) -> str | None:
+    """The name of a local revision's first safetensors weight file that is cut short or not safetensors
+    (its header read, no tensor), or None. Recorded checksums identify the weights without reading them, so
+    without this a truncated checkpoint was listed as usable."""
+    folder = Path(revision.path or revision.source)
+    for path in sorted(folder.glob("*.safetensors")):
+        if is_weight_file(path.name) and safetensors_header_problem(path):
+            return path.name
+    return None
 
 
 def _subfolders(folder: Path) -> list[Path]:

@@ -10,9 +10,17 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from overtrain.families.integrity import IntegrityReport, check_family, integrity_report, kept_revisions
+from overtrain.families.integrity import (
+    ALWAYS_SKIPPED,
+    Flag,
+    IntegrityReport,
+    check_family,
+    integrity_report,
+    kept_revisions,
+    with_flags,
+)
 from overtrain.families.listing import FamilyListing, HubClient, Revision, list_family
-from overtrain.families.local import is_local_source, list_local_family, local_weight_files
+from overtrain.families.local import damaged_weight_file, is_local_source, list_local_family, local_weight_files
 from overtrain.families.selection import Selection, parse_selection, select
 from overtrain.units import format_tokens
 
@@ -41,7 +49,9 @@ def plan_family(
     if is_local_source(source):
         listing = list_local_family(source)
         weights = {revision.name: local_weight_files(revision) for revision in listing.revisions}
-        report = integrity_report(listing.revisions, weights, final=None)
+        damaged = {revision.name: Flag("damaged", name) for revision in listing.revisions
+                   for name in [damaged_weight_file(revision)] if name}
+        report = with_flags(integrity_report(listing.revisions, weights, final=None), damaged)
     else:
         listing = list_family(source, client)
         report = check_family(listing, client, workers)
@@ -111,13 +121,14 @@ def _header(plan: FamilyPlan) -> str:
 
 
 def _summary(plan: FamilyPlan) -> str:
-    total, skipped = len(plan.listing.revisions), len(plan.skipped)
-    kept = total if plan.include_duplicates else total - skipped
+    skipped = len(plan.skipped)
+    kept = len(kept_revisions(plan.listing.revisions, plan.report, plan.include_duplicates))
+    damaged = sum(1 for flags in plan.report.flags.values() if any(flag.kind in ALWAYS_SKIPPED for flag in flags))
     text = f"{len(plan.chosen)} selected ({_selection_text(plan.selection)}) of {kept} kept; {skipped} flagged"
     if skipped and not plan.include_duplicates:
-        text += " and skipped (--include-duplicates keeps them)"
+        text += " and skipped" + (" (--include-duplicates keeps them)" if skipped > damaged else "")
     elif skipped:
-        text += ", kept because of --include-duplicates"
+        text += ", kept because of --include-duplicates" + (f" except {damaged} damaged" if damaged else "")
     return text
 
 
