@@ -302,6 +302,25 @@ def test_a_local_checkpoint_cut_short_is_flagged_damaged_and_never_computed_on(t
     assert "damaged(model.safetensors)" in format_table(plan_family(str(run), "all"))
 
 
+@pytest.mark.parametrize(("written", "message"), [([], "names no revision"), ("[]", "names no revision"), (["a", ""], "holds an empty name"),
+                                                   (["step1", "step2", "step1"], "names step1 more than once"), ("[a,b,a]", "names a more than once")])
+def test_a_selection_of_no_name_or_a_name_twice_is_refused(written: object, message: str) -> None:
+    with pytest.raises(OvertrainError, match=message):
+        parse_selection(written)
+
+
+def test_a_sweeps_family_section_whose_every_revision_is_flagged_is_refused(tmp_path: Path) -> None:
+    from overtrain.sweep.config import sweep_config_from_tree
+    from overtrain.sweep.plan import plan_jobs
+
+    run = tmp_path / "run"
+    _our_checkpoint(run / "checkpoints" / "step-000001-tokens-1000", 1, 1000, 1)
+    os.truncate(run / "checkpoints" / "step-000001-tokens-1000" / "model.safetensors", 60)
+    config = sweep_config_from_tree({"out_dir": str(tmp_path / "sweep"), "family": {"source": str(run)}, "noise": {}})
+    with pytest.raises(OvertrainError, match=r"family.source .* selects no revision to compute on: all 1 are flagged .*damaged"):
+        plan_jobs(config)
+
+
 @pytest.mark.parametrize("path", ["/no/such/ladder", "./no_such_ladder", "~/no_such_ladder"])
 def test_a_family_path_that_does_not_exist_is_said_so_not_taken_for_a_hub_name(path: str) -> None:
     with pytest.raises(OvertrainError, match=f"{path} does not exist"):

@@ -32,7 +32,7 @@ def parse_selection(value: object) -> Selection:
     if value is None or value == "all":
         return Selection("all")
     if isinstance(value, (list, tuple)):
-        return Selection("names", names=tuple(str(name) for name in value))
+        return _named(tuple(str(name).strip() for name in value), repr(list(value)))
     text = str(value).strip()
     for kind in ("every", "log"):
         if text.startswith(f"{kind}:"):
@@ -40,9 +40,17 @@ def parse_selection(value: object) -> Selection:
             if not number.isdigit() or int(number) < 1:
                 raise OvertrainError(f"select={text}: {kind}: needs a whole number >= 1", f"write e.g. select={kind}:4")
             return Selection(kind, int(number))
-    names = tuple(name.strip() for name in text.strip("[]").split(",") if name.strip())
-    if not names:
-        raise OvertrainError(f"select={text!r} names no revision", SELECT_HELP)
+    return _named(tuple(name.strip() for name in text.strip("[]").split(",") if name.strip()), repr(text))
+
+
+def _named(names: tuple[str, ...], written: str) -> Selection:
+    """A selection by names, refused when it names none (nothing would be computed) or one twice."""
+    if not names or not all(names):
+        raise OvertrainError(f"select={written} names no revision" if not names else f"select={written} holds an empty name",
+                             SELECT_HELP)
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise OvertrainError(f"select={written} names {', '.join(repeated)} more than once", "name each revision once")
     return Selection("names", names=names)
 
 

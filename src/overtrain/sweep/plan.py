@@ -10,6 +10,7 @@ from typing import Any
 
 from overtrain.checkpoints.names import checkpoint_folder_name, parse_checkpoint_name
 from overtrain.config import config_to_dict
+from overtrain.errors import OvertrainError
 from overtrain.pretrain.config import PretrainConfig
 from overtrain.pretrain.ladder import plan_ladder
 from overtrain.probes.finetune import FinetuneConfig
@@ -54,6 +55,12 @@ def family_checkpoints(config: SweepConfig) -> list[PlannedCheckpoint]:
 
     family = config.family
     plan = plan_family(family.source, family.select, family.include_duplicates)
+    if not plan.chosen:  # every revision flagged: the section would plan no job, and the sweep say nothing of it
+        flagged = "; ".join(f"{name}: {', '.join(map(str, flags))}" for name, flags in list(plan.report.flags.items())[:3] if flags)
+        raise OvertrainError(
+            f"family.source {family.source} selects no revision to compute on: all {len(plan.listing.revisions)} are flagged ({flagged})",
+            "set family.include_duplicates=true to keep duplicates and aliases (damaged weights are never kept), or choose another source",
+        )
     return [PlannedCheckpoint(revision.reference, revision.tokens, None,
                               listed_tokens=None if revision.path is not None and is_overtrain_checkpoint(revision.path) else revision.tokens)
             for revision in plan.chosen]
