@@ -46,11 +46,13 @@ def test_remedy_axes_cross_like_the_other_axes() -> None:
 
 
 def test_variants_add_remedy_grids_without_crossing_every_axis() -> None:
-    variants = "finetune.variants=[{lr: 0.01, replay_fractions: [0.125, 0.25]}, {lrs: [0.01], linear_probe_steps: 20}, {lr: 0.01}]"
+    variants = "finetune.variants=[{lr: 0.01, replay_fractions: [0.125, 0.25]}, {lrs: [0.01], linear_probe_steps: 20}]"
     jobs = _finetune_jobs("finetune.lrs=[5e-3,1e-2,2e-2]", "finetune.wise_alphas=[0.5]", variants)
     specs = [job.spec["finetune"] for job in jobs]
     plain = [s for s in specs if "replay_fraction" not in s and "linear_probe_steps" not in s]
-    assert sorted(s["lr"] for s in plain) == [5e-3, 1e-2, 2e-2]  # {lr: 0.01} repeats a base job: it runs once
+    assert sorted(s["lr"] for s in plain) == [5e-3, 1e-2, 2e-2]
+    with pytest.raises(OvertrainError, match=r"finetune.variants\[2\] adds no job: every combination it names is already in the grid"):
+        _finetune_jobs("finetune.lrs=[5e-3,1e-2,2e-2]", "finetune.wise_alphas=[0.5]", variants[:-1] + ", {lr: 0.01}]")  # a base job again
     assert sorted(s["replay_fraction"] for s in specs if "replay_fraction" in s) == [0.125, 0.25]
     assert [s["linear_probe_steps"] for s in specs if "linear_probe_steps" in s] == [20]
     assert len(jobs) == 6 and len({job.key for job in jobs}) == 6
@@ -62,6 +64,7 @@ def test_variants_add_remedy_grids_without_crossing_every_axis() -> None:
 @pytest.mark.parametrize("variant, message", [
     ("[{replay_fraction: 1.5}]", "replay_fraction"),
     ("[{lrs: []}]", r"variants\[0\].lrs"),
+    ("[{lr: -1}]", r"finetune.variants\[0\].lr=-1.0 is invalid"),  # named where it was set, not as the base's finetune.lr
     ("[{eval_tokens: 5}]", "cannot change"),
     ("[{lrz: [1]}]", "lrz"),
     ("[3]", "mapping"),

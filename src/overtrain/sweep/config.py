@@ -215,12 +215,15 @@ def finetune_grid(section: Any) -> list[FinetuneConfig]:
     linear_probe_steps order, then those of each variant not already listed."""
     configs: list[FinetuneConfig] = []
     for part in finetune_sections(section):
-        shared = {name: getattr(part, name) for name in (f.name for f in dataclasses.fields(FinetuneConfig)) if name not in FINETUNE_AXES}
-        for values in itertools.product(*(getattr(part, plural) for plural in FINETUNE_AXES.values())):
-            config = FinetuneConfig(**dict(zip(FINETUNE_AXES, values)), **shared)
-            if config not in configs:
-                configs.append(config)
+        configs += [config for config in finetune_part_grid(part) if config not in configs]
     return configs
+
+
+def finetune_part_grid(part: Any) -> list[FinetuneConfig]:
+    """The :class:`FinetuneConfig` of one part of a ``finetune:`` section (its base, or one variant)."""
+    shared = {name: getattr(part, name) for name in (f.name for f in dataclasses.fields(FinetuneConfig)) if name not in FINETUNE_AXES}
+    return [FinetuneConfig(**dict(zip(FINETUNE_AXES, values)), **shared)
+            for values in itertools.product(*(getattr(part, plural) for plural in FINETUNE_AXES.values()))]
 
 
 
@@ -500,12 +503,20 @@ def _check_sharpness(section: SharpnessSweep, problems: SettingProblems) -> None
 def _check_finetune(section: Any, problems: SettingProblems) -> None:
     examples = {"tasks": "[kjv-to-web]", "lrs": "[1e-4,1e-3]", "seeds": "2", "reg_lambdas": "[0]", "replay_fractions": "[0,0.25]",
                 "linear_probe_steps": "[0,20]"}
+    planned: list[FinetuneConfig] = []
     for index, part in enumerate(finetune_sections(section)):
         where = "finetune." if index == 0 else f"finetune.variants[{index - 1}]."
         for plural in FINETUNE_AXES.values():
             _check_axis(getattr(part, plural), f"{where}{plural}", examples[plural], problems)
-    for config in finetune_grid(section):
-        config.collect_problems(problems, prefix="finetune.")
+        if problems.messages:
+            continue
+        grid = finetune_part_grid(part)
+        for config in grid:  # each problem named where it was set: the base or its variant
+            config.collect_problems(problems, prefix=where)
+        if index > 0 and all(config in planned for config in grid):
+            problems.add_text(f"{where.rstrip('.')} adds no job: every combination it names is already in the grid",
+                              "give each variant a setting that differs from the base and from the other variants, or remove it")
+        planned += grid
     _check_probe_data(section, "finetune.", problems)
     if problems.messages:
         return
