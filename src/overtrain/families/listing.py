@@ -85,8 +85,9 @@ def missing_revision(name: str, names: list[str], family: str) -> OvertrainError
 
     close = difflib.get_close_matches(name, names, n=3)
     hint = f"did you mean {', '.join(close)}? " if close else ""
+    shown = ", ".join(names) if len(names) <= 5 else f"{', '.join(names[:3])} ... {', '.join(names[-2:])}"  # each name once
     return OvertrainError(
-        f"revision {name!r} is not a checkpoint of {family} (it has {len(names)}: {', '.join(names[:3])} ... {', '.join(names[-2:])})",
+        f"revision {name!r} is not a checkpoint of {family} (it has {len(names)}: {shown})",
         f"{hint}run `overtrain family {family}` to list them",
     )
 
