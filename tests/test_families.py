@@ -302,6 +302,11 @@ def test_a_local_checkpoint_cut_short_is_flagged_damaged_and_never_computed_on(t
     assert "damaged(model.safetensors)" in format_table(plan_family(str(run), "all"))
 
 
+def test_an_empty_family_source_is_refused_not_taken_for_the_working_directory() -> None:
+    with pytest.raises(OvertrainError, match="the family source is empty"):
+        plan_family("  ")
+
+
 @pytest.mark.parametrize(("written", "message"), [([], "names no revision"), ("[]", "names no revision"), (["a", ""], "holds an empty name"),
                                                    (["step1", "step2", "step1"], "names step1 more than once"), ("[a,b,a]", "names a more than once")])
 def test_a_selection_of_no_name_or_a_name_twice_is_refused(written: object, message: str) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from overtrain.errors import OvertrainError
 from overtrain.families.integrity import (
     ALWAYS_SKIPPED,
     Flag,
@@ -46,6 +47,8 @@ def plan_family(
 ) -> FamilyPlan:
     """List ``source`` (a known family, ``hf:ORG/NAME`` or a local folder), check it, and select revisions."""
     parsed = parse_selection(selection)
+    if not str(source).strip():  # Path("") is the working directory, which would be listed as a family
+        raise OvertrainError("the family source is empty", "pass a family name (overtrain family lists them), hf:ORG/NAME, or a run, ladder or folder of checkpoints")
     if is_local_source(source):
         listing = list_local_family(source)
         weights = {revision.name: local_weight_files(revision) for revision in listing.revisions}
