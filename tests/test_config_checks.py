@@ -37,7 +37,7 @@ def test_repeated_ladder_budgets_are_refused_as_repeated_gammas_are() -> None:
                            (lambda o: load_sweep_config(SWEEP_DEMO, o), "pretrain.ladder.budgets_tokens=[500000,500000]")):
         with pytest.raises(OvertrainError, match=re.escape("ladder.budgets_tokens=[500000, 500000] repeats a value")) as caught:
             load([override])
-        assert caught.value.fix == "list each value of ladder.budgets_tokens once"
+        assert caught.value.fix == f"list each value of {override.split('=')[0]} once"  # the key as that verb's user writes it
 
 
 def test_ladder_budgets_that_train_the_same_number_of_steps_are_refused() -> None:
@@ -257,3 +257,13 @@ def test_the_sections_that_mark_a_sweep_spec_are_the_sweeps_own() -> None:
     shared_with_a_run = {field.name for field in dataclasses.fields(PretrainConfig)}
     only_a_sweeps = {field.name for field in dataclasses.fields(SweepConfig)} - shared_with_a_run - {"eval_data", "report"}
     assert set(SWEEP_SPEC_SECTIONS) == only_a_sweeps
+
+
+def test_a_sweeps_pretraining_problems_name_their_keys_with_pretrain_before_them() -> None:
+    """Free-text problems (not only key=value ones) name keys as a sweep's user writes them."""
+    with pytest.raises(OvertrainError) as refused:
+        load_sweep_config(str(SWEEP_DEMO), ["pretrain.ladder.budgets_tokens=[500000,500000]", "pretrain.train.checkpoint_at_tokens=[100,100]"])
+    text = f"{refused.value.problem}\n{refused.value.fix}"
+    assert "pretrain.ladder.budgets_tokens=[500000, 500000] repeats a value" in text
+    assert "pretrain.train.checkpoint_at_tokens=[100, 100] repeats a value" in text and "pretrain.pretrain." not in text
+    assert " ladder.budgets_tokens" not in text.replace("pretrain.ladder", "")

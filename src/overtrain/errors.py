@@ -7,6 +7,8 @@ prints the message alone, without a traceback, and exits with status 2.
 
 from __future__ import annotations
 
+import re
+
 
 class OvertrainError(Exception):
     """A problem with the user's input or environment, explained in words the user can act on."""
@@ -20,12 +22,15 @@ class OvertrainError(Exception):
 class SettingProblems:
     """Collects every invalid setting of a config, so that one error names them all (and every fix)."""
 
-    def __init__(self, key_prefix: str = "") -> None:
+    def __init__(self, key_prefix: str = "", sections: tuple[str, ...] = ()) -> None:
         self.messages: list[str] = []
         self.fixes: list[str] = []
         self.key_prefix = key_prefix
         """Prepended to the keys of :meth:`add`: a section checked inside a bigger config (a sweep's
         ``pretrain.``) names its keys as the user writes them."""
+        self.sections = sections
+        """The checked config's sections (``train``, ...): with a ``key_prefix``, the free text of
+        :meth:`add_text` gets it before every ``SECTION.key`` it names, as :meth:`add`'s keys do."""
 
     def add(self, key: str, value: object, allowed: str) -> None:
         key = self.key_prefix + key
@@ -36,9 +41,16 @@ class SettingProblems:
             self.add(key, value, allowed)
 
     def add_text(self, message: str, fix: str) -> None:
+        message, fix = self._prefixed(message), self._prefixed(fix)
         if message not in self.messages:  # two checks may find the same problem; name it once
             self.messages.append(message)
             self.fixes.append(fix)
+
+    def _prefixed(self, text: str) -> str:
+        if not (self.key_prefix and self.sections and text):
+            return text
+        sections = "|".join(map(re.escape, self.sections))
+        return re.sub(rf"(?<![\w./\\-])(?=(?:{sections})\.[A-Za-z_])", self.key_prefix, text)
 
     def raise_if_any(self, summary: str = "invalid settings") -> None:
         """One problem as itself; several as ``N <summary>:`` and a list, with each distinct fix once."""

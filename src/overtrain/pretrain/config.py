@@ -10,7 +10,7 @@ from __future__ import annotations
 import fnmatch
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -133,7 +133,8 @@ def validate_pretrain_config(config: PretrainConfig, *, as_written: bool = False
     itself is checked against its largest budget). ``key_prefix`` (a sweep's ``pretrain.``) is put before
     the keys the problems name.
     """
-    problems = SettingProblems(key_prefix)
+    sections = tuple(item.name for item in fields(PretrainConfig) if is_dataclass(getattr(config, item.name)))
+    problems = SettingProblems(key_prefix, sections=sections)
     _check_model(config.model, problems)
     _check_data(config.data, problems)
     _check_train(config.train, problems)
