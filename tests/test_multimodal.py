@@ -170,6 +170,8 @@ def test_sweep_tunes_every_checkpoint_after_one_feature_job_and_reports_vlm_and_
         sweep_config_from_tree({**tree, "multimodal": {**section, "datasets": ["mnist"]}})
     with pytest.raises(OvertrainError, match="multimodal.save_dir"):
         sweep_config_from_tree({**tree, "multimodal": {**section, "save_dir": str(text)}})  # an existing file
+    with pytest.raises(OvertrainError, match="multimodal.train_images=10000 is invalid"):  # 1,000 a class: found only after fetching it
+        sweep_config_from_tree({**tree, "multimodal": {**section, "datasets": ["cifar10"], "train_images": 10_000, "heldout_images": 10}})
     with pytest.raises(OvertrainError, match="multimodal.cifar_source"):  # its fix was to delete the missing file
         sweep_config_from_tree({**tree, "multimodal": {**section, "datasets": ["cifar10"], "cifar_source": str(tmp_path / "missing.json")}})
     from overtrain.sweep.preflight import check_sweep_inputs

@@ -38,6 +38,14 @@ BIGBENCH_SDIST = "bigbench-1.0.0.tar.gz"
 CIFAR_MEMBER = "bigbench/benchmark_tasks/cifar10_classification/base64/task.json"
 CIFAR_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 CIFAR_QUESTION = "what is in the photo?"
+CIFAR_IMAGES_PER_CLASS = 1000
+"""CIFAR-10's test split, which BIG-bench's task holds: 1,000 images of each class (checked again at run time)."""
+
+
+def cifar_images_short(train: int, heldout: int) -> int:
+    """How many images per class a (train, heldout) request asks beyond :data:`CIFAR_IMAGES_PER_CLASS` (0: it fits)."""
+    classes = len(CIFAR_CLASSES)
+    return max(0, -(-train // classes) + -(-heldout // classes) - CIFAR_IMAGES_PER_CLASS)
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,14 @@ import torch
 
 from overtrain.errors import OvertrainError, SettingProblems
 from overtrain.model.loss import IGNORE_INDEX
-from overtrain.multimodal.datasets import DATASETS, ImageSet, load_image_set, vision_cache_dir
+from overtrain.multimodal.datasets import (
+    CIFAR_IMAGES_PER_CLASS,
+    DATASETS,
+    ImageSet,
+    cifar_images_short,
+    load_image_set,
+    vision_cache_dir,
+)
 from overtrain.multimodal.encoders import DEFAULT_ENCODER, ENCODERS, VisionEncoder, cached_features, load_encoder
 from overtrain.multimodal.model import VisionLanguageModel, greedy_answers, save_vision_language_model
 from overtrain.precision import autocast_context
@@ -124,6 +131,10 @@ class MultimodalConfig:
         need(_whole(self.max_len) and self.max_len >= 2, f"{prefix}max_len", self.max_len, "a whole number of tokens >= 2, e.g. 128")
         need(self.encoder in ENCODERS or str(self.encoder).startswith("hf:"), f"{prefix}encoder", self.encoder,
              f"{' or '.join(ENCODERS)} (offline), or hf:ORG/NAME, e.g. hf:openai/clip-vit-large-patch14")
+        if "cifar10" in sets and _whole(self.train_images) and _whole(self.heldout_images):
+            need(cifar_images_short(self.train_images, self.heldout_images) == 0, f"{prefix}train_images", self.train_images,
+                 f"with heldout_images={self.heldout_images}, at most {CIFAR_IMAGES_PER_CLASS} images per CIFAR-10 class in all "
+                 f"({CIFAR_IMAGES_PER_CLASS * 10:,} images: its test split)")
         if self.cifar_source is not None and "cifar10" in self.datasets:
             need(Path(str(self.cifar_source)).expanduser().is_file(), f"{prefix}cifar_source", self.cifar_source,
                  "the path of the BIG-bench sdist or its extracted task.json (a file that exists), or leave it unset to fetch it")
