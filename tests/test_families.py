@@ -324,6 +324,9 @@ def test_a_sweeps_family_section_whose_every_revision_is_flagged_is_refused(tmp_
     config = sweep_config_from_tree({"out_dir": str(tmp_path / "sweep"), "family": {"source": str(run)}, "noise": {}})
     with pytest.raises(OvertrainError, match=r"family.source .* selects no revision to compute on: all 1 are flagged .*damaged"):
         plan_jobs(config)
+    repeated = sweep_config_from_tree({"out_dir": str(tmp_path / "sweep"), "family": {"source": str(run), "select": ["a", "a"]}, "noise": {}})
+    with pytest.raises(OvertrainError, match=r"^family\.select=\['a', 'a'\] names a more than once"):  # the sweep's key
+        plan_jobs(repeated)
 
 
 @pytest.mark.parametrize("path", ["/no/such/ladder", "./no_such_ladder", "~/no_such_ladder"])

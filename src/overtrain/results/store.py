@@ -313,7 +313,8 @@ def _check_schema(connection: sqlite3.Connection, path: Path) -> None:
 def _damaged_store_error(path: Path, error: sqlite3.DatabaseError) -> OvertrainError:
     return OvertrainError(
         f"results store {path} cannot be read ({error}); it is damaged or not an SQLite file",
-        f"move {path} (and any {path.name}-wal / {path.name}-shm next to it) aside and rerun: finished jobs are then run again",
+        f"move {path} (and any {path.name}-wal / {path.name}-shm next to it) aside and rerun the sweep or probe that wrote it: "
+        "its finished jobs are then run again",
     )
 
 

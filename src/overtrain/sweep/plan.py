@@ -4,6 +4,7 @@ job per checkpoint and setting, each depending on the pre-training job that writ
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -54,7 +55,10 @@ def family_checkpoints(config: SweepConfig) -> list[PlannedCheckpoint]:
     from overtrain.families.plan import plan_family
 
     family = config.family
-    plan = plan_family(family.source, family.select, family.include_duplicates)
+    try:
+        plan = plan_family(family.source, family.select, family.include_duplicates)
+    except OvertrainError as error:  # plan_family names its settings as `overtrain family` takes them (select=...)
+        raise OvertrainError(_as_family_key(error.problem), error.fix and _as_family_key(error.fix)) from None
     if not plan.chosen:  # every revision flagged: the section would plan no job, and the sweep say nothing of it
         flagged = "; ".join(f"{name}: {', '.join(map(str, flags))}" for name, flags in list(plan.report.flags.items())[:3] if flags)
         raise OvertrainError(
@@ -64,6 +68,11 @@ def family_checkpoints(config: SweepConfig) -> list[PlannedCheckpoint]:
     return [PlannedCheckpoint(revision.reference, revision.tokens, None,
                               listed_tokens=None if revision.path is not None and is_overtrain_checkpoint(revision.path) else revision.tokens)
             for revision in plan.chosen]
+
+
+def _as_family_key(text: str) -> str:
+    """``select=...`` as a sweep's user writes it: ``family.select=...``."""
+    return re.sub(r"(?<![\w.])select=", "family.select=", text)
 
 
 def _benchmark_jobs(config: SweepConfig, checkpoint: PlannedCheckpoint) -> list[Job]:
