@@ -267,3 +267,9 @@ def test_a_sweeps_pretraining_problems_name_their_keys_with_pretrain_before_them
     assert "pretrain.ladder.budgets_tokens=[500000, 500000] repeats a value" in text
     assert "pretrain.train.checkpoint_at_tokens=[100, 100] repeats a value" in text and "pretrain.pretrain." not in text
     assert " ladder.budgets_tokens" not in text.replace("pretrain.ladder", "")
+
+
+def test_a_problem_in_one_sweep_section_does_not_hide_the_fine_tuning_grids_problems() -> None:
+    with pytest.raises(OvertrainError) as refused:
+        load_sweep_config(str(SWEEP_DEMO), ["noise.gammas=[-1]", "finetune.lrs=[-1]"])
+    assert "noise.gammas holds -1.0" in refused.value.problem and "finetune.lr=-1.0 is invalid" in refused.value.problem

@@ -250,7 +250,7 @@ def verify_checkpoint(info: CheckpointInfo) -> None:
             f"checkpoint {info.folder} cannot be verified: {METADATA_FILE} records no checksum for {', '.join(unrecorded)}",
             f"restore {METADATA_FILE} from a backup, or {_retrain(info.folder)}",
         )
-    check_tensor_headers(info.folder)  # a file cut short is named as such, before any hashing
+    _refuse_torn_tensor_files(info.folder)  # a file cut short is named as such, before any hashing
     for name, expected in info.checksums.items():
         path = info.folder / name
         if not path.is_file() or file_sha256(path) != expected:
@@ -278,6 +278,10 @@ def check_tensor_headers(folder: Path) -> None:
     from their headers alone: a dry run's check (no file is hashed, so a same-size corruption is left to
     the run's checksums)."""
     _refuse_absent_files(folder)
+    _refuse_torn_tensor_files(folder)
+
+
+def _refuse_torn_tensor_files(folder: Path) -> None:
     for name in TENSOR_FILES:
         path = folder / name
         problem = safetensors_header_problem(path) if path.is_file() else None  # absent: the optimizer's state, optional

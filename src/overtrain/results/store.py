@@ -216,10 +216,18 @@ def _read_only_query(path: Path, query: str) -> list[tuple[Any, ...]]:
     """Every row ``query`` returns from the store at ``path`` opened read-only; none if there is no file."""
     if not path.is_file():
         return []
+    with _read_only_connection(path) as connection:
+        return connection.execute(query).fetchall()
+
+
+@contextlib.contextmanager
+def _read_only_connection(path: Path) -> Iterator[sqlite3.Connection]:
+    """The SQLite file at ``path`` opened for reading only (nothing created or changed); SQLite's errors on it
+    become the damaged-store message."""
     try:
         connection = sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_SECONDS)
         try:
-            return connection.execute(query).fetchall()
+            yield connection
         finally:
             connection.close()
     except sqlite3.DatabaseError as error:
@@ -262,14 +270,8 @@ def require_results_store(path: Path) -> None:
     """Refuse, without changing the file, an SQLite file that is not an overtrain store (another program's,
     or one without overtrain's table): what a reader such as the report checks before opening it."""
     _refuse_non_sqlite_file(path)
-    try:
-        connection = sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_SECONDS)
-        try:
-            _check_schema(connection, path)
-        finally:
-            connection.close()
-    except sqlite3.DatabaseError as error:
-        raise _damaged_store_error(path, error) from None
+    with _read_only_connection(path) as connection:
+        _check_schema(connection, path)
 
 
 def _prepare(connection: sqlite3.Connection, path: Path) -> None:

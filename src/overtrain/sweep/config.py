@@ -506,9 +506,10 @@ def _check_finetune(section: Any, problems: SettingProblems) -> None:
     planned: list[FinetuneConfig] = []
     for index, part in enumerate(finetune_sections(section)):
         where = "finetune." if index == 0 else f"finetune.variants[{index - 1}]."
+        known = len(problems.messages)
         for plural in FINETUNE_AXES.values():
             _check_axis(getattr(part, plural), f"{where}{plural}", examples[plural], problems)
-        if problems.messages:
+        if len(problems.messages) > known:  # this part's axes are not lists to cross (other sections' problems still count)
             continue
         grid = finetune_part_grid(part)
         for config in grid:  # each problem named where it was set: the base or its variant

@@ -98,10 +98,11 @@ def _sharpness_groups_matching_nothing(jobs: list[Job], every_job: list[Job]) ->
     from overtrain.probes.sharpness import ALL_PARAMETERS, group_globs
 
     unmatched: dict[str, list[str]] = {}
+    by_key = {job.key: job for job in every_job}
     for job in jobs:
         if job.kind != "sharpness" or not job.spec.get("groups"):
             continue
-        names = _overtrain_parameter_names(job, every_job)
+        names = _overtrain_parameter_names(job, by_key)
         if names is None:
             continue
         for group in job.spec["groups"]:
@@ -112,14 +113,14 @@ def _sharpness_groups_matching_nothing(jobs: list[Job], every_job: list[Job]) ->
             for group, checkpoints in unmatched.items()]
 
 
-def _overtrain_parameter_names(job: Job, jobs: list[Job]) -> list[str] | None:
+def _overtrain_parameter_names(job: Job, jobs_by_key: dict[str, Job]) -> list[str] | None:
     """The parameter names of the overtrain model ``job`` probes, from its settings alone; None if unknown."""
     from overtrain.checkpoints.folder import is_overtrain_checkpoint, read_checkpoint_info
     from overtrain.config import build_dataclass
     from overtrain.model.config import ModelConfig, parameter_names
     from overtrain.pretrain.config import PretrainConfig
 
-    producers = [other for other in jobs if other.key in job.depends_on and other.kind == "pretrain"]
+    producers = [jobs_by_key[key] for key in job.depends_on if key in jobs_by_key and jobs_by_key[key].kind == "pretrain"]
     try:
         if producers:
             return parameter_names(build_dataclass(PretrainConfig, dict(producers[0].spec["config"])).model)
