@@ -21,6 +21,18 @@ from overtrain.model.config import ModelConfig
 from overtrain.model.cpu_attention import causal_attention, heads_first, kernel_applies
 from overtrain.model.cpu_cross_entropy import linear_cross_entropy, loss_kernel_applies
 from overtrain.model.cpu_kernels import blas_sgemm, kernel_available
+from overtrain.model.cpu_linear import ProductTiming, linear, linear_applies, time_products
+
+
+def project(layer: nn.Linear, x: torch.Tensor, onednn: bool) -> torch.Tensor:
+    """``layer(x)``, by oneDNN where ``onednn`` and it applies (:mod:`overtrain.model.cpu_linear`); else the module
+    is called, so that its hooks run and a wrapped or replaced layer computes as it would."""
+    return linear(x, layer.weight) if onednn and linear_applies(x, layer.weight) else layer(x)
+
+
+def project_by(weight: torch.Tensor, x: torch.Tensor, onednn: bool) -> torch.Tensor:
+    """``F.linear(x, weight)``, by oneDNN where ``onednn`` and it applies."""
+    return linear(x, weight) if onednn and linear_applies(x, weight) else F.linear(x, weight)
 
 
 class RMSNorm(nn.Module):
@@ -62,6 +74,8 @@ class Attention(nn.Module):
         self.o_proj = nn.Linear(self.n_heads * self.head_dim, config.d_model, bias=False)
         self.cpu_kernel = False
         """Use overtrain's CPU attention kernel where it applies (see :func:`LlamaLM.use_cpu_kernels`)."""
+        self.onednn_products = False
+        """Compute the projections with oneDNN (see :func:`LlamaLM.use_cpu_kernels`)."""
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         batch, seq_len, _ = x.shape  # (B, T, C)
@@ -70,7 +84,7 @@ class Attention(nn.Module):
             if kernel_applies(qkv):  # the kernel rotates q and k itself
                 scale, keep = self.head_dim**-0.5, qkv.requires_grad  # no probabilities kept for a pass without gradients
                 out = causal_attention(qkv, scale, cos.contiguous(), sin.contiguous(), keep_probabilities=keep)[0]  # (B, T, H, D)
-                return self.o_proj(out.reshape(batch, seq_len, -1))
+                return project(self.o_proj, out.reshape(batch, seq_len, -1), self.onednn_products)
             q, k, v = heads_first(qkv)
         else:
             q = self.q_proj(x).view(batch, seq_len, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, D)
@@ -78,7 +92,7 @@ class Attention(nn.Module):
             v = self.v_proj(x).view(batch, seq_len, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, K, T, D)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         out = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=self.n_kv_heads != self.n_heads)
-        return self.o_proj(out.transpose(1, 2).reshape(batch, seq_len, -1))  # (B, T, C)
+        return project(self.o_proj, out.transpose(1, 2).reshape(batch, seq_len, -1), self.onednn_products)  # (B, T, C)
 
     def _stacked_projection(self, x: torch.Tensor) -> torch.Tensor:
         """(B, T, C) -> q, k and v side by side (B, T, 3*H*D), from one product with the three weights stacked:
@@ -88,7 +102,7 @@ class Attention(nn.Module):
         attention kernel then does not apply, e.g. under autocast); runs without the kernels keep three
         products, so their numerics stay what they were."""
         stacked = torch.cat((self.q_proj.weight, self.k_proj.weight, self.v_proj.weight))
-        return F.linear(x, stacked)
+        return project_by(stacked, x, self.onednn_products)
 
 
 class MLP(nn.Module):
@@ -97,9 +111,13 @@ class MLP(nn.Module):
         self.gate_proj = nn.Linear(config.d_model, config.ff_width, bias=False)
         self.up_proj = nn.Linear(config.d_model, config.ff_width, bias=False)
         self.down_proj = nn.Linear(config.ff_width, config.d_model, bias=False)
+        self.onednn_products = False
+        """Compute the projections with oneDNN (see :func:`LlamaLM.use_cpu_kernels`)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        onednn = self.onednn_products
+        hidden = F.silu(project(self.gate_proj, x, onednn)) * project(self.up_proj, x, onednn)
+        return project(self.down_proj, hidden, onednn)
 
 
 class DecoderLayer(nn.Module):
@@ -133,6 +151,8 @@ class LlamaLM(nn.Module):
         self.config, self.vocab_size, self.max_seq_len = config, vocab_size, max_seq_len
         self.model = Backbone(config, vocab_size)
         self.lm_head = nn.Linear(config.d_model, vocab_size, bias=False)
+        self.product_timing: ProductTiming | None = None
+        """What :func:`use_cpu_kernels` measured to choose the library of the projections (None: not measured)."""
         self.cpu_loss_kernel = False
         """Compute the training loss with overtrain's fused CPU output layer and cross-entropy where it applies
         (see :func:`use_cpu_kernels`)."""
@@ -179,18 +199,28 @@ class LlamaLM(nn.Module):
             and loss_kernel_applies(hidden, self.lm_head.weight)
         )
 
-    def use_cpu_kernels(self, enabled: bool = True) -> LlamaLM:
+    def use_cpu_kernels(self, enabled: bool = True, onednn: bool | None = None) -> LlamaLM:
         """Compute attention with :mod:`overtrain.model.cpu_attention` where it applies (fp32 on the CPU, head
-        dim 16-64, no grouped keys) and the training loss's output layer and cross-entropy with
-        :mod:`overtrain.model.cpu_cross_entropy` (fp32 on the CPU), else with torch's operations. They agree to
-        float rounding, not bitwise; off by default, the training loop turns them on for compiled runs.
-        Decided here, once: the kernels are built (seconds, once per machine) and taken only if torch runs
-        one thread now."""
+        dim 16-64, no grouped keys), the training loss's output layer and cross-entropy with
+        :mod:`overtrain.model.cpu_cross_entropy` (fp32 on the CPU), and the projections with oneDNN
+        (:mod:`overtrain.model.cpu_linear`) where it measures faster than torch's BLAS on this CPU, else with
+        torch's operations. They agree to float rounding, not bitwise; off by default, the training loop turns
+        them on for compiled runs. Decided here, once: the kernels are built (seconds, once per machine) and
+        taken only if torch runs one thread now; the two product libraries are timed (~20 ms, once per
+        process and shape; :attr:`product_timing` keeps the figures) unless ``onednn`` says which to take."""
+        self.product_timing = self._time_products() if enabled and onednn is None else None
+        onednn = enabled and (self.product_timing.use_onednn if onednn is None else onednn)
         enabled = enabled and kernel_available()
         for layer in self.model.layers:
             layer.self_attn.cpu_kernel = enabled
+            layer.self_attn.onednn_products = layer.mlp.onednn_products = onednn
         self.cpu_loss_kernel = enabled and blas_sgemm() is not None  # its products call torch's BLAS
         return self
+
+    def _time_products(self) -> ProductTiming:
+        """oneDNN against torch's BLAS on this CPU, at this model's widest projection of 4096 tokens."""
+        widest = max(3 * self.config.d_model, self.config.ff_width)
+        return time_products(4096, self.config.d_model, widest, torch.get_num_threads())
 
     def num_parameters(self, exclude_embeddings: bool = False) -> int:
         unique = {id(p): p for p in self.parameters()}

@@ -412,16 +412,18 @@ class _TrainingLoop:
         # wrapper needs the module, so only it is compiled.
         # On CPU, cpp_wrapper runs the graph's host code (allocations, ~60 kernel calls) in C++ instead of
         # Python: ~2-4% per step at the nano shape. No max-autotune: inductor's C++ GEMM templates take only
-        # constant (frozen) weights, so in training every product is MKL's either way (forced onto these
-        # products, the templates measured at half MKL's speed), and the step measured the same without it.
+        # constant (frozen) weights, so in training they make no product (forced onto these products, the
+        # templates measured at half MKL's speed), and the step measured the same without it.
         options = {"cpp_wrapper": True} if self.device.type == "cpu" else None
         self.compiled_loss = torch.compile(model.loss, options=options) if compiled and context.world_size == 1 else None
         self.forward_model = torch.compile(model) if compiled and context.world_size > 1 else model
         # Compiled CPU runs also take overtrain's kernels (LlamaLM.use_cpu_kernels): attention that applies the
-        # rotary embedding itself, after one stacked q/k/v product, and the output layer fused with the loss
-        # (docs/benchmarks.md has what each saves). Eager runs keep torch's operations and three products, so
-        # their numerics stay what they were.
+        # rotary embedding itself, after one stacked q/k/v product, the output layer fused with the loss, and the
+        # projections by oneDNN where it measures faster than torch's BLAS (docs/benchmarks.md has what each
+        # saves). Eager runs keep torch's operations and three products, so their numerics stay what they were.
         model.use_cpu_kernels(compiled and self.device.type == "cpu")
+        if model.product_timing is not None and context.is_main:
+            self.log(model.product_timing.describe())
         if context.world_size > 1:
             self.forward_model = context.wrap(self.forward_model)
 

@@ -1,0 +1,105 @@
+"""The projections by oneDNN: the same products and gradients as torch's, one graph under torch.compile,
+and taken only where the measured timing says oneDNN is the faster library."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from overtrain.model import cpu_linear
+from overtrain.model.config import ModelConfig
+from overtrain.model.cpu_linear import ONEDNN_MIN_SPEEDUP, ProductTiming, linear, linear_applies, onednn_available, time_products
+from overtrain.model.llama import build_model
+
+pytestmark = [pytest.mark.skipif(not onednn_available(), reason="this torch build has no oneDNN"),
+              pytest.mark.usefixtures("one_torch_thread")]
+
+
+def _float64_error(fp32: torch.Tensor, exact: torch.Tensor) -> float:
+    return float((fp32.detach().double() - exact.detach()).abs().max())
+
+
+@pytest.mark.parametrize(("shape", "out_width"), [((2, 33, 16), 48), ((70, 96), 24), ((5, 7, 3, 8), 8)])
+def test_linear_and_its_gradients_match_float64_as_closely_as_torch(shape: tuple[int, ...], out_width: int) -> None:
+    """Both orientations of the weight gradient (input narrower and wider than the output), leading
+    dimensions flattened and restored; errors against float64 at most twice those of torch's fp32 ops."""
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(*shape, generator=generator).requires_grad_()
+    weight = torch.randn(out_width, shape[-1], generator=generator).requires_grad_()
+    grad_out = torch.randn(*shape[:-1], out_width, generator=generator)
+
+    def output_and_grads(function, *tensors):
+        leaves = [t.detach().requires_grad_() for t in tensors]
+        out = function(*leaves)
+        return [out, *torch.autograd.grad(out, leaves, grad_out.to(out.dtype))]
+
+    mine = output_and_grads(linear, x, weight)
+    torch_fp32 = output_and_grads(F.linear, x, weight)
+    exact = output_and_grads(F.linear, x.double(), weight.double())
+    for name, ours, theirs, truth in zip(("output", "grad_input", "grad_weight"), mine, torch_fp32, exact):
+        assert ours.shape == truth.shape and ours.dtype == torch.float32, name
+        assert ours.is_contiguous(), name
+        assert _float64_error(ours, truth) <= 2 * _float64_error(theirs, truth) + 1e-6, name
+
+
+def test_linear_applies_to_fp32_cpu_tensors_outside_autocast() -> None:
+    x, weight = torch.randn(4, 8), torch.randn(3, 8)
+    assert linear_applies(x, weight)
+    assert not linear_applies(x.bfloat16(), weight.bfloat16())
+    assert not linear_applies(x[:0], weight)  # oneDNN refuses an empty product
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not linear_applies(x, weight)
+
+
+def test_onednn_is_taken_only_from_the_measured_speedup() -> None:
+    def timing(blas: float, onednn: float | None) -> ProductTiming:
+        return ProductTiming((4096, 64, 192), 1, blas, onednn)
+
+    assert timing(2.0, 1.0).use_onednn and timing(2.0, 1.0).onednn_speedup == 2.0
+    assert timing(ONEDNN_MIN_SPEEDUP, 1.0).use_onednn
+    assert not timing(1.1, 1.0).use_onednn  # within the timing's noise: keep torch's BLAS
+    assert not timing(1.0, None).use_onednn
+    assert "products by oneDNN: oneDNN measured 2.00x torch's BLAS" in timing(2.0, 1.0).describe()
+    assert "(4096 x 64) @ (64 x 192) fp32 on 1 thread" in timing(2.0, 1.0).describe()
+    assert timing(1.0, 1.0).describe().startswith("products by torch's BLAS: oneDNN measured 1.00x")
+    assert "cannot compute plain fp32" in timing(1.0, None).describe()
+    measured = time_products(64, 16, 32, torch.get_num_threads())
+    assert measured.blas_seconds > 0 and measured.onednn_seconds is not None and measured.onednn_seconds > 0
+    assert measured is time_products(64, 16, 32, torch.get_num_threads())  # timed once per process and shape
+
+
+@pytest.mark.parametrize("onednn", [True, False])
+def test_model_routes_its_projections_by_the_measurement(monkeypatch: pytest.MonkeyPatch, onednn: bool) -> None:
+    blas_seconds = 2.0 if onednn else 1.0
+    monkeypatch.setattr("overtrain.model.llama.time_products", lambda *shape: ProductTiming(shape[:3], shape[3], blas_seconds, 1.0))
+    model, _ = build_model(ModelConfig(d_model=32, n_layers=2, n_heads=2), vocab_size=50, max_seq_len=16, seed=0)
+    model.use_cpu_kernels(True)
+    assert model.product_timing is not None and model.product_timing.shape == (4096, 32, 96)  # the widest: stacked q/k/v
+    assert all(layer.self_attn.onednn_products == layer.mlp.onednn_products == onednn for layer in model.model.layers)
+    model.use_cpu_kernels(True, onednn=not onednn)  # an explicit choice is not measured
+    assert model.product_timing is None
+    assert all(layer.mlp.onednn_products == (not onednn) for layer in model.model.layers)
+    model.use_cpu_kernels(False)
+    assert model.product_timing is None and not any(layer.mlp.onednn_products for layer in model.model.layers)
+
+
+def test_compiled_model_with_onednn_projections_is_one_graph_with_the_same_loss_and_gradients() -> None:
+    model, _ = build_model(ModelConfig(d_model=32, n_layers=2, n_heads=2), vocab_size=50, max_seq_len=16, seed=0)
+    input_ids = torch.randint(0, 50, (2, 16), generator=torch.Generator().manual_seed(0))
+    calls = []
+    original = cpu_linear.linear_backward
+
+    def loss_and_grads(onednn: bool) -> list[torch.Tensor]:
+        model.use_cpu_kernels(True, onednn=onednn)
+        loss = model.loss(input_ids, input_ids)
+        return [loss.detach(), *torch.autograd.grad(loss, list(model.parameters()))]
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(cpu_linear, "linear_backward", lambda *args: calls.append(1) or original(*args))
+        mine = loss_and_grads(True)
+    assert len(calls) == 2 * 5  # per layer: the stacked q/k/v, o, gate, up and down projections
+    for ours, reference in zip(mine, loss_and_grads(False)):
+        torch.testing.assert_close(ours, reference, atol=1e-6, rtol=1e-5)
+    explained = torch._dynamo.explain(model.use_cpu_kernels(True, onednn=True).loss)(input_ids, input_ids)
+    assert explained.graph_break_count == 0
