@@ -176,7 +176,7 @@ def test_kernel_applies_only_where_it_is_built_for() -> None:
     assert not kernel_applies(torch.randn(1, 8, 2, 2, 16))  # not q, k and v
     model, _ = build_model(ModelConfig(d_model=32, n_layers=1, n_heads=2), vocab_size=50, max_seq_len=8, seed=0)
     assert model.use_cpu_kernels(True).model.layers[0].self_attn.cpu_kernel
-    assert model.cpu_loss_kernel == (blas_sgemm() is not None)  # the fused loss calls torch's BLAS
+    assert model.cpu_loss_kernel == (model.onednn_products or blas_sgemm() is not None)  # its products: oneDNN's or the BLAS's
     torch.set_num_threads(2)  # torch's operations use both threads, the kernels one: keep torch's
     assert not model.use_cpu_kernels(True).model.layers[0].self_attn.cpu_kernel
     assert not model.cpu_loss_kernel
@@ -244,4 +244,5 @@ def test_compiled_cpu_training_takes_the_kernel_and_eager_training_does_not(
     _TrainingLoop(config, model, build_optimizer(model, config), data, init_std, RunState(), DistributedContext(),
                   torch.device("cpu"), lambda *_: None, False)  # torch.compile is lazy: nothing compiles here
     assert [layer.self_attn.cpu_kernel for layer in model.model.layers] == [expected, expected]
-    assert model.cpu_loss_kernel == (expected and blas_sgemm() is not None)
+    assert model.cpu_loss_kernel == (expected and (model.onednn_products or blas_sgemm() is not None))
+    assert (model.product_timing is not None) == expected  # measured where the kernels are on, once per process

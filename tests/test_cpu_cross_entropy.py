@@ -11,6 +11,7 @@ from overtrain.model import llama
 from overtrain.model.config import ModelConfig
 from overtrain.model.cpu_cross_entropy import linear_cross_entropy
 from overtrain.model.cpu_kernels import blas_sgemm, kernel_library
+from overtrain.model.cpu_linear import onednn_available
 from overtrain.model.llama import build_model
 
 pytestmark = [pytest.mark.skipif(kernel_library() is None or blas_sgemm() is None,
@@ -20,10 +21,14 @@ pytestmark = [pytest.mark.skipif(kernel_library() is None or blas_sgemm() is Non
 IGNORE = -100
 
 
-def _loss_and_grads(hidden, weight, targets, grad_scale: float, fused: bool):
+PRODUCT_LIBRARIES = [False, pytest.param(True, marks=pytest.mark.skipif(not onednn_available(), reason="no oneDNN"))]
+"""The fused loss's ``onednn`` argument: products by torch's BLAS, and by oneDNN where this build has it."""
+
+
+def _loss_and_grads(hidden, weight, targets, grad_scale: float, fused: bool, onednn: bool = False):
     hidden, weight = hidden.detach().requires_grad_(), weight.detach().requires_grad_()
     if fused:
-        loss = linear_cross_entropy(hidden, weight, targets, IGNORE)[0]
+        loss = linear_cross_entropy(hidden, weight, targets, IGNORE, onednn)[0]
     else:
         loss = F.cross_entropy(hidden @ weight.t(), targets, ignore_index=IGNORE)
     (loss * grad_scale).backward()
@@ -32,23 +37,38 @@ def _loss_and_grads(hidden, weight, targets, grad_scale: float, fused: bool):
 
 # 1000 rows of 259 logits are four whole blocks and a part one (_block_rows(259) == 240).
 # Vocabularies below 16 take the kernel's scalar rows.
+@pytest.mark.parametrize("onednn", PRODUCT_LIBRARIES)
 @pytest.mark.parametrize("rows, vocab_size, logit_scale", [(1000, 259, 1.0), (37, 256, 1.0), (300, 17, 30.0), (5, 1031, 3.0), (50, 11, 3.0)])
-def test_fused_loss_is_as_accurate_as_torch_and_so_are_its_gradients(rows: int, vocab_size: int, logit_scale: float) -> None:
+def test_fused_loss_is_as_accurate_as_torch_and_so_are_its_gradients(rows: int, vocab_size: int, logit_scale: float, onednn: bool) -> None:
     """Against a float64 reference, loss and gradients are as close as torch's fp32 ones: vocabularies that
     are and are not whole 16-float vectors, several blocks of rows and a part block, large logits, ignored
-    targets, and a loss the caller scales (as gradient accumulation does)."""
+    targets, and a loss the caller scales (as gradient accumulation does); products by either library."""
     generator = torch.Generator().manual_seed(rows)
     hidden = torch.randn(rows, 32, generator=generator, dtype=torch.float64)
     weight = torch.randn(vocab_size, 32, generator=generator, dtype=torch.float64) * logit_scale / 32**0.5
     targets = torch.randint(0, vocab_size, (rows,), generator=generator)
     targets[::7] = IGNORE
     exact = _loss_and_grads(hidden, weight, targets, 0.5, fused=False)
-    ours = _loss_and_grads(hidden.float(), weight.float(), targets, 0.5, fused=True)
+    ours = _loss_and_grads(hidden.float(), weight.float(), targets, 0.5, fused=True, onednn=onednn)
     theirs = _loss_and_grads(hidden.float(), weight.float(), targets, 0.5, fused=False)
     for name, mine, reference, truth in zip(("loss", "grad hidden", "grad weight"), ours, theirs, exact):
         our_error = (mine.double() - truth).abs().max().item()
         torch_error = (reference.double() - truth).abs().max().item()
         assert our_error <= 2 * torch_error + 1e-7, f"{name}: fused error {our_error:.2e}, torch's {torch_error:.2e}"
+
+
+@pytest.mark.skipif(not onednn_available(), reason="no oneDNN")
+def test_fused_loss_by_onednn_in_blocks_of_rows_gives_the_whole_blocks_result(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Four whole blocks of 240 rows and a part one, against one block of all 1000 rows (the default there)."""
+    generator = torch.Generator().manual_seed(1)
+    hidden, weight = torch.randn(1000, 32, generator=generator), torch.randn(259, 32, generator=generator) / 32**0.5
+    targets = torch.randint(0, 259, (1000,), generator=generator)
+    targets[::5] = IGNORE
+    whole = linear_cross_entropy(hidden, weight, targets, IGNORE, True)
+    monkeypatch.setattr("overtrain.model.cpu_cross_entropy.ONEDNN_LOGIT_BLOCK_BYTES", 240 * 259 * 4)
+    blocked = linear_cross_entropy(hidden, weight, targets, IGNORE, True)
+    for mine, reference in zip(blocked, whole):
+        torch.testing.assert_close(mine, reference, atol=1e-6, rtol=1e-5)
 
 
 def test_fused_loss_reads_strided_inputs_as_their_values() -> None:
@@ -61,11 +81,12 @@ def test_fused_loss_reads_strided_inputs_as_their_values() -> None:
         assert torch.equal(mine, reference)
 
 
-def test_fused_loss_of_only_ignored_targets_is_nan_as_torch_gives_it() -> None:
+@pytest.mark.parametrize("onednn", PRODUCT_LIBRARIES)
+def test_fused_loss_of_only_ignored_targets_is_nan_as_torch_gives_it(onednn: bool) -> None:
     hidden, weight = torch.randn(4, 8), torch.randn(11, 8)
     targets = torch.full((4,), IGNORE)
     assert torch.isnan(F.cross_entropy(hidden @ weight.t(), targets, ignore_index=IGNORE))
-    loss, grad_hidden, grad_weight = linear_cross_entropy(hidden, weight, targets, IGNORE)
+    loss, grad_hidden, grad_weight = linear_cross_entropy(hidden, weight, targets, IGNORE, onednn)
     assert torch.isnan(loss)
     assert not grad_hidden.any() and not grad_weight.any()
 

@@ -77,11 +77,13 @@ def test_model_routes_its_projections_by_the_measurement(monkeypatch: pytest.Mon
     model.use_cpu_kernels(True)
     assert model.product_timing is not None and model.product_timing.shape == (4096, 32, 96)  # the widest: stacked q/k/v
     assert all(layer.self_attn.onednn_products == layer.mlp.onednn_products == onednn for layer in model.model.layers)
+    assert model.onednn_products == onednn  # the fused loss's products too
     model.use_cpu_kernels(True, onednn=not onednn)  # an explicit choice is not measured
     assert model.product_timing is None
-    assert all(layer.mlp.onednn_products == (not onednn) for layer in model.model.layers)
+    assert model.onednn_products == (not onednn) and all(layer.mlp.onednn_products == (not onednn) for layer in model.model.layers)
     model.use_cpu_kernels(False)
-    assert model.product_timing is None and not any(layer.mlp.onednn_products for layer in model.model.layers)
+    assert model.product_timing is None and not model.onednn_products
+    assert not any(layer.mlp.onednn_products for layer in model.model.layers)
 
 
 def test_compiled_model_with_onednn_projections_is_one_graph_with_the_same_loss_and_gradients() -> None:

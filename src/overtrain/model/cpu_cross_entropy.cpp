@@ -130,4 +130,12 @@ double ot_linear_cross_entropy(Sgemm sgemm, const float* hidden, const float* we
   return total;
 }
 
+// The same cross-entropy step alone, for callers that make the products themselves (with oneDNN, see
+// cpu_cross_entropy.py): rows of logits (rows x V) overwritten by scale * (softmax - onehot(target)), zeros
+// where the target is ignore_index; returns the sum of the rows' cross-entropies.
+double ot_softmax_cross_entropy_rows(float* logits, int64_t rows, int64_t vocab, const int64_t* targets, int64_t ignore_index,
+                                     float scale) {
+  return softmax_cross_entropy_block(logits, rows, vocab, targets, ignore_index, scale);
+}
+
 }  // extern "C"

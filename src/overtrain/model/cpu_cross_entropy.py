@@ -4,9 +4,11 @@ Why: the compiled nano step writes its (N, V) logits (4 MB), reads them back for
 more for the gradient, and on one core this traffic, not arithmetic, sets the pace (docs/benchmarks.md).
 :func:`linear_cross_entropy` makes the logits a block of rows at a time, turns each block into its
 gradient in place (``cpu_cross_entropy.cpp``) and multiplies it back into the gradients of the hidden
-states and the weight while the block sits in the L2 cache. It computes the gradients in its forward pass
-(the loss is the graph's last node), which is why the model takes it only when gradients are wanted.
-It agrees with ``F.cross_entropy`` to float rounding, not bitwise.
+states and the weight while the block sits in the L2 cache. Where oneDNN makes the model's products
+(:mod:`overtrain.model.cpu_linear`: CPUs on which torch's BLAS is the slower library), it makes these too,
+from Python, in blocks as large as :data:`ONEDNN_LOGIT_BLOCK_BYTES` allows. It computes the gradients in
+its forward pass (the loss is the graph's last node), which is why the model takes it only when gradients
+are wanted. It agrees with ``F.cross_entropy`` to float rounding, not bitwise.
 
 Shapes: N rows (tokens), C width, V vocabulary.
 """
@@ -18,10 +20,17 @@ import math
 import torch
 
 from overtrain.model.cpu_kernels import blas_sgemm, kernel_library
+from overtrain.model.cpu_linear import onednn_product, onednn_weight_gradient
 
 LOGIT_BLOCK_BYTES = 256 << 10
 """Logits made at a time by :func:`linear_cross_entropy`: an eighth of a 2 MiB L2 cache, so the block,
 its rows of the hidden states and the weight stay cached between its three products."""
+
+ONEDNN_LOGIT_BLOCK_BYTES = 8 << 20
+"""Logits made at a time when oneDNN makes the products: each block costs three calls from Python (~12 us
+of dispatch each) and two transposed copies, which small blocks multiply; at the nano shape (4096 x 259)
+the whole logits are one block. Against blocks of :data:`LOGIT_BLOCK_BYTES` and 1 MiB, one block measured
+fastest in the step (docs/benchmarks.md); the cap keeps large vocabularies from making (N, V) at once."""
 
 
 def loss_kernel_applies(*tensors: torch.Tensor) -> bool:
@@ -38,13 +47,14 @@ def _block_rows(vocab_size: int) -> int:
 
 @torch.library.custom_op("overtrain::linear_cross_entropy", mutates_args=())
 def linear_cross_entropy(
-    hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, ignore_index: int
+    hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, ignore_index: int, onednn: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Mean cross-entropy (nats) of the logits ``hidden @ weight.T`` (N, V) against targets (N,), over the
     targets that are not ``ignore_index`` (NaN when all are), as ``F.cross_entropy`` gives it; with the
-    loss's gradients with respect to hidden (N, C) and weight (V, C), which the backward pass scales."""
+    loss's gradients with respect to hidden (N, C) and weight (V, C), which the backward pass scales.
+    ``onednn``: the products by oneDNN instead of torch's BLAS."""
     sgemm = blas_sgemm()
-    if sgemm is None:
+    if sgemm is None and not onednn:
         raise RuntimeError("torch's library exports no usable BLAS sgemm_ for the fused loss; compute the loss with "
                            "F.cross_entropy (LlamaLM.use_cpu_kernels does so where it is missing)")
     hidden, weight, targets = hidden.contiguous(), weight.contiguous(), targets.contiguous().long()
@@ -54,6 +64,8 @@ def linear_cross_entropy(
     if bool(out_of_range.any()):  # F.cross_entropy's check, made before the kernel reads past a row
         raise IndexError(f"target {int(targets[out_of_range][0])} is out of bounds for {vocab_size} logits")
     counted = int(counted_mask.sum())
+    if onednn:
+        return _linear_cross_entropy_by_onednn(hidden, weight, targets, ignore_index, counted)
     block_rows = _block_rows(vocab_size)
     grad_hidden = torch.empty_like(hidden)
     grad_weight = torch.empty_like(weight) if rows else torch.zeros_like(weight)  # the first block writes it
@@ -66,8 +78,31 @@ def linear_cross_entropy(
     return loss, grad_hidden, grad_weight
 
 
+def _linear_cross_entropy_by_onednn(
+    hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, ignore_index: int, counted: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`linear_cross_entropy` with oneDNN's products, per block of rows: the logits, the kernel's
+    in-place softmax cross-entropy gradient, then the block's share of both gradients."""
+    (rows, width), vocab_size = hidden.shape, weight.shape[0]
+    block_rows = max(1, ONEDNN_LOGIT_BLOCK_BYTES // (4 * vocab_size))
+    scale = 1.0 / counted if counted else 0.0
+    grad_hidden = torch.empty_like(hidden)
+    grad_weight = torch.zeros_like(weight)
+    total = 0.0
+    for first in range(0, rows, block_rows):
+        hidden_block = hidden[first : first + block_rows]
+        logits = onednn_product(hidden_block, weight)  # (n, V), then its gradient in place
+        total += kernel_library().ot_softmax_cross_entropy_rows(
+            logits.data_ptr(), logits.shape[0], vocab_size, targets[first:].data_ptr(), ignore_index, scale
+        )
+        grad_hidden[first : first + block_rows] = onednn_product(logits, weight.T)
+        grad_weight += onednn_weight_gradient(logits, hidden_block)
+    loss = hidden.new_tensor(total / counted if counted else math.nan)
+    return loss, grad_hidden, grad_weight
+
+
 @linear_cross_entropy.register_fake
-def _(hidden, weight, targets, ignore_index):
+def _(hidden, weight, targets, ignore_index, onednn=False):
     return hidden.new_empty(()), torch.empty_like(hidden, memory_format=torch.contiguous_format), torch.empty_like(weight, memory_format=torch.contiguous_format)
 
 
@@ -79,7 +114,7 @@ def _linear_cross_entropy_setup_context(ctx, inputs, output) -> None:
 
 def _linear_cross_entropy_backward(ctx, grad_loss, _grad_hidden, _grad_weight):
     grad_hidden, grad_weight = ctx.saved_tensors
-    return grad_loss * grad_hidden, grad_loss * grad_weight, None, None
+    return grad_loss * grad_hidden, grad_loss * grad_weight, None, None, None
 
 
 linear_cross_entropy.register_autograd(_linear_cross_entropy_backward, setup_context=_linear_cross_entropy_setup_context)

@@ -51,6 +51,8 @@ def _declare_signatures(library: ctypes.CDLL) -> ctypes.CDLL:
     library.ot_causal_attention_probability_floats.restype = _INT
     library.ot_linear_cross_entropy.argtypes = [_POINTER] * 7 + [_INT] * 5 + [_FLOAT]
     library.ot_linear_cross_entropy.restype = ctypes.c_double
+    library.ot_softmax_cross_entropy_rows.argtypes = [_POINTER, _INT, _INT, _POINTER, _INT, _FLOAT]
+    library.ot_softmax_cross_entropy_rows.restype = ctypes.c_double
     return library
 
 

@@ -32,9 +32,19 @@ ONEDNN_MIN_SPEEDUP = 1.2
 noise could choose either, and the two are about equally good."""
 
 
-def _onednn_product(source: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """source @ weight.T by oneDNN: source (N, I), weight (O, I), any strides."""
+def onednn_product(source: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """source @ weight.T by oneDNN: source (N, I), weight (O, I), any strides (a source read transposed is
+    first copied row by row, by torch)."""
     return torch.ops.mkldnn._linear_pointwise(source, weight, None, "none", [], "")
+
+
+def onednn_weight_gradient(grad_rows: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """grad_rows^T @ rows (O, I) by oneDNN, for grad_rows (N, O) and rows (N, I), contiguous. The sum runs
+    over N, the outer dimension of both, so one of them is read transposed and copied first: the narrower
+    (I < O: compute (rows^T @ grad_rows)^T instead)."""
+    if rows.shape[1] < grad_rows.shape[1]:
+        return onednn_product(rows.T, grad_rows.T).T.contiguous()
+    return onednn_product(grad_rows.T, rows.T)
 
 
 def onednn_available() -> bool:
@@ -94,7 +104,7 @@ def time_products(rows: int, width: int, out_width: int, threads: int) -> Produc
     onednn = None
     if onednn_available():
         try:
-            onednn = _seconds_per_call(lambda: _onednn_product(source, weight))
+            onednn = _seconds_per_call(lambda: onednn_product(source, weight))
         except RuntimeError:  # a build whose oneDNN refuses plain fp32 tensors
             onednn = None
     return ProductTiming((rows, width, out_width), threads, blas, onednn)
@@ -112,7 +122,7 @@ def linear_applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
 def linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """``F.linear(x, weight)`` without bias, computed by oneDNN: x (..., I), weight (O, I) -> (..., O)."""
     rows = x.reshape(-1, x.shape[-1])
-    return _onednn_product(rows, weight).view(*x.shape[:-1], weight.shape[0])
+    return onednn_product(rows, weight).view(*x.shape[:-1], weight.shape[0])
 
 
 @linear.register_fake
@@ -124,14 +134,8 @@ def _(x, weight):
 def linear_backward(grad_output: torch.Tensor, x: torch.Tensor, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(grad_input, grad_weight) of :func:`linear` by oneDNN: grad_output @ W (N, I) and grad_output^T @ x (O, I)."""
     grad_rows, rows = grad_output.reshape(-1, grad_output.shape[-1]), x.reshape(-1, x.shape[-1])
-    grad_input = _onednn_product(grad_rows, weight.T).view(x.shape)
-    # grad_weight (O, I) = grad_rows^T @ rows: one operand is read transposed and oneDNN copies it first, so
-    # transpose the narrower one (I < O: compute (rows^T @ grad_rows)^T = grad_weight instead).
-    if rows.shape[1] < grad_rows.shape[1]:
-        grad_weight = _onednn_product(rows.T, grad_rows.T).T.contiguous()
-    else:
-        grad_weight = _onednn_product(grad_rows.T, rows.T)
-    return grad_input, grad_weight
+    grad_input = onednn_product(grad_rows, weight.T).view(x.shape)
+    return grad_input, onednn_weight_gradient(grad_rows, rows)
 
 
 @linear_backward.register_fake

@@ -151,6 +151,8 @@ class LlamaLM(nn.Module):
         self.config, self.vocab_size, self.max_seq_len = config, vocab_size, max_seq_len
         self.model = Backbone(config, vocab_size)
         self.lm_head = nn.Linear(config.d_model, vocab_size, bias=False)
+        self.onednn_products = False
+        """The fused loss's products by oneDNN (see :func:`use_cpu_kernels`)."""
         self.product_timing: ProductTiming | None = None
         """What :func:`use_cpu_kernels` measured to choose the library of the projections (None: not measured)."""
         self.cpu_loss_kernel = False
@@ -185,7 +187,8 @@ class LlamaLM(nn.Module):
         """Mean next-token cross-entropy (nats) over targets != ignore_index; logits are upcast to fp32."""
         hidden = self.hidden_states(input_ids)  # (B, T, C)
         if self._loss_kernel_applies(hidden):
-            return linear_cross_entropy(hidden.flatten(0, 1), self.lm_head.weight, targets.flatten(), ignore_index)[0]
+            flat_hidden, flat_targets = hidden.flatten(0, 1), targets.flatten()
+            return linear_cross_entropy(flat_hidden, self.lm_head.weight, flat_targets, ignore_index, self.onednn_products)[0]
         logits = self.lm_head(hidden)  # (B, T, V)
         return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=ignore_index)
 
@@ -214,7 +217,8 @@ class LlamaLM(nn.Module):
         for layer in self.model.layers:
             layer.self_attn.cpu_kernel = enabled
             layer.self_attn.onednn_products = layer.mlp.onednn_products = onednn
-        self.cpu_loss_kernel = enabled and blas_sgemm() is not None  # its products call torch's BLAS
+        self.onednn_products = onednn
+        self.cpu_loss_kernel = enabled and (onednn or blas_sgemm() is not None)  # its products: oneDNN's or torch's BLAS
         return self
 
     def _time_products(self) -> ProductTiming:
