@@ -50,7 +50,7 @@ import torch
 def matmul_peak(size: int = 2048, repeats: int = 4) -> dict[str, tuple[float, float]]:
     """(FLOP/s by CPU time, FLOP/s by wall time) of a square fp32 product on this thread, by each library torch
     links: ``torch.mm`` (its BLAS, MKL in the x86 wheels) and oneDNN (where this build has it)."""
-    from overtrain.model.cpu_linear import onednn_product, onednn_available
+    from overtrain.model.cpu_linear import onednn_available, onednn_product
 
     a, b = torch.randn(size, size), torch.randn(size, size)
     products = {"torch.mm": lambda: a @ b}

@@ -83,7 +83,7 @@ def _linear_cross_entropy_by_onednn(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """:func:`linear_cross_entropy` with oneDNN's products, per block of rows: the logits, the kernel's
     in-place softmax cross-entropy gradient, then the block's share of both gradients."""
-    (rows, width), vocab_size = hidden.shape, weight.shape[0]
+    rows, vocab_size = hidden.shape[0], weight.shape[0]
     block_rows = max(1, ONEDNN_LOGIT_BLOCK_BYTES // (4 * vocab_size))
     scale = 1.0 / counted if counted else 0.0
     grad_hidden = torch.empty_like(hidden)
