@@ -14,6 +14,7 @@ import io
 import json
 import math
 import sqlite3
+import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -73,11 +74,13 @@ class ResultStore:
         _refuse_non_sqlite_file(self.path)
         self._connection = _connect(self.path)
         try:
-            _prepare(self._connection, self.path)
+            _prepare_waiting_for_other_openers(self._connection, self.path)
         except sqlite3.DatabaseError as error:
             self._connection.close()
             if _is_access_error(error):
                 raise _unwritable_store_error(self.path, error) from None
+            if _is_lock_error(error):
+                raise _busy_store_error(self.path, error) from None
             raise _damaged_store_error(self.path, error) from error
         except BaseException:
             self._connection.close()
@@ -272,6 +275,38 @@ def require_results_store(path: Path) -> None:
     _refuse_non_sqlite_file(path)
     with _read_only_connection(path) as connection:
         _check_schema(connection, path)
+
+
+OPEN_ATTEMPTS = 5
+"""Times :class:`ResultStore` tries to prepare a store that another process holds locked (see below)."""
+
+
+def _prepare_waiting_for_other_openers(connection: sqlite3.Connection, path: Path) -> None:
+    """:func:`_prepare`, tried again while SQLite answers "database is locked". Two processes that open a new
+    store at the same moment (two sweep drivers started together: the second is refused by the driver lock
+    only after it opened the store) both read it, then both ask for the exclusive lock that switching to
+    WAL takes; SQLite then fails one of them at once instead of waiting (its busy timeout would deadlock),
+    so waiting is done here. A lock held longer than the busy timeout fails every attempt as well."""
+    for attempt in range(OPEN_ATTEMPTS):
+        try:
+            _prepare(connection, path)
+            return
+        except sqlite3.OperationalError as error:
+            if not _is_lock_error(error) or attempt == OPEN_ATTEMPTS - 1:
+                raise
+            time.sleep(0.05 * 2**attempt)
+
+
+def _is_lock_error(error: sqlite3.DatabaseError) -> bool:
+    """SQLite's "database is locked" (SQLITE_BUSY): another connection holds the lock, nothing is damaged."""
+    return isinstance(error, sqlite3.OperationalError) and "locked" in str(error).lower()
+
+
+def _busy_store_error(path: Path, error: sqlite3.DatabaseError) -> OvertrainError:
+    return OvertrainError(
+        f"results store {path} stayed locked by another process ({error})",
+        "wait for the sweep or probe writing it to finish (or stop it), then rerun; nothing in the store is damaged",
+    )
 
 
 def _prepare(connection: sqlite3.Connection, path: Path) -> None:
