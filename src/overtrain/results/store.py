@@ -226,7 +226,7 @@ def _read_only_query(path: Path, query: str) -> list[tuple[Any, ...]]:
 @contextlib.contextmanager
 def _read_only_connection(path: Path) -> Iterator[sqlite3.Connection]:
     """The SQLite file at ``path`` opened for reading only (nothing created or changed); SQLite's errors on it
-    become the damaged-store message."""
+    become the damaged-store message, or the busy one where another process held it locked past the timeout."""
     try:
         connection = sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_SECONDS)
         try:
@@ -234,7 +234,7 @@ def _read_only_connection(path: Path) -> Iterator[sqlite3.Connection]:
         finally:
             connection.close()
     except sqlite3.DatabaseError as error:
-        raise _damaged_store_error(path, error) from None
+        raise (_busy_store_error if _is_lock_error(error) else _damaged_store_error)(path, error) from None
 
 
 def _connect(path: Path) -> sqlite3.Connection:
