@@ -86,6 +86,27 @@ def test_model_routes_its_projections_by_the_measurement(monkeypatch: pytest.Mon
     assert not any(layer.mlp.onednn_products for layer in model.model.layers)
 
 
+def test_layers_that_are_not_plain_keep_their_own_forward(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A hook, a bias or a replaced layer (as a LoRA adapter replaces one) is computed by the layer itself,
+    never from its weight alone: the same loss as with the kernels off, and the hook runs."""
+    model, _ = build_model(ModelConfig(d_model=32, n_layers=1, n_heads=2), vocab_size=50, max_seq_len=16, seed=0)
+    layer = model.model.layers[0]
+    with torch.no_grad():
+        biased = torch.nn.Linear(layer.mlp.down_proj.in_features, 32)
+        biased.weight.copy_(layer.mlp.down_proj.weight)
+        biased.bias.fill_(1.0)
+    layer.mlp.down_proj = biased
+    seen = []
+    layer.self_attn.q_proj.register_forward_hook(lambda *_: seen.append("q"))
+    layer.self_attn.o_proj.register_forward_hook(lambda *_: seen.append("o"))
+    input_ids = torch.randint(0, 50, (2, 16), generator=torch.Generator().manual_seed(0))
+    plain = model.use_cpu_kernels(False).loss(input_ids, input_ids)
+    seen.clear()
+    with_onednn = model.use_cpu_kernels(True, onednn=True).loss(input_ids, input_ids)
+    assert seen == ["q", "o"]
+    torch.testing.assert_close(with_onednn, plain, atol=1e-6, rtol=1e-6)
+
+
 def test_compiled_model_with_onednn_projections_is_one_graph_with_the_same_loss_and_gradients() -> None:
     model, _ = build_model(ModelConfig(d_model=32, n_layers=2, n_heads=2), vocab_size=50, max_seq_len=16, seed=0)
     input_ids = torch.randint(0, 50, (2, 16), generator=torch.Generator().manual_seed(0))

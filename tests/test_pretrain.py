@@ -311,6 +311,36 @@ def test_compiled_run_paused_and_resumed_equals_the_uninterrupted_one_and_tracks
     assert not all(torch.equal(expected[name], eager_weights[name]) for name in expected), "bitwise eager: nothing was compiled"
 
 
+def test_a_resumed_run_keeps_the_product_library_it_started_with(tmp_path: Path, corpus: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The library is chosen by timing at the start of a run; the checkpoint keeps the choice, and a resume on
+    which the timing would choose the other library keeps it all the same (they round differently), ending
+    bitwise where the uninterrupted run ends."""
+    from overtrain.checkpoints.folder import read_checkpoint_info
+    from overtrain.model.cpu_kernels import kernel_library
+    from overtrain.model.cpu_linear import ProductTiming, onednn_available
+
+    if not onednn_available() or kernel_library() is None:
+        pytest.skip("needs oneDNN and the CPU kernels")
+
+    def timing(onednn_faster: bool):
+        return lambda *shape: ProductTiming(shape[:3], shape[3], 2.0 if onednn_faster else 1.0, 1.0)
+
+    settings = ("train.max_tokens=8192", "train.compile=true", "train.dtype=fp32", f"data.cache_dir={tmp_path / 'cache'}")
+    monkeypatch.setattr("overtrain.model.llama.time_products", timing(onednn_faster=True))
+    whole = train_run(tiny_pretrain_config(tmp_path / "whole", corpus, *settings), log=lambda *_: None, show_progress=False)
+    paused, first_log, second_log = tiny_pretrain_config(tmp_path / "paused", corpus, *settings), [], []
+    train_run(paused, log=first_log.append, stop_at_tokens=4096, show_progress=False)
+    checkpoint = list_checkpoints(paused.out_dir)[-1]
+    assert read_checkpoint_info(checkpoint).loop_state["products_library"] == "onednn"
+    monkeypatch.setattr("overtrain.model.llama.time_products", timing(onednn_faster=False))
+    resumed = train_run(paused, log=second_log.append, show_progress=False)
+    assert any(line.startswith("products by oneDNN: oneDNN measured 2.00x") for line in first_log)
+    assert "products by oneDNN, as in the checkpoint this run continues from (its numerics continue unchanged)" in second_log
+    expected = load_file(whole.final_checkpoint / "model.safetensors")
+    actual = load_file(resumed.final_checkpoint / "model.safetensors")
+    assert all(torch.equal(expected[name], actual[name]) for name in expected)
+
+
 def test_the_ladder_dry_run_says_which_runs_compile(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     config = Path(__file__).resolve().parents[1] / "configs" / "demo" / "nano_ladder.yaml"
     overrides = [f"out_dir={tmp_path / 'ladder'}", f"data.cache_dir={tmp_path / 'cache'}", "ladder.budgets_tokens=[1e6,4e6]"]

@@ -48,7 +48,8 @@ def onednn_weight_gradient(grad_rows: torch.Tensor, rows: torch.Tensor) -> torch
 
 
 def onednn_available() -> bool:
-    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+    """This build has oneDNN's product and the user has not switched oneDNN off (``torch.backends.mkldnn.flags``)."""
+    return torch.backends.mkldnn.is_available() and torch._C._get_mkldnn_enabled() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 
 
 @dataclass(frozen=True)
@@ -81,9 +82,16 @@ class ProductTiming:
                 f"({measured}; oneDNN is taken from {ONEDNN_MIN_SPEEDUP}x)")
 
 
-def _seconds_per_call(product, repeats: int = 12) -> float:
-    """Best of 3 timings of ``repeats`` calls, after one untimed call (oneDNN builds its kernel there)."""
+TIMING_BUDGET_SECONDS = 0.01
+"""Per library and round of :func:`time_products`: each round runs as many calls as fit (at least one)."""
+
+
+def _seconds_per_call(product) -> float:
+    """Best of 3 rounds of timed calls, after one untimed call (oneDNN builds its kernel there) that also sizes
+    the rounds to :data:`TIMING_BUDGET_SECONDS`, so that a large model's timing stays short."""
+    start = time.perf_counter()
     product()
+    repeats = max(1, min(12, int(TIMING_BUDGET_SECONDS / max(time.perf_counter() - start, 1e-6))))
     best = float("inf")
     for _ in range(3):
         start = time.perf_counter()
@@ -96,8 +104,8 @@ def _seconds_per_call(product, repeats: int = 12) -> float:
 @functools.lru_cache(maxsize=8)
 def time_products(rows: int, width: int, out_width: int, threads: int) -> ProductTiming:
     """Time a (rows x width) @ (width x out_width) fp32 product by ``torch.mm`` and by oneDNN, once per process
-    and shape (~20 ms at the nano shape). ``threads`` is torch's thread count, passed so that a change of it
-    times again."""
+    and shape (four rounds of at most :data:`TIMING_BUDGET_SECONDS` per library, or of one call where a call
+    takes longer: ~40 ms at the nano shape, ~0.3 s at d_model 768). ``threads`` is torch's thread count, passed so that a change of it times again."""
     generator = torch.Generator().manual_seed(0)  # not torch's global generator: no draw from the run's stream
     source, weight = torch.randn(rows, width, generator=generator), torch.randn(out_width, width, generator=generator)
     blas = _seconds_per_call(lambda: source @ weight.T)

@@ -21,13 +21,27 @@ from overtrain.model.config import ModelConfig
 from overtrain.model.cpu_attention import causal_attention, heads_first, kernel_applies
 from overtrain.model.cpu_cross_entropy import linear_cross_entropy, loss_kernel_applies
 from overtrain.model.cpu_kernels import blas_sgemm, kernel_available
-from overtrain.model.cpu_linear import ProductTiming, linear, linear_applies, time_products
+from overtrain.model.cpu_linear import ProductTiming, linear, linear_applies, onednn_available, time_products
 
 
-def project(layer: nn.Linear, x: torch.Tensor, onednn: bool) -> torch.Tensor:
-    """``layer(x)``, by oneDNN where ``onednn`` and it applies (:mod:`overtrain.model.cpu_linear`); else the module
-    is called, so that its hooks run and a wrapped or replaced layer computes as it would."""
-    return linear(x, layer.weight) if onednn and linear_applies(x, layer.weight) else layer(x)
+def is_plain_linear(layer: nn.Module) -> bool:
+    """Whether ``layer(x)`` is exactly ``F.linear(x, layer.weight)``: an ``nn.Linear`` itself (not replaced or
+    wrapped, e.g. by a LoRA adapter), without bias or hooks. Only such layers may be computed from their weight
+    alone (oneDNN's products, the stacked q/k/v product)."""
+    from torch.nn.modules import module as module_globals
+
+    global_hooks = module_globals._global_forward_hooks or module_globals._global_forward_pre_hooks
+    return (type(layer) is nn.Linear and layer.bias is None and not layer._forward_hooks and not layer._forward_pre_hooks
+            and not global_hooks)
+
+
+def project(layer: nn.Module, x: torch.Tensor, onednn: bool) -> torch.Tensor:
+    """``layer(x)``, by oneDNN where ``onednn``, it applies (:mod:`overtrain.model.cpu_linear`) and the layer is a
+    plain linear layer (:func:`is_plain_linear`); else the module is called, so that its hooks run and a wrapped
+    or replaced layer computes as it would."""
+    if onednn and is_plain_linear(layer) and linear_applies(x, layer.weight):
+        return linear(x, layer.weight)
+    return layer(x)
 
 
 def project_by(weight: torch.Tensor, x: torch.Tensor, onednn: bool) -> torch.Tensor:
@@ -79,7 +93,7 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         batch, seq_len, _ = x.shape  # (B, T, C)
-        if self.cpu_kernel and self.n_kv_heads == self.n_heads:
+        if self.cpu_kernel and self.n_kv_heads == self.n_heads and self._projections_are_plain():
             qkv = self._stacked_projection(x).view(batch, seq_len, 3, self.n_heads, self.head_dim)  # (B, T, 3, H, D)
             if kernel_applies(qkv):  # the kernel rotates q and k itself
                 scale, keep = self.head_dim**-0.5, qkv.requires_grad  # no probabilities kept for a pass without gradients
@@ -94,12 +108,16 @@ class Attention(nn.Module):
         out = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=self.n_kv_heads != self.n_heads)
         return project(self.o_proj, out.transpose(1, 2).reshape(batch, seq_len, -1), self.onednn_products)  # (B, T, C)
 
+    def _projections_are_plain(self) -> bool:
+        """Whether q, k and v can be made from their stacked weights (no adapter, bias or hook on any)."""
+        return all(is_plain_linear(layer) for layer in (self.q_proj, self.k_proj, self.v_proj))
+
     def _stacked_projection(self, x: torch.Tensor) -> torch.Tensor:
         """(B, T, C) -> q, k and v side by side (B, T, 3*H*D), from one product with the three weights stacked:
         at the nano shape one (4096 x 64) @ (64 x 192) product and its two gradient products take ~1.6 ms less
         per layer and step than three of width 64. The weights stay three tensors (transformers' layout). Taken
-        by every layer with the CPU kernels on and as many key/value heads as query heads (also where the
-        attention kernel then does not apply, e.g. under autocast); runs without the kernels keep three
+        by every layer with the CPU kernels on, as many key/value heads as query heads and plain q/k/v layers
+        (also where the attention kernel then does not apply, e.g. under autocast); runs without the kernels keep three
         products, so their numerics stay what they were."""
         stacked = torch.cat((self.q_proj.weight, self.k_proj.weight, self.v_proj.weight))
         return project_by(stacked, x, self.onednn_products)
@@ -209,10 +227,10 @@ class LlamaLM(nn.Module):
         (:mod:`overtrain.model.cpu_linear`) where it measures faster than torch's BLAS on this CPU, else with
         torch's operations. They agree to float rounding, not bitwise; off by default, the training loop turns
         them on for compiled runs. Decided here, once: the kernels are built (seconds, once per machine) and
-        taken only if torch runs one thread now; the two product libraries are timed (~20 ms, once per
+        taken only if torch runs one thread now; the two product libraries are timed (~40-300 ms, once per
         process and shape; :attr:`product_timing` keeps the figures) unless ``onednn`` says which to take."""
         self.product_timing = self._time_products() if enabled and onednn is None else None
-        onednn = enabled and (self.product_timing.use_onednn if onednn is None else onednn)
+        onednn = enabled and (self.product_timing.use_onednn if onednn is None else onednn) and onednn_available()
         enabled = enabled and kernel_available()
         for layer in self.model.layers:
             layer.self_attn.cpu_kernel = enabled
@@ -222,9 +240,12 @@ class LlamaLM(nn.Module):
         return self
 
     def _time_products(self) -> ProductTiming:
-        """oneDNN against torch's BLAS on this CPU, at this model's widest projection of 4096 tokens."""
-        widest = max(3 * self.config.d_model, self.config.ff_width)
-        return time_products(4096, self.config.d_model, widest, torch.get_num_threads())
+        """oneDNN against torch's BLAS on this CPU, at this model's widest projection: of 4096 tokens (as a step
+        of the demo's shape makes them; oneDNN's ~12 us per call weighs most there) where that is at most
+        2^28 FLOP, of fewer (at least 512) for wider models, so that their timing stays well under a second."""
+        width, widest = self.config.d_model, max(3 * self.config.d_model, self.config.ff_width)
+        rows = max(512, min(4096, 2**27 // (width * widest)))
+        return time_products(rows, width, widest, torch.get_num_threads())
 
     def num_parameters(self, exclude_embeddings: bool = False) -> int:
         unique = {id(p): p for p in self.parameters()}

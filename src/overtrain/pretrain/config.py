@@ -60,8 +60,9 @@ class TrainConfig:
     (2.2x slower for the nano step on an AVX512-BF16 Xeon without AMX; see overtrain.precision)."""
     compile: bool | Literal["auto"] = "auto"
     """Compile the model and loss with torch.compile (on CPU also overtrain's kernels: attention with the
-    rotary embedding and the q/k/v products fused, and the output layer fused with the loss): ~1.8x the
-    steps per second at the nano shape, for a slower start (~20 s of one core there; ~3 s once inductor's
+    rotary embedding and the q/k/v products fused, and the output layer fused with the loss; in fp32, the
+    products by oneDNN where it measures faster than torch's BLAS, a choice kept in the run's checkpoints):
+    ~1.8x the steps per second at the nano shape (~2.2x on an AMD CPU with AVX-512), for a slower start (~20 s of one core there; ~3 s once inductor's
     on-disk cache is warm). ``auto`` (the
     default) compiles where that pays: single-process runs of at least 500 steps in all (the run's whole
     length, not what is left, so a resumed run or a WSD trunk segment rounds like the uninterrupted run).

@@ -81,6 +81,14 @@ class RunState:
     started_at_step: int = 0
     first_step_loss: float | None = None
     """Loss of the first step this invocation trained (a WSD branch's equals the trunk's at that step)."""
+    products_library: str | None = None
+    """Which library a compiled fp32 CPU run makes its products with, "onednn" or "blas" (None: not chosen).
+    Chosen by timing when the run starts (:meth:`overtrain.model.llama.LlamaLM.use_cpu_kernels`) and kept in
+    its checkpoints, so that a resumed run or a WSD branch does not time again and switch libraries: the two
+    round differently, and a resumed run must continue bitwise where it stopped."""
+
+
+PRODUCT_LIBRARY_NAMES = {"onednn": "oneDNN", "blas": "torch's BLAS"}
 
 
 @dataclass(frozen=True)
@@ -324,7 +332,8 @@ def _restore_or_start(config, model, optimizer, newest: CheckpointInfo | None, i
     first_loss = info.loop_state.get("first_train_loss")
     since_eval = [float(value) for value in info.loop_state.get("train_losses_since_eval", [])]
     return RunState(step=info.step, tokens_seen=info.tokens_seen, first_loss=first_loss, train_losses=since_eval,
-                    started_at_tokens=info.tokens_seen, started_at_step=info.step)
+                    started_at_tokens=info.tokens_seen, started_at_step=info.step,
+                    products_library=info.loop_state.get("products_library"))
 
 
 def _check_same_setup(saved: dict[str, Any], config: PretrainConfig, source: Path) -> None:
@@ -421,11 +430,27 @@ class _TrainingLoop:
         # rotary embedding itself, after one stacked q/k/v product, the output layer fused with the loss, and the
         # projections by oneDNN where it measures faster than torch's BLAS (docs/benchmarks.md has what each
         # saves). Eager runs keep torch's operations and three products, so their numerics stay what they were.
-        model.use_cpu_kernels(compiled and self.device.type == "cpu")
-        if model.product_timing is not None and context.is_main:
-            self.log(model.product_timing.describe())
+        kernels = compiled and self.device.type == "cpu"
+        fp32 = resolve_dtype(self.train_config.dtype, self.device) == "fp32"  # under bf16 autocast torch makes the products
+        saved = self.state.products_library
+        onednn = (saved == "onednn" if saved is not None else None) if fp32 else False
+        model.use_cpu_kernels(kernels, onednn=onednn)
+        if kernels and fp32:
+            self.state.products_library = "onednn" if model.onednn_products else "blas"
+            if context.is_main:
+                self.log(self._products_note(saved))
         if context.world_size > 1:
             self.forward_model = context.wrap(self.forward_model)
+
+    def _products_note(self, saved: str | None) -> str:
+        """The log line saying which library makes the products: measured now, or kept from the checkpoint."""
+        if self.model.product_timing is not None:
+            return self.model.product_timing.describe()
+        now = PRODUCT_LIBRARY_NAMES[self.state.products_library]
+        if saved == self.state.products_library:
+            return f"products by {now}, as in the checkpoint this run continues from (its numerics continue unchanged)"
+        return (f"products by {now}: the checkpoint this run continues from made them by {PRODUCT_LIBRARY_NAMES[saved]}, "
+                "which this machine's torch cannot use (the losses continue within float rounding, not bitwise)")
 
     def run(self, out_dir: Path, stop_at_tokens: int | None = None) -> RunResult:
         train = self.train_config
@@ -548,7 +573,8 @@ class _TrainingLoop:
     def _checkpoint(self, out_dir: Path) -> None:
         if not self.context.is_main:
             return
-        loop_state = {"first_train_loss": self.state.first_loss, "train_losses_since_eval": list(self.state.train_losses)}
+        loop_state = {"first_train_loss": self.state.first_loss, "train_losses_since_eval": list(self.state.train_losses),
+                      "products_library": self.state.products_library}
         try:
             save_checkpoint(
                 out_dir,
