@@ -43,6 +43,23 @@ def test_linear_and_its_gradients_match_float64_as_closely_as_torch(shape: tuple
         assert _float64_error(ours, truth) <= 2 * _float64_error(theirs, truth) + 1e-6, name
 
 
+def test_second_derivatives_through_linear_are_torchs() -> None:
+    """A Hessian-vector product (create_graph=True, as the sharpness probes make) through the op equals the
+    one through F.linear: the backward pass falls back to torch's differentiable products."""
+    generator = torch.Generator().manual_seed(2)
+    x = torch.randn(6, 9, generator=generator, requires_grad=True)
+    weight = torch.randn(5, 9, generator=generator, requires_grad=True)
+    direction = torch.randn(5, 9, generator=generator)
+
+    def hessian_vector_product(function) -> list[torch.Tensor]:
+        loss = function(x, weight).tanh().pow(2).sum()
+        (grad_weight,) = torch.autograd.grad(loss, weight, create_graph=True)
+        return list(torch.autograd.grad((grad_weight * direction).sum(), (x, weight)))
+
+    for mine, reference in zip(hessian_vector_product(linear), hessian_vector_product(F.linear)):
+        torch.testing.assert_close(mine, reference, atol=1e-5, rtol=1e-5)
+
+
 def test_linear_applies_to_fp32_cpu_tensors_outside_autocast() -> None:
     x, weight = torch.randn(4, 8), torch.randn(3, 8)
     assert linear_applies(x, weight)

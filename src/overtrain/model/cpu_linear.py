@@ -158,6 +158,10 @@ def _linear_setup_context(ctx, inputs, output) -> None:
 
 def _linear_backward(ctx, grad_output):
     x, weight = ctx.saved_tensors
+    if torch.is_grad_enabled():  # create_graph=True: a second derivative is wanted (Hessian-vector products),
+        # which linear_backward has none of; torch's products are differentiable
+        grad_rows = grad_output.reshape(-1, grad_output.shape[-1])
+        return grad_output @ weight, grad_rows.T @ x.reshape(-1, x.shape[-1])
     return linear_backward(grad_output.contiguous(), x, weight)
 
 
