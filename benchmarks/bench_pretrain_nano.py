@@ -49,21 +49,18 @@ import torch
 
 def matmul_peak(size: int = 2048, repeats: int = 4) -> dict[str, tuple[float, float]]:
     """(FLOP/s by CPU time, FLOP/s by wall time) of a square fp32 product on this thread, by each library torch
-    links: ``torch.mm`` (its BLAS, MKL in the x86 wheels) and oneDNN (where this build has it)."""
-    from overtrain.model.cpu_linear import onednn_available, onednn_product
+    links: its BLAS (``torch.mm``, MKL in the x86 wheels) and oneDNN (where this build has it)."""
+    from overtrain.model.cpu_linear import LIBRARY_NAMES, products_by_library
 
     a, b = torch.randn(size, size), torch.randn(size, size)
-    products = {"torch.mm": lambda: a @ b}
-    if onednn_available():
-        products["oneDNN"] = lambda: onednn_product(a, b)
     rates = {}
-    for library, product in products.items():
+    for library, product in products_by_library(a, b).items():
         product()
         cpu, wall = time.process_time(), time.perf_counter()
         for _ in range(repeats):
             product()
         flops = 2 * size**3 * repeats
-        rates[library] = (flops / (time.process_time() - cpu), flops / (time.perf_counter() - wall))
+        rates[LIBRARY_NAMES[library]] = (flops / (time.process_time() - cpu), flops / (time.perf_counter() - wall))
     return rates
 
 

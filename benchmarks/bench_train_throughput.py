@@ -25,15 +25,12 @@ from overtrain.precision import autocast_context, resolve_dtype
 def matmul_peak_flops(dtype: str, size: int = 2048, repeats: int = 10) -> float:
     """FLOP/s of a square product in ``dtype``; in fp32 the faster of torch.mm's BLAS and oneDNN (MKL takes its
     AVX2 path on AMD CPUs, where oneDNN runs about twice as fast: the BLAS alone would understate the peak)."""
-    from overtrain.model.cpu_linear import onednn_available, onednn_product
+    from overtrain.model.cpu_linear import products_by_library
 
     torch_dtype = torch.bfloat16 if dtype == "bf16" else torch.float32
     a, b = torch.randn(size, size, dtype=torch_dtype), torch.randn(size, size, dtype=torch_dtype)
-    products = [lambda: a @ b]
-    if torch_dtype == torch.float32 and onednn_available():
-        products.append(lambda: onednn_product(a, b))
     rates = []
-    for product in products:
+    for product in products_by_library(a, b).values():
         product()
         started = time.perf_counter()
         for _ in range(repeats):

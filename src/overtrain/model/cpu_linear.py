@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import functools
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -50,6 +51,19 @@ def onednn_weight_gradient(grad_rows: torch.Tensor, rows: torch.Tensor) -> torch
 def onednn_available() -> bool:
     """This build has oneDNN's product and the user has not switched oneDNN off (``torch.backends.mkldnn.flags``)."""
     return torch.backends.mkldnn.is_available() and torch._C._get_mkldnn_enabled() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+
+
+LIBRARY_NAMES = {"blas": "torch's BLAS", "onednn": "oneDNN"}
+"""The fp32 GEMM libraries a product can be made with here, by key, as logs and benchmarks name them."""
+
+
+def products_by_library(source: torch.Tensor, weight: torch.Tensor) -> dict[str, Callable[[], torch.Tensor]]:
+    """``source @ weight.T`` by each library of :data:`LIBRARY_NAMES` that can make it: torch's BLAS
+    (``torch.mm``: MKL in the x86 wheels) always, oneDNN for fp32 where :func:`onednn_available`."""
+    products = {"blas": lambda: source @ weight.T}
+    if source.dtype == torch.float32 and onednn_available():
+        products["onednn"] = lambda: onednn_product(source, weight)
+    return products
 
 
 @dataclass(frozen=True)
@@ -105,14 +119,15 @@ def _seconds_per_call(product) -> float:
 def time_products(rows: int, width: int, out_width: int, threads: int) -> ProductTiming:
     """Time a (rows x width) @ (width x out_width) fp32 product by ``torch.mm`` and by oneDNN, once per process
     and shape (four rounds of at most :data:`TIMING_BUDGET_SECONDS` per library, or of one call where a call
-    takes longer: ~40 ms at the nano shape, ~0.3 s at d_model 768). ``threads`` is torch's thread count, passed so that a change of it times again."""
+    takes longer: ~40 ms at the nano shape, ~0.15 s at d_model 768). ``threads`` is torch's thread count,
+    passed so that a change of it times again."""
     generator = torch.Generator().manual_seed(0)  # not torch's global generator: no draw from the run's stream
     source, weight = torch.randn(rows, width, generator=generator), torch.randn(out_width, width, generator=generator)
-    blas = _seconds_per_call(lambda: source @ weight.T)
-    onednn = None
-    if onednn_available():
+    products = products_by_library(source, weight)
+    blas, onednn = _seconds_per_call(products["blas"]), None
+    if "onednn" in products:
         try:
-            onednn = _seconds_per_call(lambda: onednn_product(source, weight))
+            onednn = _seconds_per_call(products["onednn"])
         except RuntimeError:  # a build whose oneDNN refuses plain fp32 tensors
             onednn = None
     return ProductTiming((rows, width, out_width), threads, blas, onednn)

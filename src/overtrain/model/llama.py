@@ -16,6 +16,7 @@ import fnmatch
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.modules import module as module_globals
 
 from overtrain.model.config import ModelConfig
 from overtrain.model.cpu_attention import causal_attention, heads_first, kernel_applies
@@ -28,8 +29,6 @@ def is_plain_linear(layer: nn.Module) -> bool:
     """Whether ``layer(x)`` is exactly ``F.linear(x, layer.weight)``: an ``nn.Linear`` itself (not replaced or
     wrapped, e.g. by a LoRA adapter), without bias or hooks. Only such layers may be computed from their weight
     alone (oneDNN's products, the stacked q/k/v product)."""
-    from torch.nn.modules import module as module_globals
-
     global_hooks = module_globals._global_forward_hooks or module_globals._global_forward_pre_hooks
     return (type(layer) is nn.Linear and layer.bias is None and not layer._forward_hooks and not layer._forward_pre_hooks
             and not global_hooks)
@@ -39,13 +38,11 @@ def project(layer: nn.Module, x: torch.Tensor, onednn: bool) -> torch.Tensor:
     """``layer(x)``, by oneDNN where ``onednn``, it applies (:mod:`overtrain.model.cpu_linear`) and the layer is a
     plain linear layer (:func:`is_plain_linear`); else the module is called, so that its hooks run and a wrapped
     or replaced layer computes as it would."""
-    if onednn and is_plain_linear(layer) and linear_applies(x, layer.weight):
-        return linear(x, layer.weight)
-    return layer(x)
+    return project_by(layer.weight, x, onednn) if onednn and is_plain_linear(layer) else layer(x)
 
 
 def project_by(weight: torch.Tensor, x: torch.Tensor, onednn: bool) -> torch.Tensor:
-    """``F.linear(x, weight)``, by oneDNN where ``onednn`` and it applies."""
+    """``F.linear(x, weight)``, by oneDNN where ``onednn`` and it applies (:func:`linear_applies`)."""
     return linear(x, weight) if onednn and linear_applies(x, weight) else F.linear(x, weight)
 
 
@@ -116,9 +113,9 @@ class Attention(nn.Module):
         """(B, T, C) -> q, k and v side by side (B, T, 3*H*D), from one product with the three weights stacked:
         at the nano shape one (4096 x 64) @ (64 x 192) product and its two gradient products take ~1.6 ms less
         per layer and step than three of width 64. The weights stay three tensors (transformers' layout). Taken
-        by every layer with the CPU kernels on, as many key/value heads as query heads and plain q/k/v layers
-        (also where the attention kernel then does not apply, e.g. under autocast); runs without the kernels keep three
-        products, so their numerics stay what they were."""
+        by every layer with the CPU kernels on, as many key/value heads as query heads and plain q/k/v
+        layers (also where the attention kernel then does not apply, e.g. under autocast); runs without the
+        kernels keep three products, so their numerics stay what they were."""
         stacked = torch.cat((self.q_proj.weight, self.k_proj.weight, self.v_proj.weight))
         return project_by(stacked, x, self.onednn_products)
 

@@ -62,9 +62,8 @@ class TrainConfig:
     """Compile the model and loss with torch.compile (on CPU also overtrain's kernels: attention with the
     rotary embedding and the q/k/v products fused, and the output layer fused with the loss; in fp32, the
     products by oneDNN where it measures faster than torch's BLAS, a choice kept in the run's checkpoints):
-    ~1.8x the steps per second at the nano shape (~2.2x on an AMD CPU with AVX-512), for a slower start (~20 s of one core there; ~3 s once inductor's
-    on-disk cache is warm). ``auto`` (the
-    default) compiles where that pays: single-process runs of at least 500 steps in all (the run's whole
+    ~1.8x the steps per second at the nano shape (~2.2x on an AMD CPU with AVX-512), for a slower start
+    (~20 s of one core there; ~3 s once inductor's on-disk cache is warm). ``auto`` (the default) compiles where that pays: single-process runs of at least 500 steps in all (the run's whole
     length, not what is left, so a resumed run or a WSD trunk segment rounds like the uninterrupted run).
     Compiled and eager steps agree to float rounding, not bitwise: a WSD branch of fewer than 500 steps
     runs eager after its compiled trunk, so it matches a standalone run of its budget (eager) to rounding

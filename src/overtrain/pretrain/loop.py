@@ -46,6 +46,7 @@ from overtrain.data.tokens import (
     train_tokens_needed,
 )
 from overtrain.errors import OvertrainError
+from overtrain.model.cpu_linear import LIBRARY_NAMES
 from overtrain.model.llama import LlamaLM, build_model, describe_size, estimate_flops_per_token
 from overtrain.model.loss import mean_token_loss
 from overtrain.precision import autocast_context, resolve_dtype
@@ -87,8 +88,6 @@ class RunState:
     its checkpoints, so that a resumed run or a WSD branch does not time again and switch libraries: the two
     round differently, and a resumed run must continue bitwise where it stopped."""
 
-
-PRODUCT_LIBRARY_NAMES = {"onednn": "oneDNN", "blas": "torch's BLAS"}
 
 
 @dataclass(frozen=True)
@@ -433,7 +432,10 @@ class _TrainingLoop:
         kernels = compiled and self.device.type == "cpu"
         fp32 = resolve_dtype(self.train_config.dtype, self.device) == "fp32"  # under bf16 autocast torch makes the products
         saved = self.state.products_library
-        onednn = (saved == "onednn" if saved is not None else None) if fp32 else False
+        if not fp32:
+            onednn = False
+        else:  # None: time the two libraries now; a resumed run keeps the one its checkpoint names
+            onednn = None if saved is None else saved == "onednn"
         model.use_cpu_kernels(kernels, onednn=onednn)
         if kernels and fp32:
             self.state.products_library = "onednn" if model.onednn_products else "blas"
@@ -446,10 +448,10 @@ class _TrainingLoop:
         """The log line saying which library makes the products: measured now, or kept from the checkpoint."""
         if self.model.product_timing is not None:
             return self.model.product_timing.describe()
-        now = PRODUCT_LIBRARY_NAMES[self.state.products_library]
+        now = LIBRARY_NAMES[self.state.products_library]
         if saved == self.state.products_library:
             return f"products by {now}, as in the checkpoint this run continues from (its numerics continue unchanged)"
-        return (f"products by {now}: the checkpoint this run continues from made them by {PRODUCT_LIBRARY_NAMES[saved]}, "
+        return (f"products by {now}: the checkpoint this run continues from made them by {LIBRARY_NAMES[saved]}, "
                 "which this machine's torch cannot use (the losses continue within float rounding, not bitwise)")
 
     def run(self, out_dir: Path, stop_at_tokens: int | None = None) -> RunResult:
