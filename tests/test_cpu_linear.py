@@ -75,15 +75,44 @@ def test_onednn_is_taken_only_from_the_measured_speedup() -> None:
 
     assert timing(2.0, 1.0).use_onednn and timing(2.0, 1.0).onednn_speedup == 2.0
     assert timing(ONEDNN_MIN_SPEEDUP, 1.0).use_onednn
-    assert not timing(1.1, 1.0).use_onednn  # within the timing's noise: keep torch's BLAS
+    assert not timing(1.2, 1.0).use_onednn  # what a Zen 4 core measured while its step ran faster by torch's BLAS
     assert not timing(1.0, None).use_onednn
     assert "products by oneDNN: oneDNN measured 2.00x torch's BLAS" in timing(2.0, 1.0).describe()
-    assert "(4096 x 64) @ (64 x 192) fp32 on 1 thread" in timing(2.0, 1.0).describe()
+    assert "(4096 x 64) @ (64 x 192) fp32 product with its two gradients, on 1 thread" in timing(2.0, 1.0).describe()
+    assert "train.cpu_products pins either" in timing(2.0, 1.0).describe()
     assert timing(1.0, 1.0).describe().startswith("products by torch's BLAS: oneDNN measured 1.00x")
     assert "cannot compute plain fp32" in timing(1.0, None).describe()
     measured = time_products(64, 16, 32, torch.get_num_threads())
     assert measured.blas_seconds > 0 and measured.onednn_seconds is not None and measured.onednn_seconds > 0
     assert measured is time_products(64, 16, 32, torch.get_num_threads())  # timed once per process and shape
+
+
+def test_the_timing_makes_a_linear_layers_three_training_products_with_each_library() -> None:
+    """What is timed is what a training step asks of the library for each projection: forward, input
+    gradient and weight gradient, the same three results by either library."""
+    products = cpu_linear.training_products_by_library(40, 16, 24)
+    forward, grad_input, grad_weight = products["blas"]()
+    assert (forward.shape, grad_input.shape, grad_weight.shape) == ((40, 24), (40, 16), (24, 16))
+    if "onednn" in products:
+        for by_onednn, by_blas in zip(products["onednn"](), (forward, grad_input, grad_weight)):
+            torch.testing.assert_close(by_onednn, by_blas, atol=1e-4, rtol=1e-5)
+
+
+def test_the_timing_alternates_the_libraries_and_drops_one_that_refuses(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[str] = []
+    fastest = cpu_linear._fastest_rounds({"blas": lambda: calls.append("blas"), "onednn": lambda: calls.append("onednn")})
+    assert set(fastest) == {"blas", "onednn"} and all(seconds >= 0 for seconds in fastest.values())
+    assert calls[:2] == ["blas", "onednn"] and 2 * (2 + 2) <= len(calls) <= 2 * (2 + cpu_linear.TIMING_ROUNDS)
+    assert all(calls[i] != calls[i + 1] for i in range(len(calls) - 1))  # a change of the machine's speed meets both
+
+    def refuses() -> None:
+        raise RuntimeError("oneDNN: unsupported")
+
+    assert set(cpu_linear._fastest_rounds({"blas": lambda: None, "onednn": refuses})) == {"blas"}
+    monkeypatch.setattr(cpu_linear, "training_products_by_library", lambda *shape: {"blas": lambda: None, "onednn": refuses})
+    cpu_linear.time_products.cache_clear()
+    assert cpu_linear.time_products(8, 8, 8, 1).onednn_seconds is None
+    cpu_linear.time_products.cache_clear()
 
 
 @pytest.mark.parametrize("onednn", [True, False])

@@ -341,6 +341,56 @@ def test_a_resumed_run_keeps_the_product_library_it_started_with(tmp_path: Path,
     assert all(torch.equal(expected[name], actual[name]) for name in expected)
 
 
+def test_a_pinned_product_library_is_not_timed_and_a_switch_on_resume_is_said(tmp_path: Path, corpus: Path,
+                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """train.cpu_products=blas makes every fresh run round alike (no timing); the checkpoint names the library.
+    A resume with the same pin continues bitwise; another pin is a changed setting, refused unless the run is
+    extended under it, and then the log says that the numerics continue within rounding only."""
+    from overtrain.checkpoints.folder import read_checkpoint_info
+    from overtrain.model.cpu_linear import onednn_available
+
+    def no_timing(*shape):
+        raise AssertionError("a pinned library is not timed")
+
+    monkeypatch.setattr("overtrain.model.llama.time_products", no_timing)
+    settings = ("train.max_tokens=8192", "train.compile=true", "train.dtype=fp32")
+    pinned, log = tiny_pretrain_config(tmp_path, corpus, *settings, "train.cpu_products=blas"), []
+    train_run(pinned, log=log.append, stop_at_tokens=4096, show_progress=False)
+    assert "products by torch's BLAS, as train.cpu_products=blas pins" in log
+    assert read_checkpoint_info(list_checkpoints(pinned.out_dir)[-1]).loop_state["products_library"] == "blas"
+    if onednn_available():
+        with pytest.raises(OvertrainError, match="train.cpu_products: 'blas' -> 'onednn'"):
+            train_run(tiny_pretrain_config(tmp_path, corpus, *settings, "train.cpu_products=onednn"), log=lambda *_: None, show_progress=False)
+    log = []
+    train_run(pinned, log=log.append, stop_at_tokens=6144, show_progress=False)
+    assert "products by torch's BLAS, as in the checkpoint this run continues from (its numerics continue unchanged)" in log
+    if onednn_available():
+        extended, log = tiny_pretrain_config(tmp_path, corpus, *settings, "train.cpu_products=onednn", "train.extend=true"), []
+        train_run(extended, log=log.append, show_progress=False)
+        assert ("products by oneDNN, as train.cpu_products=onednn pins: the checkpoint this run continues from made them by "
+                "torch's BLAS (the losses continue within float rounding, not bitwise)") in log
+        assert read_checkpoint_info(list_checkpoints(extended.out_dir)[-1]).loop_state["products_library"] == "onednn"
+
+
+def test_onednn_pinned_where_torch_cannot_use_it_is_refused(tmp_path: Path, corpus: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("overtrain.pretrain.loop.onednn_available", lambda: False)
+    config = tiny_pretrain_config(tmp_path, corpus, "train.max_tokens=4096", "train.compile=true", "train.dtype=fp32", "train.cpu_products=onednn")
+    with pytest.raises(OvertrainError, match="train.cpu_products=onednn, but this torch cannot make products with oneDNN"):
+        train_run(config, log=lambda *_: None, show_progress=False)
+    assert not list_checkpoints(config.out_dir)
+
+
+def test_cpu_products_is_left_out_of_stored_configs_at_its_default(tmp_path: Path, corpus: Path) -> None:
+    """Added after runs were stored: at ``auto`` the resolved config (and so every stored job's key) is what
+    it was; a pin is part of it; an unknown library is refused with the choices."""
+    from overtrain.config import config_to_dict
+
+    assert "cpu_products" not in config_to_dict(tiny_pretrain_config(tmp_path, corpus))["train"]
+    assert config_to_dict(tiny_pretrain_config(tmp_path, corpus, "train.cpu_products=blas"))["train"]["cpu_products"] == "blas"
+    with pytest.raises(OvertrainError, match="cpu_products"):
+        tiny_pretrain_config(tmp_path, corpus, "train.cpu_products=mkl")
+
+
 def test_the_ladder_dry_run_says_which_runs_compile(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     config = Path(__file__).resolve().parents[1] / "configs" / "demo" / "nano_ladder.yaml"
     overrides = [f"out_dir={tmp_path / 'ladder'}", f"data.cache_dir={tmp_path / 'cache'}", "ladder.budgets_tokens=[1e6,4e6]"]

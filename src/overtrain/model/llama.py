@@ -221,10 +221,10 @@ class LlamaLM(nn.Module):
         """Compute attention with :mod:`overtrain.model.cpu_attention` where it applies (fp32 on the CPU, head
         dim 16-64, no grouped keys), the training loss's output layer and cross-entropy with
         :mod:`overtrain.model.cpu_cross_entropy` (fp32 on the CPU), and the projections with oneDNN
-        (:mod:`overtrain.model.cpu_linear`) where it measures faster than torch's BLAS on this CPU, else with
+        (:mod:`overtrain.model.cpu_linear`) where it measures clearly faster than torch's BLAS on this CPU, else with
         torch's operations. They agree to float rounding, not bitwise; off by default, the training loop turns
         them on for compiled runs. Decided here, once: the kernels are built (seconds, once per machine) and
-        taken only if torch runs one thread now; the two product libraries are timed (~40-300 ms, once per
+        taken only if torch runs one thread now; the two product libraries are timed (~0.1-0.5 s, once per
         process and shape; :attr:`product_timing` keeps the figures) unless ``onednn`` says which to take."""
         self.product_timing = self._time_products() if enabled and onednn is None else None
         onednn = enabled and (self.product_timing.use_onednn if onednn is None else onednn) and onednn_available()

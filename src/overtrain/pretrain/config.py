@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from overtrain.config import TRANSIENT, apply_overrides, build_dataclass, parse_override, read_yaml
+from overtrain.config import OMITTED_AT_DEFAULT, TRANSIENT, apply_overrides, build_dataclass, parse_override, read_yaml
 from overtrain.data.config import DataConfig, tokenizer_problems
 from overtrain.data.synthetic import long_tail_problems
 from overtrain.errors import OvertrainError, SettingProblems
@@ -61,14 +61,21 @@ class TrainConfig:
     compile: bool | Literal["auto"] = "auto"
     """Compile the model and loss with torch.compile (on CPU also overtrain's kernels: attention with the
     rotary embedding and the q/k/v products fused, and the output layer fused with the loss; in fp32, the
-    products by oneDNN where it measures faster than torch's BLAS, a choice kept in the run's checkpoints):
-    ~1.8x the steps per second at the nano shape (~2.2x on an AMD CPU with AVX-512), for a slower start
+    products by oneDNN where it measures clearly faster than torch's BLAS (``cpu_products``)): ~1.8x the steps
+    per second at the nano shape (~2.2x on an AMD Zen 5, ~1.6x on a Zen 4), for a slower start
     (~20 s of one core there; ~3 s once inductor's on-disk cache is warm). ``auto`` (the default) compiles where that pays: single-process runs of at least 500 steps in all (the run's whole
     length, not what is left, so a resumed run or a WSD trunk segment rounds like the uninterrupted run).
     Compiled and eager steps agree to float rounding, not bitwise: a WSD branch of fewer than 500 steps
     runs eager after its compiled trunk, so it matches a standalone run of its budget (eager) to rounding
     only. The demo and study recipes pin ``false``: their published numbers, and the keys of their stored
     jobs, are eager."""
+    cpu_products: Literal["auto", "onednn", "blas"] = field(default="auto", metadata=OMITTED_AT_DEFAULT)
+    """Which fp32 GEMM library a compiled CPU run makes its products with: ``auto`` (the default) times both
+    at the model's shape when the run starts and takes oneDNN where it is clearly faster (on AMD CPUs with
+    AVX-512, whose MKL runs its AVX2 code); ``onednn`` or ``blas`` (torch's BLAS, MKL in the x86 wheels)
+    pin one, so that fresh runs on one machine, the jobs of a sweep among them, round alike. The two agree
+    to float rounding. A run keeps the library its checkpoints name; a resume that pins the other is
+    refused. Eager and bf16 runs make their products with torch's operations whatever this says."""
     seed: int = 0
     """Seeds the initialization and the order of training batches."""
     eval_every_tokens: int = 500_000

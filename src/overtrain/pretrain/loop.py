@@ -46,7 +46,7 @@ from overtrain.data.tokens import (
     train_tokens_needed,
 )
 from overtrain.errors import OvertrainError
-from overtrain.model.cpu_linear import LIBRARY_NAMES
+from overtrain.model.cpu_linear import LIBRARY_NAMES, onednn_available
 from overtrain.model.llama import LlamaLM, build_model, describe_size, estimate_flops_per_token
 from overtrain.model.loss import mean_token_loss
 from overtrain.precision import autocast_context, resolve_dtype
@@ -335,6 +335,21 @@ def _restore_or_start(config, model, optimizer, newest: CheckpointInfo | None, i
                     products_library=info.loop_state.get("products_library"))
 
 
+def _products_library(pinned: str, saved: str | None) -> str | None:
+    """The library a compiled fp32 CPU run makes its products with: ``train.cpu_products``'s pin, else the one
+    the checkpoint it continues from names (so that a resumed run or a WSD branch continues bitwise); None:
+    time both now. A pin that differs from the checkpoint's library reaches here only when the user asked to
+    continue under changed settings (``train.extend``, or a branch), and is taken, with a log line saying so.
+    oneDNN pinned where torch cannot use it is refused rather than quietly replaced."""
+    if pinned == "onednn" and not onednn_available():
+        raise OvertrainError(
+            "train.cpu_products=onednn, but this torch cannot make products with oneDNN (its build has none, or "
+            "torch.backends.mkldnn is switched off)",
+            "set train.cpu_products=auto or blas",
+        )
+    return saved if pinned == "auto" else pinned
+
+
 def _check_same_setup(saved: dict[str, Any], config: PretrainConfig, source: Path) -> None:
     """A branch must start from a checkpoint of the same model, data, seed, batch size and sequence length."""
     current = config_to_dict(config)
@@ -427,16 +442,13 @@ class _TrainingLoop:
         self.forward_model = torch.compile(model) if compiled and context.world_size > 1 else model
         # Compiled CPU runs also take overtrain's kernels (LlamaLM.use_cpu_kernels): attention that applies the
         # rotary embedding itself, after one stacked q/k/v product, the output layer fused with the loss, and the
-        # projections by oneDNN where it measures faster than torch's BLAS (docs/benchmarks.md has what each
-        # saves). Eager runs keep torch's operations and three products, so their numerics stay what they were.
+        # projections by oneDNN where it measures clearly faster than torch's BLAS, or as train.cpu_products pins
+        # (docs/benchmarks.md has what each saves). Eager runs keep torch's operations and three products, so their numerics stay what they were.
         kernels = compiled and self.device.type == "cpu"
         fp32 = resolve_dtype(self.train_config.dtype, self.device) == "fp32"  # under bf16 autocast torch makes the products
         saved = self.state.products_library
-        if not fp32:
-            onednn = False
-        else:  # None: time the two libraries now; a resumed run keeps the one its checkpoint names
-            onednn = None if saved is None else saved == "onednn"
-        model.use_cpu_kernels(kernels, onednn=onednn)
+        library = _products_library(self.train_config.cpu_products, saved) if kernels and fp32 else "blas"
+        model.use_cpu_kernels(kernels, onednn=None if library is None else library == "onednn")
         if kernels and fp32:
             self.state.products_library = "onednn" if model.onednn_products else "blas"
             if context.is_main:
@@ -445,14 +457,18 @@ class _TrainingLoop:
             self.forward_model = context.wrap(self.forward_model)
 
     def _products_note(self, saved: str | None) -> str:
-        """The log line saying which library makes the products: measured now, or kept from the checkpoint."""
+        """The log line saying which library makes the products: measured now, pinned, or kept from the checkpoint."""
         if self.model.product_timing is not None:
             return self.model.product_timing.describe()
-        now = LIBRARY_NAMES[self.state.products_library]
-        if saved == self.state.products_library:
+        current, pinned = self.state.products_library, self.train_config.cpu_products
+        now = LIBRARY_NAMES[current]
+        if saved == current:
             return f"products by {now}, as in the checkpoint this run continues from (its numerics continue unchanged)"
-        return (f"products by {now}: the checkpoint this run continues from made them by {LIBRARY_NAMES[saved]}, "
-                "which this machine's torch cannot use (the losses continue within float rounding, not bitwise)")
+        reason = f"as train.cpu_products={pinned} pins" if pinned == current else "oneDNN, which this machine's torch cannot use"
+        if saved is None:
+            return f"products by {now}, {reason}"
+        return (f"products by {now}, {reason}: the checkpoint this run continues from made them by {LIBRARY_NAMES[saved]} "
+                "(the losses continue within float rounding, not bitwise)")
 
     def run(self, out_dir: Path, stop_at_tokens: int | None = None) -> RunResult:
         train = self.train_config
