@@ -65,3 +65,32 @@ def test_pretrain_axes_plan_one_ladder_per_combination() -> None:
     jobs = plan_jobs(config)
     probe_factors = {tuple(job.spec["factors"].items()) for job in jobs if job.kind != "pretrain"}
     assert probe_factors == {(("train.seed", seed),) for seed in (0, 1, 2)}
+
+
+def test_a_row_without_the_metrics_of_its_kind_is_named_with_the_way_out(tmp_path) -> None:
+    """A row whose metrics are ``{}`` (written by hand, or by another tool) used to fail as a bare KeyError in
+    the report; now the row, what it lacks and how to get rid of it are named, and the fix works."""
+    import sqlite3
+
+    import pytest
+
+    from overtrain.errors import OvertrainError
+    from overtrain.results.records import Job, JobOutput
+    from overtrain.results.store import ResultStore
+
+    path = tmp_path / "results.sqlite"
+    draws = [{"gamma": 1.0, "seed": 0, "perturbed_loss": 3.5, "delta": 0.5}]
+    intact = Job("noise", {"checkpoint": "a", "mode": "relative", "gamma": 1.0}, label="noise a")
+    hollow = Job("noise", {"checkpoint": "b", "mode": "relative", "gamma": 1.0}, label="noise b")
+    with ResultStore(path) as store:
+        store.put(intact, JobOutput(metrics={"tokens_seen": 1000, "base_loss": 3.0, "draws": draws}), {}, 1.0)
+        store.put(hollow, JobOutput(metrics={}), {}, 1.0)
+        with pytest.raises(OvertrainError, match=f"the noise row of job {hollow.key} \\(noise b\\) in results store {path} "
+                                                 "lacks metrics.tokens_seen, metrics.base_loss, metrics.draws") as refused:
+            analysis.noise_frame(store)
+        assert analysis.finetune_frame(store).empty  # other kinds are unaffected
+    with sqlite3.connect(path) as connection:  # the fix, as given
+        connection.execute(refused.value.fix.split('"')[1])
+    connection.close()
+    with ResultStore(path) as store:
+        assert analysis.noise_frame(store)["checkpoint"].tolist() == ["a"]

@@ -21,8 +21,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from overtrain.errors import OvertrainError
 from overtrain.results.inflection import Inflection, find_inflection
-from overtrain.results.store import ResultStore
+from overtrain.results.store import ResultRow, ResultStore
 from overtrain.results.tuned import REMEDY_DEFAULTS, with_remedy_columns
 from overtrain.units import format_tokens
 
@@ -39,10 +40,38 @@ def factor_columns(factors: dict[str, Any]) -> dict[str, Any]:
     return columns
 
 
+REQUIRED_FIELDS = {
+    "noise": (("checkpoint", "mode"), ("tokens_seen", "base_loss", "draws")),
+    "sharpness": (("checkpoint",), ("tokens_seen", "records")),
+    "finetune": ((), ("tokens_seen", "lr", "seed", "ood_loss_before", "ood_loss_after")),
+    "pretrain": ((), ("tokens_seen",)),
+}
+"""(spec keys, metric names) that every stored job of a kind has held since the kind existed: what the
+read-outs below index a row by."""
+
+
+def checked_rows(store: ResultStore, kind: str) -> list[ResultRow]:
+    """The store's rows of one job kind, each checked to hold :data:`REQUIRED_FIELDS`: a row that lacks one
+    (written by hand, or by a tool that is not overtrain) is named with the way out, instead of failing as a
+    KeyError deep in a read-out or, worse, entering a curve as a missing value."""
+    spec_keys, metric_names = REQUIRED_FIELDS[kind]
+    rows = store.rows(kind=kind)
+    for row in rows:
+        missing = [f"spec.{key}" for key in spec_keys if key not in row.spec]
+        missing += [f"metrics.{name}" for name in metric_names if name not in row.metrics]
+        if missing:
+            raise OvertrainError(
+                f"the {kind} row of job {row.key} ({row.label}) in results store {store.path} lacks {', '.join(missing)}, "
+                f"which every {kind} job writes",
+                f"delete that row (sqlite3 {store.path} \"DELETE FROM results WHERE key = '{row.key}'\") and rerun: its job runs again",
+            )
+    return rows
+
+
 def noise_frame(store: ResultStore) -> pd.DataFrame:
     """Columns: checkpoint, tokens_seen, mode, base_loss, gamma, seed, perturbed_loss, delta, and the factors."""
     rows = []
-    for row in store.rows(kind="noise"):
+    for row in checked_rows(store, "noise"):
         factors = factor_columns(row.metrics.get("factors", {}))
         for draw in row.metrics["draws"]:
             rows.append({"checkpoint": row.spec["checkpoint"], "tokens_seen": row.metrics["tokens_seen"], "mode": row.spec["mode"],
@@ -65,7 +94,7 @@ def sharpness_frame(store: ResultStore) -> pd.DataFrame:
     """One row per sharpness read-out: checkpoint, tokens_seen, kind, group, gamma (worst_case; else NaN),
     seed, value, stderr, measure (kind, gamma and group as one name), and the pre-training factors."""
     rows = []
-    for row in store.rows(kind="sharpness"):
+    for row in checked_rows(store, "sharpness"):
         factors = factor_columns(row.metrics.get("factors", {}))
         for record in row.metrics["records"]:
             gamma = record.get("gamma")
@@ -80,7 +109,7 @@ def sharpness_frame(store: ResultStore) -> pd.DataFrame:
 def finetune_frame(store: ResultStore) -> pd.DataFrame:
     """One row per fine-tuning run: its record and its pre-training factors (remedy columns of older rows
     filled in as off: ``replay_fraction`` 0, ``linear_probe_steps`` 0)."""
-    frame = pd.DataFrame([_without_factors(row.metrics) | factor_columns(row.metrics.get("factors", {})) for row in store.rows(kind="finetune")])
+    frame = pd.DataFrame([_without_factors(row.metrics) | factor_columns(row.metrics.get("factors", {})) for row in checked_rows(store, "finetune")])
     return with_remedy_columns(frame) if not frame.empty else frame
 
 
@@ -93,7 +122,7 @@ def plain_runs(finetune: pd.DataFrame) -> pd.DataFrame:
 def pretrain_frame(store: ResultStore) -> pd.DataFrame:
     """Finished pre-training runs (the segments of a WSD trunk are left out: they are not budgets)."""
     return pd.DataFrame([_without_factors(row.metrics) | factor_columns(row.metrics.get("factors", {}))
-                         for row in store.rows(kind="pretrain") if not row.metrics.get("trunk_segment")])
+                         for row in checked_rows(store, "pretrain") if not row.metrics.get("trunk_segment")])
 
 
 EVALUATION_COLUMNS = ["probe", "measured on", "tokens asked", "tokens measured", "jobs"]
