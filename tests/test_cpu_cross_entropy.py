@@ -14,15 +14,17 @@ from overtrain.model.cpu_kernels import blas_sgemm, kernel_library
 from overtrain.model.cpu_linear import onednn_available
 from overtrain.model.llama import build_model
 
-pytestmark = [pytest.mark.skipif(kernel_library() is None or blas_sgemm() is None,
-                                 reason="no C++ compiler to build the CPU kernels, or torch exports no BLAS sgemm_"),
+pytestmark = [pytest.mark.skipif(kernel_library() is None, reason="no C++ compiler to build the CPU kernels"),
               pytest.mark.usefixtures("one_torch_thread")]
 
 IGNORE = -100
 
+NEEDS_BLAS = pytest.mark.skipif(blas_sgemm() is None, reason="torch exports no BLAS sgemm_ (the products by oneDNN are still tested)")
+NEEDS_ONEDNN = pytest.mark.skipif(not onednn_available(), reason="no oneDNN")
 
-PRODUCT_LIBRARIES = [False, pytest.param(True, marks=pytest.mark.skipif(not onednn_available(), reason="no oneDNN"))]
-"""The fused loss's ``onednn`` argument: products by torch's BLAS, and by oneDNN where this build has it."""
+PRODUCT_LIBRARIES = [pytest.param(False, marks=NEEDS_BLAS), pytest.param(True, marks=NEEDS_ONEDNN)]
+"""The fused loss's ``onednn`` argument: products by torch's BLAS (its ``sgemm_``, called from the kernel)
+where torch exports it, and by oneDNN where this build has it; each case runs wherever its library is."""
 
 
 def _loss_and_grads(hidden, weight, targets, grad_scale: float, fused: bool, onednn: bool = False):
@@ -57,7 +59,7 @@ def test_fused_loss_is_as_accurate_as_torch_and_so_are_its_gradients(rows: int, 
         assert our_error <= 2 * torch_error + 1e-7, f"{name}: fused error {our_error:.2e}, torch's {torch_error:.2e}"
 
 
-@pytest.mark.skipif(not onednn_available(), reason="no oneDNN")
+@NEEDS_ONEDNN
 def test_fused_loss_by_onednn_in_blocks_of_rows_gives_the_whole_blocks_result(monkeypatch: pytest.MonkeyPatch) -> None:
     """Four whole blocks of 240 rows and a part one, against one block of all 1000 rows (the default there)."""
     generator = torch.Generator().manual_seed(1)
@@ -71,13 +73,15 @@ def test_fused_loss_by_onednn_in_blocks_of_rows_gives_the_whole_blocks_result(mo
         torch.testing.assert_close(mine, reference, atol=1e-6, rtol=1e-5)
 
 
-def test_fused_loss_reads_strided_inputs_as_their_values() -> None:
+@pytest.mark.parametrize("onednn", PRODUCT_LIBRARIES)
+def test_fused_loss_reads_strided_inputs_as_their_values(onednn: bool) -> None:
     generator = torch.Generator().manual_seed(0)
     hidden, weight = torch.randn(40, 24, generator=generator), torch.randn(30, 24, generator=generator)
     targets = torch.randint(0, 30, (40,), generator=generator)
     strided = hidden.t().contiguous().t(), weight.t().contiguous().t()
     assert not strided[0].is_contiguous() and not strided[1].is_contiguous()
-    for mine, reference in zip(linear_cross_entropy(*strided, targets, IGNORE), linear_cross_entropy(hidden, weight, targets, IGNORE)):
+    by_strided = linear_cross_entropy(*strided, targets, IGNORE, onednn)
+    for mine, reference in zip(by_strided, linear_cross_entropy(hidden, weight, targets, IGNORE, onednn)):
         assert torch.equal(mine, reference)
 
 
@@ -91,11 +95,12 @@ def test_fused_loss_of_only_ignored_targets_is_nan_as_torch_gives_it(onednn: boo
     assert not grad_hidden.any() and not grad_weight.any()
 
 
+@pytest.mark.parametrize("onednn", PRODUCT_LIBRARIES)
 @pytest.mark.parametrize("bad_target", [11, -1])
-def test_fused_loss_refuses_a_target_outside_the_vocabulary(bad_target: int) -> None:
+def test_fused_loss_refuses_a_target_outside_the_vocabulary(bad_target: int, onednn: bool) -> None:
     targets = torch.tensor([0, bad_target, 3])
     with pytest.raises(IndexError, match=f"target {bad_target} is out of bounds for 11 logits"):
-        linear_cross_entropy(torch.randn(3, 8), torch.randn(11, 8), targets, IGNORE)
+        linear_cross_entropy(torch.randn(3, 8), torch.randn(11, 8), targets, IGNORE, onednn)
 
 
 def _counting_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
@@ -109,6 +114,7 @@ def _counting_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     return calls
 
 
+@pytest.mark.skipif(blas_sgemm() is None and not onednn_available(), reason="neither library the fused loss makes its products with")
 def test_model_takes_the_fused_loss_only_for_fp32_gradients(monkeypatch: pytest.MonkeyPatch) -> None:
     """It computes gradients in its forward pass: not under no_grad (evaluation), not under autocast (whose
     logits would be bf16), and not unless the kernels are switched on."""
@@ -117,7 +123,7 @@ def test_model_takes_the_fused_loss_only_for_fp32_gradients(monkeypatch: pytest.
     input_ids = torch.randint(0, 50, (2, 8), generator=torch.Generator().manual_seed(0))
     plain = model.loss(input_ids, input_ids)
     assert calls == []
-    model.use_cpu_kernels(True)
+    model.use_cpu_kernels(True, onednn=blas_sgemm() is None)  # the loss's products by whichever library is here
     fused = model.loss(input_ids, input_ids)
     assert calls == [1]
     torch.testing.assert_close(fused, plain, atol=1e-6, rtol=1e-6)
