@@ -32,9 +32,9 @@ ONEDNN_MIN_SPEEDUP = 1.3
 """oneDNN is taken only when a linear layer's three training products (:func:`time_products`) measure at
 least this much faster with it than with torch's BLAS. The margin covers what that timing leaves out: each
 oneDNN product is a custom op called from Python (~25 us a call against ~5 for ``F.linear``) and meets
-colder caches in the step. On a Zen 4 core the products measured 1.11-1.20x by oneDNN while the whole
-compiled step ran 2% faster by torch's BLAS; on a Zen 5 core they measured ~2x and the step took 0.73 of
-its time by oneDNN (docs/benchmarks.md)."""
+colder caches in the step. On a Zen 4 core the three products measured 1.11-1.20x by oneDNN while the
+whole compiled step ran 2% faster by torch's BLAS; on a Zen 5 core, timed one by one, they measured 1.4-2.3x
+and the step took 0.73 of its time by oneDNN (docs/benchmarks.md)."""
 
 
 def onednn_product(source: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -131,7 +131,7 @@ def training_products_by_library(rows: int, width: int, out_width: int) -> dict[
 
 def _fastest_rounds(products: dict[str, Callable[[], object]]) -> dict[str, float]:
     """Seconds of each library's fastest round, over up to :data:`TIMING_ROUNDS` rounds in which the libraries
-    alternate, after two untimed rounds (oneDNN builds its kernels in the first; the allocator settles in the
+    alternate (A B, B A, A B, ...), after two untimed rounds (oneDNN builds its kernels in the first; the allocator settles in the
     second), sized by the second to :data:`TIMING_BUDGET_SECONDS` (at least 2 rounds)."""
     products = dict(products)
     for library, product in list(products.items()):
@@ -146,11 +146,13 @@ def _fastest_rounds(products: dict[str, Callable[[], object]]) -> dict[str, floa
         product()
     rounds = max(2, min(TIMING_ROUNDS, int(TIMING_BUDGET_SECONDS / max(time.perf_counter() - start, 1e-6))))
     fastest = dict.fromkeys(products, float("inf"))
+    order = list(products)
     for _ in range(rounds):
-        for library, product in products.items():
+        for library in order:
             start = time.perf_counter()
-            product()
+            products[library]()
             fastest[library] = min(fastest[library], time.perf_counter() - start)
+        order.reverse()  # each library goes first in every other round: neither always meets the other's leftovers
     return fastest
 
 

@@ -40,6 +40,7 @@ EXECUTION_KEYS = (
     "data.tokenize",  # workers, engine and shard size of the tokenization: the token stream is the same
     "train.threads",  # CPU threads
     "train.compile",  # torch.compile: the same model, faster steps
+    "train.cpu_products",  # which library makes the products: the same math (a switch is logged; pretrain.loop)
     "train.eval_every_tokens",  # how often the held-out loss is logged, not what the weights are
     "train.checkpoint_every_tokens",  # which milestones are kept on disk
     "train.checkpoint_at_tokens",  # (a WSD trunk gains branch points when a ladder gains budgets)

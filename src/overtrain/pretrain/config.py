@@ -74,8 +74,10 @@ class TrainConfig:
     at the model's shape when the run starts and takes oneDNN where it is clearly faster (on AMD CPUs with
     AVX-512, whose MKL runs its AVX2 code); ``onednn`` or ``blas`` (torch's BLAS, MKL in the x86 wheels)
     pin one, so that fresh runs on one machine, the jobs of a sweep among them, round alike. The two agree
-    to float rounding. A run keeps the library its checkpoints name; a resume that pins the other is
-    refused. Eager and bf16 runs make their products with torch's operations whatever this says."""
+    to float rounding. At ``auto`` a resumed run or a WSD branch keeps the library its checkpoint names (and
+    continues bitwise); a pin takes its own, and the log says when that differs from the checkpoint's. Under
+    torchrun every rank takes rank 0's choice. Eager and bf16 runs make their products with torch's
+    operations whatever this says; oneDNN pinned where torch cannot use it is refused."""
     seed: int = 0
     """Seeds the initialization and the order of training batches."""
     eval_every_tokens: int = 500_000

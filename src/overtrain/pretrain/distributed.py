@@ -61,3 +61,13 @@ def all_reduce_mean(value: float, context: DistributedContext) -> float:
     tensor = torch.tensor([value], dtype=torch.float64, device=context.device)
     dist.all_reduce(tensor)
     return float(tensor.item()) / context.world_size
+
+
+def main_process_flag(value: bool, context: DistributedContext) -> bool:
+    """Rank 0's ``value`` on every rank (a decision each rank could take differently, such as one made by
+    timing on cores that the ranks share, is taken once for all)."""
+    if context.world_size == 1:
+        return value
+    tensor = torch.tensor([int(value)], dtype=torch.int64, device=context.device)
+    dist.broadcast(tensor, src=0)
+    return bool(tensor.item())

@@ -52,7 +52,7 @@ from overtrain.model.loss import mean_token_loss
 from overtrain.precision import autocast_context, resolve_dtype
 from overtrain.pretrain.binding import check_run_binding, write_binding
 from overtrain.pretrain.config import PretrainConfig, validate_pretrain_config
-from overtrain.pretrain.distributed import DistributedContext, all_reduce_mean, distributed_context
+from overtrain.pretrain.distributed import DistributedContext, all_reduce_mean, distributed_context, main_process_flag
 from overtrain.pretrain.schedules import lr_at
 from overtrain.pretrain.update import clip_and_update
 from overtrain.process_lock import exclusive_lock
@@ -197,6 +197,7 @@ def train_run(
     validate_pretrain_config(config)
     context = distributed_context()
     device = resolve_device(config.device) if context.world_size == 1 else context.device
+    _refuse_unusable_products_pin(config, device)
     if config.train.threads > 0:
         torch.set_num_threads(config.train.threads)
     out_dir = Path(config.out_dir)
@@ -335,18 +336,22 @@ def _restore_or_start(config, model, optimizer, newest: CheckpointInfo | None, i
                     products_library=info.loop_state.get("products_library"))
 
 
-def _products_library(pinned: str, saved: str | None) -> str | None:
-    """The library a compiled fp32 CPU run makes its products with: ``train.cpu_products``'s pin, else the one
-    the checkpoint it continues from names (so that a resumed run or a WSD branch continues bitwise); None:
-    time both now. A pin that differs from the checkpoint's library reaches here only when the user asked to
-    continue under changed settings (``train.extend``, or a branch), and is taken, with a log line saying so.
-    oneDNN pinned where torch cannot use it is refused rather than quietly replaced."""
-    if pinned == "onednn" and not onednn_available():
+def _refuse_unusable_products_pin(config: PretrainConfig, device: torch.device) -> None:
+    """oneDNN pinned for a CPU run where this torch cannot use it: refused before anything is written, rather
+    than quietly replaced by torch's BLAS."""
+    if config.train.cpu_products == "onednn" and device.type == "cpu" and not onednn_available():
         raise OvertrainError(
             "train.cpu_products=onednn, but this torch cannot make products with oneDNN (its build has none, or "
             "torch.backends.mkldnn is switched off)",
             "set train.cpu_products=auto or blas",
         )
+
+
+def _products_library(pinned: str, saved: str | None) -> str | None:
+    """The library a compiled fp32 CPU run makes its products with: ``train.cpu_products``'s pin, else the one
+    the checkpoint it continues from names (so that a resumed run or a WSD branch continues bitwise); None:
+    time both now. A pin that differs from the checkpoint's library is taken, and the log says so (like
+    ``train.compile``, the setting may change between invocations of a run: the math is the same)."""
     return saved if pinned == "auto" else pinned
 
 
@@ -449,10 +454,15 @@ class _TrainingLoop:
         saved = self.state.products_library
         library = _products_library(self.train_config.cpu_products, saved) if kernels and fp32 else "blas"
         model.use_cpu_kernels(kernels, onednn=None if library is None else library == "onednn")
-        if kernels and fp32:
-            self.state.products_library = "onednn" if model.onednn_products else "blas"
-            if context.is_main:
-                self.log(self._products_note(saved))
+        if kernels and fp32 and context.world_size > 1 and library is None:  # ranks timing at once on shared cores may
+            # choose differently: all take rank 0's choice, the one its log and checkpoints name
+            agreed = main_process_flag(model.onednn_products, context)
+            if agreed != model.onednn_products:
+                model.use_cpu_kernels(kernels, onednn=agreed)
+        # None where torch's operations make the products (eager, bf16): a branch or resume then names no library
+        self.state.products_library = ("onednn" if model.onednn_products else "blas") if kernels and fp32 else None
+        if kernels and fp32 and context.is_main:
+            self.log(self._products_note(saved))
         if context.world_size > 1:
             self.forward_model = context.wrap(self.forward_model)
 
@@ -464,11 +474,14 @@ class _TrainingLoop:
         now = LIBRARY_NAMES[current]
         if saved == current:
             return f"products by {now}, as in the checkpoint this run continues from (its numerics continue unchanged)"
-        reason = f"as train.cpu_products={pinned} pins" if pinned == current else "oneDNN, which this machine's torch cannot use"
-        if saved is None:
-            return f"products by {now}, {reason}"
-        return (f"products by {now}, {reason}: the checkpoint this run continues from made them by {LIBRARY_NAMES[saved]} "
-                "(the losses continue within float rounding, not bitwise)")
+        rounding = "(the losses continue within float rounding, not bitwise)"
+        if pinned == current:
+            pin = f"products by {now}, as train.cpu_products={pinned} pins"
+            return pin if saved is None else f"{pin}: the checkpoint this run continues from made them by {LIBRARY_NAMES[saved]} {rounding}"
+        # neither the pin nor the checkpoint: oneDNN was asked for, and torch cannot use it here
+        asked = f"train.cpu_products={pinned} asks for oneDNN" if pinned != "auto" else \
+            f"the checkpoint this run continues from made them by {LIBRARY_NAMES[saved]}"
+        return f"products by {now}: {asked}, which this machine's torch cannot use {rounding}"
 
     def run(self, out_dir: Path, stop_at_tokens: int | None = None) -> RunResult:
         train = self.train_config

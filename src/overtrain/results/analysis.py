@@ -23,7 +23,7 @@ import pandas as pd
 
 from overtrain.errors import OvertrainError
 from overtrain.results.inflection import Inflection, find_inflection
-from overtrain.results.store import ResultRow, ResultStore
+from overtrain.results.store import ResultRow, ResultStore, delete_row_fix
 from overtrain.results.tuned import REMEDY_DEFAULTS, with_remedy_columns
 from overtrain.units import format_tokens
 
@@ -43,11 +43,13 @@ def factor_columns(factors: dict[str, Any]) -> dict[str, Any]:
 REQUIRED_FIELDS = {
     "noise": (("checkpoint", "mode"), ("tokens_seen", "base_loss", "draws")),
     "sharpness": (("checkpoint",), ("tokens_seen", "records")),
-    "finetune": ((), ("tokens_seen", "lr", "seed", "ood_loss_before", "ood_loss_after")),
+    "finetune": ((), ("checkpoint", "tokens_seen", "task", "lr", "seed", "reg_lambda", "id_loss_before", "id_loss_after",
+                      "ood_loss_before", "ood_loss_after", "forgetting")),
     "pretrain": ((), ("tokens_seen",)),
 }
-"""(spec keys, metric names) that every stored job of a kind has held since the kind existed: what the
-read-outs below index a row by."""
+"""(spec keys, metric names) that every stored job of a kind has held since the kind existed (later
+additions, such as the remedies' columns or a pre-training run's weight norm, are left out: older rows
+lack them, and the read-outs fill them in or skip them)."""
 
 
 def checked_rows(store: ResultStore, kind: str) -> list[ResultRow]:
@@ -63,7 +65,7 @@ def checked_rows(store: ResultStore, kind: str) -> list[ResultRow]:
             raise OvertrainError(
                 f"the {kind} row of job {row.key} ({row.label}) in results store {store.path} lacks {', '.join(missing)}, "
                 f"which every {kind} job writes",
-                f"delete that row (sqlite3 {store.path} \"DELETE FROM results WHERE key = '{row.key}'\") and rerun: its job runs again",
+                delete_row_fix(store.path, row.key),
             )
     return rows
 

@@ -13,6 +13,7 @@ import contextlib
 import io
 import json
 import math
+import shlex
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator, Mapping
@@ -404,8 +405,15 @@ def _json_object_of(values: dict[str, Any], column: str, path: Path) -> dict[str
     key = values["key"]
     raise OvertrainError(
         f"the row of job {key} ({values['label']}) in results store {path} is damaged: its {column} column holds {detail}",
-        f"delete that row (sqlite3 {path} \"DELETE FROM results WHERE key = '{key}'\") and rerun: its job runs again",
+        delete_row_fix(path, key),
     )
+
+
+def delete_row_fix(path: Path, key: str) -> str:
+    """The way out of one bad row of the store at ``path``: the command that deletes it (the path quoted for
+    the shell), and what happens next."""
+    return (f"delete that row (sqlite3 {shlex.quote(str(path))} \"DELETE FROM results WHERE key = '{key}'\") and rerun "
+            "the sweep: a planned job without its row runs again")
 
 
 def _flat_record(row: ResultRow) -> dict[str, Any]:
