@@ -288,6 +288,17 @@ def test_local_run_and_ladder_of_ours(tmp_path: Path) -> None:
         list_local_family(tmp_path)
 
 
+def test_our_checkpoints_copied_out_of_their_runs_keep_their_recorded_tokens(tmp_path: Path) -> None:
+    """Checkpoints copied into a plain folder under names of the user's choosing are still ours: listed by the
+    tokens their metadata records, not as foreign folders of unknown tokens."""
+    _our_checkpoint(tmp_path / "shared" / "late", 2, 2000, 2)
+    _our_checkpoint(tmp_path / "shared" / "early", 1, 1000, 1)
+    _hf_folder(tmp_path / "shared" / "step300-tokens3B", 3)
+    listing = list_local_family(tmp_path / "shared")
+    assert [(r.name, r.tokens, r.tokens_source) for r in listing.revisions] == [
+        ("early", 1000, "overtrain.json"), ("late", 2000, "overtrain.json"), ("step300-tokens3B", 3 * 10**9, "folder name")]
+
+
 def test_a_local_checkpoint_cut_short_is_flagged_damaged_and_never_computed_on(tmp_path: Path) -> None:
     """Its recorded checksum still names the intact weights, so only reading the file's header tells."""
     run = tmp_path / "run"

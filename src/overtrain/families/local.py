@@ -42,8 +42,10 @@ def list_local_family(folder: Path) -> FamilyListing:
         revisions = [_ours(path, folder) for path in list_checkpoints(folder)]
     elif any(list_checkpoints(run) for run in _subfolders(folder)):
         revisions = [_ours(list_checkpoints(run)[-1], folder) for run in _subfolders(folder) if list_checkpoints(run)]
-    else:
-        revisions = [_foreign(path, folder) for path in _subfolders(folder) if (path / "config.json").is_file()]
+    else:  # a folder of checkpoint folders: ours copied out of their runs (their metadata says how far they
+        # trained, whatever the folders are now called), or Hugging Face folders (their names may say)
+        revisions = [_ours(path, folder) if is_overtrain_checkpoint(path) else _foreign(path, folder)
+                     for path in _subfolders(folder) if (path / "config.json").is_file() or is_overtrain_checkpoint(path)]
     if not revisions and any((folder / name).is_file() for name in ("config.json", METADATA_FILE)):
         raise OvertrainError(
             f"{folder} is one checkpoint, not a family of them",
