@@ -22,6 +22,7 @@ Shapes: N rows (tokens, all leading dimensions flattened), I input width, O outp
 from __future__ import annotations
 
 import functools
+import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -80,7 +81,7 @@ class ProductTiming:
     weight gradient (O x N) @ (N x I)."""
     threads: int
     blas_seconds: float
-    """Seconds for the three products by torch's BLAS (the fastest of the timed rounds)."""
+    """Seconds for the three products by torch's BLAS (the median of the timed rounds)."""
     onednn_seconds: float | None
     """The same by oneDNN; None where oneDNN is missing or refuses plain fp32 tensors."""
 
@@ -110,9 +111,11 @@ warm-up rounds come on top)."""
 
 TIMING_ROUNDS = 12
 """Rounds of :func:`time_products` where they fit the budget: the libraries alternate call by call, so that
-a change of the machine's speed meets both, and each keeps its fastest round. At the nano shape 12 rounds
-of the single forward product this replaced put oneDNN at 1.13-2.34x torch's BLAS in five processes on a
-Zen 4 core; the three products alternated put it at 1.11-1.20x in ten."""
+a change of the machine's speed meets both, and each keeps its median round, which a burst of another
+process's work on the core moves less than the fastest round: on a Zen 4 core kept busy by two other jobs,
+eight processes put oneDNN at 0.63-4.05x torch's BLAS by the fastest rounds and at 0.86-1.50x by the
+medians. On the quiet core, 12 rounds of the single forward product, the timing this replaced, put it at
+1.13-2.34x in five processes, and the three products alternated at 1.11-1.20x in ten."""
 
 
 def training_products_by_library(rows: int, width: int, out_width: int) -> dict[str, Callable[[], object]]:
@@ -129,10 +132,10 @@ def training_products_by_library(rows: int, width: int, out_width: int) -> dict[
     return products
 
 
-def _fastest_rounds(products: dict[str, Callable[[], object]]) -> dict[str, float]:
-    """Seconds of each library's fastest round, over up to :data:`TIMING_ROUNDS` rounds in which the libraries
-    alternate (A B, B A, A B, ...), after two untimed rounds (oneDNN builds its kernels in the first; the allocator settles in the
-    second), sized by the second to :data:`TIMING_BUDGET_SECONDS` (at least 2 rounds)."""
+def _median_rounds(products: dict[str, Callable[[], object]]) -> dict[str, float]:
+    """Seconds of each library's median round, over up to :data:`TIMING_ROUNDS` rounds in which the libraries
+    alternate (A B, B A, A B, ...), after two untimed rounds (oneDNN builds its kernels in the first; the
+    allocator settles in the second), sized by the second to :data:`TIMING_BUDGET_SECONDS` (at least 2)."""
     products = dict(products)
     for library, product in list(products.items()):
         try:
@@ -145,25 +148,25 @@ def _fastest_rounds(products: dict[str, Callable[[], object]]) -> dict[str, floa
     for product in products.values():
         product()
     rounds = max(2, min(TIMING_ROUNDS, int(TIMING_BUDGET_SECONDS / max(time.perf_counter() - start, 1e-6))))
-    fastest = dict.fromkeys(products, float("inf"))
+    seconds: dict[str, list[float]] = {library: [] for library in products}
     order = list(products)
     for _ in range(rounds):
         for library in order:
             start = time.perf_counter()
             products[library]()
-            fastest[library] = min(fastest[library], time.perf_counter() - start)
+            seconds[library].append(time.perf_counter() - start)
         order.reverse()  # each library goes first in every other round: neither always meets the other's leftovers
-    return fastest
+    return {library: statistics.median(rounds_seconds) for library, rounds_seconds in seconds.items()}
 
 
 @functools.lru_cache(maxsize=8)
 def time_products(rows: int, width: int, out_width: int, threads: int) -> ProductTiming:
     """Time a linear layer's three training products (:func:`training_products_by_library`) by torch's BLAS
     and by oneDNN, once per process and shape: ~0.12 s at the nano shape, ~0.5 s at d_model 768 (where two
-    untimed and two timed rounds exceed the budget). ``threads`` is torch's thread count, passed so that a change of it
-    times again."""
-    fastest = _fastest_rounds(training_products_by_library(rows, width, out_width))
-    return ProductTiming((rows, width, out_width), threads, fastest["blas"], fastest.get("onednn"))
+    untimed and two timed rounds exceed the budget). ``threads`` is torch's thread count, passed so that a
+    change of it times again."""
+    median = _median_rounds(training_products_by_library(rows, width, out_width))
+    return ProductTiming((rows, width, out_width), threads, median["blas"], median.get("onednn"))
 
 
 def linear_applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
