@@ -214,7 +214,7 @@ def test_probe_verbs_on_a_hugging_face_folder_store_its_identity_and_use_its_cha
     chat.write_text("".join(json.dumps({"messages": [{"role": "user", "content": f"say {i}"}, {"role": "assistant", "content": str(i)}]}) + "\n"
                             for i in range(12)))
     # Without eval_data a foreign model has no held-out text: the dry run refuses it, before any job does.
-    for verb in (["noise", str(model), "gammas=[0.01]"], ["finetune", str(model), f"task=file:{chat}", "steps=1"]):
+    for verb in (["noise", str(model), "gammas=[0.01]"], ["finetune", str(model), f"task=file:{chat}", "steps=2"]):
         assert cli_main([*verb, "--out", str(tmp_path / "refused"), "--dry-run"]) == 2
         captured = capsys.readouterr()
         assert "qwen was not trained by overtrain, so there is no held-out split" in captured.out + captured.err
@@ -231,7 +231,7 @@ def test_probe_verbs_on_a_hugging_face_folder_store_its_identity_and_use_its_cha
         return real_chat_segments(messages, template, *args, **kwargs)
 
     monkeypatch.setattr(finetune_module, "chat_segments", recording_chat_segments)
-    assert cli_main(["finetune", str(model), f"task=file:{chat}", "steps=1", "batch_size=2", *common]) == 0
+    assert cli_main(["finetune", str(model), f"task=file:{chat}", "steps=2", "batch_size=2", *common]) == 0
     assert templates_used and set(templates_used) == {template}  # every chat was rendered with the folder's template
     with ResultStore(out / "results.sqlite") as store:
         rows = store.rows()

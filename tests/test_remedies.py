@@ -80,7 +80,7 @@ def test_replay_trains_on_the_corpus_train_split_and_changes_the_run(target, tas
 
 def test_linear_probe_phase_changes_only_the_output_layer(target, task, checkpoint: Path) -> None:
     original = load_file(checkpoint / "model.safetensors")
-    config = FinetuneConfig(**{**BASE, "steps": 1}, linear_probe_steps=5)
+    config = FinetuneConfig(**{**BASE, "steps": 2}, linear_probe_steps=5)
     output = {id(p) for p in output_layer_parameters(target.model)}
     output_names = {name for name, p in target.model.named_parameters() if id(p) in output}
     assert output_names  # lm_head, or the tied embedding matrix
@@ -134,6 +134,17 @@ def test_bad_remedy_settings_are_explained(target) -> None:
                      (dict(wise_alphas=[float("nan")]), "wise_alphas"), (dict(replay_fraction=float("inf")), "replay_fraction")]:
         with pytest.raises(OvertrainError, match=key):
             FinetuneConfig(**BASE, **bad).validate()
+
+
+def test_a_phase_whose_one_update_has_lr_zero_is_refused() -> None:
+    """Cosine and linear decay the LR to 0 at a phase's last update: one update without warmup trains nothing,
+    which used to run and report a fine-tuning with no change at all."""
+    for bad in (dict(steps=1), dict(steps=1, schedule="linear"), dict(steps=1, warmup_fraction=0.4), dict(linear_probe_steps=1)):
+        with pytest.raises(OvertrainError, match="makes its one update at LR 0") as refused:
+            FinetuneConfig(**{**BASE, **bad}).validate()
+        assert "schedule=constant" in refused.value.fix
+    for fine in (dict(steps=1, schedule="constant"), dict(steps=1, warmup_fraction=0.6), dict(steps=2), dict(linear_probe_steps=2)):
+        FinetuneConfig(**{**BASE, **fine}).validate()
 
 
 def test_replay_with_eval_data_uses_its_unmeasured_windows(checkpoint: Path, tmp_path: Path) -> None:

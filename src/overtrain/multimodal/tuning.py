@@ -43,7 +43,13 @@ from overtrain.multimodal.encoders import DEFAULT_ENCODER, ENCODERS, VisionEncod
 from overtrain.multimodal.model import VisionLanguageModel, greedy_answers, save_vision_language_model
 from overtrain.precision import autocast_context
 from overtrain.pretrain.schedules import lr_multiplier
-from overtrain.probes.finetune import SCHEDULES, collect_benchmark_problems, only_trainable, score_tuned_benchmarks
+from overtrain.probes.finetune import (
+    SCHEDULES,
+    collect_benchmark_problems,
+    collect_lr_zero_phase_problems,
+    only_trainable,
+    score_tuned_benchmarks,
+)
 from overtrain.probes.target import ProbeTarget
 from overtrain.probes.task_batches import EncodedExample, encode_example, pad_batch, sample_rows
 
@@ -126,6 +132,8 @@ class MultimodalConfig:
              f"a whole number >= the number of image sets ({len(sets)})")
         need(_finite(self.warmup_fraction) and 0 <= self.warmup_fraction < 1, f"{prefix}warmup_fraction", self.warmup_fraction, "a fraction in [0, 1)")
         need(self.schedule in SCHEDULES, f"{prefix}schedule", self.schedule, " | ".join(SCHEDULES))
+        collect_lr_zero_phase_problems(problems, prefix, {"stage1_steps": self.stage1_steps, "stage2_steps": self.stage2_steps},
+                                       self.warmup_fraction, self.schedule)
         need(_finite(self.weight_decay) and self.weight_decay >= 0, f"{prefix}weight_decay", self.weight_decay, "a number >= 0")
         need(_finite(self.grad_clip) and self.grad_clip >= 0, f"{prefix}grad_clip", self.grad_clip, "a number >= 0 (0 disables clipping)")
         need(_whole(self.max_len) and self.max_len >= 2, f"{prefix}max_len", self.max_len, "a whole number of tokens >= 2, e.g. 128")

@@ -167,6 +167,8 @@ class FinetuneConfig:
         need(isinstance(self.linear_probe_steps, int) and not isinstance(self.linear_probe_steps, bool) and self.linear_probe_steps >= 0,
              f"{prefix}linear_probe_steps", self.linear_probe_steps, "a whole number >= 0 (0 disables LP-FT)")
         need(isinstance(self.pack, bool), f"{prefix}pack", self.pack, "true or false")
+        collect_lr_zero_phase_problems(problems, prefix, {name: getattr(self, name) for name in ("steps", "linear_probe_steps")},
+                                       self.warmup_fraction, self.schedule)
         alphas = self.wise_alphas if isinstance(self.wise_alphas, (list, tuple)) else [self.wise_alphas]
         need(isinstance(self.wise_alphas, (list, tuple)) and all(_finite(a) and 0 <= a <= 1 for a in alphas) and len(set(alphas)) == len(alphas),
              f"{prefix}wise_alphas", self.wise_alphas, "a list of distinct numbers in [0, 1], e.g. [0.25,0.5,0.75] ([] disables WiSE-FT)")
@@ -177,6 +179,31 @@ class FinetuneConfig:
             problems.add_text(f"{prefix}task: {error.problem}", error.fix or "")
         collect_benchmark_problems(self, problems, prefix)
 
+
+
+def collect_lr_zero_phase_problems(problems: SettingProblems, prefix: str, phase_steps: dict[str, Any], warmup_fraction: Any,
+                                   schedule: Any) -> None:
+    """Refuse a training phase (its steps setting by name) whose every update would be at LR 0: cosine and linear
+    decay to 0 at a phase's last update, so one update without warmup trains nothing, and the run would report
+    an unchanged model as a tuned one."""
+    for name, steps in phase_steps.items():
+        if _phase_trains_nothing(steps, warmup_fraction, schedule):
+            problems.add_text(
+                f"{prefix}{name}={steps} with {prefix}schedule={schedule} makes its one update at LR 0 (the schedule decays "
+                "to 0 at the last update, and there is no warmup step): nothing would be trained",
+                f"use {prefix}{name} >= 2, or {prefix}schedule=constant",
+            )
+
+
+def _phase_trains_nothing(steps: Any, warmup_fraction: Any, schedule: Any) -> bool:
+    """Whether a phase of ``steps`` updates, scheduled as :func:`_train_phase` schedules them (warmup of
+    round(warmup_fraction * steps) updates, then the decay to 0), makes every one at LR 0."""
+    valid = isinstance(steps, int) and not isinstance(steps, bool) and steps >= 1 and _finite(warmup_fraction) \
+        and 0 <= warmup_fraction < 1 and schedule in SCHEDULES
+    if not valid:
+        return False  # refused by its own check
+    # the LR only falls after warmup: the first update at LR 0 means all of them are
+    return lr_multiplier(0, steps, round(warmup_fraction * steps), schedule, 1.0, 0.0) == 0
 
 
 def collect_benchmark_problems(settings: Any, problems: SettingProblems, prefix: str) -> None:
