@@ -299,6 +299,23 @@ def test_our_checkpoints_copied_out_of_their_runs_keep_their_recorded_tokens(tmp
         ("early", 1000, "overtrain.json"), ("late", 2000, "overtrain.json"), ("step300-tokens3B", 3 * 10**9, "folder name")]
 
 
+def test_a_checkpoint_folder_beside_runs_is_listed_and_probed_not_dropped(tmp_path: Path) -> None:
+    """A folder holding a run and a bare checkpoint (another run's, copied in): both are models of the family,
+    for the family listing and for the probes' expansion alike; a run with no checkpoint yet is named as one."""
+    from overtrain.checkpoints.discovery import expand_checkpoints
+
+    _our_checkpoint(tmp_path / "mixed" / "a" / "checkpoints" / "step-000001-tokens-1000", 1, 1000, 1)
+    _our_checkpoint(tmp_path / "mixed" / "b", 2, 2000, 2)
+    (tmp_path / "mixed" / "report").mkdir()  # neither: left out
+    listing = list_local_family(tmp_path / "mixed")
+    assert [(r.name, r.tokens) for r in listing.revisions] == [("a/step-000001-tokens-1000", 1000), ("b", 2000)]
+    assert [(Path(ref.reference).name, ref.tokens_seen) for ref in expand_checkpoints([str(tmp_path / "mixed")])] == [
+        ("step-000001-tokens-1000", 1000), ("b", 2000)]
+    (tmp_path / "fresh" / "checkpoints").mkdir(parents=True)
+    with pytest.raises(OvertrainError, match="is a run folder with no checkpoint yet"):
+        expand_checkpoints([str(tmp_path / "fresh")])
+
+
 def test_a_local_checkpoint_cut_short_is_flagged_damaged_and_never_computed_on(tmp_path: Path) -> None:
     """Its recorded checksum still names the intact weights, so only reading the file's header tells."""
     run = tmp_path / "run"

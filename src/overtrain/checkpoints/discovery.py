@@ -70,16 +70,27 @@ def _expand_one(text: str) -> list[CheckpointRef]:
     if list_checkpoints(path):
         return [_ours(list_checkpoints(path)[-1])]
     children = sorted((child for child in path.iterdir() if child.is_dir()), key=_natural_key) if path.is_dir() else []
-    runs = [list_checkpoints(child)[-1] for child in children if list_checkpoints(child)]
-    if runs:
-        return [_ours(folder) for folder in runs]
-    models = [child for child in children if is_overtrain_checkpoint(child) or is_hf_model_folder(child)]
-    if models:
-        return [_ours(child) if is_overtrain_checkpoint(child) else CheckpointRef(str(child), KIND_LOCAL) for child in models]
+    # a ladder's runs (each by its last checkpoint) and any checkpoint or model folders beside them: none left out
+    found = [ref for child in children if (ref := _child_model(child)) is not None]
+    if found:
+        return found
+    if (path / "checkpoints").is_dir():
+        raise OvertrainError(f"{text} is a run folder with no checkpoint yet",
+                             "let the run write one (train it, or run the same command again to resume it), or pass a run that has one")
     raise OvertrainError(
         f"{text} is not a checkpoint, a run or ladder folder, a Hugging Face model folder (or a folder of them), or hf:ORG/NAME@REVISION",
         "pass e.g. runs/nano_ladder, RUN/checkpoints/step-..., a folder written by save_pretrained, or hf:EleutherAI/pythia-160m@step1000",
     )
+
+
+def _child_model(child: Path) -> CheckpointRef | None:
+    """The model a subfolder of a ladder or family folder stands for: a run's last checkpoint, a checkpoint, a
+    Hugging Face model folder; None for anything else (a report, a cache)."""
+    if list_checkpoints(child):
+        return _ours(list_checkpoints(child)[-1])
+    if is_overtrain_checkpoint(child):
+        return _ours(child)
+    return CheckpointRef(str(child), KIND_LOCAL) if is_hf_model_folder(child) else None
 
 
 def expand_checkpoints(references: list[str]) -> list[CheckpointRef]:

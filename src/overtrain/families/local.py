@@ -40,12 +40,8 @@ def list_local_family(folder: Path) -> FamilyListing:
         raise OvertrainError(f"{folder} is not a folder", "pass a run, a ladder, or a folder of Hugging Face checkpoint folders")
     if list_checkpoints(folder):
         revisions = [_ours(path, folder) for path in list_checkpoints(folder)]
-    elif any(list_checkpoints(run) for run in _subfolders(folder)):
-        revisions = [_ours(list_checkpoints(run)[-1], folder) for run in _subfolders(folder) if list_checkpoints(run)]
-    else:  # a folder of checkpoint folders: ours copied out of their runs (their metadata says how far they
-        # trained, whatever the folders are now called), or Hugging Face folders (their names may say)
-        revisions = [_ours(path, folder) if is_overtrain_checkpoint(path) else _foreign(path, folder)
-                     for path in _subfolders(folder) if (path / "config.json").is_file() or is_overtrain_checkpoint(path)]
+    else:  # a ladder's runs, and checkpoint folders beside or instead of them: none left out
+        revisions = [revision for path in _subfolders(folder) if (revision := _child_revision(path, folder)) is not None]
     if not revisions and any((folder / name).is_file() for name in ("config.json", METADATA_FILE)):
         raise OvertrainError(
             f"{folder} is one checkpoint, not a family of them",
@@ -92,6 +88,17 @@ def damaged_weight_file(revision: Revision) -> str | None:
 
 def _subfolders(folder: Path) -> list[Path]:
     return sorted(path for path in folder.iterdir() if path.is_dir())
+
+
+def _child_revision(path: Path, root: Path) -> Revision | None:
+    """What a subfolder of a family folder stands for: a run (its last checkpoint), one of our checkpoints
+    copied out of its run (its metadata says how far it trained, whatever the folder is now called), or a
+    Hugging Face folder (its name may say); None for anything else."""
+    if list_checkpoints(path):
+        return _ours(list_checkpoints(path)[-1], root)
+    if is_overtrain_checkpoint(path):
+        return _ours(path, root)
+    return _foreign(path, root) if (path / "config.json").is_file() else None
 
 
 def _ours(path: Path, root: Path) -> Revision:
