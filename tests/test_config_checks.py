@@ -197,6 +197,21 @@ def test_max_tokens_given_to_a_ladder_is_refused_not_ignored(tmp_path: Path, cap
     assert load_pretrain_config(None, ["train.warmup_tokens=1000", "train.max_tokens=50000"]).train.max_tokens == 50000
 
 
+def test_a_schedule_given_to_a_wsd_ladder_is_refused_not_ignored(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """ladder.mode=wsd-branches trains WSD whatever train.schedule says: a schedule on its command line would be
+    shown in the resolved config and never used. The file's (default) schedule, or wsd itself, is fine."""
+    ladder = ["train.warmup_tokens=1000", "ladder.budgets_tokens=[20000,40000]", "ladder.mode=wsd-branches", f"out_dir={tmp_path / 'ladder'}"]
+    assert cli_main(["pretrain-ladder", *ladder, "train.schedule=linear", "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert "train.schedule=linear is given, but ladder.mode=wsd-branches trains a warmup-stable-decay trunk" in err
+    assert "fix: remove train.schedule (or set ladder.mode=cosine-per-budget" in err
+    with pytest.raises(OvertrainError, match=re.escape("pretrain.train.schedule=constant is given, but pretrain.ladder.mode=wsd-branches")):
+        load_sweep_config(SWEEP_DEMO, ["pretrain.train.warmup_tokens=1000", "pretrain.train.schedule=constant"])
+    assert cli_main(["pretrain-ladder", *ladder, "--dry-run"]) == 0
+    assert cli_main(["pretrain-ladder", *ladder, "train.schedule=wsd", "--dry-run"]) == 0
+    capsys.readouterr()
+
+
 def test_a_sweep_spec_given_to_pretrain_is_named_as_one() -> None:
     with pytest.raises(OvertrainError, match="this is a sweep spec, not a pre-training config: it has pretrain") as caught:
         load_pretrain_config(SWEEP_DEMO, [])

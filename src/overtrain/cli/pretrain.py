@@ -35,13 +35,14 @@ def command_pretrain(args: argparse.Namespace) -> int:
 
 def command_pretrain_ladder(args: argparse.Namespace) -> int:
     from overtrain.config import dump_yaml
-    from overtrain.pretrain.config import load_pretrain_config, refuse_unused_max_tokens
+    from overtrain.pretrain.config import load_pretrain_config, refuse_unused_max_tokens, refuse_unused_schedule
     from overtrain.pretrain.ladder import describe_ladder, plan_ladder, run_ladder
     from overtrain.pretrain.loop import COMPILE_MIN_STEPS
 
     path, overrides = split_config_and_overrides(args)
     config = load_pretrain_config(path, overrides)
     refuse_unused_max_tokens(config.ladder.budgets_tokens, config.train.max_tokens, overrides)
+    refuse_unused_schedule(config.ladder.mode, config.train.schedule, overrides)
     rungs = plan_ladder(config)
     print(dump_yaml(config))
     print(f"ladder ({config.ladder.mode}), {len(rungs)} runs (train.compile={str(config.train.compile).lower()}: "

@@ -315,6 +315,23 @@ def _refuse_a_sweep_spec(tree: dict[str, Any]) -> None:
         )
 
 
+def refuse_unused_schedule(mode: object, schedule: object, overrides: list[str], prefix: str = "") -> None:
+    """``train.schedule=X`` on the command line of a ``wsd-branches`` ladder, X not ``wsd``: that mode trains a
+    warmup-stable-decay trunk and its decay branches whatever the schedule says, so the value would be shown in
+    the resolved config and never used; refused rather than ignored. (In a file it is a pre-training config
+    reused for a ladder, and allowed, as with ``train.max_tokens``.)"""
+    if mode != "wsd-branches" or schedule == "wsd":
+        return
+    wanted = [*prefix.strip(".").split("."), "train", "schedule"] if prefix else ["train", "schedule"]
+    if any(parse_override(text)[0] == wanted for text in overrides):
+        raise OvertrainError(
+            f"{prefix}train.schedule={schedule} is given, but {prefix}ladder.mode=wsd-branches trains a warmup-stable-decay "
+            "trunk with a decay branched off per budget whatever the schedule says, so it would not be used",
+            f"remove {prefix}train.schedule (or set {prefix}ladder.mode=cosine-per-budget to train each budget as its own "
+            f"{schedule} run)",
+        )
+
+
 def refuse_unused_max_tokens(budgets_tokens: object, max_tokens: object, overrides: list[str], prefix: str = "") -> None:
     """``train.max_tokens=N`` on the command line of a ladder (``overtrain pretrain-ladder``, a sweep's
     ``pretrain.``): a ladder trains one run to each of ``ladder.budgets_tokens``, so the value would be shown

@@ -45,7 +45,7 @@ from overtrain.config import apply_overrides, build_dataclass, config_to_dict, p
 from overtrain.errors import OvertrainError, SettingProblems
 from overtrain.model.presets import apply_preset
 from overtrain.multimodal.tuning import MultimodalConfig
-from overtrain.pretrain.config import PretrainConfig, refuse_unused_max_tokens, validate_pretrain_config
+from overtrain.pretrain.config import PretrainConfig, refuse_unused_max_tokens, refuse_unused_schedule, validate_pretrain_config
 from overtrain.probes.benchmarks import PAPER_BENCHMARKS
 from overtrain.probes.finetune import FinetuneConfig, check_benchmark_reading
 
@@ -310,6 +310,7 @@ def load_sweep_config(path: str | Path | None, overrides: list[str] | None = Non
     pretrain = tree.get("pretrain") if isinstance(tree.get("pretrain"), dict) else {}
     ladder, train = (pretrain.get(key) if isinstance(pretrain.get(key), dict) else {} for key in ("ladder", "train"))
     refuse_unused_max_tokens(ladder.get("budgets_tokens"), train.get("max_tokens"), overrides or [], "pretrain.")
+    refuse_unused_schedule(ladder.get("mode"), train.get("schedule"), overrides or [], "pretrain.")
     return sweep_config_from_tree(tree)
 
 
