@@ -154,7 +154,7 @@ def test_the_finetune_section_is_derived_from_finetune_config() -> None:
 
     section = {f.name for f in dataclasses.fields(FinetuneSweep)}
     settings = {f.name for f in dataclasses.fields(FinetuneConfig)}
-    assert section == (settings - set(FINETUNE_AXES)) | set(FINETUNE_AXES.values()) | {"eval_tokens", "eval_data", "variants"}
+    assert section == (settings - set(FINETUNE_AXES)) | set(FINETUNE_AXES.values()) | {"eval_tokens", "eval_data", "eval_text_field", "variants"}
 
 
 def test_eval_data_goes_into_the_job_spec_only_when_set() -> None:
@@ -167,6 +167,24 @@ def test_eval_data_goes_into_the_job_spec_only_when_set() -> None:
     revisions = plan_jobs(load_sweep_config(None, ["checkpoints=[hf:org/m@step1,hf:org/m@step2]", "noise.gammas=[1]"]))
     assert [job.spec["checkpoint"] for job in revisions] == ["hf:org/m@step1", "hf:org/m@step2"]
     assert len({job.key for job in revisions}) == 2
+
+
+def test_eval_data_whose_records_hold_their_text_elsewhere_is_read_by_eval_text_field(
+        checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The hint of a record without a ``text`` field names a setting the probe verbs take, and it works."""
+    records = tmp_path / "eval.jsonl"
+    records.write_text("".join(json.dumps({"body": f"Paragraph {i}: the quick brown fox jumps over the lazy dog {i * 7}."}) + "\n"
+                               for i in range(300)))
+    common = ["gammas=[0.01]", "seeds=1", f"eval_data={records}", "eval_tokens=256", "report=false", "--out", str(tmp_path / "out")]
+    assert cli_main(["noise", str(checkpoint), *common]) != 0
+    said = capsys.readouterr()
+    assert "has no 'text' field; its fields are: 'body'" in said.out + said.err
+    assert "eval_text_field=<field> for a probe's eval_data" in said.out + said.err
+    assert cli_main(["noise", str(checkpoint), *common, "eval_text_field=body"]) == 0
+    with ResultStore(tmp_path / "out" / "results.sqlite") as store:
+        assert [row.spec["eval_text_field"] for row in store.rows(kind="noise")] == ["body"]
+    plain = plan_jobs(load_sweep_config(None, ["checkpoints=[hf:org/m@step1]", "noise.gammas=[1]", "eval_data=text.txt"]))
+    assert all("eval_text_field" not in job.spec for job in plain)  # at its default: the keys of older stores
 
 
 def test_chat_records_train_on_assistant_turns_only(checkpoint: Path) -> None:

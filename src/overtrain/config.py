@@ -97,7 +97,7 @@ def _parse_scalar(raw_value: str) -> Any:
             raise OvertrainError(
                 f"override value {raw_value!r} opens a list or mapping but is not valid YAML ({detail})",
                 "write it as YAML: close every bracket, and quote the items that start with a YAML symbol (* & ! | > % @ `), "
-                "e.g. groups=[\"*mlp*\",all]",
+                "and the whole override for the shell, so that it keeps those quotes: e.g. 'groups=[\"*mlp*\",all]'",
             ) from None
         return raw_value
 

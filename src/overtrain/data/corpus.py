@@ -344,8 +344,8 @@ def _text_of_record(record: dict[str, Any], text_field: str, where: str) -> str:
         fields = ", ".join(map(repr, record)) or "none"
         raise OvertrainError(
             f"{where} has no {text_field!r} field; its fields are: {fields}",
-            "pass text_field=<the field that holds the text> (data.text_field in the config), "
-            "or add that field to every record",
+            "name the field that holds the text: data.text_field=<field> for a pre-training corpus, "
+            "eval_text_field=<field> for a probe's eval_data; or add that field to every record",
         )
     text = record[text_field]
     if not isinstance(text, str):

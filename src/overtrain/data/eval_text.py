@@ -113,7 +113,8 @@ def _build_windows(settings: EvalTextSettings, tokenizer_folder: Path) -> tuple[
     if available == 0:
         raise OvertrainError(
             f"eval_data {settings.source!r} gives {len(tokens):,} tokens, fewer than one window of {window:,}",
-            f"give more text (at least ~{window * 4:,} characters), or set a shorter eval window (eval_seq_len)",
+            f"give more text (at least ~{window * 4:,} characters: a window is the checkpoint's training sequence length "
+            "plus one; from Python, load_probe_target(eval_seq_len=...) sets a shorter one)",
         )
     count = max(1, min(available, settings.eval_tokens // settings.seq_len))
     chosen = np.sort(np.random.default_rng(settings.seed).choice(available, size=count, replace=False))

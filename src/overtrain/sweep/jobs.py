@@ -65,10 +65,13 @@ def run_pretrain_job(spec: Mapping[str, Any]) -> JobOutput:
 
 
 def load_target_of(spec: Mapping[str, Any]):
-    """The probe target a job names: its checkpoint reference, eval_tokens and (when set) eval_data."""
+    """The probe target a job names: its checkpoint reference, eval_tokens and (when set) eval_data and the field
+    of its records that holds the text."""
     from overtrain.probes.target import load_probe_target
 
     extra = {"eval_data": spec["eval_data"]} if spec.get("eval_data") else {}
+    if spec.get("eval_text_field"):
+        extra["text_field"] = spec["eval_text_field"]
     return load_probe_target(str(spec["checkpoint"]), eval_tokens=int(spec["eval_tokens"]), log=_quiet, **extra)
 
 

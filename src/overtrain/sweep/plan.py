@@ -151,9 +151,13 @@ def expand_references(references: list[str]) -> list[PlannedCheckpoint]:
 
 
 def eval_data_of(config: SweepConfig, section: ProbeData) -> dict[str, Any]:
-    """The spec entry naming the probe's evaluation text: none when unset, so keys of older stores stay valid."""
+    """The spec entries naming the probe's evaluation text, and the field of its records that holds the text
+    where that is not ``text``: none when unset, so keys of older stores stay valid."""
     eval_data = section.eval_data or config.eval_data
-    return {"eval_data": eval_data} if eval_data else {}
+    if not eval_data:
+        return {}
+    field_entry = {"eval_text_field": section.eval_text_field} if section.eval_text_field != "text" else {}
+    return {"eval_data": eval_data, **field_entry}
 
 
 def _noise_jobs(config: SweepConfig, checkpoint: PlannedCheckpoint) -> list[Job]:
