@@ -288,3 +288,18 @@ def test_a_problem_in_one_sweep_section_does_not_hide_the_fine_tuning_grids_prob
     with pytest.raises(OvertrainError) as refused:
         load_sweep_config(str(SWEEP_DEMO), ["noise.gammas=[-1]", "finetune.lrs=[-1]"])
     assert "noise.gammas holds -1.0" in refused.value.problem and "finetune.lr=-1.0 is invalid" in refused.value.problem
+
+
+@pytest.mark.parametrize("override", ["train..lr=5", ".train.lr=5", "train.lr.=5"])
+def test_an_override_key_with_an_empty_part_is_refused_not_read_as_the_key_it_resembles(override: str) -> None:
+    with pytest.raises(OvertrainError, match="has an empty part in its key") as caught:
+        load_pretrain_config(None, [override])
+    assert "e.g. train.lr=5" in caught.value.fix
+
+
+def test_a_setting_of_several_kinds_names_every_choice(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(OvertrainError, match=re.escape("config key train.compile must be true, false or 'auto', got 'maybe'")):
+        load_pretrain_config(None, ["train.compile=maybe"])
+    (tmp_path / "a_file").write_text("x")
+    assert cli_main(["pretrain", f"out_dir={tmp_path / 'a_file'}", "--dry-run"]) == 2  # the dry run says what the run would
+    assert "is a file, not a folder" in capsys.readouterr().err

@@ -300,3 +300,17 @@ def test_a_truncated_tensor_file_is_named_as_cut_short_by_the_run_and_its_dry_ru
         assert f"checkpoint {newest} is corrupted: model.safetensors is truncated or not a safetensors file" in error
         assert "restore model.safetensors from a backup" in error and "Traceback" not in error
     assert [path.name for path in (run / "checkpoints").iterdir()] == [newest.name]  # nothing written
+
+
+def test_a_checkpoint_missing_a_file_or_with_broken_metadata_gets_a_fix_that_fits(checkpoint: Path) -> None:
+    """The fix names what restores that file (the rng state is a tensor file: a backup or training it again;
+    not "every checkpoint has the same config.json"), and broken metadata is no longer answered with "delete
+    the folder", which for a checkpoint outside a run would throw away the only copy."""
+    (checkpoint / "rng.safetensors").unlink()
+    with pytest.raises(OvertrainError, match="is incomplete: rng.safetensors is missing") as caught:
+        verify_checkpoint(read_checkpoint_info(checkpoint))
+    assert caught.value.fix.startswith("restore rng.safetensors from a backup, or delete")
+    (checkpoint / METADATA_FILE).write_text(GARBAGE)
+    with pytest.raises(OvertrainError, match="is corrupted") as caught:
+        read_checkpoint_info(checkpoint)
+    assert caught.value.fix.startswith(f"restore {METADATA_FILE} from a backup, or delete")

@@ -147,6 +147,13 @@ def test_a_phase_whose_one_update_has_lr_zero_is_refused() -> None:
         FinetuneConfig(**{**BASE, **fine}).validate()
 
 
+def test_a_data_path_that_does_not_exist_is_refused_with_the_settings(tmp_path: Path) -> None:
+    """Checked with the other settings, so that a dry run says it (the run said it only when it loaded the task)."""
+    with pytest.raises(OvertrainError, match="data_path"):
+        FinetuneConfig(**BASE, data_path=str(tmp_path / "nowhere")).validate()
+    FinetuneConfig(**BASE, data_path=str(tmp_path)).validate()
+
+
 def test_replay_with_eval_data_uses_its_unmeasured_windows(checkpoint: Path, tmp_path: Path) -> None:
     text = tmp_path / "eval.txt"
     text.write_text("\n\n".join(f"Paragraph {i}: the quick brown fox jumps over the lazy dog {i * 7}." for i in range(400)))

@@ -79,9 +79,13 @@ def parse_override(text: str) -> tuple[list[str], Any]:
             "write overrides as dotted.key=value, for example train.lr=1e-3",
         )
     dotted_key, raw_value = text.split("=", 1)
-    keys = [part for part in dotted_key.strip().split(".") if part]
-    if not keys:
+    keys = dotted_key.strip().split(".")
+    if not dotted_key.strip():
         raise OvertrainError(f"override {text!r} has an empty key", "write dotted.key=value")
+    if not all(keys):  # train..lr, .train.lr, train.lr.: a typo, not silently the key it resembles
+        shown = ".".join(part for part in keys if part)
+        raise OvertrainError(f"override {text!r} has an empty part in its key {dotted_key.strip()!r}",
+                             f"join the parts with single dots, e.g. {shown}={raw_value}")
     return keys, _parse_scalar(raw_value)
 
 
@@ -166,6 +170,13 @@ def _raise_unknown_key(where: str, key: str, known: list[str]) -> None:
     )
 
 
+def _leaf_choices(annotation: Any) -> list[str]:
+    """What a plain value of ``annotation`` may be, in words, one per choice ([] for sections, lists and the like)."""
+    if typing.get_origin(annotation) is typing.Literal:
+        return [repr(choice) for choice in typing.get_args(annotation)]
+    return {bool: ["true", "false"], int: ["a whole number"], float: ["a number"], str: ["text"]}.get(annotation, [])
+
+
 def _coerce(value: Any, annotation: Any, where: str) -> Any:
     """Check (and gently convert) ``value`` against a type annotation; raise with the key's path."""
     origin = typing.get_origin(annotation)
@@ -174,11 +185,17 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
         if value is None and type(None) in args:
             return None
         errors = []
-        for option in (arg for arg in args if arg is not type(None)):
+        options = [arg for arg in args if arg is not type(None)]
+        for option in options:
             try:
                 return _coerce(value, option, where)
             except OvertrainError as error:
                 errors.append(error)
+        described = [_leaf_choices(option) for option in options]
+        if all(described):  # name every choice (e.g. true, false or 'auto'), not only the first option's
+            choices = [choice for option_choices in described for choice in option_choices]
+            said = f"{', '.join(choices[:-1])} or {choices[-1]}"
+            raise OvertrainError(f"config key {where} must be {said}, got {value!r}", f"set {where} to one of those")
         raise errors[0]
     if origin is typing.Literal:
         if value not in args:

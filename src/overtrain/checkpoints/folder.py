@@ -234,7 +234,7 @@ def _run_config_problems(run_config: Any) -> list[str]:
 
 
 def _corrupted_metadata(path: Path, folder: Path, detail: str) -> OvertrainError:
-    return OvertrainError(f"{path} is corrupted ({detail})", f"delete {folder}; a run resumes from the previous checkpoint")
+    return OvertrainError(f"{path} is corrupted ({detail})", f"restore {path.name} from a backup, or {_retrain(folder)}")
 
 
 def verify_checkpoint(info: CheckpointInfo) -> None:
@@ -267,9 +267,8 @@ def _refuse_absent_files(folder: Path) -> None:
     absent = [name for name in REQUIRED_FILES if not (folder / name).is_file()]
     if absent:
         raise OvertrainError(
-            f"checkpoint {folder} is incomplete: {', '.join(absent)} is missing",
-            "restore the file (every checkpoint of a run has the same tokenizer.json and config.json shape), "
-            f"or {_retrain(folder)}",
+            f"checkpoint {folder} is incomplete: {', '.join(absent)} {'is' if len(absent) == 1 else 'are'} missing",
+            _restore_fix(folder, absent[0]) if len(absent) == 1 else f"restore them from a backup, or {_retrain(folder)}",
         )
 
 

@@ -60,13 +60,18 @@ def command_pretrain_ladder(args: argparse.Namespace) -> int:
 
 
 def _refuse_what_every_run_would_refuse(config) -> None:
-    """What a run (or each run of a ladder) refuses before it computes anything: device=cuda without a GPU,
-    and a corpus or tokenizer path that does not exist (or a tokenizer folder without tokenizer files)."""
+    """What a run (or each run of a ladder) refuses before it computes anything: device=cuda without a GPU, an
+    out_dir that cannot be written (a file, say), and a corpus or tokenizer path that does not exist (or a
+    tokenizer folder without tokenizer files)."""
+    from pathlib import Path
+
+    from overtrain.atomic import ensure_writable_folder
     from overtrain.data.corpus import is_local_source, require_local_source
     from overtrain.data.tokenizer import require_local_tokenizer
     from overtrain.pretrain.loop import resolve_device
 
     resolve_device(config.device)
+    ensure_writable_folder(Path(config.out_dir), "the run folder", "out_dir")  # creates nothing (a probe file, removed)
     if is_local_source(str(config.data.corpus)):
         require_local_source(str(config.data.corpus))
     require_local_tokenizer(str(config.data.tokenizer))

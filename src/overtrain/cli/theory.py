@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import yaml
 
 from overtrain.atomic import atomic_write_json, ensure_writable_folder
@@ -67,7 +68,8 @@ def run_theory_cli(overrides: list[str], out_dir: Path, dry_run: bool = False) -
         print(yaml.safe_dump(config_to_dict(config), sort_keys=False, default_flow_style=None), end="")
         return 0
     started = time.perf_counter()
-    results = run_all(config)
+    with np.errstate(over="ignore", invalid="ignore"):  # a divergence is refused below, in words, not as numpy's warnings
+        results = run_all(config)
     seconds = time.perf_counter() - started
     out_dir = Path(out_dir)
     written = results_to_dict(results, seconds)

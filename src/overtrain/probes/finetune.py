@@ -33,6 +33,7 @@ import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -167,6 +168,8 @@ class FinetuneConfig:
         need(isinstance(self.linear_probe_steps, int) and not isinstance(self.linear_probe_steps, bool) and self.linear_probe_steps >= 0,
              f"{prefix}linear_probe_steps", self.linear_probe_steps, "a whole number >= 0 (0 disables LP-FT)")
         need(isinstance(self.pack, bool), f"{prefix}pack", self.pack, "true or false")
+        need(self.data_path is None or Path(str(self.data_path)).expanduser().exists(), f"{prefix}data_path", self.data_path,
+             "a file or folder that exists (a local copy of the task), or leave it unset")
         collect_lr_zero_phase_problems(problems, prefix, {name: getattr(self, name) for name in ("steps", "linear_probe_steps")},
                                        self.warmup_fraction, self.schedule)
         alphas = self.wise_alphas if isinstance(self.wise_alphas, (list, tuple)) else [self.wise_alphas]
