@@ -308,6 +308,11 @@ def test_the_dry_run_refuses_what_the_jobs_would_refuse_only_after_loading(tmp_p
     for tokenizer, message in ((tmp_path / "missing", "is not a folder that exists"), (tmp_path / "empty", "is a folder without tokenizer files")):
         assert cli_main(["pretrain", nano, f"data.tokenizer={tokenizer}", f"out_dir={tmp_path / 'run'}", "--dry-run"]) == 2
         assert message in capsys.readouterr().err
+    (tmp_path / "empty.txt").write_text("")
+    for eval_data, message in ((nano, "is not a supported type"), (tmp_path / "empty.txt", "is empty"),
+                               (tmp_path / "empty", "no .txt")):
+        assert cli_main(["noise", str(checkpoint), "gammas=[1]", f"eval_data={eval_data}", *out]) == 2
+        assert "eval_data: " in (said := capsys.readouterr().err) and message in said, said
     assert not (tmp_path / "out").exists() and not (tmp_path / "run").exists()
 
 

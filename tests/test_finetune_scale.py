@@ -186,8 +186,9 @@ def test_dry_run_prints_the_gpu_estimate_offline(tmp_path: Path, capsys: pytest.
     from overtrain.cli import main as cli_main
 
     reference = "hf:allenai/OLMo-1B-hf@step20000-tokens84B"
+    (tmp_path / "eval.txt").write_text("Some held-out text to measure the pre-training loss on.\n")
     code = cli_main(["finetune", reference, "task=kjv-to-web", "steps=100", "batch_size=64", "max_len=512", "micro_batch_size=8",
-                     f"eval_data={tmp_path}", "--out", str(tmp_path / "out"), "--dry-run"])
+                     f"eval_data={tmp_path / 'eval.txt'}", "--out", str(tmp_path / "out"), "--dry-run"])
     printed = capsys.readouterr().out
     assert code == 0 and "GPU estimate" in printed and "1.18B parameters" in printed
     assert "1 x H100 SXM 80GB (one GPU)" in printed and "8 x H100 SXM 80GB (ddp)" in printed

@@ -183,6 +183,12 @@ def test_a_truncated_checkpoint_and_missing_eval_data_are_refused_before_the_sto
         assert code == 2 and "2 inputs of this sweep would be refused by its jobs" in error
         assert "model.safetensors is truncated or not a safetensors file" in error and "no-such.txt does not exist" in error
     assert not (out / "results.sqlite").exists()
+    edited = tmp_path / "edited"  # a damaged small file: hashed by the dry run as the job would
+    shutil.copytree(source, edited)
+    (edited / "config.json").write_text((edited / "config.json").read_text().replace("{", "{ ", 1))
+    assert cli_main(["noise", str(edited), "gammas=[1.0]", "--dry-run", "--out", str(out)]) == 2
+    assert f"{edited}: config.json does not match the recorded checksum" in capsys.readouterr().err
+    assert not (out / "results.sqlite").exists()
 
 
 def test_a_report_names_settings_that_differ_between_rows_of_one_checkpoint(
@@ -201,6 +207,21 @@ def test_a_report_names_settings_that_differ_between_rows_of_one_checkpoint(
     summary = (out / "report" / "summary.md").read_text()
     assert "WARNING: noise rows of one checkpoint were measured with different settings" in summary
     assert "eval_tokens (1.02k, 512)" in summary
+
+
+def test_a_report_without_headlines_says_why_and_an_empty_store_path_is_refused(
+    finished_sweep: tuple[Path, list[str]], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from overtrain.results.report import NO_HEADLINES
+
+    root, _ = finished_sweep
+    checkpoint = sorted(str(path) for path in (root / "sweep").rglob("step-*-tokens-*"))[0]
+    out = tmp_path / "out"
+    assert cli_main(["noise", checkpoint, "gammas=[1.0]", "seeds=1", "--out", str(out)]) == 0  # one checkpoint: no curve
+    assert f"headlines:\n  {NO_HEADLINES}" in capsys.readouterr().out
+    assert f"## Headlines\n\n- {NO_HEADLINES}" in (out / "report" / "summary.md").read_text()
+    assert cli_main(["report", ""]) == 2
+    assert "the results store to report on is empty text" in capsys.readouterr().err
 
 
 def test_a_row_records_how_many_tokens_its_loss_was_measured_on(finished_sweep: tuple[Path, list[str]], tmp_path: Path) -> None:

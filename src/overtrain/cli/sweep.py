@@ -30,13 +30,15 @@ def command_demo(args: argparse.Namespace) -> int:
 
 
 def command_report(args: argparse.Namespace) -> int:
-    from overtrain.results.report import write_report
+    from overtrain.results.report import shown_headlines, write_report
 
+    if not str(args.store).strip():  # an unset shell variable, say: not the current folder
+        raise OvertrainError("the results store to report on is empty text", "pass a sweep folder or its results.sqlite")
     store = Path(args.store)
     if store.is_dir():
         store = store / "results.sqlite"
     report = write_report(store, Path(args.out) if args.out else store.parent / "report")
-    print("\n".join(report.headlines))
+    print("\n".join(shown_headlines(report)))
     print(f"report: {report.html_path.resolve()}")
     return 0
 

@@ -318,7 +318,7 @@ def render_html(report: Report) -> str:
         f'<figure><img alt="{p.stem}" src="data:image/png;base64,{base64.b64encode(p.read_bytes()).decode()}"></figure>'
         for p in report.figures if p.suffix == ".png"
     ]
-    headlines = "".join(f"<li>{html.escape(line)}</li>" for line in report.headlines)
+    headlines = "".join(f"<li>{html.escape(line)}</li>" for line in shown_headlines(report))
     tables = "".join(f"<h2>{html.escape(title)}</h2>{_html_table(frame)}" for title, frame in report.tables.items())
     style = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}"
              "img{max-width:100%}table{border-collapse:collapse;font-size:13px;margin-bottom:1.5em}"
@@ -327,8 +327,17 @@ def render_html(report: Report) -> str:
             f"<body><h1>Catastrophic overtraining: report</h1><h2>Headlines</h2><ul>{headlines}</ul>{''.join(images)}{tables}</body></html>")
 
 
+NO_HEADLINES = ("none: these results hold no curve over pre-training tokens to read a headline from "
+                "(a probe of one checkpoint, say); the tables below list every result")
+
+
+def shown_headlines(report: Report) -> list[str]:
+    """The report's headlines, or one line saying why there are none (never an empty section)."""
+    return report.headlines or [NO_HEADLINES]
+
+
 def render_markdown(report: Report) -> str:
-    lines = ["# overtrain report", "", "## Headlines", ""] + [f"- {line}" for line in report.headlines] + [""]
+    lines = ["# overtrain report", "", "## Headlines", ""] + [f"- {line}" for line in shown_headlines(report)] + [""]
     lines += [f"![{p.stem}]({p.name})" for p in report.figures if p.suffix == ".png"] + [""]
     for title, frame in report.tables.items():
         lines += [f"## {title}", "", _markdown_table(frame), ""]

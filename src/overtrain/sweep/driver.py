@@ -223,7 +223,7 @@ def build_executor(config):
 
 def run_sweep_file(path: str | None, overrides: list[str], dry_run: bool) -> int:
     from overtrain.config import dump_yaml
-    from overtrain.results.report import write_report
+    from overtrain.results.report import shown_headlines, write_report
     from overtrain.results.store import ResultStore, stored_keys, stored_rows
     from overtrain.sweep.config import load_sweep_config
     from overtrain.sweep.plan import describe_plan, plan_jobs
@@ -268,6 +268,6 @@ def run_sweep_file(path: str | None, overrides: list[str], dry_run: bool) -> int
         print("no report: no job of this sweep has finished yet (the failures above say why)")
     elif config.report:
         report = write_report(config.store_path, config.report_dir)
-        print("\n".join(["", "headlines:", *[f"  {line}" for line in report.headlines]]))
+        print("\n".join(["", "headlines:", *[f"  {line}" for line in shown_headlines(report)]]))
         print(f"\nreport: {report.html_path.resolve()}")
     return 1 if summary.failed or summary.blocked else 0

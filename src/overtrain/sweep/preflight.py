@@ -167,7 +167,23 @@ def _checkpoint_damage(folder: Path) -> str | None:
         weights = safetensors_files(folder)  # as the loaders find them: a shard index, shards, pickles refused
     except OvertrainError as error:
         return error.problem
-    return next(filter(None, map(safetensors_header_problem, weights)), None)
+    return next(filter(None, map(safetensors_header_problem, weights)), None) or _small_file_damage(folder)
+
+
+def _small_file_damage(folder: Path) -> str | None:
+    """Which of our checkpoint's JSON files (config.json, tokenizer.json: small, so hashed here) no longer
+    matches the checksum its metadata records, or None; the run refuses such a checkpoint when it loads it."""
+    from overtrain.checkpoints.folder import JSON_FILES, is_overtrain_checkpoint, read_checkpoint_info
+    from overtrain.provenance import file_sha256
+
+    if not is_overtrain_checkpoint(folder):
+        return None
+    try:
+        checksums = read_checkpoint_info(folder).checksums
+    except OvertrainError as error:
+        return error.problem
+    changed = [name for name in JSON_FILES if name in checksums and file_sha256(folder / name) != checksums[name]]
+    return f"{', '.join(changed)} {'does' if len(changed) == 1 else 'do'} not match the recorded checksum" if changed else None
 
 
 def _cuda_without_a_gpu(jobs: Iterable[Job]) -> list[tuple[str, str]]:
@@ -197,12 +213,20 @@ def _device_of(spec: dict[str, Any]) -> object:
 
 
 def _missing_eval_data(jobs: Iterable[Job]) -> list[tuple[str, str]]:
-    missing = sorted({str(path) for job in jobs for path in [_eval_data_of(job.spec)]
-                      if path and not path.startswith("hf:") and not Path(path).expanduser().exists()})
-    if not missing:
-        return []
-    return [(f"eval_data {', '.join(missing[:SHOWN_PER_PROBLEM])} does not exist",
-             "pass a .txt or .jsonl file, a folder of them, or hf:NAME[:CONFIG] as eval_data")]
+    """Local eval_data that the jobs could not read: missing, or (as the run would find on opening it) a file of a
+    type that is not read, an empty file, or a folder with nothing to read; from names and sizes alone."""
+    from overtrain.data.corpus import require_local_source
+
+    local = sorted({path for job in jobs for path in [_eval_data_of(job.spec)] if path and not path.startswith("hf:")})
+    missing = [path for path in local if not Path(path).expanduser().exists()]
+    problems = [(f"eval_data {', '.join(missing[:SHOWN_PER_PROBLEM])} does not exist",
+                 "pass a .txt or .jsonl file, a folder of them, or hf:NAME[:CONFIG] as eval_data")] if missing else []
+    for path in (path for path in local if path not in missing):
+        try:
+            require_local_source(path)
+        except OvertrainError as error:
+            problems.append((f"eval_data: {error.problem}", error.fix or ""))
+    return problems
 
 
 def _foreign_models_without_eval_data(jobs: Iterable[Job]) -> list[tuple[str, str]]:
