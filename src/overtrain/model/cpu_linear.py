@@ -115,7 +115,8 @@ a change of the machine's speed meets both, and each keeps its median round, whi
 process's work on the core moves less than the fastest round: on a Zen 4 core kept busy by two other jobs,
 eight processes put oneDNN at 0.63-4.05x torch's BLAS by the fastest rounds and at 0.86-1.50x by the
 medians. On the quiet core, 12 rounds of the single forward product, the timing this replaced, put it at
-1.13-2.34x in five processes, and the three products alternated at 1.11-1.20x in ten."""
+1.13-2.34x in five processes; the three products alternated, at 1.11-1.20x in ten by their fastest rounds
+and at 1.05-1.27x in ten by their medians."""
 
 
 def training_products_by_library(rows: int, width: int, out_width: int) -> dict[str, Callable[[], object]]:
