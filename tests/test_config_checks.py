@@ -303,3 +303,16 @@ def test_a_setting_of_several_kinds_names_every_choice(tmp_path: Path, capsys: p
     (tmp_path / "a_file").write_text("x")
     assert cli_main(["pretrain", f"out_dir={tmp_path / 'a_file'}", "--dry-run"]) == 2  # the dry run says what the run would
     assert "is a file, not a folder" in capsys.readouterr().err
+
+
+def test_a_config_file_after_the_overrides_and_a_bare_prefix_are_named_as_such(tmp_path: Path) -> None:
+    config = Path(__file__).resolve().parents[1] / "configs" / "demo" / "nano.yaml"
+    with pytest.raises(OvertrainError, match="has no '='") as caught:
+        load_pretrain_config(None, ["train.lr=1e-3", str(config)])
+    assert "the config file goes first" in caught.value.fix
+    with pytest.raises(OvertrainError, match="has no '='") as caught:
+        load_pretrain_config(None, ["train.lr"])
+    assert "dotted.key=value" in caught.value.fix
+    with pytest.raises(OvertrainError, match="= 'file:' names nothing after the colon") as caught:
+        load_pretrain_config(None, ["data.corpus=file:"])
+    assert "file:PATH" in caught.value.fix

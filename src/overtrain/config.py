@@ -74,9 +74,11 @@ def load_yaml_text(text: str) -> Any:
 def parse_override(text: str) -> tuple[list[str], Any]:
     """Split ``"train.lr=1e-3"`` into (["train", "lr"], 0.001); the value is read as YAML."""
     if "=" not in text:
+        looks_like_a_config = text.endswith((".yaml", ".yml")) or Path(text).is_file()
         raise OvertrainError(
             f"override {text!r} has no '='",
-            "write overrides as dotted.key=value, for example train.lr=1e-3",
+            "the config file goes first, before the overrides: overtrain VERB CONFIG.yaml key=value ..."
+            if looks_like_a_config else "write overrides as dotted.key=value, for example train.lr=1e-3",
         )
     dotted_key, raw_value = text.split("=", 1)
     keys = dotted_key.strip().split(".")
@@ -251,6 +253,9 @@ def _coerce_leaf(value: Any, annotation: Any, where: str) -> Any:
             raise OvertrainError(f"config key {where} is empty, which would mean the current folder", f"set {where}=<folder>")
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)
+        if isinstance(value, dict) and len(value) == 1 and next(iter(value.values())) is None:  # YAML reads "file:" as {file: None}
+            raise OvertrainError(f"config key {where} = '{next(iter(value))}:' names nothing after the colon",
+                                 f"write what follows the colon, e.g. {next(iter(value))}:PATH")
         raise OvertrainError(f"config key {where} must be text, got {value!r}", f"set {where}=<text>")
     return value
 
