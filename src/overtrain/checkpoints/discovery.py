@@ -71,7 +71,8 @@ def _expand_one(text: str) -> list[CheckpointRef]:
         return [_ours(list_checkpoints(path)[-1])]
     children = sorted((child for child in path.iterdir() if child.is_dir()), key=_natural_key) if path.is_dir() else []
     # a ladder's runs (each by its last checkpoint) and any checkpoint or model folders beside them: none left out
-    found = [ref for child in children if (ref := _child_model(child)) is not None]
+    found = [_ours(folder) if is_overtrain_checkpoint(folder) else CheckpointRef(str(folder), KIND_LOCAL)
+             for child in children if (folder := model_folder_of(child)) is not None]
     if found:
         return found
     if (path / "checkpoints").is_dir():
@@ -83,14 +84,13 @@ def _expand_one(text: str) -> list[CheckpointRef]:
     )
 
 
-def _child_model(child: Path) -> CheckpointRef | None:
-    """The model a subfolder of a ladder or family folder stands for: a run's last checkpoint, a checkpoint, a
-    Hugging Face model folder; None for anything else (a report, a cache)."""
+def model_folder_of(child: Path) -> Path | None:
+    """The checkpoint folder a subfolder of a ladder or family folder stands for: a run's last checkpoint, the
+    subfolder itself where it is a checkpoint of ours or a Hugging Face model folder; None for anything else
+    (a report, a cache). The one rule for the probes' expansion and the family listing."""
     if list_checkpoints(child):
-        return _ours(list_checkpoints(child)[-1])
-    if is_overtrain_checkpoint(child):
-        return _ours(child)
-    return CheckpointRef(str(child), KIND_LOCAL) if is_hf_model_folder(child) else None
+        return list_checkpoints(child)[-1]
+    return child if is_overtrain_checkpoint(child) or is_hf_model_folder(child) else None
 
 
 def expand_checkpoints(references: list[str]) -> list[CheckpointRef]:

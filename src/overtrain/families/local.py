@@ -16,7 +16,7 @@ import math
 import re
 from pathlib import Path
 
-from overtrain.checkpoints.discovery import list_checkpoints
+from overtrain.checkpoints.discovery import list_checkpoints, model_folder_of
 from overtrain.checkpoints.folder import METADATA_FILE, is_overtrain_checkpoint, read_checkpoint_info, safetensors_header_problem
 from overtrain.checkpoints.names import parse_checkpoint_name
 from overtrain.errors import OvertrainError
@@ -41,7 +41,8 @@ def list_local_family(folder: Path) -> FamilyListing:
     if list_checkpoints(folder):
         revisions = [_ours(path, folder) for path in list_checkpoints(folder)]
     else:  # a ladder's runs, and checkpoint folders beside or instead of them: none left out
-        revisions = [revision for path in _subfolders(folder) if (revision := _child_revision(path, folder)) is not None]
+        revisions = [_ours(model, folder) if is_overtrain_checkpoint(model) else _foreign(model, folder)
+                     for path in _subfolders(folder) if (model := model_folder_of(path)) is not None]
     if not revisions and any((folder / name).is_file() for name in ("config.json", METADATA_FILE)):
         raise OvertrainError(
             f"{folder} is one checkpoint, not a family of them",
@@ -88,17 +89,6 @@ def damaged_weight_file(revision: Revision) -> str | None:
 
 def _subfolders(folder: Path) -> list[Path]:
     return sorted(path for path in folder.iterdir() if path.is_dir())
-
-
-def _child_revision(path: Path, root: Path) -> Revision | None:
-    """What a subfolder of a family folder stands for: a run (its last checkpoint), one of our checkpoints
-    copied out of its run (its metadata says how far it trained, whatever the folder is now called), or a
-    Hugging Face folder (its name may say); None for anything else."""
-    if list_checkpoints(path):
-        return _ours(list_checkpoints(path)[-1], root)
-    if is_overtrain_checkpoint(path):
-        return _ours(path, root)
-    return _foreign(path, root) if (path / "config.json").is_file() else None
 
 
 def _ours(path: Path, root: Path) -> Revision:
