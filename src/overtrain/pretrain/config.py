@@ -315,6 +315,11 @@ def _refuse_a_sweep_spec(tree: dict[str, Any]) -> None:
         )
 
 
+def _given_on_command_line(dotted_key: str, overrides: list[str]) -> bool:
+    """Whether one of ``overrides`` sets ``dotted_key`` itself (what the user typed, as opposed to the file)."""
+    return any(parse_override(text)[0] == dotted_key.split(".") for text in overrides)
+
+
 def refuse_unused_schedule(mode: object, schedule: object, overrides: list[str], prefix: str = "") -> None:
     """``train.schedule=X`` on the command line of a ``wsd-branches`` ladder, X not ``wsd``: that mode trains a
     warmup-stable-decay trunk and its decay branches whatever the schedule says, so the value would be shown in
@@ -322,8 +327,7 @@ def refuse_unused_schedule(mode: object, schedule: object, overrides: list[str],
     reused for a ladder, and allowed, as with ``train.max_tokens``.)"""
     if mode != "wsd-branches" or schedule == "wsd":
         return
-    wanted = [*prefix.strip(".").split("."), "train", "schedule"] if prefix else ["train", "schedule"]
-    if any(parse_override(text)[0] == wanted for text in overrides):
+    if _given_on_command_line(f"{prefix}train.schedule", overrides):
         raise OvertrainError(
             f"{prefix}train.schedule={schedule} is given, but {prefix}ladder.mode=wsd-branches trains a warmup-stable-decay "
             "trunk with a decay branched off per budget whatever the schedule says, so it would not be used",
@@ -339,8 +343,7 @@ def refuse_unused_max_tokens(budgets_tokens: object, max_tokens: object, overrid
     is a pre-training config reused for a ladder, and allowed.)"""
     if not budgets_tokens:
         return
-    wanted = [*prefix.strip(".").split("."), "train", "max_tokens"] if prefix else ["train", "max_tokens"]
-    if any(parse_override(text)[0] == wanted for text in overrides):
+    if _given_on_command_line(f"{prefix}train.max_tokens", overrides):
         raise OvertrainError(
             f"{prefix}train.max_tokens={max_tokens} is given, but a ladder trains one run to each of "
             f"{prefix}ladder.budgets_tokens, so it would not be used",
