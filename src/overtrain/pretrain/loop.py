@@ -83,11 +83,11 @@ class RunState:
     first_step_loss: float | None = None
     """Loss of the first step this invocation trained (a WSD branch's equals the trunk's at that step)."""
     products_library: str | None = None
-    """Which library a compiled fp32 CPU run makes its products with, "onednn" or "blas" (None: not chosen).
-    Chosen by timing when the run starts (:meth:`overtrain.model.llama.LlamaLM.use_cpu_kernels`) and kept in
-    its checkpoints, so that a resumed run or a WSD branch does not time again and switch libraries: the two
-    round differently, and a resumed run must continue bitwise where it stopped."""
-
+    """Which library a compiled fp32 CPU run makes its products with, "onednn" or "blas" (None: torch's
+    operations make them). Chosen when the run starts, by ``train.cpu_products``'s pin or by timing
+    (:meth:`overtrain.model.llama.LlamaLM.use_cpu_kernels`), and kept in its checkpoints, so that a resumed run
+    or a WSD branch does not time again and switch libraries: the two round differently, and a resumed run
+    must continue bitwise where it stopped."""
 
 
 @dataclass(frozen=True)
@@ -448,20 +448,22 @@ class _TrainingLoop:
         # Compiled CPU runs also take overtrain's kernels (LlamaLM.use_cpu_kernels): attention that applies the
         # rotary embedding itself, after one stacked q/k/v product, the output layer fused with the loss, and the
         # projections by oneDNN where it measures clearly faster than torch's BLAS, or as train.cpu_products pins
-        # (docs/benchmarks.md has what each saves). Eager runs keep torch's operations and three products, so their numerics stay what they were.
+        # (docs/benchmarks.md has what each saves). Eager runs keep torch's operations and three products, so their
+        # numerics stay what they were.
         kernels = compiled and self.device.type == "cpu"
-        fp32 = resolve_dtype(self.train_config.dtype, self.device) == "fp32"  # under bf16 autocast torch makes the products
+        # a library is chosen where the kernels make fp32 products (under bf16 autocast torch makes them)
+        chooses_library = kernels and resolve_dtype(self.train_config.dtype, self.device) == "fp32"
         saved = self.state.products_library
-        library = _products_library(self.train_config.cpu_products, saved) if kernels and fp32 else "blas"
+        library = _products_library(self.train_config.cpu_products, saved) if chooses_library else "blas"
         model.use_cpu_kernels(kernels, onednn=None if library is None else library == "onednn")
-        if kernels and fp32 and context.world_size > 1 and library is None:  # ranks timing at once on shared cores may
-            # choose differently: all take rank 0's choice, the one its log and checkpoints name
+        if library is None and context.world_size > 1:  # ranks timing at once on shared cores may choose
+            # differently: all take rank 0's choice, the one its log and checkpoints name
             agreed = main_process_flag(model.onednn_products, context)
             if agreed != model.onednn_products:
                 model.use_cpu_kernels(kernels, onednn=agreed)
         # None where torch's operations make the products (eager, bf16): a branch or resume then names no library
-        self.state.products_library = ("onednn" if model.onednn_products else "blas") if kernels and fp32 else None
-        if kernels and fp32 and context.is_main:
+        self.state.products_library = ("onednn" if model.onednn_products else "blas") if chooses_library else None
+        if chooses_library and context.is_main:
             self.log(self._products_note(saved))
         if context.world_size > 1:
             self.forward_model = context.wrap(self.forward_model)
