@@ -314,3 +314,27 @@ def test_a_checkpoint_missing_a_file_or_with_broken_metadata_gets_a_fix_that_fit
     with pytest.raises(OvertrainError, match="is corrupted") as caught:
         read_checkpoint_info(checkpoint)
     assert caught.value.fix.startswith(f"restore {METADATA_FILE} from a backup, or delete")
+
+
+def test_a_checkpoint_that_lost_its_metadata_is_refused_not_probed_as_a_foreign_model(
+    checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Before, a checkpoint of ours without overtrain.json had a config.json, so the probes took it for a
+    Hugging Face model: probed with no tokens, no checksums and init stds from elsewhere, as if nothing were
+    wrong. Its rng.safetensors (only overtrain writes it) gives it away; the dry run, the run and the family
+    listing refuse it alike, and a plain Hugging Face folder is still taken."""
+    text = tmp_path / "eval.txt"
+    text.write_text("def f(x):\n    return x + 1\n" * 40)
+    (checkpoint / METADATA_FILE).unlink()
+    probe = ["noise", str(checkpoint), "gammas=[1]", "seeds=[0]", f"eval_data={text}", "eval_tokens=64"]
+    for dry_run in (["--dry-run"], []):
+        assert cli_main([*probe, "--out", str(tmp_path / "noise"), *dry_run]) == 2
+        error = capsys.readouterr().err
+        assert f"{checkpoint} is an overtrain checkpoint that lost its {METADATA_FILE}" in error and "Traceback" not in error
+        assert f"restore {METADATA_FILE} from a backup, or delete the folder" in error
+    assert not (tmp_path / "noise").exists()  # refused before the store was made
+    assert cli_main(["family", str(checkpoint.parent.parent)]) == 2
+    assert "lost its overtrain.json" in capsys.readouterr().err
+    (checkpoint / "rng.safetensors").unlink()
+    (checkpoint / "optimizer.safetensors").unlink(missing_ok=True)
+    assert cli_main([*probe, "--out", str(tmp_path / "foreign")]) == 0  # without overtrain's own files: a Hugging Face folder

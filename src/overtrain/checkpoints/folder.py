@@ -166,9 +166,31 @@ REQUIRED_FILES = ("config.json", "model.safetensors", "rng.safetensors", "tokeni
 """Files every checkpoint folder has (transformers needs config.json and tokenizer.json; resuming, rng)."""
 
 
+OVERTRAIN_ONLY_FILE = "rng.safetensors"
+"""Written by :func:`save_checkpoint` alone: a folder that has it but no ``overtrain.json`` is one of our
+checkpoints that lost its metadata, not a foreign model."""
+
+
 def is_overtrain_checkpoint(folder: Path) -> bool:
-    """Whether ``folder`` is a checkpoint overtrain wrote (it has ``overtrain.json``), not a foreign model folder."""
-    return (Path(folder) / METADATA_FILE).is_file()
+    """Whether ``folder`` is a checkpoint overtrain wrote (it has ``overtrain.json``), not a foreign model folder.
+
+    Raises for one of ours that lost its ``overtrain.json``: taken for a foreign model, it would be probed
+    without its tokens, init stds and checksums, and its results would look like any other model's."""
+    folder = Path(folder)
+    if (folder / METADATA_FILE).is_file():
+        return True
+    if (folder / OVERTRAIN_ONLY_FILE).is_file():
+        raise lost_metadata_error(folder)
+    return False
+
+
+def lost_metadata_error(folder: Path) -> OvertrainError:
+    """The refusal of a checkpoint of ours without its ``overtrain.json``."""
+    return OvertrainError(
+        f"{folder} is an overtrain checkpoint that lost its {METADATA_FILE} (it has {OVERTRAIN_ONLY_FILE}, which only "
+        "overtrain writes): its tokens, init stds and checksums went with that file, so it is not taken as a foreign model",
+        f"restore {METADATA_FILE} from a backup, or delete the folder (a run resumes from its newest intact checkpoint)",
+    )
 
 
 def read_checkpoint_info(folder: Path) -> CheckpointInfo:
@@ -177,7 +199,7 @@ def read_checkpoint_info(folder: Path) -> CheckpointInfo:
     if not folder.is_dir():
         raise OvertrainError(f"checkpoint folder {folder} does not exist", "pass a folder under RUN/checkpoints/")
     path = folder / METADATA_FILE
-    if not path.is_file():
+    if not is_overtrain_checkpoint(folder):  # raises for one of ours without its metadata
         raise OvertrainError(
             f"{folder} has no {METADATA_FILE}, so it is not an overtrain checkpoint",
             "pass a checkpoint folder written by `overtrain pretrain` (RUN/checkpoints/step-...); a model from elsewhere is "

@@ -27,7 +27,6 @@ from overtrain.checkpoints.folder import (
     METADATA_FILE,
     CheckpointInfo,
     check_tensor_headers,
-    is_overtrain_checkpoint,
     load_tensors,
     load_weights_into,
     read_checkpoint_info,
@@ -261,7 +260,7 @@ def newest_checkpoint(out_dir: Path, *, hash_files: bool = True) -> CheckpointIn
     existing = list_checkpoints(out_dir)
     if not existing:
         return None
-    if not is_overtrain_checkpoint(existing[-1]):  # named as a checkpoint, but its metadata is gone
+    if not (existing[-1] / METADATA_FILE).is_file():  # named as a checkpoint, but its metadata is gone
         raise OvertrainError(
             f"the run's newest checkpoint {existing[-1]} has no {METADATA_FILE}: it is damaged",
             f"restore {METADATA_FILE} from a backup, or delete {existing[-1]} and resume (the same command): the run "

@@ -159,7 +159,11 @@ def _checkpoint_damage(folder: Path) -> str | None:
         return None  # a single weights file is the job's to judge
     from overtrain.checkpoints.folder import REQUIRED_FILES, is_overtrain_checkpoint, safetensors_header_problem
 
-    required = REQUIRED_FILES if is_overtrain_checkpoint(folder) else ("config.json",)  # ours, or a Hugging Face folder
+    try:
+        ours = is_overtrain_checkpoint(folder)
+    except OvertrainError as error:  # one of ours that lost its metadata
+        return error.problem
+    required = REQUIRED_FILES if ours else ("config.json",)  # ours, or a Hugging Face folder
     missing = [name for name in required if not (folder / name).is_file()]
     if missing:
         return f"{', '.join(missing)} {'is' if len(missing) == 1 else 'are'} missing"
@@ -238,7 +242,10 @@ def _foreign_models_without_eval_data(jobs: Iterable[Job]) -> list[tuple[str, st
 
     def foreign(reference: str) -> bool:
         folder = Path(reference).expanduser()
-        return is_hub_reference(reference) or (folder.is_dir() and not is_overtrain_checkpoint(folder))
+        try:
+            return is_hub_reference(reference) or (folder.is_dir() and not is_overtrain_checkpoint(folder))
+        except OvertrainError:  # ours, without its metadata: the damage check names it
+            return False
 
     references = sorted({str(job.spec["checkpoint"]) for job in jobs
                          if "checkpoint" in job.spec and "eval_tokens" in job.spec and not _eval_data_of(job.spec)})
