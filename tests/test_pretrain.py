@@ -248,7 +248,12 @@ def test_dry_run_prints_token_arithmetic(capsys: pytest.CaptureFixture[str]) -> 
     assert cli_main(["pretrain", "model.preset=nano", "train.max_tokens=4e6", "--dry-run"]) == 0
     assert "plan: 976 steps of 4,096 tokens into runs/pretrain, compiled (torch.compile): train.compile=auto and 976 steps >= 500" in capsys.readouterr().out
     assert cli_main(["pretrain", "model.preset=nano", "train.max_tokens=1e6", "--dry-run"]) == 0
-    assert "eager (no torch.compile): train.compile=auto and 244 steps < 500" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "eager (no torch.compile): train.compile=auto and 244 steps < 500" in out and "checkpoint_at_tokens" not in out.split("plan:")[1]
+    # a checkpoint asked for between steps is written at the next one, and the plan says where
+    assert cli_main(["pretrain", "model.preset=nano", "train.max_tokens=1e6", "train.checkpoint_at_tokens=[1e5,131072]", "--dry-run"]) == 0
+    plan = capsys.readouterr().out.split("plan:")[1]
+    assert "train.checkpoint_at_tokens between steps, written at the next step (4,096 tokens/step): 100,000 -> 102,400\n" in plan
 
 
 def test_help_teaches_the_config_keys(capsys: pytest.CaptureFixture[str]) -> None:

@@ -11,7 +11,7 @@ from overtrain.errors import OvertrainError
 def command_pretrain(args: argparse.Namespace) -> int:
     from overtrain.config import dump_yaml
     from overtrain.pretrain.config import load_pretrain_config
-    from overtrain.pretrain.loop import describe_compile, train_run
+    from overtrain.pretrain.loop import describe_compile, describe_moved_checkpoints, train_run
 
     path, overrides = split_config_and_overrides(args)
     config = load_pretrain_config(path, overrides)
@@ -26,6 +26,9 @@ def command_pretrain(args: argparse.Namespace) -> int:
         else:
             print(f"plan: {train.total_steps:,} steps of {train.tokens_per_step:,} tokens into {config.out_dir}, "
                   f"{describe_compile(train)}")
+            moved = describe_moved_checkpoints(train)
+            if moved:
+                print(moved)
         print(_token_plan(config))
         return 0
     result = train_run(config)

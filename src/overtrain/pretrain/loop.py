@@ -399,6 +399,20 @@ def _write_run_files(config: PretrainConfig, out_dir: Path, model: LlamaLM, data
         f"({train.max_tokens / max(model.num_parameters(), 1):.0f} tokens/parameter, "
         f"{train.max_tokens / max(len(data.train), 1):.1f} epochs)"
     )
+    moved = describe_moved_checkpoints(train)
+    if moved:
+        log(moved)
+
+
+def describe_moved_checkpoints(train) -> str | None:
+    """The ``train.checkpoint_at_tokens`` that fall between steps, with where their checkpoints are written
+    (the first step boundary at or after each: checkpoints hold whole steps); None when all fall on one."""
+    per_step = train.tokens_per_step
+    moved = [(tokens, math.ceil(tokens / per_step) * per_step) for tokens in train.checkpoint_at_tokens if tokens % per_step]
+    if not moved:
+        return None
+    pairs = ", ".join(f"{tokens:,} -> {written:,}" for tokens, written in moved)
+    return f"train.checkpoint_at_tokens between steps, written at the next step ({per_step:,} tokens/step): {pairs}"
 
 
 class _TrainingLoop:
