@@ -353,8 +353,23 @@ def test_keys_as_typed_leaves_other_sections_and_paths_alone() -> None:
     with pytest.raises(OvertrainError) as raised, keys_as_typed("noise"):
         raise OvertrainError("noise.gammas[0] and pretrain.noise.gammas differ for runs/noise.gammas, 'noise.txt' and noise.seeds.x",
                              "set noise.seeds=2")
-    assert raised.value.problem == "gammas[0] and pretrain.noise.gammas differ for runs/noise.gammas, 'noise.txt' and noise.seeds.x"
+    assert raised.value.problem == "gammas[0] and pretrain.noise.gammas differ for runs/noise.gammas, 'noise.txt' and seeds.x"
     assert raised.value.fix == "set seeds=2"
+    with pytest.raises(OvertrainError) as raised, keys_as_typed("noise", ["foo.bar=1", "executor.workers=1"]):
+        raise OvertrainError("unknown config key noise.foo", "remove noise.foo; noise.foobar and noise.executor stay")
+    assert (raised.value.problem, raised.value.fix) == ("unknown config key foo", "remove foo; noise.foobar and noise.executor stay")
+
+
+def test_a_key_below_a_value_is_refused_as_such(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Before, train.lr.x=1 was refused as 'train.lr must be a number, got {'x': 1}', and gammas.x=1 as
+    'gammas[0] must be a number': the dotted key made a mapping that later checks named as a bad value."""
+    assert cli_main(["pretrain", "train.lr.x=1", "--dry-run"]) == 2
+    error = capsys.readouterr().err
+    assert "config key train.lr holds a value, not a section of keys, so train.lr.x names nothing" in error
+    assert cli_main(["noise", str(tmp_path), "gammas.x=1", "--out", str(tmp_path / "out"), "--dry-run"]) == 2
+    assert "config key gammas holds a value, not a section of keys, so gammas.x names nothing" in capsys.readouterr().err
+    assert cli_main(["finetune", str(tmp_path), "task=file:", "--out", str(tmp_path / "out"), "--dry-run"]) == 2
+    assert "'file:' names nothing after the colon" in capsys.readouterr().err  # a bare prefix is still said as one
 
 
 def test_an_argument_a_verb_cannot_place_is_refused_with_that_verbs_usage(capsys: pytest.CaptureFixture[str]) -> None:

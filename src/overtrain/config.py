@@ -127,7 +127,7 @@ def apply_overrides(tree: dict[str, Any], overrides: list[str]) -> dict[str, Any
         node = result
         for key in keys[:-1]:
             child = node.get(key)
-            if not isinstance(child, dict):
+            if not isinstance(child, dict):  # a value there is replaced, and _coerce names the key below a value
                 child = {}
                 node[key] = child
             node = child
@@ -172,6 +172,19 @@ def _raise_unknown_key(where: str, key: str, known: list[str]) -> None:
     )
 
 
+def _takes_a_mapping(annotation: Any) -> bool:
+    """Whether a mapping may stand for ``annotation``: a section (a dataclass), a dict, Any, or a union with one."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return any(map(_takes_a_mapping, typing.get_args(annotation)))
+    return annotation is Any or origin is dict or annotation is dict or dataclasses.is_dataclass(annotation)
+
+
+def _is_bare_prefix(value: dict[Any, Any]) -> bool:
+    """YAML reads ``task=file:`` (a prefix with nothing after the colon) as ``{file: None}``: the text keys say so."""
+    return len(value) == 1 and next(iter(value.values())) is None
+
+
 def _leaf_choices(annotation: Any) -> list[str]:
     """What a plain value of ``annotation`` may be, in words, one per choice ([] for sections, lists and the like)."""
     if typing.get_origin(annotation) is typing.Literal:
@@ -181,6 +194,10 @@ def _leaf_choices(annotation: Any) -> list[str]:
 
 def _coerce(value: Any, annotation: Any, where: str) -> Any:
     """Check (and gently convert) ``value`` against a type annotation; raise with the key's path."""
+    if isinstance(value, dict) and not _takes_a_mapping(annotation) and not _is_bare_prefix(value):
+        first = next(iter(value), "KEY")
+        raise OvertrainError(f"config key {where} holds a value, not a section of keys, so {where}.{first} names nothing",
+                             f"set {where} itself (e.g. {where}=VALUE) instead of a key below it")
     origin = typing.get_origin(annotation)
     args = typing.get_args(annotation)
     if origin in (typing.Union, types.UnionType):

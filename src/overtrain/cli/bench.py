@@ -54,7 +54,7 @@ def command_bench(args: argparse.Namespace) -> int:
     if not references:
         raise OvertrainError("`overtrain bench` names no checkpoint", "pass checkpoint, run or ladder folders first, e.g. overtrain bench runs/nano_ladder")
     overrides = probe_overrides("benchmarks", references, settings, check_out_dir(args.out))
-    with keys_as_typed("benchmarks"):
+    with keys_as_typed("benchmarks", settings):
         code = run_sweep_file(None, overrides, args.dry_run)
     if not args.dry_run:
         config = load_sweep_config(None, overrides)

@@ -48,20 +48,24 @@ def probe_overrides(probe: str, references: list[str], settings: list[str], out_
 
 
 @contextlib.contextmanager
-def keys_as_typed(section: str) -> Iterator[None]:
+def keys_as_typed(section: str, settings: list[str] = ()) -> Iterator[None]:
     """Errors raised inside name the probe section's keys as the verb's user typed them (``limit``, not
-    ``benchmarks.limit``): the verb is a sweep with one section, and its checks name the sweep's keys."""
+    ``benchmarks.limit``): the verb is a sweep with one section, and its checks name the sweep's keys.
+    ``settings``: the verb's key=value arguments, whose keys are taken off too when the section has no such
+    key (``foo.bar=1`` is refused as ``foo``, not as ``noise.foo``)."""
+    typed = [keys[0] for keys, _ in map(parse_override, settings) if keys[0] not in (section, *SWEEP_KEYS)]
+    keys = [*_section_keys(section), *typed]
     try:
         yield
     except OvertrainError as error:
-        raise OvertrainError(_without_section(error.problem, section), error.fix and _without_section(error.fix, section)) from None
+        raise OvertrainError(_without_section(error.problem, section, keys), error.fix and _without_section(error.fix, section, keys)) from None
 
 
-def _without_section(text: str, section: str) -> str:
-    """``text`` with ``SECTION.`` taken off the section's own keys (``noise.gammas``); other text that starts
-    the same way (a file ``noise.txt``, a path ``runs/noise.gammas``) is left alone."""
-    keys = "|".join(sorted(map(re.escape, _section_keys(section)), key=len, reverse=True))
-    return re.sub(rf"(?<![\w./\\-]){re.escape(section)}\.(?=(?:{keys})(?![\w.]))", "", text)
+def _without_section(text: str, section: str, keys: list[str]) -> str:
+    """``text`` with ``SECTION.`` taken off the section's ``keys`` (``noise.gammas``, ``noise.gammas.x``);
+    other text that starts the same way (a file ``noise.txt``, a path ``runs/noise.gammas``) is left alone."""
+    alternatives = "|".join(sorted(map(re.escape, keys), key=len, reverse=True))
+    return re.sub(rf"(?<![\w./\\-]){re.escape(section)}\.(?=(?:{alternatives})(?!\w))", "", text)
 
 
 def _section_keys(section: str) -> list[str]:
@@ -94,7 +98,7 @@ def run_probe_verb(probe: str, args: argparse.Namespace) -> int:
     if not references:
         raise OvertrainError(f"`overtrain {probe}` names no checkpoint", f"pass checkpoint, run or ladder folders first, e.g. overtrain {probe} runs/nano_ladder")
     overrides = probe_overrides(probe, references, settings, check_out_dir(args.out))
-    with keys_as_typed(probe):
+    with keys_as_typed(probe, settings):
         code = run_sweep_file(None, overrides, args.dry_run)
     from overtrain.sweep.torchrun import is_follower
 
