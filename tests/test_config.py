@@ -188,3 +188,12 @@ def test_every_problem_of_a_config_is_reported_at_once() -> None:
     # tied presets have no lm_head tensor of their own: an override naming it names nothing
     with pytest.raises(OvertrainError, match="matches no tensor"):
         load_pretrain_config(None, ["model.preset=nano", "model.init_std_overrides={'lm_head.weight': 0.01}"])
+
+
+def test_a_whole_number_is_taken_from_a_float_only_where_the_float_holds_it_exactly() -> None:
+    """int(1e30) is 1000000000000000019884624838656: a budget written so was trained to that number, silently."""
+    assert load_pretrain_config(None, ["train.max_tokens=9e15"]).train.max_tokens == 9 * 10**15
+    assert load_pretrain_config(None, [f"train.max_tokens={10**30}"]).train.max_tokens == 10**30  # digits are exact
+    with pytest.raises(OvertrainError, match="train.max_tokens = 1e\\+30 is too large to be read exactly from a float") as caught:
+        load_pretrain_config(None, ["train.max_tokens=1e30"])
+    assert caught.value.fix == "write train.max_tokens in digits, or as a float of at most 2^53 (about 9e15)"
