@@ -14,6 +14,7 @@
 namespace {
 
 #include "cpu_vector_math.h"
+#include "cpu_blas.h"
 
 inline vf vmax(vf a, vf b) { return a > b ? a : b; }
 
@@ -73,19 +74,6 @@ float softmax_cross_entropy_short_row(float* x, int64_t vocab, int64_t target, f
   for (int64_t j = 0; j < vocab; ++j) x[j] *= scale / sum;
   x[target] -= scale;
   return row_max + std::log(sum) - target_logit;
-}
-
-// Fortran BLAS sgemm, column-major: C = alpha op(A) op(B) + beta C.
-typedef void (*Sgemm)(const char* trans_a, const char* trans_b, const int* m, const int* n, const int* k, const float* alpha,
-                      const float* a, const int* lda, const float* b, const int* ldb, const float* beta, float* c, const int* ldc);
-
-// Row-major C (m x n) = op(A) op(B) + beta C, op(X) = X or X^T: a row-major matrix is the column-major
-// transpose of itself, so this is the column-major C^T = op(B)^T op(A)^T.
-void gemm(Sgemm sgemm, bool trans_a, bool trans_b, int m, int n, int k, const float* a, int lda, const float* b, int ldb,
-          float beta, float* c, int ldc) {
-  const char ta = trans_a ? 'T' : 'N', tb = trans_b ? 'T' : 'N';
-  const float one = 1.0f;
-  sgemm(&tb, &ta, &n, &m, &k, &one, b, &ldb, a, &lda, &beta, c, &ldc);
 }
 
 // Each row of a block of logits becomes its cross-entropy's gradient times scale (zeros where the target

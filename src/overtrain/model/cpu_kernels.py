@@ -1,9 +1,9 @@
 """overtrain's C++ kernels for one CPU thread: built on first use, loaded through ctypes.
 
-The sources (``cpu_attention.cpp``, ``cpu_cross_entropy.cpp`` and the header they share) are compiled with the
-system C++ compiler (the one ``torch.compile`` already needs) into one library under
-``~/.cache/overtrain/kernels`` (``OVERTRAIN_KERNEL_DIR`` overrides), keyed by the sources, the flags and
-the CPU. No torch headers, so it builds in seconds. Where it cannot be built, :func:`kernel_library`
+The sources (``cpu_attention.cpp``, ``cpu_cross_entropy.cpp``, ``cpu_mlp.cpp`` and the headers they
+share) are compiled with the system C++ compiler (the one ``torch.compile`` already needs) into one library
+under ``~/.cache/overtrain/kernels`` (``OVERTRAIN_KERNEL_DIR`` overrides), keyed by the sources, the flags
+and the CPU. No torch headers, so it builds in seconds. Where it cannot be built, :func:`kernel_library`
 warns once and returns None, and callers use torch's operations instead.
 """
 
@@ -23,8 +23,8 @@ from pathlib import Path
 import torch
 
 FOLDER = Path(__file__).parent
-SOURCES = (FOLDER / "cpu_attention.cpp", FOLDER / "cpu_cross_entropy.cpp")
-HEADERS = (FOLDER / "cpu_vector_math.h",)
+SOURCES = (FOLDER / "cpu_attention.cpp", FOLDER / "cpu_cross_entropy.cpp", FOLDER / "cpu_mlp.cpp")
+HEADERS = (FOLDER / "cpu_vector_math.h", FOLDER / "cpu_blas.h")
 _POINTER, _INT, _FLOAT = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float
 
 
@@ -53,6 +53,8 @@ def _declare_signatures(library: ctypes.CDLL) -> ctypes.CDLL:
     library.ot_linear_cross_entropy.restype = ctypes.c_double
     library.ot_softmax_cross_entropy_rows.argtypes = [_POINTER, _INT, _INT, _POINTER, _INT, _FLOAT]
     library.ot_softmax_cross_entropy_rows.restype = ctypes.c_double
+    library.ot_swiglu_mlp_forward.argtypes = [_POINTER] * 7 + [_INT] * 4
+    library.ot_swiglu_mlp_backward.argtypes = [_POINTER] * 11 + [_INT] * 4
     return library
 
 

@@ -23,6 +23,7 @@ from overtrain.model.cpu_attention import causal_attention, heads_first, kernel_
 from overtrain.model.cpu_cross_entropy import linear_cross_entropy, loss_kernel_applies
 from overtrain.model.cpu_kernels import blas_sgemm, kernel_available
 from overtrain.model.cpu_linear import ProductTiming, linear, linear_applies, onednn_available, time_products
+from overtrain.model.cpu_mlp import mlp_kernel_applies, swiglu_mlp
 
 
 def is_plain_linear(layer: nn.Module) -> bool:
@@ -128,11 +129,21 @@ class MLP(nn.Module):
         self.down_proj = nn.Linear(config.ff_width, config.d_model, bias=False)
         self.onednn_products = False
         """Compute the projections with oneDNN (see :func:`LlamaLM.use_cpu_kernels`)."""
+        self.cpu_kernel = False
+        """Compute the whole MLP with :mod:`overtrain.model.cpu_mlp` where it applies (see :func:`LlamaLM.use_cpu_kernels`)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weights = (self.gate_proj.weight, self.up_proj.weight, self.down_proj.weight)
+        if self.cpu_kernel and self._projections_are_plain() and mlp_kernel_applies(x, *weights):
+            w_gate_up = torch.cat(weights[:2])  # (2F, C): one product for both, as the kernel takes them
+            return swiglu_mlp(x.reshape(-1, x.shape[-1]), w_gate_up, weights[2])[0].view(x.shape)
         onednn = self.onednn_products
         hidden = F.silu(project(self.gate_proj, x, onednn)) * project(self.up_proj, x, onednn)
         return project(self.down_proj, hidden, onednn)
+
+    def _projections_are_plain(self) -> bool:
+        """Whether the MLP can be made from its weights alone (no adapter, bias or hook on any projection)."""
+        return all(is_plain_linear(layer) for layer in (self.gate_proj, self.up_proj, self.down_proj))
 
 
 class DecoderLayer(nn.Module):
@@ -222,15 +233,18 @@ class LlamaLM(nn.Module):
         dim 16-64, no grouped keys), the training loss's output layer and cross-entropy with
         :mod:`overtrain.model.cpu_cross_entropy` (fp32 on the CPU), and the projections with oneDNN
         (:mod:`overtrain.model.cpu_linear`) where it measures clearly faster than torch's BLAS on this CPU, else with
-        torch's operations. They agree to float rounding, not bitwise; off by default, the training loop turns
-        them on for compiled runs. Decided here, once: the kernels are built (seconds, once per machine) and
+        torch's BLAS, the MLP's three then in one pass over blocks of rows (:mod:`overtrain.model.cpu_mlp`). They
+        agree to float rounding, not bitwise; off by default, the training loop turns them on for compiled runs.
+        Decided here, once: the kernels are built (seconds, once per machine) and
         taken only if torch runs one thread now; the two product libraries are timed (~0.1-0.5 s, once per
         process and shape; :attr:`product_timing` keeps the figures) unless ``onednn`` says which to take."""
         self.product_timing = self._time_products() if enabled and onednn is None else None
         onednn = enabled and (self.product_timing.use_onednn if onednn is None else onednn) and onednn_available()
         enabled = enabled and kernel_available()
+        fused_mlp = enabled and not onednn and blas_sgemm() is not None  # its products are torch's BLAS
         for layer in self.model.layers:
             layer.self_attn.cpu_kernel = enabled
+            layer.mlp.cpu_kernel = fused_mlp
             layer.self_attn.onednn_products = layer.mlp.onednn_products = onednn
         self.onednn_products = onednn
         self.cpu_loss_kernel = enabled and (onednn or blas_sgemm() is not None)  # its products: oneDNN's or torch's BLAS

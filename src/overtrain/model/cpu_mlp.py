@@ -1,0 +1,114 @@
+"""The Llama MLP (SwiGLU) in blocks of rows on one CPU thread, its products by torch's BLAS.
+
+Why: the MLP's products are most of a small model's step, and where the activations they pass between
+them (N x F) outgrow the L2 cache, each product reads or writes them at the cold-cache rate.
+:func:`swiglu_mlp` runs a block of rows through the gate-and-up product, SwiGLU and the down product while
+the block sits in L2 (``cpu_mlp.cpp``), and its backward pass walks the same blocks; at the nano shape the
+compiled step took ~6% less time (docs/benchmarks.md). Only the pre-activations (N x 2F, gate and up side
+by side) are kept for the backward pass, as autograd keeps them for three separate products. Taken where
+the model's products are torch's BLAS (:meth:`overtrain.model.llama.LlamaLM.use_cpu_kernels`); where
+oneDNN makes them, they stay three products. It agrees with the three-product MLP to float rounding, not
+bitwise.
+
+Shapes: N rows (tokens), C width (d_model), F the MLP's hidden width.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from overtrain.model.cpu_kernels import blas_sgemm, kernel_library
+
+BLOCK_BYTES = 384 << 10
+"""Pre-activations (block rows x 2F fp32) made at a time: with the block's SwiGLU output (half as large), its
+input and output rows, the block stays within a 1 MiB L2 cache. At the nano shape (F = 192) a block is 256
+rows; 128 and 512 measured 1% slower in the step (docs/benchmarks.md)."""
+
+MIN_BLOCK_ROWS = 64
+"""Fewer rows per block would leave each product too short to run at the BLAS's full rate."""
+
+
+def mlp_kernel_applies(x: torch.Tensor, *weights: torch.Tensor) -> bool:
+    """Whether :func:`swiglu_mlp` computes on these tensors: fp32 on the CPU, outside autocast. Only tensor
+    properties and the autocast state, so torch.compile traces it without a break (whether the kernels are
+    built and torch exports a BLAS sgemm is asked once, by :meth:`~overtrain.model.llama.LlamaLM.use_cpu_kernels`)."""
+    return not torch.is_autocast_enabled("cpu") and all(
+        tensor.device.type == "cpu" and tensor.dtype == torch.float32 for tensor in (x, *weights))
+
+
+def block_rows(ff_width: int) -> int:
+    """Rows per block: :data:`BLOCK_BYTES` of pre-activations, a multiple of 16, at least :data:`MIN_BLOCK_ROWS`."""
+    return max(MIN_BLOCK_ROWS, BLOCK_BYTES // (4 * 2 * ff_width) // 16 * 16)
+
+
+def _sgemm() -> int:
+    sgemm = blas_sgemm()
+    if sgemm is None or kernel_library() is None:
+        raise RuntimeError("the fused MLP needs overtrain's CPU kernels and torch's BLAS sgemm_; compute the MLP with "
+                           "three products (LlamaLM.use_cpu_kernels does so where either is missing)")
+    return sgemm
+
+
+@torch.library.custom_op("overtrain::swiglu_mlp", mutates_args=())
+def swiglu_mlp(x: torch.Tensor, w_gate_up: torch.Tensor, w_down: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(silu(x w_gate^T) * (x w_up^T)) w_down^T`` (N, C) for x (N, C), w_gate_up (2F, C) (the gate's rows
+    first) and w_down (C, F); with the pre-activations ``x w_gate_up^T`` (N, 2F), which the backward pass reads."""
+    sgemm = _sgemm()
+    x, w_gate_up, w_down = x.contiguous(), w_gate_up.contiguous(), w_down.contiguous()
+    (rows, width), ff_width = x.shape, w_down.shape[1]
+    out, gate_up = x.new_empty(rows, width), x.new_empty(rows, 2 * ff_width)
+    block = min(block_rows(ff_width), max(rows, 1))
+    a_block = x.new_empty(block, ff_width)  # held here: a pointer to a temporary would outlive its memory
+    kernel_library().ot_swiglu_mlp_forward(
+        sgemm, x.data_ptr(), w_gate_up.data_ptr(), w_down.data_ptr(), out.data_ptr(), gate_up.data_ptr(), a_block.data_ptr(),
+        rows, width, ff_width, block,
+    )
+    return out, gate_up
+
+
+@swiglu_mlp.register_fake
+def _(x, w_gate_up, w_down):
+    return x.new_empty(x.shape[0], w_down.shape[0]), x.new_empty(x.shape[0], 2 * w_down.shape[1])
+
+
+@torch.library.custom_op("overtrain::swiglu_mlp_backward", mutates_args=())
+def swiglu_mlp_backward(
+    grad_out: torch.Tensor, x: torch.Tensor, gate_up: torch.Tensor, w_gate_up: torch.Tensor, w_down: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The gradients of :func:`swiglu_mlp`'s output with respect to x, w_gate_up and w_down, from ``grad_out`` (N, C)."""
+    sgemm = _sgemm()
+    grad_out, x, gate_up = grad_out.contiguous(), x.contiguous(), gate_up.contiguous()
+    w_gate_up, w_down = w_gate_up.contiguous(), w_down.contiguous()
+    (rows, width), ff_width = x.shape, w_down.shape[1]
+    grad_x = torch.empty_like(x)
+    make = torch.empty_like if rows else torch.zeros_like  # the first block writes the weights' gradients
+    grad_w_gate_up, grad_w_down = make(w_gate_up), make(w_down)
+    block = min(block_rows(ff_width), max(rows, 1))
+    a_block, grad_block = x.new_empty(block, ff_width), x.new_empty(block, 2 * ff_width)  # held, as in swiglu_mlp
+    kernel_library().ot_swiglu_mlp_backward(
+        sgemm, grad_out.data_ptr(), x.data_ptr(), gate_up.data_ptr(), w_gate_up.data_ptr(), w_down.data_ptr(),
+        grad_x.data_ptr(), grad_w_gate_up.data_ptr(), grad_w_down.data_ptr(), a_block.data_ptr(), grad_block.data_ptr(),
+        rows, width, ff_width, block,
+    )
+    return grad_x, grad_w_gate_up, grad_w_down
+
+
+@swiglu_mlp_backward.register_fake
+def _(grad_out, x, gate_up, w_gate_up, w_down):
+    contiguous = torch.contiguous_format
+    return (torch.empty_like(x, memory_format=contiguous), torch.empty_like(w_gate_up, memory_format=contiguous),
+            torch.empty_like(w_down, memory_format=contiguous))
+
+
+def _swiglu_mlp_setup_context(ctx, inputs, output) -> None:
+    x, w_gate_up, w_down = inputs
+    ctx.save_for_backward(x, output[1], w_gate_up, w_down)
+    ctx.mark_non_differentiable(output[1])
+
+
+def _swiglu_mlp_backward(ctx, grad_out, _grad_gate_up):
+    x, gate_up, w_gate_up, w_down = ctx.saved_tensors
+    return swiglu_mlp_backward(grad_out, x, gate_up, w_gate_up, w_down)
+
+
+swiglu_mlp.register_autograd(_swiglu_mlp_backward, setup_context=_swiglu_mlp_setup_context)
