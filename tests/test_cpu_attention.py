@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from helpers import tiny_pretrain_config, write_stdlib_text_corpus
 
-from overtrain.model import cpu_attention
+from overtrain.model import cpu_attention, llama
 from overtrain.model.config import ModelConfig
 from overtrain.model.cpu_attention import causal_attention, causal_attention_backward, kernel_applies
 from overtrain.model.cpu_kernels import blas_sgemm, kernel_library
@@ -136,21 +136,26 @@ def test_kernel_reads_and_writes_through_any_strides_with_a_contiguous_last_dim(
         assert (grad_wide[..., outside] == 0).all()
 
 
-def test_a_pass_without_gradients_keeps_no_probabilities() -> None:
+@pytest.mark.parametrize("whole_block", [False, pytest.param(True, marks=pytest.mark.skipif(blas_sgemm() is None, reason="no BLAS sgemm_"))])
+def test_a_pass_without_gradients_keeps_no_probabilities(whole_block: bool) -> None:
+    """Both where the kernel runs between two products and inside the whole attention block (cpu_attention_block)."""
     model, _ = build_model(ModelConfig(d_model=32, n_layers=1, n_heads=2), vocab_size=50, max_seq_len=16, seed=0)
-    model.use_cpu_kernels(True)
-    kept = []  # floats of probabilities each call of the kernel kept
+    model.use_cpu_kernels(True, onednn=False)
     attention = model.model.layers[0].self_attn
-    original = cpu_attention.causal_attention
+    attention.cpu_block = whole_block
+    kept = []  # floats of probabilities each call of the kernel kept
+    name = "attention_block" if whole_block else "causal_attention"
+    original = getattr(llama, name)
+    probabilities_at = 4 if whole_block else 2  # where each op returns them
 
     def recording(*args, **kwargs):
         result = original(*args, **kwargs)
-        kept.append(result[2].numel())
+        kept.append(result[probabilities_at].numel())
         return result
 
     input_ids = torch.randint(0, 50, (2, 16), generator=torch.Generator().manual_seed(0))
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr("overtrain.model.llama.causal_attention", recording)
+        patch.setattr(f"overtrain.model.llama.{name}", recording)
         with torch.no_grad():
             model.loss(input_ids, input_ids)
         model.loss(input_ids, input_ids).backward()

@@ -129,7 +129,7 @@ def causal_attention(
     batch, seq_len, _, heads, head_dim = qkv.shape
     out, lse, probabilities = _forward_outputs(qkv, keep_probabilities)
     status = kernel_library().ot_causal_attention_forward(
-        *_packed_pointers_and_strides(qkv), *_heads_first_pointer_and_strides(out), lse.data_ptr(), _probabilities_pointer(probabilities),
+        *_packed_pointers_and_strides(qkv), *_heads_first_pointer_and_strides(out), lse.data_ptr(), probabilities_pointer(probabilities),
         *_rotary_pointers(qkv, cos, sin), batch, heads, seq_len, head_dim, scale,
     )
     _check_status(status, head_dim)
@@ -144,7 +144,7 @@ def _forward_outputs(qkv: torch.Tensor, keep_probabilities: bool) -> tuple[torch
             qkv.new_empty(batch, heads, kept_floats))
 
 
-def _probabilities_pointer(probabilities: torch.Tensor) -> int | None:
+def probabilities_pointer(probabilities: torch.Tensor) -> int | None:
     """The kept probabilities' pointer for the kernel, None for none kept. The kernel reads and writes them
     as whole aligned 64-byte vectors, so a tensor that is not is refused rather than misread."""
     if probabilities.numel() == 0:
@@ -169,19 +169,19 @@ def causal_attention_backward(
     grad_out, qkv, out = (_last_dim_contiguous(x) for x in (grad_out, qkv, out))
     lse = lse.contiguous()
     batch, seq_len, _, heads, head_dim = qkv.shape
-    _check_kept_probabilities(probabilities, batch, heads, seq_len)
+    check_kept_probabilities(probabilities, batch, heads, seq_len)
     grad_qkv = torch.empty(qkv.shape, dtype=qkv.dtype, device=qkv.device)
     grad_pointers = _packed_pointers_and_strides(grad_qkv)  # q, k, v in turn; all three share the strides
     status = kernel_library().ot_causal_attention_backward(
         *_packed_pointers_and_strides(qkv), *_heads_first_pointer_and_strides(out), *_heads_first_pointer_and_strides(grad_out),
-        lse.data_ptr(), _probabilities_pointer(probabilities), *grad_pointers[0:12:4], *grad_pointers[1:4],
+        lse.data_ptr(), probabilities_pointer(probabilities), *grad_pointers[0:12:4], *grad_pointers[1:4],
         *_rotary_pointers(qkv, cos, sin), batch, heads, seq_len, head_dim, scale,
     )
     _check_status(status, head_dim)
     return grad_qkv
 
 
-def _check_kept_probabilities(probabilities: torch.Tensor, batch: int, heads: int, seq_len: int) -> None:
+def check_kept_probabilities(probabilities: torch.Tensor, batch: int, heads: int, seq_len: int) -> None:
     """The backward pass reads every kept probability the forward pass wrote: a buffer of another size (the
     threshold changed between the passes, say) would be read past its end, so it is refused."""
     expected = batch * heads * _probability_floats(seq_len)

@@ -1,9 +1,9 @@
 """overtrain's C++ kernels for one CPU thread: built on first use, loaded through ctypes.
 
-The sources (``cpu_attention.cpp``, ``cpu_cross_entropy.cpp``, ``cpu_mlp.cpp`` and the headers they
-share) are compiled with the system C++ compiler (the one ``torch.compile`` already needs) into one library
-under ``~/.cache/overtrain/kernels`` (``OVERTRAIN_KERNEL_DIR`` overrides), keyed by the sources, the flags
-and the CPU. No torch headers, so it builds in seconds. Where it cannot be built, :func:`kernel_library`
+The sources (``cpu_attention.cpp``, ``cpu_attention_block.cpp``, ``cpu_cross_entropy.cpp``, ``cpu_mlp.cpp``
+and the headers they share) are compiled with the system C++ compiler (the one ``torch.compile`` already
+needs) into one library under ``~/.cache/overtrain/kernels`` (``OVERTRAIN_KERNEL_DIR`` overrides), keyed by
+the sources, the flags and the CPU. No torch headers, so it builds in seconds. Where it cannot be built, :func:`kernel_library`
 warns once and returns None, and callers use torch's operations instead.
 """
 
@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 FOLDER = Path(__file__).parent
-SOURCES = (FOLDER / "cpu_attention.cpp", FOLDER / "cpu_cross_entropy.cpp", FOLDER / "cpu_mlp.cpp")
+SOURCES = (FOLDER / "cpu_attention.cpp", FOLDER / "cpu_attention_block.cpp", FOLDER / "cpu_cross_entropy.cpp", FOLDER / "cpu_mlp.cpp")
 HEADERS = (FOLDER / "cpu_vector_math.h", FOLDER / "cpu_blas.h")
 _POINTER, _INT, _FLOAT = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float
 
@@ -55,6 +55,8 @@ def _declare_signatures(library: ctypes.CDLL) -> ctypes.CDLL:
     library.ot_softmax_cross_entropy_rows.restype = ctypes.c_double
     library.ot_swiglu_mlp_forward.argtypes = [_POINTER] * 7 + [_INT] * 4
     library.ot_swiglu_mlp_backward.argtypes = [_POINTER] * 11 + [_INT] * 4
+    library.ot_attention_block_forward.argtypes = [_POINTER] * 11 + [_INT] * 7 + [_FLOAT]
+    library.ot_attention_block_backward.argtypes = [_POINTER] * 14 + [_INT] * 7 + [_FLOAT]
     return library
 
 
@@ -117,3 +119,20 @@ def kernel_available() -> bool:
     """Whether the kernels are worth taking here, building (or finding) them now: torch runs one CPU thread
     (torch's operations use every thread, these kernels one) and they build on this machine."""
     return torch.get_num_threads() == 1 and kernel_library() is not None
+
+
+def fp32_cpu_outside_autocast(*tensors: torch.Tensor) -> bool:
+    """Whether kernels that make their products from fp32 inputs apply: every tensor fp32 on the CPU, and no
+    CPU autocast (under which torch's products would be bf16). Only tensor properties and the autocast state,
+    so torch.compile traces it without a break."""
+    return not torch.is_autocast_enabled("cpu") and all(tensor.device.type == "cpu" and tensor.dtype == torch.float32 for tensor in tensors)
+
+
+def required_blas_sgemm(kernel: str) -> int:
+    """:func:`blas_sgemm` for a kernel that cannot run without it (and the built library), or a RuntimeError
+    saying so: the model asks for both before it takes such a kernel (LlamaLM.use_cpu_kernels)."""
+    sgemm = blas_sgemm()
+    if sgemm is None or kernel_library() is None:
+        raise RuntimeError(f"{kernel} needs overtrain's CPU kernels and torch's BLAS sgemm_; LlamaLM.use_cpu_kernels "
+                           "takes torch's operations where either is missing")
+    return sgemm

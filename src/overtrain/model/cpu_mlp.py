@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from overtrain.model.cpu_kernels import blas_sgemm, kernel_library
+from overtrain.model.cpu_kernels import fp32_cpu_outside_autocast, kernel_library, required_blas_sgemm
 
 BLOCK_BYTES = 384 << 10
 """Pre-activations (block rows x 2F fp32) made at a time: with the block's SwiGLU output (half as large), its
@@ -29,11 +29,10 @@ MIN_BLOCK_ROWS = 64
 
 
 def mlp_kernel_applies(x: torch.Tensor, *weights: torch.Tensor) -> bool:
-    """Whether :func:`swiglu_mlp` computes on these tensors: fp32 on the CPU, outside autocast. Only tensor
-    properties and the autocast state, so torch.compile traces it without a break (whether the kernels are
-    built and torch exports a BLAS sgemm is asked once, by :meth:`~overtrain.model.llama.LlamaLM.use_cpu_kernels`)."""
-    return not torch.is_autocast_enabled("cpu") and all(
-        tensor.device.type == "cpu" and tensor.dtype == torch.float32 for tensor in (x, *weights))
+    """Whether :func:`swiglu_mlp` computes on these tensors: fp32 on the CPU, outside autocast (whether the
+    kernels are built and torch exports a BLAS sgemm is asked once, by
+    :meth:`~overtrain.model.llama.LlamaLM.use_cpu_kernels`)."""
+    return fp32_cpu_outside_autocast(x, *weights)
 
 
 def block_rows(ff_width: int) -> int:
@@ -41,19 +40,11 @@ def block_rows(ff_width: int) -> int:
     return max(MIN_BLOCK_ROWS, BLOCK_BYTES // (4 * 2 * ff_width) // 16 * 16)
 
 
-def _sgemm() -> int:
-    sgemm = blas_sgemm()
-    if sgemm is None or kernel_library() is None:
-        raise RuntimeError("the fused MLP needs overtrain's CPU kernels and torch's BLAS sgemm_; compute the MLP with "
-                           "three products (LlamaLM.use_cpu_kernels does so where either is missing)")
-    return sgemm
-
-
 @torch.library.custom_op("overtrain::swiglu_mlp", mutates_args=())
 def swiglu_mlp(x: torch.Tensor, w_gate_up: torch.Tensor, w_down: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``(silu(x w_gate^T) * (x w_up^T)) w_down^T`` (N, C) for x (N, C), w_gate_up (2F, C) (the gate's rows
     first) and w_down (C, F); with the pre-activations ``x w_gate_up^T`` (N, 2F), which the backward pass reads."""
-    sgemm = _sgemm()
+    sgemm = required_blas_sgemm("the fused MLP")
     x, w_gate_up, w_down = x.contiguous(), w_gate_up.contiguous(), w_down.contiguous()
     (rows, width), ff_width = x.shape, w_down.shape[1]
     out, gate_up = x.new_empty(rows, width), x.new_empty(rows, 2 * ff_width)
@@ -76,7 +67,7 @@ def swiglu_mlp_backward(
     grad_out: torch.Tensor, x: torch.Tensor, gate_up: torch.Tensor, w_gate_up: torch.Tensor, w_down: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The gradients of :func:`swiglu_mlp`'s output with respect to x, w_gate_up and w_down, from ``grad_out`` (N, C)."""
-    sgemm = _sgemm()
+    sgemm = required_blas_sgemm("the fused MLP")
     grad_out, x, gate_up = grad_out.contiguous(), x.contiguous(), gate_up.contiguous()
     w_gate_up, w_down = w_gate_up.contiguous(), w_down.contiguous()
     (rows, width), ff_width = x.shape, w_down.shape[1]

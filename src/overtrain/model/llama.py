@@ -20,6 +20,7 @@ from torch.nn.modules import module as module_globals
 
 from overtrain.model.config import ModelConfig
 from overtrain.model.cpu_attention import causal_attention, heads_first, kernel_applies
+from overtrain.model.cpu_attention_block import attention_block, block_applies
 from overtrain.model.cpu_cross_entropy import linear_cross_entropy, loss_kernel_applies
 from overtrain.model.cpu_kernels import blas_sgemm, kernel_available
 from overtrain.model.cpu_linear import ProductTiming, linear, linear_applies, onednn_available, time_products
@@ -88,10 +89,19 @@ class Attention(nn.Module):
         """Use overtrain's CPU attention kernel where it applies (see :func:`LlamaLM.use_cpu_kernels`)."""
         self.onednn_products = False
         """Compute the projections with oneDNN (see :func:`LlamaLM.use_cpu_kernels`)."""
+        self.cpu_block = False
+        """Compute the whole block (projections and attention) with :mod:`overtrain.model.cpu_attention_block`
+        where it applies (see :func:`LlamaLM.use_cpu_kernels`)."""
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         batch, seq_len, _ = x.shape  # (B, T, C)
-        if self.cpu_kernel and self.n_kv_heads == self.n_heads and self._projections_are_plain():
+        plain = self.n_kv_heads == self.n_heads and self._projections_are_plain()
+        if self.cpu_block and plain and is_plain_linear(self.o_proj):
+            stacked = torch.cat((self.q_proj.weight, self.k_proj.weight, self.v_proj.weight))
+            if block_applies(x, self.n_heads, stacked, self.o_proj.weight):
+                keep = torch.is_grad_enabled() and (x.requires_grad or stacked.requires_grad)  # no probabilities kept without gradients
+                return attention_block(x, stacked, self.o_proj.weight, cos, sin, self.n_heads, self.head_dim**-0.5, keep)[0]
+        if self.cpu_kernel and plain:
             qkv = self._stacked_projection(x).view(batch, seq_len, 3, self.n_heads, self.head_dim)  # (B, T, 3, H, D)
             if kernel_applies(qkv):  # the kernel rotates q and k itself
                 scale, keep = self.head_dim**-0.5, qkv.requires_grad  # no probabilities kept for a pass without gradients
@@ -233,7 +243,8 @@ class LlamaLM(nn.Module):
         dim 16-64, no grouped keys), the training loss's output layer and cross-entropy with
         :mod:`overtrain.model.cpu_cross_entropy` (fp32 on the CPU), and the projections with oneDNN
         (:mod:`overtrain.model.cpu_linear`) where it measures clearly faster than torch's BLAS on this CPU, else with
-        torch's BLAS, the MLP's three then in one pass over blocks of rows (:mod:`overtrain.model.cpu_mlp`). They
+        torch's BLAS, then a few sequences at a time through the whole attention block
+        (:mod:`overtrain.model.cpu_attention_block`) and the whole MLP (:mod:`overtrain.model.cpu_mlp`). They
         agree to float rounding, not bitwise; off by default, the training loop turns them on for compiled runs.
         Decided here, once: the kernels are built (seconds, once per machine) and
         taken only if torch runs one thread now; the two product libraries are timed (~0.1-0.5 s, once per
@@ -241,10 +252,10 @@ class LlamaLM(nn.Module):
         self.product_timing = self._time_products() if enabled and onednn is None else None
         onednn = enabled and (self.product_timing.use_onednn if onednn is None else onednn) and onednn_available()
         enabled = enabled and kernel_available()
-        fused_mlp = enabled and not onednn and blas_sgemm() is not None  # its products are torch's BLAS
+        blocks = enabled and not onednn and blas_sgemm() is not None  # whole blocks, their products by torch's BLAS
         for layer in self.model.layers:
             layer.self_attn.cpu_kernel = enabled
-            layer.mlp.cpu_kernel = fused_mlp
+            layer.self_attn.cpu_block = layer.mlp.cpu_kernel = blocks
             layer.self_attn.onednn_products = layer.mlp.onednn_products = onednn
         self.onednn_products = onednn
         self.cpu_loss_kernel = enabled and (onednn or blas_sgemm() is not None)  # its products: oneDNN's or torch's BLAS

@@ -1,0 +1,125 @@
+"""A Llama attention block (q/k/v product, rotary causal attention, output projection) a few sequences at
+a time on one CPU thread, its products by torch's BLAS.
+
+Why: the q/k/v product's output and the attention output pass through memory between the three steps of
+a block, and on one core the products then run at their cold-cache rate. :func:`attention_block` takes
+each block of sequences (:data:`BLOCK_ROWS` rows) through all three while it sits in L2
+(``cpu_attention_block.cpp``, around the kernel of :mod:`overtrain.model.cpu_attention`), and its backward
+pass keeps the gradients of the attention output and of q/k/v in L2 the same way (docs/benchmarks.md).
+It keeps for the backward pass what the three separate steps keep: q/k/v, the attention output, each row's
+log-sum-exp and, for short sequences, the probabilities. Taken where the model's products are torch's BLAS
+(:meth:`overtrain.model.llama.LlamaLM.use_cpu_kernels`); it agrees with the separate steps to float rounding.
+
+Shapes: B batch, T sequence length, C d_model, H heads, D head dim.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from overtrain.model.cpu_attention import HEAD_DIMS, check_kept_probabilities, kept_probability_floats, probabilities_pointer
+from overtrain.model.cpu_kernels import fp32_cpu_outside_autocast, kernel_library, required_blas_sgemm
+
+BLOCK_ROWS = 256
+"""Rows (tokens) per block, in whole sequences, at least one: at the nano shape two sequences, whose q/k/v
+(192 KiB), attention output and gradients stay within the L2 cache. In the step, 128, 256 and 512 rows
+measured 1.04, 0.95-0.99 and 0.98-0.99 of the separate steps' time as a Python prototype."""
+
+
+def block_applies(x: torch.Tensor, heads: int, *weights: torch.Tensor) -> bool:
+    """Whether :func:`attention_block` computes on these tensors: fp32 on the CPU outside autocast, and a head
+    dim the attention kernel has code for (:data:`~overtrain.model.cpu_attention.HEAD_DIMS`)."""
+    return fp32_cpu_outside_autocast(x, *weights) and weights[0].shape[0] // 3 // heads in HEAD_DIMS
+
+
+def _sequences_per_block(seq_len: int) -> int:
+    return max(1, BLOCK_ROWS // max(seq_len, 1))
+
+
+def _outputs(x: torch.Tensor, heads: int, head_dim: int, keep_probabilities: bool) -> tuple[torch.Tensor, ...]:
+    """Empty y (B, T, C), qkv (B, T, 3, H, D), out (B, T, H, D), lse (B, H, T) and kept probabilities."""
+    batch, seq_len, width = x.shape
+    kept_floats = kept_probability_floats(seq_len) if keep_probabilities else 0
+    return (x.new_empty(batch, seq_len, width), x.new_empty(batch, seq_len, 3, heads, head_dim),
+            x.new_empty(batch, seq_len, heads, head_dim), x.new_empty(batch, heads, seq_len), x.new_empty(batch, heads, kept_floats))
+
+
+def _check_status(status: int, head_dim: int) -> None:
+    if status != 0:
+        raise ValueError(f"the CPU attention kernel has no head dim {head_dim} (it has {HEAD_DIMS})")
+
+
+@torch.library.custom_op("overtrain::attention_block", mutates_args=())
+def attention_block(
+    x: torch.Tensor, w_qkv: torch.Tensor, w_o: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, heads: int, scale: float,
+    keep_probabilities: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``o(softmax(scale q k^T + causal mask) v)`` for x (B, T, C), with q, k, v = x w_qkv^T split in three
+    (w_qkv (3 H D, C): the q rows, then k, then v) and q, k rotated by the rotary tables cos and sin (T, D);
+    w_o (C, H D). Returns y (B, T, C) and what the backward pass reads: qkv (B, T, 3, H, D), the attention
+    output (B, T, H, D), each row's log-sum-exp (B, H, T) and the kept probabilities (none when
+    ``keep_probabilities`` is false or the sequences are long; :func:`~overtrain.model.cpu_attention.causal_attention`)."""
+    sgemm = required_blas_sgemm("the attention block")
+    x, w_qkv, w_o, cos, sin = (tensor.contiguous() for tensor in (x, w_qkv, w_o, cos, sin))
+    batch, seq_len, width = x.shape
+    head_dim = w_qkv.shape[0] // 3 // heads
+    y, qkv, out, lse, probabilities = _outputs(x, heads, head_dim, keep_probabilities)
+    status = kernel_library().ot_attention_block_forward(
+        sgemm, x.data_ptr(), w_qkv.data_ptr(), w_o.data_ptr(), y.data_ptr(), qkv.data_ptr(), out.data_ptr(), lse.data_ptr(),
+        probabilities_pointer(probabilities), cos.data_ptr(), sin.data_ptr(), batch, seq_len, width, heads, head_dim,
+        probabilities.shape[-1], _sequences_per_block(seq_len), scale,
+    )
+    _check_status(status, head_dim)
+    return y, qkv, out, lse, probabilities
+
+
+@attention_block.register_fake
+def _(x, w_qkv, w_o, cos, sin, heads, scale, keep_probabilities=True):
+    return _outputs(x, heads, w_qkv.shape[0] // 3 // heads, keep_probabilities)
+
+
+@torch.library.custom_op("overtrain::attention_block_backward", mutates_args=())
+def attention_block_backward(
+    grad_y: torch.Tensor, x: torch.Tensor, w_qkv: torch.Tensor, w_o: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+    qkv: torch.Tensor, out: torch.Tensor, lse: torch.Tensor, probabilities: torch.Tensor, heads: int, scale: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The gradients of :func:`attention_block`'s y with respect to x, w_qkv and w_o, from ``grad_y`` (B, T, C)
+    and what its forward pass returned (the probabilities are read where kept, else recomputed)."""
+    sgemm = required_blas_sgemm("the attention block")
+    grad_y, x, w_qkv, w_o, cos, sin = (tensor.contiguous() for tensor in (grad_y, x, w_qkv, w_o, cos, sin))
+    batch, seq_len, width = x.shape
+    head_dim = w_qkv.shape[0] // 3 // heads
+    check_kept_probabilities(probabilities, batch, heads, seq_len)
+    grad_x = torch.empty_like(x)
+    make = torch.empty_like if batch else torch.zeros_like  # the first block writes the weights' gradients
+    grad_w_qkv, grad_w_o = make(w_qkv), make(w_o)
+    status = kernel_library().ot_attention_block_backward(
+        sgemm, grad_y.data_ptr(), x.data_ptr(), w_qkv.data_ptr(), w_o.data_ptr(), qkv.data_ptr(), out.data_ptr(), lse.data_ptr(),
+        probabilities_pointer(probabilities), cos.data_ptr(), sin.data_ptr(), grad_x.data_ptr(), grad_w_qkv.data_ptr(),
+        grad_w_o.data_ptr(), batch, seq_len, width, heads, head_dim, probabilities.shape[-1], _sequences_per_block(seq_len), scale,
+    )
+    _check_status(status, head_dim)
+    return grad_x, grad_w_qkv, grad_w_o
+
+
+@attention_block_backward.register_fake
+def _(grad_y, x, w_qkv, w_o, cos, sin, qkv, out, lse, probabilities, heads, scale):
+    contiguous = torch.contiguous_format
+    return tuple(torch.empty_like(tensor, memory_format=contiguous) for tensor in (x, w_qkv, w_o))
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    x, w_qkv, w_o, cos, sin, heads, scale, _keep_probabilities = inputs
+    _, qkv, out, lse, probabilities = output
+    ctx.save_for_backward(x, w_qkv, w_o, cos, sin, qkv, out, lse, probabilities)
+    ctx.heads, ctx.scale = heads, scale
+    ctx.mark_non_differentiable(qkv, out, lse, probabilities)
+
+
+def _backward(ctx, grad_y, *_grads_of_saved):
+    x, w_qkv, w_o, cos, sin, qkv, out, lse, probabilities = ctx.saved_tensors
+    grads = attention_block_backward(grad_y, x, w_qkv, w_o, cos, sin, qkv, out, lse, probabilities, ctx.heads, ctx.scale)
+    return *grads, None, None, None, None, None
+
+
+attention_block.register_autograd(_backward, setup_context=_setup_context)

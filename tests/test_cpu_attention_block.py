@@ -1,0 +1,132 @@
+"""overtrain's attention block: the stacked q/k/v product, the attention kernel and the output projection
+run a few sequences at a time, with the output and gradients of the three separate steps."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from overtrain.model.config import ModelConfig
+from overtrain.model.cpu_attention import causal_attention
+from overtrain.model.cpu_attention_block import BLOCK_ROWS, attention_block, block_applies
+from overtrain.model.cpu_kernels import blas_sgemm, kernel_library
+from overtrain.model.llama import apply_rotary, build_model, rotary_cos_sin
+
+pytestmark = [pytest.mark.skipif(kernel_library() is None or blas_sgemm() is None,
+                                 reason="no C++ compiler to build the CPU kernels, or torch exports no BLAS sgemm_"),
+              pytest.mark.usefixtures("one_torch_thread")]
+
+
+def _separate_steps(x, w_qkv, w_o, cos, sin, heads: int) -> torch.Tensor:
+    """The block as three steps in torch (float64 where the inputs are): product, rotary causal attention, product."""
+    batch, seq_len, _ = x.shape
+    q, k, v = (x @ w_qkv.T).view(batch, seq_len, 3, heads, -1).unbind(2)
+    q, k, v = (t.transpose(1, 2) for t in (q, k, v))
+    q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+    out = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+    return out.transpose(1, 2).reshape(batch, seq_len, -1) @ w_o.T
+
+
+def _kernel_between_products(x, w_qkv, w_o, cos, sin, heads: int) -> torch.Tensor:
+    """What the model computes without the block: torch's products around the attention kernel."""
+    batch, seq_len, _ = x.shape
+    qkv = (x @ w_qkv.T).view(batch, seq_len, 3, heads, -1)
+    return causal_attention(qkv, qkv.shape[-1] ** -0.5, cos, sin)[0].reshape(batch, seq_len, -1) @ w_o.T
+
+
+def _output_and_grads(inputs, grad_y, heads: int, how: str) -> list[torch.Tensor]:
+    x, w_qkv, w_o, cos, sin = inputs
+    leaves = [tensor.detach().requires_grad_() for tensor in (x, w_qkv, w_o)]
+    head_dim = w_qkv.shape[0] // 3 // heads
+    if how == "block":
+        y = attention_block(*leaves, cos, sin, heads, head_dim**-0.5)[0]
+    else:
+        y = {"torch": _separate_steps, "kernel": _kernel_between_products}[how](*leaves, cos, sin, heads)
+    y.backward(grad_y)
+    return [y.detach(), *(leaf.grad for leaf in leaves)]
+
+
+def _inputs(batch: int, seq_len: int, width: int, heads: int) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """x, w_qkv, w_o and the rotary tables, and a gradient for y, in float64."""
+    generator = torch.Generator().manual_seed(batch)
+    x = torch.randn(batch, seq_len, width, generator=generator, dtype=torch.float64)
+    w_qkv = torch.randn(3 * width, width, generator=generator, dtype=torch.float64) * 2 / width**0.5
+    w_o = torch.randn(width, width, generator=generator, dtype=torch.float64) / width**0.5
+    cos, sin = (table.double() for table in rotary_cos_sin(seq_len, width // heads, 10000.0, torch.device("cpu")))
+    return [x, w_qkv, w_o, cos, sin], torch.randn(batch, seq_len, width, generator=generator, dtype=torch.float64)
+
+
+# The nano shape (4 heads of 16, 128 tokens: blocks of two sequences) with a part block at the end; head
+# dim 48 at 40 tokens (six sequences a block); three sequences of 300 tokens, one a block, whose
+# probabilities are recomputed rather than kept.
+SHAPES = [(5, 128, 64, 4), (9, 40, 96, 2), (3, 300, 32, 2)]
+
+
+@pytest.mark.parametrize("batch, seq_len, width, heads", SHAPES)
+def test_the_block_computes_what_the_kernel_between_two_products_does(batch: int, seq_len: int, width: int, heads: int) -> None:
+    inputs, grad_y = _inputs(batch, seq_len, width, heads)
+    single = [tensor.float() for tensor in inputs]
+    ours = _output_and_grads(single, grad_y.float(), heads, "block")
+    theirs = _output_and_grads(single, grad_y.float(), heads, "kernel")
+    for mine, reference in zip(ours, theirs):
+        torch.testing.assert_close(mine, reference, atol=1e-5 * reference.abs().max().item(), rtol=1e-5)
+
+
+@pytest.mark.parametrize("batch, seq_len, width, heads", SHAPES[:2])
+def test_the_block_is_as_accurate_as_torch_and_so_are_its_gradients(batch: int, seq_len: int, width: int, heads: int) -> None:
+    """Against float64, at most twice torch's fp32 error. (At 300 tokens, where the attention kernel
+    recomputes the probabilities, its input gradient measured up to 2.7x torch's, the same with or without
+    the block: the test above holds the block to the kernel there.)"""
+    inputs, grad_y = _inputs(batch, seq_len, width, heads)
+    exact = _output_and_grads(inputs, grad_y, heads, "torch")
+    single = [tensor.float() for tensor in inputs]
+    ours = _output_and_grads(single, grad_y.float(), heads, "block")
+    theirs = _output_and_grads(single, grad_y.float(), heads, "torch")
+    for name, mine, reference, truth in zip(("output", "grad x", "grad w_qkv", "grad w_o"), ours, theirs, exact):
+        our_error = (mine.double() - truth).abs().max().item()
+        torch_error = (reference.double() - truth).abs().max().item()
+        assert our_error <= 2 * torch_error + 1e-6, f"{name}: block error {our_error:.2e}, torch's {torch_error:.2e}"
+
+
+def test_the_block_keeps_what_the_attention_kernel_keeps() -> None:
+    """Its q/k/v, attention output, log-sum-exp and kept probabilities are the attention kernel's on the
+    product's output (so the backward pass reads the same things), and none are kept when asked not to."""
+    generator = torch.Generator().manual_seed(0)
+    x, w_qkv, w_o = torch.randn(3, 32, 64, generator=generator), torch.randn(192, 64, generator=generator) / 8, torch.randn(64, 64, generator=generator) / 8
+    cos, sin = rotary_cos_sin(32, 16, 10000.0, torch.device("cpu"))
+    _, qkv, out, lse, probabilities = attention_block(x, w_qkv, w_o, cos, sin, 4, 0.25)
+    torch.testing.assert_close(qkv, (x @ w_qkv.T).view(3, 32, 3, 4, 16), atol=1e-5, rtol=1e-5)
+    for mine, reference in zip((out, lse, probabilities), causal_attention(qkv, 0.25, cos, sin)):
+        torch.testing.assert_close(mine, reference)
+    assert attention_block(x, w_qkv, w_o, cos, sin, 4, 0.25, keep_probabilities=False)[4].numel() == 0
+    assert BLOCK_ROWS // 32 == 8  # these 3 sequences are one part block
+
+
+def test_the_model_takes_the_block_only_with_blas_products_on_plain_fp32_layers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Taken with the kernels on and the products by torch's BLAS (oneDNN's stay separate products); not under
+    autocast, and not for a projection that is hooked or wrapped (a LoRA adapter, say), whose own forward must run."""
+    from overtrain.model import llama
+
+    model, _ = build_model(ModelConfig(d_model=32, n_layers=2, n_heads=2), vocab_size=50, max_seq_len=8, seed=0)
+    attention = model.model.layers[0].self_attn
+    x, cos, sin = torch.randn(2, 8, 32), model.rope_cos, model.rope_sin
+    with torch.no_grad():
+        expected = attention(x, cos, sin)
+    calls = []
+    monkeypatch.setattr(llama, "attention_block", lambda *args: calls.append("block") or attention_block(*args))
+    model.use_cpu_kernels(True, onednn=False)
+    assert all(layer.self_attn.cpu_block for layer in model.model.layers)
+    with torch.no_grad():
+        torch.testing.assert_close(attention(x, cos, sin), expected, atol=1e-5, rtol=1e-5)
+        assert calls == ["block"]
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            attention(x, cos, sin)
+        handle = attention.o_proj.register_forward_hook(lambda *_: calls.append("hook"))
+        attention(x, cos, sin)
+        handle.remove()
+    assert calls == ["block", "hook"]
+    weights = (torch.cat((attention.q_proj.weight, attention.k_proj.weight, attention.v_proj.weight)), attention.o_proj.weight)
+    assert block_applies(x, 2, *weights) and not block_applies(x.double(), 2, *weights)
+    assert not block_applies(x, 4, *weights)  # head dim 8: the attention kernel has no code for it
+    model.use_cpu_kernels(True, onednn=True)
+    assert not any(layer.self_attn.cpu_block for layer in model.model.layers)
