@@ -337,4 +337,39 @@ def test_a_checkpoint_that_lost_its_metadata_is_refused_not_probed_as_a_foreign_
     assert "lost its overtrain.json" in capsys.readouterr().err
     (checkpoint / "rng.safetensors").unlink()
     (checkpoint / "optimizer.safetensors").unlink(missing_ok=True)
-    assert cli_main([*probe, "--out", str(tmp_path / "foreign")]) == 0  # without overtrain's own files: a Hugging Face folder
+    assert cli_main([*probe, "--out", str(tmp_path / "noise"), "--dry-run"]) == 2  # its name and place in a run still say it
+    assert "lost its overtrain.json (it is named and placed as a run's checkpoint)" in capsys.readouterr().err
+    plain = shutil.copytree(checkpoint, tmp_path / "exported")  # the same files elsewhere: a Hugging Face folder
+    assert cli_main(["noise", str(plain), *probe[2:], "--out", str(tmp_path / "foreign")]) == 0
+
+
+def test_a_checkpoint_copied_in_from_another_run_is_refused_not_resumed(tmp_path: Path, corpus: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Before, the run resumed from it (rc 0) and its next checkpoint held the other run's weights under this
+    run's settings: run.json was compared with the command, never with the checkpoint's own run config."""
+    config = tiny_pretrain_config(tmp_path, corpus, "train.checkpoint_every_tokens=4096")
+    ours = train_run(config, log=quiet)
+    other = train_run(tiny_pretrain_config(tmp_path, corpus, "train.checkpoint_every_tokens=4096", "train.seed=1",
+                                           f"out_dir={tmp_path / 'other'}"), log=quiet)
+    shutil.rmtree(ours.final_checkpoint)
+    shutil.copytree(other.final_checkpoint, ours.final_checkpoint)
+    for dry_run in (["--dry-run"], []):
+        assert cli_main(["pretrain", str(Path(config.out_dir) / "config.yaml"), *dry_run]) == 2  # the run's own settings
+        error = capsys.readouterr().err
+        assert f"checkpoint {ours.final_checkpoint} was written by another run" in error and "train.seed: 1 -> 0" in error
+        assert f"move {ours.final_checkpoint} out of" in error and "Traceback" not in error
+    shutil.rmtree(ours.final_checkpoint)
+    assert train_run(config, log=quiet).tokens_seen == ours.tokens_seen  # without it, the run trains its own again
+
+
+def test_a_checkpoint_whose_name_and_metadata_disagree_is_refused(checkpoint: Path, tmp_path: Path) -> None:
+    """Before, an overtrain.json edited to another token count was read as it said (the checkpoint moved on
+    every curve over tokens), and a renamed folder was listed at its new name's place among its run's."""
+    meta = json.loads((checkpoint / METADATA_FILE).read_text())
+    (checkpoint / METADATA_FILE).write_text(json.dumps({**meta, "tokens_seen": meta["tokens_seen"] + 1}))
+    with pytest.raises(OvertrainError, match="it records step 1 and 257 tokens, but the folder is named for step 1 and 256 tokens"):
+        read_checkpoint_info(checkpoint)
+    (checkpoint / METADATA_FILE).write_text(json.dumps(meta))
+    renamed = checkpoint.rename(checkpoint.with_name("step-000009-tokens-2304"))
+    with pytest.raises(OvertrainError, match="but the folder is named for step 9 and 2,304 tokens"):
+        read_checkpoint_info(renamed)
+    assert read_checkpoint_info(shutil.copytree(renamed, tmp_path / "exported")).tokens_seen == 256  # another name: no claim to check

@@ -29,7 +29,7 @@ from safetensors.torch import load_file, save_file
 
 import overtrain
 from overtrain.atomic import atomic_directory
-from overtrain.checkpoints.names import checkpoint_folder_name
+from overtrain.checkpoints.names import checkpoint_folder_name, parse_checkpoint_name
 from overtrain.errors import OvertrainError
 from overtrain.model.config import ModelConfig
 from overtrain.model.llama import LlamaLM
@@ -166,8 +166,8 @@ REQUIRED_FILES = ("config.json", "model.safetensors", "rng.safetensors", "tokeni
 """Files every checkpoint folder has (transformers needs config.json and tokenizer.json; resuming, rng)."""
 
 
-OVERTRAIN_ONLY_FILE = "rng.safetensors"
-"""Written by :func:`save_checkpoint` alone: a folder that has it but no ``overtrain.json`` is one of our
+OVERTRAIN_ONLY_FILES = ("rng.safetensors", "optimizer.safetensors")
+"""Written by :func:`save_checkpoint` alone: a folder that has one but no ``overtrain.json`` is one of our
 checkpoints that lost its metadata, not a foreign model."""
 
 
@@ -179,16 +179,27 @@ def is_overtrain_checkpoint(folder: Path) -> bool:
     folder = Path(folder)
     if (folder / METADATA_FILE).is_file():
         return True
-    if (folder / OVERTRAIN_ONLY_FILE).is_file():
-        raise lost_metadata_error(folder)
+    evidence = _signs_of_ours(folder)
+    if evidence:
+        raise lost_metadata_error(folder, evidence)
     return False
 
 
-def lost_metadata_error(folder: Path) -> OvertrainError:
+def _signs_of_ours(folder: Path) -> str | None:
+    """What marks a folder without ``overtrain.json`` as one of our checkpoints, in words, or None."""
+    ours = [name for name in OVERTRAIN_ONLY_FILES if (folder / name).is_file()]
+    if ours:
+        return f"it has {' and '.join(ours)}, which only overtrain writes"
+    if folder.parent.name == "checkpoints" and parse_checkpoint_name(folder) is not None and (folder / "config.json").is_file():
+        return "it is named and placed as a run's checkpoint"
+    return None
+
+
+def lost_metadata_error(folder: Path, evidence: str) -> OvertrainError:
     """The refusal of a checkpoint of ours without its ``overtrain.json``."""
     return OvertrainError(
-        f"{folder} is an overtrain checkpoint that lost its {METADATA_FILE} (it has {OVERTRAIN_ONLY_FILE}, which only "
-        "overtrain writes): its tokens, init stds and checksums went with that file, so it is not taken as a foreign model",
+        f"{folder} is an overtrain checkpoint that lost its {METADATA_FILE} ({evidence}): its tokens, init stds and "
+        "checksums went with that file, so it is not taken as a foreign model",
         f"restore {METADATA_FILE} from a backup, or delete the folder (a run resumes from its newest intact checkpoint)",
     )
 
@@ -209,12 +220,23 @@ def read_checkpoint_info(folder: Path) -> CheckpointInfo:
         meta = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         raise _corrupted_metadata(path, folder, str(error)) from None
-    problems = metadata_problems(meta)
+    problems = metadata_problems(meta) or _name_problems(folder, meta)
     if problems:
         raise _corrupted_metadata(path, folder, "; ".join(problems))
     return CheckpointInfo(
         folder, meta["step"], meta["tokens_seen"], meta["run_config"], meta["init_std"], meta["checksums"], meta.get("loop_state") or {}
     )
+
+
+def _name_problems(folder: Path, meta: dict[str, Any]) -> list[str]:
+    """A folder named as a checkpoint (``step-000120-tokens-1966080``) whose metadata records another step or
+    token count: an edited or mixed-up overtrain.json would put the checkpoint at the wrong place on every
+    curve over tokens, and a renamed folder would be taken for a later or earlier checkpoint of its run."""
+    named = parse_checkpoint_name(folder)
+    if named is None or named == (meta["step"], meta["tokens_seen"]):
+        return []
+    recorded = f"it records step {meta['step']:,} and {meta['tokens_seen']:,} tokens"
+    return [f"{recorded}, but the folder is named for step {named[0]:,} and {named[1]:,} tokens"]
 
 
 def metadata_problems(meta: Any) -> list[str]:

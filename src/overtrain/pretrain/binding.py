@@ -51,6 +51,23 @@ FIXED_WITHIN_A_RUN = ("model.", "data.", "train.seed", "train.batch_size", "trai
 """Result settings that even ``train.extend=true`` cannot change (the weights or batches would not fit)."""
 
 
+def refuse_checkpoint_of_another_run(checkpoint: Path, checkpoint_config: dict[str, Any], run_config: dict[str, Any]) -> None:
+    """Refuse to resume from ``checkpoint`` when its own run config differs from this run's in a setting that
+    is fixed within a run (:data:`FIXED_WITHIN_A_RUN`): a checkpoint copied in from another run (another
+    seed, say) would otherwise be continued silently, its weights then reported as this run's. Keys that
+    only one side has (settings added in a later version) are not compared."""
+    ours = {key: value for key, value in result_settings(run_config).items() if key.startswith(FIXED_WITHIN_A_RUN)}
+    theirs = result_settings(checkpoint_config)
+    differences = settings_differences({key: theirs[key] for key in ours if key in theirs}, {key: ours[key] for key in ours if key in theirs})
+    if differences:
+        raise OvertrainError(
+            f"checkpoint {checkpoint} was written by another run: its {checkpoint.name}/overtrain.json records "
+            + "; ".join(differences) + " (checkpoint -> this run)",
+            f"move {checkpoint} out of {checkpoint.parent} (it is not this run's: the run's own settings are in "
+            f"{checkpoint.parent.parent / RUN_FILE}), then rerun",
+        )
+
+
 def result_settings(run_config: dict[str, Any]) -> dict[str, Any]:
     """The dotted ``key: value`` settings of a resolved run config that define its result."""
     flat = _flatten(run_config)

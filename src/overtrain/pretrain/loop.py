@@ -49,7 +49,7 @@ from overtrain.model.cpu_linear import LIBRARY_NAMES, onednn_available
 from overtrain.model.llama import LlamaLM, build_model, describe_size, estimate_flops_per_token
 from overtrain.model.loss import mean_token_loss
 from overtrain.precision import autocast_context, resolve_dtype
-from overtrain.pretrain.binding import check_run_binding, write_binding
+from overtrain.pretrain.binding import check_run_binding, refuse_checkpoint_of_another_run, write_binding
 from overtrain.pretrain.config import PretrainConfig, validate_pretrain_config
 from overtrain.pretrain.distributed import DistributedContext, all_reduce_mean, distributed_context, main_process_flag
 from overtrain.pretrain.schedules import lr_at
@@ -208,6 +208,8 @@ def train_run(
             remove_stale_temporaries(out_dir / "checkpoints")
         newest = newest_checkpoint(out_dir)
         binding, note = check_run_binding(out_dir, config_to_dict(config), config.train.extend, _describe(newest))
+        if newest is not None:  # the settings are this run's (just checked): is the checkpoint?
+            refuse_checkpoint_of_another_run(newest.folder, newest.run_config, config_to_dict(config))
         if note and context.is_main:
             log(note)
         _refuse_milestones_already_passed(config, out_dir, newest)
