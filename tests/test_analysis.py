@@ -94,3 +94,32 @@ def test_a_row_without_the_metrics_of_its_kind_is_named_with_the_way_out(tmp_pat
     connection.close()
     with ResultStore(path) as store:
         assert analysis.noise_frame(store)["checkpoint"].tolist() == ["a"]
+
+
+def test_checkpoints_of_several_runs_are_told_apart_not_averaged(tmp_path) -> None:
+    """Probing two runs' checkpoints (another seed, another width) used to give one curve averaging different
+    models at each token count, with the base loss of the first row only. Now each checkpoint carries the
+    settings that tell its run apart as pre-training factors: seeds become units of the intervals, widths
+    curve families, and the base loss is the mean over seeds, per family."""
+    from helpers import write_untrained_checkpoint
+
+    from overtrain.results.records import Job, JobOutput
+    from overtrain.results.report import write_report
+    from overtrain.results.store import ResultStore
+
+    runs = {name: write_untrained_checkpoint(tmp_path / name, seed=seed) for name, seed in (("a", 0), ("b", 1))}
+    later = write_untrained_checkpoint(tmp_path / "a", step=2, tokens_seen=512)
+    noise = lambda *references: [job for job in plan_jobs(load_sweep_config(None, [
+        f"out_dir={tmp_path / 'sweep'}", f"checkpoints={[str(r) for r in references]}", "noise.gammas=[1]", "noise.seeds=1"]))]
+    assert [job.spec.get("factors") for job in noise(runs["a"], later)] == [None, None]  # one run: nothing to tell apart
+    assert [job.spec["factors"] for job in noise(runs["a"], runs["b"])] == [{"train.seed": 0}, {"train.seed": 1}]
+    with ResultStore(tmp_path / "results.sqlite") as store:
+        for seed, (base, delta) in enumerate(((3.0, 0.5), (3.2, 0.1))):
+            for tokens in (256, 512):
+                job = Job("noise", {"checkpoint": f"run{seed}/{tokens}", "mode": "init", "factors": {"train.seed": seed}}, label=f"noise {seed}")
+                draws = [{"gamma": 1.0, "seed": 0, "perturbed_loss": base + delta, "delta": delta}]
+                metrics = {"tokens_seen": tokens, "base_loss": base, "draws": draws, "factors": {"train.seed": seed}}
+                store.put(job, JobOutput(metrics=metrics), {}, 1.0)
+    table = write_report(tmp_path / "results.sqlite", tmp_path / "report").tables["Noise probe (mean over seeds)"]
+    assert table.round(6).to_dict("records") == [{"tokens": tokens, "base loss": 3.1, "gamma=1 perturbed": 3.4, "gamma=1 delta": 0.3}
+                                                 for tokens in (256, 512)]

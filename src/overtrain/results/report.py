@@ -61,22 +61,35 @@ def _inflection_text(summary: analysis.SettingSummary) -> str:
 
 def _noise_section(noise: pd.DataFrame, report: Report) -> None:
     summaries = analysis.noise_summary(noise)
-    base = noise.groupby("tokens_seen")["base_loss"].first().sort_index()
-    base_curve = Curve("no noise", list(base.index), list(base.values), color="black", line_style="--", marker="s")
+    bases = _base_losses(noise)
+    base_curves = [Curve(f"{family} no noise".strip(), list(base.index), list(base.values), color="black" if len(bases) == 1 else None,
+                         line_style="--", marker="s") for family, base in bases.items()]
     marks = {s.name: _mark(s) for s in summaries if s.inflection.u_shaped}
     panels = [
-        Panel([base_curve, *_curves(summaries)], TOKENS_LABEL, "held-out pre-training loss (nats/token)",
+        Panel([*base_curves, *_curves(summaries)], TOKENS_LABEL, "held-out pre-training loss (nats/token)",
               "Gaussian perturbation: loss after noise", inflections=marks, x_in_tokens=True),
         Panel([Curve(s.name, s.tokens, s.damage_mean, marker="o") for s in summaries], TOKENS_LABEL,
               "loss increase from noise (nats/token)", "Progressive sensitivity", log_y=True, x_in_tokens=True),
     ]
     report.figures += plot_panels(panels, title="Noise probe", out_stem=report.folder / "noise")
     report.headlines += ["noise " + _inflection_text(s) for s in summaries]
-    table = pd.DataFrame({"tokens": base.index, "base loss": base.values})
+    table = pd.concat([base.rename(f"{family} base loss".strip()) for family, base in bases.items()], axis=1)
     for s in summaries:
-        table[f"{s.name} perturbed"] = s.mean
-        table[f"{s.name} delta"] = s.damage_mean
-    report.tables["Noise probe (mean over seeds)"] = table
+        table[f"{s.name} perturbed"] = pd.Series(s.mean, index=s.tokens)
+        table[f"{s.name} delta"] = pd.Series(s.damage_mean, index=s.tokens)
+    report.tables["Noise probe (mean over seeds)"] = table.rename_axis("tokens").reset_index()
+
+
+def _base_losses(noise: pd.DataFrame) -> dict[str, pd.Series]:
+    """The loss without noise by tokens, one series per family of pre-training factors ('' for one family),
+    each the mean over its checkpoints at a token count (one per pre-training seed): the first row's value
+    stood for all of them before, next to perturbed losses that were means."""
+    factors = analysis.factor_names(noise)
+    per_checkpoint = noise.drop_duplicates([*factors, "pretrain_seed" if "pretrain_seed" in noise else "checkpoint", "tokens_seen"])
+    if not factors:
+        return {"": per_checkpoint.groupby("tokens_seen")["base_loss"].mean().sort_index()}
+    return {analysis.factor_label(values, factors): group.groupby("tokens_seen")["base_loss"].mean().sort_index()
+            for values, group in per_checkpoint.groupby(factors)}
 
 
 def _finetune_section(finetune: pd.DataFrame, report: Report) -> None:
