@@ -330,6 +330,18 @@ def test_a_local_checkpoint_cut_short_is_flagged_damaged_and_never_computed_on(t
     assert "damaged(model.safetensors)" in format_table(plan_family(str(run), "all"))
 
 
+def test_a_runs_repeated_final_weights_keep_the_final_checkpoint(tmp_path: Path) -> None:
+    """A schedule that decays to zero takes the last step at LR 0, so a checkpoint one step before the end
+    holds the final weights. Both were flagged duplicates and skipped before: the run's final model was left
+    out of every family sweep. Folders overtrain did not write keep the strict rule (all flagged)."""
+    run = tmp_path / "run"
+    for step, seed in ((1, 1), (2, 2), (3, 2)):
+        _our_checkpoint(run / "checkpoints" / f"step-00000{step}-tokens-{step}000", step, step * 1000, seed)
+    plan = plan_family(str(run), "all")
+    assert _flags(plan) == {"step-000002-tokens-2000": ["duplicate(step-000003-tokens-3000)"]}
+    assert [r.name for r in plan.chosen] == ["step-000001-tokens-1000", "step-000003-tokens-3000"]
+
+
 def test_an_empty_family_source_is_refused_not_taken_for_the_working_directory() -> None:
     with pytest.raises(OvertrainError, match="the family source is empty"):
         plan_family("  ")

@@ -12,7 +12,8 @@ Flags (:class:`Flag`), all but ``tokens-mismatch`` skipped unless asked:
 - ``equals-final``: the weights are ``main``'s, and the revision is not the last step (which ``main``
   is expected to alias);
 - ``duplicate``: the weights are another step's (every member of such a group is flagged: the hashes
-  cannot tell which branch, if any, holds the right weights);
+  cannot tell which branch, if any, holds the right weights; among checkpoints overtrain wrote, whose
+  steps are their own record, the latest of the group is kept);
 - ``alias``: the same weights under a second name for the same step (only the first name is kept);
 - ``shares-files``: some weight files, not all, are another revision's (a mixed checkpoint);
 - ``no-weights``: the branch has no weight file;
@@ -137,10 +138,28 @@ def integrity_report(revisions: Sequence[Revision], weights: dict[str, dict[str,
     order = [revision.name for revision in revisions]
     steps = {revision.name: revision.step if revision.step is not None else revision.order for revision in revisions}
     flags, final_alias = find_duplicates(weights, order, steps, final)
+    _keep_the_last_of_our_repeats(flags, weights, steps, {revision.name for revision in revisions if revision.tokens_source == OURS})
     for revision in revisions:
         if not revision.tokens_consistent:
             flags[revision.name].append(Flag("tokens-mismatch"))
     return IntegrityReport({name: tuple(flags[name]) for name in order}, dict(weights), final_alias)
+
+
+OURS = "overtrain.json"
+"""The ``tokens_source`` of a revision overtrain trained: its step and tokens are its own record, not a name."""
+
+
+def _keep_the_last_of_our_repeats(flags: dict[str, list[Flag]], weights: Mapping[str, WeightFiles], steps: Mapping[str, int],
+                                  ours: set[str]) -> None:
+    """Among checkpoints overtrain wrote, equal weights at two steps are no publishing error: no update happened
+    between them (a run's last step is taken at LR 0 by schedules that decay to zero, so a checkpoint one
+    step before the end holds the final weights). The latest of such a group is kept (the run's own end)
+    and the others are flagged as its duplicates; before, every member was skipped, the final model with them."""
+    duplicated = [name for name, found in flags.items() if name in ours and [flag.kind for flag in found] == ["duplicate"]]
+    for group in {tuple(members) for members in _identical_groups(weights, duplicated).values() if len(members) > 1}:
+        last = max(group, key=lambda name: steps[name])
+        for name in group:
+            flags[name] = [] if name == last else [Flag("duplicate", last)]
 
 
 def with_flags(report: IntegrityReport, added: Mapping[str, Flag]) -> IntegrityReport:
