@@ -17,7 +17,7 @@ from jobs_for_tests import subprocess_environment
 from overtrain.errors import OvertrainError
 from overtrain.provenance import collect_provenance, file_sha256, folder_content_hash
 from overtrain.results.records import Job, JobOutput, job_key
-from overtrain.results.store import ResultStore
+from overtrain.results.store import ResultStore, stored_keys, stored_rows
 
 NOISE_SPEC = {"checkpoint": {"path": "/ckpt/tokens-1M", "sha256": "ab"}, "gamma": 0.5, "seed": 3}
 
@@ -169,7 +169,7 @@ def test_another_applications_database_is_refused(tmp_path: Path) -> None:
 WRITER = """
 import sys
 from overtrain.results.records import Job, JobOutput
-from overtrain.results.store import ResultStore
+from overtrain.results.store import ResultStore, stored_keys, stored_rows
 store = ResultStore(sys.argv[1])
 print("ready", flush=True)
 for i in range(int(sys.argv[3])):
@@ -277,3 +277,25 @@ def test_file_and_folder_hashes_identify_content(tmp_path: Path) -> None:
     assert folder_content_hash(first) == folder_content_hash(second)
     (second / "sub" / "config.json").rename(second / "sub" / "other.json")
     assert folder_content_hash(first) != folder_content_hash(second)
+
+
+def test_an_empty_store_file_and_a_store_without_its_table_get_one_answer_everywhere(tmp_path: Path) -> None:
+    """The report told a user with an empty results.sqlite to run the sweep, and the sweep's dry run then
+    called it damaged; a store whose table was dropped was 'not an overtrain store' to the report and
+    'damaged' to the probes. Now an empty file is an empty store to every reader (the run makes it a store),
+    and one of ours without its table is damaged to every reader, with the same fix."""
+    empty = tmp_path / "empty.sqlite"
+    empty.touch()
+    assert stored_keys(empty) == set() and stored_rows(empty) == []
+    with ResultStore(empty) as store:
+        assert len(store) == 0  # made a store in place
+    dropped = tmp_path / "dropped.sqlite"
+    with ResultStore(dropped) as store:
+        store.put(Job("noise", {"i": 0}), JobOutput(metrics={}), {}, 0.0)
+    with sqlite3.connect(dropped) as connection:
+        connection.execute("DROP TABLE results")
+    connection.close()
+    for read in (stored_keys, ResultStore):
+        with pytest.raises(OvertrainError, match="cannot be read \\(no results table\\); it is damaged") as refused:
+            read(dropped)
+        assert refused.value.fix.startswith(f"move {dropped}")

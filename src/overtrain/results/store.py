@@ -217,10 +217,12 @@ def stored_rows(path: str | Path) -> list[ResultRow]:
 
 
 def _read_only_query(path: Path, query: str) -> list[tuple[Any, ...]]:
-    """Every row ``query`` returns from the store at ``path`` opened read-only; none if there is no file."""
-    if not path.is_file():
+    """Every row ``query`` returns from the store at ``path`` opened read-only; none if there is no file, or
+    an empty one (which a sweep or probe then makes a store, as it makes a new one)."""
+    if not path.is_file() or path.stat().st_size == 0:
         return []
     with _read_only_connection(path) as connection:
+        _check_schema(connection, path)
         return connection.execute(query).fetchall()
 
 
@@ -341,6 +343,9 @@ def _check_schema(connection: sqlite3.Connection, path: Path) -> None:
     application_id = connection.execute("PRAGMA application_id").fetchone()[0]
     tables = {name for (name,) in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     columns = {row[1] for row in connection.execute("PRAGMA table_info(results)")}
+    if application_id == APPLICATION_ID and not set(COLUMNS) <= columns:  # ours, with its table gone or cut
+        missing = sorted(set(COLUMNS) - columns)
+        raise _damaged_store_error(path, sqlite3.DatabaseError(f"its results table lacks {', '.join(missing)}" if columns else "no results table"))
     if application_id != APPLICATION_ID or not set(COLUMNS) <= columns:
         raise OvertrainError(
             f"{path} is an SQLite database but not an overtrain results store (tables: {sorted(tables)})",
