@@ -297,7 +297,7 @@ def test_a_truncated_tensor_file_is_named_as_cut_short_by_the_run_and_its_dry_ru
     for dry_run in (["--dry-run"], []):  # resuming (extending) reads the newest checkpoint: both refuse it alike
         assert cli_main(["pretrain", *args, "train.max_tokens=2048", "train.extend=true", *dry_run]) == 2
         error = capsys.readouterr().err
-        assert f"checkpoint {newest} is corrupted: model.safetensors is truncated or not a safetensors file" in error
+        assert f"checkpoint {newest} is corrupted: model.safetensors is truncated, extended or not a safetensors file" in error
         assert "restore model.safetensors from a backup" in error and "Traceback" not in error
     assert [path.name for path in (run / "checkpoints").iterdir()] == [newest.name]  # nothing written
 

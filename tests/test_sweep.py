@@ -181,7 +181,7 @@ def test_a_truncated_checkpoint_and_missing_eval_data_are_refused_before_the_sto
         code = cli_main(["noise", str(damaged), "gammas=[1.0]", f"eval_data={tmp_path / 'no-such.txt'}", *extra, "--out", str(out)])
         error = capsys.readouterr().err
         assert code == 2 and "2 inputs of this sweep would be refused by its jobs" in error
-        assert "model.safetensors is truncated or not a safetensors file" in error and "no-such.txt does not exist" in error
+        assert "model.safetensors is truncated, extended or not a safetensors file" in error and "no-such.txt does not exist" in error
     assert not (out / "results.sqlite").exists()
     edited = tmp_path / "edited"  # a damaged small file: hashed by the dry run as the job would
     shutil.copytree(source, edited)
@@ -244,8 +244,12 @@ def test_a_row_records_how_many_tokens_its_loss_was_measured_on(finished_sweep: 
 
 def test_report_can_be_rebuilt_from_the_store(finished_sweep: tuple[Path, list[str]], tmp_path: Path) -> None:
     root, _ = finished_sweep
+    (tmp_path / "multimodal.png").write_bytes(b"a figure of an earlier report")  # this store has no multimodal rows
+    (tmp_path / "notes.txt").write_text("mine")
     report = write_report(root / "sweep" / "results.sqlite", tmp_path)
     assert report.headlines and any(line.startswith("noise gamma=4") for line in report.headlines)
+    assert not (tmp_path / "multimodal.png").exists() and (tmp_path / "noise.png").is_file()  # no figure the report does not show
+    assert (tmp_path / "notes.txt").read_text() == "mine"  # other files are left alone
 
 
 def test_spearman_is_a_rank_correlation() -> None:

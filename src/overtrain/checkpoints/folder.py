@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
+import textwrap
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -341,7 +342,8 @@ def safetensors_header_problem(path: Path) -> str | None:
         with safe_open(str(path), "pt") as handle:
             handle.keys()
     except Exception as error:  # safetensors raises its own error type for a torn header or a short file  # noqa: BLE001
-        return f"{path.name} is truncated or not a safetensors file ({str(error).strip()[:80]})"
+        detail = textwrap.shorten(str(error).strip(), 100, placeholder=" ...")  # whole words: a cut word reads as a typo
+        return f"{path.name} is truncated, extended or not a safetensors file ({detail})"
     return None
 
 
@@ -364,9 +366,10 @@ def _restore_fix(folder: Path, name: str) -> str:
 
 
 def _retrain(folder: Path) -> str:
-    """The fix that works for any caller, a probe or a resumed run: the run makes the checkpoint again."""
-    return (f"delete {folder} and every later checkpoint of its run, then resume the run (the same overtrain pretrain "
-            "command): it trains them again from the one before")
+    """The fix that works for any caller, a probe or a resumed run: the run makes the checkpoint again (a run
+    resumes from its newest checkpoint, so the later ones go too); or a probe leaves it out."""
+    return (f"delete {folder} and every later checkpoint of its run, then rerun what trained it (the same overtrain "
+            "pretrain or sweep command): it trains them again from the one before; or leave this checkpoint out of the probe")
 
 
 def load_tensors(path: Path) -> dict[str, torch.Tensor]:

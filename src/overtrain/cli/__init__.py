@@ -253,7 +253,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"  fix: {error.fix}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("\ninterrupted; run the same command again to resume from the last checkpoint", file=sys.stderr)
+        print("\ninterrupted; run the same command again to continue: a run resumes from its newest checkpoint, a sweep "
+              "or probe runs only the jobs its store does not hold yet", file=sys.stderr)
         return 130
 
 
