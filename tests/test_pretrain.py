@@ -296,8 +296,9 @@ def test_the_demo_and_study_recipes_stay_eager() -> None:
 
 def test_compiled_run_paused_and_resumed_equals_the_uninterrupted_one_and_tracks_eager(tmp_path: Path, corpus: Path) -> None:
     """The compiled path (torch.compile, and on one CPU thread overtrain's kernels: attention with the rotary
-    embedding inside after the stacked q/k/v product, and the output layer fused with the loss) trains what
-    the eager path trains, to float rounding;
+    embedding inside after the stacked q/k/v product, the output layer fused with the loss, and where the
+    products are torch's BLAS the attention block and the MLP in blocks of rows) trains what the eager path
+    trains, to float rounding;
     and since ``auto`` decides by the run's whole length, a run paused and resumed compiles both times and
     ends bitwise where the uninterrupted run ends."""
     settings = ("train.max_tokens=8192", "train.compile=true", "train.dtype=fp32", f"data.cache_dir={tmp_path / 'cache'}")

@@ -300,14 +300,22 @@ def _staging_folder(final: Path) -> Path:
         raise _unwritable_report_folder(final, error.strerror or str(error)) from None
 
 
+FIGURE_SUFFIXES = (".png", ".svg")
+
+
 def _publish(staging: Path, final: Path) -> None:
-    """Move the finished files into ``final`` (figures first, report.html last); create it only now."""
+    """Move the finished files into ``final`` (figures first, report.html last); create it only now. Figures
+    of an earlier report that this one does not draw (a section whose rows are gone) are removed after, so
+    that the folder holds no figure the report does not show."""
     created = not final.exists()
     files = sorted(staging.iterdir(), key=lambda path: (path.name in ("summary.md", "report.html"), path.name))
     try:
         final.mkdir(parents=True, exist_ok=True)
         for path in files:
             os.replace(path, final / path.name)
+        drawn = {path.name for path in files}
+        for stale in [path for path in final.iterdir() if path.suffix in FIGURE_SUFFIXES and path.name not in drawn]:
+            stale.unlink()
     except OSError as error:
         if created and final.is_dir() and not any(final.iterdir()):
             final.rmdir()
