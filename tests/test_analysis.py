@@ -98,27 +98,41 @@ def test_a_row_without_the_metrics_of_its_kind_is_named_with_the_way_out(tmp_pat
 
 def test_checkpoints_of_several_runs_are_told_apart_not_averaged(tmp_path) -> None:
     """Probing two runs' checkpoints (another seed, another width) used to give one curve averaging different
-    models at each token count, with the base loss of the first row only. Now each checkpoint carries the
-    settings that tell its run apart as pre-training factors: seeds become units of the intervals, widths
-    curve families, and the base loss is the mean over seeds, per family."""
+    models at each token count, with the base loss of the first row only. Now each probe row records the
+    settings fixed within its run, and the report turns those that differ into pre-training factors: seeds
+    become units of the intervals, widths curve families, and the base loss is the mean over seeds, per
+    family. A job's key does not depend on which other checkpoints the sweep names."""
     from helpers import write_untrained_checkpoint
 
     from overtrain.results.records import Job, JobOutput
     from overtrain.results.report import write_report
     from overtrain.results.store import ResultStore
+    from overtrain.sweep.jobs import run_noise_job
 
-    runs = {name: write_untrained_checkpoint(tmp_path / name, seed=seed) for name, seed in (("a", 0), ("b", 1))}
-    later = write_untrained_checkpoint(tmp_path / "a", step=2, tokens_seen=512)
-    noise = lambda *references: [job for job in plan_jobs(load_sweep_config(None, [
-        f"out_dir={tmp_path / 'sweep'}", f"checkpoints={[str(r) for r in references]}", "noise.gammas=[1]", "noise.seeds=1"]))]
-    assert [job.spec.get("factors") for job in noise(runs["a"], later)] == [None, None]  # one run: nothing to tell apart
-    assert [job.spec["factors"] for job in noise(runs["a"], runs["b"])] == [{"train.seed": 0}, {"train.seed": 1}]
+    a, b = (write_untrained_checkpoint(tmp_path / name, seed=seed) for name, seed in (("a", 0), ("b", 1)))
+    noise = lambda *references: plan_jobs(load_sweep_config(None, [
+        f"out_dir={tmp_path / 'sweep'}", f"checkpoints={[str(r) for r in references]}", "noise.gammas=[1]", "noise.seeds=1",
+        f"noise.eval_data={tmp_path / 'text.txt'}", "noise.eval_tokens=64"]))
+    (tmp_path / "text.txt").write_text("def f(x):\n    return x + 1\n" * 40)
+    assert noise(a)[0].key == noise(a, b)[0].key  # a's job is a's job, whatever else is probed
+    recorded = run_noise_job(noise(b)[0].spec).metrics["run_settings"]
+    assert recorded["train.seed"] == 1 and recorded["model.d_model"] == 32 and "train.lr" not in recorded
+
+    def settings(seed: int, width: int = 32) -> dict:
+        return {"train.seed": seed, "model.d_model": width, "model.init_std_overrides": {"*norm*": 0.0}}
+
+    assert analysis.run_factor_columns([settings(0), settings(1)]) == [{"pretrain_seed": 0}, {"pretrain_seed": 1}]
+    assert analysis.run_factor_columns([settings(0), settings(0, 64)]) == [{"pretrain.model.d_model": 32}, {"pretrain.model.d_model": 64}]
+    assert analysis.run_factor_columns([settings(0), None]) == [{}, {}]  # a row without the record: as before
+    overrides = [settings(0) | {"model.init_std_overrides": {}}, settings(0)]
+    assert analysis.run_factor_columns(overrides) == [{"pretrain.model.init_std_overrides": "{}"},
+                                                      {"pretrain.model.init_std_overrides": '{"*norm*": 0.0}'}]
     with ResultStore(tmp_path / "results.sqlite") as store:
         for seed, (base, delta) in enumerate(((3.0, 0.5), (3.2, 0.1))):
             for tokens in (256, 512):
-                job = Job("noise", {"checkpoint": f"run{seed}/{tokens}", "mode": "init", "factors": {"train.seed": seed}}, label=f"noise {seed}")
+                job = Job("noise", {"checkpoint": f"run{seed}/{tokens}", "mode": "init"}, label=f"noise {seed}")
                 draws = [{"gamma": 1.0, "seed": 0, "perturbed_loss": base + delta, "delta": delta}]
-                metrics = {"tokens_seen": tokens, "base_loss": base, "draws": draws, "factors": {"train.seed": seed}}
+                metrics = {"tokens_seen": tokens, "base_loss": base, "draws": draws, "factors": {}, "run_settings": settings(seed)}
                 store.put(job, JobOutput(metrics=metrics), {}, 1.0)
     table = write_report(tmp_path / "results.sqlite", tmp_path / "report").tables["Noise probe (mean over seeds)"]
     assert table.round(6).to_dict("records") == [{"tokens": tokens, "base loss": 3.1, "gamma=1 perturbed": 3.4, "gamma=1 delta": 0.3}

@@ -56,8 +56,7 @@ def refuse_checkpoint_of_another_run(checkpoint: Path, checkpoint_config: dict[s
     is fixed within a run (:data:`FIXED_WITHIN_A_RUN`): a checkpoint copied in from another run (another
     seed, say) would otherwise be continued silently, its weights then reported as this run's. Keys that
     only one side has (settings added in a later version) are not compared."""
-    ours = {key: value for key, value in result_settings(run_config).items() if key.startswith(FIXED_WITHIN_A_RUN)}
-    theirs = result_settings(checkpoint_config)
+    ours, theirs = fixed_settings(run_config), fixed_settings(checkpoint_config)
     differences = settings_differences({key: theirs[key] for key in ours if key in theirs}, {key: ours[key] for key in ours if key in theirs})
     if differences:
         raise OvertrainError(
@@ -66,6 +65,11 @@ def refuse_checkpoint_of_another_run(checkpoint: Path, checkpoint_config: dict[s
             f"move {checkpoint} out of {checkpoint.parent} (it is not this run's: the run's own settings are in "
             f"{checkpoint.parent.parent / RUN_FILE}), then rerun",
         )
+
+
+def fixed_settings(run_config: dict[str, Any]) -> dict[str, Any]:
+    """The dotted result settings of a run config that stay fixed within a run (:data:`FIXED_WITHIN_A_RUN`)."""
+    return {key: value for key, value in result_settings(run_config).items() if key.startswith(FIXED_WITHIN_A_RUN)}
 
 
 def result_settings(run_config: dict[str, Any]) -> dict[str, Any]:

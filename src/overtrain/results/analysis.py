@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any
@@ -38,6 +39,37 @@ def factor_columns(factors: dict[str, Any]) -> dict[str, Any]:
     if PRETRAIN_SEED_FACTOR in factors:
         columns["pretrain_seed"] = factors[PRETRAIN_SEED_FACTOR]
     return columns
+
+
+def run_factor_columns(run_settings: list[dict[str, Any] | None]) -> list[dict[str, Any]]:
+    """For rows probed on checkpoints of several pre-training runs (each row's ``run_settings``: the settings
+    fixed within its run, recorded by the probe job), the settings that tell the runs apart as factor columns:
+    ``pretrain_seed`` for the seed (intervals over pre-training seeds), ``pretrain.<key>`` for the others
+    (curve families). Without them the curves averaged different models at each token count. A ladder's
+    rungs share these settings, so they stay one curve; rows that hold no record (older rows, models
+    overtrain did not train) leave every row as it was; settings a row lacks (added in a later version)
+    are not compared."""
+    if not run_settings or any(settings is None for settings in run_settings):
+        return [{} for _ in run_settings]
+    shared = set.intersection(*(set(settings) for settings in run_settings))
+    telling = [key for key in sorted(shared) if len({_as_factor_value(settings[key]) for settings in run_settings}) > 1]
+    name = lambda key: "pretrain_seed" if key == PRETRAIN_SEED_FACTOR else f"{FACTOR_PREFIX}{key}"
+    return [{name(key): _as_factor_value(settings[key]) for key in telling} for settings in run_settings]
+
+
+def _as_factor_value(value: Any) -> Any:
+    """A setting as a factor column's value: scalars as they are, anything else (a mapping) as compact JSON."""
+    return value if value is None or isinstance(value, (bool, int, float, str)) else json.dumps(value, sort_keys=True)
+
+
+def factor_columns_of(rows: list[ResultRow]) -> list[dict[str, Any]]:
+    """Each row's pre-training factors as columns: those its sweep gave it (:func:`factor_columns`), then the
+    run settings that tell its run apart from the others' (:func:`run_factor_columns`) where no sweep factor
+    of that name is set."""
+    given = [factor_columns(row.metrics.get("factors", {})) for row in rows]
+    derived = run_factor_columns([row.metrics.get("run_settings") for row in rows])
+    named = {column for columns in given for column in columns}
+    return [{**{k: v for k, v in extra.items() if k not in named}, **own} for own, extra in zip(given, derived)]
 
 
 REQUIRED_FIELDS = {
@@ -72,9 +104,8 @@ def checked_rows(store: ResultStore, kind: str) -> list[ResultRow]:
 
 def noise_frame(store: ResultStore) -> pd.DataFrame:
     """Columns: checkpoint, tokens_seen, mode, base_loss, gamma, seed, perturbed_loss, delta, and the factors."""
-    rows = []
-    for row in checked_rows(store, "noise"):
-        factors = factor_columns(row.metrics.get("factors", {}))
+    rows, stored = [], checked_rows(store, "noise")
+    for row, factors in zip(stored, factor_columns_of(stored)):
         for draw in row.metrics["draws"]:
             rows.append({"checkpoint": row.spec["checkpoint"], "tokens_seen": row.metrics["tokens_seen"], "mode": row.spec["mode"],
                          "base_loss": row.metrics["base_loss"], **draw, **factors})
@@ -95,9 +126,8 @@ def sharpness_measure(kind: str, group: str, gamma: float | None) -> str:
 def sharpness_frame(store: ResultStore) -> pd.DataFrame:
     """One row per sharpness read-out: checkpoint, tokens_seen, kind, group, gamma (worst_case; else NaN),
     seed, value, stderr, measure (kind, gamma and group as one name), and the pre-training factors."""
-    rows = []
-    for row in checked_rows(store, "sharpness"):
-        factors = factor_columns(row.metrics.get("factors", {}))
+    rows, stored = [], checked_rows(store, "sharpness")
+    for row, factors in zip(stored, factor_columns_of(stored)):
         for record in row.metrics["records"]:
             gamma = record.get("gamma")
             rows.append({"checkpoint": row.spec["checkpoint"], "tokens_seen": row.metrics["tokens_seen"], "kind": record["kind"],
@@ -111,7 +141,8 @@ def sharpness_frame(store: ResultStore) -> pd.DataFrame:
 def finetune_frame(store: ResultStore) -> pd.DataFrame:
     """One row per fine-tuning run: its record and its pre-training factors (remedy columns of older rows
     filled in as off: ``replay_fraction`` 0, ``linear_probe_steps`` 0)."""
-    frame = pd.DataFrame([_without_factors(row.metrics) | factor_columns(row.metrics.get("factors", {})) for row in checked_rows(store, "finetune")])
+    stored = checked_rows(store, "finetune")
+    frame = pd.DataFrame([_without_factors(row.metrics) | factors for row, factors in zip(stored, factor_columns_of(stored))])
     return with_remedy_columns(frame) if not frame.empty else frame
 
 
@@ -140,7 +171,7 @@ def evaluation_text_frame(store: ResultStore) -> pd.DataFrame:
 
 
 def _without_factors(metrics: dict[str, Any]) -> dict[str, Any]:
-    return {key: value for key, value in metrics.items() if key != "factors"}
+    return {key: value for key, value in metrics.items() if key not in ("factors", "run_settings")}
 
 
 def factor_names(frame: pd.DataFrame) -> list[str]:

@@ -105,6 +105,7 @@ def run_noise_job(spec: Mapping[str, Any]) -> JobOutput:
         "base_loss": records[0].base_loss if records else target.pretraining_loss().loss,
         "draws": [{"gamma": r.gamma, "seed": r.seed, "perturbed_loss": r.perturbed_loss, "delta": r.delta} for r in records],
         "factors": dict(spec.get("factors", {})),
+        **run_settings_of(target),
     }
     return JobOutput(metrics, {}, target_provenance(target, spec["checkpoint"]))
 
@@ -114,8 +115,19 @@ def run_finetune_job(spec: Mapping[str, Any]) -> JobOutput:
 
     target = load_target_of(spec)
     record = run_finetune_probe(target, finetune_config_of(dict(spec)))
-    metrics = {**record.as_dict(), "tokens_seen": tokens_seen_of(target, spec), "factors": dict(spec.get("factors", {}))}
+    metrics = {**record.as_dict(), "tokens_seen": tokens_seen_of(target, spec), "factors": dict(spec.get("factors", {})),
+               **run_settings_of(target)}
     return JobOutput(metrics, {}, target_provenance(target, spec["checkpoint"]))
+
+
+def run_settings_of(target: Any) -> dict[str, Any]:
+    """``{"run_settings": ...}``: the settings fixed within the pre-training run of one of our checkpoints (its
+    seed, model and data), from which the report tells the checkpoints of different runs apart
+    (:func:`overtrain.results.analysis.run_factor_columns`); nothing for a model overtrain did not train."""
+    from overtrain.checkpoints.folder import CheckpointInfo
+    from overtrain.pretrain.binding import fixed_settings
+
+    return {"run_settings": fixed_settings(target.info.run_config)} if isinstance(target.info, CheckpointInfo) else {}
 
 
 def tokens_seen_of(target: Any, spec: Mapping[str, Any]) -> int | None:
@@ -158,6 +170,7 @@ def run_sharpness_job(spec: Mapping[str, Any]) -> JobOutput:
         "base_loss": target.pretraining_loss().loss,
         "records": [record.as_dict() for record in records],
         "factors": dict(spec.get("factors", {})),
+        **run_settings_of(target),
     }
     return JobOutput(metrics, {}, target_provenance(target, spec["checkpoint"]))
 

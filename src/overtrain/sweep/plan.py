@@ -147,26 +147,7 @@ def expand_references(references: list[str]) -> list[PlannedCheckpoint]:
     from overtrain.checkpoints.discovery import expand_checkpoints
 
     found = {str(ref): ref for ref in expand_checkpoints([str(reference) for reference in references])}
-    runs = run_factors([reference for reference, ref in found.items() if ref.kind == "overtrain"])
-    return [PlannedCheckpoint(reference, ref.tokens_seen, None, runs.get(reference, {})) for reference, ref in found.items()]
-
-
-def run_factors(checkpoints: list[str]) -> dict[str, dict[str, Any]]:
-    """For checkpoints of ours from more than one run: each one's values of the settings that tell the runs
-    apart (those fixed within a run: the seed, the model, the data), as pre-training factors, so that the
-    report draws one curve per run (the seed: intervals over pre-training seeds) instead of averaging
-    different models at each token count. A ladder's rungs differ only in their budgets and schedules, so
-    they stay one curve. Empty for checkpoints of one run."""
-    from overtrain.checkpoints.folder import read_checkpoint_info
-    from overtrain.pretrain.binding import FIXED_WITHIN_A_RUN, result_settings
-
-    fixed = {}
-    for checkpoint in checkpoints:
-        settings = result_settings(read_checkpoint_info(Path(checkpoint)).run_config)
-        fixed[checkpoint] = {key: value for key, value in settings.items() if key.startswith(FIXED_WITHIN_A_RUN)}
-    keys = sorted({key for settings in fixed.values() for key in settings})
-    telling = [key for key in keys if len({repr(settings.get(key)) for settings in fixed.values()}) > 1]
-    return {checkpoint: {key: settings.get(key) for key in telling} for checkpoint, settings in fixed.items()} if telling else {}
+    return [PlannedCheckpoint(reference, ref.tokens_seen, None) for reference, ref in found.items()]
 
 
 def eval_data_of(config: SweepConfig, section: ProbeData) -> dict[str, Any]:
