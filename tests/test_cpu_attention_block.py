@@ -130,3 +130,16 @@ def test_the_model_takes_the_block_only_with_blas_products_on_plain_fp32_layers(
     assert not block_applies(x, 4, *weights)  # head dim 8: the attention kernel has no code for it
     model.use_cpu_kernels(True, onednn=True)
     assert not any(layer.self_attn.cpu_block for layer in model.model.layers)
+
+
+def test_the_block_refuses_inputs_it_would_read_past() -> None:
+    """A rotary table shorter than the sequence was read past its end (the attention kernel's own entry checks
+    it; the block did not), and weights of another shape would be read by the wrong strides."""
+    x, w_qkv, w_o = torch.randn(2, 8, 32), torch.randn(96, 32), torch.randn(32, 32)
+    cos, sin = rotary_cos_sin(8, 16, 10000.0, torch.device("cpu"))
+    with pytest.raises(ValueError, match=r"the rotary tables must be \(T, D\) = \(8, 16\), got \(4, 16\)"):
+        attention_block(x, w_qkv, w_o, cos[:4], sin[:4], 2, 0.25)
+    with pytest.raises(ValueError, match="do not fit x of width 32"):
+        attention_block(x, w_qkv, torch.randn(32, 16), cos, sin, 2, 0.25)
+    with pytest.raises(ValueError, match="fp32 CPU tensors"):
+        attention_block(x.double(), w_qkv.double(), w_o.double(), cos.double(), sin.double(), 2, 0.25)

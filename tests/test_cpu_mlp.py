@@ -108,3 +108,21 @@ def test_a_compiled_model_with_the_fused_mlp_trains_as_the_eager_one() -> None:
     ours = [loss.detach(), *torch.autograd.grad(loss, list(model.parameters()))]
     for mine, theirs in zip(ours, reference):
         torch.testing.assert_close(mine, theirs, atol=1e-6, rtol=1e-4)
+
+
+def test_the_fused_mlp_refuses_weights_it_would_read_past() -> None:
+    with pytest.raises(ValueError, match="takes x \\(N, C\\), w_gate_up \\(2F, C\\) and w_down \\(C, F\\)"):
+        swiglu_mlp(torch.randn(4, 16), torch.randn(30, 16), torch.randn(16, 20))
+    with pytest.raises(ValueError, match="fp32 CPU tensors"):
+        swiglu_mlp(torch.randn(4, 16).double(), torch.randn(40, 16).double(), torch.randn(16, 20).double())
+
+
+def test_a_projection_with_a_backward_hook_is_not_fused_away() -> None:
+    """Its hook must fire, which only the module's own call makes happen."""
+    from overtrain.model.llama import is_plain_linear
+
+    model, _ = build_model(ModelConfig(d_model=32, n_layers=1, n_heads=2), vocab_size=50, max_seq_len=8, seed=0)
+    mlp = model.model.layers[0].mlp
+    assert is_plain_linear(mlp.down_proj)
+    mlp.down_proj.register_full_backward_hook(lambda *_: None)
+    assert not is_plain_linear(mlp.down_proj)

@@ -13,6 +13,7 @@
 // qkv (B, T, 3, H, D), out (B, T, H, D), lse (B, H, T), probabilities as cpu_attention.cpp keeps them.
 // No torch headers: plain C entry points on raw pointers, called through ctypes.
 #include <cstdint>
+#include <new>
 #include <vector>
 
 namespace {
@@ -58,14 +59,21 @@ int ot_attention_block_forward(Sgemm sgemm, const float* x, const float* w_qkv, 
 
 // The gradients of ot_attention_block_forward's output from grad_y (B, T, C) and what the forward pass
 // kept: grad_x (B, T, C), grad_w_qkv (3 H D, C) and grad_w_o (C, H D), the last two written by the first
-// block (the caller zeroes them when B is 0). Returns 0, or 1 for an unsupported head dim.
+// block (the caller zeroes them when B is 0). Returns 0, 1 for an unsupported head dim, 2 when its buffers
+// cannot be allocated.
 int ot_attention_block_backward(Sgemm sgemm, const float* grad_y, const float* x, const float* w_qkv, const float* w_o, float* qkv,
                                 float* out, float* lse, const float* probabilities, const float* cos, const float* sin, float* grad_x,
                                 float* grad_w_qkv, float* grad_w_o, int64_t B, int64_t T, int64_t C, int64_t H, int64_t D,
                                 int64_t probability_floats, int64_t block_batch, float scale) {
   const int64_t inner = H * D;
   const int64_t block = (B < block_batch ? B : block_batch) * T;
-  std::vector<float> grad_out(block * inner), grad_qkv(block * 3 * inner);  // a block's, in L2
+  std::vector<float> grad_out, grad_qkv;  // a block's, in L2
+  try {
+    grad_out.resize(block * inner);
+    grad_qkv.resize(block * 3 * inner);
+  } catch (const std::bad_alloc&) {
+    return 2;  // no C++ exception may cross the C entry point
+  }
   for (int64_t first = 0; first < B; first += block_batch) {
     const int64_t batch = B - first < block_batch ? B - first : block_batch;
     const int rows = int(batch * T);

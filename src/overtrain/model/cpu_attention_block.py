@@ -45,8 +45,26 @@ def _outputs(x: torch.Tensor, heads: int, head_dim: int, keep_probabilities: boo
 
 
 def _check_status(status: int, head_dim: int) -> None:
+    if status == 2:
+        raise MemoryError("the attention block could not allocate its per-block gradient buffers")
     if status != 0:
         raise ValueError(f"the CPU attention kernel has no head dim {head_dim} (it has {HEAD_DIMS})")
+
+
+def _check_inputs(x: torch.Tensor, w_qkv: torch.Tensor, w_o: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, heads: int) -> None:
+    """The kernel reads by these shapes (the rotary tables for every position): anything else would read past
+    a tensor, so it is refused here, as the attention kernel refuses it (cpu_attention._rotary_pointers)."""
+    if x.dim() != 3 or w_qkv.dim() != 2 or w_o.dim() != 2 or w_qkv.shape[0] % (3 * heads):
+        raise ValueError(f"the attention block takes x (B, T, C), w_qkv (3 H D, C) and w_o (C, H D); got {tuple(x.shape)}, "
+                         f"{tuple(w_qkv.shape)} and {tuple(w_o.shape)} for {heads} heads")
+    width, inner = x.shape[2], w_qkv.shape[0] // 3
+    if w_qkv.shape[1] != width or tuple(w_o.shape) != (width, inner):
+        raise ValueError(f"the attention block's weights do not fit x of width {width}: w_qkv {tuple(w_qkv.shape)}, w_o {tuple(w_o.shape)}")
+    expected = (x.shape[1], inner // heads)
+    if tuple(cos.shape) != expected or tuple(sin.shape) != expected:
+        raise ValueError(f"the rotary tables must be (T, D) = {expected}, got {tuple(cos.shape)} and {tuple(sin.shape)}")
+    if not fp32_cpu_outside_autocast(x, w_qkv, w_o, cos, sin):
+        raise ValueError("the attention block computes on fp32 CPU tensors outside autocast (see block_applies)")
 
 
 @torch.library.custom_op("overtrain::attention_block", mutates_args=())
@@ -60,6 +78,7 @@ def attention_block(
     output (B, T, H, D), each row's log-sum-exp (B, H, T) and the kept probabilities (none when
     ``keep_probabilities`` is false or the sequences are long; :func:`~overtrain.model.cpu_attention.causal_attention`)."""
     sgemm = required_blas_sgemm("the attention block")
+    _check_inputs(x, w_qkv, w_o, cos, sin, heads)
     x, w_qkv, w_o, cos, sin = (tensor.contiguous() for tensor in (x, w_qkv, w_o, cos, sin))
     batch, seq_len, width = x.shape
     head_dim = w_qkv.shape[0] // 3 // heads

@@ -40,11 +40,22 @@ def block_rows(ff_width: int) -> int:
     return max(MIN_BLOCK_ROWS, BLOCK_BYTES // (4 * 2 * ff_width) // 16 * 16)
 
 
+def _check_shapes(x: torch.Tensor, w_gate_up: torch.Tensor, w_down: torch.Tensor) -> None:
+    """The kernel reads by these shapes: anything else would read past a tensor, so it is refused here."""
+    width, ff_width = w_down.shape if w_down.dim() == 2 else (-1, -1)
+    if x.dim() != 2 or x.shape[1] != width or tuple(w_gate_up.shape) != (2 * ff_width, width):
+        raise ValueError(f"the fused MLP takes x (N, C), w_gate_up (2F, C) and w_down (C, F); got {tuple(x.shape)}, "
+                         f"{tuple(w_gate_up.shape)} and {tuple(w_down.shape)}")
+    if not fp32_cpu_outside_autocast(x, w_gate_up, w_down):
+        raise ValueError("the fused MLP computes on fp32 CPU tensors outside autocast (see mlp_kernel_applies)")
+
+
 @torch.library.custom_op("overtrain::swiglu_mlp", mutates_args=())
 def swiglu_mlp(x: torch.Tensor, w_gate_up: torch.Tensor, w_down: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``(silu(x w_gate^T) * (x w_up^T)) w_down^T`` (N, C) for x (N, C), w_gate_up (2F, C) (the gate's rows
     first) and w_down (C, F); with the pre-activations ``x w_gate_up^T`` (N, 2F), which the backward pass reads."""
     sgemm = required_blas_sgemm("the fused MLP")
+    _check_shapes(x, w_gate_up, w_down)
     x, w_gate_up, w_down = x.contiguous(), w_gate_up.contiguous(), w_down.contiguous()
     (rows, width), ff_width = x.shape, w_down.shape[1]
     out, gate_up = x.new_empty(rows, width), x.new_empty(rows, 2 * ff_width)

@@ -29,11 +29,12 @@ from overtrain.model.cpu_mlp import mlp_kernel_applies, swiglu_mlp
 
 def is_plain_linear(layer: nn.Module) -> bool:
     """Whether ``layer(x)`` is exactly ``F.linear(x, layer.weight)``: an ``nn.Linear`` itself (not replaced or
-    wrapped, e.g. by a LoRA adapter), without bias or hooks. Only such layers may be computed from their weight
+    wrapped, e.g. by a LoRA adapter), without bias or hooks (forward or backward, its own or global). Only such layers may be computed from their weight
     alone (oneDNN's products, the stacked q/k/v product)."""
-    global_hooks = module_globals._global_forward_hooks or module_globals._global_forward_pre_hooks
-    return (type(layer) is nn.Linear and layer.bias is None and not layer._forward_hooks and not layer._forward_pre_hooks
-            and not global_hooks)
+    global_hooks = (module_globals._global_forward_hooks or module_globals._global_forward_pre_hooks
+                    or module_globals._global_backward_hooks or module_globals._global_backward_pre_hooks)
+    own_hooks = layer._forward_hooks or layer._forward_pre_hooks or layer._backward_hooks or layer._backward_pre_hooks
+    return type(layer) is nn.Linear and layer.bias is None and not own_hooks and not global_hooks
 
 
 def project(layer: nn.Module, x: torch.Tensor, onednn: bool) -> torch.Tensor:
