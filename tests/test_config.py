@@ -196,4 +196,5 @@ def test_a_whole_number_is_taken_from_a_float_only_where_the_float_holds_it_exac
     assert load_pretrain_config(None, [f"train.max_tokens={10**30}"]).train.max_tokens == 10**30  # digits are exact
     with pytest.raises(OvertrainError, match="train.max_tokens = 1e\\+30 is too large to be read exactly from a float") as caught:
         load_pretrain_config(None, ["train.max_tokens=1e30"])
-    assert caught.value.fix == "write train.max_tokens in digits, or as a float of at most 2^53 (about 9e15)"
+    assert caught.value.fix == "write train.max_tokens in digits (a float holds every whole number up to 2^53, about 9e15)"
+    assert load_pretrain_config(None, ["train.max_tokens=1e16"]).train.max_tokens == 10**16  # beyond 2^53, but exact

@@ -9,7 +9,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from helpers import tiny_pretrain_config, write_stdlib_text_corpus, write_untrained_checkpoint
+from safetensors.torch import save_file
 
 from overtrain.checkpoints.folder import METADATA_FILE, TENSOR_FILES, load_model, read_checkpoint_info, verify_checkpoint
 from overtrain.cli import main as cli_main
@@ -340,6 +342,7 @@ def test_a_checkpoint_that_lost_its_metadata_is_refused_not_probed_as_a_foreign_
     assert cli_main([*probe, "--out", str(tmp_path / "noise"), "--dry-run"]) == 2  # its name and place in a run still say it
     assert "lost its overtrain.json (it is named and placed as a run's checkpoint)" in capsys.readouterr().err
     plain = shutil.copytree(checkpoint, tmp_path / "exported")  # the same files elsewhere: a Hugging Face folder
+    save_file({"exp_avg": torch.zeros(2)}, str(plain / "optimizer.safetensors"))  # other trainers write this name too
     assert cli_main(["noise", str(plain), *probe[2:], "--out", str(tmp_path / "foreign")]) == 0
 
 

@@ -341,7 +341,7 @@ def test_a_resumed_run_keeps_the_product_library_it_started_with(tmp_path: Path,
     monkeypatch.setattr("overtrain.model.llama.time_products", timing(onednn_faster=False))
     resumed = train_run(paused, log=second_log.append, show_progress=False)
     assert any(line.startswith("products by oneDNN: oneDNN measured 2.00x") for line in first_log)
-    assert "products by oneDNN, as in the checkpoint this run continues from (its numerics continue unchanged)" in second_log
+    assert "products by oneDNN, as in the checkpoint this run continues from (with the same version of overtrain, its numerics continue unchanged)" in second_log
     expected = load_file(whole.final_checkpoint / "model.safetensors")
     actual = load_file(resumed.final_checkpoint / "model.safetensors")
     assert all(torch.equal(expected[name], actual[name]) for name in expected)
@@ -364,7 +364,7 @@ def test_a_pinned_product_library_is_not_timed_and_the_checkpoint_names_it(tmp_p
     assert read_checkpoint_info(list_checkpoints(pinned.out_dir)[-1]).loop_state["products_library"] == "blas"
     log = []
     train_run(tiny_pretrain_config(tmp_path, corpus, *settings), log=log.append, show_progress=False)
-    assert "products by torch's BLAS, as in the checkpoint this run continues from (its numerics continue unchanged)" in log
+    assert "products by torch's BLAS, as in the checkpoint this run continues from (with the same version of overtrain, its numerics continue unchanged)" in log
 
 
 def test_a_pin_that_differs_from_the_checkpoint_is_taken_and_said(tmp_path: Path, corpus: Path) -> None:

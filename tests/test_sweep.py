@@ -252,6 +252,17 @@ def test_report_can_be_rebuilt_from_the_store(finished_sweep: tuple[Path, list[s
     assert (tmp_path / "notes.txt").read_text() == "mine"  # other files are left alone
 
 
+def test_the_reports_list_of_its_figures_names_every_figure_it_writes() -> None:
+    """A rebuilt report removes the figures of this list that it did not draw now, and only those."""
+    import re
+
+    from overtrain.results.report import REPORT_FIGURES
+
+    sources = (Path(__file__).parent.parent / "src" / "overtrain" / "results").glob("*.py")
+    stems = {stem for path in sources for stem in re.findall(r'out_stem=report\.folder / "(\w+)"', path.read_text())}
+    assert stems and {f"{stem}.png" for stem in stems} <= REPORT_FIGURES
+
+
 def test_spearman_is_a_rank_correlation() -> None:
     assert spearman([1, 2, 3, 4], [10, 20, 30, 1000]) == pytest.approx(1.0)
     assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import decimal
 import difflib
 import re
 import types
@@ -243,9 +244,6 @@ def _coerce_sequence(value: Any, origin: Any, args: tuple[Any, ...], where: str)
     return tuple(items) if origin is tuple else items
 
 
-FLOAT_EXACT_INTEGERS = 2**53
-"""The largest whole numbers a float holds exactly: a whole number written as a float (1e6) is taken up to it."""
-
 FOLDER_KEYS = ("out_dir", "cache_dir")
 """Text keys naming a folder: empty text is refused (an unset shell variable, say), not read as the current folder."""
 
@@ -260,9 +258,9 @@ def _coerce_leaf(value: Any, annotation: Any, where: str) -> Any:
     if annotation is int:
         # 1e6 is a float in YAML; accept it when it is integral so budgets read naturally.
         if isinstance(value, float) and value.is_integer():
-            if abs(value) > FLOAT_EXACT_INTEGERS:  # 1e30 would become 1000000000000000019884624838656
+            if int(value) != int(decimal.Decimal(repr(value))):  # 1e30 as a float is 1000000000000000019884624838656
                 raise OvertrainError(f"config key {where} = {value:g} is too large to be read exactly from a float",
-                                     f"write {where} in digits, or as a float of at most 2^53 (about 9e15)")
+                                     f"write {where} in digits (a float holds every whole number up to 2^53, about 9e15)")
             return int(value)
         if isinstance(value, int) and not isinstance(value, bool):
             return value

@@ -167,9 +167,10 @@ REQUIRED_FILES = ("config.json", "model.safetensors", "rng.safetensors", "tokeni
 """Files every checkpoint folder has (transformers needs config.json and tokenizer.json; resuming, rng)."""
 
 
-OVERTRAIN_ONLY_FILES = ("rng.safetensors", "optimizer.safetensors")
-"""Written by :func:`save_checkpoint` alone: a folder that has one but no ``overtrain.json`` is one of our
-checkpoints that lost its metadata, not a foreign model."""
+OVERTRAIN_ONLY_FILES = ("rng.safetensors",)
+"""Written by :func:`save_checkpoint` alone: a folder that has it but no ``overtrain.json`` is one of our
+checkpoints that lost its metadata, not a foreign model. (Not ``optimizer.safetensors``: other trainers
+write a file of that name too.)"""
 
 
 def is_overtrain_checkpoint(folder: Path) -> bool:
@@ -190,7 +191,7 @@ def _signs_of_ours(folder: Path) -> str | None:
     """What marks a folder without ``overtrain.json`` as one of our checkpoints, in words, or None."""
     ours = [name for name in OVERTRAIN_ONLY_FILES if (folder / name).is_file()]
     if ours:
-        return f"it has {' and '.join(ours)}, which only overtrain writes"
+        return f"it has {', '.join(ours)}, which only overtrain writes"
     if folder.parent.name == "checkpoints" and parse_checkpoint_name(folder) is not None and (folder / "config.json").is_file():
         return "it is named and placed as a run's checkpoint"
     return None

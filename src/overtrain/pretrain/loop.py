@@ -410,7 +410,8 @@ def describe_moved_checkpoints(train) -> str | None:
     """The ``train.checkpoint_at_tokens`` that fall between steps, with where their checkpoints are written
     (the first step boundary at or after each: checkpoints hold whole steps); None when all fall on one."""
     per_step = train.tokens_per_step
-    moved = [(tokens, math.ceil(tokens / per_step) * per_step) for tokens in train.checkpoint_at_tokens if tokens % per_step]
+    moved = [(tokens, math.ceil(tokens / per_step) * per_step) for tokens in train.checkpoint_at_tokens
+             if tokens % per_step and 0 < tokens <= train.max_tokens]  # a ladder's rungs share the list: only this run's
     if not moved:
         return None
     pairs = ", ".join(f"{tokens:,} -> {written:,}" for tokens, written in moved)
@@ -490,7 +491,7 @@ class _TrainingLoop:
         current, pinned = self.state.products_library, self.train_config.cpu_products
         now = LIBRARY_NAMES[current]
         if saved == current:
-            return f"products by {now}, as in the checkpoint this run continues from (its numerics continue unchanged)"
+            return f"products by {now}, as in the checkpoint this run continues from (with the same version of overtrain, its numerics continue unchanged)"
         rounding = "(the losses continue within float rounding, not bitwise)"
         if pinned == current:
             pin = f"products by {now}, as train.cpu_products={pinned} pins"

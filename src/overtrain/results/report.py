@@ -300,13 +300,15 @@ def _staging_folder(final: Path) -> Path:
         raise _unwritable_report_folder(final, error.strerror or str(error)) from None
 
 
-FIGURE_SUFFIXES = (".png", ".svg")
+REPORT_FIGURES = frozenset(f"{stem}{suffix}" for stem in ("noise", "finetune", "sharpness", "weight_norm", "benchmarks", "benchmarks_each",
+                                                            "remedies", "multimodal") for suffix in (".png", ".svg"))
+"""Every figure file a report can write (the ``out_stem`` names of its sections; a test keeps the list whole)."""
 
 
 def _publish(staging: Path, final: Path) -> None:
     """Move the finished files into ``final`` (figures first, report.html last); create it only now. Figures
     of an earlier report that this one does not draw (a section whose rows are gone) are removed after, so
-    that the folder holds no figure the report does not show."""
+    that the folder holds no report figure the report does not show; files of other names are left alone."""
     created = not final.exists()
     files = sorted(staging.iterdir(), key=lambda path: (path.name in ("summary.md", "report.html"), path.name))
     try:
@@ -314,7 +316,7 @@ def _publish(staging: Path, final: Path) -> None:
         for path in files:
             os.replace(path, final / path.name)
         drawn = {path.name for path in files}
-        for stale in [path for path in final.iterdir() if path.suffix in FIGURE_SUFFIXES and path.name not in drawn]:
+        for stale in [final / name for name in REPORT_FIGURES - drawn if (final / name).is_file()]:
             stale.unlink()
     except OSError as error:
         if created and final.is_dir() and not any(final.iterdir()):
