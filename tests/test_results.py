@@ -299,3 +299,26 @@ def test_an_empty_store_file_and_a_store_without_its_table_get_one_answer_everyw
         with pytest.raises(OvertrainError, match="cannot be read \\(no results table\\); it is damaged") as refused:
             read(dropped)
         assert refused.value.fix.startswith(f"move {dropped}")
+
+
+def test_a_refused_store_is_left_without_new_wal_and_shm_files(tmp_path: Path) -> None:
+    """Opening a WAL-mode store makes SQLite create -wal and -shm beside it; a store refused as damaged kept
+    them (the report, which never writes, left two new files). Files that were there before stay."""
+    from overtrain.results.report import write_report
+
+    path = tmp_path / "results.sqlite"
+    with ResultStore(path) as store:
+        store.put(Job("noise", {"i": 0}), JobOutput(metrics={}), {}, 0.0)
+    with sqlite3.connect(path) as connection:
+        connection.execute("DROP TABLE results")
+    connection.close()
+    assert sorted(item.name for item in tmp_path.iterdir()) == ["results.sqlite"]
+    for read in (stored_keys, ResultStore, lambda store: write_report(store, tmp_path / "report")):
+        with pytest.raises(OvertrainError, match="it is damaged"):
+            read(path)
+        assert sorted(item.name for item in tmp_path.iterdir()) == ["results.sqlite"]
+    kept = tmp_path / "results.sqlite-wal"
+    kept.write_bytes(b"")  # there before: perhaps another process's
+    with pytest.raises(OvertrainError, match="it is damaged"):
+        stored_keys(path)
+    assert kept.exists()

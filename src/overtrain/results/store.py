@@ -73,19 +73,20 @@ class ResultStore:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         _refuse_non_sqlite_file(self.path)
-        self._connection = _connect(self.path)
-        try:
-            _prepare_waiting_for_other_openers(self._connection, self.path)
-        except sqlite3.DatabaseError as error:
-            self._connection.close()
-            if _is_access_error(error):
-                raise _unwritable_store_error(self.path, error) from None
-            if _is_lock_error(error):
-                raise _busy_store_error(self.path, error) from None
-            raise _damaged_store_error(self.path, error) from error
-        except BaseException:
-            self._connection.close()
-            raise
+        with _sidecars_removed_on_refusal(self.path):
+            self._connection = _connect(self.path)
+            try:
+                _prepare_waiting_for_other_openers(self._connection, self.path)
+            except sqlite3.DatabaseError as error:
+                self._connection.close()
+                if _is_access_error(error):
+                    raise _unwritable_store_error(self.path, error) from None
+                if _is_lock_error(error):
+                    raise _busy_store_error(self.path, error) from None
+                raise _damaged_store_error(self.path, error) from error
+            except BaseException:
+                self._connection.close()
+                raise
 
     def __enter__(self) -> ResultStore:
         return self
@@ -230,14 +231,38 @@ def _read_only_query(path: Path, query: str) -> list[tuple[Any, ...]]:
 def _read_only_connection(path: Path) -> Iterator[sqlite3.Connection]:
     """The SQLite file at ``path`` opened for reading only (nothing created or changed); SQLite's errors on it
     become the damaged-store message, or the busy one where another process held it locked past the timeout."""
-    try:
-        connection = sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_SECONDS)
+    with _sidecars_removed_on_refusal(path):
         try:
-            yield connection
-        finally:
-            connection.close()
-    except sqlite3.DatabaseError as error:
-        raise (_busy_store_error if _is_lock_error(error) else _damaged_store_error)(path, error) from None
+            connection = sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_SECONDS)
+            try:
+                yield connection
+            finally:
+                connection.close()
+        except sqlite3.DatabaseError as error:
+            raise (_busy_store_error if _is_lock_error(error) else _damaged_store_error)(path, error) from None
+
+
+SIDECAR_SUFFIXES = ("-wal", "-shm")
+"""SQLite's files beside a database in WAL mode, which any connection to it may create."""
+
+
+@contextlib.contextmanager
+def _sidecars_removed_on_refusal(path: Path) -> Iterator[None]:
+    """Where the store is refused (damaged, another program's), remove the -wal and -shm files that opening it
+    created: a refused store is left as it was found, not with two new files beside it. Files that were
+    there before are left alone (another process may be using them)."""
+    sidecars = [path.with_name(path.name + suffix) for suffix in SIDECAR_SUFFIXES]
+    existed = {sidecar for sidecar in sidecars if sidecar.exists()}
+    try:
+        yield
+    except StoreBusyError:
+        raise  # another process holds the store: its files are in use
+    except OvertrainError:
+        for sidecar in sidecars:
+            if sidecar not in existed:
+                with contextlib.suppress(OSError):  # a folder we may not write: nothing was created there either
+                    sidecar.unlink(missing_ok=True)
+        raise
 
 
 def _connect(path: Path) -> sqlite3.Connection:
@@ -305,8 +330,12 @@ def _is_lock_error(error: sqlite3.DatabaseError) -> bool:
     return isinstance(error, sqlite3.OperationalError) and "locked" in str(error).lower()
 
 
+class StoreBusyError(OvertrainError):
+    """The store stayed locked by another process: nothing is wrong with it."""
+
+
 def _busy_store_error(path: Path, error: sqlite3.DatabaseError) -> OvertrainError:
-    return OvertrainError(
+    return StoreBusyError(
         f"results store {path} stayed locked by another process ({error})",
         "wait for the sweep or probe writing it to finish (or stop it), then rerun; nothing in the store is damaged",
     )
