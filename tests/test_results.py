@@ -279,6 +279,16 @@ def test_file_and_folder_hashes_identify_content(tmp_path: Path) -> None:
     assert folder_content_hash(first) != folder_content_hash(second)
 
 
+def _store_without_its_table(path: Path) -> Path:
+    """A store of ours (WAL mode, one row) whose results table was then dropped: damaged, not another program's."""
+    with ResultStore(path) as store:
+        store.put(Job("noise", {"i": 0}), JobOutput(metrics={}), {}, 0.0)
+    with sqlite3.connect(path) as connection:
+        connection.execute("DROP TABLE results")
+    connection.close()
+    return path
+
+
 def test_an_empty_store_file_and_a_store_without_its_table_get_one_answer_everywhere(tmp_path: Path) -> None:
     """The report told a user with an empty results.sqlite to run the sweep, and the sweep's dry run then
     called it damaged; a store whose table was dropped was 'not an overtrain store' to the report and
@@ -289,12 +299,7 @@ def test_an_empty_store_file_and_a_store_without_its_table_get_one_answer_everyw
     assert stored_keys(empty) == set() and stored_rows(empty) == []
     with ResultStore(empty) as store:
         assert len(store) == 0  # made a store in place
-    dropped = tmp_path / "dropped.sqlite"
-    with ResultStore(dropped) as store:
-        store.put(Job("noise", {"i": 0}), JobOutput(metrics={}), {}, 0.0)
-    with sqlite3.connect(dropped) as connection:
-        connection.execute("DROP TABLE results")
-    connection.close()
+    dropped = _store_without_its_table(tmp_path / "dropped.sqlite")
     for read in (stored_keys, ResultStore):
         with pytest.raises(OvertrainError, match="cannot be read \\(no results table\\); it is damaged") as refused:
             read(dropped)
@@ -306,12 +311,7 @@ def test_a_refused_store_is_left_without_new_wal_and_shm_files(tmp_path: Path) -
     them (the report, which never writes, left two new files). Files that were there before stay."""
     from overtrain.results.report import write_report
 
-    path = tmp_path / "results.sqlite"
-    with ResultStore(path) as store:
-        store.put(Job("noise", {"i": 0}), JobOutput(metrics={}), {}, 0.0)
-    with sqlite3.connect(path) as connection:
-        connection.execute("DROP TABLE results")
-    connection.close()
+    path = _store_without_its_table(tmp_path / "results.sqlite")
     assert sorted(item.name for item in tmp_path.iterdir()) == ["results.sqlite"]
     for read in (stored_keys, ResultStore, lambda store: write_report(store, tmp_path / "report")):
         with pytest.raises(OvertrainError, match="it is damaged"):
