@@ -85,17 +85,12 @@ def _refuse_what_the_run_would_refuse(config) -> None:
     settings (read only: nothing is written). Prints the note of a ``train.extend`` extension."""
     from pathlib import Path
 
-    from overtrain.config import config_to_dict
-    from overtrain.pretrain.binding import check_run_binding, refuse_checkpoint_of_another_run
-    from overtrain.pretrain.loop import newest_checkpoint
+    from overtrain.pretrain.loop import check_run_settings, newest_checkpoint
 
     _refuse_what_every_run_would_refuse(config)
     out_dir = Path(config.out_dir)
     newest = newest_checkpoint(out_dir, hash_files=False) if out_dir.is_dir() else None  # the run resumes from it
-    described = None if newest is None else (newest.tokens_seen, newest.step, newest.run_config)
-    _, note = check_run_binding(out_dir, config_to_dict(config), config.train.extend, described)
-    if newest is not None:
-        refuse_checkpoint_of_another_run(newest.folder, newest.run_config, config_to_dict(config))
+    _, note = check_run_settings(out_dir, config, newest)
     if note:
         print(f"the run would say: {note}")
 

@@ -49,7 +49,7 @@ from overtrain.model.cpu_linear import LIBRARY_NAMES, onednn_available
 from overtrain.model.llama import LlamaLM, build_model, describe_size, estimate_flops_per_token
 from overtrain.model.loss import mean_token_loss
 from overtrain.precision import autocast_context, resolve_dtype
-from overtrain.pretrain.binding import check_run_binding, refuse_checkpoint_of_another_run, write_binding
+from overtrain.pretrain.binding import Binding, check_run_binding, refuse_checkpoint_of_another_run, write_binding
 from overtrain.pretrain.config import PretrainConfig, validate_pretrain_config
 from overtrain.pretrain.distributed import DistributedContext, all_reduce_mean, distributed_context, main_process_flag
 from overtrain.pretrain.schedules import lr_at
@@ -207,9 +207,7 @@ def train_run(
             ensure_writable_folder(out_dir / "checkpoints", "the checkpoints folder", "out_dir")
             remove_stale_temporaries(out_dir / "checkpoints")
         newest = newest_checkpoint(out_dir)
-        binding, note = check_run_binding(out_dir, config_to_dict(config), config.train.extend, _describe(newest))
-        if newest is not None:  # the settings are this run's (just checked): is the checkpoint?
-            refuse_checkpoint_of_another_run(newest.folder, newest.run_config, config_to_dict(config))
+        binding, note = check_run_settings(out_dir, config, newest)
         if note and context.is_main:
             log(note)
         _refuse_milestones_already_passed(config, out_dir, newest)
@@ -305,6 +303,17 @@ def _eval_spacing_change(config: PretrainConfig, newest: CheckpointInfo | None) 
         return None
     return (f"train.eval_every_tokens is now {now:,} (was {before:,}): the held-out losses logged up to "
             f"{newest.tokens_seen:,} tokens keep the old spacing")
+
+
+def check_run_settings(out_dir: Path, config: PretrainConfig, newest: CheckpointInfo | None) -> tuple[Binding, str | None]:
+    """What the run folder is bound to and the note to log (pretrain.binding.check_run_binding: refused where
+    the command changed the run's settings), then whether the checkpoint it would resume from is this run's
+    (refused where it was copied in from another run). The run and its dry run ask alike."""
+    run_config = config_to_dict(config)
+    binding, note = check_run_binding(out_dir, run_config, config.train.extend, _describe(newest))
+    if newest is not None:  # the settings are this run's (just checked): is the checkpoint?
+        refuse_checkpoint_of_another_run(newest.folder, newest.run_config, run_config)
+    return binding, note
 
 
 def _describe(info: CheckpointInfo | None) -> tuple[int, int, dict[str, Any]] | None:
