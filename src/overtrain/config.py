@@ -274,7 +274,7 @@ def _coerce_leaf(value: Any, annotation: Any, where: str) -> Any:
             raise OvertrainError(f"config key {where} is empty, which would mean the current folder", f"set {where}=<folder>")
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)
-        if isinstance(value, dict) and len(value) == 1 and next(iter(value.values())) is None:  # YAML reads "file:" as {file: None}
+        if isinstance(value, dict) and _is_bare_prefix(value):
             raise OvertrainError(f"config key {where} = '{next(iter(value))}:' names nothing after the colon",
                                  f"write what follows the colon, e.g. {next(iter(value))}:PATH")
         raise OvertrainError(f"config key {where} must be text, got {value!r}", f"set {where}=<text>")

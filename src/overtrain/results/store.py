@@ -375,7 +375,7 @@ def _check_schema(connection: sqlite3.Connection, path: Path) -> None:
     if application_id == APPLICATION_ID and not set(COLUMNS) <= columns:  # ours, with its table gone or cut
         missing = sorted(set(COLUMNS) - columns)
         raise _damaged_store_error(path, sqlite3.DatabaseError(f"its results table lacks {', '.join(missing)}" if columns else "no results table"))
-    if application_id != APPLICATION_ID or not set(COLUMNS) <= columns:
+    if application_id != APPLICATION_ID:
         raise OvertrainError(
             f"{path} is an SQLite database but not an overtrain results store (tables: {sorted(tables)})",
             "choose another path for the results store; overtrain does not write into other databases",
