@@ -137,3 +137,15 @@ def test_checkpoints_of_several_runs_are_told_apart_not_averaged(tmp_path) -> No
     table = write_report(tmp_path / "results.sqlite", tmp_path / "report").tables["Noise probe (mean over seeds)"]
     assert table.round(6).to_dict("records") == [{"tokens": tokens, "base loss": 3.1, "gamma=1 perturbed": 3.4, "gamma=1 delta": 0.3}
                                                  for tokens in (256, 512)]
+
+
+def test_the_loss_before_fine_tuning_is_the_mean_over_pre_training_seeds() -> None:
+    """Its curve took the first row's value per token count, so which seed it showed depended on the order
+    in which the jobs finished (two demo runs drew 3.34 and 3.17 at 250k)."""
+    from overtrain.results.report import _base_losses
+
+    frame = pd.DataFrame([{"checkpoint": f"seed{seed}/{tokens}", "tokens_seen": tokens, "pretrain_seed": seed, "lr": lr,
+                           "ood_loss_before": before + tokens / 1e6}
+                          for seed, before in ((0, 3.0), (1, 3.2), (2, 3.4)) for tokens in (250_000, 500_000) for lr in (1e-3, 2e-3)])
+    (only,) = _base_losses(frame.sample(frac=1.0, random_state=0), "ood_loss_before").values()
+    assert only.round(6).to_dict() == {250_000: 3.45, 500_000: 3.7}

@@ -61,9 +61,8 @@ def _inflection_text(summary: analysis.SettingSummary) -> str:
 
 def _noise_section(noise: pd.DataFrame, report: Report) -> None:
     summaries = analysis.noise_summary(noise)
-    bases = _base_losses(noise)
-    base_curves = [Curve(f"{family} no noise".strip(), list(base.index), list(base.values), color="black" if len(bases) == 1 else None,
-                         line_style="--", marker="s") for family, base in bases.items()]
+    bases = _base_losses(noise, "base_loss")
+    base_curves = _base_curves(bases, "no noise")
     marks = {s.name: _mark(s) for s in summaries if s.inflection.u_shaped}
     panels = [
         Panel([*base_curves, *_curves(summaries)], TOKENS_LABEL, "held-out pre-training loss (nats/token)",
@@ -80,16 +79,23 @@ def _noise_section(noise: pd.DataFrame, report: Report) -> None:
     report.tables["Noise probe (mean over seeds)"] = table.rename_axis("tokens").reset_index()
 
 
-def _base_losses(noise: pd.DataFrame) -> dict[str, pd.Series]:
-    """The loss without noise by tokens, one series per family of pre-training factors ('' for one family),
-    each the mean over its checkpoints at a token count (one per pre-training seed): the first row's value
-    stood for all of them before, next to perturbed losses that were means."""
-    factors = analysis.factor_names(noise)
-    per_checkpoint = noise.drop_duplicates([*factors, "pretrain_seed" if "pretrain_seed" in noise else "checkpoint", "tokens_seen"])
+def _base_losses(frame: pd.DataFrame, column: str) -> dict[str, pd.Series]:
+    """A loss measured on the checkpoint before the probe (``column``: without noise, before fine-tuning) by
+    tokens, one series per family of pre-training factors ('' for one family), each the mean over its
+    checkpoints at a token count (one per pre-training seed): the first row's value stood for all of them
+    before, next to probed losses that were means, and which seed it was depended on the rows' order."""
+    factors = analysis.factor_names(frame)
+    per_checkpoint = frame.drop_duplicates([*factors, "pretrain_seed" if "pretrain_seed" in frame else "checkpoint", "tokens_seen"])
     if not factors:
-        return {"": per_checkpoint.groupby("tokens_seen")["base_loss"].mean().sort_index()}
-    return {analysis.factor_label(values, factors): group.groupby("tokens_seen")["base_loss"].mean().sort_index()
+        return {"": per_checkpoint.groupby("tokens_seen")[column].mean().sort_index()}
+    return {analysis.factor_label(values, factors): group.groupby("tokens_seen")[column].mean().sort_index()
             for values, group in per_checkpoint.groupby(factors)}
+
+
+def _base_curves(bases: dict[str, pd.Series], label: str) -> list[Curve]:
+    """The dashed reference curves of :func:`_base_losses`: black for one family, the family's name before ``label``."""
+    return [Curve(f"{family} {label}".strip(), list(base.index), list(base.values), color="black" if len(bases) == 1 else None,
+                  line_style="--", marker="s") for family, base in bases.items()]
 
 
 def _finetune_section(finetune: pd.DataFrame, report: Report) -> None:
@@ -97,10 +103,9 @@ def _finetune_section(finetune: pd.DataFrame, report: Report) -> None:
     id_by_task = analysis.finetune_summary(finetune, "id_loss_after")
     panels = []
     for task, summaries in by_task.items():
-        base = finetune[finetune["task"] == task].groupby("tokens_seen")["ood_loss_before"].first().sort_index()
-        base_curve = Curve("before fine-tuning", list(base.index), list(base.values), color="black", line_style="--", marker="s")
+        base_curves = _base_curves(_base_losses(finetune[finetune["task"] == task], "ood_loss_before"), "before fine-tuning")
         marks = {s.name: _mark(s) for s in summaries if s.inflection.u_shaped}
-        panels.append(Panel([base_curve, *_curves(summaries)], TOKENS_LABEL, "pre-training loss after fine-tuning",
+        panels.append(Panel([*base_curves, *_curves(summaries)], TOKENS_LABEL, "pre-training loss after fine-tuning",
                             f"{task}: forgetting (OOD)", inflections=marks, x_in_tokens=True))
         panels.append(Panel(_curves(id_by_task[task]), TOKENS_LABEL, "task held-out loss after fine-tuning", f"{task}: ID",
                             x_in_tokens=True))
