@@ -96,7 +96,7 @@ def overtrain_loop(config, data, without_kernels: bool = False, blas_products: b
     if without_kernels:
         model.use_cpu_kernels(False)
     elif blas_products:
-        model.use_cpu_kernels(True, onednn=False)
+        model.use_cpu_kernels(True, library="blas")
     return loop._step, model
 
 
@@ -157,7 +157,7 @@ def main() -> None:
     parser.add_argument("--no-compile", action="store_true", help="skip the compiled overtrain loop")
     parser.add_argument("--without-kernels", action="store_true", help="also time the compiled loop without overtrain's CPU kernels")
     parser.add_argument("--blas-products", action="store_true",
-                        help="also time the compiled loop with its projections by torch's BLAS (where oneDNN was measured faster)")
+                        help="also time the compiled loop with its products by torch's BLAS (where another library was measured faster)")
     args = parser.parse_args()
     torch.set_num_threads(1)
 
@@ -169,8 +169,9 @@ def main() -> None:
     loops, losses, first_seconds = {}, {}, {}
     loops["overtrain (eager)"], weights = overtrain_loop(eager_config, data)
     compiled = "overtrain (train.compile=true)"
+    compiled_model = None
     if not args.no_compile:
-        loops[compiled], _ = overtrain_loop(nano_config(args.cache_dir, args.docs, True), data)
+        loops[compiled], compiled_model = overtrain_loop(nano_config(args.cache_dir, args.docs, True), data)
     if args.without_kernels and not args.no_compile:
         loops["overtrain (compiled, no CPU kernels)"], _ = overtrain_loop(nano_config(args.cache_dir, args.docs, True), data, True)
     if args.blas_products and not args.no_compile:
@@ -221,6 +222,8 @@ def main() -> None:
     by_library = ", ".join(f"{library} {statistics.median(rates) / 1e9:.1f}" for library, rates in library_peaks.items())
     print(f"matmul peak (fp32, 2048^2, 1 thread, the faster library) measured now: {statistics.median(peaks_cpu) / 1e9:.1f} "
           f"GFLOP/s by CPU time, {statistics.median(peaks_wall) / 1e9:.1f} by wall time ({by_library} GFLOP/s by CPU time)")
+    if compiled_model is not None and compiled_model.product_timing is not None:
+        print(f"{compiled}: {compiled_model.product_timing.describe()}")
     print("ratio: against the faster transformers loop of each round")
     print(f"{'loop':<38}{'tok/s cpu':>10}{'ratio':>8}{'% peak':>8}{'tok/s wall':>12}{'ratio':>8}{'% peak':>8}{'1st step':>10}")
     # (tokens/s, ratio to the baseline, share of the peak) per loop, by CPU time and by wall time

@@ -140,7 +140,7 @@ def test_kernel_reads_and_writes_through_any_strides_with_a_contiguous_last_dim(
 def test_a_pass_without_gradients_keeps_no_probabilities(whole_block: bool) -> None:
     """Both where the kernel runs between two products and inside the whole attention block (cpu_attention_block)."""
     model, _ = build_model(ModelConfig(d_model=32, n_layers=1, n_heads=2), vocab_size=50, max_seq_len=16, seed=0)
-    model.use_cpu_kernels(True, onednn=False)
+    model.use_cpu_kernels(True, library="blas")
     attention = model.model.layers[0].self_attn
     attention.cpu_block = whole_block
     kept = []  # floats of probabilities each call of the kernel kept

@@ -9,12 +9,16 @@ import torch
 from overtrain.model.config import ModelConfig
 from overtrain.model.cpu_attention import causal_attention
 from overtrain.model.cpu_attention_block import BLOCK_ROWS, attention_block, block_applies
-from overtrain.model.cpu_kernels import blas_sgemm, kernel_library
+from overtrain.model.cpu_kernels import blas_sgemm, block_products, kernel_library
 from overtrain.model.llama import apply_rotary, build_model, rotary_cos_sin
 
 pytestmark = [pytest.mark.skipif(kernel_library() is None or blas_sgemm() is None,
                                  reason="no C++ compiler to build the CPU kernels, or torch exports no BLAS sgemm_"),
               pytest.mark.usefixtures("one_torch_thread")]
+
+BLOCK_LIBRARIES = ["blas", pytest.param("brgemm", marks=pytest.mark.skipif(block_products("brgemm") is None,
+                                                                             reason="no oneDNN brgemm micro-kernel the kernels can call here"))]
+"""The libraries the block's products can be made with: torch's BLAS sgemm, and oneDNN's brgemm where it is here."""
 
 
 def _separate_steps(x, w_qkv, w_o, cos, sin, heads: int) -> torch.Tensor:
@@ -34,12 +38,12 @@ def _kernel_between_products(x, w_qkv, w_o, cos, sin, heads: int) -> torch.Tenso
     return causal_attention(qkv, qkv.shape[-1] ** -0.5, cos, sin)[0].reshape(batch, seq_len, -1) @ w_o.T
 
 
-def _output_and_grads(inputs, grad_y, heads: int, how: str) -> list[torch.Tensor]:
+def _output_and_grads(inputs, grad_y, heads: int, how: str, library: str = "blas") -> list[torch.Tensor]:
     x, w_qkv, w_o, cos, sin = inputs
     leaves = [tensor.detach().requires_grad_() for tensor in (x, w_qkv, w_o)]
     head_dim = w_qkv.shape[0] // 3 // heads
     if how == "block":
-        y = attention_block(*leaves, cos, sin, heads, head_dim**-0.5)[0]
+        y = attention_block(*leaves, cos, sin, heads, head_dim**-0.5, True, library == "brgemm")[0]
     else:
         y = {"torch": _separate_steps, "kernel": _kernel_between_products}[how](*leaves, cos, sin, heads)
     y.backward(grad_y)
@@ -62,25 +66,29 @@ def _inputs(batch: int, seq_len: int, width: int, heads: int) -> tuple[list[torc
 SHAPES = [(5, 128, 64, 4), (9, 40, 96, 2), (3, 300, 32, 2)]
 
 
+@pytest.mark.parametrize("library", BLOCK_LIBRARIES)
 @pytest.mark.parametrize("batch, seq_len, width, heads", SHAPES)
-def test_the_block_computes_what_the_kernel_between_two_products_does(batch: int, seq_len: int, width: int, heads: int) -> None:
+def test_the_block_computes_what_the_kernel_between_two_products_does(batch: int, seq_len: int, width: int, heads: int,
+                                                                       library: str) -> None:
     inputs, grad_y = _inputs(batch, seq_len, width, heads)
     single = [tensor.float() for tensor in inputs]
-    ours = _output_and_grads(single, grad_y.float(), heads, "block")
+    ours = _output_and_grads(single, grad_y.float(), heads, "block", library)
     theirs = _output_and_grads(single, grad_y.float(), heads, "kernel")
     for mine, reference in zip(ours, theirs):
         torch.testing.assert_close(mine, reference, atol=1e-5 * reference.abs().max().item(), rtol=1e-5)
 
 
+@pytest.mark.parametrize("library", BLOCK_LIBRARIES)
 @pytest.mark.parametrize("batch, seq_len, width, heads", SHAPES[:2])
-def test_the_block_is_as_accurate_as_torch_and_so_are_its_gradients(batch: int, seq_len: int, width: int, heads: int) -> None:
+def test_the_block_is_as_accurate_as_torch_and_so_are_its_gradients(batch: int, seq_len: int, width: int, heads: int,
+                                                                     library: str) -> None:
     """Against float64, at most twice torch's fp32 error. (At 300 tokens, where the attention kernel
     recomputes the probabilities, its input gradient measured up to 2.7x torch's, the same with or without
     the block: the test above holds the block to the kernel there.)"""
     inputs, grad_y = _inputs(batch, seq_len, width, heads)
     exact = _output_and_grads(inputs, grad_y, heads, "torch")
     single = [tensor.float() for tensor in inputs]
-    ours = _output_and_grads(single, grad_y.float(), heads, "block")
+    ours = _output_and_grads(single, grad_y.float(), heads, "block", library)
     theirs = _output_and_grads(single, grad_y.float(), heads, "torch")
     for name, mine, reference, truth in zip(("output", "grad x", "grad w_qkv", "grad w_o"), ours, theirs, exact):
         our_error = (mine.double() - truth).abs().max().item()
@@ -114,7 +122,7 @@ def test_the_model_takes_the_block_only_with_blas_products_on_plain_fp32_layers(
         expected = attention(x, cos, sin)
     calls = []
     monkeypatch.setattr(llama, "attention_block", lambda *args: calls.append("block") or attention_block(*args))
-    model.use_cpu_kernels(True, onednn=False)
+    model.use_cpu_kernels(True, library="blas")
     assert all(layer.self_attn.cpu_block for layer in model.model.layers)
     with torch.no_grad():
         torch.testing.assert_close(attention(x, cos, sin), expected, atol=1e-5, rtol=1e-5)
@@ -128,7 +136,7 @@ def test_the_model_takes_the_block_only_with_blas_products_on_plain_fp32_layers(
     weights = (torch.cat((attention.q_proj.weight, attention.k_proj.weight, attention.v_proj.weight)), attention.o_proj.weight)
     assert block_applies(x, 2, *weights) and not block_applies(x.double(), 2, *weights)
     assert not block_applies(x, 4, *weights)  # head dim 8: the attention kernel has no code for it
-    model.use_cpu_kernels(True, onednn=True)
+    model.use_cpu_kernels(True, library="onednn")
     assert not any(layer.self_attn.cpu_block for layer in model.model.layers)
 
 

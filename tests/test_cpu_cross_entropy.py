@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from overtrain.model import llama
 from overtrain.model.config import ModelConfig
 from overtrain.model.cpu_cross_entropy import linear_cross_entropy
-from overtrain.model.cpu_kernels import blas_sgemm, kernel_library
+from overtrain.model.cpu_kernels import blas_sgemm, block_products, kernel_library
 from overtrain.model.cpu_linear import onednn_available
 from overtrain.model.llama import build_model
 
@@ -22,15 +22,24 @@ IGNORE = -100
 NEEDS_BLAS = pytest.mark.skipif(blas_sgemm() is None, reason="torch exports no BLAS sgemm_ (the products by oneDNN are still tested)")
 NEEDS_ONEDNN = pytest.mark.skipif(not onednn_available(), reason="no oneDNN")
 
-PRODUCT_LIBRARIES = [pytest.param(False, marks=NEEDS_BLAS), pytest.param(True, marks=NEEDS_ONEDNN)]
-"""The fused loss's ``onednn`` argument: products by torch's BLAS (its ``sgemm_``, called from the kernel)
-where torch exports it, and by oneDNN where this build has it; each case runs wherever its library is."""
+NEEDS_BRGEMM = pytest.mark.skipif(block_products("brgemm") is None, reason="no oneDNN brgemm micro-kernel the kernels can call here")
+
+PRODUCT_LIBRARIES = [pytest.param("blas", marks=NEEDS_BLAS), pytest.param("brgemm", marks=NEEDS_BRGEMM),
+                     pytest.param("onednn", marks=NEEDS_ONEDNN)]
+"""The libraries the fused loss makes its products with: torch's BLAS (its ``sgemm_``) or oneDNN's brgemm
+micro-kernel, called from the kernel, where torch exports them, and oneDNN from Python where this build has
+it; each case runs wherever its library is."""
 
 
-def _loss_and_grads(hidden, weight, targets, grad_scale: float, fused: bool, onednn: bool = False):
+def _fused(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, library: str):
+    """The fused loss with its products by ``library`` (a key of PRODUCT_LIBRARIES)."""
+    return linear_cross_entropy(hidden, weight, targets, IGNORE, library == "onednn", library == "brgemm")
+
+
+def _loss_and_grads(hidden, weight, targets, grad_scale: float, fused: bool, library: str = "blas"):
     hidden, weight = hidden.detach().requires_grad_(), weight.detach().requires_grad_()
     if fused:
-        loss = linear_cross_entropy(hidden, weight, targets, IGNORE, onednn)[0]
+        loss = _fused(hidden, weight, targets, library)[0]
     else:
         loss = F.cross_entropy(hidden @ weight.t(), targets, ignore_index=IGNORE)
     (loss * grad_scale).backward()
@@ -39,9 +48,9 @@ def _loss_and_grads(hidden, weight, targets, grad_scale: float, fused: bool, one
 
 # 1000 rows of 259 logits are four whole blocks and a part one (_block_rows(259) == 240).
 # Vocabularies below 16 take the kernel's scalar rows.
-@pytest.mark.parametrize("onednn", PRODUCT_LIBRARIES)
+@pytest.mark.parametrize("library", PRODUCT_LIBRARIES)
 @pytest.mark.parametrize("rows, vocab_size, logit_scale", [(1000, 259, 1.0), (37, 256, 1.0), (300, 17, 30.0), (5, 1031, 3.0), (50, 11, 3.0)])
-def test_fused_loss_is_as_accurate_as_torch_and_so_are_its_gradients(rows: int, vocab_size: int, logit_scale: float, onednn: bool) -> None:
+def test_fused_loss_is_as_accurate_as_torch_and_so_are_its_gradients(rows: int, vocab_size: int, logit_scale: float, library: str) -> None:
     """Against a float64 reference, loss and gradients are as close as torch's fp32 ones: vocabularies that
     are and are not whole 16-float vectors, several blocks of rows and a part block, large logits, ignored
     targets, and a loss the caller scales (as gradient accumulation does); products by either library."""
@@ -51,7 +60,7 @@ def test_fused_loss_is_as_accurate_as_torch_and_so_are_its_gradients(rows: int, 
     targets = torch.randint(0, vocab_size, (rows,), generator=generator)
     targets[::7] = IGNORE
     exact = _loss_and_grads(hidden, weight, targets, 0.5, fused=False)
-    ours = _loss_and_grads(hidden.float(), weight.float(), targets, 0.5, fused=True, onednn=onednn)
+    ours = _loss_and_grads(hidden.float(), weight.float(), targets, 0.5, fused=True, library=library)
     theirs = _loss_and_grads(hidden.float(), weight.float(), targets, 0.5, fused=False)
     for name, mine, reference, truth in zip(("loss", "grad hidden", "grad weight"), ours, theirs, exact):
         our_error = (mine.double() - truth).abs().max().item()
@@ -73,34 +82,34 @@ def test_fused_loss_by_onednn_in_blocks_of_rows_gives_the_whole_blocks_result(mo
         torch.testing.assert_close(mine, reference, atol=1e-6, rtol=1e-5)
 
 
-@pytest.mark.parametrize("onednn", PRODUCT_LIBRARIES)
-def test_fused_loss_reads_strided_inputs_as_their_values(onednn: bool) -> None:
+@pytest.mark.parametrize("library", PRODUCT_LIBRARIES)
+def test_fused_loss_reads_strided_inputs_as_their_values(library: str) -> None:
     generator = torch.Generator().manual_seed(0)
     hidden, weight = torch.randn(40, 24, generator=generator), torch.randn(30, 24, generator=generator)
     targets = torch.randint(0, 30, (40,), generator=generator)
     strided = hidden.t().contiguous().t(), weight.t().contiguous().t()
     assert not strided[0].is_contiguous() and not strided[1].is_contiguous()
-    by_strided = linear_cross_entropy(*strided, targets, IGNORE, onednn)
-    for mine, reference in zip(by_strided, linear_cross_entropy(hidden, weight, targets, IGNORE, onednn)):
+    by_strided = _fused(*strided, targets, library)
+    for mine, reference in zip(by_strided, _fused(hidden, weight, targets, library)):
         assert torch.equal(mine, reference)
 
 
-@pytest.mark.parametrize("onednn", PRODUCT_LIBRARIES)
-def test_fused_loss_of_only_ignored_targets_is_nan_as_torch_gives_it(onednn: bool) -> None:
+@pytest.mark.parametrize("library", PRODUCT_LIBRARIES)
+def test_fused_loss_of_only_ignored_targets_is_nan_as_torch_gives_it(library: str) -> None:
     hidden, weight = torch.randn(4, 8), torch.randn(11, 8)
     targets = torch.full((4,), IGNORE)
     assert torch.isnan(F.cross_entropy(hidden @ weight.t(), targets, ignore_index=IGNORE))
-    loss, grad_hidden, grad_weight = linear_cross_entropy(hidden, weight, targets, IGNORE, onednn)
+    loss, grad_hidden, grad_weight = _fused(hidden, weight, targets, library)
     assert torch.isnan(loss)
     assert not grad_hidden.any() and not grad_weight.any()
 
 
-@pytest.mark.parametrize("onednn", PRODUCT_LIBRARIES)
+@pytest.mark.parametrize("library", PRODUCT_LIBRARIES)
 @pytest.mark.parametrize("bad_target", [11, -1])
-def test_fused_loss_refuses_a_target_outside_the_vocabulary(bad_target: int, onednn: bool) -> None:
+def test_fused_loss_refuses_a_target_outside_the_vocabulary(bad_target: int, library: str) -> None:
     targets = torch.tensor([0, bad_target, 3])
     with pytest.raises(IndexError, match=f"target {bad_target} is out of bounds for 11 logits"):
-        linear_cross_entropy(torch.randn(3, 8), torch.randn(11, 8), targets, IGNORE, onednn)
+        _fused(torch.randn(3, 8), torch.randn(11, 8), targets, library)
 
 
 def _counting_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
@@ -123,7 +132,7 @@ def test_model_takes_the_fused_loss_only_for_fp32_gradients(monkeypatch: pytest.
     input_ids = torch.randint(0, 50, (2, 8), generator=torch.Generator().manual_seed(0))
     plain = model.loss(input_ids, input_ids)
     assert calls == []
-    model.use_cpu_kernels(True, onednn=blas_sgemm() is None)  # the loss's products by whichever library is here
+    model.use_cpu_kernels(True, library="onednn" if blas_sgemm() is None else "blas")  # the loss's products by whichever library is here
     fused = model.loss(input_ids, input_ids)
     assert calls == [1]
     torch.testing.assert_close(fused, plain, atol=1e-6, rtol=1e-6)

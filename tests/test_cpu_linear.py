@@ -9,7 +9,15 @@ import torch.nn.functional as F
 
 from overtrain.model import cpu_linear
 from overtrain.model.config import ModelConfig
-from overtrain.model.cpu_linear import ONEDNN_MIN_SPEEDUP, ProductTiming, linear, linear_applies, onednn_available, time_products
+from overtrain.model.cpu_linear import (
+    BRGEMM_MIN_SPEEDUP,
+    ONEDNN_MIN_SPEEDUP,
+    ProductTiming,
+    linear,
+    linear_applies,
+    onednn_available,
+    time_products,
+)
 from overtrain.model.llama import build_model
 
 pytestmark = [pytest.mark.skipif(not onednn_available(), reason="this torch build has no oneDNN"),
@@ -73,18 +81,37 @@ def test_onednn_is_taken_only_from_the_measured_speedup() -> None:
     def timing(blas: float, onednn: float | None) -> ProductTiming:
         return ProductTiming((4096, 64, 192), 1, blas, onednn)
 
-    assert timing(2.0, 1.0).use_onednn and timing(2.0, 1.0).onednn_speedup == 2.0
+    assert timing(2.0, 1.0).use_onednn and timing(2.0, 1.0).onednn_speedup == 2.0 and timing(2.0, 1.0).library == "onednn"
     assert timing(ONEDNN_MIN_SPEEDUP, 1.0).use_onednn
     assert not timing(1.2, 1.0).use_onednn  # what a Zen 4 core measured while its step ran faster by torch's BLAS
-    assert not timing(1.0, None).use_onednn
-    assert "products by oneDNN: oneDNN measured 2.00x torch's BLAS" in timing(2.0, 1.0).describe()
+    assert not timing(1.0, None).use_onednn and timing(1.0, None).library == "blas"
+    assert "products by oneDNN: oneDNN's whole products measured 2.00x torch's BLAS (taken from 1.3x)" in timing(2.0, 1.0).describe()
     assert "(4096 x 64) @ (64 x 192) fp32 product with its two gradients, on 1 thread" in timing(2.0, 1.0).describe()
-    assert "train.cpu_products pins either" in timing(2.0, 1.0).describe()
-    assert timing(1.0, 1.0).describe().startswith("products by torch's BLAS: oneDNN measured 1.00x")
+    assert "train.cpu_products=onednn|blas|brgemm pins one" in timing(2.0, 1.0).describe()
+    assert timing(1.0, 1.0).describe().startswith("products by torch's BLAS: oneDNN's whole products measured 1.00x")
     assert "cannot compute plain fp32" in timing(1.0, None).describe()
     measured = time_products(64, 16, 32, torch.get_num_threads())
     assert measured.blas_seconds > 0 and measured.onednn_seconds is not None and measured.onednn_seconds > 0
     assert measured is time_products(64, 16, 32, torch.get_num_threads())  # timed once per process and shape
+
+
+def test_the_blocked_kernels_take_brgemm_from_its_measured_speedup_and_onednn_must_beat_them() -> None:
+    """With the products also timed block by block, brgemm is taken over sgemm from BRGEMM_MIN_SPEEDUP, and
+    oneDNN's whole products must beat the faster block-by-block library (not torch's BLAS whole) by 1.3x."""
+    def timing(block_blas: float, block_brgemm: float | None, onednn: float = 10.0) -> ProductTiming:
+        return ProductTiming((4096, 64, 192), 1, 2.0, onednn, block_blas, block_brgemm)
+
+    assert timing(1.2, 1.0).library == "brgemm" and timing(1.2, 1.0).brgemm_speedup == pytest.approx(1.2)
+    assert timing(BRGEMM_MIN_SPEEDUP, 1.0).library == "brgemm"
+    assert timing(1.02, 1.0).library == "blas"  # within the noise: sgemm stays
+    assert timing(1.0, None).library == "blas" and timing(1.0, None).brgemm_speedup == 0.0
+    assert timing(1.2, 1.0, onednn=0.8).library == "brgemm"  # 1.25x brgemm's blocks: not enough
+    assert timing(1.2, 1.0, onednn=0.7).library == "onednn"  # 1.43x
+    assert timing(1.0, None, onednn=0.7).library == "onednn"  # against sgemm's blocks where brgemm is missing
+    line = timing(1.2, 1.0).describe()
+    assert line.startswith("products by oneDNN's brgemm micro-kernel: block by block (256 rows) oneDNN's brgemm micro-kernel "
+                           "measured 1.20x torch's BLAS sgemm (taken from 1.05x); oneDNN's whole products measured 0.10x the best "
+                           "block-by-block library (taken from 1.3x)")
 
 
 def test_the_timing_makes_a_linear_layers_three_training_products_with_each_library() -> None:
@@ -93,9 +120,10 @@ def test_the_timing_makes_a_linear_layers_three_training_products_with_each_libr
     products = cpu_linear.training_products_by_library(40, 16, 24)
     forward, grad_input, grad_weight = products["blas"]()
     assert (forward.shape, grad_input.shape, grad_weight.shape) == ((40, 24), (40, 16), (24, 16))
-    if "onednn" in products:
-        for by_onednn, by_blas in zip(products["onednn"](), (forward, grad_input, grad_weight)):
-            torch.testing.assert_close(by_onednn, by_blas, atol=1e-4, rtol=1e-5)
+    for library in ("onednn", "block_blas", "block_brgemm"):
+        if library in products:
+            for by_library, by_blas in zip(products[library](), (forward, grad_input, grad_weight)):
+                torch.testing.assert_close(by_library, by_blas, atol=1e-4, rtol=1e-5)
 
 
 def test_the_timing_alternates_the_libraries_and_drops_one_that_refuses(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -142,12 +170,32 @@ def test_model_routes_its_projections_by_the_measurement(monkeypatch: pytest.Mon
     assert model.product_timing is not None and model.product_timing.shape == (4096, 32, 96)  # the widest: stacked q/k/v
     assert all(layer.self_attn.onednn_products == layer.mlp.onednn_products == onednn for layer in model.model.layers)
     assert model.onednn_products == onednn  # the fused loss's products too
-    model.use_cpu_kernels(True, onednn=not onednn)  # an explicit choice is not measured
+    model.use_cpu_kernels(True, library="blas" if onednn else "onednn")  # an explicit choice is not measured
     assert model.product_timing is None
     assert model.onednn_products == (not onednn) and all(layer.mlp.onednn_products == (not onednn) for layer in model.model.layers)
     model.use_cpu_kernels(False)
     assert model.product_timing is None and not model.onednn_products
     assert not any(layer.mlp.onednn_products for layer in model.model.layers)
+
+
+def test_the_model_takes_brgemm_in_its_blocked_kernels_where_it_measures_faster(monkeypatch: pytest.MonkeyPatch) -> None:
+    from overtrain.model.cpu_kernels import block_products, kernel_available
+
+    if not kernel_available() or block_products("brgemm") is None:
+        pytest.skip("needs the CPU kernels, one torch thread and oneDNN's brgemm micro-kernel")
+    monkeypatch.setattr("overtrain.model.llama.time_products",
+                        lambda *shape: ProductTiming(shape[:3], shape[3], 1.0, 10.0, 1.2, 1.0))
+    model, _ = build_model(ModelConfig(d_model=32, n_layers=2, n_heads=2), vocab_size=50, max_seq_len=16, seed=0)
+    input_ids = torch.randint(0, 50, (2, 16), generator=torch.Generator().manual_seed(0))
+    by_brgemm = model.use_cpu_kernels(True).loss(input_ids, input_ids)
+    assert model.products_library == model.block_library == "brgemm" and not model.onednn_products
+    assert all(layer.self_attn.block_library == layer.mlp.block_library == "brgemm" for layer in model.model.layers)
+    assert all(layer.self_attn.cpu_block and layer.mlp.cpu_kernel for layer in model.model.layers)
+    by_blas = model.use_cpu_kernels(True, library="blas").loss(input_ids, input_ids)
+    assert model.products_library == "blas" and all(layer.mlp.block_library == "blas" for layer in model.model.layers)
+    torch.testing.assert_close(by_brgemm, by_blas, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="unknown product library 'mkl'"):
+        model.use_cpu_kernels(True, library="mkl")
 
 
 def test_layers_that_are_not_plain_keep_their_own_forward(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -166,7 +214,7 @@ def test_layers_that_are_not_plain_keep_their_own_forward(monkeypatch: pytest.Mo
     input_ids = torch.randint(0, 50, (2, 16), generator=torch.Generator().manual_seed(0))
     plain = model.use_cpu_kernels(False).loss(input_ids, input_ids)
     seen.clear()
-    with_onednn = model.use_cpu_kernels(True, onednn=True).loss(input_ids, input_ids)
+    with_onednn = model.use_cpu_kernels(True, library="onednn").loss(input_ids, input_ids)
     assert seen == ["q", "o"]
     torch.testing.assert_close(with_onednn, plain, atol=1e-6, rtol=1e-6)
 
@@ -178,7 +226,7 @@ def test_compiled_model_with_onednn_projections_is_one_graph_with_the_same_loss_
     original = cpu_linear.linear_backward
 
     def loss_and_grads(onednn: bool) -> list[torch.Tensor]:
-        model.use_cpu_kernels(True, onednn=onednn)
+        model.use_cpu_kernels(True, library="onednn" if onednn else "blas")
         loss = model.loss(input_ids, input_ids)
         return [loss.detach(), *torch.autograd.grad(loss, list(model.parameters()))]
 
@@ -188,5 +236,5 @@ def test_compiled_model_with_onednn_projections_is_one_graph_with_the_same_loss_
     assert len(calls) == 2 * 5  # per layer: the stacked q/k/v, o, gate, up and down projections
     for ours, reference in zip(mine, loss_and_grads(False)):
         torch.testing.assert_close(ours, reference, atol=1e-6, rtol=1e-5)
-    explained = torch._dynamo.explain(model.use_cpu_kernels(True, onednn=True).loss)(input_ids, input_ids)
+    explained = torch._dynamo.explain(model.use_cpu_kernels(True, library="onednn").loss)(input_ids, input_ids)
     assert explained.graph_break_count == 0

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from overtrain.model.config import ModelConfig
-from overtrain.model.cpu_kernels import blas_sgemm, kernel_library
+from overtrain.model.cpu_kernels import blas_sgemm, block_products, kernel_library
 from overtrain.model.cpu_mlp import MIN_BLOCK_ROWS, block_rows, mlp_kernel_applies, swiglu_mlp
 from overtrain.model.llama import build_model
 
@@ -16,15 +16,19 @@ pytestmark = [pytest.mark.skipif(kernel_library() is None or blas_sgemm() is Non
                                  reason="no C++ compiler to build the CPU kernels, or torch exports no BLAS sgemm_"),
               pytest.mark.usefixtures("one_torch_thread")]
 
+BLOCK_LIBRARIES = ["blas", pytest.param("brgemm", marks=pytest.mark.skipif(block_products("brgemm") is None,
+                                                                             reason="no oneDNN brgemm micro-kernel the kernels can call here"))]
+"""The libraries the kernel's products can be made with: torch's BLAS sgemm, and oneDNN's brgemm where it is here."""
+
 
 def _three_products(x: torch.Tensor, w_gate: torch.Tensor, w_up: torch.Tensor, w_down: torch.Tensor) -> torch.Tensor:
     return (F.silu(x @ w_gate.T) * (x @ w_up.T)) @ w_down.T
 
 
-def _output_and_grads(x, w_gate, w_up, w_down, grad_out, fused: bool) -> list[torch.Tensor]:
+def _output_and_grads(x, w_gate, w_up, w_down, grad_out, fused: bool, library: str = "blas") -> list[torch.Tensor]:
     leaves = [tensor.detach().requires_grad_() for tensor in (x, w_gate, w_up, w_down)]
     x, w_gate, w_up, w_down = leaves
-    out = swiglu_mlp(x, torch.cat((w_gate, w_up)), w_down)[0] if fused else _three_products(x, w_gate, w_up, w_down)
+    out = swiglu_mlp(x, torch.cat((w_gate, w_up)), w_down, library == "brgemm")[0] if fused else _three_products(x, w_gate, w_up, w_down)
     out.backward(grad_out)
     return [out.detach(), *(leaf.grad for leaf in leaves)]
 
@@ -32,8 +36,9 @@ def _output_and_grads(x, w_gate, w_up, w_down, grad_out, fused: bool) -> list[to
 # (4096, 64, 192) is the nano shape: 16 whole blocks of 256 rows. 1000 rows of F = 136 are three blocks
 # of 352 and a part one, and F is not a whole number of 16-float vectors; 7 rows are one part block of
 # fewer rows than the vector loop's width, with F = 5 below it.
+@pytest.mark.parametrize("library", BLOCK_LIBRARIES)
 @pytest.mark.parametrize("rows, width, ff_width", [(4096, 64, 192), (1000, 48, 136), (7, 32, 5)])
-def test_fused_mlp_is_as_accurate_as_three_products_and_so_are_its_gradients(rows: int, width: int, ff_width: int) -> None:
+def test_fused_mlp_is_as_accurate_as_three_products_and_so_are_its_gradients(rows: int, width: int, ff_width: int, library: str) -> None:
     generator = torch.Generator().manual_seed(rows)
     x = torch.randn(rows, width, generator=generator, dtype=torch.float64)
     w_gate, w_up = (torch.randn(ff_width, width, generator=generator, dtype=torch.float64) * 2 / width**0.5 for _ in range(2))
@@ -41,7 +46,7 @@ def test_fused_mlp_is_as_accurate_as_three_products_and_so_are_its_gradients(row
     grad_out = torch.randn(rows, width, generator=generator, dtype=torch.float64)
     exact = _output_and_grads(x, w_gate, w_up, w_down, grad_out, fused=False)
     single = [tensor.float() for tensor in (x, w_gate, w_up, w_down, grad_out)]
-    ours, theirs = _output_and_grads(*single, fused=True), _output_and_grads(*single, fused=False)
+    ours, theirs = _output_and_grads(*single, fused=True, library=library), _output_and_grads(*single, fused=False)
     for name, mine, reference, truth in zip(("output", "grad x", "grad gate", "grad up", "grad down"), ours, theirs, exact):
         our_error = (mine.double() - truth).abs().max().item()
         torch_error = (reference.double() - truth).abs().max().item()
@@ -49,18 +54,20 @@ def test_fused_mlp_is_as_accurate_as_three_products_and_so_are_its_gradients(row
     assert block_rows(192) == 256 and block_rows(136) == 352 and block_rows(4096) == MIN_BLOCK_ROWS
 
 
-def test_fused_mlp_of_no_rows_has_zero_weight_gradients() -> None:
+@pytest.mark.parametrize("library", BLOCK_LIBRARIES)
+def test_fused_mlp_of_no_rows_has_zero_weight_gradients(library: str) -> None:
     """The first block writes the weights' gradients; with no rows there is none, and they must still be zeros."""
     w_gate_up, w_down = torch.randn(40, 16, requires_grad=True), torch.randn(16, 20, requires_grad=True)
-    out = swiglu_mlp(torch.empty(0, 16, requires_grad=True), w_gate_up, w_down)[0]
+    out = swiglu_mlp(torch.empty(0, 16, requires_grad=True), w_gate_up, w_down, library == "brgemm")[0]
     out.sum().backward()
     assert out.shape == (0, 16) and torch.equal(w_gate_up.grad, torch.zeros(40, 16)) and torch.equal(w_down.grad, torch.zeros(16, 20))
 
 
-def test_fused_mlp_reads_strided_and_saved_inputs_as_their_values() -> None:
+@pytest.mark.parametrize("library", BLOCK_LIBRARIES)
+def test_fused_mlp_reads_strided_and_saved_inputs_as_their_values(library: str) -> None:
     x = torch.randn(64, 2 * 32)[:, ::2]  # every other column: not contiguous
     w_gate, w_up, w_down = torch.randn(48, 32), torch.randn(48, 32), torch.randn(32, 48)
-    out, gate_up = swiglu_mlp(x, torch.cat((w_gate, w_up)), w_down)
+    out, gate_up = swiglu_mlp(x, torch.cat((w_gate, w_up)), w_down, library == "brgemm")
     torch.testing.assert_close(out, _three_products(x, w_gate, w_up, w_down), atol=1e-4, rtol=1e-5)
     torch.testing.assert_close(gate_up, torch.cat((x @ w_gate.T, x @ w_up.T), dim=1), atol=1e-5, rtol=1e-5)
 
@@ -72,7 +79,7 @@ def test_the_model_takes_the_fused_mlp_only_with_blas_products_on_plain_fp32_lay
     mlp = model.model.layers[0].mlp
     x = torch.randn(2, 8, 32)
     assert not mlp.cpu_kernel
-    model.use_cpu_kernels(True, onednn=False)
+    model.use_cpu_kernels(True, library="blas")
     assert all(layer.mlp.cpu_kernel for layer in model.model.layers)
     with torch.no_grad():
         torch.testing.assert_close(mlp(x), _three_products(x, mlp.gate_proj.weight, mlp.up_proj.weight, mlp.down_proj.weight),
@@ -87,7 +94,7 @@ def test_the_model_takes_the_fused_mlp_only_with_blas_products_on_plain_fp32_lay
     mlp(x)
     assert seen == [1]  # the hooked layer ran as a module: the fused path would have skipped it
     handle.remove()
-    model.use_cpu_kernels(True, onednn=True)
+    model.use_cpu_kernels(True, library="onednn")
     assert not any(layer.mlp.cpu_kernel for layer in model.model.layers)
     model.use_cpu_kernels(False)
     assert not any(layer.mlp.cpu_kernel for layer in model.model.layers)
@@ -101,7 +108,7 @@ def test_a_compiled_model_with_the_fused_mlp_trains_as_the_eager_one() -> None:
     targets = input_ids.roll(-1, dims=1)
     loss = model.loss(input_ids, targets)
     reference = [loss.detach(), *torch.autograd.grad(loss, list(model.parameters()))]
-    model.use_cpu_kernels(True, onednn=False)
+    model.use_cpu_kernels(True, library="blas")
     assert torch._dynamo.explain(model.loss)(input_ids, targets).graph_break_count == 0
     compiled = torch.compile(model.loss)
     loss = compiled(input_ids, targets)

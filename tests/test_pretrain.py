@@ -340,7 +340,7 @@ def test_a_resumed_run_keeps_the_product_library_it_started_with(tmp_path: Path,
     assert read_checkpoint_info(checkpoint).loop_state["products_library"] == "onednn"
     monkeypatch.setattr("overtrain.model.llama.time_products", timing(onednn_faster=False))
     resumed = train_run(paused, log=second_log.append, show_progress=False)
-    assert any(line.startswith("products by oneDNN: oneDNN measured 2.00x") for line in first_log)
+    assert any(line.startswith("products by oneDNN: oneDNN's whole products measured 2.00x torch's BLAS") for line in first_log)
     assert "products by oneDNN, as in the checkpoint this run continues from (with the same version of overtrain, its numerics continue unchanged)" in second_log
     expected = load_file(whole.final_checkpoint / "model.safetensors")
     actual = load_file(resumed.final_checkpoint / "model.safetensors")
@@ -383,6 +383,36 @@ def test_a_pin_that_differs_from_the_checkpoint_is_taken_and_said(tmp_path: Path
     assert ("products by oneDNN, as train.cpu_products=onednn pins: the checkpoint this run continues from made them by "
             "torch's BLAS (the losses continue within float rounding, not bitwise)") in log
     assert read_checkpoint_info(list_checkpoints(switched.out_dir)[-1]).loop_state["products_library"] == "onednn"
+
+
+def test_brgemm_pinned_where_the_kernels_cannot_call_it_is_refused_before_anything_is_written(tmp_path: Path, corpus: Path,
+                                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("overtrain.pretrain.loop.block_products", lambda library: None)
+    config = tiny_pretrain_config(tmp_path, corpus, "train.max_tokens=4096", "train.compile=true", "train.dtype=fp32",
+                                  "train.cpu_products=brgemm")
+    with pytest.raises(OvertrainError, match="train.cpu_products=brgemm, but overtrain's blocked kernels cannot call") as refused:
+        train_run(config, log=lambda *_: None, show_progress=False)
+    assert "set train.cpu_products=auto or blas" in str(refused.value)
+    assert not Path(config.out_dir).exists()
+
+
+def test_brgemm_pinned_makes_the_blocked_kernels_products_and_the_checkpoint_names_it(tmp_path: Path, corpus: Path) -> None:
+    """A run pinned to oneDNN's brgemm micro-kernel takes it in every blocked kernel, logs so, and its
+    checkpoint names it; its losses match a run by torch's BLAS to float rounding."""
+    from overtrain.checkpoints.folder import read_checkpoint_info
+    from overtrain.model.cpu_kernels import block_products, kernel_available
+
+    if not kernel_available() or block_products("brgemm") is None:
+        pytest.skip("needs the CPU kernels, one torch thread and oneDNN's brgemm micro-kernel")
+    settings = ("train.max_tokens=8192", "train.compile=true", "train.dtype=fp32", f"data.cache_dir={tmp_path / 'cache'}")
+    results, logs = {}, {}
+    for library in ("brgemm", "blas"):
+        config, logs[library] = tiny_pretrain_config(tmp_path / library, corpus, *settings, f"train.cpu_products={library}"), []
+        results[library] = train_run(config, log=logs[library].append, show_progress=False)
+        checkpoint = list_checkpoints(config.out_dir)[-1]
+        assert read_checkpoint_info(checkpoint).loop_state["products_library"] == library
+    assert "products by oneDNN's brgemm micro-kernel, as train.cpu_products=brgemm pins" in logs["brgemm"]
+    assert results["brgemm"].final_heldout_loss == pytest.approx(results["blas"].final_heldout_loss, abs=1e-4)
 
 
 def test_onednn_pinned_where_torch_cannot_use_it_is_refused_before_anything_is_written(tmp_path: Path, corpus: Path,

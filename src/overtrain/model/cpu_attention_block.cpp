@@ -13,7 +13,6 @@
 // qkv (B, T, 3, H, D), out (B, T, H, D), lse (B, H, T), probabilities as cpu_attention.cpp keeps them.
 // No torch headers: plain C entry points on raw pointers, called through ctypes.
 #include <cstdint>
-#include <new>
 #include <vector>
 
 namespace {
@@ -36,62 +35,67 @@ extern "C" {
 
 // y (B, T, C) = o(attention(qkv(x))), block_batch sequences at a time; qkv, out, lse and (where not null)
 // probabilities receive what the backward pass reads. probability_floats: floats kept per (batch, head).
-// Returns 0, or 1 for a head dim the attention kernel has no code for.
-int ot_attention_block_forward(Sgemm sgemm, const float* x, const float* w_qkv, const float* w_o, float* y, float* qkv, float* out,
+// Returns 0, 1 for a head dim the attention kernel has no code for, 2 where a product or an allocation failed.
+int ot_attention_block_forward(const Products* products, const float* x, const float* w_qkv, const float* w_o, float* y, float* qkv, float* out,
                                float* lse, float* probabilities, const float* cos, const float* sin, int64_t B, int64_t T,
                                int64_t C, int64_t H, int64_t D, int64_t probability_floats, int64_t block_batch, float scale) {
   const int64_t inner = H * D;  // the attention's width; q, k and v are each (T, inner) per sequence
-  for (int64_t first = 0; first < B; first += block_batch) {
-    const int64_t batch = B - first < block_batch ? B - first : block_batch;
-    const int rows = int(batch * T);
-    float* qkv_rows = qkv + first * T * 3 * inner;
-    float* out_rows = out + first * T * inner;
-    gemm(sgemm, false, true, rows, int(3 * inner), int(C), x + first * T * C, int(C), w_qkv, int(C), 0.0f, qkv_rows, int(3 * inner));
-    const int status = ot_causal_attention_forward(
-        qkv_rows, T * 3 * inner, D, 3 * inner, qkv_rows + inner, T * 3 * inner, D, 3 * inner, qkv_rows + 2 * inner, T * 3 * inner, D,
-        3 * inner, out_rows, T * inner, D, inner, lse + first * H * T, probabilities ? probabilities + first * H * probability_floats : nullptr,
-        cos, sin, batch, H, T, D, scale);
-    if (status != 0) return status;
-    gemm(sgemm, false, true, rows, int(C), int(inner), out_rows, int(inner), w_o, int(inner), 0.0f, y + first * T * C, int(C));
+  try {
+    const WeightProduct qkv_product(*products, w_qkv, 3 * inner, C), o_product(*products, w_o, C, inner);
+    for (int64_t first = 0; first < B; first += block_batch) {
+      const int64_t batch = B - first < block_batch ? B - first : block_batch;
+      const int64_t rows = batch * T;
+      float* qkv_rows = qkv + first * T * 3 * inner;
+      float* out_rows = out + first * T * inner;
+      qkv_product.apply(rows, x + first * T * C, C, qkv_rows, 3 * inner);
+      const int status = ot_causal_attention_forward(
+          qkv_rows, T * 3 * inner, D, 3 * inner, qkv_rows + inner, T * 3 * inner, D, 3 * inner, qkv_rows + 2 * inner, T * 3 * inner, D,
+          3 * inner, out_rows, T * inner, D, inner, lse + first * H * T, probabilities ? probabilities + first * H * probability_floats : nullptr,
+          cos, sin, batch, H, T, D, scale);
+      if (status != 0) return status;
+      o_product.apply(rows, out_rows, inner, y + first * T * C, C);
+    }
+  } catch (...) {
+    return 2;  // a product or an allocation failed; no C++ exception may cross the C entry point
   }
   return 0;
 }
 
 // The gradients of ot_attention_block_forward's output from grad_y (B, T, C) and what the forward pass
 // kept: grad_x (B, T, C), grad_w_qkv (3 H D, C) and grad_w_o (C, H D), the last two written by the first
-// block (the caller zeroes them when B is 0). Returns 0, 1 for an unsupported head dim, 2 when its buffers
-// cannot be allocated.
-int ot_attention_block_backward(Sgemm sgemm, const float* grad_y, const float* x, const float* w_qkv, const float* w_o, float* qkv,
+// block (the caller zeroes them when B is 0). Returns 0, 1 for an unsupported head dim, 2 where a product or an
+// allocation failed.
+int ot_attention_block_backward(const Products* products, const float* grad_y, const float* x, const float* w_qkv, const float* w_o, float* qkv,
                                 float* out, float* lse, const float* probabilities, const float* cos, const float* sin, float* grad_x,
                                 float* grad_w_qkv, float* grad_w_o, int64_t B, int64_t T, int64_t C, int64_t H, int64_t D,
                                 int64_t probability_floats, int64_t block_batch, float scale) {
   const int64_t inner = H * D;
   const int64_t block = (B < block_batch ? B : block_batch) * T;
-  std::vector<float> grad_out, grad_qkv;  // a block's, in L2
   try {
-    grad_out.resize(block * inner);
-    grad_qkv.resize(block * 3 * inner);
-  } catch (const std::bad_alloc&) {
-    return 2;  // no C++ exception may cross the C entry point
-  }
-  for (int64_t first = 0; first < B; first += block_batch) {
-    const int64_t batch = B - first < block_batch ? B - first : block_batch;
-    const int rows = int(batch * T);
-    const float beta = first == 0 ? 0.0f : 1.0f;
-    const float* grad_y_rows = grad_y + first * T * C;
-    float* qkv_rows = qkv + first * T * 3 * inner;
-    float* out_rows = out + first * T * inner;
-    float* dq = grad_qkv.data();
-    gemm(sgemm, false, false, rows, int(inner), int(C), grad_y_rows, int(C), w_o, int(inner), 0.0f, grad_out.data(), int(inner));
-    gemm(sgemm, true, false, int(C), int(inner), rows, grad_y_rows, int(C), out_rows, int(inner), beta, grad_w_o, int(inner));
-    const int status = ot_causal_attention_backward(
-        qkv_rows, T * 3 * inner, D, 3 * inner, qkv_rows + inner, T * 3 * inner, D, 3 * inner, qkv_rows + 2 * inner, T * 3 * inner, D,
-        3 * inner, out_rows, T * inner, D, inner, grad_out.data(), T * inner, D, inner, lse + first * H * T,
-        probabilities ? probabilities + first * H * probability_floats : nullptr, dq, dq + inner, dq + 2 * inner, T * 3 * inner, D,
-        3 * inner, cos, sin, batch, H, T, D, scale);
-    if (status != 0) return status;
-    gemm(sgemm, false, false, rows, int(C), int(3 * inner), dq, int(3 * inner), w_qkv, int(C), 0.0f, grad_x + first * T * C, int(C));
-    gemm(sgemm, true, false, int(3 * inner), int(C), rows, dq, int(3 * inner), x + first * T * C, int(C), beta, grad_w_qkv, int(C));
+    std::vector<float> grad_out(block * inner), grad_qkv(block * 3 * inner);  // a block's, in L2
+    WeightGradient o_gradient(*products, grad_w_o, C, inner), qkv_gradient(*products, grad_w_qkv, 3 * inner, C);
+    for (int64_t first = 0; first < B; first += block_batch) {
+      const int64_t batch = B - first < block_batch ? B - first : block_batch;
+      const int64_t rows = batch * T;
+      const float* grad_y_rows = grad_y + first * T * C;
+      float* qkv_rows = qkv + first * T * 3 * inner;
+      float* out_rows = out + first * T * inner;
+      float* dq = grad_qkv.data();
+      multiply(*products, rows, inner, C, grad_y_rows, C, w_o, inner, false, grad_out.data(), inner);
+      o_gradient.add(rows, grad_y_rows, C, out_rows, inner);
+      const int status = ot_causal_attention_backward(
+          qkv_rows, T * 3 * inner, D, 3 * inner, qkv_rows + inner, T * 3 * inner, D, 3 * inner, qkv_rows + 2 * inner, T * 3 * inner, D,
+          3 * inner, out_rows, T * inner, D, inner, grad_out.data(), T * inner, D, inner, lse + first * H * T,
+          probabilities ? probabilities + first * H * probability_floats : nullptr, dq, dq + inner, dq + 2 * inner, T * 3 * inner, D,
+          3 * inner, cos, sin, batch, H, T, D, scale);
+      if (status != 0) return status;
+      multiply(*products, rows, C, 3 * inner, dq, 3 * inner, w_qkv, C, false, grad_x + first * T * C, C);
+      qkv_gradient.add(rows, dq, 3 * inner, x + first * T * C, C);
+    }
+    o_gradient.finish();
+    qkv_gradient.finish();
+  } catch (...) {
+    return 2;  // a product or an allocation failed; no C++ exception may cross the C entry point
   }
   return 0;
 }

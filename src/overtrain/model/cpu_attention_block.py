@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 
 from overtrain.model.cpu_attention import HEAD_DIMS, check_kept_probabilities, kept_probability_floats, probabilities_pointer
-from overtrain.model.cpu_kernels import fp32_cpu_outside_autocast, kernel_library, required_blas_sgemm
+from overtrain.model.cpu_kernels import fp32_cpu_outside_autocast, kernel_library, required_block_products
 
 BLOCK_ROWS = 256
 """Rows (tokens) per block, in whole sequences, at least one: at the nano shape two sequences, whose q/k/v
@@ -46,7 +46,7 @@ def _outputs(x: torch.Tensor, heads: int, head_dim: int, keep_probabilities: boo
 
 def _check_status(status: int, head_dim: int) -> None:
     if status == 2:
-        raise MemoryError("the attention block could not allocate its per-block gradient buffers")
+        raise MemoryError("the attention block failed: a product or an allocation of its per-call buffers failed")
     if status != 0:
         raise ValueError(f"the CPU attention kernel has no head dim {head_dim} (it has {HEAD_DIMS})")
 
@@ -70,21 +70,23 @@ def _check_inputs(x: torch.Tensor, w_qkv: torch.Tensor, w_o: torch.Tensor, cos: 
 @torch.library.custom_op("overtrain::attention_block", mutates_args=())
 def attention_block(
     x: torch.Tensor, w_qkv: torch.Tensor, w_o: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, heads: int, scale: float,
-    keep_probabilities: bool = True,
+    keep_probabilities: bool = True, brgemm: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """``o(softmax(scale q k^T + causal mask) v)`` for x (B, T, C), with q, k, v = x w_qkv^T split in three
     (w_qkv (3 H D, C): the q rows, then k, then v) and q, k rotated by the rotary tables cos and sin (T, D);
     w_o (C, H D). Returns y (B, T, C) and what the backward pass reads: qkv (B, T, 3, H, D), the attention
     output (B, T, H, D), each row's log-sum-exp (B, H, T) and the kept probabilities (none when
-    ``keep_probabilities`` is false or the sequences are long; :func:`~overtrain.model.cpu_attention.causal_attention`)."""
-    sgemm = required_blas_sgemm("the attention block")
+    ``keep_probabilities`` is false or the sequences are long; :func:`~overtrain.model.cpu_attention.causal_attention`).
+    ``brgemm``: the products by oneDNN's brgemm micro-kernel, else by torch's BLAS sgemm (a flag, not a
+    library name: inductor's C++ wrapper passes no string arguments to custom ops)."""
+    products = required_block_products("the attention block", "brgemm" if brgemm else "blas")
     _check_inputs(x, w_qkv, w_o, cos, sin, heads)
     x, w_qkv, w_o, cos, sin = (tensor.contiguous() for tensor in (x, w_qkv, w_o, cos, sin))
     batch, seq_len, width = x.shape
     head_dim = w_qkv.shape[0] // 3 // heads
     y, qkv, out, lse, probabilities = _outputs(x, heads, head_dim, keep_probabilities)
     status = kernel_library().ot_attention_block_forward(
-        sgemm, x.data_ptr(), w_qkv.data_ptr(), w_o.data_ptr(), y.data_ptr(), qkv.data_ptr(), out.data_ptr(), lse.data_ptr(),
+        products, x.data_ptr(), w_qkv.data_ptr(), w_o.data_ptr(), y.data_ptr(), qkv.data_ptr(), out.data_ptr(), lse.data_ptr(),
         probabilities_pointer(probabilities), cos.data_ptr(), sin.data_ptr(), batch, seq_len, width, heads, head_dim,
         probabilities.shape[-1], _sequences_per_block(seq_len), scale,
     )
@@ -93,7 +95,7 @@ def attention_block(
 
 
 @attention_block.register_fake
-def _(x, w_qkv, w_o, cos, sin, heads, scale, keep_probabilities=True):
+def _(x, w_qkv, w_o, cos, sin, heads, scale, keep_probabilities=True, brgemm=False):
     return _outputs(x, heads, w_qkv.shape[0] // 3 // heads, keep_probabilities)
 
 
@@ -101,10 +103,11 @@ def _(x, w_qkv, w_o, cos, sin, heads, scale, keep_probabilities=True):
 def attention_block_backward(
     grad_y: torch.Tensor, x: torch.Tensor, w_qkv: torch.Tensor, w_o: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
     qkv: torch.Tensor, out: torch.Tensor, lse: torch.Tensor, probabilities: torch.Tensor, heads: int, scale: float,
+    brgemm: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The gradients of :func:`attention_block`'s y with respect to x, w_qkv and w_o, from ``grad_y`` (B, T, C)
     and what its forward pass returned (the probabilities are read where kept, else recomputed)."""
-    sgemm = required_blas_sgemm("the attention block")
+    products = required_block_products("the attention block", "brgemm" if brgemm else "blas")
     grad_y, x, w_qkv, w_o, cos, sin = (tensor.contiguous() for tensor in (grad_y, x, w_qkv, w_o, cos, sin))
     batch, seq_len, width = x.shape
     head_dim = w_qkv.shape[0] // 3 // heads
@@ -113,7 +116,7 @@ def attention_block_backward(
     make = torch.empty_like if batch else torch.zeros_like  # the first block writes the weights' gradients
     grad_w_qkv, grad_w_o = make(w_qkv), make(w_o)
     status = kernel_library().ot_attention_block_backward(
-        sgemm, grad_y.data_ptr(), x.data_ptr(), w_qkv.data_ptr(), w_o.data_ptr(), qkv.data_ptr(), out.data_ptr(), lse.data_ptr(),
+        products, grad_y.data_ptr(), x.data_ptr(), w_qkv.data_ptr(), w_o.data_ptr(), qkv.data_ptr(), out.data_ptr(), lse.data_ptr(),
         probabilities_pointer(probabilities), cos.data_ptr(), sin.data_ptr(), grad_x.data_ptr(), grad_w_qkv.data_ptr(),
         grad_w_o.data_ptr(), batch, seq_len, width, heads, head_dim, probabilities.shape[-1], _sequences_per_block(seq_len), scale,
     )
@@ -122,13 +125,13 @@ def attention_block_backward(
 
 
 @attention_block_backward.register_fake
-def _(grad_y, x, w_qkv, w_o, cos, sin, qkv, out, lse, probabilities, heads, scale):
+def _(grad_y, x, w_qkv, w_o, cos, sin, qkv, out, lse, probabilities, heads, scale, brgemm=False):
     contiguous = torch.contiguous_format
     return tuple(torch.empty_like(tensor, memory_format=contiguous) for tensor in (x, w_qkv, w_o))
 
 
 def _setup_context(ctx, inputs, output) -> None:
-    x, w_qkv, w_o, cos, sin, heads, scale, _keep_probabilities = inputs
+    x, w_qkv, w_o, cos, sin, heads, scale, _keep_probabilities, ctx.brgemm = inputs
     _, qkv, out, lse, probabilities = output
     ctx.save_for_backward(x, w_qkv, w_o, cos, sin, qkv, out, lse, probabilities)
     ctx.heads, ctx.scale = heads, scale
@@ -137,8 +140,9 @@ def _setup_context(ctx, inputs, output) -> None:
 
 def _backward(ctx, grad_y, *_grads_of_saved):
     x, w_qkv, w_o, cos, sin, qkv, out, lse, probabilities = ctx.saved_tensors
-    grads = attention_block_backward(grad_y, x, w_qkv, w_o, cos, sin, qkv, out, lse, probabilities, ctx.heads, ctx.scale)
-    return *grads, None, None, None, None, None
+    grads = attention_block_backward(grad_y, x, w_qkv, w_o, cos, sin, qkv, out, lse, probabilities, ctx.heads, ctx.scale,
+                                     ctx.brgemm)
+    return *grads, None, None, None, None, None, None
 
 
 attention_block.register_autograd(_backward, setup_context=_setup_context)

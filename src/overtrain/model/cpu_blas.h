@@ -1,17 +1,128 @@
-// The BLAS product that overtrain's CPU kernels call between their own loops (cpu_cross_entropy.cpp,
-// cpu_mlp.cpp): the Fortran sgemm that torch links (MKL in the x86 wheels), whose address the caller passes
-// in. Included inside each source's anonymous namespace: every definition is internal.
+// The products that overtrain's CPU kernels make between their own loops (cpu_attention_block.cpp,
+// cpu_cross_entropy.cpp, cpu_mlp.cpp), by one of two libraries that torch links, whose addresses the caller
+// passes in (cpu_kernels.py): the Fortran sgemm (MKL in the x86 wheels) always, and where it measures faster,
+// oneDNN's fp32 brgemm micro-kernel through at::native::cpublas::brgemm.
+//
+// Why two: the kernels' products are small (a 256-row block against a 64-wide weight at the nano shape) and
+// their operands sit in L2. There oneDNN's micro-kernel ran 1.2-1.3x MKL's sgemm on a Zen 4 core (104-115
+// against 84-97 GFLOP/s), but it takes only row-major operands as they are: C = A B or C += A B. A product
+// with a transposed operand needs that operand transposed first, so the helpers below transpose what is
+// cheapest, once where they can: a weight once per call (WeightProduct), the narrower of a weight
+// gradient's two operands per block (WeightGradient).
+//
+// Included inside each source's anonymous namespace: every definition is internal. The including source
+// includes <cstdint> and <vector> first.
 #pragma once
 
 // Fortran BLAS sgemm, column-major: C = alpha op(A) op(B) + beta C.
 typedef void (*Sgemm)(const char* trans_a, const char* trans_b, const int* m, const int* n, const int* k, const float* alpha,
                       const float* a, const int* lda, const float* b, const int* ldb, const float* beta, float* c, const int* ldc);
 
-// Row-major C (m x n) = op(A) op(B) + beta C, op(X) = X or X^T: a row-major matrix is the column-major
-// transpose of itself, so this is the column-major C^T = op(B)^T op(A)^T.
-inline void gemm(Sgemm sgemm, bool trans_a, bool trans_b, int m, int n, int k, const float* a, int lda, const float* b, int ldb,
-                 float beta, float* c, int ldc) {
+// at::native::cpublas::brgemm for fp32: row-major C (m x n) = A (m x k) B (k x n), or C += A B with add_c;
+// vnni must be false. It throws (a C++ exception) where oneDNN lacks the micro-kernel: entry points catch.
+typedef void (*Brgemm)(int64_t m, int64_t n, int64_t k, int64_t lda, int64_t ldb, int64_t ldc, bool add_c, const float* a,
+                       const float* b, float* c, bool vnni);
+
+// The libraries a kernel's products use, as cpu_kernels.py hands them over: brgemm null means sgemm only.
+struct Products {
+  Sgemm sgemm;
+  Brgemm brgemm;
+};
+
+// Row-major C (m x n) = op(A) op(B) + beta C by sgemm, op(X) = X or X^T: a row-major matrix is the
+// column-major transpose of itself, so this is the column-major C^T = op(B)^T op(A)^T.
+inline void sgemm_row_major(Sgemm sgemm, bool trans_a, bool trans_b, int m, int n, int k, const float* a, int lda, const float* b,
+                            int ldb, float beta, float* c, int ldc) {
   const char ta = trans_a ? 'T' : 'N', tb = trans_b ? 'T' : 'N';
   const float one = 1.0f;
   sgemm(&tb, &ta, &n, &m, &k, &one, b, &ldb, a, &lda, &beta, c, &ldc);
 }
+
+// dst (cols x rows, row-major, contiguous) = src^T, for src (rows x cols) with row stride ld, in 16 x 16 tiles
+// so that both sides stay within a few cache lines per tile.
+inline void transpose(const float* src, int64_t rows, int64_t cols, int64_t ld, float* dst) {
+  constexpr int64_t tile = 16;
+  for (int64_t r0 = 0; r0 < rows; r0 += tile) {
+    const int64_t r1 = r0 + tile < rows ? r0 + tile : rows;
+    for (int64_t c0 = 0; c0 < cols; c0 += tile) {
+      const int64_t c1 = c0 + tile < cols ? c0 + tile : cols;
+      for (int64_t c = c0; c < c1; ++c)
+        for (int64_t r = r0; r < r1; ++r) dst[c * rows + r] = src[r * ld + c];
+    }
+  }
+}
+
+// C (m x n) = A B, or C += A B with accumulate; A (m x k) and B (k x n) row-major with row strides lda, ldb.
+inline void multiply(const Products& products, int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b,
+                     int64_t ldb, bool accumulate, float* c, int64_t ldc) {
+  if (products.brgemm) {
+    products.brgemm(m, n, k, lda, ldb, ldc, accumulate, a, b, c, false);
+  } else {
+    sgemm_row_major(products.sgemm, false, false, int(m), int(n), int(k), a, int(lda), b, int(ldb), accumulate ? 1.0f : 0.0f, c,
+                    int(ldc));
+  }
+}
+
+// Y = X W^T for a linear layer's weight W (out x in, row-major contiguous), the forward product of every
+// block: for brgemm W^T is made once, here, and read by every block.
+class WeightProduct {
+ public:
+  WeightProduct(const Products& products, const float* weight, int64_t out, int64_t in) : products_(products), weight_(weight), out_(out), in_(in) {
+    if (products.brgemm) {
+      transposed_.resize(out * in);
+      transpose(weight, out, in, in, transposed_.data());
+    }
+  }
+  // y (rows x out, row stride ldy) = x (rows x in, row stride ldx) W^T.
+  void apply(int64_t rows, const float* x, int64_t ldx, float* y, int64_t ldy) const {
+    if (products_.brgemm) {
+      multiply(products_, rows, out_, in_, x, ldx, transposed_.data(), out_, false, y, ldy);
+    } else {
+      sgemm_row_major(products_.sgemm, false, true, int(rows), int(out_), int(in_), x, int(ldx), weight_, int(in_), 0.0f, y, int(ldy));
+    }
+  }
+
+ private:
+  const Products& products_;
+  const float* weight_;
+  int64_t out_, in_;
+  std::vector<float> transposed_;
+};
+
+// A linear layer's weight gradient summed over blocks of rows: grad_w (out x in) = sum over blocks of
+// dY^T X, for dY (rows x out) and X (rows x in). For brgemm one operand must be transposed per block: the
+// narrower one. Where that is X (out > in), the sum is kept as grad_w^T (in x out) and transposed into
+// grad_w by finish(). grad_w is written by the first block; with no block it is left as it was.
+class WeightGradient {
+ public:
+  WeightGradient(const Products& products, float* grad_weight, int64_t out, int64_t in)
+      : products_(products), grad_weight_(grad_weight), out_(out), in_(in), keep_transposed_(products.brgemm && out > in) {
+    if (keep_transposed_) transposed_sum_.resize(in * out);
+  }
+  void add(int64_t rows, const float* grad_y, int64_t ld_grad_y, const float* x, int64_t ldx) {
+    if (!products_.brgemm) {
+      sgemm_row_major(products_.sgemm, true, false, int(out_), int(in_), int(rows), grad_y, int(ld_grad_y), x, int(ldx),
+                      blocks_ ? 1.0f : 0.0f, grad_weight_, int(in_));
+    } else if (keep_transposed_) {  // grad_w^T (in x out) += X^T dY
+      scratch_.resize(in_ * rows);
+      transpose(x, rows, in_, ldx, scratch_.data());
+      multiply(products_, in_, out_, rows, scratch_.data(), rows, grad_y, ld_grad_y, blocks_ > 0, transposed_sum_.data(), out_);
+    } else {  // grad_w (out x in) += dY^T X
+      scratch_.resize(out_ * rows);
+      transpose(grad_y, rows, out_, ld_grad_y, scratch_.data());
+      multiply(products_, out_, in_, rows, scratch_.data(), rows, x, ldx, blocks_ > 0, grad_weight_, in_);
+    }
+    ++blocks_;
+  }
+  void finish() {
+    if (keep_transposed_ && blocks_ > 0) transpose(transposed_sum_.data(), in_, out_, out_, grad_weight_);
+  }
+
+ private:
+  const Products& products_;
+  float* grad_weight_;
+  int64_t out_, in_;
+  bool keep_transposed_;
+  int64_t blocks_ = 0;
+  std::vector<float> transposed_sum_, scratch_;
+};

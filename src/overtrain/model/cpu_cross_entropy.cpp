@@ -10,6 +10,7 @@
 // No torch headers: plain C entry points on raw pointers, called through ctypes.
 #include <cmath>
 #include <cstdint>
+#include <vector>
 
 namespace {
 
@@ -100,22 +101,29 @@ extern "C" {
 // The output layer and its cross-entropy in blocks of `block_rows` rows: logits = hidden W^T (N x V, one
 // block at a time in `logits_block`, block_rows x V), each block turned into scale * (softmax - onehot)
 // in place, then grad_hidden = block W (N x C) and grad_weight += block^T hidden (V x C, written by the
-// first block). Returns the sum of the rows' cross-entropies (nats; rows whose target is ignore_index add
-// nothing and get zero gradients). The caller checks that every other target lies in [0, V).
-double ot_linear_cross_entropy(Sgemm sgemm, const float* hidden, const float* weight, const int64_t* targets, float* grad_hidden,
-                               float* grad_weight, float* logits_block, int64_t rows, int64_t width, int64_t vocab,
-                               int64_t block_rows, int64_t ignore_index, float scale) {
-  const int c = int(width), v = int(vocab);
-  double total = 0.0;
-  for (int64_t first = 0; first < rows; first += block_rows) {
-    const int m = int(rows - first < block_rows ? rows - first : block_rows);
-    const float* hidden_block = hidden + first * width;
-    gemm(sgemm, false, true, m, v, c, hidden_block, c, weight, c, 0.0f, logits_block, v);
-    total += softmax_cross_entropy_block(logits_block, m, vocab, targets + first, ignore_index, scale);
-    gemm(sgemm, false, false, m, c, v, logits_block, v, weight, c, 0.0f, grad_hidden + first * width, c);
-    gemm(sgemm, true, false, v, c, m, logits_block, v, hidden_block, c, first == 0 ? 0.0f : 1.0f, grad_weight, c);
+// first block). *total receives the sum of the rows' cross-entropies (nats; rows whose target is
+// ignore_index add nothing and get zero gradients). The caller checks that every other target lies in
+// [0, V). Returns 0, or 2 where a product or an allocation failed (no C++ exception crosses the entry point).
+int ot_linear_cross_entropy(const Products* products, const float* hidden, const float* weight, const int64_t* targets,
+                            float* grad_hidden, float* grad_weight, float* logits_block, int64_t rows, int64_t width, int64_t vocab,
+                            int64_t block_rows, int64_t ignore_index, float scale, double* total) {
+  *total = 0.0;
+  try {
+    const WeightProduct logits_product(*products, weight, vocab, width);
+    WeightGradient weight_gradient(*products, grad_weight, vocab, width);
+    for (int64_t first = 0; first < rows; first += block_rows) {
+      const int64_t m = rows - first < block_rows ? rows - first : block_rows;
+      const float* hidden_block = hidden + first * width;
+      logits_product.apply(m, hidden_block, width, logits_block, vocab);
+      *total += softmax_cross_entropy_block(logits_block, m, vocab, targets + first, ignore_index, scale);
+      multiply(*products, m, width, vocab, logits_block, vocab, weight, width, false, grad_hidden + first * width, width);
+      weight_gradient.add(m, logits_block, vocab, hidden_block, width);
+    }
+    weight_gradient.finish();
+  } catch (...) {
+    return 2;
   }
-  return total;
+  return 0;
 }
 
 // The same cross-entropy step alone, for callers that make the products themselves (with oneDNN, see

@@ -15,11 +15,12 @@ Shapes: N rows (tokens), C width, V vocabulary.
 
 from __future__ import annotations
 
+import ctypes
 import math
 
 import torch
 
-from overtrain.model.cpu_kernels import blas_sgemm, kernel_library
+from overtrain.model.cpu_kernels import BLOCK_LIBRARIES, block_products, kernel_library
 from overtrain.model.cpu_linear import onednn_product, onednn_weight_gradient
 
 LOGIT_BLOCK_BYTES = 256 << 10
@@ -47,16 +48,20 @@ def _block_rows(vocab_size: int) -> int:
 
 @torch.library.custom_op("overtrain::linear_cross_entropy", mutates_args=())
 def linear_cross_entropy(
-    hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, ignore_index: int, onednn: bool = False
+    hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, ignore_index: int, onednn: bool = False,
+    brgemm: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Mean cross-entropy (nats) of the logits ``hidden @ weight.T`` (N, V) against targets (N,), over the
     targets that are not ``ignore_index`` (NaN when all are), as ``F.cross_entropy`` gives it; with the
     loss's gradients with respect to hidden (N, C) and weight (V, C), which the backward pass scales.
-    ``onednn``: the products by oneDNN instead of torch's BLAS."""
-    sgemm = blas_sgemm()
-    if sgemm is None and not onednn:
-        raise RuntimeError("torch's library exports no usable BLAS sgemm_ for the fused loss; compute the loss with "
-                           "F.cross_entropy (LlamaLM.use_cpu_kernels does so where it is missing)")
+    ``onednn``: the products by oneDNN from Python; else by oneDNN's brgemm micro-kernel with ``brgemm``, or by
+    torch's BLAS sgemm (flags, not library names: inductor's C++ wrapper passes no string arguments to custom ops)."""
+    library = "brgemm" if brgemm else "blas"
+    products = None if onednn else block_products(library)
+    if products is None and not onednn:
+        raise RuntimeError(f"the fused loss cannot make its products by {BLOCK_LIBRARIES[library]} here (torch's library exports no usable "
+                           "BLAS sgemm_, or no oneDNN brgemm); compute the loss with F.cross_entropy "
+                           "(LlamaLM.use_cpu_kernels does so where they are missing)")
     hidden, weight, targets = hidden.contiguous(), weight.contiguous(), targets.contiguous().long()
     (rows, width), vocab_size = hidden.shape, weight.shape[0]
     counted_mask = targets != ignore_index
@@ -70,11 +75,15 @@ def linear_cross_entropy(
     grad_hidden = torch.empty_like(hidden)
     grad_weight = torch.empty_like(weight) if rows else torch.zeros_like(weight)  # the first block writes it
     logits_block = hidden.new_empty(min(block_rows, rows), vocab_size)
-    total = kernel_library().ot_linear_cross_entropy(
-        sgemm, hidden.data_ptr(), weight.data_ptr(), targets.data_ptr(), grad_hidden.data_ptr(), grad_weight.data_ptr(),
+    total = ctypes.c_double()
+    status = kernel_library().ot_linear_cross_entropy(
+        ctypes.addressof(products), hidden.data_ptr(), weight.data_ptr(), targets.data_ptr(), grad_hidden.data_ptr(), grad_weight.data_ptr(),
         logits_block.data_ptr(), rows, width, vocab_size, block_rows, ignore_index, 1.0 / counted if counted else 0.0,
+        ctypes.byref(total),
     )
-    loss = hidden.new_tensor(total / counted if counted else math.nan)
+    if status != 0:
+        raise MemoryError("the fused loss failed: a product or an allocation of its per-call buffers failed")
+    loss = hidden.new_tensor(total.value / counted if counted else math.nan)
     return loss, grad_hidden, grad_weight
 
 
@@ -102,7 +111,7 @@ def _linear_cross_entropy_by_onednn(
 
 
 @linear_cross_entropy.register_fake
-def _(hidden, weight, targets, ignore_index, onednn=False):
+def _(hidden, weight, targets, ignore_index, onednn=False, brgemm=False):
     return hidden.new_empty(()), torch.empty_like(hidden, memory_format=torch.contiguous_format), torch.empty_like(weight, memory_format=torch.contiguous_format)
 
 
@@ -114,7 +123,7 @@ def _linear_cross_entropy_setup_context(ctx, inputs, output) -> None:
 
 def _linear_cross_entropy_backward(ctx, grad_loss, _grad_hidden, _grad_weight):
     grad_hidden, grad_weight = ctx.saved_tensors
-    return grad_loss * grad_hidden, grad_loss * grad_weight, None, None, None
+    return grad_loss * grad_hidden, grad_loss * grad_weight, None, None, None, None
 
 
 linear_cross_entropy.register_autograd(_linear_cross_entropy_backward, setup_context=_linear_cross_entropy_setup_context)

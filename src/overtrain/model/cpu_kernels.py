@@ -23,7 +23,8 @@ from pathlib import Path
 import torch
 
 FOLDER = Path(__file__).parent
-SOURCES = (FOLDER / "cpu_attention.cpp", FOLDER / "cpu_attention_block.cpp", FOLDER / "cpu_cross_entropy.cpp", FOLDER / "cpu_mlp.cpp")
+SOURCES = (FOLDER / "cpu_attention.cpp", FOLDER / "cpu_attention_block.cpp", FOLDER / "cpu_cross_entropy.cpp", FOLDER / "cpu_mlp.cpp",
+           FOLDER / "cpu_products.cpp")
 HEADERS = (FOLDER / "cpu_vector_math.h", FOLDER / "cpu_blas.h")
 _POINTER, _INT, _FLOAT = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float
 
@@ -49,12 +50,16 @@ def _declare_signatures(library: ctypes.CDLL) -> ctypes.CDLL:
     )
     library.ot_causal_attention_probability_floats.argtypes = [_INT]
     library.ot_causal_attention_probability_floats.restype = _INT
-    library.ot_linear_cross_entropy.argtypes = [_POINTER] * 7 + [_INT] * 5 + [_FLOAT]
-    library.ot_linear_cross_entropy.restype = ctypes.c_double
+    library.ot_linear_cross_entropy.argtypes = [_POINTER] * 7 + [_INT] * 5 + [_FLOAT, _POINTER]
+    library.ot_linear_cross_entropy.restype = ctypes.c_int
     library.ot_softmax_cross_entropy_rows.argtypes = [_POINTER, _INT, _INT, _POINTER, _INT, _FLOAT]
     library.ot_softmax_cross_entropy_rows.restype = ctypes.c_double
     library.ot_swiglu_mlp_forward.argtypes = [_POINTER] * 7 + [_INT] * 4
+    library.ot_swiglu_mlp_forward.restype = ctypes.c_int
     library.ot_swiglu_mlp_backward.argtypes = [_POINTER] * 11 + [_INT] * 4
+    library.ot_swiglu_mlp_backward.restype = ctypes.c_int
+    library.ot_block_products_check.argtypes = [_POINTER] * 7 + [_INT] * 4
+    library.ot_block_products_check.restype = ctypes.c_int
     library.ot_attention_block_forward.argtypes = [_POINTER] * 11 + [_INT] * 7 + [_FLOAT]
     library.ot_attention_block_backward.argtypes = [_POINTER] * 14 + [_INT] * 7 + [_FLOAT]
     return library
@@ -115,6 +120,90 @@ def blas_sgemm() -> int | None:
     return address if _sgemm_agrees_with_torch(address) else None
 
 
+BRGEMM_SYMBOL = "_ZN2at6native7cpublas6brgemmEllllllbPKfS3_Pfb"
+"""``at::native::cpublas::brgemm(int64_t M, N, K, ld_a, ld_b, ld_c, bool add_C, const float* A, const float* B,
+float* C, bool is_vnni)``: torch's entry to oneDNN's fp32 brgemm micro-kernel (torch 2.6 on). It is not a
+public API, so it is found by its mangled name, checked against torch's product, and left unused where
+either fails."""
+
+BLOCK_LIBRARIES = {"blas": "torch's BLAS (sgemm)", "brgemm": "oneDNN's brgemm micro-kernel"}
+"""The libraries the blocked kernels (:mod:`~overtrain.model.cpu_mlp`, :mod:`~overtrain.model.cpu_attention_block`,
+:mod:`~overtrain.model.cpu_cross_entropy`) can make their products with, by key."""
+
+
+BLOCK_ROWS = 256
+"""Rows per block where the products are timed block by block (:mod:`overtrain.model.cpu_linear`): what the
+attention block makes at the nano shape (two sequences of 128), and near the MLP's."""
+
+
+class _Products(ctypes.Structure):
+    """cpu_blas.h's ``Products``: the sgemm to call, and the brgemm where it is taken (else null)."""
+
+    _fields_ = [("sgemm", ctypes.c_void_p), ("brgemm", ctypes.c_void_p)]
+
+
+def run_block_products(products: ctypes.Structure, x: torch.Tensor, weight: torch.Tensor, grad_y: torch.Tensor,
+                       block_rows: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A linear layer's three training products block by block, as the kernels make them
+    (``ot_block_products_check``): y = x W^T (N, O), grad_x = grad_y W (N, I) and grad_W = grad_y^T x (O, I),
+    for x (N, I), W (O, I) and grad_y (N, O), contiguous fp32."""
+    (rows, width), out_width = x.shape, weight.shape[0]
+    y, grad_x = x.new_empty(rows, out_width), torch.empty_like(x)
+    grad_weight = torch.empty_like(weight) if rows else torch.zeros_like(weight)
+    status = kernel_library().ot_block_products_check(
+        ctypes.addressof(products), x.data_ptr(), weight.data_ptr(), grad_y.data_ptr(), y.data_ptr(), grad_x.data_ptr(),
+        grad_weight.data_ptr(), rows, width, out_width, block_rows,
+    )
+    if status != 0:
+        raise RuntimeError("a blocked product failed (a library refused it, or memory ran out)")
+    return y, grad_x, grad_weight
+
+
+def _block_products_agree_with_torch(products: ctypes.Structure) -> bool:
+    """The three products of :func:`run_block_products`, on two non-square shapes whose rows leave a partial
+    block (a weight wider and narrower than its input, so both of cpu_blas.h's weight-gradient paths), against
+    torch's: a library that fails or disagrees is not taken."""
+    for rows, width, out_width in ((70, 24, 40), (70, 40, 24)):
+        x = torch.arange(rows * width, dtype=torch.float32).reshape(rows, width).sin()  # no draw from torch's RNG
+        weight = torch.arange(out_width * width, dtype=torch.float32).reshape(out_width, width).cos()
+        grad_y = torch.arange(rows * out_width, dtype=torch.float32).reshape(rows, out_width).sin()
+        try:
+            y, grad_x, grad_weight = run_block_products(products, x, weight, grad_y, block_rows=32)
+        except RuntimeError:
+            return False
+        if not (torch.allclose(y, x @ weight.T, atol=1e-4) and torch.allclose(grad_x, grad_y @ weight, atol=1e-4)
+                and torch.allclose(grad_weight, grad_y.T @ x, atol=1e-3)):
+            return False
+    return True
+
+
+@functools.lru_cache(maxsize=1)
+def onednn_brgemm() -> int | None:
+    """Address of :data:`BRGEMM_SYMBOL` in torch's library, for the blocked kernels; None where this torch has
+    none, or its products through the kernels' helpers fail or disagree with torch's (a CPU without oneDNN's
+    micro-kernel makes it throw, which the kernels catch)."""
+    sgemm = blas_sgemm()
+    if sgemm is None or kernel_library() is None:
+        return None
+    try:
+        address = ctypes.cast(getattr(ctypes.CDLL(str(Path(torch.__file__).parent / "lib" / "libtorch_cpu.so")), BRGEMM_SYMBOL),
+                              ctypes.c_void_p).value
+    except (OSError, AttributeError):
+        return None
+    return address if _block_products_agree_with_torch(_Products(sgemm, address)) else None
+
+
+@functools.cache
+def block_products(library: str) -> ctypes.Structure | None:
+    """cpu_blas.h's ``Products`` for a key of :data:`BLOCK_LIBRARIES`, kept alive here (the kernels get its
+    address); None where that library is missing."""
+    sgemm = blas_sgemm()
+    brgemm = onednn_brgemm() if library == "brgemm" else None
+    if sgemm is None or (library == "brgemm" and brgemm is None):
+        return None
+    return _Products(sgemm, brgemm)
+
+
 def kernel_available() -> bool:
     """Whether the kernels are worth taking here, building (or finding) them now: torch runs one CPU thread
     (torch's operations use every thread, these kernels one) and they build on this machine."""
@@ -128,11 +217,14 @@ def fp32_cpu_outside_autocast(*tensors: torch.Tensor) -> bool:
     return not torch.is_autocast_enabled("cpu") and all(tensor.device.type == "cpu" and tensor.dtype == torch.float32 for tensor in tensors)
 
 
-def required_blas_sgemm(kernel: str) -> int:
-    """:func:`blas_sgemm` for a kernel that cannot run without it (and the built library), or a RuntimeError
-    saying so: the model asks for both before it takes such a kernel (LlamaLM.use_cpu_kernels)."""
-    sgemm = blas_sgemm()
-    if sgemm is None or kernel_library() is None:
-        raise RuntimeError(f"{kernel} needs overtrain's CPU kernels and torch's BLAS sgemm_; LlamaLM.use_cpu_kernels "
-                           "takes torch's operations where either is missing")
-    return sgemm
+def required_block_products(kernel: str, library: str) -> int:
+    """The address of the ``Products`` for a key of :data:`BLOCK_LIBRARIES`, for a kernel that cannot run
+    without them (and the built library), or an error saying so: the model asks for both before it takes such
+    a kernel (LlamaLM.use_cpu_kernels)."""
+    if library not in BLOCK_LIBRARIES:
+        raise ValueError(f"{kernel}: unknown product library {library!r} (one of {', '.join(BLOCK_LIBRARIES)})")
+    products = block_products(library) if kernel_library() is not None else None
+    if products is None:
+        raise RuntimeError(f"{kernel} needs overtrain's CPU kernels and {BLOCK_LIBRARIES[library]}; LlamaLM.use_cpu_kernels "
+                           "takes torch's operations where they are missing")
+    return ctypes.addressof(products)

@@ -29,6 +29,8 @@ from dataclasses import dataclass
 
 import torch
 
+from overtrain.model.cpu_kernels import BLOCK_ROWS, block_products, run_block_products
+
 ONEDNN_MIN_SPEEDUP = 1.3
 """oneDNN is taken only when a linear layer's three training products (:func:`time_products`) measure at
 least this much faster with it than with torch's BLAS. The margin covers what that timing leaves out: each
@@ -58,8 +60,17 @@ def onednn_available() -> bool:
     return torch.backends.mkldnn.is_available() and torch._C._get_mkldnn_enabled() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 
 
-LIBRARY_NAMES = {"blas": "torch's BLAS", "onednn": "oneDNN"}
-"""The fp32 GEMM libraries a product can be made with here, by key, as logs and benchmarks name them."""
+LIBRARY_NAMES = {"blas": "torch's BLAS", "onednn": "oneDNN", "brgemm": "oneDNN's brgemm micro-kernel"}
+"""The fp32 GEMM libraries a product can be made with here, by key, as logs and benchmarks name them:
+``blas`` and ``onednn`` make the linear layers' products whole (``blas`` also block by block, inside
+overtrain's blocked kernels), ``brgemm`` block by block only."""
+
+BRGEMM_MIN_SPEEDUP = 1.05
+"""The blocked kernels take oneDNN's brgemm micro-kernel (:mod:`overtrain.model.cpu_kernels`) over torch's
+BLAS sgemm where a linear layer's three products, made block by block as the kernels make them, measure at
+least this much faster with it. Both are called from C++ with no Python between blocks, so the margin only
+keeps a tie from flipping with the noise. On a Zen 4 core (MKL's AVX2 path) the block products measured
+1.1-1.2x by brgemm, and the compiled nano step took 0.92 of its time (docs/benchmarks.md)."""
 
 
 def products_by_library(source: torch.Tensor, weight: torch.Tensor) -> dict[str, Callable[[], torch.Tensor]]:
@@ -84,25 +95,61 @@ class ProductTiming:
     """Seconds for the three products by torch's BLAS (the median of the timed rounds)."""
     onednn_seconds: float | None
     """The same by oneDNN; None where oneDNN is missing or refuses plain fp32 tensors."""
+    block_blas_seconds: float | None = None
+    """The same products made block by block (:data:`~overtrain.model.cpu_kernels.BLOCK_ROWS` rows), as the
+    blocked kernels make them, by torch's BLAS sgemm; None where those kernels are missing."""
+    block_brgemm_seconds: float | None = None
+    """The same by oneDNN's brgemm micro-kernel; None where this torch has none (or it fails its check)."""
+
+    @property
+    def brgemm_speedup(self) -> float:
+        """Block by block, torch's BLAS sgemm's time over oneDNN's brgemm's (0.0 where either is missing)."""
+        return self.block_blas_seconds / self.block_brgemm_seconds if self.block_blas_seconds and self.block_brgemm_seconds else 0.0
+
+    @property
+    def block_library(self) -> str | None:
+        """The library the blocked kernels would take: brgemm where it measures at least
+        :data:`BRGEMM_MIN_SPEEDUP` faster than sgemm, else sgemm; None where they were not timed."""
+        if self.block_blas_seconds is None:
+            return None
+        return "brgemm" if self.brgemm_speedup >= BRGEMM_MIN_SPEEDUP else "blas"
+
+    @property
+    def reference_seconds(self) -> float:
+        """What oneDNN's whole products must beat: the products as the blocked kernels would make them, where
+        they were timed, else torch's BLAS whole."""
+        library = self.block_library
+        return self.blas_seconds if library is None else self.block_brgemm_seconds if library == "brgemm" else self.block_blas_seconds
 
     @property
     def onednn_speedup(self) -> float:
-        return self.blas_seconds / self.onednn_seconds if self.onednn_seconds else 0.0
+        return self.reference_seconds / self.onednn_seconds if self.onednn_seconds else 0.0
 
     @property
     def use_onednn(self) -> bool:
         return self.onednn_speedup >= ONEDNN_MIN_SPEEDUP
 
+    @property
+    def library(self) -> str:
+        """The key of :data:`LIBRARY_NAMES` to take: oneDNN's whole products where they are clearly faster than
+        the alternative, else the blocked kernels' library, else torch's BLAS."""
+        return "onednn" if self.use_onednn else self.block_library or "blas"
+
     def describe(self) -> str:
-        """One line for the training log: which library makes the products, and the measurement behind it."""
+        """One line for the training log: which library makes the products, and the measurements behind it."""
         rows, width, out_width = self.shape
-        measured = (f"a ({rows} x {width}) @ ({width} x {out_width}) fp32 product with its two gradients, "
-                    f"on {self.threads} thread{'s' * (self.threads > 1)}")
+        threads = f"{self.threads} thread{'s' * (self.threads > 1)}"
+        figures = []
+        if self.block_brgemm_seconds is not None:
+            figures.append(f"block by block ({BLOCK_ROWS} rows) oneDNN's brgemm micro-kernel measured {self.brgemm_speedup:.2f}x torch's "
+                           f"BLAS sgemm (taken from {BRGEMM_MIN_SPEEDUP}x)")
         if self.onednn_seconds is None:
-            return "products by torch's BLAS: oneDNN cannot compute plain fp32 products in this torch build"
-        library = "oneDNN" if self.use_onednn else "torch's BLAS"
-        return (f"products by {library}: oneDNN measured {self.onednn_speedup:.2f}x torch's BLAS on this CPU "
-                f"({measured}; oneDNN is taken from {ONEDNN_MIN_SPEEDUP}x; train.cpu_products pins either)")
+            figures.append("oneDNN cannot compute plain fp32 products whole in this torch build")
+        else:
+            reference = "torch's BLAS" if self.block_library is None else "the best block-by-block library"
+            figures.append(f"oneDNN's whole products measured {self.onednn_speedup:.2f}x {reference} (taken from {ONEDNN_MIN_SPEEDUP}x)")
+        return (f"products by {LIBRARY_NAMES[self.library]}: {'; '.join(figures)}; timed on a ({rows} x {width}) @ ({width} x "
+                f"{out_width}) fp32 product with its two gradients, on {threads} (train.cpu_products=onednn|blas|brgemm pins one)")
 
 
 TIMING_BUDGET_SECONDS = 0.1
@@ -122,7 +169,9 @@ and at 1.05-1.27x in ten by their medians."""
 def training_products_by_library(rows: int, width: int, out_width: int) -> dict[str, Callable[[], object]]:
     """A linear layer's three training products on random fp32 tensors, by each library of
     :data:`LIBRARY_NAMES` that can make them: forward x @ W^T, input gradient g @ W and weight gradient
-    g^T @ x, for x (rows, width), W (out_width, width) and g (rows, out_width)."""
+    g^T @ x, for x (rows, width), W (out_width, width) and g (rows, out_width); on one thread also block by
+    block as overtrain's blocked kernels make them, by torch's BLAS sgemm (``block_blas``) and by oneDNN's
+    brgemm micro-kernel (``block_brgemm``), where those are here."""
     generator = torch.Generator().manual_seed(0)  # not torch's global generator: no draw from the run's stream
     x = torch.randn(rows, width, generator=generator)
     weight = torch.randn(out_width, width, generator=generator)
@@ -130,6 +179,10 @@ def training_products_by_library(rows: int, width: int, out_width: int) -> dict[
     products = {"blas": lambda: (x @ weight.T, grad @ weight, grad.T @ x)}
     if onednn_available():
         products["onednn"] = lambda: (onednn_product(x, weight), onednn_product(grad, weight.T), onednn_weight_gradient(grad, x))
+    for library in ("blas", "brgemm"):  # block by block, as the blocked kernels make them
+        library_products = block_products(library)
+        if library_products is not None and torch.get_num_threads() == 1:
+            products[f"block_{library}"] = functools.partial(run_block_products, library_products, x, weight, grad, BLOCK_ROWS)
     return products
 
 
@@ -163,11 +216,12 @@ def _median_rounds(products: dict[str, Callable[[], object]]) -> dict[str, float
 @functools.lru_cache(maxsize=8)
 def time_products(rows: int, width: int, out_width: int, threads: int) -> ProductTiming:
     """Time a linear layer's three training products (:func:`training_products_by_library`) by torch's BLAS
-    and by oneDNN, once per process and shape: ~0.12 s at the nano shape, ~0.5 s at d_model 768 (where two
+    and by oneDNN, whole and block by block, once per process and shape: ~0.15 s at the nano shape, ~0.5 s at d_model 768 (where two
     untimed and two timed rounds exceed the budget). ``threads`` is torch's thread count, passed so that a
     change of it times again."""
     median = _median_rounds(training_products_by_library(rows, width, out_width))
-    return ProductTiming((rows, width, out_width), threads, median["blas"], median.get("onednn"))
+    return ProductTiming((rows, width, out_width), threads, median["blas"], median.get("onednn"), median.get("block_blas"),
+                         median.get("block_brgemm"))
 
 
 def linear_applies(x: torch.Tensor, weight: torch.Tensor) -> bool:

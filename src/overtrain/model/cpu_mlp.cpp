@@ -13,6 +13,8 @@
 // No torch headers: plain C entry points on raw pointers, called through ctypes.
 #include <cmath>
 #include <cstdint>
+#include <exception>
+#include <vector>
 
 namespace {
 
@@ -72,37 +74,50 @@ extern "C" {
 
 // out (N x C) = (silu(x w_gate^T) * (x w_up^T)) w_down^T, in blocks of block_rows rows; gate_up (N x 2F)
 // receives the pre-activations, which the backward pass reads. a_block (block_rows x F) is scratch.
-void ot_swiglu_mlp_forward(Sgemm sgemm, const float* x, const float* w_gate_up, const float* w_down, float* out,
-                           float* gate_up, float* a_block, int64_t rows, int64_t width, int64_t ff, int64_t block_rows) {
-  const int c = int(width), f = int(ff);
-  for (int64_t first = 0; first < rows; first += block_rows) {
-    const int m = int(rows - first < block_rows ? rows - first : block_rows);
-    float* gate_up_rows = gate_up + first * 2 * ff;
-    gemm(sgemm, false, true, m, 2 * f, c, x + first * width, c, w_gate_up, c, 0.0f, gate_up_rows, 2 * f);
-    swiglu_forward(gate_up_rows, a_block, m, ff);
-    gemm(sgemm, false, true, m, c, f, a_block, f, w_down, f, 0.0f, out + first * width, c);
+// Returns 0, or 2 where a product or an allocation failed (no C++ exception crosses the C entry point).
+int ot_swiglu_mlp_forward(const Products* products, const float* x, const float* w_gate_up, const float* w_down, float* out,
+                          float* gate_up, float* a_block, int64_t rows, int64_t width, int64_t ff, int64_t block_rows) {
+  try {
+    const WeightProduct gate_up_product(*products, w_gate_up, 2 * ff, width), down_product(*products, w_down, width, ff);
+    for (int64_t first = 0; first < rows; first += block_rows) {
+      const int64_t m = rows - first < block_rows ? rows - first : block_rows;
+      float* gate_up_rows = gate_up + first * 2 * ff;
+      gate_up_product.apply(m, x + first * width, width, gate_up_rows, 2 * ff);
+      swiglu_forward(gate_up_rows, a_block, m, ff);
+      down_product.apply(m, a_block, ff, out + first * width, width);
+    }
+  } catch (...) {
+    return 2;
   }
+  return 0;
 }
 
 // The gradients of ot_swiglu_mlp_forward's output, from grad_out (N x C), x and the saved gate_up:
 // grad_x (N x C), grad_w_gate_up (2F x C) and grad_w_down (C x F), the last two written by the first block
 // (the caller zeroes them when N is 0). a_block (block_rows x F) and grad_block (block_rows x 2F) are scratch.
-void ot_swiglu_mlp_backward(Sgemm sgemm, const float* grad_out, const float* x, const float* gate_up, const float* w_gate_up,
-                            const float* w_down, float* grad_x, float* grad_w_gate_up, float* grad_w_down, float* a_block,
-                            float* grad_block, int64_t rows, int64_t width, int64_t ff, int64_t block_rows) {
-  const int c = int(width), f = int(ff);
-  for (int64_t first = 0; first < rows; first += block_rows) {
-    const int m = int(rows - first < block_rows ? rows - first : block_rows);
-    const float beta = first == 0 ? 0.0f : 1.0f;
-    const float* gate_up_rows = gate_up + first * 2 * ff;
-    const float* grad_out_rows = grad_out + first * width;
-    swiglu_forward(gate_up_rows, a_block, m, ff);  // a again: cheaper than keeping it (N x F) in memory
-    gemm(sgemm, true, false, c, f, m, grad_out_rows, c, a_block, f, beta, grad_w_down, f);  // += dY^T a
-    gemm(sgemm, false, false, m, f, c, grad_out_rows, c, w_down, f, 0.0f, a_block, f);      // a_block = da = dY w_down
-    swiglu_backward(gate_up_rows, a_block, grad_block, m, ff);
-    gemm(sgemm, false, false, m, c, 2 * f, grad_block, 2 * f, w_gate_up, c, 0.0f, grad_x + first * width, c);
-    gemm(sgemm, true, false, 2 * f, c, m, grad_block, 2 * f, x + first * width, c, beta, grad_w_gate_up, c);
+// Returns 0, or 2 where a product or an allocation failed.
+int ot_swiglu_mlp_backward(const Products* products, const float* grad_out, const float* x, const float* gate_up,
+                           const float* w_gate_up, const float* w_down, float* grad_x, float* grad_w_gate_up, float* grad_w_down,
+                           float* a_block, float* grad_block, int64_t rows, int64_t width, int64_t ff, int64_t block_rows) {
+  try {
+    WeightGradient down_gradient(*products, grad_w_down, width, ff), gate_up_gradient(*products, grad_w_gate_up, 2 * ff, width);
+    for (int64_t first = 0; first < rows; first += block_rows) {
+      const int64_t m = rows - first < block_rows ? rows - first : block_rows;
+      const float* gate_up_rows = gate_up + first * 2 * ff;
+      const float* grad_out_rows = grad_out + first * width;
+      swiglu_forward(gate_up_rows, a_block, m, ff);  // a again: cheaper than keeping it (N x F) in memory
+      down_gradient.add(m, grad_out_rows, width, a_block, ff);                                   // += dY^T a
+      multiply(*products, m, ff, width, grad_out_rows, width, w_down, ff, false, a_block, ff);  // a_block = da = dY w_down
+      swiglu_backward(gate_up_rows, a_block, grad_block, m, ff);
+      multiply(*products, m, width, 2 * ff, grad_block, 2 * ff, w_gate_up, width, false, grad_x + first * width, width);
+      gate_up_gradient.add(m, grad_block, 2 * ff, x + first * width, width);
+    }
+    down_gradient.finish();
+    gate_up_gradient.finish();
+  } catch (...) {
+    return 2;
   }
+  return 0;
 }
 
 }  // extern "C"

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from overtrain.model.cpu_kernels import fp32_cpu_outside_autocast, kernel_library, required_blas_sgemm
+from overtrain.model.cpu_kernels import fp32_cpu_outside_autocast, kernel_library, required_block_products
 
 BLOCK_BYTES = 384 << 10
 """Pre-activations (block rows x 2F fp32) made at a time: with the block's SwiGLU output (half as large), its
@@ -50,35 +50,44 @@ def _check_shapes(x: torch.Tensor, w_gate_up: torch.Tensor, w_down: torch.Tensor
         raise ValueError("the fused MLP computes on fp32 CPU tensors outside autocast (see mlp_kernel_applies)")
 
 
+def _check_status(status: int) -> None:
+    if status != 0:
+        raise MemoryError("the fused MLP failed: a product or an allocation of its per-call buffers failed")
+
+
 @torch.library.custom_op("overtrain::swiglu_mlp", mutates_args=())
-def swiglu_mlp(x: torch.Tensor, w_gate_up: torch.Tensor, w_down: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def swiglu_mlp(x: torch.Tensor, w_gate_up: torch.Tensor, w_down: torch.Tensor, brgemm: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """``(silu(x w_gate^T) * (x w_up^T)) w_down^T`` (N, C) for x (N, C), w_gate_up (2F, C) (the gate's rows
-    first) and w_down (C, F); with the pre-activations ``x w_gate_up^T`` (N, 2F), which the backward pass reads."""
-    sgemm = required_blas_sgemm("the fused MLP")
+    first) and w_down (C, F); with the pre-activations ``x w_gate_up^T`` (N, 2F), which the backward pass reads. ``brgemm``:
+    the products by oneDNN's brgemm micro-kernel, else by torch's BLAS sgemm (a flag, not a library name:
+    inductor's C++ wrapper passes no string arguments to custom ops)."""
+    products = required_block_products("the fused MLP", "brgemm" if brgemm else "blas")
     _check_shapes(x, w_gate_up, w_down)
     x, w_gate_up, w_down = x.contiguous(), w_gate_up.contiguous(), w_down.contiguous()
     (rows, width), ff_width = x.shape, w_down.shape[1]
     out, gate_up = x.new_empty(rows, width), x.new_empty(rows, 2 * ff_width)
     block = min(block_rows(ff_width), max(rows, 1))
     a_block = x.new_empty(block, ff_width)  # held here: a pointer to a temporary would outlive its memory
-    kernel_library().ot_swiglu_mlp_forward(
-        sgemm, x.data_ptr(), w_gate_up.data_ptr(), w_down.data_ptr(), out.data_ptr(), gate_up.data_ptr(), a_block.data_ptr(),
+    status = kernel_library().ot_swiglu_mlp_forward(
+        products, x.data_ptr(), w_gate_up.data_ptr(), w_down.data_ptr(), out.data_ptr(), gate_up.data_ptr(), a_block.data_ptr(),
         rows, width, ff_width, block,
     )
+    _check_status(status)
     return out, gate_up
 
 
 @swiglu_mlp.register_fake
-def _(x, w_gate_up, w_down):
+def _(x, w_gate_up, w_down, brgemm=False):
     return x.new_empty(x.shape[0], w_down.shape[0]), x.new_empty(x.shape[0], 2 * w_down.shape[1])
 
 
 @torch.library.custom_op("overtrain::swiglu_mlp_backward", mutates_args=())
 def swiglu_mlp_backward(
-    grad_out: torch.Tensor, x: torch.Tensor, gate_up: torch.Tensor, w_gate_up: torch.Tensor, w_down: torch.Tensor
+    grad_out: torch.Tensor, x: torch.Tensor, gate_up: torch.Tensor, w_gate_up: torch.Tensor, w_down: torch.Tensor,
+    brgemm: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The gradients of :func:`swiglu_mlp`'s output with respect to x, w_gate_up and w_down, from ``grad_out`` (N, C)."""
-    sgemm = required_blas_sgemm("the fused MLP")
+    products = required_block_products("the fused MLP", "brgemm" if brgemm else "blas")
     grad_out, x, gate_up = grad_out.contiguous(), x.contiguous(), gate_up.contiguous()
     w_gate_up, w_down = w_gate_up.contiguous(), w_down.contiguous()
     (rows, width), ff_width = x.shape, w_down.shape[1]
@@ -87,30 +96,31 @@ def swiglu_mlp_backward(
     grad_w_gate_up, grad_w_down = make(w_gate_up), make(w_down)
     block = min(block_rows(ff_width), max(rows, 1))
     a_block, grad_block = x.new_empty(block, ff_width), x.new_empty(block, 2 * ff_width)  # held, as in swiglu_mlp
-    kernel_library().ot_swiglu_mlp_backward(
-        sgemm, grad_out.data_ptr(), x.data_ptr(), gate_up.data_ptr(), w_gate_up.data_ptr(), w_down.data_ptr(),
+    status = kernel_library().ot_swiglu_mlp_backward(
+        products, grad_out.data_ptr(), x.data_ptr(), gate_up.data_ptr(), w_gate_up.data_ptr(), w_down.data_ptr(),
         grad_x.data_ptr(), grad_w_gate_up.data_ptr(), grad_w_down.data_ptr(), a_block.data_ptr(), grad_block.data_ptr(),
         rows, width, ff_width, block,
     )
+    _check_status(status)
     return grad_x, grad_w_gate_up, grad_w_down
 
 
 @swiglu_mlp_backward.register_fake
-def _(grad_out, x, gate_up, w_gate_up, w_down):
+def _(grad_out, x, gate_up, w_gate_up, w_down, brgemm=False):
     contiguous = torch.contiguous_format
     return (torch.empty_like(x, memory_format=contiguous), torch.empty_like(w_gate_up, memory_format=contiguous),
             torch.empty_like(w_down, memory_format=contiguous))
 
 
 def _swiglu_mlp_setup_context(ctx, inputs, output) -> None:
-    x, w_gate_up, w_down = inputs
+    x, w_gate_up, w_down, ctx.brgemm = inputs
     ctx.save_for_backward(x, output[1], w_gate_up, w_down)
     ctx.mark_non_differentiable(output[1])
 
 
 def _swiglu_mlp_backward(ctx, grad_out, _grad_gate_up):
     x, gate_up, w_gate_up, w_down = ctx.saved_tensors
-    return swiglu_mlp_backward(grad_out, x, gate_up, w_gate_up, w_down)
+    return *swiglu_mlp_backward(grad_out, x, gate_up, w_gate_up, w_down, ctx.brgemm), None
 
 
 swiglu_mlp.register_autograd(_swiglu_mlp_backward, setup_context=_swiglu_mlp_setup_context)

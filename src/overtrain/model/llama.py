@@ -22,8 +22,8 @@ from overtrain.model.config import ModelConfig
 from overtrain.model.cpu_attention import causal_attention, heads_first, kernel_applies
 from overtrain.model.cpu_attention_block import attention_block, block_applies
 from overtrain.model.cpu_cross_entropy import linear_cross_entropy, loss_kernel_applies
-from overtrain.model.cpu_kernels import blas_sgemm, kernel_available
-from overtrain.model.cpu_linear import ProductTiming, linear, linear_applies, onednn_available, time_products
+from overtrain.model.cpu_kernels import BLOCK_LIBRARIES, block_products, kernel_available
+from overtrain.model.cpu_linear import LIBRARY_NAMES, ProductTiming, linear, linear_applies, onednn_available, time_products
 from overtrain.model.cpu_mlp import mlp_kernel_applies, swiglu_mlp
 
 
@@ -93,6 +93,8 @@ class Attention(nn.Module):
         self.cpu_block = False
         """Compute the whole block (projections and attention) with :mod:`overtrain.model.cpu_attention_block`
         where it applies (see :func:`LlamaLM.use_cpu_kernels`)."""
+        self.block_library = "blas"
+        """The library of the whole block's products (a key of :data:`~overtrain.model.cpu_kernels.BLOCK_LIBRARIES`)."""
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         batch, seq_len, _ = x.shape  # (B, T, C)
@@ -101,7 +103,8 @@ class Attention(nn.Module):
             stacked = torch.cat((self.q_proj.weight, self.k_proj.weight, self.v_proj.weight))
             if block_applies(x, self.n_heads, stacked, self.o_proj.weight):
                 keep = torch.is_grad_enabled() and (x.requires_grad or stacked.requires_grad)  # no probabilities kept without gradients
-                return attention_block(x, stacked, self.o_proj.weight, cos, sin, self.n_heads, self.head_dim**-0.5, keep)[0]
+                return attention_block(x, stacked, self.o_proj.weight, cos, sin, self.n_heads, self.head_dim**-0.5, keep,
+                                       self.block_library == "brgemm")[0]
         if self.cpu_kernel and plain:
             qkv = self._stacked_projection(x).view(batch, seq_len, 3, self.n_heads, self.head_dim)  # (B, T, 3, H, D)
             if kernel_applies(qkv):  # the kernel rotates q and k itself
@@ -142,12 +145,14 @@ class MLP(nn.Module):
         """Compute the projections with oneDNN (see :func:`LlamaLM.use_cpu_kernels`)."""
         self.cpu_kernel = False
         """Compute the whole MLP with :mod:`overtrain.model.cpu_mlp` where it applies (see :func:`LlamaLM.use_cpu_kernels`)."""
+        self.block_library = "blas"
+        """The library of the whole MLP's products (a key of :data:`~overtrain.model.cpu_kernels.BLOCK_LIBRARIES`)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weights = (self.gate_proj.weight, self.up_proj.weight, self.down_proj.weight)
         if self.cpu_kernel and self._projections_are_plain() and mlp_kernel_applies(x, *weights):
             w_gate_up = torch.cat(weights[:2])  # (2F, C): one product for both, as the kernel takes them
-            return swiglu_mlp(x.reshape(-1, x.shape[-1]), w_gate_up, weights[2])[0].view(x.shape)
+            return swiglu_mlp(x.reshape(-1, x.shape[-1]), w_gate_up, weights[2], self.block_library == "brgemm")[0].view(x.shape)
         onednn = self.onednn_products
         hidden = F.silu(project(self.gate_proj, x, onednn)) * project(self.up_proj, x, onednn)
         return project(self.down_proj, hidden, onednn)
@@ -189,7 +194,11 @@ class LlamaLM(nn.Module):
         self.model = Backbone(config, vocab_size)
         self.lm_head = nn.Linear(config.d_model, vocab_size, bias=False)
         self.onednn_products = False
-        """The fused loss's products by oneDNN (see :func:`use_cpu_kernels`)."""
+        """The fused loss's products by oneDNN from Python (see :func:`use_cpu_kernels`)."""
+        self.block_library = "blas"
+        """Else the fused loss's products by this key of :data:`~overtrain.model.cpu_kernels.BLOCK_LIBRARIES`."""
+        self.products_library = "blas"
+        """The key of :data:`~overtrain.model.cpu_linear.LIBRARY_NAMES` that :func:`use_cpu_kernels` took."""
         self.product_timing: ProductTiming | None = None
         """What :func:`use_cpu_kernels` measured to choose the library of the projections (None: not measured)."""
         self.cpu_loss_kernel = False
@@ -225,7 +234,8 @@ class LlamaLM(nn.Module):
         hidden = self.hidden_states(input_ids)  # (B, T, C)
         if self._loss_kernel_applies(hidden):
             flat_hidden, flat_targets = hidden.flatten(0, 1), targets.flatten()
-            return linear_cross_entropy(flat_hidden, self.lm_head.weight, flat_targets, ignore_index, self.onednn_products)[0]
+            return linear_cross_entropy(flat_hidden, self.lm_head.weight, flat_targets, ignore_index, self.onednn_products,
+                                        self.block_library == "brgemm")[0]
         logits = self.lm_head(hidden)  # (B, T, V)
         return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=ignore_index)
 
@@ -239,27 +249,36 @@ class LlamaLM(nn.Module):
             and loss_kernel_applies(hidden, self.lm_head.weight)
         )
 
-    def use_cpu_kernels(self, enabled: bool = True, onednn: bool | None = None) -> LlamaLM:
+    def use_cpu_kernels(self, enabled: bool = True, library: str | None = None) -> LlamaLM:
         """Compute attention with :mod:`overtrain.model.cpu_attention` where it applies (fp32 on the CPU, head
         dim 16-64, no grouped keys), the training loss's output layer and cross-entropy with
-        :mod:`overtrain.model.cpu_cross_entropy` (fp32 on the CPU), and the projections with oneDNN
-        (:mod:`overtrain.model.cpu_linear`) where it measures clearly faster than torch's BLAS on this CPU, else with
-        torch's BLAS, then a few sequences at a time through the whole attention block
-        (:mod:`overtrain.model.cpu_attention_block`) and the whole MLP (:mod:`overtrain.model.cpu_mlp`). They
-        agree to float rounding, not bitwise; off by default, the training loop turns them on for compiled runs.
-        Decided here, once: the kernels are built (seconds, once per machine) and
-        taken only if torch runs one thread now; the two product libraries are timed (~0.1-0.5 s, once per
-        process and shape; :attr:`product_timing` keeps the figures) unless ``onednn`` says which to take."""
-        self.product_timing = self._time_products() if enabled and onednn is None else None
-        onednn = enabled and (self.product_timing.use_onednn if onednn is None else onednn) and onednn_available()
+        :mod:`overtrain.model.cpu_cross_entropy` (fp32 on the CPU), and the projections by the library
+        ``library`` names (a key of :data:`~overtrain.model.cpu_linear.LIBRARY_NAMES`), or where it is None by
+        the one that measures fastest on this CPU (:class:`~overtrain.model.cpu_linear.ProductTiming`):
+        ``onednn`` makes them whole, through :mod:`overtrain.model.cpu_linear`; ``blas`` and ``brgemm`` make them
+        a few sequences at a time through the whole attention block (:mod:`overtrain.model.cpu_attention_block`)
+        and the whole MLP (:mod:`overtrain.model.cpu_mlp`), by torch's BLAS sgemm or oneDNN's brgemm
+        micro-kernel. They agree to float rounding, not bitwise; off by default, the training loop turns them on
+        for compiled runs. Decided here, once: the kernels are built (seconds, once per machine) and taken only
+        if torch runs one thread now; the libraries are timed (~0.1-0.5 s, once per process and shape;
+        :attr:`product_timing` keeps the figures) unless ``library`` says which to take. A library missing
+        here falls back to torch's BLAS (:attr:`products_library` says which was taken)."""
+        if library is not None and library not in LIBRARY_NAMES:
+            raise ValueError(f"unknown product library {library!r} (one of {', '.join(LIBRARY_NAMES)})")
+        self.product_timing = self._time_products() if enabled and library is None else None
+        library = self.product_timing.library if self.product_timing is not None else library or "blas"
+        onednn = enabled and library == "onednn" and onednn_available()
         enabled = enabled and kernel_available()
-        blocks = enabled and not onednn and blas_sgemm() is not None  # whole blocks, their products by torch's BLAS
+        block_library = library if library in BLOCK_LIBRARIES and block_products(library) is not None else "blas"
+        blocks = enabled and not onednn and block_products(block_library) is not None  # whole blocks, by sgemm or brgemm
         for layer in self.model.layers:
             layer.self_attn.cpu_kernel = enabled
             layer.self_attn.cpu_block = layer.mlp.cpu_kernel = blocks
             layer.self_attn.onednn_products = layer.mlp.onednn_products = onednn
-        self.onednn_products = onednn
-        self.cpu_loss_kernel = enabled and (onednn or blas_sgemm() is not None)  # its products: oneDNN's or torch's BLAS
+            layer.self_attn.block_library = layer.mlp.block_library = block_library
+        self.onednn_products, self.block_library = onednn, block_library
+        self.cpu_loss_kernel = enabled and (onednn or block_products(block_library) is not None)  # its products: oneDNN's or the blocks'
+        self.products_library = "onednn" if onednn else block_library if blocks or self.cpu_loss_kernel else "blas"
         return self
 
     def _time_products(self) -> ProductTiming:

@@ -69,15 +69,16 @@ class TrainConfig:
     runs eager after its compiled trunk, so it matches a standalone run of its budget (eager) to rounding
     only. The demo and study recipes pin ``false``: their published numbers, and the keys of their stored
     jobs, are eager."""
-    cpu_products: Literal["auto", "onednn", "blas"] = field(default="auto", metadata=OMITTED_AT_DEFAULT)
-    """Which fp32 GEMM library a compiled CPU run makes its products with: ``auto`` (the default) times both
-    at the model's shape when the run starts and takes oneDNN where it is clearly faster (on AMD CPUs with
-    AVX-512, whose MKL runs its AVX2 code); ``onednn`` or ``blas`` (torch's BLAS, MKL in the x86 wheels)
-    pin one, so that fresh runs on one machine, the jobs of a sweep among them, round alike. The two agree
-    to float rounding. At ``auto`` a resumed run or a WSD branch keeps the library its checkpoint names (and
+    cpu_products: Literal["auto", "onednn", "blas", "brgemm"] = field(default="auto", metadata=OMITTED_AT_DEFAULT)
+    """Which fp32 GEMM library a compiled CPU run makes its products with: ``auto`` (the default) times them
+    at the model's shape when the run starts and takes the fastest (overtrain.model.cpu_linear.ProductTiming):
+    ``blas`` (torch's BLAS sgemm, MKL in the x86 wheels) or ``brgemm`` (oneDNN's brgemm micro-kernel) inside
+    overtrain's blocked attention, MLP and loss kernels, or ``onednn`` making each product whole where that
+    is clearly faster still. Naming one pins it, so that fresh runs on one machine, the jobs of a sweep among
+    them, round alike. They agree to float rounding. At ``auto`` a resumed run or a WSD branch keeps the library its checkpoint names (and
     continues bitwise); a pin takes its own, and the log says when that differs from the checkpoint's. Under
     torchrun every rank takes rank 0's choice. Eager and bf16 runs make their products with torch's
-    operations whatever this says; oneDNN pinned where torch cannot use it is refused."""
+    operations whatever this says; a library pinned where it cannot be used is refused."""
     seed: int = 0
     """Seeds the initialization and the order of training batches."""
     eval_every_tokens: int = 500_000

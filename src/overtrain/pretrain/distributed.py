@@ -63,11 +63,16 @@ def all_reduce_mean(value: float, context: DistributedContext) -> float:
     return float(tensor.item()) / context.world_size
 
 
-def main_process_flag(value: bool, context: DistributedContext) -> bool:
+def main_process_value(value: int, context: DistributedContext) -> int:
     """Rank 0's ``value`` on every rank (a decision each rank could take differently, such as one made by
     timing on cores that the ranks share, is taken once for all)."""
     if context.world_size == 1:
         return value
-    tensor = torch.tensor([int(value)], dtype=torch.int64, device=context.device)
+    tensor = torch.tensor([value], dtype=torch.int64, device=context.device)
     dist.broadcast(tensor, src=0)
-    return bool(tensor.item())
+    return int(tensor.item())
+
+
+def main_process_flag(value: bool, context: DistributedContext) -> bool:
+    """:func:`main_process_value` for a yes or no."""
+    return bool(main_process_value(int(value), context))

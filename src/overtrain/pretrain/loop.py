@@ -45,13 +45,14 @@ from overtrain.data.tokens import (
     train_tokens_needed,
 )
 from overtrain.errors import OvertrainError
+from overtrain.model.cpu_kernels import block_products
 from overtrain.model.cpu_linear import LIBRARY_NAMES, onednn_available
 from overtrain.model.llama import LlamaLM, build_model, describe_size, estimate_flops_per_token
 from overtrain.model.loss import mean_token_loss
 from overtrain.precision import autocast_context, resolve_dtype
 from overtrain.pretrain.binding import Binding, check_run_binding, refuse_checkpoint_of_another_run, write_binding
 from overtrain.pretrain.config import PretrainConfig, validate_pretrain_config
-from overtrain.pretrain.distributed import DistributedContext, all_reduce_mean, distributed_context, main_process_flag
+from overtrain.pretrain.distributed import DistributedContext, all_reduce_mean, distributed_context, main_process_value
 from overtrain.pretrain.schedules import lr_at
 from overtrain.pretrain.update import clip_and_update
 from overtrain.process_lock import exclusive_lock
@@ -355,6 +356,12 @@ def _refuse_unusable_products_pin(config: PretrainConfig, device: torch.device) 
             "torch.backends.mkldnn is switched off)",
             "set train.cpu_products=auto or blas",
         )
+    if config.train.cpu_products == "brgemm" and device.type == "cpu" and block_products("brgemm") is None:
+        raise OvertrainError(
+            "train.cpu_products=brgemm, but overtrain's blocked kernels cannot call oneDNN's brgemm micro-kernel here (this "
+            "torch exports none, it failed its check against torch's product on this CPU, or the kernels could not be built)",
+            "set train.cpu_products=auto or blas",
+        )
 
 
 def _products_library(pinned: str, saved: str | None) -> str | None:
@@ -480,14 +487,15 @@ class _TrainingLoop:
         chooses_library = kernels and resolve_dtype(self.train_config.dtype, self.device) == "fp32"
         saved = self.state.products_library
         library = _products_library(self.train_config.cpu_products, saved) if chooses_library else "blas"
-        model.use_cpu_kernels(kernels, onednn=None if library is None else library == "onednn")
+        model.use_cpu_kernels(kernels, library=library)
         if library is None and context.world_size > 1:  # ranks timing at once on shared cores may choose
             # differently: all take rank 0's choice, the one its log and checkpoints name
-            agreed = main_process_flag(model.onednn_products, context)
-            if agreed != model.onednn_products:
-                model.use_cpu_kernels(kernels, onednn=agreed)
+            libraries = list(LIBRARY_NAMES)
+            agreed = libraries[main_process_value(libraries.index(model.products_library), context)]
+            if agreed != model.products_library:
+                model.use_cpu_kernels(kernels, library=agreed)
         # None where torch's operations make the products (eager, bf16): a branch or resume then names no library
-        self.state.products_library = ("onednn" if model.onednn_products else "blas") if chooses_library else None
+        self.state.products_library = model.products_library if chooses_library else None
         if chooses_library and context.is_main:
             self.log(self._products_note(saved))
         if context.world_size > 1:
@@ -505,8 +513,8 @@ class _TrainingLoop:
         if pinned == current:
             pin = f"products by {now}, as train.cpu_products={pinned} pins"
             return pin if saved is None else f"{pin}: the checkpoint this run continues from made them by {LIBRARY_NAMES[saved]} {rounding}"
-        # neither the pin nor the checkpoint: oneDNN was asked for, and torch cannot use it here
-        asked = f"train.cpu_products={pinned} asks for oneDNN" if pinned != "auto" else \
+        # neither the pin nor the checkpoint: a library was asked for that this machine's torch cannot use
+        asked = f"train.cpu_products={pinned} asks for {LIBRARY_NAMES[pinned]}" if pinned != "auto" else \
             f"the checkpoint this run continues from made them by {LIBRARY_NAMES[saved]}"
         return f"products by {now}: {asked}, which this machine's torch cannot use {rounding}"
 
