@@ -14,6 +14,8 @@
 // includes <cstdint> and <vector> first.
 #pragma once
 
+#include "cpu_vector_math.h"
+
 // Fortran BLAS sgemm, column-major: C = alpha op(A) op(B) + beta C.
 typedef void (*Sgemm)(const char* trans_a, const char* trans_b, const int* m, const int* n, const int* k, const float* alpha,
                       const float* a, const int* lda, const float* b, const int* ldb, const float* beta, float* c, const int* ldc);
@@ -38,18 +40,56 @@ inline void sgemm_row_major(Sgemm sgemm, bool trans_a, bool trans_b, int m, int 
   sgemm(&tb, &ta, &n, &m, &k, &one, b, &ldb, a, &lda, &beta, c, &ldc);
 }
 
-// dst (cols x rows, row-major, contiguous) = src^T, for src (rows x cols) with row stride ld, in 16 x 16 tiles
-// so that both sides stay within a few cache lines per tile.
+// One step of a 16 x 16 transpose in registers: for each pair of rows (r, r + D), swap bit log2(D) of
+// the row index with that of the column index. Four steps (D = 1, 2, 4, 8) transpose the tile; each is 16
+// two-vector shuffles with constant masks (one vpermt2ps each on AVX-512).
+template <int D>
+inline void transpose_step(vf (&rows)[W]) {
+  vi low, high;  // lanes of the pair's concatenation (0-15 row r, 16-31 row r + D) for the new rows r and r + D
+  for (int c = 0; c < W; ++c) {
+    low[c] = (c & D) ? W + c - D : c;
+    high[c] = (c & D) ? W + c : c + D;
+  }
+  for (int r = 0; r < W; ++r) {
+    if (r & D) continue;
+    const vf a = rows[r], b = rows[r + D];
+    rows[r] = __builtin_shuffle(a, b, low);
+    rows[r + D] = __builtin_shuffle(a, b, high);
+  }
+}
+
+// dst (cols x rows, row-major, contiguous) = src^T, for src (rows x cols) with row stride ld. With
+// AVX-512: whole 16 x 16 tiles in registers (3.4 us at 256 x 64 on a Zen 4 core, against 9 us element by
+// element), the edges element by element. Without it, the same shuffles of 16-float vectors (pairs of
+// AVX registers) measured 2x slower than the element loop, which is taken there instead.
 inline void transpose(const float* src, int64_t rows, int64_t cols, int64_t ld, float* dst) {
-  constexpr int64_t tile = 16;
-  for (int64_t r0 = 0; r0 < rows; r0 += tile) {
-    const int64_t r1 = r0 + tile < rows ? r0 + tile : rows;
-    for (int64_t c0 = 0; c0 < cols; c0 += tile) {
-      const int64_t c1 = c0 + tile < cols ? c0 + tile : cols;
+#ifdef __AVX512F__
+  const int64_t whole_rows = rows / W * W, whole_cols = cols / W * W;
+  for (int64_t r0 = 0; r0 < whole_rows; r0 += W) {
+    for (int64_t c0 = 0; c0 < whole_cols; c0 += W) {
+      vf tile[W];
+      for (int i = 0; i < W; ++i) tile[i] = vload(src + (r0 + i) * ld + c0);
+      transpose_step<1>(tile);
+      transpose_step<2>(tile);
+      transpose_step<4>(tile);
+      transpose_step<8>(tile);
+      for (int i = 0; i < W; ++i) vstore(dst + (c0 + i) * rows + r0, tile[i]);
+    }
+  }
+  for (int64_t r = 0; r < rows; ++r) {  // what the tiles left: the last rows % 16 rows, the last cols % 16 columns
+    const int64_t first_col = r < whole_rows ? whole_cols : 0;
+    for (int64_t c = first_col; c < cols; ++c) dst[c * rows + r] = src[r * ld + c];
+  }
+#else
+  for (int64_t r0 = 0; r0 < rows; r0 += W) {  // element by element, in 16 x 16 tiles that stay in a few cache lines
+    const int64_t r1 = r0 + W < rows ? r0 + W : rows;
+    for (int64_t c0 = 0; c0 < cols; c0 += W) {
+      const int64_t c1 = c0 + W < cols ? c0 + W : cols;
       for (int64_t c = c0; c < c1; ++c)
         for (int64_t r = r0; r < r1; ++r) dst[c * rows + r] = src[r * ld + c];
     }
   }
+#endif
 }
 
 // C (m x n) = A B, or C += A B with accumulate; A (m x k) and B (k x n) row-major with row strides lda, ldb.
