@@ -1,5 +1,5 @@
 """A Llama attention block (q/k/v product, rotary causal attention, output projection) a few sequences at
-a time on one CPU thread, its products by torch's BLAS.
+a time on one CPU thread, its products by torch's BLAS or oneDNN's brgemm.
 
 Why: the q/k/v product's output and the attention output pass through memory between the three steps of
 a block, and on one core the products then run at their cold-cache rate. :func:`attention_block` takes
@@ -7,8 +7,9 @@ each block of sequences (:data:`BLOCK_ROWS` rows) through all three while it sit
 (``cpu_attention_block.cpp``, around the kernel of :mod:`overtrain.model.cpu_attention`), and its backward
 pass keeps the gradients of the attention output and of q/k/v in L2 the same way (docs/benchmarks.md).
 It keeps for the backward pass what the three separate steps keep: q/k/v, the attention output, each row's
-log-sum-exp and, for short sequences, the probabilities. Taken where the model's products are torch's BLAS
-(:meth:`overtrain.model.llama.LlamaLM.use_cpu_kernels`); it agrees with the separate steps to float rounding.
+log-sum-exp and, for short sequences, the probabilities. Taken unless oneDNN makes the model's products whole
+(:meth:`overtrain.model.llama.LlamaLM.use_cpu_kernels`), by the library the model chose
+(:data:`~overtrain.model.cpu_kernels.BLOCK_LIBRARIES`); it agrees with the separate steps to float rounding.
 
 Shapes: B batch, T sequence length, C d_model, H heads, D head dim.
 """

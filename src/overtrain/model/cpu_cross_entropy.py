@@ -4,7 +4,8 @@ Why: the compiled nano step writes its (N, V) logits (4 MB), reads them back for
 more for the gradient, and on one core this traffic, not arithmetic, sets the pace (docs/benchmarks.md).
 :func:`linear_cross_entropy` makes the logits a block of rows at a time, turns each block into its
 gradient in place (``cpu_cross_entropy.cpp``) and multiplies it back into the gradients of the hidden
-states and the weight while the block sits in the L2 cache. Where oneDNN makes the model's products
+states and the weight while the block sits in the L2 cache, by torch's BLAS sgemm or oneDNN's brgemm
+micro-kernel, whichever the model's blocked kernels take. Where oneDNN makes the model's products whole
 (:mod:`overtrain.model.cpu_linear`: CPUs on which torch's BLAS is the slower library), it makes these too,
 from Python, in blocks as large as :data:`ONEDNN_LOGIT_BLOCK_BYTES` allows. It computes the gradients in
 its forward pass (the loss is the graph's last node), which is why the model takes it only when gradients

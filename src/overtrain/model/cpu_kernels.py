@@ -1,10 +1,14 @@
 """overtrain's C++ kernels for one CPU thread: built on first use, loaded through ctypes.
 
-The sources (``cpu_attention.cpp``, ``cpu_attention_block.cpp``, ``cpu_cross_entropy.cpp``, ``cpu_mlp.cpp``
-and the headers they share) are compiled with the system C++ compiler (the one ``torch.compile`` already
+The sources (``cpu_attention.cpp``, ``cpu_attention_block.cpp``, ``cpu_cross_entropy.cpp``, ``cpu_mlp.cpp``,
+``cpu_products.cpp`` and the headers they share) are compiled with the system C++ compiler (the one ``torch.compile`` already
 needs) into one library under ``~/.cache/overtrain/kernels`` (``OVERTRAIN_KERNEL_DIR`` overrides), keyed by
 the sources, the flags and the CPU. No torch headers, so it builds in seconds. Where it cannot be built, :func:`kernel_library`
 warns once and returns None, and callers use torch's operations instead.
+
+The blocked kernels make their products by one of two libraries that torch links, found here by address
+(cpu_blas.h): the Fortran BLAS ``sgemm_`` (:func:`blas_sgemm`) and oneDNN's fp32 brgemm micro-kernel
+(:func:`onednn_brgemm`); :func:`block_products` hands either to them.
 """
 
 from __future__ import annotations

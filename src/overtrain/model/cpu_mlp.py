@@ -1,13 +1,14 @@
-"""The Llama MLP (SwiGLU) in blocks of rows on one CPU thread, its products by torch's BLAS.
+"""The Llama MLP (SwiGLU) in blocks of rows on one CPU thread, its products by torch's BLAS or oneDNN's brgemm.
 
 Why: the MLP's products are most of a small model's step, and where the activations they pass between
 them (N x F) outgrow the L2 cache, each product reads or writes them at the cold-cache rate.
 :func:`swiglu_mlp` runs a block of rows through the gate-and-up product, SwiGLU and the down product while
 the block sits in L2 (``cpu_mlp.cpp``), and its backward pass walks the same blocks; at the nano shape the
 compiled step took ~6% less time (docs/benchmarks.md). Only the pre-activations (N x 2F, gate and up side
-by side) are kept for the backward pass, as autograd keeps them for three separate products. Taken where
-the model's products are torch's BLAS (:meth:`overtrain.model.llama.LlamaLM.use_cpu_kernels`); where
-oneDNN makes them, they stay three products. It agrees with the three-product MLP to float rounding, not
+by side) are kept for the backward pass, as autograd keeps them for three separate products. Taken unless
+oneDNN makes the model's products whole (:meth:`overtrain.model.llama.LlamaLM.use_cpu_kernels`), which
+then stay three products; the blocks' products are made by the library the model chose
+(:data:`~overtrain.model.cpu_kernels.BLOCK_LIBRARIES`). It agrees with the three-product MLP to float rounding, not
 bitwise.
 
 Shapes: N rows (tokens), C width (d_model), F the MLP's hidden width.
