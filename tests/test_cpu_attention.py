@@ -39,7 +39,7 @@ def _attention_and_grads(qkv, grad_out, kernel: bool, rotary: bool):
     cos, sin = rotary_cos_sin(seq_len, head_dim, 10_000.0, qkv.device) if rotary else (None, None)
     scale = 1 / math.sqrt(head_dim)
     if kernel:
-        out = causal_attention(qkv, scale, cos, sin)[0]
+        out = causal_attention(qkv, scale, cos, sin, True)[0]
     else:
         q, k, v = (qkv[:, :, index].transpose(1, 2) for index in range(3))
         q, k = (apply_rotary(x, cos.to(x.dtype), sin.to(x.dtype)) for x in (q, k)) if rotary else (q, k)
@@ -81,8 +81,8 @@ def test_kept_probabilities_are_sized_as_the_kernel_writes_them(seq_len: int) ->
     expected = written if seq_len <= cpu_attention.KEEP_PROBABILITIES_MAX_SEQ_LEN else 0
     assert cpu_attention.kept_probability_floats(seq_len) == expected
     qkv = torch.randn(2, seq_len, 3, 2, 16)
-    assert causal_attention(qkv, 0.25)[2].shape == (2, 2, expected)
-    assert causal_attention(qkv, 0.25, keep_probabilities=False)[2].numel() == 0
+    assert causal_attention(qkv, 0.25, None, None, True)[2].shape == (2, 2, expected)
+    assert causal_attention(qkv, 0.25, None, None, False)[2].numel() == 0
 
 
 @pytest.mark.parametrize("seq_len", [1, 16, 17, 37, 128, 256, 300])
@@ -106,14 +106,14 @@ def test_the_backward_pass_reads_the_kept_probabilities() -> None:
     """Halving the kept probabilities changes the gradient (so it is read, not recomputed); a buffer of
     another size is refused rather than read past its end."""
     qkv, grad_out = torch.randn(1, 37, 3, 2, 16), torch.randn(1, 37, 2, 16)
-    out, lse, probabilities = causal_attention(qkv, 0.25)
-    read = causal_attention_backward(grad_out, qkv, out, lse, probabilities, 0.25)
-    halved = causal_attention_backward(grad_out, qkv, out, lse, probabilities * 0.5, 0.25)
-    recomputed = causal_attention_backward(grad_out, qkv, out, lse, probabilities[:, :, :0], 0.25)
+    out, lse, probabilities = causal_attention(qkv, 0.25, None, None, True)
+    read = causal_attention_backward(grad_out, qkv, out, lse, probabilities, 0.25, None, None)
+    halved = causal_attention_backward(grad_out, qkv, out, lse, probabilities * 0.5, 0.25, None, None)
+    recomputed = causal_attention_backward(grad_out, qkv, out, lse, probabilities[:, :, :0], 0.25, None, None)
     torch.testing.assert_close(read, recomputed, atol=1e-5, rtol=1e-5)
     assert (read - halved).abs().max() > 0.1
     with pytest.raises(ValueError, match="the kept attention probabilities hold 16 floats"):
-        causal_attention_backward(grad_out, qkv, out, lse, torch.zeros(1, 1, 16), 0.25)
+        causal_attention_backward(grad_out, qkv, out, lse, torch.zeros(1, 1, 16), 0.25, None, None)
 
 
 def test_kernel_reads_and_writes_through_any_strides_with_a_contiguous_last_dim() -> None:
@@ -125,7 +125,7 @@ def test_kernel_reads_and_writes_through_any_strides_with_a_contiguous_last_dim(
     cos, sin = rotary_cos_sin(21, 16, 10_000.0, wide.device)
     for columns in (slice(16, 32), slice(32, 48)):
         wide_leaf = wide.clone().requires_grad_()
-        out = causal_attention(wide_leaf[..., columns], 0.25, cos, sin)[0]
+        out = causal_attention(wide_leaf[..., columns], 0.25, cos, sin, True)[0]
         (grad_wide,) = torch.autograd.grad(out, wide_leaf, grad_out)
         reference = _attention_and_grads(wide[..., columns].contiguous().requires_grad_(), grad_out.contiguous(), kernel=False, rotary=True)
         torch.testing.assert_close(out, reference[0], atol=2e-5, rtol=1e-4)
@@ -166,11 +166,11 @@ def test_rotary_tables_must_match_the_queries() -> None:
     qkv = torch.randn(1, 8, 3, 2, 16)
     cos, sin = rotary_cos_sin(8, 16, 10_000.0, qkv.device)
     with pytest.raises(ValueError, match="both rotary tables"):
-        causal_attention(qkv, 0.25, cos, None)
+        causal_attention(qkv, 0.25, cos, None, True)
     with pytest.raises(ValueError, match=r"shape \(T, D\) = \(8, 16\)"):
-        causal_attention(qkv, 0.25, cos[:4], sin[:4])
+        causal_attention(qkv, 0.25, cos[:4], sin[:4], True)
     with pytest.raises(ValueError, match=r"packed as one \(B, T, 3, H, D\) tensor, got shape \(1, 8, 4, 2, 16\)"):
-        causal_attention(torch.randn(1, 8, 4, 2, 16), 0.25)
+        causal_attention(torch.randn(1, 8, 4, 2, 16), 0.25, None, None, True)
 
 
 def test_kernel_applies_only_where_it_is_built_for() -> None:

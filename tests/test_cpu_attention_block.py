@@ -35,7 +35,7 @@ def _kernel_between_products(x, w_qkv, w_o, cos, sin, heads: int) -> torch.Tenso
     """What the model computes without the block: torch's products around the attention kernel."""
     batch, seq_len, _ = x.shape
     qkv = (x @ w_qkv.T).view(batch, seq_len, 3, heads, -1)
-    return causal_attention(qkv, qkv.shape[-1] ** -0.5, cos, sin)[0].reshape(batch, seq_len, -1) @ w_o.T
+    return causal_attention(qkv, qkv.shape[-1] ** -0.5, cos, sin, True)[0].reshape(batch, seq_len, -1) @ w_o.T
 
 
 def _output_and_grads(inputs, grad_y, heads: int, how: str, library: str = "blas") -> list[torch.Tensor]:
@@ -102,15 +102,15 @@ def test_the_block_keeps_what_the_attention_kernel_keeps() -> None:
     generator = torch.Generator().manual_seed(0)
     x, w_qkv, w_o = torch.randn(3, 32, 64, generator=generator), torch.randn(192, 64, generator=generator) / 8, torch.randn(64, 64, generator=generator) / 8
     cos, sin = rotary_cos_sin(32, 16, 10000.0, torch.device("cpu"))
-    _, qkv, out, lse, probabilities = attention_block(x, w_qkv, w_o, cos, sin, 4, 0.25)
+    _, qkv, out, lse, probabilities = attention_block(x, w_qkv, w_o, cos, sin, 4, 0.25, True, False)
     torch.testing.assert_close(qkv, (x @ w_qkv.T).view(3, 32, 3, 4, 16), atol=1e-5, rtol=1e-5)
-    for mine, reference in zip((out, lse, probabilities), causal_attention(qkv, 0.25, cos, sin)):
+    for mine, reference in zip((out, lse, probabilities), causal_attention(qkv, 0.25, cos, sin, True)):
         torch.testing.assert_close(mine, reference)
-    assert attention_block(x, w_qkv, w_o, cos, sin, 4, 0.25, keep_probabilities=False)[4].numel() == 0
+    assert attention_block(x, w_qkv, w_o, cos, sin, 4, 0.25, False, False)[4].numel() == 0
     assert BLOCK_ROWS // 32 == 8  # these 3 sequences are one part block
 
 
-def test_the_model_takes_the_block_only_with_blas_products_on_plain_fp32_layers(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_model_takes_the_block_only_with_blocked_products_on_plain_fp32_layers(monkeypatch: pytest.MonkeyPatch) -> None:
     """Taken with the kernels on and the products by torch's BLAS (oneDNN's stay separate products); not under
     autocast, and not for a projection that is hooked or wrapped (a LoRA adapter, say), whose own forward must run."""
     from overtrain.model import llama
@@ -146,8 +146,8 @@ def test_the_block_refuses_inputs_it_would_read_past() -> None:
     x, w_qkv, w_o = torch.randn(2, 8, 32), torch.randn(96, 32), torch.randn(32, 32)
     cos, sin = rotary_cos_sin(8, 16, 10000.0, torch.device("cpu"))
     with pytest.raises(ValueError, match=r"the rotary tables must be \(T, D\) = \(8, 16\), got \(4, 16\)"):
-        attention_block(x, w_qkv, w_o, cos[:4], sin[:4], 2, 0.25)
+        attention_block(x, w_qkv, w_o, cos[:4], sin[:4], 2, 0.25, True, False)
     with pytest.raises(ValueError, match="do not fit x of width 32"):
-        attention_block(x, w_qkv, torch.randn(32, 16), cos, sin, 2, 0.25)
+        attention_block(x, w_qkv, torch.randn(32, 16), cos, sin, 2, 0.25, True, False)
     with pytest.raises(ValueError, match="fp32 CPU tensors"):
-        attention_block(x.double(), w_qkv.double(), w_o.double(), cos.double(), sin.double(), 2, 0.25)
+        attention_block(x.double(), w_qkv.double(), w_o.double(), cos.double(), sin.double(), 2, 0.25, True, False)

@@ -75,9 +75,9 @@ def test_fused_loss_by_onednn_in_blocks_of_rows_gives_the_whole_blocks_result(mo
     hidden, weight = torch.randn(1000, 32, generator=generator), torch.randn(259, 32, generator=generator) / 32**0.5
     targets = torch.randint(0, 259, (1000,), generator=generator)
     targets[::5] = IGNORE
-    whole = linear_cross_entropy(hidden, weight, targets, IGNORE, True)
+    whole = linear_cross_entropy(hidden, weight, targets, IGNORE, True, False)
     monkeypatch.setattr("overtrain.model.cpu_cross_entropy.ONEDNN_LOGIT_BLOCK_BYTES", 240 * 259 * 4)
-    blocked = linear_cross_entropy(hidden, weight, targets, IGNORE, True)
+    blocked = linear_cross_entropy(hidden, weight, targets, IGNORE, True, False)
     for mine, reference in zip(blocked, whole):
         torch.testing.assert_close(mine, reference, atol=1e-6, rtol=1e-5)
 

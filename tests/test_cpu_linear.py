@@ -97,7 +97,7 @@ def test_onednn_is_taken_only_from_the_measured_speedup() -> None:
 
 def test_the_blocked_kernels_take_brgemm_from_its_measured_speedup_and_onednn_must_beat_them() -> None:
     """With the products also timed block by block, brgemm is taken over sgemm from BRGEMM_MIN_SPEEDUP, and
-    oneDNN's whole products must beat the faster block-by-block library (not torch's BLAS whole) by 1.3x."""
+    oneDNN's whole products must beat the block-by-block library taken (not torch's BLAS whole) by 1.3x."""
     def timing(block_blas: float, block_brgemm: float | None, onednn: float = 10.0) -> ProductTiming:
         return ProductTiming((4096, 64, 192), 1, 2.0, onednn, block_blas, block_brgemm)
 
@@ -110,8 +110,8 @@ def test_the_blocked_kernels_take_brgemm_from_its_measured_speedup_and_onednn_mu
     assert timing(1.0, None, onednn=0.7).library == "onednn"  # against sgemm's blocks where brgemm is missing
     line = timing(1.2, 1.0).describe()
     assert line.startswith("products by oneDNN's brgemm micro-kernel: block by block (256 rows) oneDNN's brgemm micro-kernel "
-                           "measured 1.20x torch's BLAS sgemm (taken from 1.05x); oneDNN's whole products measured 0.10x the best "
-                           "block-by-block library (taken from 1.3x)")
+                           "measured 1.20x torch's BLAS sgemm (taken from 1.05x); oneDNN's whole products measured 0.10x the "
+                           "blocked kernels' library (taken from 1.3x)")
 
 
 def test_the_timing_makes_a_linear_layers_three_training_products_with_each_library() -> None:
@@ -179,23 +179,71 @@ def test_model_routes_its_projections_by_the_measurement(monkeypatch: pytest.Mon
 
 
 def test_the_model_takes_brgemm_in_its_blocked_kernels_where_it_measures_faster(monkeypatch: pytest.MonkeyPatch) -> None:
-    from overtrain.model.cpu_kernels import block_products, kernel_available
+    from overtrain.model import cpu_attention_block, cpu_cross_entropy, cpu_kernels, cpu_mlp
 
-    if not kernel_available() or block_products("brgemm") is None:
+    if not cpu_kernels.kernel_available() or cpu_kernels.block_products("brgemm") is None:
         pytest.skip("needs the CPU kernels, one torch thread and oneDNN's brgemm micro-kernel")
     monkeypatch.setattr("overtrain.model.llama.time_products",
                         lambda *shape: ProductTiming(shape[:3], shape[3], 1.0, 10.0, 1.2, 1.0))
+    asked: list[str] = []  # the library each blocked op asked for, forward and backward
+
+    def required_block_products(kernel: str, brgemm: bool) -> int:
+        asked.append(cpu_kernels.block_library_of(brgemm))
+        return cpu_kernels.required_block_products(kernel, brgemm)
+
+    def block_products(library: str):
+        asked.append(library)
+        return cpu_kernels.block_products(library)
+
+    monkeypatch.setattr(cpu_mlp, "required_block_products", required_block_products)
+    monkeypatch.setattr(cpu_attention_block, "required_block_products", required_block_products)
+    monkeypatch.setattr(cpu_cross_entropy, "block_products", block_products)
     model, _ = build_model(ModelConfig(d_model=32, n_layers=2, n_heads=2), vocab_size=50, max_seq_len=16, seed=0)
     input_ids = torch.randint(0, 50, (2, 16), generator=torch.Generator().manual_seed(0))
     by_brgemm = model.use_cpu_kernels(True).loss(input_ids, input_ids)
-    assert model.products_library == model.block_library == "brgemm" and not model.onednn_products
+    assert asked == ["brgemm"] * 5  # two attention blocks, two MLPs, the loss
+    by_brgemm.backward()
+    assert asked == ["brgemm"] * 9 and model.products_library == model.block_library == "brgemm" and not model.onednn_products
     assert all(layer.self_attn.block_library == layer.mlp.block_library == "brgemm" for layer in model.model.layers)
     assert all(layer.self_attn.cpu_block and layer.mlp.cpu_kernel for layer in model.model.layers)
+    asked.clear()
     by_blas = model.use_cpu_kernels(True, library="blas").loss(input_ids, input_ids)
+    assert asked == ["blas"] * 5
     assert model.products_library == "blas" and all(layer.mlp.block_library == "blas" for layer in model.model.layers)
     torch.testing.assert_close(by_brgemm, by_blas, atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match="unknown product library 'mkl'"):
         model.use_cpu_kernels(True, library="mkl")
+
+
+def test_without_the_built_kernels_the_timing_and_the_model_keep_torchs_operations(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where the kernels cannot be built, no library is timed block by block and the model runs torch's
+    operations (no blocked kernel is asked for)."""
+    from overtrain.model import cpu_kernels
+
+    monkeypatch.setattr(cpu_kernels, "kernel_library", lambda: None)
+    cpu_kernels.block_products.cache_clear()
+    cpu_linear.time_products.cache_clear()
+    try:
+        assert cpu_kernels.block_products("blas") is None and cpu_kernels.block_products("brgemm") is None
+        assert not {"block_blas", "block_brgemm"} & set(cpu_linear.training_products_by_library(64, 16, 32))
+        model, _ = build_model(ModelConfig(d_model=32, n_layers=2, n_heads=2), vocab_size=50, max_seq_len=16, seed=0)
+        model.use_cpu_kernels(True)
+        assert model.product_timing.block_library is None and not model.cpu_loss_kernel
+        assert not any(layer.mlp.cpu_kernel or layer.self_attn.cpu_block for layer in model.model.layers)
+        assert model.product_timing.library in ("onednn", "blas")
+    finally:
+        cpu_kernels.block_products.cache_clear()
+        cpu_linear.time_products.cache_clear()
+
+
+def test_a_blocked_kernels_status_becomes_an_error_that_names_it() -> None:
+    from overtrain.model.cpu_kernels import raise_for_block_status
+
+    raise_for_block_status(0, "the fused MLP")
+    with pytest.raises(MemoryError, match="the fused MLP: its per-call buffers could not be allocated"):
+        raise_for_block_status(2, "the fused MLP")
+    with pytest.raises(RuntimeError, match="the fused loss: a product failed in its library .status 3.; train.cpu_products=blas"):
+        raise_for_block_status(3, "the fused loss")
 
 
 def test_layers_that_are_not_plain_keep_their_own_forward(monkeypatch: pytest.MonkeyPatch) -> None:

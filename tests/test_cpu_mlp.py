@@ -72,7 +72,7 @@ def test_fused_mlp_reads_strided_and_saved_inputs_as_their_values(library: str) 
     torch.testing.assert_close(gate_up, torch.cat((x @ w_gate.T, x @ w_up.T), dim=1), atol=1e-5, rtol=1e-5)
 
 
-def test_the_model_takes_the_fused_mlp_only_with_blas_products_on_plain_fp32_layers() -> None:
+def test_the_model_takes_the_fused_mlp_only_with_blocked_products_on_plain_fp32_layers() -> None:
     """Taken with the kernels on and the products by torch's BLAS (oneDNN's stay three products); not under
     autocast, and not for a projection that is wrapped or hooked (a LoRA adapter, say), whose own forward must run."""
     model, _ = build_model(ModelConfig(d_model=32, n_layers=2, n_heads=2), vocab_size=50, max_seq_len=8, seed=0)
@@ -119,9 +119,9 @@ def test_a_compiled_model_with_the_fused_mlp_trains_as_the_eager_one() -> None:
 
 def test_the_fused_mlp_refuses_weights_it_would_read_past() -> None:
     with pytest.raises(ValueError, match="takes x \\(N, C\\), w_gate_up \\(2F, C\\) and w_down \\(C, F\\)"):
-        swiglu_mlp(torch.randn(4, 16), torch.randn(30, 16), torch.randn(16, 20))
+        swiglu_mlp(torch.randn(4, 16), torch.randn(30, 16), torch.randn(16, 20), False)
     with pytest.raises(ValueError, match="fp32 CPU tensors"):
-        swiglu_mlp(torch.randn(4, 16).double(), torch.randn(40, 16).double(), torch.randn(16, 20).double())
+        swiglu_mlp(torch.randn(4, 16).double(), torch.randn(40, 16).double(), torch.randn(16, 20).double(), False)
 
 
 def test_a_projection_with_a_backward_hook_is_not_fused_away() -> None:

@@ -23,7 +23,7 @@ from overtrain.data.tokens import heldout_windows, open_token_data, train_batch
 from overtrain.errors import OvertrainError
 from overtrain.model.loss import mean_token_loss
 from overtrain.pretrain.ladder import run_ladder
-from overtrain.pretrain.loop import train_run
+from overtrain.pretrain.loop import _refuse_unusable_products_pin, train_run
 
 
 @pytest.fixture(scope="module")
@@ -396,23 +396,53 @@ def test_brgemm_pinned_where_the_kernels_cannot_call_it_is_refused_before_anythi
     assert not Path(config.out_dir).exists()
 
 
-def test_brgemm_pinned_makes_the_blocked_kernels_products_and_the_checkpoint_names_it(tmp_path: Path, corpus: Path) -> None:
-    """A run pinned to oneDNN's brgemm micro-kernel takes it in every blocked kernel, logs so, and its
-    checkpoint names it; its losses match a run by torch's BLAS to float rounding."""
+@pytest.mark.usefixtures("one_torch_thread")
+def test_brgemm_pinned_makes_the_blocked_kernels_products_and_the_checkpoint_names_it(tmp_path: Path, corpus: Path,
+                                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run pinned to oneDNN's brgemm micro-kernel takes it in every blocked kernel of the compiled step
+    (what each op asked for is recorded), logs so, and its checkpoint names it; its losses match a run by
+    torch's BLAS to float rounding."""
     from overtrain.checkpoints.folder import read_checkpoint_info
-    from overtrain.model.cpu_kernels import block_products, kernel_available
+    from overtrain.model import cpu_attention_block, cpu_cross_entropy, cpu_kernels, cpu_mlp
 
-    if not kernel_available() or block_products("brgemm") is None:
-        pytest.skip("needs the CPU kernels, one torch thread and oneDNN's brgemm micro-kernel")
+    if not cpu_kernels.kernel_available() or cpu_kernels.block_products("brgemm") is None:
+        pytest.skip("needs the CPU kernels and oneDNN's brgemm micro-kernel")
+    asked: set[str] = set()
+
+    def required_block_products(kernel: str, brgemm: bool) -> int:
+        asked.add(cpu_kernels.block_library_of(brgemm))
+        return cpu_kernels.required_block_products(kernel, brgemm)
+
+    def block_products(library: str):
+        asked.add(library)
+        return cpu_kernels.block_products(library)
+
+    for module in (cpu_mlp, cpu_attention_block):
+        monkeypatch.setattr(module, "required_block_products", required_block_products)
+    monkeypatch.setattr(cpu_cross_entropy, "block_products", block_products)
     settings = ("train.max_tokens=8192", "train.compile=true", "train.dtype=fp32", f"data.cache_dir={tmp_path / 'cache'}")
     results, logs = {}, {}
     for library in ("brgemm", "blas"):
+        asked.clear()
         config, logs[library] = tiny_pretrain_config(tmp_path / library, corpus, *settings, f"train.cpu_products={library}"), []
         results[library] = train_run(config, log=logs[library].append, show_progress=False)
+        assert asked == {library}  # the MLP, the attention block and the loss, forward and backward
         checkpoint = list_checkpoints(config.out_dir)[-1]
         assert read_checkpoint_info(checkpoint).loop_state["products_library"] == library
     assert "products by oneDNN's brgemm micro-kernel, as train.cpu_products=brgemm pins" in logs["brgemm"]
     assert results["brgemm"].final_heldout_loss == pytest.approx(results["blas"].final_heldout_loss, abs=1e-4)
+
+
+def test_brgemm_pinned_for_a_run_of_several_threads_is_refused(tmp_path: Path, corpus: Path) -> None:
+    """The blocked kernels run on one thread: a brgemm pin with more would silently make no brgemm product."""
+    config = tiny_pretrain_config(tmp_path, corpus, "train.max_tokens=4096", "train.compile=true", "train.dtype=fp32",
+                                  "train.cpu_products=brgemm", "train.threads=2")
+    with pytest.raises(OvertrainError, match="run on one thread, and this run would use 2") as refused:
+        train_run(config, log=lambda *_: None, show_progress=False)
+    assert "set train.threads=1" in str(refused.value) and not Path(config.out_dir).exists()
+    eager = tiny_pretrain_config(tmp_path, corpus, "train.max_tokens=4096", "train.compile=false", "train.cpu_products=brgemm",
+                                 "train.threads=2")
+    _refuse_unusable_products_pin(eager, torch.device("cpu"), 1)  # an eager run ignores the pin: nothing to refuse
 
 
 def test_onednn_pinned_where_torch_cannot_use_it_is_refused_before_anything_is_written(tmp_path: Path, corpus: Path,

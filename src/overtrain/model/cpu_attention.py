@@ -112,9 +112,13 @@ def _rotary_pointers(qkv: torch.Tensor, cos: torch.Tensor | None, sin: torch.Ten
     return [cos.data_ptr(), sin.data_ptr()]
 
 
+# The custom ops of overtrain's kernels take every argument explicitly (no defaults in their schemas):
+# inductor's C++ wrapper (cpp_wrapper) leaves out a trailing argument that equals its default, and the
+# dispatcher then read whatever followed the argument array in its place (torch 2.13; a blocked kernel
+# asked for torch's BLAS ran oneDNN's brgemm).
 @torch.library.custom_op("overtrain::causal_attention", mutates_args=())
 def causal_attention(
-    qkv: torch.Tensor, scale: float, cos: torch.Tensor | None = None, sin: torch.Tensor | None = None, keep_probabilities: bool = True,
+    qkv: torch.Tensor, scale: float, cos: torch.Tensor | None, sin: torch.Tensor | None, keep_probabilities: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """softmax(scale q k^T + causal mask) v for queries, keys and values packed as one (B, T, 3, H, D) tensor
     (what one product with the three weights stacked gives), with q and k first rotated by the rotary
@@ -155,14 +159,14 @@ def probabilities_pointer(probabilities: torch.Tensor) -> int | None:
 
 
 @causal_attention.register_fake
-def _(qkv, scale, cos=None, sin=None, keep_probabilities=True):
+def _(qkv, scale, cos, sin, keep_probabilities):
     return _forward_outputs(qkv, keep_probabilities)
 
 
 @torch.library.custom_op("overtrain::causal_attention_backward", mutates_args=())
 def causal_attention_backward(
     grad_out: torch.Tensor, qkv: torch.Tensor, out: torch.Tensor, lse: torch.Tensor, probabilities: torch.Tensor, scale: float,
-    cos: torch.Tensor | None = None, sin: torch.Tensor | None = None,
+    cos: torch.Tensor | None, sin: torch.Tensor | None,
 ) -> torch.Tensor:
     """Gradient of :func:`causal_attention` with respect to the packed, unrotated qkv (B, T, 3, H, D), from its
     forward pass's log-sum-exp and kept probabilities (read where kept, else recomputed)."""
@@ -191,7 +195,7 @@ def check_kept_probabilities(probabilities: torch.Tensor, batch: int, heads: int
 
 
 @causal_attention_backward.register_fake
-def _(grad_out, qkv, out, lse, probabilities, scale, cos=None, sin=None):
+def _(grad_out, qkv, out, lse, probabilities, scale, cos, sin):
     return torch.empty(qkv.shape, dtype=qkv.dtype, device=qkv.device)
 
 

@@ -13,6 +13,8 @@
 // qkv (B, T, 3, H, D), out (B, T, H, D), lse (B, H, T), probabilities as cpu_attention.cpp keeps them.
 // No torch headers: plain C entry points on raw pointers, called through ctypes.
 #include <cstdint>
+#include <memory>
+#include <new>
 #include <vector>
 
 namespace {
@@ -35,7 +37,8 @@ extern "C" {
 
 // y (B, T, C) = o(attention(qkv(x))), block_batch sequences at a time; qkv, out, lse and (where not null)
 // probabilities receive what the backward pass reads. probability_floats: floats kept per (batch, head).
-// Returns 0, 1 for a head dim the attention kernel has no code for, 2 where a product or an allocation failed.
+// Returns 0, 1 for a head dim the attention kernel has no code for, 2 where an allocation failed, 3 where a
+// product failed.
 int ot_attention_block_forward(const Products* products, const float* x, const float* w_qkv, const float* w_o, float* y, float* qkv, float* out,
                                float* lse, float* probabilities, const float* cos, const float* sin, int64_t B, int64_t T,
                                int64_t C, int64_t H, int64_t D, int64_t probability_floats, int64_t block_batch, float scale) {
@@ -55,16 +58,18 @@ int ot_attention_block_forward(const Products* products, const float* x, const f
       if (status != 0) return status;
       o_product.apply(rows, out_rows, inner, y + first * T * C, C);
     }
-  } catch (...) {
-    return 2;  // a product or an allocation failed; no C++ exception may cross the C entry point
+  } catch (const std::bad_alloc&) {
+    return 2;
+  } catch (...) {  // a product failed; no C++ exception may cross the C entry point
+    return 3;
   }
   return 0;
 }
 
 // The gradients of ot_attention_block_forward's output from grad_y (B, T, C) and what the forward pass
 // kept: grad_x (B, T, C), grad_w_qkv (3 H D, C) and grad_w_o (C, H D), the last two written by the first
-// block (the caller zeroes them when B is 0). Returns 0, 1 for an unsupported head dim, 2 where a product or an
-// allocation failed.
+// block (the caller zeroes them when B is 0). Returns 0, 1 for an unsupported head dim, 2 where an allocation failed,
+// 3 where a product failed.
 int ot_attention_block_backward(const Products* products, const float* grad_y, const float* x, const float* w_qkv, const float* w_o, float* qkv,
                                 float* out, float* lse, const float* probabilities, const float* cos, const float* sin, float* grad_x,
                                 float* grad_w_qkv, float* grad_w_o, int64_t B, int64_t T, int64_t C, int64_t H, int64_t D,
@@ -94,8 +99,10 @@ int ot_attention_block_backward(const Products* products, const float* grad_y, c
     }
     o_gradient.finish();
     qkv_gradient.finish();
-  } catch (...) {
-    return 2;  // a product or an allocation failed; no C++ exception may cross the C entry point
+  } catch (const std::bad_alloc&) {
+    return 2;
+  } catch (...) {  // a product failed; no C++ exception may cross the C entry point
+    return 3;
   }
   return 0;
 }

@@ -19,12 +19,13 @@ from __future__ import annotations
 import torch
 
 from overtrain.model.cpu_attention import HEAD_DIMS, check_kept_probabilities, kept_probability_floats, probabilities_pointer
-from overtrain.model.cpu_kernels import fp32_cpu_outside_autocast, kernel_library, required_block_products
+from overtrain.model.cpu_kernels import fp32_cpu_outside_autocast, kernel_library, raise_for_block_status, required_block_products
 
 BLOCK_ROWS = 256
 """Rows (tokens) per block, in whole sequences, at least one: at the nano shape two sequences, whose q/k/v
 (192 KiB), attention output and gradients stay within the L2 cache. In the step, 128, 256 and 512 rows
-measured 1.04, 0.95-0.99 and 0.98-0.99 of the separate steps' time as a Python prototype."""
+measured 1.04, 0.95-0.99 and 0.98-0.99 of the separate steps' time as a Python prototype. The product
+libraries are timed block by block at this many rows (:mod:`overtrain.model.cpu_linear`)."""
 
 
 def block_applies(x: torch.Tensor, heads: int, *weights: torch.Tensor) -> bool:
@@ -46,10 +47,9 @@ def _outputs(x: torch.Tensor, heads: int, head_dim: int, keep_probabilities: boo
 
 
 def _check_status(status: int, head_dim: int) -> None:
-    if status == 2:
-        raise MemoryError("the attention block failed: a product or an allocation of its per-call buffers failed")
-    if status != 0:
+    if status == 1:
         raise ValueError(f"the CPU attention kernel has no head dim {head_dim} (it has {HEAD_DIMS})")
+    raise_for_block_status(status, "the attention block")
 
 
 def _check_inputs(x: torch.Tensor, w_qkv: torch.Tensor, w_o: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, heads: int) -> None:
@@ -71,7 +71,7 @@ def _check_inputs(x: torch.Tensor, w_qkv: torch.Tensor, w_o: torch.Tensor, cos: 
 @torch.library.custom_op("overtrain::attention_block", mutates_args=())
 def attention_block(
     x: torch.Tensor, w_qkv: torch.Tensor, w_o: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, heads: int, scale: float,
-    keep_probabilities: bool = True, brgemm: bool = False,
+    keep_probabilities: bool, brgemm: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """``o(softmax(scale q k^T + causal mask) v)`` for x (B, T, C), with q, k, v = x w_qkv^T split in three
     (w_qkv (3 H D, C): the q rows, then k, then v) and q, k rotated by the rotary tables cos and sin (T, D);
@@ -80,7 +80,7 @@ def attention_block(
     ``keep_probabilities`` is false or the sequences are long; :func:`~overtrain.model.cpu_attention.causal_attention`).
     ``brgemm``: the products by oneDNN's brgemm micro-kernel, else by torch's BLAS sgemm (a flag, not a
     library name: inductor's C++ wrapper passes no string arguments to custom ops)."""
-    products = required_block_products("the attention block", "brgemm" if brgemm else "blas")
+    products = required_block_products("the attention block", brgemm)
     _check_inputs(x, w_qkv, w_o, cos, sin, heads)
     x, w_qkv, w_o, cos, sin = (tensor.contiguous() for tensor in (x, w_qkv, w_o, cos, sin))
     batch, seq_len, width = x.shape
@@ -96,7 +96,7 @@ def attention_block(
 
 
 @attention_block.register_fake
-def _(x, w_qkv, w_o, cos, sin, heads, scale, keep_probabilities=True, brgemm=False):
+def _(x, w_qkv, w_o, cos, sin, heads, scale, keep_probabilities, brgemm):
     return _outputs(x, heads, w_qkv.shape[0] // 3 // heads, keep_probabilities)
 
 
@@ -104,11 +104,11 @@ def _(x, w_qkv, w_o, cos, sin, heads, scale, keep_probabilities=True, brgemm=Fal
 def attention_block_backward(
     grad_y: torch.Tensor, x: torch.Tensor, w_qkv: torch.Tensor, w_o: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
     qkv: torch.Tensor, out: torch.Tensor, lse: torch.Tensor, probabilities: torch.Tensor, heads: int, scale: float,
-    brgemm: bool = False,
+    brgemm: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The gradients of :func:`attention_block`'s y with respect to x, w_qkv and w_o, from ``grad_y`` (B, T, C)
     and what its forward pass returned (the probabilities are read where kept, else recomputed)."""
-    products = required_block_products("the attention block", "brgemm" if brgemm else "blas")
+    products = required_block_products("the attention block", brgemm)
     grad_y, x, w_qkv, w_o, cos, sin = (tensor.contiguous() for tensor in (grad_y, x, w_qkv, w_o, cos, sin))
     batch, seq_len, width = x.shape
     head_dim = w_qkv.shape[0] // 3 // heads
@@ -126,7 +126,7 @@ def attention_block_backward(
 
 
 @attention_block_backward.register_fake
-def _(grad_y, x, w_qkv, w_o, cos, sin, qkv, out, lse, probabilities, heads, scale, brgemm=False):
+def _(grad_y, x, w_qkv, w_o, cos, sin, qkv, out, lse, probabilities, heads, scale, brgemm):
     contiguous = torch.contiguous_format
     return tuple(torch.empty_like(tensor, memory_format=contiguous) for tensor in (x, w_qkv, w_o))
 

@@ -11,7 +11,7 @@
 // gradient's two operands per block (WeightGradient).
 //
 // Included inside each source's anonymous namespace: every definition is internal. The including source
-// includes <cstdint> and <vector> first.
+// includes <cstdint>, <memory> and <vector> first.
 #pragma once
 
 #include "cpu_vector_math.h"
@@ -40,27 +40,9 @@ inline void sgemm_row_major(Sgemm sgemm, bool trans_a, bool trans_b, int m, int 
   sgemm(&tb, &ta, &n, &m, &k, &one, b, &ldb, a, &lda, &beta, c, &ldc);
 }
 
-// One step of a 16 x 16 transpose in registers: for each pair of rows (r, r + D), swap bit log2(D) of
-// the row index with that of the column index. Four steps (D = 1, 2, 4, 8) transpose the tile; each is 16
-// two-vector shuffles with constant masks (one vpermt2ps each on AVX-512).
-template <int D>
-inline void transpose_step(vf (&rows)[W]) {
-  vi low, high;  // lanes of the pair's concatenation (0-15 row r, 16-31 row r + D) for the new rows r and r + D
-  for (int c = 0; c < W; ++c) {
-    low[c] = (c & D) ? W + c - D : c;
-    high[c] = (c & D) ? W + c : c + D;
-  }
-  for (int r = 0; r < W; ++r) {
-    if (r & D) continue;
-    const vf a = rows[r], b = rows[r + D];
-    rows[r] = __builtin_shuffle(a, b, low);
-    rows[r + D] = __builtin_shuffle(a, b, high);
-  }
-}
-
 // dst (cols x rows, row-major, contiguous) = src^T, for src (rows x cols) with row stride ld. With
-// AVX-512: whole 16 x 16 tiles in registers (3.4 us at 256 x 64 on a Zen 4 core, against 9 us element by
-// element), the edges element by element. Without it, the same shuffles of 16-float vectors (pairs of
+// AVX-512: whole 16 x 16 tiles in registers (transpose16; 3.3 us at 256 x 64 on a Zen 4 core, against 9 us
+// element by element), the edges element by element. Without it, the same shuffles of 16-float vectors (pairs of
 // AVX registers) measured 2x slower than the element loop, which is taken there instead.
 inline void transpose(const float* src, int64_t rows, int64_t cols, int64_t ld, float* dst) {
 #ifdef __AVX512F__
@@ -69,10 +51,7 @@ inline void transpose(const float* src, int64_t rows, int64_t cols, int64_t ld, 
     for (int64_t c0 = 0; c0 < whole_cols; c0 += W) {
       vf tile[W];
       for (int i = 0; i < W; ++i) tile[i] = vload(src + (r0 + i) * ld + c0);
-      transpose_step<1>(tile);
-      transpose_step<2>(tile);
-      transpose_step<4>(tile);
-      transpose_step<8>(tile);
+      transpose16(tile);
       for (int i = 0; i < W; ++i) vstore(dst + (c0 + i) * rows + r0, tile[i]);
     }
   }
@@ -109,14 +88,14 @@ class WeightProduct {
  public:
   WeightProduct(const Products& products, const float* weight, int64_t out, int64_t in) : products_(products), weight_(weight), out_(out), in_(in) {
     if (products.brgemm) {
-      transposed_.resize(out * in);
-      transpose(weight, out, in, in, transposed_.data());
+      transposed_.reset(new float[out * in]);  // not zeroed: every element is written next
+      transpose(weight, out, in, in, transposed_.get());
     }
   }
   // y (rows x out, row stride ldy) = x (rows x in, row stride ldx) W^T.
   void apply(int64_t rows, const float* x, int64_t ldx, float* y, int64_t ldy) const {
     if (products_.brgemm) {
-      multiply(products_, rows, out_, in_, x, ldx, transposed_.data(), out_, false, y, ldy);
+      multiply(products_, rows, out_, in_, x, ldx, transposed_.get(), out_, false, y, ldy);
     } else {
       sgemm_row_major(products_.sgemm, false, true, int(rows), int(out_), int(in_), x, int(ldx), weight_, int(in_), 0.0f, y, int(ldy));
     }
@@ -126,7 +105,7 @@ class WeightProduct {
   const Products& products_;
   const float* weight_;
   int64_t out_, in_;
-  std::vector<float> transposed_;
+  std::unique_ptr<float[]> transposed_;
 };
 
 // A linear layer's weight gradient summed over blocks of rows: grad_w (out x in) = sum over blocks of
@@ -137,7 +116,7 @@ class WeightGradient {
  public:
   WeightGradient(const Products& products, float* grad_weight, int64_t out, int64_t in)
       : products_(products), grad_weight_(grad_weight), out_(out), in_(in), keep_transposed_(products.brgemm && out > in) {
-    if (keep_transposed_) transposed_sum_.resize(in * out);
+    if (keep_transposed_) transposed_sum_.reset(new float[in * out]);  // not zeroed: the first block writes it
   }
   void add(int64_t rows, const float* grad_y, int64_t ld_grad_y, const float* x, int64_t ldx) {
     if (!products_.brgemm) {
@@ -146,7 +125,7 @@ class WeightGradient {
     } else if (keep_transposed_) {  // grad_w^T (in x out) += X^T dY
       scratch_.resize(in_ * rows);
       transpose(x, rows, in_, ldx, scratch_.data());
-      multiply(products_, in_, out_, rows, scratch_.data(), rows, grad_y, ld_grad_y, blocks_ > 0, transposed_sum_.data(), out_);
+      multiply(products_, in_, out_, rows, scratch_.data(), rows, grad_y, ld_grad_y, blocks_ > 0, transposed_sum_.get(), out_);
     } else {  // grad_w (out x in) += dY^T X
       scratch_.resize(out_ * rows);
       transpose(grad_y, rows, out_, ld_grad_y, scratch_.data());
@@ -155,7 +134,7 @@ class WeightGradient {
     ++blocks_;
   }
   void finish() {
-    if (keep_transposed_ && blocks_ > 0) transpose(transposed_sum_.data(), in_, out_, out_, grad_weight_);
+    if (keep_transposed_ && blocks_ > 0) transpose(transposed_sum_.get(), in_, out_, out_, grad_weight_);
   }
 
  private:
@@ -164,5 +143,6 @@ class WeightGradient {
   int64_t out_, in_;
   bool keep_transposed_;
   int64_t blocks_ = 0;
-  std::vector<float> transposed_sum_, scratch_;
+  std::unique_ptr<float[]> transposed_sum_;
+  std::vector<float> scratch_;
 };

@@ -1,8 +1,8 @@
 // The output layer and its softmax cross-entropy on CPU in fp32, one thread, a block of rows at a time.
 //
 // Why: the compiled nano step wrote its (N, V) logits (4 MB), read them back for the log-softmax and twice
-// more for the gradient. Here each block of logits is made (BLAS sgemm, the one torch links, passed in by
-// the caller), turned into its gradient in place and multiplied back into the gradients of the hidden
+// more for the gradient. Here each block of logits is made (by the library the caller passes in: torch's
+// BLAS sgemm or oneDNN's brgemm micro-kernel, cpu_blas.h), turned into its gradient in place and multiplied back into the gradients of the hidden
 // states and the weight while it sits in the L2 cache, so the logits never travel through memory. The exp
 // of cpu_vector_math.h (2 ulp) costs about half of an accurate one.
 //
@@ -10,6 +10,8 @@
 // No torch headers: plain C entry points on raw pointers, called through ctypes.
 #include <cmath>
 #include <cstdint>
+#include <memory>
+#include <new>
 #include <vector>
 
 namespace {
@@ -103,7 +105,8 @@ extern "C" {
 // in place, then grad_hidden = block W (N x C) and grad_weight += block^T hidden (V x C, written by the
 // first block). *total receives the sum of the rows' cross-entropies (nats; rows whose target is
 // ignore_index add nothing and get zero gradients). The caller checks that every other target lies in
-// [0, V). Returns 0, or 2 where a product or an allocation failed (no C++ exception crosses the entry point).
+// [0, V). Returns 0, 2 where an allocation failed, or 3 where a product failed (no C++ exception crosses the
+// entry point).
 int ot_linear_cross_entropy(const Products* products, const float* hidden, const float* weight, const int64_t* targets,
                             float* grad_hidden, float* grad_weight, float* logits_block, int64_t rows, int64_t width, int64_t vocab,
                             int64_t block_rows, int64_t ignore_index, float scale, double* total) {
@@ -120,8 +123,10 @@ int ot_linear_cross_entropy(const Products* products, const float* hidden, const
       weight_gradient.add(m, logits_block, vocab, hidden_block, width);
     }
     weight_gradient.finish();
-  } catch (...) {
+  } catch (const std::bad_alloc&) {
     return 2;
+  } catch (...) {  // a product failed; no C++ exception may cross the C entry point
+    return 3;
   }
   return 0;
 }

@@ -21,7 +21,7 @@ import math
 
 import torch
 
-from overtrain.model.cpu_kernels import BLOCK_LIBRARIES, block_products, kernel_library
+from overtrain.model.cpu_kernels import BLOCK_LIBRARIES, block_library_of, block_products, kernel_library, raise_for_block_status
 from overtrain.model.cpu_linear import onednn_product, onednn_weight_gradient
 
 LOGIT_BLOCK_BYTES = 256 << 10
@@ -37,8 +37,8 @@ fastest in the step (docs/benchmarks.md); the cap keeps large vocabularies from 
 
 def loss_kernel_applies(*tensors: torch.Tensor) -> bool:
     """Whether :func:`linear_cross_entropy` computes on these tensors: fp32 on the CPU. Only tensor
-    properties, so torch.compile traces it without a break (whether the kernel is built and torch exports a
-    BLAS sgemm is asked once, by :meth:`overtrain.model.llama.LlamaLM.use_cpu_kernels`)."""
+    properties, so torch.compile traces it without a break (whether the kernel is built and which library
+    makes its products is decided once, by :meth:`overtrain.model.llama.LlamaLM.use_cpu_kernels`)."""
     return all(tensor.device.type == "cpu" and tensor.dtype == torch.float32 for tensor in tensors)
 
 
@@ -49,15 +49,15 @@ def _block_rows(vocab_size: int) -> int:
 
 @torch.library.custom_op("overtrain::linear_cross_entropy", mutates_args=())
 def linear_cross_entropy(
-    hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, ignore_index: int, onednn: bool = False,
-    brgemm: bool = False,
+    hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, ignore_index: int, onednn: bool,
+    brgemm: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Mean cross-entropy (nats) of the logits ``hidden @ weight.T`` (N, V) against targets (N,), over the
     targets that are not ``ignore_index`` (NaN when all are), as ``F.cross_entropy`` gives it; with the
     loss's gradients with respect to hidden (N, C) and weight (V, C), which the backward pass scales.
     ``onednn``: the products by oneDNN from Python; else by oneDNN's brgemm micro-kernel with ``brgemm``, or by
     torch's BLAS sgemm (flags, not library names: inductor's C++ wrapper passes no string arguments to custom ops)."""
-    library = "brgemm" if brgemm else "blas"
+    library = block_library_of(brgemm)
     products = None if onednn else block_products(library)
     if products is None and not onednn:
         raise RuntimeError(f"the fused loss cannot make its products by {BLOCK_LIBRARIES[library]} here (torch's library exports no usable "
@@ -82,8 +82,7 @@ def linear_cross_entropy(
         logits_block.data_ptr(), rows, width, vocab_size, block_rows, ignore_index, 1.0 / counted if counted else 0.0,
         ctypes.byref(total),
     )
-    if status != 0:
-        raise MemoryError("the fused loss failed: a product or an allocation of its per-call buffers failed")
+    raise_for_block_status(status, "the fused loss")
     loss = hidden.new_tensor(total.value / counted if counted else math.nan)
     return loss, grad_hidden, grad_weight
 
@@ -112,7 +111,7 @@ def _linear_cross_entropy_by_onednn(
 
 
 @linear_cross_entropy.register_fake
-def _(hidden, weight, targets, ignore_index, onednn=False, brgemm=False):
+def _(hidden, weight, targets, ignore_index, onednn, brgemm):
     return hidden.new_empty(()), torch.empty_like(hidden, memory_format=torch.contiguous_format), torch.empty_like(weight, memory_format=torch.contiguous_format)
 
 

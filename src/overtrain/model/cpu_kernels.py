@@ -135,11 +135,6 @@ BLOCK_LIBRARIES = {"blas": "torch's BLAS (sgemm)", "brgemm": "oneDNN's brgemm mi
 :mod:`~overtrain.model.cpu_cross_entropy`) can make their products with, by key."""
 
 
-BLOCK_ROWS = 256
-"""Rows per block where the products are timed block by block (:mod:`overtrain.model.cpu_linear`): what the
-attention block makes at the nano shape (two sequences of 128), and near the MLP's."""
-
-
 class _Products(ctypes.Structure):
     """cpu_blas.h's ``Products``: the sgemm to call, and the brgemm where it is taken (else null)."""
 
@@ -158,8 +153,7 @@ def run_block_products(products: ctypes.Structure, x: torch.Tensor, weight: torc
         ctypes.addressof(products), x.data_ptr(), weight.data_ptr(), grad_y.data_ptr(), y.data_ptr(), grad_x.data_ptr(),
         grad_weight.data_ptr(), rows, width, out_width, block_rows,
     )
-    if status != 0:
-        raise RuntimeError("a blocked product failed (a library refused it, or memory ran out)")
+    raise_for_block_status(status, "the blocked products")
     return y, grad_x, grad_weight
 
 
@@ -173,7 +167,7 @@ def _block_products_agree_with_torch(products: ctypes.Structure) -> bool:
         grad_y = torch.arange(rows * out_width, dtype=torch.float32).reshape(rows, out_width).sin()
         try:
             y, grad_x, grad_weight = run_block_products(products, x, weight, grad_y, block_rows=32)
-        except RuntimeError:
+        except (RuntimeError, MemoryError):
             return False
         if not (torch.allclose(y, x @ weight.T, atol=1e-4) and torch.allclose(grad_x, grad_y @ weight, atol=1e-4)
                 and torch.allclose(grad_weight, grad_y.T @ x, atol=1e-3)):
@@ -200,7 +194,9 @@ def onednn_brgemm() -> int | None:
 @functools.cache
 def block_products(library: str) -> ctypes.Structure | None:
     """cpu_blas.h's ``Products`` for a key of :data:`BLOCK_LIBRARIES`, kept alive here (the kernels get its
-    address); None where that library is missing."""
+    address); None where that library, or the kernels that call it, are missing."""
+    if kernel_library() is None:
+        return None
     sgemm = blas_sgemm()
     brgemm = onednn_brgemm() if library == "brgemm" else None
     if sgemm is None or (library == "brgemm" and brgemm is None):
@@ -221,14 +217,29 @@ def fp32_cpu_outside_autocast(*tensors: torch.Tensor) -> bool:
     return not torch.is_autocast_enabled("cpu") and all(tensor.device.type == "cpu" and tensor.dtype == torch.float32 for tensor in tensors)
 
 
-def required_block_products(kernel: str, library: str) -> int:
-    """The address of the ``Products`` for a key of :data:`BLOCK_LIBRARIES`, for a kernel that cannot run
-    without them (and the built library), or an error saying so: the model asks for both before it takes such
-    a kernel (LlamaLM.use_cpu_kernels)."""
-    if library not in BLOCK_LIBRARIES:
-        raise ValueError(f"{kernel}: unknown product library {library!r} (one of {', '.join(BLOCK_LIBRARIES)})")
-    products = block_products(library) if kernel_library() is not None else None
+def block_library_of(brgemm: bool) -> str:
+    """The key of :data:`BLOCK_LIBRARIES` for a kernel's ``brgemm`` flag (the ops take a flag, not a name:
+    inductor's C++ wrapper passes no string arguments to custom ops)."""
+    return "brgemm" if brgemm else "blas"
+
+
+def required_block_products(kernel: str, brgemm: bool) -> int:
+    """The address of the ``Products`` for :func:`block_library_of` ``brgemm``, for a kernel that cannot run
+    without them (and the built library), or a RuntimeError saying so: the model asks for both before it takes
+    such a kernel (LlamaLM.use_cpu_kernels)."""
+    library = block_library_of(brgemm)
+    products = block_products(library)
     if products is None:
         raise RuntimeError(f"{kernel} needs overtrain's CPU kernels and {BLOCK_LIBRARIES[library]}; LlamaLM.use_cpu_kernels "
                            "takes torch's operations where they are missing")
     return ctypes.addressof(products)
+
+
+def raise_for_block_status(status: int, kernel: str) -> None:
+    """A blocked kernel's status as Python's error: 2, its buffers could not be allocated; 3, a product
+    failed (the library threw, which the kernel caught at its C entry point)."""
+    if status == 2:
+        raise MemoryError(f"{kernel}: its per-call buffers could not be allocated")
+    if status != 0:
+        raise RuntimeError(f"{kernel}: a product failed in its library (status {status}); train.cpu_products=blas "
+                           "takes torch's BLAS instead")

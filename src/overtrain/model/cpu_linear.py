@@ -29,11 +29,14 @@ from dataclasses import dataclass
 
 import torch
 
-from overtrain.model.cpu_kernels import BLOCK_ROWS, block_products, run_block_products
+from overtrain.model.cpu_attention_block import BLOCK_ROWS
+from overtrain.model.cpu_kernels import block_products, run_block_products
 
 ONEDNN_MIN_SPEEDUP = 1.3
-"""oneDNN is taken only when a linear layer's three training products (:func:`time_products`) measure at
-least this much faster with it than with torch's BLAS. The margin covers what that timing leaves out: each
+"""oneDNN's whole products are taken only when a linear layer's three training products (:func:`time_products`)
+measure at least this much faster with them than with the library the blocked kernels would take
+(:attr:`ProductTiming.reference_seconds`: torch's BLAS sgemm or oneDNN's brgemm block by block; torch's BLAS
+whole where the blocked kernels are missing). The margin covers what that timing leaves out: each
 oneDNN product is a custom op called from Python (~25 us a call against ~5 for ``F.linear``) and meets
 colder caches in the step. On a Zen 4 core the three products measured 1.11-1.20x by oneDNN while the
 whole compiled step ran 2% faster by torch's BLAS; on a Zen 5 core, timed one by one, they measured 1.4-2.3x
@@ -84,7 +87,7 @@ def products_by_library(source: torch.Tensor, weight: torch.Tensor) -> dict[str,
 
 @dataclass(frozen=True)
 class ProductTiming:
-    """A linear layer's three training products at the model's shape, timed with both libraries on this CPU
+    """A linear layer's three training products at the model's shape, timed with each library on this CPU
     at torch's thread count."""
 
     shape: tuple[int, int, int]
@@ -96,7 +99,7 @@ class ProductTiming:
     onednn_seconds: float | None
     """The same by oneDNN; None where oneDNN is missing or refuses plain fp32 tensors."""
     block_blas_seconds: float | None = None
-    """The same products made block by block (:data:`~overtrain.model.cpu_kernels.BLOCK_ROWS` rows), as the
+    """The same products made block by block (:data:`~overtrain.model.cpu_attention_block.BLOCK_ROWS` rows), as the
     blocked kernels make them, by torch's BLAS sgemm; None where those kernels are missing."""
     block_brgemm_seconds: float | None = None
     """The same by oneDNN's brgemm micro-kernel; None where this torch has none (or it fails its check)."""
@@ -146,14 +149,14 @@ class ProductTiming:
         if self.onednn_seconds is None:
             figures.append("oneDNN cannot compute plain fp32 products whole in this torch build")
         else:
-            reference = "torch's BLAS" if self.block_library is None else "the best block-by-block library"
+            reference = "torch's BLAS" if self.block_library is None else "the blocked kernels' library"
             figures.append(f"oneDNN's whole products measured {self.onednn_speedup:.2f}x {reference} (taken from {ONEDNN_MIN_SPEEDUP}x)")
         return (f"products by {LIBRARY_NAMES[self.library]}: {'; '.join(figures)}; timed on a ({rows} x {width}) @ ({width} x "
                 f"{out_width}) fp32 product with its two gradients, on {threads} (train.cpu_products=onednn|blas|brgemm pins one)")
 
 
 TIMING_BUDGET_SECONDS = 0.1
-"""What :func:`time_products` spends at most on its timed rounds, both libraries together (its two untimed
+"""What :func:`time_products` spends at most on its timed rounds, all libraries together (its two untimed
 warm-up rounds come on top)."""
 
 TIMING_ROUNDS = 12

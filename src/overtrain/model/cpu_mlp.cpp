@@ -13,7 +13,8 @@
 // No torch headers: plain C entry points on raw pointers, called through ctypes.
 #include <cmath>
 #include <cstdint>
-#include <exception>
+#include <memory>
+#include <new>
 #include <vector>
 
 namespace {
@@ -74,7 +75,8 @@ extern "C" {
 
 // out (N x C) = (silu(x w_gate^T) * (x w_up^T)) w_down^T, in blocks of block_rows rows; gate_up (N x 2F)
 // receives the pre-activations, which the backward pass reads. a_block (block_rows x F) is scratch.
-// Returns 0, or 2 where a product or an allocation failed (no C++ exception crosses the C entry point).
+// Returns 0, 2 where an allocation failed, or 3 where a product failed (no C++ exception crosses the C
+// entry point).
 int ot_swiglu_mlp_forward(const Products* products, const float* x, const float* w_gate_up, const float* w_down, float* out,
                           float* gate_up, float* a_block, int64_t rows, int64_t width, int64_t ff, int64_t block_rows) {
   try {
@@ -86,8 +88,10 @@ int ot_swiglu_mlp_forward(const Products* products, const float* x, const float*
       swiglu_forward(gate_up_rows, a_block, m, ff);
       down_product.apply(m, a_block, ff, out + first * width, width);
     }
-  } catch (...) {
+  } catch (const std::bad_alloc&) {
     return 2;
+  } catch (...) {  // a product failed; no C++ exception may cross the C entry point
+    return 3;
   }
   return 0;
 }
@@ -95,7 +99,7 @@ int ot_swiglu_mlp_forward(const Products* products, const float* x, const float*
 // The gradients of ot_swiglu_mlp_forward's output, from grad_out (N x C), x and the saved gate_up:
 // grad_x (N x C), grad_w_gate_up (2F x C) and grad_w_down (C x F), the last two written by the first block
 // (the caller zeroes them when N is 0). a_block (block_rows x F) and grad_block (block_rows x 2F) are scratch.
-// Returns 0, or 2 where a product or an allocation failed.
+// Returns 0, 2 where an allocation failed, or 3 where a product failed.
 int ot_swiglu_mlp_backward(const Products* products, const float* grad_out, const float* x, const float* gate_up,
                            const float* w_gate_up, const float* w_down, float* grad_x, float* grad_w_gate_up, float* grad_w_down,
                            float* a_block, float* grad_block, int64_t rows, int64_t width, int64_t ff, int64_t block_rows) {
@@ -114,8 +118,10 @@ int ot_swiglu_mlp_backward(const Products* products, const float* grad_out, cons
     }
     down_gradient.finish();
     gate_up_gradient.finish();
-  } catch (...) {
+  } catch (const std::bad_alloc&) {
     return 2;
+  } catch (...) {  // a product failed; no C++ exception may cross the C entry point
+    return 3;
   }
   return 0;
 }

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import torch
 
-from overtrain.model.cpu_kernels import fp32_cpu_outside_autocast, kernel_library, required_block_products
+from overtrain.model.cpu_kernels import fp32_cpu_outside_autocast, kernel_library, raise_for_block_status, required_block_products
 
 BLOCK_BYTES = 384 << 10
 """Pre-activations (block rows x 2F fp32) made at a time: with the block's SwiGLU output (half as large), its
@@ -31,7 +31,7 @@ MIN_BLOCK_ROWS = 64
 
 def mlp_kernel_applies(x: torch.Tensor, *weights: torch.Tensor) -> bool:
     """Whether :func:`swiglu_mlp` computes on these tensors: fp32 on the CPU, outside autocast (whether the
-    kernels are built and torch exports a BLAS sgemm is asked once, by
+    kernels are built and which library makes their products is decided once, by
     :meth:`~overtrain.model.llama.LlamaLM.use_cpu_kernels`)."""
     return fp32_cpu_outside_autocast(x, *weights)
 
@@ -51,18 +51,13 @@ def _check_shapes(x: torch.Tensor, w_gate_up: torch.Tensor, w_down: torch.Tensor
         raise ValueError("the fused MLP computes on fp32 CPU tensors outside autocast (see mlp_kernel_applies)")
 
 
-def _check_status(status: int) -> None:
-    if status != 0:
-        raise MemoryError("the fused MLP failed: a product or an allocation of its per-call buffers failed")
-
-
 @torch.library.custom_op("overtrain::swiglu_mlp", mutates_args=())
-def swiglu_mlp(x: torch.Tensor, w_gate_up: torch.Tensor, w_down: torch.Tensor, brgemm: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+def swiglu_mlp(x: torch.Tensor, w_gate_up: torch.Tensor, w_down: torch.Tensor, brgemm: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """``(silu(x w_gate^T) * (x w_up^T)) w_down^T`` (N, C) for x (N, C), w_gate_up (2F, C) (the gate's rows
     first) and w_down (C, F); with the pre-activations ``x w_gate_up^T`` (N, 2F), which the backward pass reads. ``brgemm``:
     the products by oneDNN's brgemm micro-kernel, else by torch's BLAS sgemm (a flag, not a library name:
     inductor's C++ wrapper passes no string arguments to custom ops)."""
-    products = required_block_products("the fused MLP", "brgemm" if brgemm else "blas")
+    products = required_block_products("the fused MLP", brgemm)
     _check_shapes(x, w_gate_up, w_down)
     x, w_gate_up, w_down = x.contiguous(), w_gate_up.contiguous(), w_down.contiguous()
     (rows, width), ff_width = x.shape, w_down.shape[1]
@@ -73,22 +68,22 @@ def swiglu_mlp(x: torch.Tensor, w_gate_up: torch.Tensor, w_down: torch.Tensor, b
         products, x.data_ptr(), w_gate_up.data_ptr(), w_down.data_ptr(), out.data_ptr(), gate_up.data_ptr(), a_block.data_ptr(),
         rows, width, ff_width, block,
     )
-    _check_status(status)
+    raise_for_block_status(status, "the fused MLP")
     return out, gate_up
 
 
 @swiglu_mlp.register_fake
-def _(x, w_gate_up, w_down, brgemm=False):
+def _(x, w_gate_up, w_down, brgemm):
     return x.new_empty(x.shape[0], w_down.shape[0]), x.new_empty(x.shape[0], 2 * w_down.shape[1])
 
 
 @torch.library.custom_op("overtrain::swiglu_mlp_backward", mutates_args=())
 def swiglu_mlp_backward(
     grad_out: torch.Tensor, x: torch.Tensor, gate_up: torch.Tensor, w_gate_up: torch.Tensor, w_down: torch.Tensor,
-    brgemm: bool = False,
+    brgemm: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The gradients of :func:`swiglu_mlp`'s output with respect to x, w_gate_up and w_down, from ``grad_out`` (N, C)."""
-    products = required_block_products("the fused MLP", "brgemm" if brgemm else "blas")
+    products = required_block_products("the fused MLP", brgemm)
     grad_out, x, gate_up = grad_out.contiguous(), x.contiguous(), gate_up.contiguous()
     w_gate_up, w_down = w_gate_up.contiguous(), w_down.contiguous()
     (rows, width), ff_width = x.shape, w_down.shape[1]
@@ -102,12 +97,12 @@ def swiglu_mlp_backward(
         grad_x.data_ptr(), grad_w_gate_up.data_ptr(), grad_w_down.data_ptr(), a_block.data_ptr(), grad_block.data_ptr(),
         rows, width, ff_width, block,
     )
-    _check_status(status)
+    raise_for_block_status(status, "the fused MLP's backward pass")
     return grad_x, grad_w_gate_up, grad_w_down
 
 
 @swiglu_mlp_backward.register_fake
-def _(grad_out, x, gate_up, w_gate_up, w_down, brgemm=False):
+def _(grad_out, x, gate_up, w_gate_up, w_down, brgemm):
     contiguous = torch.contiguous_format
     return (torch.empty_like(x, memory_format=contiguous), torch.empty_like(w_gate_up, memory_format=contiguous),
             torch.empty_like(w_down, memory_format=contiguous))

@@ -2,6 +2,8 @@
 // (cpu_blas.h), for one library: cpu_kernels.py checks each library against torch with it and times them.
 // No torch headers: a plain C entry point on raw pointers, called through ctypes.
 #include <cstdint>
+#include <memory>
+#include <new>
 #include <vector>
 
 namespace {
@@ -14,7 +16,7 @@ extern "C" {
 
 // For x (rows x in), w (out x in) and an output gradient grad_y (rows x out), row-major contiguous, in
 // blocks of block_rows rows: y = x w^T (rows x out), grad_x = grad_y w (rows x in) and grad_w = grad_y^T x
-// (out x in). Returns 0, or 2 where a product or an allocation failed.
+// (out x in). Returns 0, 2 where an allocation failed, or 3 where a product failed.
 int ot_block_products_check(const Products* products, const float* x, const float* w, const float* grad_y, float* y, float* grad_x,
                             float* grad_w, int64_t rows, int64_t in, int64_t out, int64_t block_rows) {
   try {
@@ -27,8 +29,10 @@ int ot_block_products_check(const Products* products, const float* x, const floa
       weight_gradient.add(m, grad_y + first * out, out, x + first * in, in);
     }
     weight_gradient.finish();
-  } catch (...) {
+  } catch (const std::bad_alloc&) {
     return 2;
+  } catch (...) {  // a product failed; no C++ exception may cross the C entry point
+    return 3;
   }
   return 0;
 }

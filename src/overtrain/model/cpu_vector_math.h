@@ -1,6 +1,6 @@
 // 16-float vector types and the vector math that overtrain's CPU kernels share (cpu_attention.cpp,
-// cpu_cross_entropy.cpp). GCC vector extensions: AVX-512 registers where the CPU has them, pairs of AVX
-// registers otherwise. Included inside each source's anonymous namespace: every definition is internal.
+// cpu_cross_entropy.cpp, cpu_blas.h). GCC vector extensions: AVX-512 registers where the CPU has them,
+// pairs of AVX registers otherwise. Included inside each source's anonymous namespace: every definition is internal.
 #pragma once
 
 typedef float vf __attribute__((vector_size(64)));
@@ -61,3 +61,26 @@ inline vf log_positive(vf x) {
   y += z * -0.5f;
   return m + y + e * 0.693359375f;
 }
+
+// One stage of a 16 x 16 transpose: rows i and i + S (i & S == 0) trade their S-wide blocks. The four
+// stages S = 8, 4, 2, 1 transpose the matrix held in a[0..15] (64 shuffles instead of 256 scalar moves).
+#define OT_TRANSPOSE_STAGE(S, LO, HI)                                    \
+  for (int i = 0; i < W; ++i)                                           \
+    if (!(i & S)) {                                                     \
+      const vf x = a[i], y = a[i + S];                                  \
+      a[i] = __builtin_shufflevector(x, y, LO);                         \
+      a[i + S] = __builtin_shufflevector(x, y, HI);                     \
+    }
+#define OT_L(...) __VA_ARGS__
+inline void transpose16(vf* a) {
+  OT_TRANSPOSE_STAGE(8, OT_L(0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23),
+                     OT_L(8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31))
+  OT_TRANSPOSE_STAGE(4, OT_L(0, 1, 2, 3, 16, 17, 18, 19, 8, 9, 10, 11, 24, 25, 26, 27),
+                     OT_L(4, 5, 6, 7, 20, 21, 22, 23, 12, 13, 14, 15, 28, 29, 30, 31))
+  OT_TRANSPOSE_STAGE(2, OT_L(0, 1, 16, 17, 4, 5, 20, 21, 8, 9, 24, 25, 12, 13, 28, 29),
+                     OT_L(2, 3, 18, 19, 6, 7, 22, 23, 10, 11, 26, 27, 14, 15, 30, 31))
+  OT_TRANSPOSE_STAGE(1, OT_L(0, 16, 2, 18, 4, 20, 6, 22, 8, 24, 10, 26, 12, 28, 14, 30),
+                     OT_L(1, 17, 3, 19, 5, 21, 7, 23, 9, 25, 11, 27, 13, 29, 15, 31))
+}
+#undef OT_L
+#undef OT_TRANSPOSE_STAGE

@@ -109,7 +109,7 @@ class Attention(nn.Module):
             qkv = self._stacked_projection(x).view(batch, seq_len, 3, self.n_heads, self.head_dim)  # (B, T, 3, H, D)
             if kernel_applies(qkv):  # the kernel rotates q and k itself
                 scale, keep = self.head_dim**-0.5, qkv.requires_grad  # no probabilities kept for a pass without gradients
-                out = causal_attention(qkv, scale, cos.contiguous(), sin.contiguous(), keep_probabilities=keep)[0]  # (B, T, H, D)
+                out = causal_attention(qkv, scale, cos.contiguous(), sin.contiguous(), keep)[0]  # (B, T, H, D)
                 return project(self.o_proj, out.reshape(batch, seq_len, -1), self.onednn_products)
             q, k, v = heads_first(qkv)
         else:
@@ -269,7 +269,8 @@ class LlamaLM(nn.Module):
         library = self.product_timing.library if self.product_timing is not None else library or "blas"
         onednn = enabled and library == "onednn" and onednn_available()
         enabled = enabled and kernel_available()
-        block_library = library if library in BLOCK_LIBRARIES and block_products(library) is not None else "blas"
+        usable = enabled and not onednn and library in BLOCK_LIBRARIES and block_products(library) is not None
+        block_library = library if usable else "blas"  # brgemm only where it was asked for and can be called
         blocks = enabled and not onednn and block_products(block_library) is not None  # whole blocks, by sgemm or brgemm
         for layer in self.model.layers:
             layer.self_attn.cpu_kernel = enabled
@@ -282,7 +283,8 @@ class LlamaLM(nn.Module):
         return self
 
     def _time_products(self) -> ProductTiming:
-        """oneDNN against torch's BLAS on this CPU, at this model's widest projection: of 4096 tokens (as a step
+        """The product libraries on this CPU (oneDNN and torch's BLAS whole, and on one thread the blocked
+        kernels' sgemm and brgemm block by block), at this model's widest projection: of 4096 tokens (as a step
         of the demo's shape makes them; oneDNN's ~12 us per call weighs most there) where that is at most
         2^28 FLOP, of fewer (at least 512) for wider models, so that their timing stays well under a second."""
         width, widest = self.config.d_model, max(3 * self.config.d_model, self.config.ff_width)

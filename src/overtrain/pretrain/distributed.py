@@ -72,7 +72,3 @@ def main_process_value(value: int, context: DistributedContext) -> int:
     dist.broadcast(tensor, src=0)
     return int(tensor.item())
 
-
-def main_process_flag(value: bool, context: DistributedContext) -> bool:
-    """:func:`main_process_value` for a yes or no."""
-    return bool(main_process_value(int(value), context))

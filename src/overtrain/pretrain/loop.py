@@ -197,7 +197,7 @@ def train_run(
     validate_pretrain_config(config)
     context = distributed_context()
     device = resolve_device(config.device) if context.world_size == 1 else context.device
-    _refuse_unusable_products_pin(config, device)
+    _refuse_unusable_products_pin(config, device, context.world_size)
     if config.train.threads > 0:
         torch.set_num_threads(config.train.threads)
     out_dir = Path(config.out_dir)
@@ -347,16 +347,28 @@ def _restore_or_start(config, model, optimizer, newest: CheckpointInfo | None, i
                     products_library=info.loop_state.get("products_library"))
 
 
-def _refuse_unusable_products_pin(config: PretrainConfig, device: torch.device) -> None:
-    """oneDNN pinned for a CPU run where this torch cannot use it: refused before anything is written, rather
-    than quietly replaced by torch's BLAS."""
-    if config.train.cpu_products == "onednn" and device.type == "cpu" and not onednn_available():
+def _refuse_unusable_products_pin(config: PretrainConfig, device: torch.device, world_size: int) -> None:
+    """A library pinned for a run that would make its products with it (compiled, fp32, on the CPU) where
+    it cannot be used: refused before anything is written, rather than quietly replaced by torch's BLAS."""
+    train, pinned = config.train, config.train.cpu_products
+    if device.type != "cpu" or not should_compile(train, world_size) or resolve_dtype(train.dtype, device) != "fp32":
+        return  # eager and bf16 runs make their products with torch's operations whatever the pin says
+    if pinned == "onednn" and not onednn_available():
         raise OvertrainError(
             "train.cpu_products=onednn, but this torch cannot make products with oneDNN (its build has none, or "
             "torch.backends.mkldnn is switched off)",
             "set train.cpu_products=auto or blas",
         )
-    if config.train.cpu_products == "brgemm" and device.type == "cpu" and block_products("brgemm") is None:
+    if pinned != "brgemm":
+        return
+    threads = train.threads if train.threads > 0 else torch.get_num_threads()
+    if threads != 1:
+        raise OvertrainError(
+            f"train.cpu_products=brgemm, but the blocked kernels that call oneDNN's brgemm micro-kernel run on one "
+            f"thread, and this run would use {threads}",
+            "set train.threads=1 (one thread per run: a sweep runs several runs at once), or train.cpu_products=auto",
+        )
+    if block_products("brgemm") is None:
         raise OvertrainError(
             "train.cpu_products=brgemm, but overtrain's blocked kernels cannot call oneDNN's brgemm micro-kernel here (this "
             "torch exports none, it failed its check against torch's product on this CPU, or the kernels could not be built)",
@@ -367,7 +379,7 @@ def _refuse_unusable_products_pin(config: PretrainConfig, device: torch.device) 
 def _products_library(pinned: str, saved: str | None) -> str | None:
     """The library a compiled fp32 CPU run makes its products with: ``train.cpu_products``'s pin, else the one
     the checkpoint it continues from names (so that a resumed run or a WSD branch continues bitwise); None:
-    time both now. A pin that differs from the checkpoint's library is taken, and the log says so (like
+    time the libraries now. A pin that differs from the checkpoint's library is taken, and the log says so (like
     ``train.compile``, the setting may change between invocations of a run: the math is the same)."""
     return saved if pinned == "auto" else pinned
 
@@ -494,6 +506,9 @@ class _TrainingLoop:
             agreed = libraries[main_process_value(libraries.index(model.products_library), context)]
             if agreed != model.products_library:
                 model.use_cpu_kernels(kernels, library=agreed)
+                if model.products_library != agreed:  # every rank must round as the checkpoints say
+                    raise OvertrainError(f"rank {context.rank} cannot make its products by {LIBRARY_NAMES[agreed]}, which rank 0 "
+                                         "measured fastest", "pin a library every rank can use: train.cpu_products=blas")
         # None where torch's operations make the products (eager, bf16): a branch or resume then names no library
         self.state.products_library = model.products_library if chooses_library else None
         if chooses_library and context.is_main:
