@@ -27,3 +27,21 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture()
+def asked_block_libraries(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The library each blocked kernel asks for during the test (the attention block and the MLP, forward
+    and backward, and the fused loss), in the order they ask: what a kernel computed with, not what the
+    model's attributes say."""
+    from overtrain.model import cpu_attention_block, cpu_cross_entropy, cpu_kernels, cpu_mlp
+
+    asked: list[str] = []
+
+    def required_block_products(kernel: str, brgemm: bool) -> int:
+        asked.append(cpu_kernels.block_library_of(brgemm))
+        return cpu_kernels.required_block_products(kernel, brgemm)
+
+    for module in (cpu_mlp, cpu_attention_block, cpu_cross_entropy):
+        monkeypatch.setattr(module, "required_block_products", required_block_products)
+    return asked

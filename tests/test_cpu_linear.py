@@ -178,26 +178,15 @@ def test_model_routes_its_projections_by_the_measurement(monkeypatch: pytest.Mon
     assert not any(layer.mlp.onednn_products for layer in model.model.layers)
 
 
-def test_the_model_takes_brgemm_in_its_blocked_kernels_where_it_measures_faster(monkeypatch: pytest.MonkeyPatch) -> None:
-    from overtrain.model import cpu_attention_block, cpu_cross_entropy, cpu_kernels, cpu_mlp
+def test_the_model_takes_brgemm_in_its_blocked_kernels_where_it_measures_faster(monkeypatch: pytest.MonkeyPatch,
+                                                                                 asked_block_libraries: list[str]) -> None:
+    from overtrain.model import cpu_kernels
 
     if not cpu_kernels.kernel_available() or cpu_kernels.block_products("brgemm") is None:
         pytest.skip("needs the CPU kernels, one torch thread and oneDNN's brgemm micro-kernel")
     monkeypatch.setattr("overtrain.model.llama.time_products",
                         lambda *shape: ProductTiming(shape[:3], shape[3], 1.0, 10.0, 1.2, 1.0))
-    asked: list[str] = []  # the library each blocked op asked for, forward and backward
-
-    def required_block_products(kernel: str, brgemm: bool) -> int:
-        asked.append(cpu_kernels.block_library_of(brgemm))
-        return cpu_kernels.required_block_products(kernel, brgemm)
-
-    def block_products(library: str):
-        asked.append(library)
-        return cpu_kernels.block_products(library)
-
-    monkeypatch.setattr(cpu_mlp, "required_block_products", required_block_products)
-    monkeypatch.setattr(cpu_attention_block, "required_block_products", required_block_products)
-    monkeypatch.setattr(cpu_cross_entropy, "block_products", block_products)
+    asked = asked_block_libraries
     model, _ = build_model(ModelConfig(d_model=32, n_layers=2, n_heads=2), vocab_size=50, max_seq_len=16, seed=0)
     input_ids = torch.randint(0, 50, (2, 16), generator=torch.Generator().manual_seed(0))
     by_brgemm = model.use_cpu_kernels(True).loss(input_ids, input_ids)

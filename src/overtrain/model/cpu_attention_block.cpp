@@ -43,7 +43,7 @@ int ot_attention_block_forward(const Products* products, const float* x, const f
                                float* lse, float* probabilities, const float* cos, const float* sin, int64_t B, int64_t T,
                                int64_t C, int64_t H, int64_t D, int64_t probability_floats, int64_t block_batch, float scale) {
   const int64_t inner = H * D;  // the attention's width; q, k and v are each (T, inner) per sequence
-  try {
+  return status_of([&] {
     const WeightProduct qkv_product(*products, w_qkv, 3 * inner, C), o_product(*products, w_o, C, inner);
     for (int64_t first = 0; first < B; first += block_batch) {
       const int64_t batch = B - first < block_batch ? B - first : block_batch;
@@ -58,12 +58,8 @@ int ot_attention_block_forward(const Products* products, const float* x, const f
       if (status != 0) return status;
       o_product.apply(rows, out_rows, inner, y + first * T * C, C);
     }
-  } catch (const std::bad_alloc&) {
-    return 2;
-  } catch (...) {  // a product failed; no C++ exception may cross the C entry point
-    return 3;
-  }
-  return 0;
+    return 0;
+  });
 }
 
 // The gradients of ot_attention_block_forward's output from grad_y (B, T, C) and what the forward pass
@@ -76,7 +72,7 @@ int ot_attention_block_backward(const Products* products, const float* grad_y, c
                                 int64_t probability_floats, int64_t block_batch, float scale) {
   const int64_t inner = H * D;
   const int64_t block = (B < block_batch ? B : block_batch) * T;
-  try {
+  return status_of([&] {
     std::vector<float> grad_out(block * inner), grad_qkv(block * 3 * inner);  // a block's, in L2
     WeightGradient o_gradient(*products, grad_w_o, C, inner), qkv_gradient(*products, grad_w_qkv, 3 * inner, C);
     for (int64_t first = 0; first < B; first += block_batch) {
@@ -99,12 +95,8 @@ int ot_attention_block_backward(const Products* products, const float* grad_y, c
     }
     o_gradient.finish();
     qkv_gradient.finish();
-  } catch (const std::bad_alloc&) {
-    return 2;
-  } catch (...) {  // a product failed; no C++ exception may cross the C entry point
-    return 3;
-  }
-  return 0;
+    return 0;
+  });
 }
 
 }  // extern "C"

@@ -11,7 +11,7 @@
 // gradient's two operands per block (WeightGradient).
 //
 // Included inside each source's anonymous namespace: every definition is internal. The including source
-// includes <cstdint>, <memory> and <vector> first.
+// includes <cstdint>, <memory>, <new> and <vector> first.
 #pragma once
 
 #include "cpu_vector_math.h"
@@ -30,6 +30,20 @@ struct Products {
   Sgemm sgemm;
   Brgemm brgemm;
 };
+
+// The status of a C entry point's body, which returns its own (0, or a code of its kernel): a C++ exception
+// becomes 2 (an allocation failed) or 3 (a product failed; brgemm throws where oneDNN lacks the kernel),
+// since none may cross into ctypes.
+template <class Body>
+int status_of(Body&& body) {
+  try {
+    return body();
+  } catch (const std::bad_alloc&) {
+    return 2;
+  } catch (...) {
+    return 3;
+  }
+}
 
 // Row-major C (m x n) = op(A) op(B) + beta C by sgemm, op(X) = X or X^T: a row-major matrix is the
 // column-major transpose of itself, so this is the column-major C^T = op(B)^T op(A)^T.

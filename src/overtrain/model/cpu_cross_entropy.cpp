@@ -111,7 +111,7 @@ int ot_linear_cross_entropy(const Products* products, const float* hidden, const
                             float* grad_hidden, float* grad_weight, float* logits_block, int64_t rows, int64_t width, int64_t vocab,
                             int64_t block_rows, int64_t ignore_index, float scale, double* total) {
   *total = 0.0;
-  try {
+  return status_of([&] {
     const WeightProduct logits_product(*products, weight, vocab, width);
     WeightGradient weight_gradient(*products, grad_weight, vocab, width);
     for (int64_t first = 0; first < rows; first += block_rows) {
@@ -123,12 +123,8 @@ int ot_linear_cross_entropy(const Products* products, const float* hidden, const
       weight_gradient.add(m, logits_block, vocab, hidden_block, width);
     }
     weight_gradient.finish();
-  } catch (const std::bad_alloc&) {
-    return 2;
-  } catch (...) {  // a product failed; no C++ exception may cross the C entry point
-    return 3;
-  }
-  return 0;
+    return 0;
+  });
 }
 
 // The same cross-entropy step alone, for callers that make the products themselves (with oneDNN, see

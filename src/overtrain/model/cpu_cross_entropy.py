@@ -21,7 +21,7 @@ import math
 
 import torch
 
-from overtrain.model.cpu_kernels import BLOCK_LIBRARIES, block_library_of, block_products, kernel_library, raise_for_block_status
+from overtrain.model.cpu_kernels import kernel_library, raise_for_block_status, required_block_products
 from overtrain.model.cpu_linear import onednn_product, onednn_weight_gradient
 
 LOGIT_BLOCK_BYTES = 256 << 10
@@ -57,12 +57,7 @@ def linear_cross_entropy(
     loss's gradients with respect to hidden (N, C) and weight (V, C), which the backward pass scales.
     ``onednn``: the products by oneDNN from Python; else by oneDNN's brgemm micro-kernel with ``brgemm``, or by
     torch's BLAS sgemm (flags, not library names: inductor's C++ wrapper passes no string arguments to custom ops)."""
-    library = block_library_of(brgemm)
-    products = None if onednn else block_products(library)
-    if products is None and not onednn:
-        raise RuntimeError(f"the fused loss cannot make its products by {BLOCK_LIBRARIES[library]} here (torch's library exports no usable "
-                           "BLAS sgemm_, or no oneDNN brgemm); compute the loss with F.cross_entropy "
-                           "(LlamaLM.use_cpu_kernels does so where they are missing)")
+    products = None if onednn else required_block_products("the fused loss", brgemm)
     hidden, weight, targets = hidden.contiguous(), weight.contiguous(), targets.contiguous().long()
     (rows, width), vocab_size = hidden.shape, weight.shape[0]
     counted_mask = targets != ignore_index
@@ -78,7 +73,7 @@ def linear_cross_entropy(
     logits_block = hidden.new_empty(min(block_rows, rows), vocab_size)
     total = ctypes.c_double()
     status = kernel_library().ot_linear_cross_entropy(
-        ctypes.addressof(products), hidden.data_ptr(), weight.data_ptr(), targets.data_ptr(), grad_hidden.data_ptr(), grad_weight.data_ptr(),
+        products, hidden.data_ptr(), weight.data_ptr(), targets.data_ptr(), grad_hidden.data_ptr(), grad_weight.data_ptr(),
         logits_block.data_ptr(), rows, width, vocab_size, block_rows, ignore_index, 1.0 / counted if counted else 0.0,
         ctypes.byref(total),
     )

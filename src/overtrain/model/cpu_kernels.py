@@ -111,17 +111,21 @@ def _sgemm_agrees_with_torch(address: int) -> bool:
     return torch.allclose(c, a @ b.T, atol=1e-5)
 
 
+def _torch_cpu_symbol(name: str) -> int | None:
+    """Address of an exported symbol of torch's CPU library (libtorch_cpu.so); None where it has none."""
+    try:
+        return ctypes.cast(getattr(ctypes.CDLL(str(Path(torch.__file__).parent / "lib" / "libtorch_cpu.so")), name), ctypes.c_void_p).value
+    except (OSError, AttributeError):
+        return None
+
+
 @functools.lru_cache(maxsize=1)
 def blas_sgemm() -> int | None:
     """Address of the Fortran BLAS ``sgemm_`` (32-bit integers) that torch links (MKL in the x86 wheels), for
     kernels that run products block by block between their own loops; None where torch's library exports
     none, or one that does not compute a test product as torch does."""
-    torch_library = Path(torch.__file__).parent / "lib" / "libtorch_cpu.so"
-    try:
-        address = ctypes.cast(ctypes.CDLL(str(torch_library)).sgemm_, ctypes.c_void_p).value
-    except (OSError, AttributeError):
-        return None
-    return address if _sgemm_agrees_with_torch(address) else None
+    address = _torch_cpu_symbol("sgemm_")
+    return address if address is not None and _sgemm_agrees_with_torch(address) else None
 
 
 BRGEMM_SYMBOL = "_ZN2at6native7cpublas6brgemmEllllllbPKfS3_Pfb"
@@ -183,12 +187,8 @@ def onednn_brgemm() -> int | None:
     sgemm = blas_sgemm()
     if sgemm is None or kernel_library() is None:
         return None
-    try:
-        address = ctypes.cast(getattr(ctypes.CDLL(str(Path(torch.__file__).parent / "lib" / "libtorch_cpu.so")), BRGEMM_SYMBOL),
-                              ctypes.c_void_p).value
-    except (OSError, AttributeError):
-        return None
-    return address if _block_products_agree_with_torch(_Products(sgemm, address)) else None
+    address = _torch_cpu_symbol(BRGEMM_SYMBOL)
+    return address if address is not None and _block_products_agree_with_torch(_Products(sgemm, address)) else None
 
 
 @functools.cache

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import torch
 
 from overtrain.model.cpu_attention_block import BLOCK_ROWS
-from overtrain.model.cpu_kernels import block_products, run_block_products
+from overtrain.model.cpu_kernels import block_products, kernel_available, run_block_products
 
 ONEDNN_MIN_SPEEDUP = 1.3
 """oneDNN's whole products are taken only when a linear layer's three training products (:func:`time_products`)
@@ -182,9 +182,9 @@ def training_products_by_library(rows: int, width: int, out_width: int) -> dict[
     products = {"blas": lambda: (x @ weight.T, grad @ weight, grad.T @ x)}
     if onednn_available():
         products["onednn"] = lambda: (onednn_product(x, weight), onednn_product(grad, weight.T), onednn_weight_gradient(grad, x))
-    for library in ("blas", "brgemm"):  # block by block, as the blocked kernels make them
+    for library in ("blas", "brgemm") if kernel_available() else ():  # block by block, as the blocked kernels make them
         library_products = block_products(library)
-        if library_products is not None and torch.get_num_threads() == 1:
+        if library_products is not None:
             products[f"block_{library}"] = functools.partial(run_block_products, library_products, x, weight, grad, BLOCK_ROWS)
     return products
 

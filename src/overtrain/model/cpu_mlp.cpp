@@ -79,7 +79,7 @@ extern "C" {
 // entry point).
 int ot_swiglu_mlp_forward(const Products* products, const float* x, const float* w_gate_up, const float* w_down, float* out,
                           float* gate_up, float* a_block, int64_t rows, int64_t width, int64_t ff, int64_t block_rows) {
-  try {
+  return status_of([&] {
     const WeightProduct gate_up_product(*products, w_gate_up, 2 * ff, width), down_product(*products, w_down, width, ff);
     for (int64_t first = 0; first < rows; first += block_rows) {
       const int64_t m = rows - first < block_rows ? rows - first : block_rows;
@@ -88,12 +88,8 @@ int ot_swiglu_mlp_forward(const Products* products, const float* x, const float*
       swiglu_forward(gate_up_rows, a_block, m, ff);
       down_product.apply(m, a_block, ff, out + first * width, width);
     }
-  } catch (const std::bad_alloc&) {
-    return 2;
-  } catch (...) {  // a product failed; no C++ exception may cross the C entry point
-    return 3;
-  }
-  return 0;
+    return 0;
+  });
 }
 
 // The gradients of ot_swiglu_mlp_forward's output, from grad_out (N x C), x and the saved gate_up:
@@ -103,7 +99,7 @@ int ot_swiglu_mlp_forward(const Products* products, const float* x, const float*
 int ot_swiglu_mlp_backward(const Products* products, const float* grad_out, const float* x, const float* gate_up,
                            const float* w_gate_up, const float* w_down, float* grad_x, float* grad_w_gate_up, float* grad_w_down,
                            float* a_block, float* grad_block, int64_t rows, int64_t width, int64_t ff, int64_t block_rows) {
-  try {
+  return status_of([&] {
     WeightGradient down_gradient(*products, grad_w_down, width, ff), gate_up_gradient(*products, grad_w_gate_up, 2 * ff, width);
     for (int64_t first = 0; first < rows; first += block_rows) {
       const int64_t m = rows - first < block_rows ? rows - first : block_rows;
@@ -118,12 +114,8 @@ int ot_swiglu_mlp_backward(const Products* products, const float* grad_out, cons
     }
     down_gradient.finish();
     gate_up_gradient.finish();
-  } catch (const std::bad_alloc&) {
-    return 2;
-  } catch (...) {  // a product failed; no C++ exception may cross the C entry point
-    return 3;
-  }
-  return 0;
+    return 0;
+  });
 }
 
 }  // extern "C"

@@ -19,7 +19,7 @@ extern "C" {
 // (out x in). Returns 0, 2 where an allocation failed, or 3 where a product failed.
 int ot_block_products_check(const Products* products, const float* x, const float* w, const float* grad_y, float* y, float* grad_x,
                             float* grad_w, int64_t rows, int64_t in, int64_t out, int64_t block_rows) {
-  try {
+  return status_of([&] {
     const WeightProduct forward(*products, w, out, in);
     WeightGradient weight_gradient(*products, grad_w, out, in);
     for (int64_t first = 0; first < rows; first += block_rows) {
@@ -29,12 +29,8 @@ int ot_block_products_check(const Products* products, const float* x, const floa
       weight_gradient.add(m, grad_y + first * out, out, x + first * in, in);
     }
     weight_gradient.finish();
-  } catch (const std::bad_alloc&) {
-    return 2;
-  } catch (...) {  // a product failed; no C++ exception may cross the C entry point
-    return 3;
-  }
-  return 0;
+    return 0;
+  });
 }
 
 }  // extern "C"

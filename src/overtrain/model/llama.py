@@ -278,8 +278,8 @@ class LlamaLM(nn.Module):
             layer.self_attn.onednn_products = layer.mlp.onednn_products = onednn
             layer.self_attn.block_library = layer.mlp.block_library = block_library
         self.onednn_products, self.block_library = onednn, block_library
-        self.cpu_loss_kernel = enabled and (onednn or block_products(block_library) is not None)  # its products: oneDNN's or the blocks'
-        self.products_library = "onednn" if onednn else block_library if blocks or self.cpu_loss_kernel else "blas"
+        self.cpu_loss_kernel = enabled and (onednn or blocks)  # its products: oneDNN's, or the blocks' library
+        self.products_library = "onednn" if onednn else block_library if blocks else "blas"
         return self
 
     def _time_products(self) -> ProductTiming:

@@ -71,4 +71,3 @@ def main_process_value(value: int, context: DistributedContext) -> int:
     tensor = torch.tensor([value], dtype=torch.int64, device=context.device)
     dist.broadcast(tensor, src=0)
     return int(tensor.item())
-
