@@ -26,7 +26,7 @@
 #include <cstring>
 #include <vector>
 #if defined(__AVX512F__)
-#include <immintrin.h>  // x86 only: the non-temporal store of stream_store
+#include <immintrin.h>  // the streaming stores of cpu_vector_math.h
 #endif
 
 namespace {
@@ -189,17 +189,6 @@ inline vf exp_keys(int64_t first, int64_t begin, int64_t end, vf shift, vf* p, v
   return row_sum;
 }
 
-// *to = x, past the caches where the CPU can (AVX-512's non-temporal store): the kept probabilities are
-// read back only in the backward pass, long after the rest of the forward pass would have evicted them,
-// so they are not worth the cache lines, nor the read of each line that a cached store makes first.
-inline void stream_store(vf* to, vf x) {
-#ifdef __AVX512F__
-  _mm512_stream_ps(reinterpret_cast<float*>(to), reinterpret_cast<__m512>(x));
-#else
-  *to = x;
-#endif
-}
-
 // Rows [first, first + rows) of x, asked for into L2 (__builtin_prefetch's locality 2 is prefetcht1).
 template <int D, bool WRITE>
 inline void prefetch_rows_into_l2(View x, int64_t first, int64_t rows) {
@@ -249,6 +238,7 @@ void forward_unit(View q, View k, View v, View o, float* lse, vf* probabilities,
     for (int r = 0; r < rows; ++r) lse[first + r] = row_lse[r];
     const vf inverse_sum = 1.0f / row_sum;
     if (probabilities) {  // the block's normalized probabilities, for the backward pass to read back
+      // (streamed: the backward pass reads them back long after the rest of the forward pass evicted them)
       for (int64_t j = 0; j < keys; ++j) stream_store(probabilities + j, p[j] * inverse_sum);
       probabilities += keys;
     }
@@ -341,9 +331,7 @@ void forward_all(Tensor4 q, Tensor4 k, Tensor4 v, Tensor4 o, float* lse, vf* pro
       forward_unit<D>(q.unit(bi, hi), k.unit(bi, hi), v.unit(bi, hi), o.unit(bi, hi), lse + (bi * H + hi) * T, unit_probabilities, T, scale,
                       rotary, scratch, next);
     }
-#ifdef __AVX512F__
-  if (probabilities) _mm_sfence();  // order the streamed stores before anything that reads them
-#endif
+  if (probabilities) stream_fence();
 }
 
 template <int D>

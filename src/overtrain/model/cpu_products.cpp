@@ -5,6 +5,9 @@
 #include <memory>
 #include <new>
 #include <vector>
+#if defined(__AVX512F__)
+#include <immintrin.h>  // the streaming stores of cpu_vector_math.h
+#endif
 
 namespace {
 

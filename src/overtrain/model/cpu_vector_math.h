@@ -1,6 +1,7 @@
 // 16-float vector types and the vector math that overtrain's CPU kernels share (cpu_attention.cpp,
 // cpu_cross_entropy.cpp, cpu_blas.h). GCC vector extensions: AVX-512 registers where the CPU has them,
 // pairs of AVX registers otherwise. Included inside each source's anonymous namespace: every definition is internal.
+// On AVX-512 builds the including source includes <immintrin.h> first (for the streaming stores below).
 #pragma once
 
 typedef float vf __attribute__((vector_size(64)));
@@ -84,3 +85,33 @@ inline void transpose16(vf* a) {
 }
 #undef OT_L
 #undef OT_TRANSPOSE_STAGE
+
+// Stores past the caches where the CPU can (AVX-512's non-temporal stores), for what only a much later pass
+// reads back (what the forward pass keeps for the backward pass): a cached store would first read each
+// line from memory and evict the working set that the next block needs. `to` must be 64-byte aligned
+// (vf's alignment). After streaming, stream_fence() orders the stores before anything that reads them.
+inline void stream_store(vf* to, vf x) {
+#ifdef __AVX512F__
+  _mm512_stream_ps(reinterpret_cast<float*>(to), reinterpret_cast<__m512>(x));
+#else
+  *to = x;
+#endif
+}
+inline void stream_fence() {
+#ifdef __AVX512F__
+  _mm_sfence();
+#endif
+}
+inline bool stream_aligned(const float* to) { return reinterpret_cast<uintptr_t>(to) % sizeof(vf) == 0; }
+
+// to[0, n) = from[0, n), streamed where `to` is 64-byte aligned, else by cached stores; fenced.
+inline void stream_copy(const float* from, float* to, int64_t n) {
+  if (!stream_aligned(to)) {
+    for (int64_t i = 0; i < n; ++i) to[i] = from[i];
+    return;
+  }
+  const int64_t whole = n / W * W;
+  for (int64_t i = 0; i < whole; i += W) stream_store(reinterpret_cast<vf*>(to + i), vload(from + i));
+  for (int64_t i = whole; i < n; ++i) to[i] = from[i];
+  stream_fence();
+}
