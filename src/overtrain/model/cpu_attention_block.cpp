@@ -13,7 +13,9 @@
 // Layout: row-major contiguous fp32; x (B, T, C); w_qkv (3 H D, C), the q rows, then k, then v; w_o (C, H D);
 // qkv (B, T, 3, H, D), out (B, T, H, D), lse (B, H, T), probabilities as cpu_attention.cpp keeps them.
 // No torch headers: plain C entry points on raw pointers, called through ctypes.
+#include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <memory>
 #include <new>
 #include <vector>
@@ -24,6 +26,7 @@
 namespace {
 
 #include "cpu_blas.h"
+#include "cpu_rms_norm.h"
 
 }  // namespace
 
@@ -39,31 +42,37 @@ extern "C" int ot_causal_attention_backward(float* q, int64_t qb, int64_t qh, in
 
 extern "C" {
 
-// y (B, T, C) = o(attention(qkv(x))), block_batch sequences at a time; qkv, out, lse and (where not null)
-// probabilities receive what the backward pass reads. probability_floats: floats kept per (batch, head).
-// Returns 0, 1 for a head dim the attention kernel has no code for, 2 where an allocation failed, 3 where a
-// product failed.
-int ot_attention_block_forward(const Products* products, const float* x, const float* w_qkv, const float* w_o, float* y, float* qkv, float* out,
-                               float* lse, float* probabilities, const float* cos, const float* sin, int64_t B, int64_t T,
-                               int64_t C, int64_t H, int64_t D, int64_t probability_floats, int64_t block_batch, float scale) {
+// y (B, T, C) = o(attention(qkv(n))) with n = x, or, where norm_weight is not null, the pre-norm residual
+// half-layer y = x + (the same with n = RMSNorm(x), eps norm_eps); block_batch sequences at a time. qkv,
+// out, lse and (where not null) probabilities receive what the backward pass reads. probability_floats:
+// floats kept per (batch, head). Returns 0, 1 for a head dim the attention kernel has no code for, 2 where
+// an allocation failed, 3 where a product failed.
+int ot_attention_block_forward(const Products* products, const float* x, const float* norm_weight, float norm_eps, const float* w_qkv,
+                               const float* w_o, float* y, float* qkv, float* out, float* lse, float* probabilities, const float* cos,
+                               const float* sin, int64_t B, int64_t T, int64_t C, int64_t H, int64_t D, int64_t probability_floats,
+                               int64_t block_batch, float scale) {
   const int64_t inner = H * D;  // the attention's width; q, k and v are each (T, inner) per sequence
+  const RmsNorm norm{norm_weight, norm_eps};
   return status_of([&] {
     const WeightProduct qkv_product(*products, w_qkv, 3 * inner, C), o_product(*products, w_o, C, inner);
     const int64_t block = (B < block_batch ? B : block_batch) * T;
-    std::vector<float> qkv_block(block * 3 * inner), out_block(block * inner);
+    std::vector<float> qkv_block(block * 3 * inner), out_block(block * inner), normed(norm.on() ? block * C : 0);
     for (int64_t first = 0; first < B; first += block_batch) {
       const int64_t batch = B - first < block_batch ? B - first : block_batch;
       const int64_t rows = batch * T;
+      const float* x_rows = x + first * T * C;
+      float* y_rows = y + first * T * C;
       float* qkv_rows = qkv_block.data();
       float* out_rows = out_block.data();
-      qkv_product.apply(rows, x + first * T * C, C, qkv_rows, 3 * inner);
+      qkv_product.apply(rows, normed_rows(norm, x_rows, rows, C, normed.data()), C, false, qkv_rows, 3 * inner);
       stream_copy(qkv_rows, qkv + first * T * 3 * inner, rows * 3 * inner);
       const int status = ot_causal_attention_forward(
           qkv_rows, T * 3 * inner, D, 3 * inner, qkv_rows + inner, T * 3 * inner, D, 3 * inner, qkv_rows + 2 * inner, T * 3 * inner, D,
           3 * inner, out_rows, T * inner, D, inner, lse + first * H * T, probabilities ? probabilities + first * H * probability_floats : nullptr,
           cos, sin, batch, H, T, D, scale);
       if (status != 0) return status;
-      o_product.apply(rows, out_rows, inner, y + first * T * C, C);
+      if (norm.on()) std::memcpy(y_rows, x_rows, sizeof(float) * rows * C);  // the residual, which the product adds to
+      o_product.apply(rows, out_rows, inner, norm.on(), y_rows, C);
       stream_copy(out_rows, out + first * T * inner, rows * inner);
     }
     return 0;
@@ -72,21 +81,28 @@ int ot_attention_block_forward(const Products* products, const float* x, const f
 
 // The gradients of ot_attention_block_forward's output from grad_y (B, T, C) and what the forward pass
 // kept: grad_x (B, T, C), grad_w_qkv (3 H D, C) and grad_w_o (C, H D), the last two written by the first
-// block (the caller zeroes them when B is 0). Returns 0, 1 for an unsupported head dim, 2 where an allocation failed,
-// 3 where a product failed.
-int ot_attention_block_backward(const Products* products, const float* grad_y, const float* x, const float* w_qkv, const float* w_o, float* qkv,
-                                float* out, float* lse, const float* probabilities, const float* cos, const float* sin, float* grad_x,
-                                float* grad_w_qkv, float* grad_w_o, int64_t B, int64_t T, int64_t C, int64_t H, int64_t D,
-                                int64_t probability_floats, int64_t block_batch, float scale) {
+// block (the caller zeroes them when B is 0), and, where norm_weight is not null, grad_norm_weight (C; zeros
+// when B is 0). Returns 0, 1 for an unsupported head dim, 2 where an allocation failed, 3 where a product
+// failed.
+int ot_attention_block_backward(const Products* products, const float* grad_y, const float* x, const float* norm_weight, float norm_eps,
+                                const float* w_qkv, const float* w_o, float* qkv, float* out, float* lse, const float* probabilities,
+                                const float* cos, const float* sin, float* grad_x, float* grad_w_qkv, float* grad_w_o, float* grad_norm_weight,
+                                int64_t B, int64_t T, int64_t C, int64_t H, int64_t D, int64_t probability_floats, int64_t block_batch,
+                                float scale) {
   const int64_t inner = H * D;
   const int64_t block = (B < block_batch ? B : block_batch) * T;
+  const RmsNorm norm{norm_weight, norm_eps};
   return status_of([&] {
     std::vector<float> grad_out(block * inner), grad_qkv(block * 3 * inner);  // a block's, in L2
+    std::vector<float> normed(norm.on() ? block * C : 0), grad_normed(norm.on() ? block * C : 0);
+    std::vector<double> grad_norm_weight_sum(norm.on() ? C : 0, 0.0);
     WeightGradient o_gradient(*products, grad_w_o, C, inner), qkv_gradient(*products, grad_w_qkv, 3 * inner, C);
     for (int64_t first = 0; first < B; first += block_batch) {
       const int64_t batch = B - first < block_batch ? B - first : block_batch;
       const int64_t rows = batch * T;
       const float* grad_y_rows = grad_y + first * T * C;
+      const float* x_rows = x + first * T * C;
+      float* grad_x_rows = grad_x + first * T * C;
       float* qkv_rows = qkv + first * T * 3 * inner;
       float* out_rows = out + first * T * inner;
       float* dq = grad_qkv.data();
@@ -98,11 +114,15 @@ int ot_attention_block_backward(const Products* products, const float* grad_y, c
           probabilities ? probabilities + first * H * probability_floats : nullptr, dq, dq + inner, dq + 2 * inner, T * 3 * inner, D,
           3 * inner, cos, sin, batch, H, T, D, scale);
       if (status != 0) return status;
-      multiply(*products, rows, C, 3 * inner, dq, 3 * inner, w_qkv, C, false, grad_x + first * T * C, C);
-      qkv_gradient.add(rows, dq, 3 * inner, x + first * T * C, C);
+      float* grad_input = norm.on() ? grad_normed.data() : grad_x_rows;
+      multiply(*products, rows, C, 3 * inner, dq, 3 * inner, w_qkv, C, false, grad_input, C);
+      qkv_gradient.add(rows, dq, 3 * inner, normed_rows(norm, x_rows, rows, C, normed.data()), C);
+      if (norm.on())  // grad_x = grad_y (the residual) + the norm's backward pass
+        rms_norm_backward_rows(norm, x_rows, grad_input, grad_y_rows, rows, C, grad_x_rows, grad_norm_weight_sum.data());
     }
     o_gradient.finish();
     qkv_gradient.finish();
+    for (int64_t j = 0; j < static_cast<int64_t>(grad_norm_weight_sum.size()); ++j) grad_norm_weight[j] = static_cast<float>(grad_norm_weight_sum[j]);
     return 0;
   });
 }

@@ -10,6 +10,9 @@ It keeps for the backward pass what the three separate steps keep: q/k/v, the at
 log-sum-exp and, for short sequences, the probabilities. Taken unless oneDNN makes the model's products whole
 (:meth:`overtrain.model.llama.LlamaLM.use_cpu_kernels`), by the library the model chose
 (:data:`~overtrain.model.cpu_kernels.BLOCK_LIBRARIES`); it agrees with the separate steps to float rounding.
+Given the norm's weight, it computes the decoder layer's whole attention half, ``x + attention(RMSNorm(x))``
+(:meth:`overtrain.model.llama.Attention.residual`), with the norm and the residual inside its blocks
+(``cpu_rms_norm.h``).
 
 Shapes: B batch, T sequence length, C d_model, H heads, D head dim.
 """
@@ -52,7 +55,8 @@ def _check_status(status: int, head_dim: int) -> None:
     raise_for_block_status(status, "the attention block")
 
 
-def _check_inputs(x: torch.Tensor, w_qkv: torch.Tensor, w_o: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, heads: int) -> None:
+def _check_inputs(x: torch.Tensor, w_qkv: torch.Tensor, w_o: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                  norm_weight: torch.Tensor | None, heads: int) -> None:
     """The kernel reads by these shapes (the rotary tables for every position): anything else would read past
     a tensor, so it is refused here, as the attention kernel refuses it (cpu_attention._rotary_pointers)."""
     if x.dim() != 3 or w_qkv.dim() != 2 or w_o.dim() != 2 or w_qkv.shape[0] % (3 * heads):
@@ -64,86 +68,104 @@ def _check_inputs(x: torch.Tensor, w_qkv: torch.Tensor, w_o: torch.Tensor, cos: 
     expected = (x.shape[1], inner // heads)
     if tuple(cos.shape) != expected or tuple(sin.shape) != expected:
         raise ValueError(f"the rotary tables must be (T, D) = {expected}, got {tuple(cos.shape)} and {tuple(sin.shape)}")
-    if not fp32_cpu_outside_autocast(x, w_qkv, w_o, cos, sin):
+    if norm_weight is not None and tuple(norm_weight.shape) != (width,):
+        raise ValueError(f"the attention block's norm weight must be (C,) = ({width},), got {tuple(norm_weight.shape)}")
+    norm = () if norm_weight is None else (norm_weight,)
+    if not fp32_cpu_outside_autocast(x, w_qkv, w_o, cos, sin, *norm):
         raise ValueError("the attention block computes on fp32 CPU tensors outside autocast (see block_applies)")
+
+
+def _pointer(tensor: torch.Tensor | None) -> int | None:
+    return None if tensor is None else tensor.data_ptr()
 
 
 @torch.library.custom_op("overtrain::attention_block", mutates_args=())
 def attention_block(
-    x: torch.Tensor, w_qkv: torch.Tensor, w_o: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, heads: int, scale: float,
-    keep_probabilities: bool, brgemm: bool,
+    x: torch.Tensor, w_qkv: torch.Tensor, w_o: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, norm_weight: torch.Tensor | None,
+    norm_eps: float, heads: int, scale: float, keep_probabilities: bool, brgemm: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """``o(softmax(scale q k^T + causal mask) v)`` for x (B, T, C), with q, k, v = x w_qkv^T split in three
     (w_qkv (3 H D, C): the q rows, then k, then v) and q, k rotated by the rotary tables cos and sin (T, D);
-    w_o (C, H D). Returns y (B, T, C) and what the backward pass reads: qkv (B, T, 3, H, D), the attention
-    output (B, T, H, D), each row's log-sum-exp (B, H, T) and the kept probabilities (none when
+    w_o (C, H D). Given ``norm_weight`` (C), Llama's whole pre-norm residual half-layer instead:
+    ``x + attention(RMSNorm(x))`` (the norm of :class:`overtrain.model.llama.RMSNorm`, with ``norm_eps``).
+    Returns y (B, T, C) and what the backward pass reads: qkv (B, T, 3, H, D), the attention output
+    (B, T, H, D), each row's log-sum-exp (B, H, T) and the kept probabilities (none when
     ``keep_probabilities`` is false or the sequences are long; :func:`~overtrain.model.cpu_attention.causal_attention`).
     ``brgemm``: the products by oneDNN's brgemm micro-kernel, else by torch's BLAS sgemm (a flag, not a
     library name: inductor's C++ wrapper passes no string arguments to custom ops)."""
     products = required_block_products("the attention block", brgemm)
-    _check_inputs(x, w_qkv, w_o, cos, sin, heads)
+    _check_inputs(x, w_qkv, w_o, cos, sin, norm_weight, heads)
     x, w_qkv, w_o, cos, sin = (tensor.contiguous() for tensor in (x, w_qkv, w_o, cos, sin))
+    norm_weight = None if norm_weight is None else norm_weight.contiguous()
     batch, seq_len, width = x.shape
     head_dim = w_qkv.shape[0] // 3 // heads
     y, qkv, out, lse, probabilities = _outputs(x, heads, head_dim, keep_probabilities)
     status = kernel_library().ot_attention_block_forward(
-        products, x.data_ptr(), w_qkv.data_ptr(), w_o.data_ptr(), y.data_ptr(), qkv.data_ptr(), out.data_ptr(), lse.data_ptr(),
-        probabilities_pointer(probabilities), cos.data_ptr(), sin.data_ptr(), batch, seq_len, width, heads, head_dim,
-        probabilities.shape[-1], _sequences_per_block(seq_len), scale,
+        products, x.data_ptr(), _pointer(norm_weight), norm_eps, w_qkv.data_ptr(), w_o.data_ptr(), y.data_ptr(), qkv.data_ptr(),
+        out.data_ptr(), lse.data_ptr(), probabilities_pointer(probabilities), cos.data_ptr(), sin.data_ptr(), batch, seq_len, width,
+        heads, head_dim, probabilities.shape[-1], _sequences_per_block(seq_len), scale,
     )
     _check_status(status, head_dim)
     return y, qkv, out, lse, probabilities
 
 
 @attention_block.register_fake
-def _(x, w_qkv, w_o, cos, sin, heads, scale, keep_probabilities, brgemm):
+def _(x, w_qkv, w_o, cos, sin, norm_weight, norm_eps, heads, scale, keep_probabilities, brgemm):
     return _outputs(x, heads, w_qkv.shape[0] // 3 // heads, keep_probabilities)
 
 
 @torch.library.custom_op("overtrain::attention_block_backward", mutates_args=())
 def attention_block_backward(
     grad_y: torch.Tensor, x: torch.Tensor, w_qkv: torch.Tensor, w_o: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-    qkv: torch.Tensor, out: torch.Tensor, lse: torch.Tensor, probabilities: torch.Tensor, heads: int, scale: float,
-    brgemm: bool,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The gradients of :func:`attention_block`'s y with respect to x, w_qkv and w_o, from ``grad_y`` (B, T, C)
-    and what its forward pass returned (the probabilities are read where kept, else recomputed)."""
+    norm_weight: torch.Tensor | None, norm_eps: float, qkv: torch.Tensor, out: torch.Tensor, lse: torch.Tensor,
+    probabilities: torch.Tensor, heads: int, scale: float, brgemm: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The gradients of :func:`attention_block`'s y with respect to x, w_qkv, w_o and the norm's weight (an
+    empty tensor without a norm), from ``grad_y`` (B, T, C) and what its forward pass returned (the
+    probabilities are read where kept, else recomputed)."""
     products = required_block_products("the attention block", brgemm)
     grad_y, x, w_qkv, w_o, cos, sin = (tensor.contiguous() for tensor in (grad_y, x, w_qkv, w_o, cos, sin))
+    norm_weight = None if norm_weight is None else norm_weight.contiguous()
     batch, seq_len, width = x.shape
     head_dim = w_qkv.shape[0] // 3 // heads
     check_kept_probabilities(probabilities, batch, heads, seq_len)
     grad_x = torch.empty_like(x)
     make = torch.empty_like if batch else torch.zeros_like  # the first block writes the weights' gradients
     grad_w_qkv, grad_w_o = make(w_qkv), make(w_o)
+    grad_norm_weight = x.new_empty(0) if norm_weight is None else torch.empty_like(norm_weight)
     status = kernel_library().ot_attention_block_backward(
-        products, grad_y.data_ptr(), x.data_ptr(), w_qkv.data_ptr(), w_o.data_ptr(), qkv.data_ptr(), out.data_ptr(), lse.data_ptr(),
-        probabilities_pointer(probabilities), cos.data_ptr(), sin.data_ptr(), grad_x.data_ptr(), grad_w_qkv.data_ptr(),
-        grad_w_o.data_ptr(), batch, seq_len, width, heads, head_dim, probabilities.shape[-1], _sequences_per_block(seq_len), scale,
+        products, grad_y.data_ptr(), x.data_ptr(), _pointer(norm_weight), norm_eps, w_qkv.data_ptr(), w_o.data_ptr(), qkv.data_ptr(),
+        out.data_ptr(), lse.data_ptr(), probabilities_pointer(probabilities), cos.data_ptr(), sin.data_ptr(), grad_x.data_ptr(),
+        grad_w_qkv.data_ptr(), grad_w_o.data_ptr(), _pointer(grad_norm_weight), batch, seq_len, width, heads, head_dim,
+        probabilities.shape[-1], _sequences_per_block(seq_len), scale,
     )
     _check_status(status, head_dim)
-    return grad_x, grad_w_qkv, grad_w_o
+    return grad_x, grad_w_qkv, grad_w_o, grad_norm_weight
 
 
 @attention_block_backward.register_fake
-def _(grad_y, x, w_qkv, w_o, cos, sin, qkv, out, lse, probabilities, heads, scale, brgemm):
+def _(grad_y, x, w_qkv, w_o, cos, sin, norm_weight, norm_eps, qkv, out, lse, probabilities, heads, scale, brgemm):
     contiguous = torch.contiguous_format
-    return tuple(torch.empty_like(tensor, memory_format=contiguous) for tensor in (x, w_qkv, w_o))
+    grad_norm_weight = x.new_empty(0) if norm_weight is None else torch.empty_like(norm_weight, memory_format=contiguous)
+    return (*(torch.empty_like(tensor, memory_format=contiguous) for tensor in (x, w_qkv, w_o)), grad_norm_weight)
 
 
 def _setup_context(ctx, inputs, output) -> None:
-    x, w_qkv, w_o, cos, sin, heads, scale, _keep_probabilities, ctx.brgemm = inputs
+    x, w_qkv, w_o, cos, sin, norm_weight, ctx.norm_eps, heads, scale, _keep_probabilities, ctx.brgemm = inputs
     _, qkv, out, lse, probabilities = output
-    ctx.save_for_backward(x, w_qkv, w_o, cos, sin, qkv, out, lse, probabilities)
+    ctx.has_norm = norm_weight is not None
+    ctx.save_for_backward(x, w_qkv, w_o, cos, sin, norm_weight, qkv, out, lse, probabilities)
     ctx.heads, ctx.scale = heads, scale
     ctx.mark_non_differentiable(qkv, out, lse, probabilities)
 
 
 def _backward(ctx, grad_y, *_grads_of_saved):
-    x, w_qkv, w_o, cos, sin, qkv, out, lse, probabilities = ctx.saved_tensors
-    grads = attention_block_backward(grad_y, x, w_qkv, w_o, cos, sin, qkv, out, lse, probabilities, ctx.heads, ctx.scale,
-                                     ctx.brgemm)
-    return *grads, None, None, None, None, None, None
+    x, w_qkv, w_o, cos, sin, norm_weight, qkv, out, lse, probabilities = ctx.saved_tensors
+    grad_x, grad_w_qkv, grad_w_o, grad_norm_weight = attention_block_backward(
+        grad_y, x, w_qkv, w_o, cos, sin, norm_weight if ctx.has_norm else None, ctx.norm_eps, qkv, out, lse, probabilities, ctx.heads,
+        ctx.scale, ctx.brgemm)
+    # x, w_qkv, w_o, cos, sin, norm_weight, norm_eps, heads, scale, keep_probabilities, brgemm
+    return grad_x, grad_w_qkv, grad_w_o, None, None, grad_norm_weight if ctx.has_norm else None, None, None, None, None, None
 
 
 attention_block.register_autograd(_backward, setup_context=_setup_context)

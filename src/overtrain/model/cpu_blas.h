@@ -106,12 +106,13 @@ class WeightProduct {
       transpose(weight, out, in, in, transposed_.get());
     }
   }
-  // y (rows x out, row stride ldy) = x (rows x in, row stride ldx) W^T.
-  void apply(int64_t rows, const float* x, int64_t ldx, float* y, int64_t ldy) const {
+  // y (rows x out, row stride ldy) = x (rows x in, row stride ldx) W^T, or y += x W^T with accumulate.
+  void apply(int64_t rows, const float* x, int64_t ldx, bool accumulate, float* y, int64_t ldy) const {
     if (products_.brgemm) {
-      multiply(products_, rows, out_, in_, x, ldx, transposed_.get(), out_, false, y, ldy);
+      multiply(products_, rows, out_, in_, x, ldx, transposed_.get(), out_, accumulate, y, ldy);
     } else {
-      sgemm_row_major(products_.sgemm, false, true, int(rows), int(out_), int(in_), x, int(ldx), weight_, int(in_), 0.0f, y, int(ldy));
+      sgemm_row_major(products_.sgemm, false, true, int(rows), int(out_), int(in_), x, int(ldx), weight_, int(in_), accumulate ? 1.0f : 0.0f,
+                      y, int(ldy));
     }
   }
 

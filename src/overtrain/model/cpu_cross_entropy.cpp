@@ -22,25 +22,6 @@ namespace {
 #include "cpu_vector_math.h"
 #include "cpu_blas.h"
 
-inline vf vmax(vf a, vf b) { return a > b ? a : b; }
-
-// Horizontal max and sum by halving: four shuffle-and-combine steps instead of a 15-step scalar chain.
-#define OT_HALVE(x, OP)                                                                                      \
-  x = OP(x, __builtin_shufflevector(x, x, 8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7));              \
-  x = OP(x, __builtin_shufflevector(x, x, 4, 5, 6, 7, 0, 1, 2, 3, 12, 13, 14, 15, 8, 9, 10, 11));              \
-  x = OP(x, __builtin_shufflevector(x, x, 2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13));              \
-  x = OP(x, __builtin_shufflevector(x, x, 1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 13, 12, 15, 14));
-inline vf vadd(vf a, vf b) { return a + b; }
-float horizontal_max(vf x) {
-  OT_HALVE(x, vmax)
-  return x[0];
-}
-float horizontal_sum(vf x) {
-  OT_HALVE(x, vadd)
-  return x[0];
-}
-#undef OT_HALVE
-
 // Overwrites one row of logits x (V >= 16 floats) with scale * (softmax(x) - onehot(target)); returns the
 // row's cross-entropy, log-sum-exp(x) - x[target]. The last V % 16 logits are read as the row's last 16
 // (a window that overlaps the last whole vector), with the overlap masked out of the max and the sum;
@@ -120,7 +101,7 @@ int ot_linear_cross_entropy(const Products* products, const float* hidden, const
     for (int64_t first = 0; first < rows; first += block_rows) {
       const int64_t m = rows - first < block_rows ? rows - first : block_rows;
       const float* hidden_block = hidden + first * width;
-      logits_product.apply(m, hidden_block, width, logits_block, vocab);
+      logits_product.apply(m, hidden_block, width, false, logits_block, vocab);
       *total += softmax_cross_entropy_block(logits_block, m, vocab, targets + first, ignore_index, scale);
       multiply(*products, m, width, vocab, logits_block, vocab, weight, width, false, grad_hidden + first * width, width);
       weight_gradient.add(m, logits_block, vocab, hidden_block, width);

@@ -29,7 +29,7 @@ import torch
 FOLDER = Path(__file__).parent
 SOURCES = (FOLDER / "cpu_attention.cpp", FOLDER / "cpu_attention_block.cpp", FOLDER / "cpu_cross_entropy.cpp", FOLDER / "cpu_mlp.cpp",
            FOLDER / "cpu_products.cpp")
-HEADERS = (FOLDER / "cpu_vector_math.h", FOLDER / "cpu_blas.h")
+HEADERS = (FOLDER / "cpu_vector_math.h", FOLDER / "cpu_blas.h", FOLDER / "cpu_rms_norm.h")
 _POINTER, _INT, _FLOAT = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float
 
 
@@ -58,14 +58,14 @@ def _declare_signatures(library: ctypes.CDLL) -> ctypes.CDLL:
     library.ot_linear_cross_entropy.restype = ctypes.c_int
     library.ot_softmax_cross_entropy_rows.argtypes = [_POINTER, _INT, _INT, _POINTER, _INT, _FLOAT]
     library.ot_softmax_cross_entropy_rows.restype = ctypes.c_double
-    library.ot_swiglu_mlp_forward.argtypes = [_POINTER] * 7 + [_INT] * 4
+    library.ot_swiglu_mlp_forward.argtypes = [_POINTER] * 3 + [_FLOAT] + [_POINTER] * 5 + [_INT] * 4
     library.ot_swiglu_mlp_forward.restype = ctypes.c_int
-    library.ot_swiglu_mlp_backward.argtypes = [_POINTER] * 11 + [_INT] * 4
+    library.ot_swiglu_mlp_backward.argtypes = [_POINTER] * 4 + [_FLOAT] + [_POINTER] * 9 + [_INT] * 4
     library.ot_swiglu_mlp_backward.restype = ctypes.c_int
     library.ot_block_products_check.argtypes = [_POINTER] * 7 + [_INT] * 4
     library.ot_block_products_check.restype = ctypes.c_int
-    library.ot_attention_block_forward.argtypes = [_POINTER] * 11 + [_INT] * 7 + [_FLOAT]
-    library.ot_attention_block_backward.argtypes = [_POINTER] * 14 + [_INT] * 7 + [_FLOAT]
+    library.ot_attention_block_forward.argtypes = [_POINTER] * 3 + [_FLOAT] + [_POINTER] * 9 + [_INT] * 7 + [_FLOAT]
+    library.ot_attention_block_backward.argtypes = [_POINTER] * 4 + [_FLOAT] + [_POINTER] * 12 + [_INT] * 7 + [_FLOAT]
     return library
 
 

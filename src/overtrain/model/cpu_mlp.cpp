@@ -27,6 +27,7 @@ namespace {
 
 #include "cpu_vector_math.h"
 #include "cpu_blas.h"
+#include "cpu_rms_norm.h"
 
 // sigmoid(g) for any g through exp of -|g| only (exp_nonpositive's domain): 1 / (1 + e) or e / (1 + e).
 inline vf sigmoid(vf g) {
@@ -115,20 +116,27 @@ void swiglu_backward(const float* gate_up, float* a, float* grad_gate_up, int64_
 
 extern "C" {
 
-// out (N x C) = (silu(x w_gate^T) * (x w_up^T)) w_down^T, in blocks of block_rows rows; gate_up (N x 2F)
-// receives the pre-activations, which the backward pass reads. a_block (block_rows x F) is scratch.
-// Returns 0, 2 where an allocation failed, or 3 where a product failed (no C++ exception crosses the C
-// entry point).
-int ot_swiglu_mlp_forward(const Products* products, const float* x, const float* w_gate_up, const float* w_down, float* out,
-                          float* gate_up, float* a_block, int64_t rows, int64_t width, int64_t ff, int64_t block_rows) {
+// out (N x C) = (silu(n w_gate^T) * (n w_up^T)) w_down^T with n = x, or, where norm_weight is not null, the
+// pre-norm residual half-layer out = x + (the same with n = RMSNorm(x), eps norm_eps); in blocks of block_rows
+// rows. gate_up (N x 2F) receives the pre-activations, which the backward pass reads. a_block
+// (block_rows x F) is scratch. Returns 0, 2 where an allocation failed, or 3 where a product failed (no C++
+// exception crosses the C entry point).
+int ot_swiglu_mlp_forward(const Products* products, const float* x, const float* norm_weight, float norm_eps, const float* w_gate_up,
+                          const float* w_down, float* out, float* gate_up, float* a_block, int64_t rows, int64_t width, int64_t ff,
+                          int64_t block_rows) {
+  const RmsNorm norm{norm_weight, norm_eps};
   return status_of([&] {
     const WeightProduct gate_up_product(*products, w_gate_up, 2 * ff, width), down_product(*products, w_down, width, ff);
-    std::vector<float> gate_up_block((rows < block_rows ? rows : block_rows) * 2 * ff);
+    const int64_t block = rows < block_rows ? rows : block_rows;
+    std::vector<float> gate_up_block(block * 2 * ff), normed(norm.on() ? block * width : 0);
     for (int64_t first = 0; first < rows; first += block_rows) {
       const int64_t m = rows - first < block_rows ? rows - first : block_rows;
-      gate_up_product.apply(m, x + first * width, width, gate_up_block.data(), 2 * ff);
+      const float* x_rows = x + first * width;
+      float* out_rows = out + first * width;
+      gate_up_product.apply(m, normed_rows(norm, x_rows, m, width, normed.data()), width, false, gate_up_block.data(), 2 * ff);
       swiglu_forward_keeping(gate_up_block.data(), a_block, gate_up + first * 2 * ff, m, ff);
-      down_product.apply(m, a_block, ff, out + first * width, width);
+      if (norm.on()) std::memcpy(out_rows, x_rows, sizeof(float) * m * width);  // the residual, which the product adds to
+      down_product.apply(m, a_block, ff, norm.on(), out_rows, width);
     }
     return 0;
   });
@@ -136,27 +144,40 @@ int ot_swiglu_mlp_forward(const Products* products, const float* x, const float*
 
 // The gradients of ot_swiglu_mlp_forward's output, from grad_out (N x C), x and the saved gate_up:
 // grad_x (N x C), grad_w_gate_up (2F x C) and grad_w_down (C x F), the last two written by the first block
-// (the caller zeroes them when N is 0). a_block (block_rows x F) and grad_block (block_rows x 2F) are scratch.
-// Returns 0, 2 where an allocation failed, or 3 where a product failed.
-int ot_swiglu_mlp_backward(const Products* products, const float* grad_out, const float* x, const float* gate_up,
-                           const float* w_gate_up, const float* w_down, float* grad_x, float* grad_w_gate_up, float* grad_w_down,
-                           float* a_block, float* grad_block, int64_t rows, int64_t width, int64_t ff, int64_t block_rows) {
+// (the caller zeroes them when N is 0), and, where norm_weight is not null, grad_norm_weight (C; zeros when N
+// is 0). a_block (block_rows x F) and grad_block (block_rows x 2F) are scratch. Returns 0, 2 where an
+// allocation failed, or 3 where a product failed.
+int ot_swiglu_mlp_backward(const Products* products, const float* grad_out, const float* x, const float* norm_weight, float norm_eps,
+                           const float* gate_up, const float* w_gate_up, const float* w_down, float* grad_x, float* grad_w_gate_up,
+                           float* grad_w_down, float* grad_norm_weight, float* a_block, float* grad_block, int64_t rows, int64_t width,
+                           int64_t ff, int64_t block_rows) {
+  const RmsNorm norm{norm_weight, norm_eps};
   return status_of([&] {
     WeightGradient down_gradient(*products, grad_w_down, width, ff), gate_up_gradient(*products, grad_w_gate_up, 2 * ff, width);
+    const int64_t block = rows < block_rows ? rows : block_rows;
+    std::vector<float> normed(norm.on() ? block * width : 0), grad_normed(norm.on() ? block * width : 0);
+    std::vector<double> grad_norm_weight_sum(norm.on() ? width : 0, 0.0);
     for (int64_t first = 0; first < rows; first += block_rows) {
       const int64_t m = rows - first < block_rows ? rows - first : block_rows;
+      const float* x_rows = x + first * width;
       const float* gate_up_rows = gate_up + first * 2 * ff;
       const float* grad_out_rows = grad_out + first * width;
+      float* grad_x_rows = grad_x + first * width;
+      const float* input = normed_rows(norm, x_rows, m, width, normed.data());  // what the gate-and-up product read
       // da = dY w_down into grad_block's up half; then a again (cheaper than keeping it (N x F) in memory)
       // and the gradients of gate and up, in one pass.
       multiply(*products, m, ff, width, grad_out_rows, width, w_down, ff, false, grad_block + ff, 2 * ff);
       swiglu_backward(gate_up_rows, a_block, grad_block, m, ff);
       down_gradient.add(m, grad_out_rows, width, a_block, ff);  // += dY^T a
-      multiply(*products, m, width, 2 * ff, grad_block, 2 * ff, w_gate_up, width, false, grad_x + first * width, width);
-      gate_up_gradient.add(m, grad_block, 2 * ff, x + first * width, width);
+      float* grad_input = norm.on() ? grad_normed.data() : grad_x_rows;
+      multiply(*products, m, width, 2 * ff, grad_block, 2 * ff, w_gate_up, width, false, grad_input, width);
+      gate_up_gradient.add(m, grad_block, 2 * ff, input, width);
+      if (norm.on())  // grad_x = grad_out (the residual) + the norm's backward pass
+        rms_norm_backward_rows(norm, x_rows, grad_input, grad_out_rows, m, width, grad_x_rows, grad_norm_weight_sum.data());
     }
     down_gradient.finish();
     gate_up_gradient.finish();
+    for (int64_t j = 0; j < static_cast<int64_t>(grad_norm_weight_sum.size()); ++j) grad_norm_weight[j] = static_cast<float>(grad_norm_weight_sum[j]);
     return 0;
   });
 }

@@ -27,7 +27,7 @@ int ot_block_products_check(const Products* products, const float* x, const floa
     WeightGradient weight_gradient(*products, grad_w, out, in);
     for (int64_t first = 0; first < rows; first += block_rows) {
       const int64_t m = rows - first < block_rows ? rows - first : block_rows;
-      forward.apply(m, x + first * in, in, y + first * out, out);
+      forward.apply(m, x + first * in, in, false, y + first * out, out);
       multiply(*products, m, in, out, grad_y + first * out, out, w, in, false, grad_x + first * in, in);
       weight_gradient.add(m, grad_y + first * out, out, x + first * in, in);
     }

@@ -16,6 +16,25 @@ inline void vstore(float* p, vf x) { *reinterpret_cast<vf_unaligned*>(p) = x; }
 inline vf vbcast(float x) { return vf{x, x, x, x, x, x, x, x, x, x, x, x, x, x, x, x}; }
 const vi lane_index = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
 
+inline vf vmax(vf a, vf b) { return a > b ? a : b; }
+
+// Horizontal max and sum by halving: four shuffle-and-combine steps instead of a 15-step scalar chain.
+#define OT_HALVE(x, OP)                                                                                      \
+  x = OP(x, __builtin_shufflevector(x, x, 8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7));              \
+  x = OP(x, __builtin_shufflevector(x, x, 4, 5, 6, 7, 0, 1, 2, 3, 12, 13, 14, 15, 8, 9, 10, 11));              \
+  x = OP(x, __builtin_shufflevector(x, x, 2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13));              \
+  x = OP(x, __builtin_shufflevector(x, x, 1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 13, 12, 15, 14));
+inline vf vadd(vf a, vf b) { return a + b; }
+inline float horizontal_max(vf x) {
+  OT_HALVE(x, vmax)
+  return x[0];
+}
+inline float horizontal_sum(vf x) {
+  OT_HALVE(x, vadd)
+  return x[0];
+}
+#undef OT_HALVE
+
 // exp(x) for x <= 0, 16 lanes at once: Cephes' expf (x = n ln 2 + r with |r| <= ln 2 / 2, then
 // 1 + r + r^2 P(r) with P of degree 5, within ~2 ulp). Written for a short dependency chain, since the
 // attention loops wait on it: n = round(x / ln 2) comes from adding 1.5 * 2^23, which leaves n in the low

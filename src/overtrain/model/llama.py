@@ -27,14 +27,25 @@ from overtrain.model.cpu_linear import LIBRARY_NAMES, ProductTiming, linear, lin
 from overtrain.model.cpu_mlp import mlp_kernel_applies, swiglu_mlp
 
 
-def is_plain_linear(layer: nn.Module) -> bool:
-    """Whether ``layer(x)`` is exactly ``F.linear(x, layer.weight)``: an ``nn.Linear`` itself (not replaced or
-    wrapped, e.g. by a LoRA adapter), without bias or hooks (forward or backward, its own or global). Only such layers may be computed from their weight
-    alone (oneDNN's products, the stacked q/k/v product)."""
+def has_hooks(module: nn.Module) -> bool:
+    """Whether calling ``module`` would run hooks (forward or backward, its own or global) around its forward."""
     global_hooks = (module_globals._global_forward_hooks or module_globals._global_forward_pre_hooks
                     or module_globals._global_backward_hooks or module_globals._global_backward_pre_hooks)
-    own_hooks = layer._forward_hooks or layer._forward_pre_hooks or layer._backward_hooks or layer._backward_pre_hooks
-    return type(layer) is nn.Linear and layer.bias is None and not own_hooks and not global_hooks
+    own_hooks = module._forward_hooks or module._forward_pre_hooks or module._backward_hooks or module._backward_pre_hooks
+    return bool(own_hooks or global_hooks)
+
+
+def is_plain_linear(layer: nn.Module) -> bool:
+    """Whether ``layer(x)`` is exactly ``F.linear(x, layer.weight)``: an ``nn.Linear`` itself (not replaced or
+    wrapped, e.g. by a LoRA adapter), without bias or hooks (:func:`has_hooks`). Only such layers may be computed
+    from their weight alone (oneDNN's products, the stacked q/k/v product)."""
+    return type(layer) is nn.Linear and layer.bias is None and not has_hooks(layer)
+
+
+def is_plain_norm(norm: nn.Module) -> bool:
+    """Whether ``norm(x)`` is exactly :class:`RMSNorm`'s computation from its weight and eps (not replaced or
+    wrapped, no hooks): only then may a blocked kernel compute it inside a half-layer."""
+    return type(norm) is RMSNorm and not has_hooks(norm)
 
 
 def project(layer: nn.Module, x: torch.Tensor, onednn: bool) -> torch.Tensor:
@@ -103,7 +114,7 @@ class Attention(nn.Module):
             stacked = torch.cat((self.q_proj.weight, self.k_proj.weight, self.v_proj.weight))
             if block_applies(x, self.n_heads, stacked, self.o_proj.weight):
                 keep = torch.is_grad_enabled() and (x.requires_grad or stacked.requires_grad)  # no probabilities kept without gradients
-                return attention_block(x, stacked, self.o_proj.weight, cos, sin, self.n_heads, self.head_dim**-0.5, keep,
+                return attention_block(x, stacked, self.o_proj.weight, cos, sin, None, 0.0, self.n_heads, self.head_dim**-0.5, keep,
                                        self.block_library == "brgemm")[0]
         if self.cpu_kernel and plain:
             qkv = self._stacked_projection(x).view(batch, seq_len, 3, self.n_heads, self.head_dim)  # (B, T, 3, H, D)
@@ -119,6 +130,19 @@ class Attention(nn.Module):
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         out = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=self.n_kv_heads != self.n_heads)
         return project(self.o_proj, out.transpose(1, 2).reshape(batch, seq_len, -1), self.onednn_products)  # (B, T, C)
+
+    def residual(self, x: torch.Tensor, norm: nn.Module, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        """``x + self(norm(x), cos, sin)``: the attention half of a decoder layer. Where the whole block applies,
+        the norm is a plain :class:`RMSNorm` and nothing hooks this module, one call of the blocked kernel
+        computes all of it (the norm and the residual inside its blocks, :mod:`overtrain.model.cpu_attention_block`)."""
+        if self.cpu_block and is_plain_norm(norm) and not has_hooks(self) and self.n_kv_heads == self.n_heads \
+                and self._projections_are_plain() and is_plain_linear(self.o_proj):
+            stacked = torch.cat((self.q_proj.weight, self.k_proj.weight, self.v_proj.weight))
+            if block_applies(x, self.n_heads, stacked, self.o_proj.weight, norm.weight):
+                keep = torch.is_grad_enabled() and (x.requires_grad or stacked.requires_grad)
+                return attention_block(x, stacked, self.o_proj.weight, cos, sin, norm.weight, norm.eps, self.n_heads, self.head_dim**-0.5,
+                                       keep, self.block_library == "brgemm")[0]
+        return x + self(norm(x), cos, sin)
 
     def _projections_are_plain(self) -> bool:
         """Whether q, k and v can be made from their stacked weights (no adapter, bias or hook on any)."""
@@ -152,10 +176,22 @@ class MLP(nn.Module):
         weights = (self.gate_proj.weight, self.up_proj.weight, self.down_proj.weight)
         if self.cpu_kernel and self._projections_are_plain() and mlp_kernel_applies(x, *weights):
             w_gate_up = torch.cat(weights[:2])  # (2F, C): one product for both, as the kernel takes them
-            return swiglu_mlp(x.reshape(-1, x.shape[-1]), w_gate_up, weights[2], self.block_library == "brgemm")[0].view(x.shape)
+            return swiglu_mlp(x.reshape(-1, x.shape[-1]), w_gate_up, weights[2], None, 0.0, self.block_library == "brgemm")[0].view(x.shape)
         onednn = self.onednn_products
         hidden = F.silu(project(self.gate_proj, x, onednn)) * project(self.up_proj, x, onednn)
         return project(self.down_proj, hidden, onednn)
+
+    def residual(self, x: torch.Tensor, norm: nn.Module) -> torch.Tensor:
+        """``x + self(norm(x))``: the MLP half of a decoder layer, in one call of the blocked kernel (the norm and
+        the residual inside its blocks, :mod:`overtrain.model.cpu_mlp`) where it applies, the norm is a plain
+        :class:`RMSNorm` and nothing hooks this module."""
+        weights = (self.gate_proj.weight, self.up_proj.weight, self.down_proj.weight)
+        if self.cpu_kernel and is_plain_norm(norm) and not has_hooks(self) and self._projections_are_plain() \
+                and mlp_kernel_applies(x, *weights, norm.weight):
+            w_gate_up = torch.cat(weights[:2])
+            rows = x.reshape(-1, x.shape[-1])
+            return swiglu_mlp(rows, w_gate_up, weights[2], norm.weight, norm.eps, self.block_library == "brgemm")[0].view(x.shape)
+        return x + self(norm(x))
 
     def _projections_are_plain(self) -> bool:
         """Whether the MLP can be made from its weights alone (no adapter, bias or hook on any projection)."""
@@ -171,8 +207,8 @@ class DecoderLayer(nn.Module):
         self.mlp = MLP(config)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin)
-        return x + self.mlp(self.post_attention_layernorm(x))
+        x = self.self_attn.residual(x, self.input_layernorm, cos, sin)  # x + self_attn(input_layernorm(x))
+        return self.mlp.residual(x, self.post_attention_layernorm)  # x + mlp(post_attention_layernorm(x))
 
 
 class Backbone(nn.Module):
