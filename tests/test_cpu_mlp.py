@@ -47,14 +47,15 @@ def _output_and_grads(x, w_gate, w_up, w_down, grad_out, fused: bool, library: s
 
 
 # (4096, 64, 192) is the nano shape: 16 whole blocks of 256 rows. 1000 rows of F = 136 are three blocks
-# of 352 and a part one, and F is not a whole number of 16-float vectors; 7 rows are one part block of
-# fewer rows than the vector loop's width, with F = 5 below it.
+# of 352 and a part one, and neither F nor the width 40 is a whole number of 16-float vectors (SwiGLU's and
+# the norm's element loops); 7 rows are one part block of fewer rows than the vector loop's width, with
+# F = 5 below it.
 @pytest.mark.parametrize("with_norm", [False, True], ids=["mlp", "half-layer"])
 @pytest.mark.parametrize("library", BLOCK_LIBRARIES)
-@pytest.mark.parametrize("rows, width, ff_width", [(4096, 64, 192), (1000, 48, 136), (7, 32, 5)])
+@pytest.mark.parametrize("rows, width, ff_width", [(4096, 64, 192), (1000, 40, 136), (7, 32, 5)])
 def test_fused_mlp_is_as_accurate_as_three_products_and_so_are_its_gradients(rows: int, width: int, ff_width: int, library: str,
                                                                             with_norm: bool) -> None:
-    """Against float64, at most 2.5x the three products' fp32 error: alone, and as the pre-norm residual
+    """Against float64, at most 2x the three products' fp32 error alone, and 2.5x as the pre-norm residual
     half-layer with its norm. (brgemm sums each product's K terms in one chain: its input gradient at
     2F = 272 measured 1.8x torch's error alone and 2.3x in the half-layer, whose norm backward scales it by
     the norm's weight; MKL's sgemm 1.0x and 1.2x.)"""
@@ -72,7 +73,7 @@ def test_fused_mlp_is_as_accurate_as_three_products_and_so_are_its_gradients(row
     for name, mine, reference, truth in zip(("output", "grad x", "grad gate", "grad up", "grad down", "grad norm"), ours, theirs, exact):
         our_error = (mine.double() - truth).abs().max().item()
         torch_error = (reference.double() - truth).abs().max().item()
-        assert our_error <= 2.5 * torch_error + 1e-6, f"{name}: fused error {our_error:.2e}, three products' {torch_error:.2e}"
+        assert our_error <= (2.5 if with_norm else 2.0) * torch_error + 1e-6, f"{name}: fused error {our_error:.2e}, three products' {torch_error:.2e}"
     assert block_rows(192) == 256 and block_rows(136) == 352 and block_rows(4096) == MIN_BLOCK_ROWS
 
 
@@ -134,7 +135,7 @@ def test_a_compiled_model_with_the_fused_mlp_trains_as_the_eager_one() -> None:
     reference = [loss.detach(), *torch.autograd.grad(loss, list(model.parameters()))]
     model.use_cpu_kernels(True, library="blas")
     assert torch._dynamo.explain(model.loss)(input_ids, targets).graph_break_count == 0
-    compiled = torch.compile(model.loss)
+    compiled = torch.compile(model.loss, options={"cpp_wrapper": True})  # as the training loop compiles it
     loss = compiled(input_ids, targets)
     ours = [loss.detach(), *torch.autograd.grad(loss, list(model.parameters()))]
     for mine, theirs in zip(ours, reference):

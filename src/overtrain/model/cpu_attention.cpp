@@ -25,7 +25,7 @@
 #include <cstdint>
 #include <cstring>
 #include <vector>
-#if defined(__AVX512F__)
+#if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>  // the streaming stores of cpu_vector_math.h
 #endif
 

@@ -10,7 +10,7 @@
 // gradients of the attention output and of q/k/v in L2. q/k/v and the attention output are made in
 // block-sized buffers and streamed to memory past the caches (the step took 0.984 of its time with it).
 //
-// Layout: row-major contiguous fp32; x (B, T, C); w_qkv (3 H D, C), the q rows, then k, then v; w_o (C, H D);
+// Layout: row-major contiguous fp32; x (B, T, C); norm_weight (C); w_qkv (3 H D, C), the q rows, then k, then v; w_o (C, H D);
 // qkv (B, T, 3, H, D), out (B, T, H, D), lse (B, H, T), probabilities as cpu_attention.cpp keeps them.
 // No torch headers: plain C entry points on raw pointers, called through ctypes.
 #include <cmath>
@@ -19,7 +19,7 @@
 #include <memory>
 #include <new>
 #include <vector>
-#if defined(__AVX512F__)
+#if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>  // the streaming stores of cpu_vector_math.h
 #endif
 
@@ -56,15 +56,16 @@ int ot_attention_block_forward(const Products* products, const float* x, const f
   return status_of([&] {
     const WeightProduct qkv_product(*products, w_qkv, 3 * inner, C), o_product(*products, w_o, C, inner);
     const int64_t block = (B < block_batch ? B : block_batch) * T;
-    std::vector<float> qkv_block(block * 3 * inner), out_block(block * inner), normed(norm.on() ? block * C : 0);
+    const std::unique_ptr<float[]> qkv_block(new float[block * 3 * inner]), out_block(new float[block * inner]);  // not zeroed
+    const std::unique_ptr<float[]> normed(new float[norm.on() ? block * C : 0]);
     for (int64_t first = 0; first < B; first += block_batch) {
       const int64_t batch = B - first < block_batch ? B - first : block_batch;
       const int64_t rows = batch * T;
       const float* x_rows = x + first * T * C;
       float* y_rows = y + first * T * C;
-      float* qkv_rows = qkv_block.data();
-      float* out_rows = out_block.data();
-      qkv_product.apply(rows, normed_rows(norm, x_rows, rows, C, normed.data()), C, false, qkv_rows, 3 * inner);
+      float* qkv_rows = qkv_block.get();
+      float* out_rows = out_block.get();
+      qkv_product.apply(rows, normed_rows(norm, x_rows, rows, C, normed.get()), C, false, qkv_rows, 3 * inner);
       stream_copy(qkv_rows, qkv + first * T * 3 * inner, rows * 3 * inner);
       const int status = ot_causal_attention_forward(
           qkv_rows, T * 3 * inner, D, 3 * inner, qkv_rows + inner, T * 3 * inner, D, 3 * inner, qkv_rows + 2 * inner, T * 3 * inner, D,
@@ -94,7 +95,7 @@ int ot_attention_block_backward(const Products* products, const float* grad_y, c
   const RmsNorm norm{norm_weight, norm_eps};
   return status_of([&] {
     std::vector<float> grad_out(block * inner), grad_qkv(block * 3 * inner);  // a block's, in L2
-    std::vector<float> normed(norm.on() ? block * C : 0), grad_normed(norm.on() ? block * C : 0);
+    const std::unique_ptr<float[]> normed(new float[norm.on() ? block * C : 0]), grad_normed(new float[norm.on() ? block * C : 0]);
     std::vector<double> grad_norm_weight_sum(norm.on() ? C : 0, 0.0);
     WeightGradient o_gradient(*products, grad_w_o, C, inner), qkv_gradient(*products, grad_w_qkv, 3 * inner, C);
     for (int64_t first = 0; first < B; first += block_batch) {
@@ -114,9 +115,9 @@ int ot_attention_block_backward(const Products* products, const float* grad_y, c
           probabilities ? probabilities + first * H * probability_floats : nullptr, dq, dq + inner, dq + 2 * inner, T * 3 * inner, D,
           3 * inner, cos, sin, batch, H, T, D, scale);
       if (status != 0) return status;
-      float* grad_input = norm.on() ? grad_normed.data() : grad_x_rows;
+      float* grad_input = norm.on() ? grad_normed.get() : grad_x_rows;
       multiply(*products, rows, C, 3 * inner, dq, 3 * inner, w_qkv, C, false, grad_input, C);
-      qkv_gradient.add(rows, dq, 3 * inner, normed_rows(norm, x_rows, rows, C, normed.data()), C);
+      qkv_gradient.add(rows, dq, 3 * inner, normed_rows(norm, x_rows, rows, C, normed.get()), C);
       if (norm.on())  // grad_x = grad_y (the residual) + the norm's backward pass
         rms_norm_backward_rows(norm, x_rows, grad_input, grad_y_rows, rows, C, grad_x_rows, grad_norm_weight_sum.data());
     }

@@ -22,7 +22,13 @@ from __future__ import annotations
 import torch
 
 from overtrain.model.cpu_attention import HEAD_DIMS, check_kept_probabilities, kept_probability_floats, probabilities_pointer
-from overtrain.model.cpu_kernels import fp32_cpu_outside_autocast, kernel_library, raise_for_block_status, required_block_products
+from overtrain.model.cpu_kernels import (
+    fp32_cpu_outside_autocast,
+    kernel_library,
+    pointer_or_null,
+    raise_for_block_status,
+    required_block_products,
+)
 
 BLOCK_ROWS = 256
 """Rows (tokens) per block, in whole sequences, at least one: at the nano shape two sequences, whose q/k/v
@@ -75,10 +81,6 @@ def _check_inputs(x: torch.Tensor, w_qkv: torch.Tensor, w_o: torch.Tensor, cos: 
         raise ValueError("the attention block computes on fp32 CPU tensors outside autocast (see block_applies)")
 
 
-def _pointer(tensor: torch.Tensor | None) -> int | None:
-    return None if tensor is None else tensor.data_ptr()
-
-
 @torch.library.custom_op("overtrain::attention_block", mutates_args=())
 def attention_block(
     x: torch.Tensor, w_qkv: torch.Tensor, w_o: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, norm_weight: torch.Tensor | None,
@@ -101,7 +103,7 @@ def attention_block(
     head_dim = w_qkv.shape[0] // 3 // heads
     y, qkv, out, lse, probabilities = _outputs(x, heads, head_dim, keep_probabilities)
     status = kernel_library().ot_attention_block_forward(
-        products, x.data_ptr(), _pointer(norm_weight), norm_eps, w_qkv.data_ptr(), w_o.data_ptr(), y.data_ptr(), qkv.data_ptr(),
+        products, x.data_ptr(), pointer_or_null(norm_weight), norm_eps, w_qkv.data_ptr(), w_o.data_ptr(), y.data_ptr(), qkv.data_ptr(),
         out.data_ptr(), lse.data_ptr(), probabilities_pointer(probabilities), cos.data_ptr(), sin.data_ptr(), batch, seq_len, width,
         heads, head_dim, probabilities.shape[-1], _sequences_per_block(seq_len), scale,
     )
@@ -134,9 +136,9 @@ def attention_block_backward(
     grad_w_qkv, grad_w_o = make(w_qkv), make(w_o)
     grad_norm_weight = x.new_empty(0) if norm_weight is None else torch.empty_like(norm_weight)
     status = kernel_library().ot_attention_block_backward(
-        products, grad_y.data_ptr(), x.data_ptr(), _pointer(norm_weight), norm_eps, w_qkv.data_ptr(), w_o.data_ptr(), qkv.data_ptr(),
+        products, grad_y.data_ptr(), x.data_ptr(), pointer_or_null(norm_weight), norm_eps, w_qkv.data_ptr(), w_o.data_ptr(), qkv.data_ptr(),
         out.data_ptr(), lse.data_ptr(), probabilities_pointer(probabilities), cos.data_ptr(), sin.data_ptr(), grad_x.data_ptr(),
-        grad_w_qkv.data_ptr(), grad_w_o.data_ptr(), _pointer(grad_norm_weight), batch, seq_len, width, heads, head_dim,
+        grad_w_qkv.data_ptr(), grad_w_o.data_ptr(), pointer_or_null(grad_norm_weight), batch, seq_len, width, heads, head_dim,
         probabilities.shape[-1], _sequences_per_block(seq_len), scale,
     )
     _check_status(status, head_dim)

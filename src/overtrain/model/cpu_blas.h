@@ -11,7 +11,7 @@
 // gradient's two operands per block (WeightGradient).
 //
 // Included inside each source's anonymous namespace: every definition is internal. The including source
-// includes <cstdint>, <memory>, <new> and <vector> first.
+// includes <cstdint>, <memory>, <new> and <vector> first (and <immintrin.h> on x86: cpu_vector_math.h).
 #pragma once
 
 #include "cpu_vector_math.h"

@@ -204,6 +204,11 @@ def block_products(library: str) -> ctypes.Structure | None:
     return _Products(sgemm, brgemm)
 
 
+def pointer_or_null(tensor: torch.Tensor | None) -> int | None:
+    """A tensor's data pointer for a kernel's C entry point; None (a null pointer) for no tensor."""
+    return None if tensor is None else tensor.data_ptr()
+
+
 def kernel_available() -> bool:
     """Whether the kernels are worth taking here, building (or finding) them now: torch runs one CPU thread
     (torch's operations use every thread, these kernels one) and they build on this machine."""

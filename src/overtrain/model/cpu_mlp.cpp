@@ -11,7 +11,7 @@
 // gradient of its input are made in L2 and multiplied at once into the gradients of the block's input and
 // of the weights (sums over the blocks, written by the first).
 //
-// Layout: row-major contiguous fp32; x (N, C); w_gate_up (2F, C), the gate's rows first; w_down (C, F).
+// Layout: row-major contiguous fp32; x (N, C); norm_weight (C); w_gate_up (2F, C), the gate's rows first; w_down (C, F).
 // No torch headers: plain C entry points on raw pointers, called through ctypes.
 #include <cmath>
 #include <cstdint>
@@ -19,7 +19,7 @@
 #include <memory>
 #include <new>
 #include <vector>
-#if defined(__AVX512F__)
+#if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>  // the streaming stores of cpu_vector_math.h
 #endif
 
@@ -128,13 +128,13 @@ int ot_swiglu_mlp_forward(const Products* products, const float* x, const float*
   return status_of([&] {
     const WeightProduct gate_up_product(*products, w_gate_up, 2 * ff, width), down_product(*products, w_down, width, ff);
     const int64_t block = rows < block_rows ? rows : block_rows;
-    std::vector<float> gate_up_block(block * 2 * ff), normed(norm.on() ? block * width : 0);
+    const std::unique_ptr<float[]> gate_up_block(new float[block * 2 * ff]), normed(new float[norm.on() ? block * width : 0]);  // not zeroed
     for (int64_t first = 0; first < rows; first += block_rows) {
       const int64_t m = rows - first < block_rows ? rows - first : block_rows;
       const float* x_rows = x + first * width;
       float* out_rows = out + first * width;
-      gate_up_product.apply(m, normed_rows(norm, x_rows, m, width, normed.data()), width, false, gate_up_block.data(), 2 * ff);
-      swiglu_forward_keeping(gate_up_block.data(), a_block, gate_up + first * 2 * ff, m, ff);
+      gate_up_product.apply(m, normed_rows(norm, x_rows, m, width, normed.get()), width, false, gate_up_block.get(), 2 * ff);
+      swiglu_forward_keeping(gate_up_block.get(), a_block, gate_up + first * 2 * ff, m, ff);
       if (norm.on()) std::memcpy(out_rows, x_rows, sizeof(float) * m * width);  // the residual, which the product adds to
       down_product.apply(m, a_block, ff, norm.on(), out_rows, width);
     }
@@ -155,7 +155,7 @@ int ot_swiglu_mlp_backward(const Products* products, const float* grad_out, cons
   return status_of([&] {
     WeightGradient down_gradient(*products, grad_w_down, width, ff), gate_up_gradient(*products, grad_w_gate_up, 2 * ff, width);
     const int64_t block = rows < block_rows ? rows : block_rows;
-    std::vector<float> normed(norm.on() ? block * width : 0), grad_normed(norm.on() ? block * width : 0);
+    const std::unique_ptr<float[]> normed(new float[norm.on() ? block * width : 0]), grad_normed(new float[norm.on() ? block * width : 0]);
     std::vector<double> grad_norm_weight_sum(norm.on() ? width : 0, 0.0);
     for (int64_t first = 0; first < rows; first += block_rows) {
       const int64_t m = rows - first < block_rows ? rows - first : block_rows;
@@ -163,13 +163,13 @@ int ot_swiglu_mlp_backward(const Products* products, const float* grad_out, cons
       const float* gate_up_rows = gate_up + first * 2 * ff;
       const float* grad_out_rows = grad_out + first * width;
       float* grad_x_rows = grad_x + first * width;
-      const float* input = normed_rows(norm, x_rows, m, width, normed.data());  // what the gate-and-up product read
+      const float* input = normed_rows(norm, x_rows, m, width, normed.get());  // what the gate-and-up product read
       // da = dY w_down into grad_block's up half; then a again (cheaper than keeping it (N x F) in memory)
       // and the gradients of gate and up, in one pass.
       multiply(*products, m, ff, width, grad_out_rows, width, w_down, ff, false, grad_block + ff, 2 * ff);
       swiglu_backward(gate_up_rows, a_block, grad_block, m, ff);
       down_gradient.add(m, grad_out_rows, width, a_block, ff);  // += dY^T a
-      float* grad_input = norm.on() ? grad_normed.data() : grad_x_rows;
+      float* grad_input = norm.on() ? grad_normed.get() : grad_x_rows;
       multiply(*products, m, width, 2 * ff, grad_block, 2 * ff, w_gate_up, width, false, grad_input, width);
       gate_up_gradient.add(m, grad_block, 2 * ff, input, width);
       if (norm.on())  // grad_x = grad_out (the residual) + the norm's backward pass

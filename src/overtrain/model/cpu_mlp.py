@@ -20,7 +20,13 @@ from __future__ import annotations
 
 import torch
 
-from overtrain.model.cpu_kernels import fp32_cpu_outside_autocast, kernel_library, raise_for_block_status, required_block_products
+from overtrain.model.cpu_kernels import (
+    fp32_cpu_outside_autocast,
+    kernel_library,
+    pointer_or_null,
+    raise_for_block_status,
+    required_block_products,
+)
 
 BLOCK_BYTES = 384 << 10
 """Pre-activations (block rows x 2F fp32) made at a time: with the block's SwiGLU output (half as large), its
@@ -56,10 +62,6 @@ def _check_shapes(x: torch.Tensor, w_gate_up: torch.Tensor, w_down: torch.Tensor
         raise ValueError("the fused MLP computes on fp32 CPU tensors outside autocast (see mlp_kernel_applies)")
 
 
-def _pointer(tensor: torch.Tensor | None) -> int | None:
-    return None if tensor is None else tensor.data_ptr()
-
-
 @torch.library.custom_op("overtrain::swiglu_mlp", mutates_args=())
 def swiglu_mlp(
     x: torch.Tensor, w_gate_up: torch.Tensor, w_down: torch.Tensor, norm_weight: torch.Tensor | None, norm_eps: float, brgemm: bool,
@@ -79,7 +81,7 @@ def swiglu_mlp(
     block = min(block_rows(ff_width), max(rows, 1))
     a_block = x.new_empty(block, ff_width)  # held here: a pointer to a temporary would outlive its memory
     status = kernel_library().ot_swiglu_mlp_forward(
-        products, x.data_ptr(), _pointer(norm_weight), norm_eps, w_gate_up.data_ptr(), w_down.data_ptr(), out.data_ptr(),
+        products, x.data_ptr(), pointer_or_null(norm_weight), norm_eps, w_gate_up.data_ptr(), w_down.data_ptr(), out.data_ptr(),
         gate_up.data_ptr(), a_block.data_ptr(), rows, width, ff_width, block,
     )
     raise_for_block_status(status, "the fused MLP")
@@ -110,8 +112,8 @@ def swiglu_mlp_backward(
     block = min(block_rows(ff_width), max(rows, 1))
     a_block, grad_block = x.new_empty(block, ff_width), x.new_empty(block, 2 * ff_width)  # held, as in swiglu_mlp
     status = kernel_library().ot_swiglu_mlp_backward(
-        products, grad_out.data_ptr(), x.data_ptr(), _pointer(norm_weight), norm_eps, gate_up.data_ptr(), w_gate_up.data_ptr(),
-        w_down.data_ptr(), grad_x.data_ptr(), grad_w_gate_up.data_ptr(), grad_w_down.data_ptr(), _pointer(grad_norm_weight),
+        products, grad_out.data_ptr(), x.data_ptr(), pointer_or_null(norm_weight), norm_eps, gate_up.data_ptr(), w_gate_up.data_ptr(),
+        w_down.data_ptr(), grad_x.data_ptr(), grad_w_gate_up.data_ptr(), grad_w_down.data_ptr(), pointer_or_null(grad_norm_weight),
         a_block.data_ptr(), grad_block.data_ptr(), rows, width, ff_width, block,
     )
     raise_for_block_status(status, "the fused MLP's backward pass")

@@ -1,7 +1,7 @@
-// 16-float vector types and the vector math that overtrain's CPU kernels share (cpu_attention.cpp,
-// cpu_cross_entropy.cpp, cpu_blas.h). GCC vector extensions: AVX-512 registers where the CPU has them,
+// 16-float vector types and the vector math that overtrain's CPU kernels share (every source of
+// cpu_kernels.py, directly or through cpu_blas.h and cpu_rms_norm.h). GCC vector extensions: AVX-512 registers where the CPU has them,
 // pairs of AVX registers otherwise. Included inside each source's anonymous namespace: every definition is internal.
-// On AVX-512 builds the including source includes <immintrin.h> first (for the streaming stores below).
+// On x86 the including source includes <immintrin.h> first (for the streaming stores below).
 #pragma once
 
 typedef float vf __attribute__((vector_size(64)));
@@ -105,19 +105,30 @@ inline void transpose16(vf* a) {
 #undef OT_L
 #undef OT_TRANSPOSE_STAGE
 
-// Stores past the caches where the CPU can (AVX-512's non-temporal stores), for what only a much later pass
-// reads back (what the forward pass keeps for the backward pass): a cached store would first read each
-// line from memory and evict the working set that the next block needs. `to` must be 64-byte aligned
-// (vf's alignment). After streaming, stream_fence() orders the stores before anything that reads them.
+// Stores past the caches (x86's non-temporal stores), for what only a much later pass reads back (what the
+// forward pass keeps for the backward pass): a cached store would first read each line from memory and
+// evict the working set that the next block needs. `to` must be 64-byte aligned (vf's alignment). After
+// streaming, stream_fence() orders the stores before anything that reads them. Elsewhere, plain stores.
 inline void stream_store(vf* to, vf x) {
-#ifdef __AVX512F__
-  _mm512_stream_ps(reinterpret_cast<float*>(to), reinterpret_cast<__m512>(x));
+  float* out = reinterpret_cast<float*>(to);
+#if defined(__AVX512F__)
+  _mm512_stream_ps(out, reinterpret_cast<__m512>(x));
+#elif defined(__AVX__)
+  typedef float half_vf __attribute__((vector_size(32)));
+  _mm256_stream_ps(out, reinterpret_cast<__m256>(half_vf(__builtin_shufflevector(x, x, 0, 1, 2, 3, 4, 5, 6, 7))));
+  _mm256_stream_ps(out + 8, reinterpret_cast<__m256>(half_vf(__builtin_shufflevector(x, x, 8, 9, 10, 11, 12, 13, 14, 15))));
+#elif defined(__SSE2__)
+  typedef float quarter_vf __attribute__((vector_size(16)));
+  _mm_stream_ps(out, reinterpret_cast<__m128>(quarter_vf(__builtin_shufflevector(x, x, 0, 1, 2, 3))));
+  _mm_stream_ps(out + 4, reinterpret_cast<__m128>(quarter_vf(__builtin_shufflevector(x, x, 4, 5, 6, 7))));
+  _mm_stream_ps(out + 8, reinterpret_cast<__m128>(quarter_vf(__builtin_shufflevector(x, x, 8, 9, 10, 11))));
+  _mm_stream_ps(out + 12, reinterpret_cast<__m128>(quarter_vf(__builtin_shufflevector(x, x, 12, 13, 14, 15))));
 #else
   *to = x;
 #endif
 }
 inline void stream_fence() {
-#ifdef __AVX512F__
+#if defined(__SSE2__)
   _mm_sfence();
 #endif
 }

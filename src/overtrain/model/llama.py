@@ -135,11 +135,12 @@ class Attention(nn.Module):
         """``x + self(norm(x), cos, sin)``: the attention half of a decoder layer. Where the whole block applies,
         the norm is a plain :class:`RMSNorm` and nothing hooks this module, one call of the blocked kernel
         computes all of it (the norm and the residual inside its blocks, :mod:`overtrain.model.cpu_attention_block`)."""
-        if self.cpu_block and is_plain_norm(norm) and not has_hooks(self) and self.n_kv_heads == self.n_heads \
-                and self._projections_are_plain() and is_plain_linear(self.o_proj):
+        # type(self) is Attention: a subclass's own forward must run
+        if self.cpu_block and type(self) is Attention and is_plain_norm(norm) and not has_hooks(self) \
+                and self.n_kv_heads == self.n_heads and self._projections_are_plain() and is_plain_linear(self.o_proj):
             stacked = torch.cat((self.q_proj.weight, self.k_proj.weight, self.v_proj.weight))
             if block_applies(x, self.n_heads, stacked, self.o_proj.weight, norm.weight):
-                keep = torch.is_grad_enabled() and (x.requires_grad or stacked.requires_grad)
+                keep = torch.is_grad_enabled() and (x.requires_grad or stacked.requires_grad or norm.weight.requires_grad)
                 return attention_block(x, stacked, self.o_proj.weight, cos, sin, norm.weight, norm.eps, self.n_heads, self.head_dim**-0.5,
                                        keep, self.block_library == "brgemm")[0]
         return x + self(norm(x), cos, sin)
@@ -186,8 +187,8 @@ class MLP(nn.Module):
         the residual inside its blocks, :mod:`overtrain.model.cpu_mlp`) where it applies, the norm is a plain
         :class:`RMSNorm` and nothing hooks this module."""
         weights = (self.gate_proj.weight, self.up_proj.weight, self.down_proj.weight)
-        if self.cpu_kernel and is_plain_norm(norm) and not has_hooks(self) and self._projections_are_plain() \
-                and mlp_kernel_applies(x, *weights, norm.weight):
+        if self.cpu_kernel and type(self) is MLP and is_plain_norm(norm) and not has_hooks(self) and self._projections_are_plain() \
+                and mlp_kernel_applies(x, *weights, norm.weight):  # type(self) is MLP: a subclass's own forward must run
             w_gate_up = torch.cat(weights[:2])
             rows = x.reshape(-1, x.shape[-1])
             return swiglu_mlp(rows, w_gate_up, weights[2], norm.weight, norm.eps, self.block_library == "brgemm")[0].view(x.shape)
@@ -207,8 +208,12 @@ class DecoderLayer(nn.Module):
         self.mlp = MLP(config)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        x = self.self_attn.residual(x, self.input_layernorm, cos, sin)  # x + self_attn(input_layernorm(x))
-        return self.mlp.residual(x, self.post_attention_layernorm)  # x + mlp(post_attention_layernorm(x))
+        # x + self_attn(input_layernorm(x)), then x + mlp(post_attention_layernorm(x)): by the blocked kernels'
+        # half-layers where they apply; a module replaced by one without them is called as it is
+        attention_half = getattr(self.self_attn, "residual", None)
+        x = attention_half(x, self.input_layernorm, cos, sin) if attention_half else x + self.self_attn(self.input_layernorm(x), cos, sin)
+        mlp_half = getattr(self.mlp, "residual", None)
+        return mlp_half(x, self.post_attention_layernorm) if mlp_half else x + self.mlp(self.post_attention_layernorm(x))
 
 
 class Backbone(nn.Module):
@@ -293,7 +298,8 @@ class LlamaLM(nn.Module):
         the one that measures fastest on this CPU (:class:`~overtrain.model.cpu_linear.ProductTiming`):
         ``onednn`` makes them whole, through :mod:`overtrain.model.cpu_linear`; ``blas`` and ``brgemm`` make them
         a few sequences at a time through the whole attention block (:mod:`overtrain.model.cpu_attention_block`)
-        and the whole MLP (:mod:`overtrain.model.cpu_mlp`), by torch's BLAS sgemm or oneDNN's brgemm
+        and the whole MLP (:mod:`overtrain.model.cpu_mlp`), each with its layer's RMSNorm and residual
+        (:meth:`Attention.residual`, :meth:`MLP.residual`), by torch's BLAS sgemm or oneDNN's brgemm
         micro-kernel. They agree to float rounding, not bitwise; off by default, the training loop turns them on
         for compiled runs. Decided here, once: the kernels are built (seconds, once per machine) and taken only
         if torch runs one thread now; the libraries are timed (~0.1-0.5 s, once per process and shape;

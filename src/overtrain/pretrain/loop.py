@@ -479,8 +479,8 @@ class _TrainingLoop:
     def _set_up_compile(self) -> None:
         model, context = self.model, self.context
         compiled = should_compile(self.train_config, context.world_size)
-        # One process: compile forward, loss and their backward as one graph (inductor fuses the norms, SwiGLU
-        # and, where overtrain's CPU kernels do not take them, RoPE and the cross-entropy). Under DDP the
+        # One process: compile forward, loss and their backward as one graph (inductor fuses whatever
+        # overtrain's CPU kernels do not take: the norms, SwiGLU, RoPE, the cross-entropy). Under DDP the
         # wrapper needs the module, so only it is compiled.
         # On CPU, cpp_wrapper runs the graph's host code (allocations, ~60 kernel calls) in C++ instead of
         # Python: ~2-4% per step at the nano shape. No max-autotune: inductor's C++ GEMM templates take only
