@@ -57,7 +57,7 @@ int ot_attention_block_forward(const Products* products, const float* x, const f
     const WeightProduct qkv_product(*products, w_qkv, 3 * inner, C), o_product(*products, w_o, C, inner);
     const int64_t block = (B < block_batch ? B : block_batch) * T;
     const std::unique_ptr<float[]> qkv_block(new float[block * 3 * inner]), out_block(new float[block * inner]);  // not zeroed
-    const std::unique_ptr<float[]> normed(new float[norm.on() ? block * C : 0]);
+    const std::unique_ptr<float[]> normed(new float[norm.on() ? block * C : 0]), inverses(new float[norm.on() ? block : 0]);
     for (int64_t first = 0; first < B; first += block_batch) {
       const int64_t batch = B - first < block_batch ? B - first : block_batch;
       const int64_t rows = batch * T;
@@ -65,7 +65,7 @@ int ot_attention_block_forward(const Products* products, const float* x, const f
       float* y_rows = y + first * T * C;
       float* qkv_rows = qkv_block.get();
       float* out_rows = out_block.get();
-      qkv_product.apply(rows, normed_rows(norm, x_rows, rows, C, normed.get()), C, false, qkv_rows, 3 * inner);
+      qkv_product.apply(rows, normed_rows(norm, x_rows, rows, C, normed.get(), inverses.get()), C, false, qkv_rows, 3 * inner);
       stream_copy(qkv_rows, qkv + first * T * 3 * inner, rows * 3 * inner);
       const int status = ot_causal_attention_forward(
           qkv_rows, T * 3 * inner, D, 3 * inner, qkv_rows + inner, T * 3 * inner, D, 3 * inner, qkv_rows + 2 * inner, T * 3 * inner, D,
@@ -92,11 +92,9 @@ int ot_attention_block_backward(const Products* products, const float* grad_y, c
                                 float scale) {
   const int64_t inner = H * D;
   const int64_t block = (B < block_batch ? B : block_batch) * T;
-  const RmsNorm norm{norm_weight, norm_eps};
   return status_of([&] {
     std::vector<float> grad_out(block * inner), grad_qkv(block * 3 * inner);  // a block's, in L2
-    const std::unique_ptr<float[]> normed(new float[norm.on() ? block * C : 0]), grad_normed(new float[norm.on() ? block * C : 0]);
-    std::vector<double> grad_norm_weight_sum(norm.on() ? C : 0, 0.0);
+    RmsNormBackward norm({norm_weight, norm_eps}, block, C, grad_norm_weight);
     WeightGradient o_gradient(*products, grad_w_o, C, inner), qkv_gradient(*products, grad_w_qkv, 3 * inner, C);
     for (int64_t first = 0; first < B; first += block_batch) {
       const int64_t batch = B - first < block_batch ? B - first : block_batch;
@@ -115,15 +113,13 @@ int ot_attention_block_backward(const Products* products, const float* grad_y, c
           probabilities ? probabilities + first * H * probability_floats : nullptr, dq, dq + inner, dq + 2 * inner, T * 3 * inner, D,
           3 * inner, cos, sin, batch, H, T, D, scale);
       if (status != 0) return status;
-      float* grad_input = norm.on() ? grad_normed.get() : grad_x_rows;
-      multiply(*products, rows, C, 3 * inner, dq, 3 * inner, w_qkv, C, false, grad_input, C);
-      qkv_gradient.add(rows, dq, 3 * inner, normed_rows(norm, x_rows, rows, C, normed.get()), C);
-      if (norm.on())  // grad_x = grad_y (the residual) + the norm's backward pass
-        rms_norm_backward_rows(norm, x_rows, grad_input, grad_y_rows, rows, C, grad_x_rows, grad_norm_weight_sum.data());
+      multiply(*products, rows, C, 3 * inner, dq, 3 * inner, w_qkv, C, false, norm.grad_input(grad_x_rows), C);
+      qkv_gradient.add(rows, dq, 3 * inner, norm.input(x_rows, rows), C);
+      norm.backward(x_rows, grad_y_rows, rows, grad_x_rows);  // with the norm: grad_x = grad_y (the residual) + its backward pass
     }
     o_gradient.finish();
     qkv_gradient.finish();
-    for (int64_t j = 0; j < static_cast<int64_t>(grad_norm_weight_sum.size()); ++j) grad_norm_weight[j] = static_cast<float>(grad_norm_weight_sum[j]);
+    norm.finish();
     return 0;
   });
 }

@@ -129,11 +129,12 @@ int ot_swiglu_mlp_forward(const Products* products, const float* x, const float*
     const WeightProduct gate_up_product(*products, w_gate_up, 2 * ff, width), down_product(*products, w_down, width, ff);
     const int64_t block = rows < block_rows ? rows : block_rows;
     const std::unique_ptr<float[]> gate_up_block(new float[block * 2 * ff]), normed(new float[norm.on() ? block * width : 0]);  // not zeroed
+    const std::unique_ptr<float[]> inverses(new float[norm.on() ? block : 0]);
     for (int64_t first = 0; first < rows; first += block_rows) {
       const int64_t m = rows - first < block_rows ? rows - first : block_rows;
       const float* x_rows = x + first * width;
       float* out_rows = out + first * width;
-      gate_up_product.apply(m, normed_rows(norm, x_rows, m, width, normed.get()), width, false, gate_up_block.get(), 2 * ff);
+      gate_up_product.apply(m, normed_rows(norm, x_rows, m, width, normed.get(), inverses.get()), width, false, gate_up_block.get(), 2 * ff);
       swiglu_forward_keeping(gate_up_block.get(), a_block, gate_up + first * 2 * ff, m, ff);
       if (norm.on()) std::memcpy(out_rows, x_rows, sizeof(float) * m * width);  // the residual, which the product adds to
       down_product.apply(m, a_block, ff, norm.on(), out_rows, width);
@@ -151,33 +152,28 @@ int ot_swiglu_mlp_backward(const Products* products, const float* grad_out, cons
                            const float* gate_up, const float* w_gate_up, const float* w_down, float* grad_x, float* grad_w_gate_up,
                            float* grad_w_down, float* grad_norm_weight, float* a_block, float* grad_block, int64_t rows, int64_t width,
                            int64_t ff, int64_t block_rows) {
-  const RmsNorm norm{norm_weight, norm_eps};
   return status_of([&] {
     WeightGradient down_gradient(*products, grad_w_down, width, ff), gate_up_gradient(*products, grad_w_gate_up, 2 * ff, width);
-    const int64_t block = rows < block_rows ? rows : block_rows;
-    const std::unique_ptr<float[]> normed(new float[norm.on() ? block * width : 0]), grad_normed(new float[norm.on() ? block * width : 0]);
-    std::vector<double> grad_norm_weight_sum(norm.on() ? width : 0, 0.0);
+    RmsNormBackward norm({norm_weight, norm_eps}, rows < block_rows ? rows : block_rows, width, grad_norm_weight);
     for (int64_t first = 0; first < rows; first += block_rows) {
       const int64_t m = rows - first < block_rows ? rows - first : block_rows;
       const float* x_rows = x + first * width;
       const float* gate_up_rows = gate_up + first * 2 * ff;
       const float* grad_out_rows = grad_out + first * width;
       float* grad_x_rows = grad_x + first * width;
-      const float* input = normed_rows(norm, x_rows, m, width, normed.get());  // what the gate-and-up product read
+      const float* input = norm.input(x_rows, m);  // what the gate-and-up product read
       // da = dY w_down into grad_block's up half; then a again (cheaper than keeping it (N x F) in memory)
       // and the gradients of gate and up, in one pass.
       multiply(*products, m, ff, width, grad_out_rows, width, w_down, ff, false, grad_block + ff, 2 * ff);
       swiglu_backward(gate_up_rows, a_block, grad_block, m, ff);
       down_gradient.add(m, grad_out_rows, width, a_block, ff);  // += dY^T a
-      float* grad_input = norm.on() ? grad_normed.get() : grad_x_rows;
-      multiply(*products, m, width, 2 * ff, grad_block, 2 * ff, w_gate_up, width, false, grad_input, width);
+      multiply(*products, m, width, 2 * ff, grad_block, 2 * ff, w_gate_up, width, false, norm.grad_input(grad_x_rows), width);
       gate_up_gradient.add(m, grad_block, 2 * ff, input, width);
-      if (norm.on())  // grad_x = grad_out (the residual) + the norm's backward pass
-        rms_norm_backward_rows(norm, x_rows, grad_input, grad_out_rows, m, width, grad_x_rows, grad_norm_weight_sum.data());
+      norm.backward(x_rows, grad_out_rows, m, grad_x_rows);  // with the norm: grad_x = grad_out (the residual) + its backward pass
     }
     down_gradient.finish();
     gate_up_gradient.finish();
-    for (int64_t j = 0; j < static_cast<int64_t>(grad_norm_weight_sum.size()); ++j) grad_norm_weight[j] = static_cast<float>(grad_norm_weight_sum[j]);
+    norm.finish();
     return 0;
   });
 }

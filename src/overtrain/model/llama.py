@@ -110,12 +110,9 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         batch, seq_len, _ = x.shape  # (B, T, C)
         plain = self.n_kv_heads == self.n_heads and self._projections_are_plain()
-        if self.cpu_block and plain and is_plain_linear(self.o_proj):
-            stacked = torch.cat((self.q_proj.weight, self.k_proj.weight, self.v_proj.weight))
-            if block_applies(x, self.n_heads, stacked, self.o_proj.weight):
-                keep = torch.is_grad_enabled() and (x.requires_grad or stacked.requires_grad)  # no probabilities kept without gradients
-                return attention_block(x, stacked, self.o_proj.weight, cos, sin, None, 0.0, self.n_heads, self.head_dim**-0.5, keep,
-                                       self.block_library == "brgemm")[0]
+        whole = self._whole_block(x, cos, sin, None)
+        if whole is not None:
+            return whole
         if self.cpu_kernel and plain:
             qkv = self._stacked_projection(x).view(batch, seq_len, 3, self.n_heads, self.head_dim)  # (B, T, 3, H, D)
             if kernel_applies(qkv):  # the kernel rotates q and k itself
@@ -136,14 +133,25 @@ class Attention(nn.Module):
         the norm is a plain :class:`RMSNorm` and nothing hooks this module, one call of the blocked kernel
         computes all of it (the norm and the residual inside its blocks, :mod:`overtrain.model.cpu_attention_block`)."""
         # type(self) is Attention: a subclass's own forward must run
-        if self.cpu_block and type(self) is Attention and is_plain_norm(norm) and not has_hooks(self) \
-                and self.n_kv_heads == self.n_heads and self._projections_are_plain() and is_plain_linear(self.o_proj):
-            stacked = torch.cat((self.q_proj.weight, self.k_proj.weight, self.v_proj.weight))
-            if block_applies(x, self.n_heads, stacked, self.o_proj.weight, norm.weight):
-                keep = torch.is_grad_enabled() and (x.requires_grad or stacked.requires_grad or norm.weight.requires_grad)
-                return attention_block(x, stacked, self.o_proj.weight, cos, sin, norm.weight, norm.eps, self.n_heads, self.head_dim**-0.5,
-                                       keep, self.block_library == "brgemm")[0]
+        if type(self) is Attention and is_plain_norm(norm) and not has_hooks(self):
+            whole = self._whole_block(x, cos, sin, norm)
+            if whole is not None:
+                return whole
         return x + self(norm(x), cos, sin)
+
+    def _whole_block(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, norm: RMSNorm | None) -> torch.Tensor | None:
+        """The block by :func:`~overtrain.model.cpu_attention_block.attention_block` (with ``norm``, the
+        half-layer ``x + block(norm(x))``), or None where it does not apply."""
+        if not (self.cpu_block and self.n_kv_heads == self.n_heads and self._projections_are_plain() and is_plain_linear(self.o_proj)):
+            return None
+        stacked = torch.cat((self.q_proj.weight, self.k_proj.weight, self.v_proj.weight))
+        norm_weights = () if norm is None else (norm.weight,)
+        if not block_applies(x, self.n_heads, stacked, self.o_proj.weight, *norm_weights):
+            return None
+        # no probabilities kept without gradients to make from them
+        keep = torch.is_grad_enabled() and any(tensor.requires_grad for tensor in (x, stacked, *norm_weights))
+        return attention_block(x, stacked, self.o_proj.weight, cos, sin, norm.weight if norm else None, norm.eps if norm else 0.0,
+                               self.n_heads, self.head_dim**-0.5, keep, self.block_library == "brgemm")[0]
 
     def _projections_are_plain(self) -> bool:
         """Whether q, k and v can be made from their stacked weights (no adapter, bias or hook on any)."""
@@ -174,10 +182,9 @@ class MLP(nn.Module):
         """The library of the whole MLP's products (a key of :data:`~overtrain.model.cpu_kernels.BLOCK_LIBRARIES`)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        weights = (self.gate_proj.weight, self.up_proj.weight, self.down_proj.weight)
-        if self.cpu_kernel and self._projections_are_plain() and mlp_kernel_applies(x, *weights):
-            w_gate_up = torch.cat(weights[:2])  # (2F, C): one product for both, as the kernel takes them
-            return swiglu_mlp(x.reshape(-1, x.shape[-1]), w_gate_up, weights[2], None, 0.0, self.block_library == "brgemm")[0].view(x.shape)
+        fused = self._fused(x, None)
+        if fused is not None:
+            return fused
         onednn = self.onednn_products
         hidden = F.silu(project(self.gate_proj, x, onednn)) * project(self.up_proj, x, onednn)
         return project(self.down_proj, hidden, onednn)
@@ -186,13 +193,23 @@ class MLP(nn.Module):
         """``x + self(norm(x))``: the MLP half of a decoder layer, in one call of the blocked kernel (the norm and
         the residual inside its blocks, :mod:`overtrain.model.cpu_mlp`) where it applies, the norm is a plain
         :class:`RMSNorm` and nothing hooks this module."""
-        weights = (self.gate_proj.weight, self.up_proj.weight, self.down_proj.weight)
-        if self.cpu_kernel and type(self) is MLP and is_plain_norm(norm) and not has_hooks(self) and self._projections_are_plain() \
-                and mlp_kernel_applies(x, *weights, norm.weight):  # type(self) is MLP: a subclass's own forward must run
-            w_gate_up = torch.cat(weights[:2])
-            rows = x.reshape(-1, x.shape[-1])
-            return swiglu_mlp(rows, w_gate_up, weights[2], norm.weight, norm.eps, self.block_library == "brgemm")[0].view(x.shape)
+        if type(self) is MLP and is_plain_norm(norm) and not has_hooks(self):  # a subclass's own forward must run
+            fused = self._fused(x, norm)
+            if fused is not None:
+                return fused
         return x + self(norm(x))
+
+    def _fused(self, x: torch.Tensor, norm: RMSNorm | None) -> torch.Tensor | None:
+        """The MLP by :func:`~overtrain.model.cpu_mlp.swiglu_mlp` (with ``norm``, the half-layer
+        ``x + mlp(norm(x))``), or None where it does not apply."""
+        weights = (self.gate_proj.weight, self.up_proj.weight, self.down_proj.weight)
+        norm_weights = () if norm is None else (norm.weight,)
+        if not (self.cpu_kernel and self._projections_are_plain() and mlp_kernel_applies(x, *weights, *norm_weights)):
+            return None
+        w_gate_up = torch.cat(weights[:2])  # (2F, C): one product for both, as the kernel takes them
+        out = swiglu_mlp(x.reshape(-1, x.shape[-1]), w_gate_up, weights[2], norm.weight if norm else None, norm.eps if norm else 0.0,
+                         self.block_library == "brgemm")[0]
+        return out.view(x.shape)
 
     def _projections_are_plain(self) -> bool:
         """Whether the MLP can be made from its weights alone (no adapter, bias or hook on any projection)."""
