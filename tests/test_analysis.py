@@ -33,7 +33,7 @@ def test_intervals_are_over_pretraining_seeds_when_there_are_several() -> None:
     frame = pd.DataFrame(_finetune_rows(1e-2, 1_000_000, pretrain_seeds=3))
     (summary,) = analysis.finetune_summary(frame)["t"]
     assert summary.inflection.units == 3 and summary.inflection.resampled == "pre-training seeds"
-    assert summary.inflection.interval_kind == "bootstrap 95%"
+    assert summary.inflection.interval_kind == "bootstrap 95% (nominal)"
     single = pd.DataFrame(_finetune_rows(1e-2, 1_000_000, pretrain_seeds=1))
     (one,) = analysis.finetune_summary(single)["t"]
     assert one.inflection.resampled == "fine-tuning seeds (one pre-training seed)" and one.inflection.units == 1

@@ -184,7 +184,7 @@ def test_inflection_shift_is_the_ratio_of_the_minima_with_a_paired_bootstrap() -
     by = {name: part for name, part in readings.groupby("remedy")}
     shift = inflection_shift(by["replay 0.25 lr=0.002"], by["plain lr=0.002"])
     assert shift.ratio == pytest.approx(2.0) and shift.low == pytest.approx(2.0) and shift.high == pytest.approx(2.0)
-    assert shift.interval_kind == "paired bootstrap 95%" and shift.units == 3 and "x2.00" in shift.describe()
+    assert shift.interval_kind == "paired bootstrap 95% (nominal)" and shift.units == 3 and "x2.00" in shift.describe()
     assert inflection_shift(by["L2 lambda=1 lr=0.002"], by["plain lr=0.002"]) is None
 
 

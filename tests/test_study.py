@@ -16,7 +16,14 @@ from overtrain.data.tokenizer import load_tokenizer
 from overtrain.data.tokens import data_cache_key, prepare_token_data
 from overtrain.errors import OvertrainError
 from overtrain.pretrain.config import PretrainConfig, validate_pretrain_config
-from overtrain.results.study import crossing_estimate, doubling_slopes, sharpness_tables, study_settings, unit_interval
+from overtrain.results.study import (
+    crossing_estimate,
+    crossing_estimates,
+    doubling_slopes,
+    sharpness_tables,
+    study_settings,
+    unit_interval,
+)
 from overtrain.sweep.config import load_sweep_config, pretrain_variants, sweep_config_from_tree
 from overtrain.sweep.plan import plan_jobs
 
@@ -95,9 +102,12 @@ def test_per_doubling_slopes_on_a_frame_with_a_known_answer() -> None:
     [result] = study_settings(frame)
     assert result.resampled == "pre-training seeds" and result.base_gain[0].units == 3
     assert all(abs(g.mean - 0.2) < 1e-9 for g in result.base_gain)
-    assert all(abs(g.mean - 0.1) < 1e-9 and g.kind == "bootstrap 95%" and 0.09 - 1e-9 <= g.low <= g.high <= 0.11 + 1e-9 for g in result.forgetting_growth)
+    half_width = 4.302653 * 0.01 / np.sqrt(3)  # t 0.975 with 2 d.f. x the growths' s.d. (0.01) / sqrt(3 seeds)
+    for g in result.forgetting_growth:
+        assert g.kind == "t 95%" and g.mean == pytest.approx(0.1, abs=1e-9)
+        assert (g.low, g.high) == pytest.approx((0.1 - half_width, 0.1 + half_width), abs=1e-6)
     assert not result.inflection.u_shaped  # growth 0.1 < gain 0.2 at every doubling: the loss after keeps falling
-    assert result.crossing is not None and result.crossing.tokens is None  # constant rates never cross
+    assert len(result.crossings) == 2 and all(c.tokens is None for c in result.crossings)  # constant rates never cross
     assert unit_interval(np.array([1.0, 3.0]), "seeds").kind == "range"
 
 
@@ -106,6 +116,19 @@ def test_crossing_estimate_extrapolates_a_decaying_gain() -> None:
     gain = np.array([0.4, 0.2, 0.1])  # halves every doubling: 0.05, 0.025, ... next
     growth = np.array([0.03, 0.03, 0.03])
     assert crossing_estimate(tokens, gain, growth).tokens == pytest.approx(8e6 * 2**2)  # 0.025 < 0.03 two doublings on
+
+
+def test_crossing_estimates_give_both_models_of_a_slowing_growth() -> None:
+    # The gain halves each doubling; the growth shrinks by a quarter. As a geometric decay the growth
+    # overtakes the gain when 0.045 x 0.75^k > 0.1 x 0.5^k, i.e. 1.5^k > 2.22: k = 2. The line through the
+    # same three points reaches zero before then and never crosses.
+    tokens = np.array([1e6, 2e6, 4e6, 8e6])
+    gain, growth = np.array([0.4, 0.2, 0.1]), np.array([0.08, 0.06, 0.045])
+    geometric, linear = crossing_estimates(tokens, gain, growth)
+    assert geometric.tokens == pytest.approx(8e6 * 2**2) and "geometric decay over" in geometric.method
+    assert linear.tokens is None and "as a line" in linear.method and "no crossing" in linear.describe()
+    with pytest.raises(ValueError, match="growth_model"):
+        crossing_estimate(tokens, gain, growth, growth_model="cubic")
 
 
 def test_study_spec_plans_one_lever_at_a_time() -> None:
@@ -147,8 +170,28 @@ def test_sharpness_is_read_against_forgetting_within_each_setting() -> None:
                              "pretrain.train.weight_decay": wd, "forgetting": 0.1 * k})
             sharpness.append({"tokens_seen": t, "measure": "hessian_top", "value": 10 + sign * k, "pretrain.train.weight_decay": wd})
     tables = sharpness_tables(pd.DataFrame(sharpness), pd.DataFrame(finetune))
-    rho = tables["Does sharpness predict forgetting? Spearman across budgets within each setting"]
-    assert dict(zip(rho["setting"], rho["Spearman(sharpness, forgetting)"])) == {"wd=0.1": "+1.00", "wd=3": "-1.00"}
+    [within] = [table for title, table in tables.items() if title.startswith("Sharpness and forgetting within each setting")]
+    assert dict(zip(within["setting"], within["Spearman(sharpness, forgetting)"])) == {"wd=0.1": "+1.00", "wd=3": "-1.00"}
+    assert tables["Does sharpness predict forgetting? Spearman across settings at each budget"].empty  # 2 settings: too few to rank
+
+
+def test_sharpness_is_read_against_forgetting_across_settings_at_each_budget() -> None:
+    # Four settings whose sharpness and forgetting both grow with tokens, so within each setting they agree
+    # perfectly; at a fixed budget the sharper settings forget *less*, which only the across-settings view shows.
+    tokens = [250_000, 500_000, 1_000_000]
+    finetune, sharpness = [], []
+    for rank, wd in enumerate((0.0, 0.1, 1.0, 3.0)):
+        for k, t in enumerate(tokens):
+            finetune.append({"tokens_seen": t, "task": "t", "lr": 1e-2, "steps": 60, "reg_lambda": 0.0, "seed": 0,
+                             "pretrain.train.weight_decay": wd, "forgetting": 0.1 * k + 0.01 * (3 - rank)})
+            sharpness.append({"tokens_seen": t, "measure": "hessian_top", "value": 10.0 * (k + 1) + rank, "pretrain.train.weight_decay": wd})
+    finetune.append({**finetune[-1], "reg_lambda": 0.5, "forgetting": 99.0})  # a remedy run: not plain fine-tuning, left out
+    tables = sharpness_tables(pd.DataFrame(sharpness), pd.DataFrame(finetune))
+    [within] = [table for title, table in tables.items() if title.startswith("Sharpness and forgetting within each setting")]
+    assert set(within["Spearman(sharpness, forgetting)"]) == {"+1.00"}
+    across = tables["Does sharpness predict forgetting? Spearman across settings at each budget"]
+    assert list(across["budget"]) == ["250k", "500k", "1M"] and set(across["settings"]) == {4}
+    assert set(across["Spearman(sharpness, forgetting)"]) == {"-1.00"} and set(across["sharpest setting"]) == {"wd=3"}
 
 
 def test_the_report_of_a_factor_sweep_carries_the_study_tables(tmp_path: Path) -> None:
@@ -158,16 +201,19 @@ def test_the_report_of_a_factor_sweep_carries_the_study_tables(tmp_path: Path) -
 
     store_path = tmp_path / "results.sqlite"
     with ResultStore(store_path) as store:
-        for wd, rise in ((0.1, 0.0), (3.0, 0.3)):  # the loss after turns up past 1M only at weight decay 3
-            for k, tokens in enumerate([250_000, 500_000, 1_000_000, 2_000_000]):
-                before = 3.0 - 0.3 * k
-                after = before + 0.3 + (0.25 + rise * (k >= 2) + rise * (k == 3)) * k
-                metrics = {"checkpoint": f"c{wd}-{tokens}", "tokens_seen": tokens, "task": "python-code", "lr": 1e-2, "seed": 0,
-                           "reg_lambda": 0.0, "steps": 60, "id_loss_before": 3.0, "id_loss_after": 2.0, "id_accuracy_before": None,
-                           "id_accuracy_after": None, "ood_loss_before": before, "ood_loss_after": after, "train_tokens": 1000,
-                           "forgetting": after - before, "factors": {"train.weight_decay": wd}}
-                store.put(Job("finetune", {"checkpoint": f"c{wd}-{tokens}"}), JobOutput(metrics), {}, 1.0)
+        # The loss after turns up past 1M at weight decay 1 and 3; weight decay 1 has one pre-training seed,
+        # whose rise cannot be weighed against any noise.
+        for wd, rise, seeds in ((0.1, 0.0, (0, 1)), (1.0, 0.3, (0,)), (3.0, 0.3, (0, 1))):
+            for seed in seeds:
+                for k, tokens in enumerate([250_000, 500_000, 1_000_000, 2_000_000]):
+                    before = 3.0 - 0.3 * k + 0.01 * seed
+                    after = before + 0.3 + (0.25 + rise * (k >= 2) + rise * (k == 3)) * k
+                    metrics = {"checkpoint": f"c{wd}-{seed}-{tokens}", "tokens_seen": tokens, "task": "python-code", "lr": 1e-2, "seed": 0,
+                               "reg_lambda": 0.0, "steps": 60, "id_loss_before": 3.0, "id_loss_after": 2.0, "id_accuracy_before": None,
+                               "id_accuracy_after": None, "ood_loss_before": before, "ood_loss_after": after, "train_tokens": 1000,
+                               "forgetting": after - before, "factors": {"train.weight_decay": wd, "train.seed": seed}}
+                    store.put(Job("finetune", {"checkpoint": f"c{wd}-{seed}-{tokens}"}), JobOutput(metrics), {}, 1.0)
     report = write_report(store_path, tmp_path / "report")
     verdicts = report.tables["Fine-tuning U per setting: loss after fine-tuning, U and inflection"]
-    assert dict(zip(verdicts["setting"], verdicts["U-shaped"])) == {"wd=0.1": "no", "wd=3": "yes"}
+    assert dict(zip(verdicts["setting"], verdicts["U-shaped"])) == {"wd=0.1": "no", "wd=1": "untested (1 unit)", "wd=3": "yes"}
     assert "Forgetting growth vs base gain per doubling" in (tmp_path / "report" / "summary.md").read_text()

@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 
 from overtrain.results import analysis
-from overtrain.results.inflection import BOOTSTRAP_RESAMPLES, MIN_UNITS_FOR_BOOTSTRAP, Inflection, refined_minimum
+from overtrain.results.inflection import BOOTSTRAP_KIND, BOOTSTRAP_RESAMPLES, MIN_UNITS_FOR_BOOTSTRAP, Inflection, refined_minimum
 from overtrain.results.tuned import tuned_frame, with_remedy_columns
 from overtrain.units import format_tokens
 
@@ -134,7 +134,8 @@ class Shift:
     low: float
     high: float
     interval_kind: str
-    """``paired bootstrap 95%`` (3+ pre-training seeds), ``range`` (2), ``none`` (1)."""
+    """``paired bootstrap 95% (nominal)`` (3+ pre-training seeds; see :data:`~overtrain.results.inflection.BOOTSTRAP_KIND`),
+    ``range`` (2), ``none`` (1)."""
     units: int
 
     def describe(self) -> str:
@@ -171,7 +172,7 @@ def inflection_shift(remedy: pd.DataFrame, reference: pd.DataFrame, seed: int = 
         picks = np.random.default_rng(seed).integers(0, units, size=(BOOTSTRAP_RESAMPLES, units))
         ratios = [refined_minimum(x, left[pick].mean(axis=0)) / refined_minimum(x, right[pick].mean(axis=0)) for pick in picks]
         low, high = np.exp(np.percentile(np.log(ratios), [2.5, 97.5]))
-        return Shift(float(ratio), float(low), float(high), "paired bootstrap 95%", units)
+        return Shift(float(ratio), float(low), float(high), f"paired {BOOTSTRAP_KIND}", units)
     if units == 2:
         each = [refined_minimum(x, left[i]) / refined_minimum(x, right[i]) for i in range(2)]
         return Shift(float(ratio), float(min(each)), float(max(each)), "range", units)

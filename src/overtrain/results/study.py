@@ -8,11 +8,14 @@ factors) and fine-tuning run (task, lr, steps), this module gives:
 
 - :func:`doubling_slopes`: both rates between consecutive budgets, in nats per doubling, per unit;
 - :func:`unit_interval`: their mean with an interval over the units (pre-training seeds when a setting has
-  several: 95% percentile bootstrap with 3 or more, the range with 2, none with 1, and it says which);
+  several: Student's t 95% with 3 or more, the range with 2, none with 1, and it says which; a percentile
+  bootstrap of a mean over 3 units covers ~76% of the time, not 95%);
 - the inflection of the loss after fine-tuning (:func:`overtrain.results.inflection.find_inflection`);
-- :func:`crossing_estimate`: for a curve without a U, an extrapolation (labelled as such) of the budget where
-  the forgetting's growth would overtake the base's gain, from the trends of the last doublings;
-- the sharpness curves and whether sharpness predicts forgetting (:mod:`overtrain.results.analysis`).
+- :func:`crossing_estimates`: for a curve without a U, extrapolations (labelled as such) of the budget where
+  the forgetting's growth would overtake the base's gain, from the trends of the last doublings, under two
+  models of how the growth slows (the answer depends on the model, so both are given);
+- the sharpness curves, and whether sharpness predicts forgetting: across settings at each budget, since
+  within one setting both rise with tokens and their correlation there shows only that shared trend.
 
 ``python -m overtrain.results.study runs/study/finetune_u [--figures DIR] [--markdown FILE]`` prints the
 tables (markdown) and writes the figures; the sweep report adds the two main tables (:func:`study_tables`).
@@ -32,7 +35,8 @@ import pandas as pd
 from overtrain.atomic import atomic_write_text
 from overtrain.errors import OvertrainError
 from overtrain.results import analysis
-from overtrain.results.inflection import BOOTSTRAP_RESAMPLES, MIN_UNITS_FOR_BOOTSTRAP, Inflection, find_inflection
+from overtrain.results.inflection import MIN_UNITS_FOR_BOOTSTRAP, Inflection, find_inflection
+from overtrain.results.student_t import t_quantile
 from overtrain.units import format_tokens
 
 LATE_DOUBLINGS = 3
@@ -49,7 +53,7 @@ class Interval:
     low: float
     high: float
     kind: str
-    """``bootstrap 95%`` (3+ units), ``range`` (2 units) or ``none`` (1 unit: nothing resampled)."""
+    """``t 95%`` (3+ units), ``range`` (2 units) or ``none`` (1 unit: no interval)."""
     units: int
     resampled: str
 
@@ -59,16 +63,15 @@ class Interval:
         return f"{self.mean:+.{digits}f} [{self.low:+.{digits}f}, {self.high:+.{digits}f}]"
 
 
-def unit_interval(values: np.ndarray, resampled: str, seed: int = 0) -> Interval:
-    """Mean of per-unit ``values`` (shape (units,)) with a 95% percentile bootstrap over the units (3+),
-    their range (2) or no interval (1)."""
+def unit_interval(values: np.ndarray, resampled: str) -> Interval:
+    """Mean of per-unit ``values`` (shape (units,)) with Student's t 95% interval over the units (3+:
+    mean +- t_{0.975, n-1} s / sqrt(n)), their range (2) or no interval (1)."""
     values = np.asarray(values, dtype=float)
     units = len(values)
     mean = float(values.mean())
     if units >= MIN_UNITS_FOR_BOOTSTRAP:
-        picks = np.random.default_rng(seed).integers(0, units, size=(BOOTSTRAP_RESAMPLES, units))
-        low, high = np.percentile(values[picks].mean(axis=1), [2.5, 97.5])
-        return Interval(mean, float(low), float(high), "bootstrap 95%", units, resampled)
+        half_width = t_quantile(0.975, units - 1) * float(values.std(ddof=1)) / math.sqrt(units)
+        return Interval(mean, mean - half_width, mean + half_width, "t 95%", units, resampled)
     if units == 2:
         return Interval(mean, float(values.min()), float(values.max()), "range", units, resampled)
     return Interval(mean, mean, mean, "none", units, resampled)
@@ -85,7 +88,8 @@ def doubling_slopes(tokens: np.ndarray, table: np.ndarray) -> np.ndarray:
 @dataclass(frozen=True)
 class CrossingEstimate:
     """Where the forgetting's growth per doubling would overtake the base's gain per doubling, by
-    extrapolating both from the last doublings: an estimate, not a measurement."""
+    extrapolating both from the last doublings under one model of how they slow: an estimate, not a
+    measurement."""
 
     tokens: float | None
     """Budget at the end of the first doubling past the ladder where growth > gain; None: not within
@@ -98,24 +102,44 @@ class CrossingEstimate:
         return f"~{format_tokens(self.tokens)} (extrapolated: {self.method})"
 
 
+GROWTH_MODELS = ("geometric", "linear")
+"""How the forgetting's growth per doubling is extrapolated: a geometric decay like the base's gain (it slows
+but never stops), or a line (it stops, then turns negative). Fit to the same three doublings they can give
+opposite answers (docs/finetune_u.md), so :func:`crossing_estimates` gives both."""
+
+
 def crossing_estimate(tokens: np.ndarray, base_gain: np.ndarray, forgetting_growth: np.ndarray,
-                      doublings: int = LATE_DOUBLINGS) -> CrossingEstimate:
+                      doublings: int = LATE_DOUBLINGS, growth_model: str = "linear") -> CrossingEstimate:
     """From the mean per-doubling rates of a ladder (length budgets - 1): the base's gain modelled as a
-    geometric decay (a line in log gain over the doubling index), the forgetting's growth as a line, both fit
-    to the last ``doublings`` doublings; the first later doubling whose growth exceeds its gain."""
+    geometric decay (a line in log gain over the doubling index), the forgetting's growth as ``growth_model``
+    (:data:`GROWTH_MODELS`), both fit to the last ``doublings`` doublings; the first later doubling whose
+    growth exceeds its gain."""
+    if growth_model not in GROWTH_MODELS:
+        raise ValueError(f"growth_model must be one of {GROWTH_MODELS}, got {growth_model!r}")
     tokens = np.asarray(tokens, dtype=float)
     gain, growth = np.asarray(base_gain, dtype=float)[-doublings:], np.asarray(forgetting_growth, dtype=float)[-doublings:]
     index = np.log2(tokens[1:] / tokens[0])[-doublings:]  # doubling index of each interval's end
-    method = f"base gain as a geometric decay and forgetting growth as a line over the last {len(gain)} doublings"
+    method = f"base gain as a geometric decay and forgetting growth as a {'geometric decay' if growth_model == 'geometric' else 'line'} " \
+             f"over the last {len(gain)} doublings"
     if len(gain) < 2 or np.any(gain <= 0):
         return CrossingEstimate(None, method + "; the base gain is not positive throughout, no decay to extrapolate")
+    if growth_model == "geometric" and np.any(growth <= 0):
+        return CrossingEstimate(None, method + "; the forgetting growth is not positive throughout, no decay to extrapolate")
     gain_fit = np.polyfit(index, np.log(gain), 1)
-    growth_fit = np.polyfit(index, growth, 1)
+    growth_fit = np.polyfit(index, np.log(growth) if growth_model == "geometric" else growth, 1)
     for ahead in range(1, MAX_EXTRAPOLATED_DOUBLINGS + 1):
         k = index[-1] + ahead
-        if np.polyval(growth_fit, k) > math.exp(np.polyval(gain_fit, k)):
+        growth_there = np.polyval(growth_fit, k)
+        growth_there = math.exp(growth_there) if growth_model == "geometric" else growth_there
+        if growth_there > math.exp(np.polyval(gain_fit, k)):
             return CrossingEstimate(float(tokens[-1] * 2.0**ahead), method)
     return CrossingEstimate(None, method)
+
+
+def crossing_estimates(tokens: np.ndarray, base_gain: np.ndarray, forgetting_growth: np.ndarray,
+                       doublings: int = LATE_DOUBLINGS) -> list[CrossingEstimate]:
+    """:func:`crossing_estimate` under each of :data:`GROWTH_MODELS`."""
+    return [crossing_estimate(tokens, base_gain, forgetting_growth, doublings, model) for model in GROWTH_MODELS]
 
 
 @dataclass(frozen=True)
@@ -137,8 +161,8 @@ class SettingResult:
     forgetting_growth: list[Interval]
     """Per doubling: change of the forgetting (loss after - loss before fine-tuning), nats/doubling."""
     inflection: Inflection
-    crossing: CrossingEstimate | None
-    """Only for settings whose loss after fine-tuning is not U-shaped."""
+    crossings: list[CrossingEstimate]
+    """One per model of :data:`GROWTH_MODELS`; empty for a setting whose loss after fine-tuning is U-shaped."""
 
 
 FINETUNE_RUN_KEYS = ["task", "lr", "steps"]
@@ -163,10 +187,17 @@ def setting_names(frame: pd.DataFrame, factors: list[str]) -> dict[tuple, str]:
     return names
 
 
+def plain_finetuning(finetune: pd.DataFrame) -> pd.DataFrame:
+    """The rows of plain fine-tuning: no penalty, no replay, no linear probe first (remedy runs are another question)."""
+    if finetune.empty:
+        return finetune
+    return finetune[(finetune["reg_lambda"] == 0) & (finetune.get("replay_fraction", 0) == 0)
+                    & (finetune.get("linear_probe_steps", 0) == 0)]
+
+
 def study_settings(finetune: pd.DataFrame) -> list[SettingResult]:
     """Every setting x (task, lr, steps) of a fine-tuning frame (plain fine-tuning rows only)."""
-    plain = finetune[(finetune["reg_lambda"] == 0) & (finetune.get("replay_fraction", 0) == 0)
-                     & (finetune.get("linear_probe_steps", 0) == 0)]
+    plain = plain_finetuning(finetune)
     factors = analysis.factor_names(plain)
     names = setting_names(plain, factors)
     results = []
@@ -205,12 +236,12 @@ def _setting_result(rows: pd.DataFrame, name: str, factors: dict[str, Any], task
     growth = [unit_interval(growths[:, k], resampled) for k in range(growths.shape[1])]
     plural = {"one pre-training seed": "pre-training seeds", "one pre-training run": "pre-training runs"}.get(resampled, resampled)
     inflection = find_inflection(tokens, tables["ood_loss_after"].to_numpy(), resampled=plural)
-    crossing = None
+    crossings = []
     if not inflection.u_shaped and len(tokens) >= 3:
-        crossing = crossing_estimate(tokens, np.array([g.mean for g in base_gain]), np.array([g.mean for g in growth]))
+        crossings = crossing_estimates(tokens, np.array([g.mean for g in base_gain]), np.array([g.mean for g in growth]))
     return SettingResult(name, factors, task, lr, steps, resampled, [int(t) for t in tokens],
                          *[[float(v) for v in tables[c].mean(axis=0)] for c in ("ood_loss_before", "forgetting", "ood_loss_after")],
-                         base_gain, growth, inflection, crossing)
+                         base_gain, growth, inflection, crossings)
 
 
 def _run_label(result: SettingResult, results: list[SettingResult]) -> str:
@@ -238,24 +269,34 @@ def verdict_table(results: list[SettingResult]) -> pd.DataFrame:
     for result in results:
         rows.append({"setting": _run_label(result, results), "units": f"{result.inflection.units} ({result.resampled})",
                      **{format_tokens(t): f"{v:.3f}" for t, v in zip(result.tokens, result.loss_after)},
-                     "U-shaped": "yes" if result.inflection.u_shaped else "no",
+                     "U-shaped": _u_verdict(result.inflection),
                      "inflection": result.inflection.describe(),
-                     "estimate without a U": result.crossing.describe() if result.crossing else ""})
+                     "estimate without a U": "; ".join(crossing.describe() for crossing in result.crossings)})
     table = pd.DataFrame(rows).fillna("")
     budgets = sorted({t for r in results for t in r.tokens})
     fixed = ["setting", "units", *[format_tokens(t) for t in budgets], "U-shaped", "inflection", "estimate without a U"]
     return table[[c for c in fixed if c in table]]
 
 
+def _u_verdict(inflection: Inflection) -> str:
+    return "yes" if inflection.u_shaped else "untested (1 unit)" if inflection.untested else "no"
+
+
+MIN_SETTINGS_FOR_RANKS = 4
+"""A Spearman correlation across settings needs at least this many (over 3 it can only be +-1 or +-0.5)."""
+
+
 def sharpness_tables(sharpness: pd.DataFrame, finetune: pd.DataFrame) -> dict[str, pd.DataFrame]:
-    """Per setting and sharpness measure: the curve against tokens (means over the setting's units), and the
-    Spearman correlation across budgets between it and the forgetting of each fine-tuning run (the question
-    of :func:`analysis.sharpness_predicts_forgetting`, asked within each setting)."""
+    """Per setting and sharpness measure: the curve against tokens (means over the setting's units); the
+    Spearman correlation across budgets between it and the forgetting of each fine-tuning run, within each
+    setting (where forgetting grows with tokens, as it does everywhere in the study, this is the
+    correlation of sharpness with tokens: a shared trend, not a prediction); and the question itself, does
+    the sharper model forget more, asked across settings at each budget (:func:`sharpness_across_settings`)."""
     if sharpness.empty:
         return {}
     factors = [name for name in analysis.factor_names(sharpness)]
     names = setting_names(sharpness, factors)
-    plain = finetune[finetune["reg_lambda"] == 0] if not finetune.empty else finetune
+    plain = plain_finetuning(finetune)
     curves, correlations = [], []
     for keys, rows in sharpness.groupby([*factors, "measure"], sort=True):
         keys = keys if isinstance(keys, tuple) else (keys,)
@@ -277,7 +318,38 @@ def sharpness_tables(sharpness: pd.DataFrame, finetune: pd.DataFrame) -> dict[st
     budgets = [format_tokens(t) for t in sorted(sharpness["tokens_seen"].unique())]
     curves_table = curves_table[["setting", "measure", *[b for b in budgets if b in curves_table], "Spearman(sharpness, tokens)"]]
     return {"Sharpness per setting against tokens (mean over units)": curves_table.fillna(""),
-            "Does sharpness predict forgetting? Spearman across budgets within each setting": pd.DataFrame(correlations)}
+            "Sharpness and forgetting within each setting, Spearman across budgets (both grow with tokens: a shared trend, "
+            "not a prediction)": pd.DataFrame(correlations),
+            "Does sharpness predict forgetting? Spearman across settings at each budget": sharpness_across_settings(sharpness, plain)}
+
+
+def sharpness_across_settings(sharpness: pd.DataFrame, plain: pd.DataFrame) -> pd.DataFrame:
+    """Per sharpness measure, fine-tuning run and budget: the Spearman correlation across the settings
+    (each its mean over units) between sharpness and forgetting at that budget. Tokens are held fixed, so
+    a correlation here is not the shared growth of both with tokens. Budgets with fewer than
+    :data:`MIN_SETTINGS_FOR_RANKS` settings measured are left out."""
+    if sharpness.empty or plain.empty:
+        return pd.DataFrame()
+    factors = analysis.factor_names(sharpness)
+    if not factors or any(f not in plain for f in factors):
+        return pd.DataFrame()
+    names = setting_names(sharpness, factors)
+    sharp = sharpness.groupby(["measure", *factors, "tokens_seen"])["value"].mean()
+    forgetting = plain.groupby([*FINETUNE_RUN_KEYS, *factors, "tokens_seen"])["forgetting"].mean()
+    rows = []
+    for measure in sorted(sharpness["measure"].unique()):
+        for run, run_forgetting in forgetting.groupby(level=list(range(len(FINETUNE_RUN_KEYS)))):
+            joined = pd.concat([sharp.loc[measure].rename("sharpness"), run_forgetting.droplevel(list(range(len(FINETUNE_RUN_KEYS))))],
+                               axis=1, join="inner").dropna()
+            for tokens, at_budget in joined.groupby(level="tokens_seen"):
+                if len(at_budget) < MIN_SETTINGS_FOR_RANKS:
+                    continue
+                sharpest = at_budget["sharpness"].idxmax()[:-1]
+                rows.append({"measure": measure, "fine-tuning": f"{run[0]} lr={run[1]:g} steps={run[2]}", "budget": format_tokens(tokens),
+                             "settings": len(at_budget),
+                             "Spearman(sharpness, forgetting)": f"{analysis.spearman(at_budget['sharpness'].to_numpy(), at_budget['forgetting'].to_numpy()):+.2f}",
+                             "sharpest setting": names[tuple(sharpest)]})
+    return pd.DataFrame(rows)
 
 
 def weight_norm_table(pretrain: pd.DataFrame) -> pd.DataFrame:

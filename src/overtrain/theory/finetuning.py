@@ -77,6 +77,12 @@ def _select(tasks: QuadraticTask, seed_index: np.ndarray) -> QuadraticTask:
     return QuadraticTask(tasks.cross_covariance[seed_index], covariance, np.asarray(tasks.constant)[seed_index])
 
 
+def on_population(config: TheoryConfig) -> bool:
+    """Whether fine-tuning descends the population loss (``target.samples`` 0): its curves are then exact,
+    with no data samples to vary."""
+    return config.target.samples == 0
+
+
 def finetune_sweeps(run: PretrainRun, config: TheoryConfig) -> tuple[Sweep, Sweep]:
     """The rate sweep (no penalty) and the lambda sweep (at ``lambda_lr``), sharing one batch."""
     finetune = config.finetune
@@ -87,8 +93,8 @@ def finetune_sweeps(run: PretrainRun, config: TheoryConfig) -> tuple[Sweep, Swee
     rate_settings = [_setting(f"lr={rate:g}", rate, outcomes[(rate, 0.0)]) for rate, _ in rate_pairs]
     lambda_settings = [_setting(f"lambda={strength:g}", strength, outcomes[(rate, strength)]) for rate, strength in lambda_pairs]
     return (
-        Sweep("finetune", "lr", run.times, base, rate_settings),
-        Sweep("regularized", "lambda", run.times, base, lambda_settings),
+        Sweep("finetune", "lr", run.times, base, rate_settings, exact=on_population(config)),
+        Sweep("regularized", "lambda", run.times, base, lambda_settings, exact=on_population(config)),
     )
 
 
@@ -222,8 +228,9 @@ def remedy_sweeps(run: PretrainRun, config: TheoryConfig) -> dict[str, Sweep]:
     wise = [_setting(f"alpha={alpha:g}", alpha, wise_outcome(run, config, outcomes[plain].weights, alpha)) for alpha in finetune.wise_alphas]
     return {
         "replay": Sweep("replay", "replay", run.times, base,
-                        [_setting(f"replay={r.replay:g}", r.replay, outcomes[r].outcome) for r in replay_recipes]),
+                        [_setting(f"replay={r.replay:g}", r.replay, outcomes[r].outcome) for r in replay_recipes], exact=on_population(config)),
         "lpft": Sweep("lpft", "probe_steps", run.times, base,
-                      [_setting(f"probe={r.probe_steps}", r.probe_steps, outcomes[r].outcome) for r in probe_recipes]),
-        "wise": Sweep("wise", "alpha", run.times, base, wise),
+                      [_setting(f"probe={r.probe_steps}", r.probe_steps, outcomes[r].outcome) for r in probe_recipes],
+                      exact=on_population(config)),
+        "wise": Sweep("wise", "alpha", run.times, base, wise, exact=on_population(config)),
     }

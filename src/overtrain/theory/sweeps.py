@@ -92,6 +92,9 @@ class Sweep:
     base_loss: np.ndarray
     """Pre-training loss before any change, shape (n_T,)."""
     settings: list[Setting]
+    exact: bool = False
+    """The curves are exact expectations (the noise's expected loss, or fine-tuning on the population
+    loss), with no sampling noise: one curve is a whole answer, and its U needs no test against noise."""
 
     def inflections(self) -> dict[str, Inflection]:
         """Inflection of each setting's after-change pre-training loss, by label."""
@@ -99,8 +102,8 @@ class Sweep:
 
     def _inflection(self, setting: Setting) -> Inflection:
         tolerance = RELATIVE_RISE_TOLERANCE * float(setting.after_loss.min())
-        if self.name == "noise":  # exact expectations: their only uncertainty is the grid
-            return find_inflection(self.times, setting.after_loss, resampled="exact expectations", tolerance=tolerance)
+        if self.exact:  # their only uncertainty is the grid
+            return find_inflection(self.times, setting.after_loss, resampled="exact expectations", tolerance=tolerance, exact=True)
         return find_inflection(self.times, setting.after_samples, resampled="fine-tuning data samples", tolerance=tolerance)
 
 
@@ -165,7 +168,7 @@ def noise_sweep(run: PretrainRun, config: TheoryConfig) -> Sweep:
         expected = base + expected_noise_damage(run.weights, std)
         draws = sampled_noise_losses(run, std, config.noise.draws, config.noise.seed)
         settings.append(Setting(f"std={std:g}", std, expected, draws))
-    return Sweep("noise", "std", run.times, base, settings)
+    return Sweep("noise", "std", run.times, base, settings, exact=True)
 
 
 def expected_noise_damage(weights: Weights, std: float) -> np.ndarray:
