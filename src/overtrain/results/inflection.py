@@ -115,8 +115,7 @@ class Inflection:
     def _noise_text(self) -> str:
         if self.exact or self.units < 2:
             return ""
-        return (f" +- {self.rise_standard_error:.3f} (s.e.; {self.rise_t:.1f} s.e., a U needs more than "
-                f"{self.rise_t_needed:.2f}, t {RISE_QUANTILE:g} with {self.units - 1} d.f.)")
+        return f" +- {self.rise_standard_error:.3f} (s.e.; {self.rise_t:.1f} s.e., a U needs {self.rise_t_needed:.2f})"
 
     def interval_text(self, format_x=format_tokens) -> str:
         span = f"{format_x(self.low)}-{format_x(self.high)}"
