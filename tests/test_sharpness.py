@@ -164,8 +164,9 @@ def test_quadratic_worst_case_is_the_top_eigenvector_at_the_gaussian_norm() -> N
     radius = gamma * 0.02 * math.sqrt(10)  # the Gaussian draw's expected norm
     assert sharpness.perturbation_radius(dict(model.named_parameters()), init_std, gamma) == pytest.approx(radius, rel=1e-12)
     result = sharpness.worst_case_perturbation(
-        model, model.loss, gamma=gamma, init_std=init_std, steps=60, seed=0, return_direction=True
+        model, model.loss, gamma=gamma, init_std=init_std, steps=200, tol=1e-7, seed=0, return_direction=True
     )
+    assert result.converged and result.last_gain <= 1e-7 and result.passes < 200  # it stopped by itself
     assert result.radius == pytest.approx(radius, rel=1e-12)
     assert result.base_loss == pytest.approx(0.0, abs=1e-15)
     assert result.increase == pytest.approx(0.5 * 5.0 * radius**2, rel=1e-3)  # max over the sphere
@@ -178,7 +179,7 @@ def test_quadratic_worst_case_is_the_top_eigenvector_at_the_gaussian_norm() -> N
 def test_quadratic_worst_case_within_a_group() -> None:
     a, _ = matrix_with_eigenvalues(EIGENVALUES, seed=6)
     model = Quadratic(a)
-    result = sharpness.worst_case_perturbation(model, model.loss, gamma=1.0, init_std={"y": 0.1}, group="y", steps=80)
+    result = sharpness.worst_case_perturbation(model, model.loss, gamma=1.0, init_std={"y": 0.1}, group="y", steps=200, tol=1e-7)
     radius = 0.1 * math.sqrt(4)  # only y's 4 entries
     assert result.radius == pytest.approx(radius)
     assert result.increase == pytest.approx(0.5 * float(torch.linalg.eigvalsh(a[6:, 6:])[-1]) * radius**2, rel=1e-3)
@@ -227,14 +228,17 @@ def test_tiny_llama_worst_case_follows_the_gradient_at_small_norm(tiny) -> None:
     """At small radius r the maximiser of L(theta + delta) on ||delta|| = r is r g/||g|| + O(r^2), and the
     largest increase is r ||g|| + r^2/2 u^T H u + O(r^3) with u = g/||g|| (H: the exact Hessian)."""
     model, loss = tiny["model"], tiny["loss"]
-    params = list(sharpness.select_parameters(model).values())
-    base, gradient = sharpness.loss_and_gradient(loss, params)
+    moved = sharpness.gaussian_moved(model, None, tiny["init_std"])  # the norm gains (init std 0) stay put
+    assert 0 < len(moved) < len(dict(model.named_parameters()))
+    base, gradient = sharpness.loss_and_gradient(loss, list(moved.values()))
     g = flat(gradient)
     u = g / g.norm()
     radius = 1e-3
-    expected = radius * float(g.norm()) + 0.5 * radius**2 * float(u @ tiny["hessian"] @ u)
+    index = torch.cat([torch.arange(*tiny["offsets"][name]) for name in moved])
+    block = tiny["hessian"][index][:, index]  # the moved tensors' Hessian, in their order
+    expected = radius * float(g.norm()) + 0.5 * radius**2 * float(u @ block @ u)
     result = sharpness.worst_case_perturbation(
-        model, loss, gamma=0.0, init_std=tiny["init_std"], radius=radius, steps=4, return_direction=True
+        model, loss, gamma=0.0, init_std=tiny["init_std"], radius=radius, steps=4, tol=0.0, return_direction=True
     )
     assert result.base_loss == pytest.approx(base, rel=1e-12)
     assert result.increase == pytest.approx(expected, rel=1e-3)
@@ -251,9 +255,32 @@ def test_tiny_llama_worst_case_beats_the_gaussian_draw(tiny) -> None:
     with torch.no_grad():
         for name, p in named.items():
             p.copy_(saved[name])
-    result = sharpness.worst_case_perturbation(model, loss, gamma=gamma, init_std=init_std, steps=5)
+    result = sharpness.worst_case_perturbation(model, loss, gamma=gamma, init_std=init_std, steps=5, tol=0.0)
     assert result.increase > gaussian - result.base_loss
     assert result.passes == 5 + 1  # forward+backward at theta and at 4 points, a forward pass at the last
+
+
+def test_worst_case_says_whether_the_ascent_converged() -> None:
+    a, _ = matrix_with_eigenvalues(EIGENVALUES, seed=8)
+    model = Quadratic(a, torch.linspace(-1, 1, 10, dtype=torch.float64))
+    init_std = {"x": 0.02, "y": 0.02}
+    short = sharpness.worst_case_perturbation(model, model.loss, gamma=0.5, init_std=init_std, steps=3, tol=1e-6)
+    long = sharpness.worst_case_perturbation(model, model.loss, gamma=0.5, init_std=init_std, steps=300, tol=1e-6)
+    assert not short.converged and len(short.losses) == 3  # three points: still climbing
+    assert long.converged and len(long.losses) < 300 and long.increase > short.increase
+    assert long.increase == pytest.approx(0.5 * 5.0 * (0.5 * 0.02 * math.sqrt(10)) ** 2, rel=1e-4)
+
+
+def test_worst_case_radius_is_the_norm_of_a_real_gaussian_draw() -> None:
+    model, init_std = build_model(ModelConfig(d_model=32, n_layers=2, n_heads=2, d_ff=64), 50, 16, seed=0)
+    named = dict(model.named_parameters())
+    saved = {name: p.detach().clone() for name, p in named.items()}
+    gamma = 2.0
+    perturb_(named, {name: gamma * init_std[name] for name in named}, torch.Generator().manual_seed(0))
+    drawn = math.sqrt(sum(float((p.detach() - saved[name]).pow(2).sum()) for name, p in named.items()))
+    moved = sharpness.gaussian_moved(model, None, init_std)
+    assert sharpness.perturbation_radius(moved, init_std, gamma) == pytest.approx(drawn, rel=0.02)  # ~30k entries: ~0.5% spread
+    assert all(float((named[name].detach() - saved[name]).abs().max()) == 0.0 for name in named if name not in moved)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -275,7 +302,9 @@ def test_every_probe_restores_the_model_bitwise() -> None:
         sharpness.top_hessian_eigenvalue(model, loss, max_iters=3)
         sharpness.hutchinson_trace(model, loss, probes=2, group="attention")
         sharpness.worst_case_perturbation(model, loss, gamma=4.0, init_std=init_std, steps=2)
-        sharpness.worst_case_perturbation(model, loss, gamma=4.0, init_std=init_std, steps=1, group="norms", radius=0.5)
+        sharpness.worst_case_perturbation(model, loss, gamma=4.0, init_std=init_std, steps=1, group="attention", radius=0.5)
+        with pytest.raises(OvertrainError, match="nothing to move"):  # the norm gains get no Gaussian noise
+            sharpness.worst_case_perturbation(model, loss, gamma=4.0, init_std=init_std, steps=1, group="norms")
     for name, p in model.named_parameters():
         assert torch.equal(p.detach(), before[name]), name
         assert p.requires_grad == flags[name], name

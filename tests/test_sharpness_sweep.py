@@ -86,6 +86,8 @@ def test_sharpness_settings_are_checked_when_the_sweep_is_loaded(tmp_path: Path,
         ("sharpness.tol=0", "sharpness.tol=0.0 is invalid"),
         ("sharpness.max_iters=0", "sharpness.max_iters=0 is invalid"),
         ("sharpness.steps=0", "sharpness.steps=0 is invalid"),
+        ("sharpness.worst_tol=1", "sharpness.worst_tol=1.0 is invalid"),
+        ("sharpness.groups=[all,norms]", "the norm gains have none"),
         ("sharpness.eval_tokens=0", "sharpness.eval_tokens=0 is invalid"),
         ("sharpness.gama=[1]", "did you mean"),
     ]:

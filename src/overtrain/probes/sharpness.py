@@ -8,11 +8,13 @@ Three read-outs beside the Gaussian probe (``overtrain.probes.noise``), on any t
 - :func:`hutchinson_trace`: the Hessian trace by Hutchinson's estimator with Rademacher probes, with its
   standard error over probes (:func:`basis_trace` gives it exactly, one basis vector per parameter).
 - :func:`worst_case_perturbation`: normalized gradient ascent on the sphere whose radius is the expected
-  norm of the Gaussian probe's draw at the same gamma, returning the largest loss increase found.
+  norm of the Gaussian probe's draw at the same gamma, over the tensors that draw moves, until the ascent
+  stops finding more (or a step limit, and then it says so), returning the largest loss increase found.
 
 Every probe takes an optional tensor ``group`` (``"embeddings"``, ``"attention"``, ``"mlp"``, ``"norms"``
 or globs over parameter names) and then works on that block alone: the Hessian is the principal
-sub-block of those parameters, the perturbation moves only them.
+sub-block of those parameters, the perturbation moves only them (and of them only those with an init
+std above 0, which the Gaussian draw moves: so ``norms`` has no worst case).
 
 The loss is a :data:`LossPieces` closure: called, it yields scalar tensors whose *sum* is the loss. Each
 piece is differentiated on its own, so only one batch's graph is alive at a time, and a Hessian-vector
@@ -429,14 +431,24 @@ def perturbation_radius(named_parameters: Mapping[str, torch.Tensor], init_std: 
     return gamma * math.sqrt(sum(p.numel() * float(init_std[name]) ** 2 for name, p in named_parameters.items()))
 
 
+WORST_CASE_TOL = 1e-2
+"""The ascent has converged when its best loss grew by at most this fraction of the increase found over
+the last :data:`CONVERGENCE_POINTS` points."""
+CONVERGENCE_POINTS = 2
+"""Points the convergence test looks back over: two, because the ascent is not monotone (a step past a ridge
+can land lower, and the next one higher again), so one flat step is no sign of the end."""
+
+
 @dataclass(frozen=True)
 class WorstCaseResult:
     """The largest loss increase found on the sphere ||delta|| = radius, and the path to it.
 
     ``losses[k]`` is the loss at the (k+1)-th point (0: SAM's first step, or the seeded random start where
     the gradient vanishes); ``increase`` is max(losses) - base_loss, a lower bound on the true worst case
-    at that norm. ``passes`` counts passes over the data (forward+backward or forward alone).
-    ``direction`` is the maximizing delta (per selected tensor) when asked for, else None.
+    at that norm, and ``converged`` says whether the ascent had stopped finding more (``last_gain``: what
+    the best loss grew by over the last :data:`CONVERGENCE_POINTS` points, as a fraction of ``increase``).
+    ``passes`` counts passes over the data (forward+backward or forward alone).
+    ``direction`` is the maximizing delta (per moved tensor) when asked for, else None.
     """
 
     gamma: float
@@ -446,11 +458,35 @@ class WorstCaseResult:
     losses: tuple[float, ...]
     passes: int
     parameters: int
+    converged: bool = False
+    last_gain: float = math.inf
     direction: Vector | None = None
 
     @property
     def increase(self) -> float:
         return self.worst_loss - self.base_loss
+
+
+def gaussian_moved(model: torch.nn.Module, group: GroupSpec, init_std: Mapping[str, float]) -> dict[str, torch.nn.Parameter]:
+    """The ``group``'s tensors that the Gaussian probe perturbs (init std > 0; not the norm gains), which
+    the worst case moves too, so that both spread the same norm over the same tensors. Refuses a group
+    with a tensor whose init std is unknown, or with none that gets noise."""
+    selected = select_parameters(model, group)
+    missing = [name for name in selected if name not in init_std]
+    if missing:
+        raise OvertrainError(
+            f"init std missing for {missing[:3]}",
+            "the worst-case probe takes its norm from the init stds: pass the checkpoint's info.init_std",
+        )
+    moved = {name: p for name, p in selected.items() if float(init_std[name]) > 0.0}
+    if not moved:
+        raise OvertrainError(
+            f"none of the {len(selected)} tensors of group {group!r} gets Gaussian noise (init std 0, e.g. norm gains), "
+            "so the worst case at the Gaussian draw's norm has nothing to move",
+            "take the worst case over a group with weight matrices (all, embeddings, attention, mlp); "
+            "hessian_top and hessian_trace do take the norms",
+        )
+    return moved
 
 
 @torch.no_grad()
@@ -467,46 +503,54 @@ def worst_case_perturbation(
     gamma: float,
     init_std: Mapping[str, float],
     group: GroupSpec = None,
-    steps: int = 5,
+    steps: int = 20,
     step_size: float = 1.0,
+    tol: float = WORST_CASE_TOL,
     seed: int = 0,
     radius: float | None = None,
     return_direction: bool = False,
 ) -> WorstCaseResult:
     """Loss increase of the worst perturbation found at the Gaussian probe's norm (SAM-style ascent).
 
-    The radius r is :func:`perturbation_radius` of the ``group``'s tensors at ``gamma`` (or ``radius`` if
+    It moves the ``group``'s tensors that the Gaussian probe perturbs (:func:`gaussian_moved`), on the
+    sphere of radius r = :func:`perturbation_radius` of those tensors at ``gamma`` (or ``radius`` if
     given). The first point is SAM's: delta_1 = r g/||g|| with g = grad L(theta), the exact maximiser to
     first order in r (where g = 0, a seeded Gaussian direction shaped like the Gaussian probe's draw,
     std per tensor proportional to its init std, instead; ``seed`` matters only then). Each further step:
     delta <- r * normalize(delta + step_size * r * g/||g||) with g = grad L(theta + delta), a normalized
     gradient step of ``step_size`` radii projected back to the sphere; at the minimum of a quadratic this
     is power iteration on (I + c A), which converges to r times the top eigenvector.
-    ``steps`` points are evaluated; the largest loss among them is reported.
-    Cost: ``steps`` forward+backward passes and one forward pass. Memory: the original weights, delta,
-    the gradient and, with ``return_direction``, the best delta (buffers of the group's size).
+    At most ``steps`` points are evaluated, fewer once converged (the best loss grew by at most ``tol``
+    of the increase over the last :data:`CONVERGENCE_POINTS` points); the largest loss is reported, with
+    whether it converged: at a large radius the ascent climbs for many steps (a nano model at gamma 1 more
+    than doubled its increase from the 3rd point to the 10th), and an unconverged value is a lower bound.
+    Cost: one forward+backward pass per point (a forward alone for the ``steps``-th) and one for the base.
+    Memory: the original weights, delta, the gradient and, with ``return_direction``, the best delta.
     The weights are restored bitwise (copied back from the saved originals).
     """
-    if steps < 1 or not step_size > 0:
-        raise OvertrainError(f"steps={steps}, step_size={step_size}", "use steps >= 1 (e.g. 5) and step_size > 0 (e.g. 1.0)")
-    selected = select_parameters(model, group)
+    if steps < 1 or not step_size > 0 or not 0 <= tol < 1:
+        raise OvertrainError(f"steps={steps}, step_size={step_size}, tol={tol}",
+                             "use steps >= 1 (e.g. 20), step_size > 0 (e.g. 1.0) and 0 <= tol < 1 (e.g. 1e-2)")
+    if not gamma >= 0:
+        raise OvertrainError(f"gamma={gamma!r} is negative", "gamma is a noise scale: use values >= 0, e.g. gammas=[0.5,1,2]")
+    moved = gaussian_moved(model, group, init_std)
     if radius is None:
-        radius = perturbation_radius(selected, init_std, gamma)
+        radius = perturbation_radius(moved, init_std, gamma)
     losses: list[float] = []
-    with probing(model, selected) as params:
+    with probing(model, moved) as params:
         base_loss, gradient = loss_and_gradient(loss, params)
         passes = 1
         size = _norm(gradient)
         if size > 0.0:
             delta = _scaled(gradient, radius / size)
         else:
-            stds = [float(init_std.get(name, 0.0)) for name in selected]
-            stds = stds if any(stds) else [1.0] * len(stds)
+            stds = [float(init_std[name]) for name in moved]
             random = _gaussian(params, torch.Generator().manual_seed(seed))
             delta = _on_sphere([d * s for d, s in zip(random, stds, strict=True)], radius)
         del gradient
         origin = [p.detach().clone() for p in params]
-        best, best_delta = -math.inf, None
+        best, best_delta, bests = -math.inf, None, []
+        converged, last_gain = False, math.inf
         try:
             for step in range(1, steps + 1):
                 _set_offset_(params, origin, delta)
@@ -516,7 +560,11 @@ def worst_case_perturbation(
                 losses.append(value)
                 if value > best:
                     best, best_delta = value, (delta if return_direction else None)
-                if gradient is None or (size := _norm(gradient)) == 0.0:
+                bests.append(best)
+                if len(bests) > CONVERGENCE_POINTS:
+                    last_gain = (best - bests[-1 - CONVERGENCE_POINTS]) / max(abs(best - base_loss), 1e-12)
+                    converged = last_gain <= tol
+                if converged or gradient is None or (size := _norm(gradient)) == 0.0:
                     break
                 delta = _on_sphere([d + g * (step_size * radius / size) for d, g in zip(delta, gradient, strict=True)], radius)
                 del gradient
@@ -525,8 +573,8 @@ def worst_case_perturbation(
                 for param, base in zip(params, origin, strict=True):
                     param.copy_(base)
     direction = [d.detach().clone() for d in best_delta] if best_delta is not None else None
-    count = sum(p.numel() for p in selected.values())
-    return WorstCaseResult(gamma, radius, base_loss, best, tuple(losses), passes, count, direction)
+    count = sum(p.numel() for p in moved.values())
+    return WorstCaseResult(gamma, radius, base_loss, best, tuple(losses), passes, count, converged, last_gain, direction)
 
 
 def _on_sphere(vector: Vector, radius: float) -> Vector:
@@ -563,7 +611,7 @@ class SharpnessRecord:
     stderr: float | None = None
     """Hutchinson's standard error over probes (hessian_trace only)."""
     converged: bool | None = None
-    """Whether Lanczos reached its tolerance (hessian_top only)."""
+    """Whether Lanczos reached its tolerance (hessian_top), or the ascent stopped finding more (worst_case)."""
     detail: dict | None = None
     """Kind-specific numbers: Lanczos residual and smallest Ritz value; the worst-case radius and losses."""
 
@@ -583,7 +631,8 @@ def run_sharpness_probe(
     probes: int = 16,
     tol: float = 1e-3,
     max_iters: int = 100,
-    steps: int = 5,
+    steps: int = 20,
+    worst_tol: float = WORST_CASE_TOL,
     batch_size: int = 16,
     on_record: Callable[[SharpnessRecord], None] | None = None,
 ) -> list[SharpnessRecord]:
@@ -606,8 +655,10 @@ def run_sharpness_probe(
             f"the worst-case probe takes its radius from each tensor's init std, and {target.init_std_source}",
             "give init std rules (init_std_rules={'*': 0.02}), or drop worst_case from kinds",
         )
-    for name in names:  # an unknown group fails before any pass over the data
+    for name in names:  # an unknown group, or one the worst case cannot move, fails before any pass over the data
         select_parameters(target.model, None if name == ALL_PARAMETERS else name)
+        if "worst_case" in kinds:
+            gaussian_moved(target.model, None if name == ALL_PARAMETERS else name, target.init_std)
     loss = heldout_loss_of(target, batch_size=batch_size)
     records: list[SharpnessRecord] = []
 
@@ -631,8 +682,9 @@ def run_sharpness_probe(
             else:
                 for gamma in gammas:
                     worst = worst_case_perturbation(target.model, loss, gamma=gamma, init_std=target.init_std, group=group,
-                                                    steps=steps, seed=seeds[0])
+                                                    steps=steps, tol=worst_tol, seed=seeds[0])
                     add(SharpnessRecord(kind, name, seeds[0], float(gamma), worst.increase, worst.passes, worst.parameters,
+                                        converged=worst.converged,
                                         detail={"radius": worst.radius, "base_loss": worst.base_loss, "worst_loss": worst.worst_loss,
-                                                "losses": list(worst.losses)}))
+                                                "losses": list(worst.losses), "last_gain": worst.last_gain}))
     return records

@@ -102,8 +102,12 @@ class SharpnessSweep(ProbeData):
     """hessian_top: stop when Lanczos's residual is at most tol x the eigenvalue (0 < tol < 1)."""
     max_iters: int = 100
     """hessian_top: at most this many Hessian-vector products (>= 1); rows say whether it converged."""
-    steps: int = 5
-    """worst_case: points of the ascent (>= 1), one forward+backward pass each; 1 is SAM's single step."""
+    steps: int = 20
+    """worst_case: at most this many points of the ascent (>= 1), one forward+backward pass each; 1 is SAM's
+    single step. Rows say whether the ascent converged (worst_tol) before the last."""
+    worst_tol: float = 1e-2
+    """worst_case: the ascent stops when its best loss grew by at most this fraction of the increase over its
+    last two points (0 <= worst_tol < 1; 0 runs every step that still finds more)."""
     batch_size: int = 16
     """Held-out windows per differentiated batch (>= 1); lower it if a Hessian-vector product does not fit in memory."""
 
@@ -500,7 +504,12 @@ def _check_sharpness(section: SharpnessSweep, problems: SettingProblems) -> None
     problems.require(section.probes >= 2, "sharpness.probes", section.probes, "a whole number >= 2 (the standard error needs two), e.g. 16")
     problems.require(0 < section.tol < 1, "sharpness.tol", section.tol, "a number in (0, 1), e.g. 1e-3")
     problems.require(section.max_iters >= 1, "sharpness.max_iters", section.max_iters, "a whole number >= 1, e.g. 100")
-    problems.require(section.steps >= 1, "sharpness.steps", section.steps, "a whole number >= 1, e.g. 5")
+    problems.require(section.steps >= 1, "sharpness.steps", section.steps, "a whole number >= 1, e.g. 20")
+    problems.require(0 <= section.worst_tol < 1, "sharpness.worst_tol", section.worst_tol, "a number in [0, 1), e.g. 1e-2")
+    if "worst_case" in section.kinds and section.groups and "norms" in section.groups:
+        problems.add_text("sharpness.groups holds norms, and kinds holds worst_case: the worst case moves only the tensors the Gaussian "
+                          "draw moves (init std > 0), and the norm gains have none",
+                          "drop norms from groups, or run worst_case in a sharpness section of its own without it")
     problems.require(section.batch_size >= 1, "sharpness.batch_size", section.batch_size, "a whole number >= 1, e.g. 16")
     _check_probe_data(section, "sharpness.", problems)
 

@@ -162,7 +162,7 @@ def run_sharpness_job(spec: Mapping[str, Any]) -> JobOutput:
     from overtrain.probes.sharpness import run_sharpness_probe
 
     target = load_target_of(spec)
-    options = {name: spec[name] for name in ("probes", "tol", "max_iters", "steps", "batch_size") if name in spec}
+    options = {name: spec[name] for name in ("probes", "tol", "max_iters", "steps", "worst_tol", "batch_size") if name in spec}
     records = run_sharpness_probe(target, list(spec["kinds"]), gammas=list(spec.get("gammas", [])), seeds=list(spec["seeds"]),
                                   groups=spec.get("groups"), **options)
     metrics = {

@@ -181,7 +181,7 @@ def sharpness_settings(section: SharpnessSweep) -> dict[str, Any]:
     if "hessian_trace" in kinds:
         settings["probes"] = section.probes
     if "worst_case" in kinds:
-        settings |= {"gammas": list(section.gammas), "steps": section.steps}
+        settings |= {"gammas": list(section.gammas), "steps": section.steps, "worst_tol": section.worst_tol}
     return settings
 
 
