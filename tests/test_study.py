@@ -159,6 +159,9 @@ def test_a_combination_named_by_two_entries_is_one_ladder() -> None:
     tree["pretrain_axes"] = [{"train": {"weight_decay": [0.1]}}, {"train": {"wieght_decay": [1.0]}}]
     with pytest.raises(OvertrainError, match="wieght_decay"):
         pretrain_variants(sweep_config_from_tree(tree))
+    tree["pretrain_axes"] = {"train": {"weight_decay": [1, 1.0]}}  # one setting written twice: two identical ladders
+    with pytest.raises(OvertrainError, match=r"weight_decay = \[1, 1.0\] repeats a value"):
+        pretrain_variants(sweep_config_from_tree(tree))
 
 
 def test_sharpness_is_read_against_forgetting_within_each_setting() -> None:

@@ -438,10 +438,19 @@ def check_benchmark_settings(section: BenchmarkSweep, prefix: str, problems: Set
     problems.require(section.batch_size >= 1, f"{prefix}batch_size", section.batch_size, "a whole number >= 1")
 
 
+def repeats_a_value(values: list[Any]) -> bool:
+    """Whether two of ``values`` are the same setting: numbers by value (1 and 1.0 would train one model
+    twice, into two folders), anything else by its repr."""
+    def identity(value: Any) -> Any:
+        is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        return ("number", float(value)) if is_number else ("other", repr(value))
+    return len({identity(value) for value in values}) != len(values)
+
+
 def _check_axis(values: list[Any], key: str, example: str, problems: SettingProblems) -> None:
     if not values:
         problems.add_text(f"{key}=[] is empty: the sweep would run nothing and store empty rows", f"give {key} at least one value, e.g. {key}={example}")
-    elif len({repr(value) for value in values}) != len(values):
+    elif repeats_a_value(values):
         problems.add_text(f"{key}={values} repeats a value (the same job or draw twice)", f"list each value of {key} once")
 
 
@@ -573,8 +582,8 @@ def pretrain_axes_flat(axes: dict[str, Any], prefix: str = "") -> dict[str, list
         values = value if isinstance(value, list) else [value]
         if not values:
             raise OvertrainError(f"pretrain_axes.{dotted} is an empty list", f"give it at least one value, e.g. pretrain_axes.{dotted}=[0,1,2]")
-        if len({repr(v) for v in values}) != len(values):
-            raise OvertrainError(f"pretrain_axes.{dotted} = {values} repeats a value", "list each value once")
+        if repeats_a_value(values):
+            raise OvertrainError(f"pretrain_axes.{dotted} = {values} repeats a value", "list each value once (1 and 1.0 are one value)")
         flat[dotted] = values
     return flat
 
