@@ -13,7 +13,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from overtrain.errors import OvertrainError
 from overtrain.model.config import ModelConfig, parameter_names
-from overtrain.model.llama import build_model
+from overtrain.model.llama import RMSNorm, build_model
 from overtrain.model.loss import mean_token_loss
 from overtrain.probes import sharpness
 from overtrain.probes.noise import perturb_
@@ -321,6 +321,26 @@ def test_named_groups_partition_llama_parameters() -> None:
     for group in sharpness.TENSOR_GROUPS:
         seen += list(sharpness.select_parameters(model, group))
     assert sorted(seen) == sorted(names)  # every tensor in exactly one group
+
+
+def test_named_groups_partition_a_model_with_norms_inside_attention() -> None:
+    # OLMo-2 and Qwen3 normalize q and k inside self_attn: those gains are norms, not attention.
+    layer = torch.nn.Module()
+    layer.self_attn = torch.nn.Module()
+    layer.self_attn.q_proj = torch.nn.Linear(4, 4, bias=False)
+    layer.self_attn.q_norm = RMSNorm(4, 1e-6)
+    layer.mlp = torch.nn.Module()
+    layer.mlp.up_proj = torch.nn.Linear(4, 4, bias=False)
+    layer.input_layernorm = RMSNorm(4, 1e-6)
+    model = torch.nn.Module()
+    model.embed_tokens = torch.nn.Embedding(5, 4)
+    model.layers = torch.nn.ModuleList([layer])
+    groups = {group: set(sharpness.select_parameters(model, group)) for group in sharpness.TENSOR_GROUPS}
+    assert groups["attention"] == {"layers.0.self_attn.q_proj.weight"}
+    assert groups["norms"] == {"layers.0.self_attn.q_norm.weight", "layers.0.input_layernorm.weight"}
+    assert sorted(name for names in groups.values() for name in names) == sorted(dict(model.named_parameters()))
+    assert set(sharpness.select_parameters(model, ["attention", "*q_norm*"])) == {"layers.0.self_attn.q_proj.weight",
+                                                                              "layers.0.self_attn.q_norm.weight"}  # a glob still reaches it
 
 
 def test_probes_are_deterministic_given_a_seed() -> None:

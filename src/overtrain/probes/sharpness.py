@@ -56,6 +56,10 @@ TENSOR_GROUPS: dict[str, tuple[str, ...]] = {
 }
 """Named tensor groups as globs over Llama (Hugging Face) parameter names; other models pass their own globs."""
 
+GROUP_EXCLUDES: dict[str, tuple[str, ...]] = {"attention": TENSOR_GROUPS["norms"], "mlp": TENSOR_GROUPS["norms"]}
+"""Names a named group leaves to another: a norm inside a block (OLMo-2's and Qwen3's ``self_attn.q_norm``)
+is in ``norms`` only, so that the named groups partition those models' tensors as they do Llama's."""
+
 GroupSpec = str | Sequence[str] | None
 """``None`` (every parameter), a group name from :data:`TENSOR_GROUPS`, a glob, or a list of either."""
 
@@ -65,25 +69,35 @@ GroupSpec = str | Sequence[str] | None
 # ----------------------------------------------------------------------------------------------------
 
 
-def group_globs(group: GroupSpec) -> tuple[str, ...] | None:
-    """The globs a group spec stands for (``None``: every parameter)."""
+def _group_items(group: GroupSpec) -> list[str] | None:
+    """The names and globs of a group spec (``None``: every parameter)."""
     if group is None:
         return None
     items = [group] if isinstance(group, str) else list(group)
     if not items:
         raise OvertrainError("an empty tensor group selects no parameter", "pass group=None for every parameter, or a group name")
-    globs: list[str] = []
-    for item in items:
-        globs += TENSOR_GROUPS.get(item, (item,))
-    return tuple(globs)
+    return items
+
+
+def group_globs(group: GroupSpec) -> tuple[str, ...] | None:
+    """The globs a group spec stands for (``None``: every parameter), before :data:`GROUP_EXCLUDES`."""
+    items = _group_items(group)
+    return None if items is None else tuple(glob for item in items for glob in TENSOR_GROUPS.get(item, (item,)))
+
+
+def _item_selects(item: str, name: str) -> bool:
+    """Whether one group name or glob selects the parameter ``name``."""
+    def matches(globs: tuple[str, ...]) -> bool:
+        return any(fnmatch.fnmatch(name, glob) for glob in globs)
+    return matches(TENSOR_GROUPS.get(item, (item,))) and not matches(GROUP_EXCLUDES.get(item, ()))
 
 
 def select_parameters(model: torch.nn.Module, group: GroupSpec = None) -> dict[str, torch.nn.Parameter]:
     """The parameters a probe acts on, by sorted name (tied tensors once, under their first name)."""
     named = dict(model.named_parameters())  # named_parameters lists a tied tensor once
-    globs = group_globs(group)
-    if globs is not None:
-        named = {name: p for name, p in named.items() if any(fnmatch.fnmatch(name, glob) for glob in globs)}
+    items = _group_items(group)
+    if items is not None:
+        named = {name: p for name, p in named.items() if any(_item_selects(item, name) for item in items)}
         if not named:
             raise OvertrainError(
                 f"tensor group {group!r} matches no parameter of this model",
