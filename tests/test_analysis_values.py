@@ -70,3 +70,18 @@ def test_noise_predicts_forgetting_is_the_rank_correlation_over_shared_budgets()
     assert table.loc[(1.0, "t", 1e-2), "spearman"] == pytest.approx(-1.0)
     assert table.loc[(2.0, "t", 1e-3), "spearman"] == pytest.approx(-0.8)
     assert table.loc[(2.0, "t", 1e-2), "spearman"] == pytest.approx(1.0)
+
+
+def test_noise_predicts_forgetting_within_each_factor_family() -> None:
+    # Two weight decays: within each, delta and forgetting rise together (rho +1). Pooled per budget they
+    # would be averages of two different models; the families are kept apart, and named.
+    noise, finetune = [], []
+    for wd, offset in ((0.1, 0.0), (3.0, 10.0)):
+        for k, budget in enumerate(TOKENS[:4]):
+            noise.append({"gamma": 1.0, "seed": 0, "tokens_seen": budget, "delta": offset - k if wd == 3.0 else k,
+                          "pretrain.train.weight_decay": wd})
+            finetune.append({"task": "t", "lr": 1e-3, "reg_lambda": 0.0, "seed": 0, "tokens_seen": budget,
+                             "forgetting": -k if wd == 3.0 else k, "pretrain.train.weight_decay": wd})
+    table = noise_predicts_forgetting(pd.DataFrame(noise), pd.DataFrame(finetune))
+    assert len(table) == 2 and table["family"].nunique() == 2
+    assert list(table["spearman"]) == pytest.approx([1.0, 1.0])  # pooled per budget, wd 3 would cancel wd 0.1 out

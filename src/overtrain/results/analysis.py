@@ -295,17 +295,15 @@ def recommend_checkpoints(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def noise_predicts_forgetting(noise: pd.DataFrame, finetune: pd.DataFrame) -> pd.DataFrame:
-    """Spearman, across budgets, between the noise delta (per gamma) and the forgetting (per task, lr)."""
-    delta = noise.groupby(["gamma", "tokens_seen"])["delta"].mean()
-    forgetting = plain_runs(finetune).groupby(["task", "lr", "tokens_seen"])["forgetting"].mean()
-    rows = []
-    for gamma in delta.index.get_level_values(0).unique():
-        for (task, lr) in forgetting.index.droplevel(2).unique():
-            joined = pd.concat([delta.loc[gamma], forgetting.loc[(task, lr)]], axis=1, join="inner").dropna()
-            if len(joined) >= 3:
-                rows.append({"gamma": gamma, "task": task, "lr": lr, "budgets": len(joined),
-                             "spearman": spearman(joined.iloc[:, 0].to_numpy(), joined.iloc[:, 1].to_numpy())})
-    return pd.DataFrame(rows)
+    """Spearman, across budgets, between the noise delta (per gamma) and the forgetting (per task, lr), within
+    each pre-training factor family (means over seeds; needs three budgets): two families' budgets are
+    different models, so they are never pooled into one curve."""
+    factors = [name for name in factor_names(noise) if name in finetune.columns]
+    keys = [*factors, "tokens_seen"]
+    delta = noise.groupby(["gamma", *keys])["delta"].mean()
+    forgetting = plain_runs(finetune).groupby(["task", "lr", *keys])["forgetting"].mean()
+    return pd.DataFrame([{"gamma": gamma, **row} for gamma in delta.index.get_level_values(0).unique()
+                         for row in _correlations_within_families(delta.loc[gamma], forgetting, factors)])
 
 
 def sharpness_summary(frame: pd.DataFrame) -> list[SettingSummary]:
@@ -327,17 +325,24 @@ def sharpness_predicts_forgetting(sharpness: pd.DataFrame, finetune: pd.DataFram
     keys = [*factors, "tokens_seen"]
     measure = sharpness.groupby(["measure", *keys])["value"].mean()
     forgetting = plain_runs(finetune).groupby(["task", "lr", *keys])["forgetting"].mean()
+    return pd.DataFrame([{"measure": name, **row} for name in measure.index.get_level_values(0).unique()
+                         for row in _correlations_within_families(measure.loc[name], forgetting, factors)])
+
+
+def _correlations_within_families(reading: pd.Series, forgetting: pd.Series, factors: list[str]) -> list[dict[str, Any]]:
+    """Rows of Spearman(reading, forgetting) across the budgets of each factor family and fine-tuning run
+    (task, lr): ``reading`` is indexed by (*factors, tokens_seen), ``forgetting`` by (task, lr, *factors,
+    tokens_seen); a family needs three shared budgets."""
     rows = []
-    for name in measure.index.get_level_values(0).unique():
-        for (task, lr) in forgetting.index.droplevel(list(range(2, 2 + len(keys)))).unique():
-            joined = pd.concat([measure.loc[name], forgetting.loc[(task, lr)]], axis=1, join="inner").dropna()
-            families = joined.groupby(level=list(range(len(factors)))) if factors else [((), joined)]
-            for family, part in families:
-                if len(part) >= 3:
-                    label = factor_label(family, factors) if factors else ""
-                    rows.append({"measure": name, **({"family": label} if factors else {}), "task": task, "lr": lr,
-                                 "budgets": len(part), "spearman": spearman(part.iloc[:, 0].to_numpy(), part.iloc[:, 1].to_numpy())})
-    return pd.DataFrame(rows)
+    for (task, lr) in forgetting.index.droplevel(list(range(2, 3 + len(factors)))).unique():
+        joined = pd.concat([reading, forgetting.loc[(task, lr)]], axis=1, join="inner").dropna()
+        families = joined.groupby(level=list(range(len(factors)))) if factors else [((), joined)]
+        for family, part in families:
+            if len(part) >= 3:
+                label = factor_label(family if isinstance(family, tuple) else (family,), factors) if factors else ""
+                rows.append({**({"family": label} if factors else {}), "task": task, "lr": lr, "budgets": len(part),
+                             "spearman": spearman(part.iloc[:, 0].to_numpy(), part.iloc[:, 1].to_numpy())})
+    return rows
 
 
 @dataclass(frozen=True)
