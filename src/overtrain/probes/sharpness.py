@@ -446,11 +446,10 @@ def perturbation_radius(named_parameters: Mapping[str, torch.Tensor], init_std: 
 
 
 WORST_CASE_TOL = 1e-2
-"""The ascent has converged when its best loss grew by at most this fraction of the increase found over
-the last :data:`CONVERGENCE_POINTS` points."""
-CONVERGENCE_POINTS = 2
-"""Points the convergence test looks back over: two, because the ascent is not monotone (a step past a ridge
-can land lower, and the next one higher again), so one flat step is no sign of the end."""
+"""The ascent has converged when an accepted point raised the best loss by at most this fraction of the
+increase found so far."""
+MAX_HALVINGS = 5
+"""The ascent has also converged when no point within 1/2^5 of its first step's length is higher."""
 
 
 @dataclass(frozen=True)
@@ -460,7 +459,8 @@ class WorstCaseResult:
     ``losses[k]`` is the loss at the (k+1)-th point (0: SAM's first step, or the seeded random start where
     the gradient vanishes); ``increase`` is max(losses) - base_loss, a lower bound on the true worst case
     at that norm, and ``converged`` says whether the ascent had stopped finding more (``last_gain``: what
-    the best loss grew by over the last :data:`CONVERGENCE_POINTS` points, as a fraction of ``increase``).
+    its last accepted point added, as a fraction of ``increase``; 0 where it stopped because no point near
+    the best was higher).
     ``passes`` counts passes over the data (forward+backward or forward alone).
     ``direction`` is the maximizing delta (per moved tensor) when asked for, else None.
     """
@@ -530,16 +530,19 @@ def worst_case_perturbation(
     sphere of radius r = :func:`perturbation_radius` of those tensors at ``gamma`` (or ``radius`` if
     given). The first point is SAM's: delta_1 = r g/||g|| with g = grad L(theta), the exact maximiser to
     first order in r (where g = 0, a seeded Gaussian direction shaped like the Gaussian probe's draw,
-    std per tensor proportional to its init std, instead; ``seed`` matters only then). Each further step:
-    delta <- r * normalize(delta + step_size * r * g/||g||) with g = grad L(theta + delta), a normalized
-    gradient step of ``step_size`` radii projected back to the sphere; at the minimum of a quadratic this
-    is power iteration on (I + c A), which converges to r times the top eigenvector.
-    At most ``steps`` points are evaluated, fewer once converged (the best loss grew by at most ``tol``
-    of the increase over the last :data:`CONVERGENCE_POINTS` points); the largest loss is reported, with
-    whether it converged: at a large radius the ascent climbs for many steps (a nano model at gamma 1 more
-    than doubled its increase from the 3rd point to the 10th), and an unconverged value is a lower bound.
+    std per tensor proportional to its init std, instead; ``seed`` matters only then). Each further point
+    steps from the best point so far, delta <- r * normalize(best + s * r * g/||g||) with g the gradient
+    at the best point, a normalized gradient step of s radii projected back to the sphere (s starts at
+    ``step_size``); a point no higher than the best is rejected and s halved. At the minimum of a
+    quadratic the accepted steps are power iteration on (I + c A), which converges to r times the top
+    eigenvector. Far from the linear regime (a trained nano model at gamma 1 raised its loss by 30-70 nats)
+    a full step often lands lower, and without the halving the path wandered: each point's loss rose and
+    fell by tens of nats, and its best depended on where the step count cut it.
+    It stops after ``steps`` points, or once converged: an accepted point added at most ``tol`` of the
+    increase, or s fell below ``step_size`` / 2^:data:`MAX_HALVINGS` with no point higher. Unconverged,
+    the value is a lower bound that was still rising.
     Cost: one forward+backward pass per point (a forward alone for the ``steps``-th) and one for the base.
-    Memory: the original weights, delta, the gradient and, with ``return_direction``, the best delta.
+    Memory: the original weights, the best delta and its gradient, the candidate and its gradient.
     The weights are restored bitwise (copied back from the saved originals).
     """
     if steps < 1 or not step_size > 0 or not 0 <= tol < 1:
@@ -556,37 +559,40 @@ def worst_case_perturbation(
         passes = 1
         size = _norm(gradient)
         if size > 0.0:
-            delta = _scaled(gradient, radius / size)
+            candidate = _scaled(gradient, radius / size)
         else:
             stds = [float(init_std[name]) for name in moved]
             random = _gaussian(params, torch.Generator().manual_seed(seed))
-            delta = _on_sphere([d * s for d, s in zip(random, stds, strict=True)], radius)
+            candidate = _on_sphere([d * s for d, s in zip(random, stds, strict=True)], radius)
         del gradient
         origin = [p.detach().clone() for p in params]
-        best, best_delta, bests = -math.inf, None, []
-        converged, last_gain = False, math.inf
+        best, best_delta, best_gradient = -math.inf, candidate, None
+        step, converged, last_gain = step_size, False, math.inf
         try:
-            for step in range(1, steps + 1):
-                _set_offset_(params, origin, delta)
-                last = step == steps
+            for point in range(1, steps + 1):
+                _set_offset_(params, origin, candidate)
+                last = point == steps
                 value, gradient = (loss_value(loss), None) if last else loss_and_gradient(loss, params)
                 passes += 1
                 losses.append(value)
                 if value > best:
-                    best, best_delta = value, (delta if return_direction else None)
-                bests.append(best)
-                if len(bests) > CONVERGENCE_POINTS:
-                    last_gain = (best - bests[-1 - CONVERGENCE_POINTS]) / max(abs(best - base_loss), 1e-12)
-                    converged = last_gain <= tol
-                if converged or gradient is None or (size := _norm(gradient)) == 0.0:
-                    break
-                delta = _on_sphere([d + g * (step_size * radius / size) for d, g in zip(delta, gradient, strict=True)], radius)
+                    if best > -math.inf:
+                        last_gain = (value - best) / max(abs(value - base_loss), 1e-12)
+                        converged = last_gain <= tol
+                    best, best_delta, best_gradient = value, candidate, gradient
+                elif point > 1:
+                    step /= 2.0
+                    converged, last_gain = step < step_size / 2.0**MAX_HALVINGS, 0.0
                 del gradient
+                if converged or last or (size := _norm(best_gradient)) == 0.0:
+                    converged = converged or not last
+                    break
+                candidate = _on_sphere([d + g * (step * radius / size) for d, g in zip(best_delta, best_gradient, strict=True)], radius)
         finally:
             with torch.no_grad():
                 for param, base in zip(params, origin, strict=True):
                     param.copy_(base)
-    direction = [d.detach().clone() for d in best_delta] if best_delta is not None else None
+    direction = [d.detach().clone() for d in best_delta] if return_direction else None
     count = sum(p.numel() for p in moved.values())
     return WorstCaseResult(gamma, radius, base_loss, best, tuple(losses), passes, count, converged, last_gain, direction)
 
