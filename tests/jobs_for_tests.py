@@ -138,6 +138,9 @@ def main(argv: list[str]) -> None:
     except OvertrainError as error:  # as the CLI does: the message alone, status 2
         print(error, file=sys.stderr)
         raise SystemExit(2) from None
+    except KeyboardInterrupt:  # as the CLI does: one line, status 130
+        print("interrupted", file=sys.stderr)
+        raise SystemExit(130) from None
     print(f"done={summary.done} skipped={summary.skipped} failed={summary.failed}")
 
 

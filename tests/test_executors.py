@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import sqlite3
 import subprocess
@@ -19,7 +20,7 @@ from jobs_for_tests import (
 )
 
 from overtrain.errors import OvertrainError
-from overtrain.results.records import Job
+from overtrain.results.records import Job, JobFailure
 from overtrain.results.store import ResultStore
 from overtrain.sweep.driver import RunSummary, run_jobs
 from overtrain.sweep.executors import InProcessExecutor, LocalProcessExecutor, RayExecutor
@@ -128,11 +129,12 @@ def stored_count(path: Path) -> int:
         return 0
 
 
-def start_sweep(store: Path, log: Path, count: int, executor: str) -> subprocess.Popen[bytes]:
+def start_sweep(store: Path, log: Path, count: int, executor: str, iterations: int = KILL_TEST_ITERATIONS) -> subprocess.Popen[bytes]:
     command = [sys.executable, "-m", "jobs_for_tests", str(store), str(count), executor]
-    variables = {JOB_LOG_VARIABLE: str(log), "OVERTRAIN_TEST_ITERATIONS": str(KILL_TEST_ITERATIONS)}
+    variables = {JOB_LOG_VARIABLE: str(log), "OVERTRAIN_TEST_ITERATIONS": str(iterations)}
     environment = subprocess_environment(**variables)
-    return subprocess.Popen(command, env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    # its own process group, like a command in a terminal, whose Ctrl-C signals the whole group
+    return subprocess.Popen(command, env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
 
 
 def kill_when_some_rows_exist(process: subprocess.Popen[bytes], store: Path, rows: int) -> None:
@@ -176,6 +178,31 @@ def test_a_sweep_killed_with_sigkill_resumes_where_it_stopped(
     again, rows = run_into(store, integer_work_jobs(count, iterations=KILL_TEST_ITERATIONS))
     assert (again.done, again.skipped) == (0, count) and read_log(tmp_path / "log3") == []
     assert rows == uninterrupted_rows
+
+
+def test_workers_ignore_ctrl_c_and_an_abandoned_sweep_ends_them_at_once(request: pytest.FixtureRequest) -> None:
+    # Ctrl-C in a terminal signals the driver and its workers. An idle worker used to die of it with a
+    # traceback (breaking the pool), and the driver then waited for the running jobs before it could exit.
+    psutil = pytest.importorskip("psutil")
+    # Python handles Ctrl-C unless started with it ignored (as a background job is): workers must not inherit that.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    request.addfinalizer(lambda: signal.signal(signal.SIGINT, previous))
+    executor = LocalProcessExecutor(workers=2)
+    long_job = Job("integer_work", {"index": 0, "seed": 0, "iterations": 200_000, "size": 120}, label="minutes of work")
+    short_job = Job("integer_work", {"index": 1, "seed": 1, "iterations": 1, "size": 8}, label="instant")
+    results = executor.map_unordered([long_job, short_job])
+    job, outcome, _ = next(results)
+    assert job.key == short_job.key and not isinstance(outcome, JobFailure)  # one worker is idle now
+    workers = [psutil.Process(pid) for pid in executor._pool._processes]
+    assert len(workers) == 2
+    for worker in workers:
+        os.kill(worker.pid, signal.SIGINT)
+    time.sleep(1.0)
+    assert all(worker.is_running() and worker.status() != psutil.STATUS_ZOMBIE for worker in workers)
+    started = time.monotonic()
+    results.close()  # what a KeyboardInterrupt in the driver does to the generator
+    _, alive = psutil.wait_procs(workers, timeout=10)
+    assert alive == [] and time.monotonic() - started < 10, "the workers outlived the abandoned sweep"
 
 
 @pytest.fixture(scope="module")
