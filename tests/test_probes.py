@@ -68,6 +68,23 @@ def test_bad_noise_input_is_explained(checkpoint: Path) -> None:
     with pytest.raises(OvertrainError, match="mode=relative") as caught:
         noise_std_per_tensor(named, "init", 1.0, None)
     assert "absolute" in caught.value.fix
+    with pytest.raises(OvertrainError, match="overflowed") as caught:  # a NaN loss is refused, never stored
+        run_noise_probe(target, gammas=[1e38], seeds=[0], mode="absolute")
+    assert "smaller gammas" in caught.value.fix
+
+
+def test_a_stored_non_finite_loss_is_named_with_the_row_to_delete(tmp_path: Path) -> None:
+    from overtrain.results.analysis import noise_frame
+    from overtrain.results.records import Job, JobOutput
+    from overtrain.results.store import ResultStore
+
+    with ResultStore(tmp_path / "results.sqlite") as store:  # as an older overtrain stored an overflowed draw
+        draws = [{"gamma": 1e38, "seed": 0, "mode": "absolute", "perturbed_loss": float("nan"), "delta": float("nan")}]
+        store.put(Job("noise", {"checkpoint": "c", "mode": "absolute", "gammas": [1e38]}),
+                  JobOutput({"tokens_seen": 100, "base_loss": 3.0, "draws": draws}), {}, 1.0)
+        with pytest.raises(OvertrainError, match=r"holds perturbed_loss at gamma 1e\+38=nan") as caught:
+            noise_frame(store)
+    assert "DELETE FROM results WHERE key" in caught.value.fix
 
 
 def test_finetuning_improves_the_task_and_is_undone(checkpoint: Path) -> None:

@@ -14,6 +14,7 @@ weights are bitwise equal to the loaded ones.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -164,6 +165,12 @@ def run_noise_probe(target, gammas: list[float], seeds: list[int], mode: str = "
             draw = NoiseDraw(gamma, seed, mode)
             with perturbed(target.model, draw, init_std, target.weight_files, target.parameter_keys, target.init_std_source) as noisy:
                 loss = target.pretraining_loss(noisy).loss
+            if not math.isfinite(loss):
+                raise OvertrainError(
+                    f"the perturbed loss of {target.reference} at gamma {gamma:g} (seed {seed}, mode {mode}) is {loss}: "
+                    "the noise overflowed the model's arithmetic",
+                    "use smaller gammas (mode=init scales each tensor's init std by gamma; mode=absolute makes gamma the std itself)",
+                )
             records.append(NoiseRecord(target.reference, target.tokens_seen, gamma, seed, mode, base, loss))
             if on_draw is not None:
                 on_draw(records[-1])

@@ -683,6 +683,12 @@ def run_sharpness_probe(
     records: list[SharpnessRecord] = []
 
     def add(record: SharpnessRecord) -> None:
+        if not math.isfinite(record.value):
+            at = f" at gamma {record.gamma:g}" if record.gamma is not None else ""
+            raise OvertrainError(
+                f"the {record.kind} read-out of {target.reference} (group {record.group}{at}) is {record.value}: the loss overflowed",
+                "use smaller gammas for worst_case; for the Hessian probes, check that the checkpoint's own loss is finite",
+            )
         records.append(record)
         if on_record is not None:
             on_record(record)
@@ -706,5 +712,6 @@ def run_sharpness_probe(
                     add(SharpnessRecord(kind, name, seeds[0], float(gamma), worst.increase, worst.passes, worst.parameters,
                                         converged=worst.converged,
                                         detail={"radius": worst.radius, "base_loss": worst.base_loss, "worst_loss": worst.worst_loss,
-                                                "losses": list(worst.losses), "last_gain": worst.last_gain}))
+                                                "losses": list(worst.losses),
+                                                "last_gain": worst.last_gain if math.isfinite(worst.last_gain) else None}))
     return records

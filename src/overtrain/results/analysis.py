@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any
@@ -99,7 +100,27 @@ def checked_rows(store: ResultStore, kind: str) -> list[ResultRow]:
                 f"which every {kind} job writes",
                 delete_row_fix(store.path, row.key),
             )
+        non_finite = non_finite_readouts(kind, row.metrics)
+        if non_finite:  # stored by an older overtrain, whose probes did not refuse them: a curve cannot use them
+            raise OvertrainError(
+                f"the {kind} row of job {row.key} ({row.label}) in results store {store.path} holds {', '.join(non_finite[:3])}",
+                delete_row_fix(store.path, row.key) + " (with smaller gammas or a lower lr, if the change overflowed)",
+            )
     return rows
+
+
+def non_finite_readouts(kind: str, metrics: dict[str, Any]) -> list[str]:
+    """The read-outs of a row that are not finite numbers (``name=value``): the losses of noise and
+    fine-tuning rows, the values of sharpness records."""
+    named: list[tuple[str, Any]] = []
+    if kind == "noise":
+        named = [("base_loss", metrics.get("base_loss"))]
+        named += [(f"perturbed_loss at gamma {draw.get('gamma')}", draw.get("perturbed_loss")) for draw in metrics.get("draws", [])]
+    elif kind == "finetune":
+        named = [(name, metrics.get(name)) for name in ("ood_loss_before", "ood_loss_after", "id_loss_after")]
+    elif kind == "sharpness":
+        named = [(f"{record.get('kind')} value", record.get("value")) for record in metrics.get("records", [])]
+    return [f"{name}={value}" for name, value in named if isinstance(value, float) and not math.isfinite(value)]
 
 
 def noise_frame(store: ResultStore) -> pd.DataFrame:
