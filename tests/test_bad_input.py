@@ -138,3 +138,16 @@ def test_a_failed_checkpoint_write_keeps_the_last_checkpoint(tmp_path: Path, cor
     assert "step-000008-tokens-2048 is kept" in caught.value.problem
     assert "run the same command again" in caught.value.fix
     assert not [p for p in (Path(config.out_dir) / "checkpoints").iterdir() if ".tmp-" in p.name]
+
+
+def test_a_run_refused_before_its_first_step_leaves_its_folder_free_for_the_fixed_settings(tmp_path: Path) -> None:
+    corpus = write_stdlib_text_corpus(tmp_path / "corpus")
+    too_long = tiny_pretrain_config(tmp_path, corpus, "train.seq_len=200000", "train.batch_size=1", "train.max_tokens=400000",
+                                    "train.eval_tokens=200000", "train.eval_every_tokens=200000", "train.warmup_tokens=0")
+    with pytest.raises(OvertrainError, match="fewer than one sequence") as caught:
+        train_run(too_long, log=lambda *_: None, show_progress=False)
+    assert "train.seq_len" in caught.value.fix
+    out_dir = Path(too_long.out_dir)
+    assert not (out_dir / "run.json").exists() and not (out_dir / "config.yaml").exists()
+    fixed = tiny_pretrain_config(tmp_path, corpus, "train.max_tokens=4096")
+    assert train_run(fixed, log=lambda *_: None, show_progress=False).final_checkpoint is not None  # not refused as a changed setting

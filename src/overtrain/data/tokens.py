@@ -364,7 +364,7 @@ def heldout_windows(data: TokenData, eval_tokens: int, seq_len: int) -> tuple[to
     if available == 0:
         raise OvertrainError(
             f"the held-out split has {len(data.heldout):,} tokens, fewer than one sequence of {seq_len + 1}",
-            "raise data.heldout_fraction or use a bigger corpus",
+            f"use sequences shorter than {len(data.heldout):,} tokens (train.seq_len), raise data.heldout_fraction, or use a bigger corpus",
         )
     count = max(1, min(available, eval_tokens // seq_len))
     chosen = np.sort(np.random.default_rng(EVAL_SEED).choice(available, size=count, replace=False))

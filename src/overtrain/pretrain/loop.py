@@ -220,11 +220,13 @@ def train_run(
         model.to(device)
         optimizer = build_optimizer(model, config)
         state = _restore_or_start(config, model, optimizer, newest, init_from, context, log)
+        # The loop first: it refuses what only the data can tell (a held-out split shorter than one sequence),
+        # and a folder refused before its first step must not stay bound to the settings it refused.
+        loop = _TrainingLoop(config, model, optimizer, data, init_std, state, context, device, log, show_progress)
         if context.is_main:
             write_binding(out_dir, binding)
             _truncate_metrics(out_dir / "metrics.jsonl", state.tokens_seen)
             _write_run_files(config, out_dir, model, data, device, log)
-        loop = _TrainingLoop(config, model, optimizer, data, init_std, state, context, device, log, show_progress)
         if stop_at_tokens is not None:
             per_step = config.train.tokens_per_step
             loop.milestones.add(math.ceil(stop_at_tokens / per_step) * per_step)
