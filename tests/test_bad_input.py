@@ -151,3 +151,13 @@ def test_a_run_refused_before_its_first_step_leaves_its_folder_free_for_the_fixe
     assert not (out_dir / "run.json").exists() and not (out_dir / "config.yaml").exists()
     fixed = tiny_pretrain_config(tmp_path, corpus, "train.max_tokens=4096")
     assert train_run(fixed, log=lambda *_: None, show_progress=False).final_checkpoint is not None  # not refused as a changed setting
+
+
+def test_a_dry_run_refuses_checkpoints_the_run_already_trained_past(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    corpus = write_stdlib_text_corpus(tmp_path / "corpus")
+    config = tiny_pretrain_config(tmp_path, corpus)
+    train_run(config, log=lambda *_: None, show_progress=False)
+    saved = Path(config.out_dir) / "config.yaml"  # the run's own settings, as a user would pass them again
+    capsys.readouterr()
+    assert cli_main(["pretrain", str(saved), "train.checkpoint_at_tokens=[2048]", "--dry-run"]) == 2
+    assert "cannot be written after the fact" in capsys.readouterr().err  # what the run itself would say

@@ -85,12 +85,13 @@ def _refuse_what_the_run_would_refuse(config) -> None:
     settings (read only: nothing is written). Prints the note of a ``train.extend`` extension."""
     from pathlib import Path
 
-    from overtrain.pretrain.loop import check_run_settings, newest_checkpoint
+    from overtrain.pretrain.loop import check_run_settings, newest_checkpoint, refuse_milestones_already_passed
 
     _refuse_what_every_run_would_refuse(config)
     out_dir = Path(config.out_dir)
     newest = newest_checkpoint(out_dir, hash_files=False) if out_dir.is_dir() else None  # the run resumes from it
     _, note = check_run_settings(out_dir, config, newest)
+    refuse_milestones_already_passed(config, out_dir, newest)
     if note:
         print(f"the run would say: {note}")
 

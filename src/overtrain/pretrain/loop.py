@@ -211,7 +211,7 @@ def train_run(
         binding, note = check_run_settings(out_dir, config, newest)
         if note and context.is_main:
             log(note)
-        _refuse_milestones_already_passed(config, out_dir, newest)
+        refuse_milestones_already_passed(config, out_dir, newest)
         if context.is_main and (eval_note := _eval_spacing_change(config, newest)):
             log(eval_note)
         needed = train_tokens_needed(config.train.total_steps, config.train.batch_size, config.train.seq_len)  # sharded data: no more
@@ -277,7 +277,7 @@ def newest_checkpoint(out_dir: Path, *, hash_files: bool = True) -> CheckpointIn
     return info
 
 
-def _refuse_milestones_already_passed(config: PretrainConfig, out_dir: Path, newest: CheckpointInfo | None) -> None:
+def refuse_milestones_already_passed(config: PretrainConfig, out_dir: Path, newest: CheckpointInfo | None) -> None:
     """Checkpoint settings may change between invocations of a run (they do not change its weights), but a
     milestone the run has already trained past without keeping a checkpoint cannot be written after the
     fact: refused, so that the run's config never claims checkpoints it does not have."""

@@ -47,10 +47,13 @@ def check_sweep_inputs(jobs: list[Job], out_dir: Path, jobs_run_here: bool = Tru
 
 def _pretrain_folder_conflicts(jobs: list[Job], out_dir: Path) -> list[tuple[str, str]]:
     from overtrain.config import build_dataclass, config_to_dict
+    from overtrain.errors import OvertrainError
     from overtrain.pretrain.binding import differences_from_binding
     from overtrain.pretrain.config import PretrainConfig
+    from overtrain.pretrain.loop import newest_checkpoint, refuse_milestones_already_passed
 
     conflicts: dict[Path, list[str]] = {}
+    passed_milestones: list[tuple[str, str]] = []
     for job in jobs:
         if job.kind != "pretrain":
             continue
@@ -61,14 +64,19 @@ def _pretrain_folder_conflicts(jobs: list[Job], out_dir: Path) -> list[tuple[str
         _, differences = differences_from_binding(folder, config_to_dict(config))
         if differences:
             conflicts[folder] = differences
+        elif folder.is_dir() and not passed_milestones:  # the run would refuse checkpoints it trained past (one message)
+            try:
+                refuse_milestones_already_passed(config, folder, newest_checkpoint(folder, hash_files=False))
+            except OvertrainError as error:
+                passed_milestones.append((error.problem, error.fix or ""))
     if not conflicts:
-        return []
+        return passed_milestones
     examples = "; ".join(f"{folder}: {', '.join(differences[:2])}" for folder, differences in list(conflicts.items())[:SHOWN_PER_PROBLEM])
     return [(
         f"{len(conflicts)} pre-training run folder(s) of this sweep already hold runs with other settings ({examples})",
         f"a sweep's pre-training settings are part of its runs: give this sweep its own out_dir (not {out_dir}), "
         "set the settings back, or delete those run folders to train them anew",
-    )]
+    ), *passed_milestones]
 
 
 def _unreadable_pretraining_data(jobs: list[Job]) -> list[tuple[str, str]]:
