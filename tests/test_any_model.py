@@ -16,6 +16,7 @@ from safetensors.torch import load_file
 
 from overtrain.checkpoints.discovery import CheckpointRef, expand_checkpoints
 from overtrain.checkpoints.init_std import apply_init_std_rules, family_init_std
+from overtrain.cli import main as cli_main
 from overtrain.data.tokenizer import END_OF_TEXT, save_hf_tokenizer, train_bpe_tokenizer
 from overtrain.errors import OvertrainError
 from overtrain.model.llama import LlamaLM
@@ -227,6 +228,25 @@ def test_pickled_weights_are_refused_and_never_unpickled(root: Path, models: dic
         load_probe_target(folder, 256, str(eval_file), **QUIET)
     assert "safe_serialization=True" in caught.value.fix
     assert not marker.exists()
+
+
+def test_the_dry_run_refuses_a_garbage_config_and_keeps_the_conversion_fix_of_pickled_weights(
+    models: dict[str, Path], eval_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    garbage = tmp_path / "garbage"
+    shutil.copytree(models["gpt_neox"], garbage)
+    (garbage / "config.json").write_text("{not json")
+    pickled = tmp_path / "pickled"
+    pickled.mkdir()
+    shutil.copy2(models["gpt_neox"] / "config.json", pickled / "config.json")
+    (pickled / "pytorch_model.bin").write_bytes(b"not read")
+    for folder, problem, fix in ((garbage, "config.json is not readable JSON", "restore or re-download"),
+                                 (pickled, "pickle", "safe_serialization=True")):
+        capsys.readouterr()
+        assert cli_main(["noise", str(folder), f"eval_data={eval_file}", f"--out={tmp_path / 'out'}", "--dry-run"]) == 2
+        error = capsys.readouterr().err
+        assert problem in error and fix in error and "Traceback" not in error, error
+    assert not (tmp_path / "out").exists()
 
 
 def test_expand_checkpoints_accepts_foreign_folders_and_hub_references(models: dict[str, Path], root: Path) -> None:

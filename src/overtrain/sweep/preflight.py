@@ -18,6 +18,7 @@ who asked for ``--dry-run`` was told all was well. These checks are the cheap on
 from __future__ import annotations
 
 import fnmatch
+import json
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -147,22 +148,24 @@ def _damaged_checkpoints(jobs: list[Job], every_job: list[Job]) -> list[tuple[st
     produced_here = {job.key for job in every_job if job.kind == "pretrain"}
     references = sorted({str(job.spec["checkpoint"]) for job in jobs
                          if "checkpoint" in job.spec and not produced_here.intersection(job.depends_on)})
-    damaged = [(reference, why) for reference in references if not is_hub_reference(reference)
-               for why in [_checkpoint_damage(Path(reference))] if why]
+    damaged = [(reference, damage) for reference in references if not is_hub_reference(reference)
+               for damage in [_checkpoint_damage(Path(reference))] if damage]
     if not damaged:
         return []
-    examples = "; ".join(f"{reference}: {why}" for reference, why in damaged[:SHOWN_PER_PROBLEM])
+    examples = "; ".join(f"{reference}: {damage.problem}" for reference, damage in damaged[:SHOWN_PER_PROBLEM])
+    specific = list(dict.fromkeys(damage.fix for _, damage in damaged if damage.fix))  # e.g. the command that converts pickles
     return [(f"{len(damaged)} checkpoint(s) cannot be read ({examples})",
-             "restore or re-download those checkpoints, or leave them out of the sweep")]
+             "; ".join([*specific[:2], "else restore or re-download those checkpoints, or leave them out of the sweep"]))]
 
 
-def _checkpoint_damage(folder: Path) -> str | None:
-    """Why ``folder`` cannot be a checkpoint (missing, no config.json, a missing or truncated safetensors
-    file), or None. Reads only the files' headers."""
+def _checkpoint_damage(folder: Path) -> OvertrainError | None:
+    """Why ``folder`` cannot be a checkpoint (missing, no config.json or one that is not JSON, a missing or
+    truncated safetensors file), with its own fix where the check has one (converting pickled weights), or
+    None. Reads only the files' headers and config.json."""
     from overtrain.checkpoints.foreign import safetensors_files
 
     if not folder.exists():
-        return "it does not exist"
+        return OvertrainError("it does not exist")
     if folder.is_file():
         return None  # a single weights file is the job's to judge
     from overtrain.checkpoints.folder import REQUIRED_FILES, is_overtrain_checkpoint, safetensors_header_problem
@@ -170,16 +173,28 @@ def _checkpoint_damage(folder: Path) -> str | None:
     try:
         ours = is_overtrain_checkpoint(folder)
     except OvertrainError as error:  # one of ours that lost its metadata
-        return error.problem
+        return error
     required = REQUIRED_FILES if ours else ("config.json",)  # ours, or a Hugging Face folder
     missing = [name for name in required if not (folder / name).is_file()]
     if missing:
-        return f"{', '.join(missing)} {'is' if len(missing) == 1 else 'are'} missing"
+        return OvertrainError(f"{', '.join(missing)} {'is' if len(missing) == 1 else 'are'} missing")
+    if not ours and (problem := _json_object_problem(folder / "config.json")):
+        return OvertrainError(problem)
     try:
         weights = safetensors_files(folder)  # as the loaders find them: a shard index, shards, pickles refused
     except OvertrainError as error:
-        return error.problem
-    return next(filter(None, map(safetensors_header_problem, weights)), None) or _small_file_damage(folder)
+        return error
+    problem = next(filter(None, map(safetensors_header_problem, weights)), None) or _small_file_damage(folder)
+    return OvertrainError(problem) if problem else None
+
+
+def _json_object_problem(path: Path) -> str | None:
+    """Why ``path`` is not a JSON object (transformers reads a model's config.json as one), or None."""
+    try:
+        parsed = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as error:
+        return f"{path.name} is not readable JSON ({type(error).__name__}: {error})"
+    return None if isinstance(parsed, dict) else f"{path.name} holds a JSON {type(parsed).__name__}, not an object"
 
 
 def _small_file_damage(folder: Path) -> str | None:
