@@ -182,3 +182,12 @@ def test_report_and_tasks_help_teach_with_examples(verb: str, teaches: list[str]
     assert exit_code.value.code == 0
     printed = capsys.readouterr().out
     assert "Examples:" in printed and all(text in printed for text in teaches), printed
+
+
+@pytest.mark.parametrize("verb", ["demo", "theory"])
+def test_a_config_file_given_to_a_verb_without_one_is_named_as_such(verb: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("noise: {gammas: [1.0]}\n")
+    assert main([verb, str(spec), "--dry-run"]) == 2
+    error = capsys.readouterr().err
+    assert f"overtrain {verb} takes no config file" in error and "the config file goes first" not in error

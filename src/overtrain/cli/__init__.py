@@ -19,7 +19,8 @@ DESCRIPTION = """\
 Measure catastrophic overtraining: pre-train language models to many token budgets, perturb and
 fine-tune each checkpoint, and see where more pre-training starts to hurt.
 
-Every verb takes an optional YAML config and dotted overrides, e.g.
+Verbs take dotted key=value overrides, and most an optional YAML config first (demo and theory take
+key=value settings only), e.g.
   overtrain pretrain configs/demo/nano.yaml train.lr=1e-3 train.max_tokens=4e6
   overtrain pretrain-ladder configs/demo/nano.yaml ladder.budgets_tokens=[1e6,2e6,4e6] --dry-run
 Durations are in tokens (1e6 and 1_000_000 both work). --dry-run prints the resolved config and plan.

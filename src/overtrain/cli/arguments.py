@@ -26,3 +26,13 @@ def split_config_and_overrides(args: argparse.Namespace) -> tuple[str | None, li
         overrides.insert(0, config)
         config = None
     return config, overrides
+
+
+def refuse_a_config_file(verb: str, overrides: list[str], instead: str) -> None:
+    """``overtrain demo`` and ``overtrain theory`` take settings only: a config file given to them is named as
+    such, rather than read as an override without '=' (whose fix would say to put the config first)."""
+    from overtrain.errors import OvertrainError
+
+    for text in overrides:
+        if "=" not in text and (text.endswith((".yaml", ".yml")) or Path(text).is_file()):
+            raise OvertrainError(f"overtrain {verb} takes no config file, only key=value settings; got {text!r}", instead)

@@ -6,7 +6,7 @@ import argparse
 from importlib import resources
 from pathlib import Path
 
-from overtrain.cli.arguments import split_config_and_overrides
+from overtrain.cli.arguments import refuse_a_config_file, split_config_and_overrides
 from overtrain.errors import OvertrainError
 from overtrain.sweep.driver import run_sweep_file
 
@@ -25,6 +25,9 @@ def demo_spec_path() -> Path:
 
 
 def command_demo(args: argparse.Namespace) -> int:
+    refuse_a_config_file("demo", list(args.overrides),
+                         f"the demo is the sweep in {demo_spec_path()}: run your own spec with `overtrain sweep FILE key=value ...`, "
+                         "or change the demo's settings as key=value (e.g. finetune.lrs=[1e-2])")
     print(f"demo: the sweep in {demo_spec_path()} (overrides: {' '.join(args.overrides) or 'none'})")
     return run_sweep_file(str(demo_spec_path()), list(args.overrides), args.dry_run)
 

@@ -17,6 +17,7 @@ import numpy as np
 import yaml
 
 from overtrain.atomic import atomic_write_json, ensure_writable_folder
+from overtrain.cli.arguments import refuse_a_config_file
 from overtrain.config import apply_overrides, build_dataclass, config_to_dict, parse_override
 from overtrain.errors import OvertrainError
 from overtrain.theory.config import TheoryConfig, field_paths, validate_theory_config
@@ -61,6 +62,7 @@ def describe_plan(config: TheoryConfig) -> str:
 def run_theory_cli(overrides: list[str], out_dir: Path, dry_run: bool = False) -> int:
     """Parse overrides, run all theory experiments, write figures + theory.json into out_dir, print a
     summary table; with ``dry_run`` print the resolved settings and the plan only. Returns 0."""
+    refuse_a_config_file("theory", overrides, "give its settings as key=value (overtrain theory --help lists them), e.g. finetune.lrs=[0.03]")
     config = load_theory_config(overrides)
     ensure_writable_folder(Path(out_dir), "the theory output folder", "--out")  # before minutes of simulation, also in --dry-run
     print(describe_plan(config), flush=True)
