@@ -319,12 +319,7 @@ def noise_predicts_forgetting(noise: pd.DataFrame, finetune: pd.DataFrame) -> pd
     """Spearman, across budgets, between the noise delta (per gamma) and the forgetting (per task, lr), within
     each pre-training factor family (means over seeds; needs three budgets): two families' budgets are
     different models, so they are never pooled into one curve."""
-    factors = [name for name in factor_names(noise) if name in finetune.columns]
-    keys = [*factors, "tokens_seen"]
-    delta = noise.groupby(["gamma", *keys])["delta"].mean()
-    forgetting = plain_runs(finetune).groupby(["task", "lr", *keys])["forgetting"].mean()
-    return pd.DataFrame([{"gamma": gamma, **row} for gamma in delta.index.get_level_values(0).unique()
-                         for row in _correlations_within_families(delta.loc[gamma], forgetting, factors)])
+    return _reading_predicts_forgetting(noise, "gamma", "delta", finetune)
 
 
 def sharpness_summary(frame: pd.DataFrame) -> list[SettingSummary]:
@@ -342,12 +337,18 @@ def sharpness_summary(frame: pd.DataFrame) -> list[SettingSummary]:
 def sharpness_predicts_forgetting(sharpness: pd.DataFrame, finetune: pd.DataFrame) -> pd.DataFrame:
     """Spearman, across budgets, between each sharpness measure and the forgetting (per task, lr), within
     each pre-training factor family (means over seeds; needs three budgets)."""
-    factors = [name for name in factor_names(sharpness) if name in finetune.columns]
+    return _reading_predicts_forgetting(sharpness, "measure", "value", finetune)
+
+
+def _reading_predicts_forgetting(readings: pd.DataFrame, by: str, value: str, finetune: pd.DataFrame) -> pd.DataFrame:
+    """Rows of Spearman(``value``, forgetting) per ``by`` (a gamma, a sharpness measure), fine-tuning run and
+    factor family, from the readings' and the fine-tuning's means over seeds."""
+    factors = [name for name in factor_names(readings) if name in finetune.columns]
     keys = [*factors, "tokens_seen"]
-    measure = sharpness.groupby(["measure", *keys])["value"].mean()
+    reading = readings.groupby([by, *keys])[value].mean()
     forgetting = plain_runs(finetune).groupby(["task", "lr", *keys])["forgetting"].mean()
-    return pd.DataFrame([{"measure": name, **row} for name in measure.index.get_level_values(0).unique()
-                         for row in _correlations_within_families(measure.loc[name], forgetting, factors)])
+    return pd.DataFrame([{by: level, **row} for level in reading.index.get_level_values(0).unique()
+                         for row in _correlations_within_families(reading.loc[level], forgetting, factors)])
 
 
 def _correlations_within_families(reading: pd.Series, forgetting: pd.Series, factors: list[str]) -> list[dict[str, Any]]:
