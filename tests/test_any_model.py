@@ -249,6 +249,18 @@ def test_the_dry_run_refuses_a_garbage_config_and_keeps_the_conversion_fix_of_pi
     assert not (tmp_path / "out").exists()
 
 
+def test_a_truncated_weight_file_of_a_transformers_model_is_named_with_its_fix(models: dict[str, Path], tmp_path: Path) -> None:
+    from overtrain.checkpoints.foreign import load_transformers_model
+
+    folder = tmp_path / "cut"
+    shutil.copytree(models["gpt_neox"], folder)
+    weights = folder / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:5000])  # a download that stopped
+    with pytest.raises(OvertrainError, match="model.safetensors") as caught:
+        load_transformers_model(folder, json.loads((folder / "config.json").read_text()))
+    assert "re-download" in caught.value.fix and "architecture" not in caught.value.fix
+
+
 def test_expand_checkpoints_accepts_foreign_folders_and_hub_references(models: dict[str, Path], root: Path) -> None:
     refs = expand_checkpoints([str(models["qwen2"]), "hf:EleutherAI/pythia-160m@step1000", "hf:EleutherAI/pythia-160m"])
     assert refs == [

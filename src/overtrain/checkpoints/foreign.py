@@ -175,6 +175,16 @@ def load_fast_llama(config: ModelConfig, vocab_size: int, max_seq_len: int, inde
     return model, keys
 
 
+def _damaged_weight_file(folder: Path) -> str | None:
+    """Why one of ``folder``'s safetensors files cannot be opened (``name: problem``), or None."""
+    from overtrain.checkpoints.folder import safetensors_header_problem
+
+    for path in sorted(folder.glob("*.safetensors")):
+        if problem := safetensors_header_problem(path):
+            return f"{path.name}: {problem}"
+    return None
+
+
 def load_transformers_model(folder: Path, config: Mapping[str, Any]) -> torch.nn.Module:
     """transformers' own model, fp32, from safetensors, without remote code."""
     from transformers import AutoModelForCausalLM
@@ -185,6 +195,10 @@ def load_transformers_model(folder: Path, config: Mapping[str, Any]) -> torch.nn
         )
     except Exception as error:  # ValueError (unknown model_type), OSError, ImportError... from transformers
         detail = str(error).splitlines()[0] if str(error) else type(error).__name__
+        damaged = _damaged_weight_file(folder)
+        if damaged:  # a weight file cut short reads as a header error: the file is the fault, not the architecture
+            raise OvertrainError(f"{folder} cannot be loaded: {damaged}",
+                                 "restore or re-download that file (a copy cut short, or a download that stopped)") from None
         remote = " (its config.json asks for custom code, auto_map)" if "auto_map" in config else ""
         raise OvertrainError(
             f"transformers cannot load {folder} as a causal LM{remote}: {detail}",
