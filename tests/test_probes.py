@@ -135,3 +135,12 @@ def test_tokenizer_mismatch_is_explained(checkpoint: Path, tmp_path: Path) -> No
     with pytest.raises(OvertrainError, match="corpus changed since the checkpoint was made") as caught:
         check_same_tokenizer(checkpoint, other)
     assert "restore the corpus" in caught.value.fix and "delete that cache" not in caught.value.fix
+
+
+@pytest.mark.parametrize("lr", [1e20, 1e38])  # a NaN loss, and an update that overflows fp32 before any loss is NaN
+def test_a_fine_tuning_lr_too_large_is_one_message(checkpoint: Path, lr: float) -> None:
+    target = load_probe_target(checkpoint, eval_tokens=1024, dtype="fp32", log=lambda *_: None)
+    config = FinetuneConfig(task="wordnet-class", lr=lr, steps=5, batch_size=4, max_train=40, max_heldout=20, grad_clip=0.0)
+    with pytest.raises(OvertrainError) as caught:
+        run_finetune_probe(target, config)
+    assert caught.value.fix == "lower the fine-tuning lr"

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules import module as module_globals
 
+from overtrain.errors import OvertrainError
 from overtrain.model.config import ModelConfig
 from overtrain.model.cpu_attention import causal_attention, heads_first, kernel_applies
 from overtrain.model.cpu_attention_block import attention_block, block_applies
@@ -387,7 +388,16 @@ def initialize_weights(model: LlamaLM, generator: torch.Generator) -> dict[str, 
 
 def build_model(config: ModelConfig, vocab_size: int, max_seq_len: int, seed: int) -> tuple[LlamaLM, dict[str, float]]:
     """A freshly initialized model and its per-tensor init stds, deterministic in ``seed``."""
-    model = LlamaLM(config, vocab_size, max_seq_len)
+    try:
+        model = LlamaLM(config, vocab_size, max_seq_len)
+    except (RuntimeError, MemoryError) as error:  # torch's allocator: "can't allocate memory: you tried to allocate N bytes"
+        if "alloc" not in str(error).lower() and not isinstance(error, MemoryError):
+            raise
+        raise OvertrainError(
+            f"a model of d_model {config.d_model}, {config.n_layers} layers, d_ff {config.ff_width} and vocabulary {vocab_size:,} "
+            f"does not fit in this machine's memory ({str(error).splitlines()[0][:160]})",
+            "lower model.d_model, model.n_layers or model.d_ff (or pick a smaller model.preset)",
+        ) from None
     generator = torch.Generator().manual_seed(seed)
     stds = initialize_weights(model, generator)
     return model, stds

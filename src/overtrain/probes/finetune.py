@@ -473,7 +473,12 @@ def _train_steps(
             raise OvertrainError(f"fine-tuning loss became {float(loss)} at {where} {step} (lr {config.lr:g})", "lower the fine-tuning lr")
         if config.grad_clip > 0:
             replica.clip_gradients(config.grad_clip)
-        optimizer.step()
+        try:
+            optimizer.step()
+        except RuntimeError as error:  # an lr so large that the update overflows fp32 before any loss is NaN
+            if "overflow" not in str(error):
+                raise
+            raise OvertrainError(f"fine-tuning step {step} overflowed at lr {config.lr:g} ({error})", "lower the fine-tuning lr") from None
         optimizer.zero_grad(set_to_none=True)
         counts.task += int((task_targets != IGNORE_INDEX).sum())
         counts.replay += int((targets[len(rows):] != IGNORE_INDEX).sum())
