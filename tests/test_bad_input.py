@@ -161,3 +161,29 @@ def test_a_dry_run_refuses_checkpoints_the_run_already_trained_past(tmp_path: Pa
     capsys.readouterr()
     assert cli_main(["pretrain", str(saved), "train.checkpoint_at_tokens=[2048]", "--dry-run"]) == 2
     assert "cannot be written after the fact" in capsys.readouterr().err  # what the run itself would say
+
+
+def test_a_model_too_large_for_memory_is_one_message(monkeypatch: pytest.MonkeyPatch) -> None:
+    from overtrain.model import llama
+    from overtrain.model.config import ModelConfig
+
+    def refuse(*_args, **_kwargs):  # what torch's allocator raises for d_model=1e10
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:121] DefaultCPUAllocator: can't allocate memory: you tried to allocate 20480000000000 bytes")
+
+    monkeypatch.setattr(llama.LlamaLM, "__init__", refuse)
+    with pytest.raises(OvertrainError, match="does not fit in this machine's memory") as caught:
+        llama.build_model(ModelConfig(d_model=64, n_layers=2, n_heads=4), 259, 128, seed=0)
+    assert "model.d_model" in caught.value.fix
+
+
+def test_dry_runs_refuse_a_file_where_a_folder_goes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("not a folder")
+    repo = Path(__file__).resolve().parents[1]
+    for arguments in (["sweep", str(repo / "src/overtrain/recipes/demo.yaml"), f"out_dir={a_file}", "--dry-run"],
+                      ["pretrain", str(repo / "configs/demo/nano.yaml"), f"out_dir={tmp_path / 'run'}", f"data.cache_dir={a_file}",
+                       "--dry-run"]):
+        capsys.readouterr()
+        assert cli_main(arguments) == 2, arguments
+        assert "is a file, not a folder" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]  # nothing created

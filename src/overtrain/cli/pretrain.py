@@ -75,6 +75,7 @@ def _refuse_what_every_run_would_refuse(config) -> None:
 
     resolve_device(config.device)
     ensure_writable_folder(Path(config.out_dir), "the run folder", "out_dir")  # creates nothing (a probe file, removed)
+    ensure_writable_folder(Path(config.data.cache_dir), "the token cache", "data.cache_dir")
     if is_local_source(str(config.data.corpus)):
         require_local_source(str(config.data.corpus))
     require_local_tokenizer(str(config.data.tokenizer))

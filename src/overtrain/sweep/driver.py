@@ -222,6 +222,7 @@ def build_executor(config):
 
 
 def run_sweep_file(path: str | None, overrides: list[str], dry_run: bool) -> int:
+    from overtrain.atomic import ensure_writable_folder
     from overtrain.config import dump_yaml
     from overtrain.results.report import shown_headlines, write_report
     from overtrain.results.store import ResultStore, stored_keys, stored_rows
@@ -236,6 +237,7 @@ def run_sweep_file(path: str | None, overrides: list[str], dry_run: bool) -> int
         return 0 if dry_run else follow_rank_zero()
     print(dump_yaml(config))
     print(f"plan: {describe_plan(jobs)}; executor {config.executor.kind}; store {config.store_path}")
+    ensure_writable_folder(Path(config.out_dir), "the sweep's folder", "out_dir")  # a dry run too: creates nothing
     check_sweep_inputs(jobs, config.out_dir, jobs_run_here=config.executor.kind != "ray", finished=stored_keys(config.store_path))
     if dry_run:
         from overtrain.sweep.estimate import CalibrationError, estimate_sweep_seconds, format_estimate
