@@ -41,6 +41,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from overtrain.errors import OvertrainError
 from overtrain.model.loss import IGNORE_INDEX, logits_of
 from overtrain.precision import autocast_context
+from overtrain.probes.noise import check_gamma
 
 LossPieces = Callable[[], Iterable[torch.Tensor]]
 """Called, yields scalar tensors whose sum is the loss (one per held-out batch, or one for a toy loss)."""
@@ -434,8 +435,7 @@ def perturbation_radius(named_parameters: Mapping[str, torch.Tensor], init_std: 
     spread of order 1/sqrt(n), so this is its norm to a fraction of a percent.) Tensors with init std 0
     (norm gains) contribute nothing, as they get no Gaussian noise.
     """
-    if not gamma >= 0:
-        raise OvertrainError(f"gamma={gamma!r} is negative", "gamma is a noise scale: use values >= 0, e.g. gammas=[0.5,1,2]")
+    check_gamma(gamma)
     missing = [name for name in named_parameters if name not in init_std]
     if missing:
         raise OvertrainError(
@@ -548,8 +548,7 @@ def worst_case_perturbation(
     if steps < 1 or not step_size > 0 or not 0 <= tol < 1:
         raise OvertrainError(f"steps={steps}, step_size={step_size}, tol={tol}",
                              "use steps >= 1 (e.g. 20), step_size > 0 (e.g. 1.0) and 0 <= tol < 1 (e.g. 1e-2)")
-    if not gamma >= 0:
-        raise OvertrainError(f"gamma={gamma!r} is negative", "gamma is a noise scale: use values >= 0, e.g. gammas=[0.5,1,2]")
+    check_gamma(gamma)
     moved = gaussian_moved(model, group, init_std)
     if radius is None:
         radius = perturbation_radius(moved, init_std, gamma)
@@ -676,9 +675,8 @@ def run_sharpness_probe(
             "give init std rules (init_std_rules={'*': 0.02}), or drop worst_case from kinds",
         )
     for name in names:  # an unknown group, or one the worst case cannot move, fails before any pass over the data
-        select_parameters(target.model, None if name == ALL_PARAMETERS else name)
-        if "worst_case" in kinds:
-            gaussian_moved(target.model, None if name == ALL_PARAMETERS else name, target.init_std)
+        group = None if name == ALL_PARAMETERS else name
+        gaussian_moved(target.model, group, target.init_std) if "worst_case" in kinds else select_parameters(target.model, group)
     loss = heldout_loss_of(target, batch_size=batch_size)
     records: list[SharpnessRecord] = []
 
