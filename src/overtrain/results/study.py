@@ -187,17 +187,9 @@ def setting_names(frame: pd.DataFrame, factors: list[str]) -> dict[tuple, str]:
     return names
 
 
-def plain_finetuning(finetune: pd.DataFrame) -> pd.DataFrame:
-    """The rows of plain fine-tuning: no penalty, no replay, no linear probe first (remedy runs are another question)."""
-    if finetune.empty:
-        return finetune
-    return finetune[(finetune["reg_lambda"] == 0) & (finetune.get("replay_fraction", 0) == 0)
-                    & (finetune.get("linear_probe_steps", 0) == 0)]
-
-
 def study_settings(finetune: pd.DataFrame) -> list[SettingResult]:
     """Every setting x (task, lr, steps) of a fine-tuning frame (plain fine-tuning rows only)."""
-    plain = plain_finetuning(finetune)
+    plain = analysis.plain_runs(finetune)
     factors = analysis.factor_names(plain)
     names = setting_names(plain, factors)
     results = []
@@ -296,7 +288,7 @@ def sharpness_tables(sharpness: pd.DataFrame, finetune: pd.DataFrame) -> dict[st
         return {}
     factors = [name for name in analysis.factor_names(sharpness)]
     names = setting_names(sharpness, factors)
-    plain = plain_finetuning(finetune)
+    plain = analysis.plain_runs(finetune)
     curves, correlations = [], []
     for keys, rows in sharpness.groupby([*factors, "measure"], sort=True):
         keys = keys if isinstance(keys, tuple) else (keys,)
