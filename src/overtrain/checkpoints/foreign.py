@@ -176,13 +176,14 @@ def load_fast_llama(config: ModelConfig, vocab_size: int, max_seq_len: int, inde
 
 
 def _damaged_weight_file(folder: Path) -> str | None:
-    """Why one of ``folder``'s safetensors files cannot be opened (``name: problem``), or None."""
+    """Why one of ``folder``'s weight files (as the loaders find them) cannot be opened, naming it, or None."""
     from overtrain.checkpoints.folder import safetensors_header_problem
 
-    for path in sorted(folder.glob("*.safetensors")):
-        if problem := safetensors_header_problem(path):
-            return f"{path.name}: {problem}"
-    return None
+    try:
+        files = safetensors_files(folder)
+    except OvertrainError:  # no weight files to judge: transformers' own message stands
+        return None
+    return next(filter(None, map(safetensors_header_problem, files)), None)
 
 
 def load_transformers_model(folder: Path, config: Mapping[str, Any]) -> torch.nn.Module:
