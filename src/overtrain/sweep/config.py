@@ -106,8 +106,8 @@ class SharpnessSweep(ProbeData):
     """worst_case: at most this many points of the ascent (>= 1), one forward+backward pass each; 1 is SAM's
     single step. Rows say whether the ascent converged (worst_tol) before the last."""
     worst_tol: float = 1e-2
-    """worst_case: the ascent stops when its best loss grew by at most this fraction of the increase over its
-    last two points (0 <= worst_tol < 1; 0 runs every step that still finds more)."""
+    """worst_case: the ascent stops when an accepted point raised its best loss by at most this fraction of the
+    increase found (0 <= worst_tol < 1; 0 stops only when no nearby point is higher)."""
     batch_size: int = 16
     """Held-out windows per differentiated batch (>= 1); lower it if a Hessian-vector product does not fit in memory."""
 
