@@ -29,19 +29,36 @@ def one_torch_thread():
     torch.set_num_threads(threads)
 
 
+class BlockLibraryCalls:
+    """The products each blocked kernel made by each library since the start or the last :meth:`clear`, as
+    the kernels count them themselves (``cpu_kernels.block_product_calls``): what a kernel computed with, not
+    what the model's attributes say."""
+
+    def __init__(self) -> None:
+        self.clear()
+
+    def clear(self) -> None:
+        from overtrain.model.cpu_kernels import block_product_calls
+
+        self._before = block_product_calls()
+
+    def by_kernel(self) -> dict[tuple[str, str], int]:
+        """Calls by (kernel, library), those that made any."""
+        from overtrain.model.cpu_kernels import block_product_calls
+
+        after = block_product_calls()
+        return {key: calls - self._before.get(key, 0) for key, calls in after.items() if calls > self._before.get(key, 0)}
+
+    def counts(self) -> dict[str, int]:
+        """Calls by library, over the kernels."""
+        totals: dict[str, int] = {}
+        for (_, library), calls in self.by_kernel().items():
+            totals[library] = totals.get(library, 0) + calls
+        return totals
+
+
 @pytest.fixture()
-def asked_block_libraries(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """The library each blocked kernel asks for during the test (the attention block and the MLP, forward
-    and backward, and the fused loss), in the order they ask: what a kernel computed with, not what the
-    model's attributes say."""
-    from overtrain.model import cpu_attention_block, cpu_cross_entropy, cpu_kernels, cpu_mlp
-
-    asked: list[str] = []
-
-    def required_block_products(kernel: str, brgemm: bool) -> int:
-        asked.append(cpu_kernels.block_library_of(brgemm))
-        return cpu_kernels.required_block_products(kernel, brgemm)
-
-    for module in (cpu_mlp, cpu_attention_block, cpu_cross_entropy):
-        monkeypatch.setattr(module, "required_block_products", required_block_products)
-    return asked
+def asked_block_libraries() -> BlockLibraryCalls:
+    """The library each blocked kernel (the attention block and the MLP, forward and backward, and the fused
+    loss) computed with during the test."""
+    return BlockLibraryCalls()

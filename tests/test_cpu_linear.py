@@ -179,7 +179,7 @@ def test_model_routes_its_projections_by_the_measurement(monkeypatch: pytest.Mon
 
 
 def test_the_model_takes_brgemm_in_its_blocked_kernels_where_it_measures_faster(monkeypatch: pytest.MonkeyPatch,
-                                                                                 asked_block_libraries: list[str]) -> None:
+                                                                                 asked_block_libraries) -> None:
     from overtrain.model import cpu_kernels
 
     if not cpu_kernels.kernel_available() or cpu_kernels.block_products("brgemm") is None:
@@ -190,14 +190,14 @@ def test_the_model_takes_brgemm_in_its_blocked_kernels_where_it_measures_faster(
     model, _ = build_model(ModelConfig(d_model=32, n_layers=2, n_heads=2), vocab_size=50, max_seq_len=16, seed=0)
     input_ids = torch.randint(0, 50, (2, 16), generator=torch.Generator().manual_seed(0))
     by_brgemm = model.use_cpu_kernels(True).loss(input_ids, input_ids)
-    assert asked == ["brgemm"] * 5  # two attention blocks, two MLPs, the loss
+    assert asked.counts() == {"brgemm": 5}  # two attention blocks, two MLPs, the loss
     by_brgemm.backward()
-    assert asked == ["brgemm"] * 9 and model.products_library == model.block_library == "brgemm" and not model.onednn_products
+    assert asked.counts() == {"brgemm": 9} and model.products_library == model.block_library == "brgemm" and not model.onednn_products
     assert all(layer.self_attn.block_library == layer.mlp.block_library == "brgemm" for layer in model.model.layers)
     assert all(layer.self_attn.cpu_block and layer.mlp.cpu_kernel for layer in model.model.layers)
     asked.clear()
     by_blas = model.use_cpu_kernels(True, library="blas").loss(input_ids, input_ids)
-    assert asked == ["blas"] * 5
+    assert asked.counts() == {"blas": 5}
     assert model.products_library == "blas" and all(layer.mlp.block_library == "blas" for layer in model.model.layers)
     torch.testing.assert_close(by_brgemm, by_blas, atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match="unknown product library 'mkl'"):

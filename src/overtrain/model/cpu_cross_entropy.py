@@ -16,12 +16,11 @@ Shapes: N rows (tokens), C width, V vocabulary.
 
 from __future__ import annotations
 
-import ctypes
 import math
 
 import torch
 
-from overtrain.model.cpu_kernels import kernel_library, raise_for_block_status, required_block_products
+from overtrain.model.cpu_kernels import kernel_library, register_block_products
 from overtrain.model.cpu_linear import onednn_product, onednn_weight_gradient
 
 LOGIT_BLOCK_BYTES = 256 << 10
@@ -47,39 +46,50 @@ def _block_rows(vocab_size: int) -> int:
     return max(16, LOGIT_BLOCK_BYTES // (4 * vocab_size) // 16 * 16)
 
 
-@torch.library.custom_op("overtrain::linear_cross_entropy", mutates_args=())
+_LIBRARY = torch.library.Library("overtrain", "FRAGMENT")
+# The kernel and the autograd formula are C++ (cpu_ops.cpp), registered when the kernels' library loads;
+# every argument is explicit (see cpu_mlp.py).
+_LIBRARY.define("linear_cross_entropy(Tensor hidden, Tensor weight, Tensor targets, int ignore_index, bool brgemm, int block_rows) "
+                "-> (Tensor, Tensor, Tensor)")
+
+
 def linear_cross_entropy(
-    hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, ignore_index: int, onednn: bool,
-    brgemm: bool,
+    hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, ignore_index: int, onednn: bool, brgemm: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Mean cross-entropy (nats) of the logits ``hidden @ weight.T`` (N, V) against targets (N,), over the
     targets that are not ``ignore_index`` (NaN when all are), as ``F.cross_entropy`` gives it; with the
     loss's gradients with respect to hidden (N, C) and weight (V, C), which the backward pass scales.
-    ``onednn``: the products by oneDNN from Python; else by oneDNN's brgemm micro-kernel with ``brgemm``, or by
-    torch's BLAS sgemm (flags, not library names: inductor's C++ wrapper passes no string arguments to custom ops)."""
-    products = None if onednn else required_block_products("the fused loss", brgemm)
+    ``onednn``: the products by oneDNN from Python (:func:`linear_cross_entropy_by_onednn`); else the operator
+    ``overtrain::linear_cross_entropy`` (C++, differentiable), in blocks of :func:`_block_rows` rows, by oneDNN's
+    brgemm micro-kernel with ``brgemm``, or by torch's BLAS sgemm (flags, not library names: inductor's C++
+    wrapper passes no string arguments to custom ops)."""
+    if onednn:
+        return linear_cross_entropy_by_onednn(hidden, weight, targets, ignore_index)
+    if not torch.compiler.is_compiling():
+        register_block_products("the fused loss", brgemm)  # a compiled model registered them in LlamaLM.use_cpu_kernels
+    vocab_size = weight.shape[0] if weight.dim() == 2 else 1
+    return torch.ops.overtrain.linear_cross_entropy(hidden, weight, targets, ignore_index, brgemm, _block_rows(vocab_size))
+
+
+@torch.library.register_fake("overtrain::linear_cross_entropy", lib=_LIBRARY)
+def _(hidden, weight, targets, ignore_index, brgemm, block_rows):
+    contiguous = torch.contiguous_format
+    return hidden.new_empty(()), torch.empty_like(hidden, memory_format=contiguous), torch.empty_like(weight, memory_format=contiguous)
+
+
+@torch.library.custom_op("overtrain::linear_cross_entropy_by_onednn", mutates_args=())
+def linear_cross_entropy_by_onednn(
+    hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, ignore_index: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`linear_cross_entropy` with its products by oneDNN, where oneDNN makes the model's products whole
+    (:mod:`overtrain.model.cpu_linear`): from Python, in blocks of :data:`ONEDNN_LOGIT_BLOCK_BYTES`."""
     hidden, weight, targets = hidden.contiguous(), weight.contiguous(), targets.contiguous().long()
-    (rows, width), vocab_size = hidden.shape, weight.shape[0]
+    vocab_size = weight.shape[0]
     counted_mask = targets != ignore_index
     out_of_range = counted_mask & ((targets < 0) | (targets >= vocab_size))
     if bool(out_of_range.any()):  # F.cross_entropy's check, made before the kernel reads past a row
         raise IndexError(f"target {int(targets[out_of_range][0])} is out of bounds for {vocab_size} logits")
-    counted = int(counted_mask.sum())
-    if onednn:
-        return _linear_cross_entropy_by_onednn(hidden, weight, targets, ignore_index, counted)
-    block_rows = _block_rows(vocab_size)
-    grad_hidden = torch.empty_like(hidden)
-    grad_weight = torch.empty_like(weight) if rows else torch.zeros_like(weight)  # the first block writes it
-    logits_block = hidden.new_empty(min(block_rows, rows), vocab_size)
-    total = ctypes.c_double()
-    status = kernel_library().ot_linear_cross_entropy(
-        products, hidden.data_ptr(), weight.data_ptr(), targets.data_ptr(), grad_hidden.data_ptr(), grad_weight.data_ptr(),
-        logits_block.data_ptr(), rows, width, vocab_size, block_rows, ignore_index, 1.0 / counted if counted else 0.0,
-        ctypes.byref(total),
-    )
-    raise_for_block_status(status, "the fused loss")
-    loss = hidden.new_tensor(total.value / counted if counted else math.nan)
-    return loss, grad_hidden, grad_weight
+    return _linear_cross_entropy_by_onednn(hidden, weight, targets, ignore_index, int(counted_mask.sum()))
 
 
 def _linear_cross_entropy_by_onednn(
@@ -105,9 +115,10 @@ def _linear_cross_entropy_by_onednn(
     return loss, grad_hidden, grad_weight
 
 
-@linear_cross_entropy.register_fake
-def _(hidden, weight, targets, ignore_index, onednn, brgemm):
-    return hidden.new_empty(()), torch.empty_like(hidden, memory_format=torch.contiguous_format), torch.empty_like(weight, memory_format=torch.contiguous_format)
+@linear_cross_entropy_by_onednn.register_fake
+def _(hidden, weight, targets, ignore_index):
+    contiguous = torch.contiguous_format
+    return hidden.new_empty(()), torch.empty_like(hidden, memory_format=contiguous), torch.empty_like(weight, memory_format=contiguous)
 
 
 def _linear_cross_entropy_setup_context(ctx, inputs, output) -> None:
@@ -118,7 +129,7 @@ def _linear_cross_entropy_setup_context(ctx, inputs, output) -> None:
 
 def _linear_cross_entropy_backward(ctx, grad_loss, _grad_hidden, _grad_weight):
     grad_hidden, grad_weight = ctx.saved_tensors
-    return grad_loss * grad_hidden, grad_loss * grad_weight, None, None, None, None
+    return grad_loss * grad_hidden, grad_loss * grad_weight, None, None
 
 
-linear_cross_entropy.register_autograd(_linear_cross_entropy_backward, setup_context=_linear_cross_entropy_setup_context)
+linear_cross_entropy_by_onednn.register_autograd(_linear_cross_entropy_backward, setup_context=_linear_cross_entropy_setup_context)

@@ -3,8 +3,13 @@
 The sources (``cpu_attention.cpp``, ``cpu_attention_block.cpp``, ``cpu_cross_entropy.cpp``, ``cpu_mlp.cpp``,
 ``cpu_products.cpp`` and the headers they share) are compiled with the system C++ compiler (the one ``torch.compile`` already
 needs) into one library under ``~/.cache/overtrain/kernels`` (``OVERTRAIN_KERNEL_DIR`` overrides), keyed by
-the sources, the flags and the CPU. No torch headers, so it builds in seconds. Where it cannot be built, :func:`kernel_library`
-warns once and returns None, and callers use torch's operations instead.
+the sources, the flags, torch's version and the CPU. The kernels themselves use no torch headers; ``cpu_ops.cpp``,
+built with them, registers the blocked kernels as torch operators with their autograd formulas in C++, so
+that a compiled step calls them without Python (its schemas and fake kernels are defined in Python, by
+:mod:`~overtrain.model.cpu_mlp`, :mod:`~overtrain.model.cpu_attention_block` and
+:mod:`~overtrain.model.cpu_cross_entropy`). A first build takes ~20 s (torch's headers), then it is cached.
+Where it cannot be built, :func:`kernel_library` warns once and returns None, and callers use torch's
+operations instead.
 
 The blocked kernels make their products by one of two libraries that torch links, found here by address
 (cpu_blas.h): the Fortran BLAS ``sgemm_`` (:func:`blas_sgemm`) and oneDNN's fp32 brgemm micro-kernel
@@ -28,7 +33,7 @@ import torch
 
 FOLDER = Path(__file__).parent
 SOURCES = (FOLDER / "cpu_attention.cpp", FOLDER / "cpu_attention_block.cpp", FOLDER / "cpu_cross_entropy.cpp", FOLDER / "cpu_mlp.cpp",
-           FOLDER / "cpu_products.cpp")
+           FOLDER / "cpu_products.cpp", FOLDER / "cpu_ops.cpp")
 HEADERS = (FOLDER / "cpu_vector_math.h", FOLDER / "cpu_blas.h", FOLDER / "cpu_rms_norm.h")
 _POINTER, _INT, _FLOAT = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float
 
@@ -66,7 +71,22 @@ def _declare_signatures(library: ctypes.CDLL) -> ctypes.CDLL:
     library.ot_block_products_check.restype = ctypes.c_int
     library.ot_attention_block_forward.argtypes = [_POINTER] * 3 + [_FLOAT] + [_POINTER] * 9 + [_INT] * 7 + [_FLOAT]
     library.ot_attention_block_backward.argtypes = [_POINTER] * 4 + [_FLOAT] + [_POINTER] * 12 + [_INT] * 7 + [_FLOAT]
+    library.ot_set_block_products.argtypes = [_INT, _POINTER, _POINTER]
+    library.ot_set_block_products.restype = None
+    library.ot_block_product_calls.argtypes = [_INT, _INT]
+    library.ot_block_product_calls.restype = _INT
     return library
+
+
+def _torch_build_flags() -> tuple[list[str], list[str]]:
+    """Compiler and linker flags for cpu_ops.cpp, which includes torch's headers and calls its libraries: the
+    headers' folders, the C++ ABI torch was built with, and torch's libraries (found again at load time by
+    the rpath, wherever this torch is installed)."""
+    from torch.utils.cpp_extension import include_paths, library_paths
+
+    compile_flags = [f"-I{folder}" for folder in include_paths()] + [f"-D_GLIBCXX_USE_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}"]
+    link_flags = [flag for folder in library_paths() for flag in (f"-L{folder}", f"-Wl,-rpath,{folder}")] + ["-lc10", "-ltorch_cpu"]
+    return compile_flags, link_flags
 
 
 @functools.lru_cache(maxsize=1)
@@ -77,9 +97,12 @@ def kernel_library() -> ctypes.CDLL | None:
     compiler = _compiler()
     if compiler is None:
         return None
-    flags = ["-O3", "-march=native", "-fPIC", "-shared", "-std=c++17", f"-I{FOLDER}"]
+    torch_compile_flags, torch_link_flags = _torch_build_flags()
+    flags = ["-O3", "-march=native", "-fPIC", "-shared", "-std=c++20", *torch_compile_flags]
     text = b"".join(path.read_bytes() for path in (*SOURCES, *HEADERS))
-    digest = hashlib.sha256(text + " ".join(flags[:-1]).encode() + _cpu_identity().encode()).hexdigest()[:16]
+    build_identity = " ".join([*flags, *torch_link_flags, torch.__version__]) + _cpu_identity()  # not where the sources lie
+    flags.append(f"-I{FOLDER}")
+    digest = hashlib.sha256(text + build_identity.encode()).hexdigest()[:16]
     folder = Path(os.environ.get("OVERTRAIN_KERNEL_DIR") or Path.home() / ".cache" / "overtrain" / "kernels")
     library = folder / f"overtrain-cpu-{digest}.so"
     try:
@@ -87,12 +110,14 @@ def kernel_library() -> ctypes.CDLL | None:
             folder.mkdir(parents=True, exist_ok=True)
             with tempfile.TemporaryDirectory(dir=folder) as scratch:  # build aside, then rename: never a torn .so
                 built = Path(scratch) / library.name
-                subprocess.run([compiler, *flags, *map(str, SOURCES), "-o", str(built)], check=True, capture_output=True, text=True)
+                subprocess.run([compiler, *flags, *map(str, SOURCES), "-o", str(built), *torch_link_flags], check=True, capture_output=True,
+                               text=True)
                 os.replace(built, library)
         return _declare_signatures(ctypes.CDLL(str(library)))
     except (OSError, subprocess.CalledProcessError) as error:
         detail = getattr(error, "stderr", "") or str(error)
-        warnings.warn(f"overtrain: the CPU kernels could not be built ({detail.strip()[:300]}); using torch's operations")
+        errors = [line for line in detail.splitlines() if "error" in line]  # the compiler's first error, not its context
+        warnings.warn(f"overtrain: the CPU kernels could not be built ({(errors or [detail.strip()])[0][:300]}); using torch's operations")
         return None
 
 
@@ -201,7 +226,23 @@ def block_products(library: str) -> ctypes.Structure | None:
     brgemm = onednn_brgemm() if library == "brgemm" else None
     if sgemm is None or (library == "brgemm" and brgemm is None):
         return None
+    kernel_library().ot_set_block_products(int(library == "brgemm"), sgemm, brgemm)  # for the operators of cpu_ops.cpp
     return _Products(sgemm, brgemm)
+
+
+BLOCKED_KERNELS = ("the MLP", "the MLP's backward pass", "the attention block", "the attention block's backward pass", "the fused loss")
+"""The blocked kernels of ``cpu_ops.cpp``, in the order of its ``Kernel`` enum."""
+
+
+def block_product_calls() -> dict[tuple[str, str], int]:
+    """How many times each blocked kernel has made its products by each library in this process, by
+    (kernel of :data:`BLOCKED_KERNELS`, key of :data:`BLOCK_LIBRARIES`): what the kernels computed with, as the
+    kernels themselves count it (the tests read it; the model's attributes say only what was asked for)."""
+    library = kernel_library()
+    if library is None:
+        return {}
+    return {(kernel, name): library.ot_block_product_calls(index, int(name == "brgemm"))
+            for index, kernel in enumerate(BLOCKED_KERNELS) for name in BLOCK_LIBRARIES}
 
 
 def pointer_or_null(tensor: torch.Tensor | None) -> int | None:
@@ -228,16 +269,15 @@ def block_library_of(brgemm: bool) -> str:
     return "brgemm" if brgemm else "blas"
 
 
-def required_block_products(kernel: str, brgemm: bool) -> int:
-    """The address of the ``Products`` for :func:`block_library_of` ``brgemm``, for a kernel that cannot run
-    without them (and the built library), or a RuntimeError saying so: the model asks for both before it takes
-    such a kernel (LlamaLM.use_cpu_kernels)."""
+def register_block_products(kernel: str, brgemm: bool) -> None:
+    """Build (or load) the kernels and hand the operators of ``cpu_ops.cpp`` the products of the library for a
+    kernel's ``brgemm`` flag (:func:`block_library_of`), once per process (:func:`block_products`); or a
+    RuntimeError saying which is missing: the model asks for both before it takes such a kernel
+    (LlamaLM.use_cpu_kernels)."""
     library = block_library_of(brgemm)
-    products = block_products(library)
-    if products is None:
+    if block_products(library) is None:
         raise RuntimeError(f"{kernel} needs overtrain's CPU kernels and {BLOCK_LIBRARIES[library]}; LlamaLM.use_cpu_kernels "
                            "takes torch's operations where they are missing")
-    return ctypes.addressof(products)
 
 
 def raise_for_block_status(status: int, kernel: str) -> None:
