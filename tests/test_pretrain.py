@@ -357,9 +357,11 @@ def test_a_pinned_product_library_is_not_timed_and_the_checkpoint_names_it(tmp_p
         raise AssertionError("a pinned library, or one a checkpoint names, is not timed")
 
     monkeypatch.setattr("overtrain.model.llama.time_products", no_timing)
+    monkeypatch.setattr("overtrain.pretrain.loop.kernel_library_needs_building", lambda: True)  # a machine that never built them
     settings = ("train.max_tokens=8192", "train.compile=true", "train.dtype=fp32")
     pinned, log = tiny_pretrain_config(tmp_path, corpus, *settings, "train.cpu_products=blas"), []
     train_run(pinned, log=log.append, stop_at_tokens=4096, show_progress=False)
+    assert "building overtrain's CPU kernels (once per machine and torch version; ~40 s on two cores)" in log  # before the wait
     assert "products by torch's BLAS, as train.cpu_products=blas pins" in log
     assert read_checkpoint_info(list_checkpoints(pinned.out_dir)[-1]).loop_state["products_library"] == "blas"
     log = []

@@ -90,8 +90,9 @@ def _torch_build_flags() -> tuple[list[str], list[str]]:
 
 
 @functools.lru_cache(maxsize=1)
-def kernel_library() -> ctypes.CDLL | None:
-    """The compiled kernels, building them on first use; None (with one warning) where that fails."""
+def _build_plan() -> tuple[str, list[str], list[str], Path] | None:
+    """The compiler, compile and link flags, and the library's path (keyed by what it is built from); None
+    where the kernels are not built on this platform."""
     if platform.system() != "Linux" or platform.machine() not in ("x86_64", "aarch64"):
         return None
     compiler = _compiler()
@@ -101,16 +102,31 @@ def kernel_library() -> ctypes.CDLL | None:
     flags = ["-O3", "-march=native", "-fPIC", "-shared", "-std=c++20", *torch_compile_flags]
     text = b"".join(path.read_bytes() for path in (*SOURCES, *HEADERS))
     build_identity = " ".join([*flags, *torch_link_flags, torch.__version__]) + _cpu_identity()  # not where the sources lie
-    flags.append(f"-I{FOLDER}")
     digest = hashlib.sha256(text + build_identity.encode()).hexdigest()[:16]
     folder = Path(os.environ.get("OVERTRAIN_KERNEL_DIR") or Path.home() / ".cache" / "overtrain" / "kernels")
-    library = folder / f"overtrain-cpu-{digest}.so"
+    return compiler, [*flags, f"-I{FOLDER}"], torch_link_flags, folder / f"overtrain-cpu-{digest}.so"
+
+
+def kernel_library_needs_building() -> bool:
+    """Whether :func:`kernel_library` would compile the kernels now (~40 s on two cores, torch's headers
+    most of it): once per machine, torch version and change of the sources. For a log line before the wait."""
+    plan = _build_plan()
+    return kernel_library.cache_info().currsize == 0 and plan is not None and not plan[3].exists()
+
+
+@functools.lru_cache(maxsize=1)
+def kernel_library() -> ctypes.CDLL | None:
+    """The compiled kernels, building them on first use; None (with one warning) where that fails."""
+    plan = _build_plan()
+    if plan is None:
+        return None
+    compiler, flags, link_flags, library = plan
     try:
         if not library.exists():
-            folder.mkdir(parents=True, exist_ok=True)
-            with tempfile.TemporaryDirectory(dir=folder) as scratch:  # build aside, then rename: never a torn .so
+            library.parent.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryDirectory(dir=library.parent) as scratch:  # build aside, then rename: never a torn .so
                 built = Path(scratch) / library.name
-                subprocess.run([compiler, *flags, *map(str, SOURCES), "-o", str(built), *torch_link_flags], check=True, capture_output=True,
+                subprocess.run([compiler, *flags, *map(str, SOURCES), "-o", str(built), *link_flags], check=True, capture_output=True,
                                text=True)
                 os.replace(built, library)
         return _declare_signatures(ctypes.CDLL(str(library)))

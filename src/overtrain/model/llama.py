@@ -319,7 +319,7 @@ class LlamaLM(nn.Module):
         and the whole MLP (:mod:`overtrain.model.cpu_mlp`), each with its layer's RMSNorm and residual
         (:meth:`Attention.residual`, :meth:`MLP.residual`), by torch's BLAS sgemm or oneDNN's brgemm
         micro-kernel. They agree to float rounding, not bitwise; off by default, the training loop turns them on
-        for compiled runs. Decided here, once: the kernels are built (seconds, once per machine) and taken only
+        for compiled runs. Decided here, once: the kernels are built (~40 s, once per machine and torch version) and taken only
         if torch runs one thread now; the libraries are timed (~0.1-0.5 s, once per process and shape;
         :attr:`product_timing` keeps the figures) unless ``library`` says which to take. A library missing
         here falls back to torch's BLAS (:attr:`products_library` says which was taken)."""

@@ -45,7 +45,7 @@ from overtrain.data.tokens import (
     train_tokens_needed,
 )
 from overtrain.errors import OvertrainError
-from overtrain.model.cpu_kernels import block_products
+from overtrain.model.cpu_kernels import block_products, kernel_library_needs_building
 from overtrain.model.cpu_linear import LIBRARY_NAMES, onednn_available
 from overtrain.model.llama import LlamaLM, build_model, describe_size, estimate_flops_per_token
 from overtrain.model.loss import mean_token_loss
@@ -501,6 +501,8 @@ class _TrainingLoop:
         chooses_library = kernels and resolve_dtype(self.train_config.dtype, self.device) == "fp32"
         saved = self.state.products_library
         library = _products_library(self.train_config.cpu_products, saved) if chooses_library else "blas"
+        if kernels and context.is_main and torch.get_num_threads() == 1 and kernel_library_needs_building():
+            self.log("building overtrain's CPU kernels (once per machine and torch version; ~40 s on two cores)")
         model.use_cpu_kernels(kernels, library=library)
         if library is None and context.world_size > 1:  # ranks timing at once on shared cores may choose
             # differently: all take rank 0's choice, the one its log and checkpoints name
