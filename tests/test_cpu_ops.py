@@ -85,6 +85,19 @@ def test_the_attention_block_refuses_to_keep_another_count_of_probabilities_than
         torch.ops.overtrain.attention_block(*inputs)
 
 
+def test_a_backward_pass_called_inside_autocast_still_runs() -> None:
+    """The engine runs a backward pass under the autocast state of the code that calls backward(); what the
+    kernels need is that their forward pass ran outside it, as it did here."""
+    x, w_gate_up, w_down, norm_weight, eps, _, _ = _mlp_inputs()
+    _, weight, targets, ignore_index, _, _ = _loss_inputs(rows=x.shape[0], width=x.shape[1])
+    block_inputs = _block_inputs()
+    loss = linear_cross_entropy(swiglu_mlp(x, w_gate_up, w_down, norm_weight, eps, False)[0], weight, targets, ignore_index, False, False)[0]
+    loss = loss + attention_block(*block_inputs[:9], True, False)[0].square().mean()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss.backward()
+    assert all(tensor.grad is not None and tensor.grad.dtype == torch.float32 for tensor in (x, w_gate_up, w_down, weight, block_inputs[0]))
+
+
 def test_a_kernel_without_its_library_says_what_is_missing(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(cpu_kernels, "block_products", lambda library: None)
     x, w_gate_up, w_down, norm_weight, eps, _, _ = _mlp_inputs()
@@ -94,3 +107,42 @@ def test_a_kernel_without_its_library_says_what_is_missing(monkeypatch: pytest.M
         attention_block(*_block_inputs()[:9], True, False)
     with pytest.raises(RuntimeError, match="the fused loss needs"):
         linear_cross_entropy(*_loss_inputs()[:4], False, False)
+
+
+def test_where_the_operators_do_not_build_the_kernels_are_built_without_them(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A torch whose headers do not compile here loses the blocked kernels only: the others are built
+    without the operators (one warning naming the compiler's error), and the failure is kept, so a later
+    process warns at once instead of spending the build again."""
+    import dataclasses
+
+    real_plans = cpu_kernels._build_plans
+    monkeypatch.setenv("OVERTRAIN_KERNEL_DIR", str(tmp_path))
+    real_plans.cache_clear()
+    try:
+        with_operators, kernels_alone = real_plans()
+        broken = dataclasses.replace(with_operators, flags=(*with_operators.flags, "-include", "no_such_header_here.h"))
+        monkeypatch.setattr(cpu_kernels, "_build_plans", lambda: (broken, kernels_alone))
+        cpu_kernels.kernel_library.cache_clear()
+        assert cpu_kernels.kernel_library_needs_building()
+        with pytest.warns(UserWarning, match=r"torch operators could not be built \(.*no_such_header_here\.h.*\); the blocked kernels are off"):
+            library = cpu_kernels.kernel_library()
+        assert library is not None and hasattr(library, "ot_causal_attention_forward") and not hasattr(library, "ot_set_block_products")
+        assert not cpu_kernels.operators_available() and kernels_alone.library.exists() and not broken.library.exists()
+        assert "no_such_header_here.h" in broken.failure_note.read_text()
+        cpu_kernels.kernel_library.cache_clear()  # a later process: the kept failure, no second attempt
+        monkeypatch.setattr(_BuildPlanSpy, "attempts", 0)
+        monkeypatch.setattr(type(broken), "build", _BuildPlanSpy.build)
+        with pytest.warns(UserWarning, match=f"delete {broken.failure_note} to try again"):
+            assert cpu_kernels.kernel_library() is not None
+        assert _BuildPlanSpy.attempts == 0
+    finally:
+        real_plans.cache_clear()
+        cpu_kernels.kernel_library.cache_clear()
+
+
+class _BuildPlanSpy:
+    attempts = 0
+
+    def build(self) -> None:
+        _BuildPlanSpy.attempts += 1
+        raise AssertionError("a build that failed before is not attempted again")

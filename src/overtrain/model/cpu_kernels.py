@@ -1,15 +1,17 @@
 """overtrain's C++ kernels for one CPU thread: built on first use, loaded through ctypes.
 
 The sources (``cpu_attention.cpp``, ``cpu_attention_block.cpp``, ``cpu_cross_entropy.cpp``, ``cpu_mlp.cpp``,
-``cpu_products.cpp`` and the headers they share) are compiled with the system C++ compiler (the one ``torch.compile`` already
-needs) into one library under ``~/.cache/overtrain/kernels`` (``OVERTRAIN_KERNEL_DIR`` overrides), keyed by
-the sources, the flags, torch's version and the CPU. The kernels themselves use no torch headers; ``cpu_ops.cpp``,
-built with them, registers the blocked kernels as torch operators with their autograd formulas in C++, so
-that a compiled step calls them without Python (its schemas and fake kernels are defined in Python, by
-:mod:`~overtrain.model.cpu_mlp`, :mod:`~overtrain.model.cpu_attention_block` and
-:mod:`~overtrain.model.cpu_cross_entropy`). A first build takes ~20 s (torch's headers), then it is cached.
-Where it cannot be built, :func:`kernel_library` warns once and returns None, and callers use torch's
-operations instead.
+``cpu_products.cpp``, ``cpu_ops.cpp`` and the headers they share) are compiled with the system C++ compiler (the
+one ``torch.compile`` already needs) into one library under ``~/.cache/overtrain/kernels``
+(``OVERTRAIN_KERNEL_DIR`` overrides), keyed by the sources, the flags, torch's version and the CPU. The
+kernels themselves use no torch headers; ``cpu_ops.cpp``, built with them, registers the blocked kernels as
+torch operators with their autograd formulas in C++, so that a compiled step calls them without Python (their
+schemas and fake kernels are defined in Python, by :mod:`~overtrain.model.cpu_mlp`,
+:mod:`~overtrain.model.cpu_attention_block` and :mod:`~overtrain.model.cpu_cross_entropy`). A first build takes
+~40 s on two cores (torch's headers, most of it), then it is cached. Where the operators cannot be built
+(torch's headers do not compile here, say), the kernels are built without them, in seconds: the blocked
+kernels are then off (:func:`block_products` is None) and the others stay. Where nothing can be built,
+:func:`kernel_library` warns once and returns None, and callers use torch's operations instead.
 
 The blocked kernels make their products by one of two libraries that torch links, found here by address
 (cpu_blas.h): the Fortran BLAS ``sgemm_`` (:func:`blas_sgemm`) and oneDNN's fp32 brgemm micro-kernel
@@ -27,9 +29,12 @@ import shutil
 import subprocess
 import tempfile
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
+from overtrain.atomic import atomic_write_text
 
 FOLDER = Path(__file__).parent
 SOURCES = (FOLDER / "cpu_attention.cpp", FOLDER / "cpu_attention_block.cpp", FOLDER / "cpu_cross_entropy.cpp", FOLDER / "cpu_mlp.cpp",
@@ -71,10 +76,11 @@ def _declare_signatures(library: ctypes.CDLL) -> ctypes.CDLL:
     library.ot_block_products_check.restype = ctypes.c_int
     library.ot_attention_block_forward.argtypes = [_POINTER] * 3 + [_FLOAT] + [_POINTER] * 9 + [_INT] * 7 + [_FLOAT]
     library.ot_attention_block_backward.argtypes = [_POINTER] * 4 + [_FLOAT] + [_POINTER] * 12 + [_INT] * 7 + [_FLOAT]
-    library.ot_set_block_products.argtypes = [_INT, _POINTER, _POINTER]
-    library.ot_set_block_products.restype = None
-    library.ot_block_product_calls.argtypes = [_INT, _INT]
-    library.ot_block_product_calls.restype = _INT
+    if hasattr(library, "ot_set_block_products"):  # built with the torch operators (cpu_ops.cpp)
+        library.ot_set_block_products.argtypes = [_INT, _POINTER, _POINTER]
+        library.ot_set_block_products.restype = None
+        library.ot_block_product_calls.argtypes = [_INT, _INT]
+        library.ot_block_product_calls.restype = _INT
     return library
 
 
@@ -89,52 +95,105 @@ def _torch_build_flags() -> tuple[list[str], list[str]]:
     return compile_flags, link_flags
 
 
-@functools.lru_cache(maxsize=1)
-def _build_plan() -> tuple[str, list[str], list[str], Path] | None:
-    """The compiler, compile and link flags, and the library's path (keyed by what it is built from); None
-    where the kernels are not built on this platform."""
-    if platform.system() != "Linux" or platform.machine() not in ("x86_64", "aarch64"):
-        return None
-    compiler = _compiler()
-    if compiler is None:
-        return None
-    torch_compile_flags, torch_link_flags = _torch_build_flags()
-    flags = ["-O3", "-march=native", "-fPIC", "-shared", "-std=c++20", *torch_compile_flags]
-    text = b"".join(path.read_bytes() for path in (*SOURCES, *HEADERS))
-    build_identity = " ".join([*flags, *torch_link_flags, torch.__version__]) + _cpu_identity()  # not where the sources lie
+@dataclass(frozen=True)
+class _BuildPlan:
+    """How one variant of the library is built, and where it lies (its name keyed by what it is built from)."""
+
+    compiler: str
+    flags: tuple[str, ...]
+    sources: tuple[Path, ...]
+    link_flags: tuple[str, ...]
+    library: Path
+
+    @property
+    def failure_note(self) -> Path:
+        """Where a failed build leaves its compiler error, so that later processes do not spend the build again."""
+        return self.library.with_suffix(".failed")
+
+    def build(self) -> None:
+        self.library.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=self.library.parent) as scratch:  # build aside, then rename: never a torn .so
+            built = Path(scratch) / self.library.name
+            subprocess.run([self.compiler, *self.flags, *map(str, self.sources), "-o", str(built), *self.link_flags], check=True,
+                           capture_output=True, text=True)
+            os.replace(built, self.library)
+
+
+def _plan(compiler: str, sources: tuple[Path, ...], standard: str, compile_flags: list[str], link_flags: list[str],
+          name: str) -> _BuildPlan:
+    flags = ["-O3", "-march=native", "-fPIC", "-shared", f"-std={standard}", *compile_flags]
+    text = b"".join(path.read_bytes() for path in (*sources, *HEADERS))
+    build_identity = " ".join([*flags, *link_flags, torch.__version__]) + _cpu_identity()  # not where the sources lie
     digest = hashlib.sha256(text + build_identity.encode()).hexdigest()[:16]
     folder = Path(os.environ.get("OVERTRAIN_KERNEL_DIR") or Path.home() / ".cache" / "overtrain" / "kernels")
-    return compiler, [*flags, f"-I{FOLDER}"], torch_link_flags, folder / f"overtrain-cpu-{digest}.so"
+    return _BuildPlan(compiler, (*flags, f"-I{FOLDER}"), sources, tuple(link_flags), folder / f"{name}-{digest}.so")
+
+
+@functools.lru_cache(maxsize=1)
+def _build_plans() -> tuple[_BuildPlan, ...]:
+    """The library with the torch operators of cpu_ops.cpp, then the kernels alone (no torch headers); none
+    where the kernels are not built on this platform."""
+    if platform.system() != "Linux" or platform.machine() not in ("x86_64", "aarch64"):
+        return ()
+    compiler = _compiler()
+    if compiler is None:
+        return ()
+    kernels_alone = _plan(compiler, SOURCES[:-1], "c++17", [], [], "overtrain-cpu-kernels")
+    try:
+        torch_compile_flags, torch_link_flags = _torch_build_flags()
+    except (ImportError, OSError):  # torch's build helpers (setuptools) missing: the kernels alone
+        return (kernels_alone,)
+    return _plan(compiler, SOURCES, "c++20", torch_compile_flags, torch_link_flags, "overtrain-cpu"), kernels_alone
 
 
 def kernel_library_needs_building() -> bool:
     """Whether :func:`kernel_library` would compile the kernels now (~40 s on two cores, torch's headers
     most of it): once per machine, torch version and change of the sources. For a log line before the wait."""
-    plan = _build_plan()
-    return kernel_library.cache_info().currsize == 0 and plan is not None and not plan[3].exists()
+    plans = _build_plans()
+    return (kernel_library.cache_info().currsize == 0 and bool(plans) and not plans[0].library.exists()
+            and not plans[0].failure_note.exists())
+
+
+def _first_compiler_error(detail: str) -> str:
+    """The line that says what failed: the compiler's first error (not the context lines before it, nor the
+    linker driver's summary)."""
+    lines = [line.strip() for line in detail.splitlines() if line.strip()]
+    wanted = [line for line in lines if ("error" in line or "undefined reference" in line) and not line.startswith("collect2")]
+    return (wanted or lines or ["no message"])[0][:300]
 
 
 @functools.lru_cache(maxsize=1)
 def kernel_library() -> ctypes.CDLL | None:
-    """The compiled kernels, building them on first use; None (with one warning) where that fails."""
-    plan = _build_plan()
-    if plan is None:
-        return None
-    compiler, flags, link_flags, library = plan
-    try:
-        if not library.exists():
-            library.parent.mkdir(parents=True, exist_ok=True)
-            with tempfile.TemporaryDirectory(dir=library.parent) as scratch:  # build aside, then rename: never a torn .so
-                built = Path(scratch) / library.name
-                subprocess.run([compiler, *flags, *map(str, SOURCES), "-o", str(built), *link_flags], check=True, capture_output=True,
-                               text=True)
-                os.replace(built, library)
-        return _declare_signatures(ctypes.CDLL(str(library)))
-    except (OSError, subprocess.CalledProcessError) as error:
-        detail = getattr(error, "stderr", "") or str(error)
-        errors = [line for line in detail.splitlines() if "error" in line]  # the compiler's first error, not its context
-        warnings.warn(f"overtrain: the CPU kernels could not be built ({(errors or [detail.strip()])[0][:300]}); using torch's operations")
-        return None
+    """The compiled kernels, building them on first use; None (with one warning) where that fails. Where only
+    the torch operators fail to build, the kernels without them (one warning saying what is off and why)."""
+    plans = _build_plans()
+    for index, plan in enumerate(plans):
+        if plan.failure_note.exists():
+            detail = plan.failure_note.read_text()
+        else:
+            try:
+                if not plan.library.exists():
+                    plan.build()
+                return _declare_signatures(ctypes.CDLL(str(plan.library)))
+            except (OSError, subprocess.CalledProcessError) as error:
+                detail = _first_compiler_error(getattr(error, "stderr", "") or str(error))
+                try:
+                    atomic_write_text(plan.failure_note, detail)
+                except OSError:  # an unwritable folder: later processes try again
+                    pass
+        if index + 1 < len(plans):
+            warnings.warn(f"overtrain: the CPU kernels' torch operators could not be built ({detail}); the blocked kernels are "
+                          f"off, the others are built without them (delete {plan.failure_note} to try again)")
+        else:
+            warnings.warn(f"overtrain: the CPU kernels could not be built ({detail}); using torch's operations "
+                          f"(delete {plan.failure_note} to try again)")
+    return None
+
+
+def operators_available() -> bool:
+    """Whether the built kernels include the torch operators of ``cpu_ops.cpp`` (the blocked kernels)."""
+    library = kernel_library()
+    return library is not None and hasattr(library, "ot_set_block_products")
 
 
 _SGEMM = ctypes.CFUNCTYPE(None, *[ctypes.c_char_p] * 2, *[ctypes.POINTER(ctypes.c_int)] * 3, ctypes.POINTER(ctypes.c_float),
@@ -234,9 +293,10 @@ def onednn_brgemm() -> int | None:
 
 @functools.cache
 def block_products(library: str) -> ctypes.Structure | None:
-    """cpu_blas.h's ``Products`` for a key of :data:`BLOCK_LIBRARIES`, kept alive here (the kernels get its
-    address); None where that library, or the kernels that call it, are missing."""
-    if kernel_library() is None:
+    """cpu_blas.h's ``Products`` for a key of :data:`BLOCK_LIBRARIES`, handed to the operators of ``cpu_ops.cpp``
+    (which keep a copy) once per process; None where that library, or the kernels and operators that call it,
+    are missing."""
+    if not operators_available():
         return None
     sgemm = blas_sgemm()
     brgemm = onednn_brgemm() if library == "brgemm" else None
@@ -259,11 +319,6 @@ def block_product_calls() -> dict[tuple[str, str], int]:
         return {}
     return {(kernel, name): library.ot_block_product_calls(index, int(name == "brgemm"))
             for index, kernel in enumerate(BLOCKED_KERNELS) for name in BLOCK_LIBRARIES}
-
-
-def pointer_or_null(tensor: torch.Tensor | None) -> int | None:
-    """A tensor's data pointer for a kernel's C entry point; None (a null pointer) for no tensor."""
-    return None if tensor is None else tensor.data_ptr()
 
 
 def kernel_available() -> bool:

@@ -88,10 +88,14 @@ void raise_for_status(int status, const char* name) {
 
 bool is_fp32_cpu(const Tensor& tensor) { return tensor.device().is_cpu() && tensor.scalar_type() == at::kFloat; }
 
-// What the kernels compute on: fp32 CPU tensors outside CPU autocast (under which torch's products would be
-// bf16). The Python side checks the same before it takes a kernel (cpu_kernels.fp32_cpu_outside_autocast).
-void check_fp32_cpu(const char* name, std::initializer_list<const Tensor*> tensors, const char* see) {
-  bool fits = !at::autocast::is_autocast_enabled(at::kCPU);
+// What the kernels compute on: fp32 CPU tensors, and for a forward pass outside CPU autocast (under which
+// torch's products would be bf16). The Python side checks the same before it takes a kernel
+// (cpu_kernels.fp32_cpu_outside_autocast). A backward pass may run inside autocast (the engine carries the
+// state of the code that calls backward()): what counts is that its forward pass ran outside.
+enum class Pass { kForward, kBackward };
+
+void check_fp32_cpu(const char* name, std::initializer_list<const Tensor*> tensors, const char* see, Pass pass) {
+  bool fits = pass == Pass::kBackward || !at::autocast::is_autocast_enabled(at::kCPU);
   for (const Tensor* tensor : tensors) fits = fits && is_fp32_cpu(*tensor);
   TORCH_CHECK_VALUE(fits, name, " computes on fp32 CPU tensors outside autocast (see ", see, ")");
 }
@@ -124,23 +128,23 @@ void check_positive(const char* name, const char* what, int64_t value) {
 
 constexpr const char* kMlpName = "the fused MLP";
 
-void check_mlp(const Tensor& x, const Tensor& w_gate_up, const Tensor& w_down, const std::optional<Tensor>& norm_weight) {
+void check_mlp(const Tensor& x, const Tensor& w_gate_up, const Tensor& w_down, const std::optional<Tensor>& norm_weight, Pass pass) {
   const int64_t width = w_down.dim() == 2 ? w_down.size(0) : -1, ff = w_down.dim() == 2 ? w_down.size(1) : -1;
   TORCH_CHECK_VALUE(x.dim() == 2 && x.size(1) == width && w_gate_up.dim() == 2 && w_gate_up.size(0) == 2 * ff && w_gate_up.size(1) == width,
                     "the fused MLP takes x (N, C), w_gate_up (2F, C) and w_down (C, F); got ", shape_of(x), ", ", shape_of(w_gate_up),
                     " and ", shape_of(w_down));
   check_norm_weight(kMlpName, norm_weight, width);
   if (norm_weight) {
-    check_fp32_cpu(kMlpName, {&x, &w_gate_up, &w_down, &*norm_weight}, "mlp_kernel_applies");
+    check_fp32_cpu(kMlpName, {&x, &w_gate_up, &w_down, &*norm_weight}, "mlp_kernel_applies", pass);
   } else {
-    check_fp32_cpu(kMlpName, {&x, &w_gate_up, &w_down}, "mlp_kernel_applies");
+    check_fp32_cpu(kMlpName, {&x, &w_gate_up, &w_down}, "mlp_kernel_applies", pass);
   }
 }
 
 std::tuple<Tensor, Tensor> swiglu_mlp_cpu(const Tensor& x_in, const Tensor& w_gate_up_in, const Tensor& w_down_in,
                                           const std::optional<Tensor>& norm_weight_in, double norm_eps, bool brgemm, int64_t block_rows) {
   const void* products = required_products(kMlp, kMlpName, brgemm);
-  check_mlp(x_in, w_gate_up_in, w_down_in, norm_weight_in);
+  check_mlp(x_in, w_gate_up_in, w_down_in, norm_weight_in, Pass::kForward);
   check_positive(kMlpName, "block_rows", block_rows);
   const Tensor x = x_in.contiguous(), w_gate_up = w_gate_up_in.contiguous(), w_down = w_down_in.contiguous();
   const std::optional<Tensor> norm_weight = contiguous(norm_weight_in);
@@ -160,12 +164,13 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> swiglu_mlp_backward_cpu(const Tensor&
                                                                    const std::optional<Tensor>& norm_weight_in, double norm_eps, bool brgemm,
                                                                    int64_t block_rows) {
   const void* products = required_products(kMlpBackward, kMlpName, brgemm);
-  check_mlp(x_in, w_gate_up_in, w_down_in, norm_weight_in);
+  check_mlp(x_in, w_gate_up_in, w_down_in, norm_weight_in, Pass::kBackward);
   check_positive(kMlpName, "block_rows", block_rows);
   const int64_t rows = x_in.size(0), width = x_in.size(1), ff = w_down_in.size(1);
   TORCH_CHECK_VALUE(grad_out_in.sizes() == x_in.sizes() && gate_up_in.dim() == 2 && gate_up_in.size(0) == rows && gate_up_in.size(1) == 2 * ff,
                     "the fused MLP's backward pass takes grad_out (N, C) = ", shape_of(x_in), " and gate_up (N, 2F) = (", rows, ", ", 2 * ff,
                     "); got ", shape_of(grad_out_in), " and ", shape_of(gate_up_in));
+  check_fp32_cpu(kMlpName, {&grad_out_in, &gate_up_in}, "mlp_kernel_applies", Pass::kBackward);
   const Tensor grad_out = grad_out_in.contiguous(), x = x_in.contiguous(), gate_up = gate_up_in.contiguous();
   const Tensor w_gate_up = w_gate_up_in.contiguous(), w_down = w_down_in.contiguous();
   const std::optional<Tensor> norm_weight = contiguous(norm_weight_in);
@@ -216,11 +221,12 @@ struct SwigluMlp : public torch::autograd::Function<SwigluMlp> {
     ctx->saved_data["brgemm"] = brgemm;
     ctx->saved_data["block_rows"] = block_rows;
     ctx->mark_non_differentiable({gate_up});
+    ctx->set_materialize_grads(false);  // the backward pass reads only y's gradient: no zeros for the others
     return {out, gate_up};
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    // An unused output: no gradient for any input (one undefined gradient per input of forward).
+    // An output the loss did not use: no gradient for any input (one undefined gradient per input of forward).
     if (!grads[0].defined()) return variable_list(7);
     const variable_list saved = ctx->get_saved_variables();
     const std::optional<Tensor> norm_weight = optional_of(saved[4]);
@@ -243,7 +249,7 @@ std::tuple<Tensor, Tensor> swiglu_mlp_autograd(const Tensor& x, const Tensor& w_
 constexpr const char* kBlockName = "the attention block";
 
 void check_attention_block(const Tensor& x, const Tensor& w_qkv, const Tensor& w_o, const Tensor& cos, const Tensor& sin,
-                           const std::optional<Tensor>& norm_weight, int64_t heads) {
+                           const std::optional<Tensor>& norm_weight, int64_t heads, Pass pass) {
   check_positive(kBlockName, "heads", heads);
   TORCH_CHECK_VALUE(x.dim() == 3 && w_qkv.dim() == 2 && w_o.dim() == 2 && w_qkv.size(0) % (3 * heads) == 0,
                     "the attention block takes x (B, T, C), w_qkv (3 H D, C) and w_o (C, H D); got ", shape_of(x), ", ", shape_of(w_qkv),
@@ -258,9 +264,9 @@ void check_attention_block(const Tensor& x, const Tensor& w_qkv, const Tensor& w
                     shape_of(sin));
   check_norm_weight(kBlockName, norm_weight, width);
   if (norm_weight) {
-    check_fp32_cpu(kBlockName, {&x, &w_qkv, &w_o, &cos, &sin, &*norm_weight}, "block_applies");
+    check_fp32_cpu(kBlockName, {&x, &w_qkv, &w_o, &cos, &sin, &*norm_weight}, "block_applies", pass);
   } else {
-    check_fp32_cpu(kBlockName, {&x, &w_qkv, &w_o, &cos, &sin}, "block_applies");
+    check_fp32_cpu(kBlockName, {&x, &w_qkv, &w_o, &cos, &sin}, "block_applies", pass);
   }
 }
 
@@ -284,7 +290,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> attention_block_cpu(const Ten
                                                                        int64_t heads, double scale, int64_t probability_floats,
                                                                        int64_t block_batch, bool brgemm) {
   const void* products = required_products(kAttentionBlock, kBlockName, brgemm);
-  check_attention_block(x_in, w_qkv_in, w_o_in, cos_in, sin_in, norm_weight_in, heads);
+  check_attention_block(x_in, w_qkv_in, w_o_in, cos_in, sin_in, norm_weight_in, heads, Pass::kForward);
   check_positive(kBlockName, "block_batch", block_batch);
   const Tensor x = x_in.contiguous(), w_qkv = w_qkv_in.contiguous(), w_o = w_o_in.contiguous();
   const Tensor cos = cos_in.contiguous(), sin = sin_in.contiguous();
@@ -312,7 +318,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> attention_block_backward_cpu(
     const Tensor& probabilities, int64_t heads, double scale, int64_t block_batch, bool brgemm) {
   const char* name = "the attention block's backward pass";
   const void* products = required_products(kAttentionBlockBackward, kBlockName, brgemm);
-  check_attention_block(x_in, w_qkv_in, w_o_in, cos_in, sin_in, norm_weight_in, heads);
+  check_attention_block(x_in, w_qkv_in, w_o_in, cos_in, sin_in, norm_weight_in, heads, Pass::kBackward);
   check_positive(kBlockName, "block_batch", block_batch);
   const int64_t batch = x_in.size(0), seq_len = x_in.size(1), width = x_in.size(2), head_dim = w_qkv_in.size(0) / 3 / heads;
   TORCH_CHECK_VALUE(grad_y_in.sizes() == x_in.sizes() && qkv_in.numel() == batch * seq_len * 3 * heads * head_dim &&
@@ -325,6 +331,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> attention_block_backward_cpu(
   TORCH_CHECK_VALUE(probabilities.numel() == 0 || probabilities.numel() == kept, "the kept attention probabilities hold ",
                     probabilities.numel(), " floats; the backward pass of (", batch, ", ", heads, ") heads of ", seq_len, " tokens reads ",
                     kept, " (or none, to recompute them)");
+  check_fp32_cpu(kBlockName, {&grad_y_in, &qkv_in, &out_in, &lse_in, &probabilities}, "block_applies", Pass::kBackward);
   const Tensor grad_y = grad_y_in.contiguous(), x = x_in.contiguous(), w_qkv = w_qkv_in.contiguous(), w_o = w_o_in.contiguous();
   const Tensor cos = cos_in.contiguous(), sin = sin_in.contiguous(), qkv = qkv_in.contiguous(), out = out_in.contiguous();
   const Tensor lse = lse_in.contiguous();
@@ -367,6 +374,7 @@ struct AttentionBlock : public torch::autograd::Function<AttentionBlock> {
     ctx->saved_data["block_batch"] = block_batch;
     ctx->saved_data["brgemm"] = brgemm;
     ctx->mark_non_differentiable({qkv, out, lse, probabilities});
+    ctx->set_materialize_grads(false);  // the backward pass reads only y's gradient: no zeros for the others
     return {y, qkv, out, lse, probabilities};
   }
 
@@ -444,6 +452,7 @@ struct LinearCrossEntropy : public torch::autograd::Function<LinearCrossEntropy>
     auto [loss, grad_hidden, grad_weight] = op.call(hidden, weight, targets, ignore_index, brgemm, block_rows);
     ctx->save_for_backward({grad_hidden, grad_weight});
     ctx->mark_non_differentiable({grad_hidden, grad_weight});
+    ctx->set_materialize_grads(false);  // the backward pass reads only y's gradient: no zeros for the others
     return {loss, grad_hidden, grad_weight};
   }
 

@@ -197,7 +197,7 @@ def train_run(
     validate_pretrain_config(config)
     context = distributed_context()
     device = resolve_device(config.device) if context.world_size == 1 else context.device
-    _refuse_unusable_products_pin(config, device, context.world_size)
+    _refuse_unusable_products_pin(config, device, context.world_size, log if context.is_main else _silent)
     if config.train.threads > 0:
         torch.set_num_threads(config.train.threads)
     out_dir = Path(config.out_dir)
@@ -349,7 +349,17 @@ def _restore_or_start(config, model, optimizer, newest: CheckpointInfo | None, i
                     products_library=info.loop_state.get("products_library"))
 
 
-def _refuse_unusable_products_pin(config: PretrainConfig, device: torch.device, world_size: int) -> None:
+KERNEL_BUILD_NOTE = "building overtrain's CPU kernels (once per machine and torch version; ~40 s on two cores)"
+
+
+def note_kernel_build(log) -> None:
+    """Say so before the kernels are compiled (:func:`~overtrain.model.cpu_kernels.kernel_library_needs_building`),
+    so that the wait is not silent."""
+    if kernel_library_needs_building():
+        log(KERNEL_BUILD_NOTE)
+
+
+def _refuse_unusable_products_pin(config: PretrainConfig, device: torch.device, world_size: int, log=print) -> None:
     """A library pinned for a run that would make its products with it (compiled, fp32, on the CPU) where
     it cannot be used: refused before anything is written, rather than quietly replaced by torch's BLAS."""
     train, pinned = config.train, config.train.cpu_products
@@ -370,6 +380,7 @@ def _refuse_unusable_products_pin(config: PretrainConfig, device: torch.device, 
             f"thread, and this run would use {threads}",
             "set train.threads=1 (one thread per run: a sweep runs several runs at once), or train.cpu_products=auto",
         )
+    note_kernel_build(log)  # checking brgemm builds them
     if block_products("brgemm") is None:
         raise OvertrainError(
             "train.cpu_products=brgemm, but overtrain's blocked kernels cannot call oneDNN's brgemm micro-kernel here (this "
@@ -501,8 +512,8 @@ class _TrainingLoop:
         chooses_library = kernels and resolve_dtype(self.train_config.dtype, self.device) == "fp32"
         saved = self.state.products_library
         library = _products_library(self.train_config.cpu_products, saved) if chooses_library else "blas"
-        if kernels and context.is_main and torch.get_num_threads() == 1 and kernel_library_needs_building():
-            self.log("building overtrain's CPU kernels (once per machine and torch version; ~40 s on two cores)")
+        if kernels and context.is_main and torch.get_num_threads() == 1:
+            note_kernel_build(self.log)
         model.use_cpu_kernels(kernels, library=library)
         if library is None and context.world_size > 1:  # ranks timing at once on shared cores may choose
             # differently: all take rank 0's choice, the one its log and checkpoints name
