@@ -146,3 +146,23 @@ class _BuildPlanSpy:
     def build(self) -> None:
         _BuildPlanSpy.attempts += 1
         raise AssertionError("a build that failed before is not attempted again")
+
+
+def test_processes_that_build_at_once_wait_for_one_build(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two builders of the same library at once (a sweep's workers, DDP's ranks): one compiles, the other waits
+    for it and takes its library. The compiler here is a stand-in that counts its calls and takes a while."""
+    import threading
+
+    calls = tmp_path / "calls"
+    compiler = tmp_path / "slow-compiler"
+    compiler.write_text('#!/bin/sh\necho call >> "$OVERTRAIN_TEST_CALLS"\nsleep 1\nwhile [ "$1" != "-o" ]; do shift; done\n'
+                        'echo built > "$2"\n')
+    compiler.chmod(0o755)
+    plan = cpu_kernels._BuildPlan(str(compiler), (), (), (), tmp_path / "kernels" / "overtrain-cpu-test.so")
+    monkeypatch.setenv("OVERTRAIN_TEST_CALLS", str(calls))
+    builders = [threading.Thread(target=plan.build) for _ in range(2)]
+    for builder in builders:
+        builder.start()
+    for builder in builders:
+        builder.join()
+    assert plan.library.read_text() == "built\n" and calls.read_text().count("call") == 1

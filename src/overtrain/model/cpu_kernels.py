@@ -21,6 +21,7 @@ The blocked kernels make their products by one of two libraries that torch links
 from __future__ import annotations
 
 import ctypes
+import fcntl
 import functools
 import hashlib
 import os
@@ -111,12 +112,21 @@ class _BuildPlan:
         return self.library.with_suffix(".failed")
 
     def build(self) -> None:
+        """Compile the library unless another process has (or has failed to) meanwhile: processes that start at
+        once (a sweep's workers, DDP's ranks, test workers) wait for the first one's build instead of each
+        spending their own (~40 s on two cores)."""
         self.library.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=self.library.parent) as scratch:  # build aside, then rename: never a torn .so
-            built = Path(scratch) / self.library.name
-            subprocess.run([self.compiler, *self.flags, *map(str, self.sources), "-o", str(built), *self.link_flags], check=True,
-                           capture_output=True, text=True)
-            os.replace(built, self.library)
+        with open(self.library.with_suffix(".lock"), "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, or when its holder dies
+            if self.library.exists():
+                return
+            if self.failure_note.exists():
+                raise OSError(self.failure_note.read_text())
+            with tempfile.TemporaryDirectory(dir=self.library.parent) as scratch:  # build aside, then rename: never a torn .so
+                built = Path(scratch) / self.library.name
+                subprocess.run([self.compiler, *self.flags, *map(str, self.sources), "-o", str(built), *self.link_flags], check=True,
+                               capture_output=True, text=True)
+                os.replace(built, self.library)
 
 
 def _plan(compiler: str, sources: tuple[Path, ...], standard: str, compile_flags: list[str], link_flags: list[str],
