@@ -324,9 +324,9 @@ def block_product_calls() -> dict[tuple[str, str], int]:
     """How many times each blocked kernel has made its products by each library in this process, by
     (kernel of :data:`BLOCKED_KERNELS`, key of :data:`BLOCK_LIBRARIES`): what the kernels computed with, as the
     kernels themselves count it (the tests read it; the model's attributes say only what was asked for)."""
-    library = kernel_library()
-    if library is None:
+    if not operators_available():
         return {}
+    library = kernel_library()
     return {(kernel, name): library.ot_block_product_calls(index, int(name == "brgemm"))
             for index, kernel in enumerate(BLOCKED_KERNELS) for name in BLOCK_LIBRARIES}
 
