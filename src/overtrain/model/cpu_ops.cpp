@@ -21,11 +21,12 @@
 #include <torch/autograd.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <atomic>
-#include <cmath>
 #include <cstdint>
 #include <limits>
 #include <optional>
+#include <string>
 #include <tuple>
 
 extern "C" {
@@ -124,6 +125,14 @@ void check_positive(const char* name, const char* what, int64_t value) {
   TORCH_CHECK_VALUE(value >= 1, name, ": ", what, " must be at least 1, got ", value);
 }
 
+// The dispatcher's handle of an operator, typed as its CPU kernel here is (``decltype(kernel)``), so the
+// signature is written once. The autograd formulas call the operators through it, not the kernels directly,
+// so that torch.compile traces the calls (to the fake kernels) and a CPU call reaches the kernels.
+template <class Signature>
+c10::TypedOperatorHandle<Signature> typed_operator(const char* name) {
+  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Signature>();
+}
+
 // ---- the fused MLP (cpu_mlp.py) ----
 
 constexpr const char* kMlpName = "the fused MLP";
@@ -190,32 +199,12 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> swiglu_mlp_backward_cpu(const Tensor&
   return {grad_x, grad_w_gate_up, grad_w_down, grad_norm_weight};
 }
 
-c10::TypedOperatorHandle<std::tuple<Tensor, Tensor>(const Tensor&, const Tensor&, const Tensor&, const std::optional<Tensor>&, double, bool,
-                                                    int64_t)>
-swiglu_mlp_op() {
-  static const auto op = c10::Dispatcher::singleton()
-                             .findSchemaOrThrow("overtrain::swiglu_mlp", "")
-                             .typed<std::tuple<Tensor, Tensor>(const Tensor&, const Tensor&, const Tensor&, const std::optional<Tensor>&,
-                                                               double, bool, int64_t)>();
-  return op;
-}
-
-c10::TypedOperatorHandle<std::tuple<Tensor, Tensor, Tensor, Tensor>(const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&,
-                                                                    const std::optional<Tensor>&, double, bool, int64_t)>
-swiglu_mlp_backward_op() {
-  static const auto op = c10::Dispatcher::singleton()
-                             .findSchemaOrThrow("overtrain::swiglu_mlp_backward", "")
-                             .typed<std::tuple<Tensor, Tensor, Tensor, Tensor>(const Tensor&, const Tensor&, const Tensor&, const Tensor&,
-                                                                               const Tensor&, const std::optional<Tensor>&, double, bool,
-                                                                               int64_t)>();
-  return op;
-}
-
 struct SwigluMlp : public torch::autograd::Function<SwigluMlp> {
   static variable_list forward(AutogradContext* ctx, const Tensor& x, const Tensor& w_gate_up, const Tensor& w_down,
                                const std::optional<Tensor>& norm_weight, double norm_eps, bool brgemm, int64_t block_rows) {
     at::AutoDispatchBelowADInplaceOrView below_autograd;
-    auto [out, gate_up] = swiglu_mlp_op().call(x, w_gate_up, w_down, norm_weight, norm_eps, brgemm, block_rows);
+    static const auto op = typed_operator<decltype(swiglu_mlp_cpu)>("overtrain::swiglu_mlp");
+    auto [out, gate_up] = op.call(x, w_gate_up, w_down, norm_weight, norm_eps, brgemm, block_rows);
     ctx->save_for_backward({x, gate_up, w_gate_up, w_down, norm_weight.value_or(Tensor())});
     ctx->saved_data["norm_eps"] = norm_eps;
     ctx->saved_data["brgemm"] = brgemm;
@@ -230,7 +219,8 @@ struct SwigluMlp : public torch::autograd::Function<SwigluMlp> {
     if (!grads[0].defined()) return variable_list(7);
     const variable_list saved = ctx->get_saved_variables();
     const std::optional<Tensor> norm_weight = optional_of(saved[4]);
-    auto [grad_x, grad_w_gate_up, grad_w_down, grad_norm_weight] = swiglu_mlp_backward_op().call(
+    static const auto op = typed_operator<decltype(swiglu_mlp_backward_cpu)>("overtrain::swiglu_mlp_backward");
+    auto [grad_x, grad_w_gate_up, grad_w_down, grad_norm_weight] = op.call(
         grads[0], saved[0], saved[1], saved[2], saved[3], norm_weight, ctx->saved_data["norm_eps"].toDouble(),
         ctx->saved_data["brgemm"].toBool(), ctx->saved_data["block_rows"].toInt());
     // x, w_gate_up, w_down, norm_weight, norm_eps, brgemm, block_rows
@@ -352,19 +342,12 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> attention_block_backward_cpu(
   return {grad_x, grad_w_qkv, grad_w_o, grad_norm_weight};
 }
 
-using AttentionBlockSignature = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor>(const Tensor&, const Tensor&, const Tensor&, const Tensor&,
-                                                                                    const Tensor&, const std::optional<Tensor>&, double, int64_t,
-                                                                                    double, int64_t, int64_t, bool);
-using AttentionBlockBackwardSignature = std::tuple<Tensor, Tensor, Tensor, Tensor>(
-    const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&, const std::optional<Tensor>&, double, const Tensor&,
-    const Tensor&, const Tensor&, const Tensor&, int64_t, double, int64_t, bool);
-
 struct AttentionBlock : public torch::autograd::Function<AttentionBlock> {
   static variable_list forward(AutogradContext* ctx, const Tensor& x, const Tensor& w_qkv, const Tensor& w_o, const Tensor& cos,
                                const Tensor& sin, const std::optional<Tensor>& norm_weight, double norm_eps, int64_t heads, double scale,
                                int64_t probability_floats, int64_t block_batch, bool brgemm) {
     at::AutoDispatchBelowADInplaceOrView below_autograd;
-    static const auto op = c10::Dispatcher::singleton().findSchemaOrThrow("overtrain::attention_block", "").typed<AttentionBlockSignature>();
+    static const auto op = typed_operator<decltype(attention_block_cpu)>("overtrain::attention_block");
     auto [y, qkv, out, lse, probabilities] =
         op.call(x, w_qkv, w_o, cos, sin, norm_weight, norm_eps, heads, scale, probability_floats, block_batch, brgemm);
     ctx->save_for_backward({x, w_qkv, w_o, cos, sin, norm_weight.value_or(Tensor()), qkv, out, lse, probabilities});
@@ -380,8 +363,7 @@ struct AttentionBlock : public torch::autograd::Function<AttentionBlock> {
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     if (!grads[0].defined()) return variable_list(12);
-    static const auto op =
-        c10::Dispatcher::singleton().findSchemaOrThrow("overtrain::attention_block_backward", "").typed<AttentionBlockBackwardSignature>();
+    static const auto op = typed_operator<decltype(attention_block_backward_cpu)>("overtrain::attention_block_backward");
     const variable_list saved = ctx->get_saved_variables();
     const std::optional<Tensor> norm_weight = optional_of(saved[5]);
     auto [grad_x, grad_w_qkv, grad_w_o, grad_norm_weight] =
@@ -445,10 +427,7 @@ struct LinearCrossEntropy : public torch::autograd::Function<LinearCrossEntropy>
   static variable_list forward(AutogradContext* ctx, const Tensor& hidden, const Tensor& weight, const Tensor& targets, int64_t ignore_index,
                                bool brgemm, int64_t block_rows) {
     at::AutoDispatchBelowADInplaceOrView below_autograd;
-    static const auto op =
-        c10::Dispatcher::singleton()
-            .findSchemaOrThrow("overtrain::linear_cross_entropy", "")
-            .typed<std::tuple<Tensor, Tensor, Tensor>(const Tensor&, const Tensor&, const Tensor&, int64_t, bool, int64_t)>();
+    static const auto op = typed_operator<decltype(linear_cross_entropy_cpu)>("overtrain::linear_cross_entropy");
     auto [loss, grad_hidden, grad_weight] = op.call(hidden, weight, targets, ignore_index, brgemm, block_rows);
     ctx->save_for_backward({grad_hidden, grad_weight});
     ctx->mark_non_differentiable({grad_hidden, grad_weight});
