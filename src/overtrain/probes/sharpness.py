@@ -676,7 +676,10 @@ def run_sharpness_probe(
         )
     for name in names:  # an unknown group, or one the worst case cannot move, fails before any pass over the data
         group = None if name == ALL_PARAMETERS else name
-        gaussian_moved(target.model, group, target.init_std) if "worst_case" in kinds else select_parameters(target.model, group)
+        if "worst_case" in kinds:
+            gaussian_moved(target.model, group, target.init_std)  # selects the group, and refuses one with nothing to move
+        else:
+            select_parameters(target.model, group)
     loss = heldout_loss_of(target, batch_size=batch_size)
     records: list[SharpnessRecord] = []
 
